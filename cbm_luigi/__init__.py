@@ -1,0 +1,7 @@
+"""cbm_luigi: the nightly Progress OpenEdge -> SQL Server (or DuckDB) pipeline on Luigi.
+
+`luigi --module cbm_luigi LoadAll --mode incremental` finds the tasks here.
+"""
+from .tasks import ExtractParquet, LoadAll, LoadTable, MergeOds, StageTable, ValidateTable  # noqa: F401
+
+__version__ = "0.1.0"

@@ -1,0 +1,177 @@
+"""`cbm-etl`: the operator's commands around the Luigi pipeline (setup, catalog, reruns, summaries)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+from . import config_store, demo_source
+from .settings import load_settings, mask_secrets
+from .source import catalog
+from .source.readers import open_reader
+from .targets import remove_markers
+from .warehouse import open_warehouse
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+
+
+def cmd_init_db(args) -> int:
+    settings = load_settings()
+    wh = open_warehouse(settings)
+    n = wh.init_db()
+    added = 0
+    csv_path = Path(args.tables_csv) if args.tables_csv else CONFIG_DIR / "tables.csv"
+    if csv_path.is_file() and not args.no_tables:
+        with wh.session() as s, s.transaction():
+            added = config_store.load_tables_csv(s, csv_path)
+    print(f"init-db: {n} statements run on {wh.describe()}; {added} table(s) added from {csv_path.name}")
+    return 0
+
+
+def cmd_sync_columns(args) -> int:
+    settings = load_settings()
+    wh = open_warehouse(settings)
+    with wh.session() as s:
+        tables = [r["TableName"] for r in config_store.table_rows(s, active_only=False)] if args.all else args.table
+        if not tables:
+            print("sync-columns: name a TABLE or use --all", file=sys.stderr)
+            return 2
+        with open_reader(settings) as reader:
+            for t in tables:
+                with s.transaction():
+                    stats = config_store.sync_columns(s, reader, t)
+                print(f"sync-columns {t}: {stats}")
+    return 0
+
+
+def cmd_discover(args) -> int:
+    settings = load_settings()
+    with open_reader(settings) as reader:
+        print(f"{'table':<24} {'rows':>10}  {'proposed key':<28} {'modif. date':<12} {'time of day':<12} columns")
+        for t in catalog.list_tables(reader):
+            cols = catalog.read_columns(reader, t)
+            key = catalog.proposed_key(reader, t)
+            dcol, tod = catalog.modification_candidates(cols)
+            rows = catalog.row_count(reader, t) if args.count else -1
+            print(f"{t:<24} {rows if rows >= 0 else '-':>10}  {','.join(key) or '-':<28} {dcol or '-':<12} "
+                  f"{tod or '-':<12} {len(cols)}")
+    return 0
+
+
+def cmd_demo_source(args) -> int:
+    settings = load_settings()
+    path = Path(args.path) if args.path else settings.source_path
+    counts = demo_source.generate(path, scale=args.scale, seed=args.seed)
+    print(f"demo source {path}: {counts}")
+    return 0
+
+
+def cmd_demo_change(args) -> int:
+    settings = load_settings()
+    touched = demo_source.mutate(settings.source_path, seed=args.seed)
+    for t, kinds in touched.items():
+        print(f"demo change {t}: " + ", ".join(f"{len(v)} {k}" for k, v in kinds.items()))
+    return 0
+
+
+def cmd_invalidate(args) -> int:
+    """Forget a table's completed steps (one batch or all) so the next run reloads it."""
+    settings = load_settings()
+    wh = open_warehouse(settings)
+    with wh.session() as s, s.transaction():
+        n = remove_markers(s, table=args.table, batch_id=args.batch)
+    removed = 0
+    if args.from_step == "extract":
+        from .naming import sql_safe_name
+        for p in settings.cache_dir.glob(f"{args.batch or '*'}/*/{sql_safe_name(args.table)}.*.parquet"):
+            p.unlink()
+            removed += 1
+    print(f"invalidate {args.table}: {n} marker(s) and {removed} cached file(s) removed")
+    return 0
+
+
+def cmd_summary(args) -> int:
+    settings = load_settings()
+    wh = open_warehouse(settings)
+    with wh.session() as s:
+        rows = s.query_dicts(
+            "SELECT TableName, Step, Status, Rows, RowsInserted, RowsUpdated, RowsUnchanged, RowsDeleted, "
+            "DurationMs, BatchId, Mode, ErrorMessage FROM etl.vw_LastRuns ORDER BY TableName, Step")
+        sla = s.query_dicts("SELECT TableName, SLAStatus, LastSuccessTs FROM etl.vw_SLABreach ORDER BY TableName")
+    print(f"warehouse: {wh.describe()}")
+    by_table: dict[str, dict] = {}
+    for r in rows:
+        by_table.setdefault(r["TableName"], {})[r["Step"]] = r
+    print(f"{'table':<14} {'status':<8} {'rows':>8} {'ins':>6} {'upd':>6} {'same':>7} {'del':>5} {'seconds':>8}  "
+          f"{'SLA':<12} batch/mode")
+    status = {r["TableName"]: r for r in sla}
+    for t, st in sorted(by_table.items()):
+        last = max(st.values(), key=lambda r: ("extract", "transform", "stage", "merge", "validate").index(r["Step"])
+                   if r["Step"] in ("extract", "transform", "stage", "merge", "validate") else -1)
+        m = st.get("merge", {})
+        secs = sum((r["DurationMs"] or 0) for r in st.values()) / 1000
+        ok = "FAILED" if any(r["Status"] == "FAILED" for r in st.values()) else last["Status"]
+        print(f"{t:<14} {ok:<8} {st.get('extract', {}).get('Rows') or 0:>8} {m.get('RowsInserted') or 0:>6} "
+              f"{m.get('RowsUpdated') or 0:>6} {m.get('RowsUnchanged') or 0:>7} {m.get('RowsDeleted') or 0:>5} "
+              f"{secs:>8.2f}  {status.get(t, {}).get('SLAStatus', '-'):<12} {last['BatchId']}/{last['Mode']}")
+        for r in st.values():
+            if r["Status"] == "FAILED" and r["ErrorMessage"]:
+                print(f"    {r['Step']}: {r['ErrorMessage'][:300]}")
+    return 0
+
+
+def cmd_clean_cache(args) -> int:
+    settings = load_settings()
+    batches = sorted(p for p in settings.cache_dir.glob("*") if p.is_dir())
+    for p in batches[:-args.keep] if args.keep else batches:
+        shutil.rmtree(p)
+        print(f"removed {p}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    p = argparse.ArgumentParser(prog="cbm-etl", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("init-db", help="create schemas, tables and views (idempotent) and load config/tables.csv")
+    a.add_argument("--tables-csv")
+    a.add_argument("--no-tables", action="store_true")
+    a.set_defaults(fn=cmd_init_db)
+    a = sub.add_parser("sync-columns", help="refresh config.ETL_Columns from the source catalog")
+    a.add_argument("table", nargs="*")
+    a.add_argument("--all", action="store_true")
+    a.set_defaults(fn=cmd_sync_columns)
+    a = sub.add_parser("discover", help="list PUB tables with proposed key and modification-date columns")
+    a.add_argument("--count", action="store_true", help="also count rows (a full scan per table)")
+    a.set_defaults(fn=cmd_discover)
+    a = sub.add_parser("demo-source", help="generate the demo source database")
+    a.add_argument("--path")
+    a.add_argument("--scale", type=float, default=1.0)
+    a.add_argument("--seed", type=int, default=42)
+    a.set_defaults(fn=cmd_demo_source)
+    a = sub.add_parser("demo-change", help="update, insert and delete some demo rows (a working day)")
+    a.add_argument("--seed", type=int, default=7)
+    a.set_defaults(fn=cmd_demo_change)
+    a = sub.add_parser("invalidate", help="forget a table's completed steps so the next run reloads it")
+    a.add_argument("table")
+    a.add_argument("--batch", help="batch id, e.g. 2026-11-27 or 2026-11-27-rerun (default: every batch)")
+    a.add_argument("--from", dest="from_step", choices=["stage", "extract"], default="extract",
+                   help="extract: also drop the cached parquet (re-read the source); stage: reuse it")
+    a.set_defaults(fn=cmd_invalidate)
+    a = sub.add_parser("summary", help="per-table summary of the last runs")
+    a.set_defaults(fn=cmd_summary)
+    a = sub.add_parser("clean-cache", help="remove cached batches, keeping the newest N")
+    a.add_argument("--keep", type=int, default=3)
+    a.set_defaults(fn=cmd_clean_cache)
+    args = p.parse_args(argv)
+    try:
+        return args.fn(args)
+    except Exception as exc:  # noqa: BLE001 — one readable line for the operator, masked
+        print(f"cbm-etl {args.cmd}: {type(exc).__name__}: {mask_secrets(str(exc))}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

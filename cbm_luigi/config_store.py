@@ -1,0 +1,172 @@
+"""config.ETL_Tables / ETL_Columns / ETL_Dependencies: reading plans, syncing columns from the catalog.
+
+Operator choices survive a sync: IsExcluded, ArrayMode, and SqlName/SourceExpression when IsOverride is set.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+from datetime import datetime
+from pathlib import Path
+
+from .naming import array_element_names, resolve_column_names, sql_safe_name
+from .plan import ConfigError, TablePlan, build_plan
+from .source import catalog
+from .source.dialect import quote as oe_quote
+from .source.readers import Reader
+from .types import map_openedge_type
+from .warehouse.base import Session
+
+log = logging.getLogger(__name__)
+
+TABLE_FIELDS = ["TableName", "DestinationTable", "PrimaryKeyCols", "HasTimestamps", "DateModifCol",
+                "DateModifPrecision", "TimeOfDayCol", "LookbackInterval", "FilterClause", "IsDimension", "IsFact",
+                "IsCritical", "Priority", "SLAHours", "IsActive", "Notes"]
+_BOOL = {"HasTimestamps", "IsDimension", "IsFact", "IsCritical", "IsActive"}
+
+
+def table_rows(s: Session, *, active_only: bool = True, names: list[str] | None = None) -> list[dict]:
+    rows = s.query_dicts("SELECT * FROM config.ETL_Tables" + (" WHERE IsActive = ?" if active_only else "") +
+                         " ORDER BY Priority, TableName", [True] if active_only else [])
+    if names:
+        wanted = {n.lower() for n in names}
+        rows = [r for r in rows if r["TableName"].lower() in wanted]
+    return rows
+
+
+def table_row(s: Session, table: str) -> dict:
+    rows = s.query_dicts("SELECT * FROM config.ETL_Tables WHERE TableName = ?", [table])
+    if not rows:
+        raise ConfigError(f"table {table!r} is not in config.ETL_Tables: add a row (or a line in "
+                          f"config/tables.csv and run `cbm-etl init-db`)")
+    return rows[0]
+
+
+def column_rows(s: Session, table: str) -> list[dict]:
+    return s.query_dicts("SELECT * FROM config.ETL_Columns WHERE TableName = ? AND IsMissingAtSource = ? "
+                         "ORDER BY OrdinalPosition", [table, False])
+
+
+def load_plan(s: Session, table: str) -> TablePlan:
+    plan = build_plan(table_row(s, table), column_rows(s, table))
+    plan.destination = sql_safe_name(plan.destination)
+    return plan
+
+
+def dependencies(s: Session) -> dict[str, list[str]]:
+    deps: dict[str, list[str]] = {}
+    for t, d in s.query("SELECT TableName, DependsOn FROM config.ETL_Dependencies ORDER BY TableName, DependsOn"):
+        deps.setdefault(t, []).append(d)
+    return deps
+
+
+def advance_last_success(s: Session, table: str, ts: datetime) -> None:
+    """Move LastSuccessTs forward only (rerunning an older batch never moves it back)."""
+    s.execute("UPDATE config.ETL_Tables SET LastSuccessTs = ? WHERE TableName = ? "
+              "AND (LastSuccessTs IS NULL OR LastSuccessTs < ?)", [ts, table, ts])
+
+
+def _csv_value(field: str, v: str):
+    v = v.strip()
+    if v == "":
+        return None
+    if field in _BOOL:
+        return v.lower() in ("1", "true", "yes", "y", "oui")
+    if field == "Priority":
+        return int(v)
+    if field == "SLAHours":
+        return float(v)
+    return v
+
+
+def load_tables_csv(s: Session, path: Path) -> int:
+    """Insert the tables of a CSV (header = ETL_Tables column names) that are not configured yet."""
+    added = 0
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            values = {k: _csv_value(k, v or "") for k, v in row.items() if k in TABLE_FIELDS}
+            if not values.get("TableName"):
+                continue
+            if s.scalar("SELECT COUNT(*) FROM config.ETL_Tables WHERE TableName = ?", [values["TableName"]]):
+                continue
+            values = {k: v for k, v in values.items() if v is not None}
+            cols = ", ".join(values)
+            s.execute(f"INSERT INTO config.ETL_Tables ({cols}) VALUES ({', '.join('?' * len(values))})",
+                      list(values.values()))
+            added += 1
+    return added
+
+
+def safe_names(cols: list[catalog.CatalogColumn]) -> dict[str, str]:
+    """SQL names for a table's columns, array element names (`zal_1`) included in the collision check."""
+    names = [c.name for c in cols]
+    mapping = resolve_column_names(names)
+    elements = {e for c in cols if c.array_extent for e in array_element_names(mapping[c.name], c.array_extent)}
+    if elements & {v for k, v in mapping.items()}:
+        plain = [c.name for c in cols if not c.array_extent]
+        arrays = resolve_column_names([c.name for c in cols if c.array_extent])
+        elements = {e for c in cols if c.array_extent for e in array_element_names(arrays[c.name], c.array_extent)}
+        mapping = {**resolve_column_names(plain, reserved=set(arrays.values()) | elements), **arrays}
+    return mapping
+
+
+def sync_columns(s: Session, reader: Reader, table: str) -> dict[str, int]:
+    """Refresh config.ETL_Columns (and the meta.SYSCOLUMNS_FULL copy) of `table` from the source catalog."""
+    cols = catalog.read_columns(reader, table)
+    if not cols:
+        raise ConfigError(f"table {table}: no column in SYSPROGRESS.SYSCOLUMNS_FULL for owner PUB — "
+                          "does the table exist (`cbm-etl discover`)?")
+    now = datetime.now()
+    for c in cols:  # fail early on a type the product cannot map (the message says how to get past it)
+        existing = s.query("SELECT IsExcluded, SourceExpression FROM config.ETL_Columns "
+                           "WHERE TableName = ? AND ColumnName = ?", [table, c.name])
+        if not (existing and (existing[0][0] or existing[0][1])):
+            map_openedge_type(c.coltype, c.width, c.scale, table=table, column=c.name)
+    names = safe_names(cols)
+    s.execute("DELETE FROM meta.SYSCOLUMNS_FULL WHERE tbl = ?", [table])
+    stats = {"added": 0, "updated": 0, "missing": 0}
+    for c in cols:
+        s.execute("INSERT INTO meta.SYSCOLUMNS_FULL (tbl, col, coltype, width, scale, nullflag, array_extent, "
+                  "label, description, display_order) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  [table, c.name, c.coltype, c.width, c.scale, "Y" if c.nullable else "N", c.array_extent,
+                   c.label, c.description, c.position])
+        row = s.query_dicts("SELECT * FROM config.ETL_Columns WHERE TableName = ? AND ColumnName = ?",
+                            [table, c.name])
+        sql_name = names[c.name]
+        expr = f"{oe_quote(c.name)} AS {oe_quote(sql_name)}"
+        if row:
+            override = bool(row[0]["IsOverride"])
+            if override:
+                sql_name, expr = row[0]["SqlName"], row[0]["SourceExpression"]
+            s.execute("UPDATE config.ETL_Columns SET DataType = ?, Width = ?, Scale = ?, NullFlag = ?, "
+                      "ArrayExtent = ?, OrdinalPosition = ?, Label = ?, Description = ?, IsMissingAtSource = ?, "
+                      "SyncedAt = ?, SqlName = ?, SourceExpression = ? WHERE TableName = ? AND ColumnName = ?",
+                      [c.coltype, c.width, c.scale, "Y" if c.nullable else "N", c.array_extent, c.position,
+                       c.label, c.description, False, now, sql_name, expr, table, c.name])
+            stats["updated"] += 0 if override else 1
+        else:
+            s.execute("INSERT INTO config.ETL_Columns (TableName, ColumnName, SqlName, SourceExpression, DataType, "
+                      "Width, Scale, NullFlag, ArrayExtent, ArrayMode, IsExcluded, IsOverride, OrdinalPosition, "
+                      "Label, Description, IsMissingAtSource, SyncedAt) "
+                      "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'split', ?, ?, ?, ?, ?, ?, ?)",
+                      [table, c.name, sql_name, expr, c.coltype, c.width, c.scale, "Y" if c.nullable else "N",
+                       c.array_extent, False, False, c.position, c.label, c.description, False, now])
+            stats["added"] += 1
+    present = [c.name for c in cols]
+    gone = [r[0] for r in s.query("SELECT ColumnName FROM config.ETL_Columns WHERE TableName = ?", [table])
+            if r[0] not in present]
+    for name in gone:
+        s.execute("UPDATE config.ETL_Columns SET IsMissingAtSource = ?, SyncedAt = ? "
+                  "WHERE TableName = ? AND ColumnName = ?", [True, now, table, name])
+        log.warning("table %s: column %s is no longer in the source catalog (kept in ods, no longer read)",
+                    table, name)
+    stats["missing"] = len(gone)
+    return stats
+
+
+def ensure_columns(s: Session, reader_factory, table: str) -> None:
+    """Sync on first use, so adding a table is one INSERT into config.ETL_Tables."""
+    if not s.scalar("SELECT COUNT(*) FROM config.ETL_Columns WHERE TableName = ?", [table]):
+        with reader_factory() as reader:
+            stats = sync_columns(s, reader, table)
+        log.info("table %s: columns synced from the source catalog on first use: %s", table, stats)

@@ -1,0 +1,161 @@
+"""A table's load plan, built from config.ETL_Tables / config.ETL_Columns: what to read and what comes out.
+
+Plain data, no I/O: the source layer turns it into a SELECT, the transform into stage columns, the warehouse
+into DDL and MERGE.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import pyarrow as pa
+
+from .naming import array_element_names
+from .source.dialect import SourceColumn, Window
+from .types import ColumnType, map_openedge_type
+
+
+class ConfigError(ValueError):
+    """The configuration cannot work; the message says which row and what to change."""
+
+
+@dataclass(frozen=True)
+class PlanColumn:
+    name: str  # as in Progress
+    sql_name: str
+    ctype: ColumnType
+    nullable: bool = True
+    extent: int = 0
+    array_mode: str = "split"  # 'split' -> <name>_1..<name>_n ; 'single' -> one ;-separated string
+    expression: str | None = None
+
+    @property
+    def is_split_array(self) -> bool:
+        return self.extent > 0 and self.array_mode == "split"
+
+    def extract_type(self) -> pa.DataType:
+        # an EXTENT field arrives as one string, whatever the element type
+        return pa.string() if self.extent > 0 else self.ctype.arrow_type()
+
+    def output_columns(self) -> list[tuple[str, ColumnType, bool]]:
+        """(sql name, type, nullable) of the column(s) this source column becomes in stg/ods."""
+        if self.extent > 0:
+            elem = ColumnType("string", width=self.ctype.width)
+            if self.array_mode == "split":
+                return [(n, elem, True) for n in array_element_names(self.sql_name, self.extent)]
+            return [(self.sql_name, elem, True)]
+        return [(self.sql_name, self.ctype, self.nullable)]
+
+
+_INTERVAL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(minute|min|hour|h|day|d|week)s?\s*$", re.I)
+
+
+def parse_interval(text: str | None, *, table: str) -> timedelta:
+    """'2 days', '6 hours', '30 minutes' (empty: 0)."""
+    if text is None or not str(text).strip():
+        return timedelta(0)
+    m = _INTERVAL.match(str(text))
+    if not m:
+        raise ConfigError(f"config.ETL_Tables[{table}].LookbackInterval = {text!r}: write e.g. '1 day', "
+                          "'6 hours' or '30 minutes'")
+    n, unit = float(m.group(1)), m.group(2).lower()
+    return {"minute": timedelta(minutes=n), "min": timedelta(minutes=n), "hour": timedelta(hours=n),
+            "h": timedelta(hours=n), "day": timedelta(days=n), "d": timedelta(days=n),
+            "week": timedelta(weeks=n)}[unit]
+
+
+@dataclass
+class TablePlan:
+    table: str
+    destination: str
+    keys: list[str]  # SQL names
+    columns: list[PlanColumn]
+    has_timestamps: bool = True
+    date_col: str | None = None  # Progress name
+    date_precision: str = "date"
+    time_of_day_col: str | None = None  # Progress name
+    lookback: timedelta = field(default_factory=timedelta)
+    filter_clause: str | None = None
+    is_dimension: bool = False
+    is_critical: bool = False
+    priority: int = 100
+    sla_hours: float | None = None
+    last_success_ts: datetime | None = None
+
+    def by_name(self, name: str) -> PlanColumn:
+        for c in self.columns:
+            if name in (c.name, c.sql_name):
+                return c
+        raise ConfigError(f"table {self.table}: no active column {name!r} in config.ETL_Columns "
+                          f"(run `cbm-etl sync-columns {self.table}`, or check IsExcluded)")
+
+    def source_columns(self) -> list[SourceColumn]:
+        return [SourceColumn(c.name, c.sql_name, c.expression) for c in self.columns]
+
+    def extract_schema(self) -> pa.Schema:
+        return pa.schema([pa.field(c.sql_name, c.extract_type(), nullable=c.nullable) for c in self.columns])
+
+    def output_columns(self) -> list[tuple[str, ColumnType, bool]]:
+        return [oc for c in self.columns for oc in c.output_columns()]
+
+    def window(self, mode: str) -> tuple[Window | None, str]:
+        """The incremental window for `mode`, and why there is none when there is none (for the log)."""
+        if mode == "full":
+            return None, "full mode"
+        if not self.has_timestamps or not self.date_col:
+            return None, "no modification date configured (HasTimestamps = 0): incremental falls back to full"
+        if self.last_success_ts is None:
+            return None, "never loaded successfully: incremental falls back to full"
+        since = self.last_success_ts - self.lookback
+        tod = self.by_name(self.time_of_day_col).name if self.time_of_day_col else None
+        return Window(self.by_name(self.date_col).name, since, self.date_precision, tod), (
+            f"rows with {self.date_col} >= {since:%Y-%m-%d %H:%M:%S} (last success minus lookback)")
+
+
+def source_expression(stored: str | None, name: str) -> str | None:
+    """The column expression of a stored SourceExpression (`<expr> AS <alias>`); None for the plain column."""
+    if not stored or not stored.strip():
+        return None
+    expr = re.sub(r'(?is)\s+AS\s+("[^"]+"|[A-Za-z_][A-Za-z0-9_]*)\s*$', "", stored.strip())
+    return None if expr == '"' + name.replace('"', '""') + '"' else expr
+
+
+def build_plan(table_row: dict, column_rows: list[dict]) -> TablePlan:
+    """TablePlan from one config.ETL_Tables row and its config.ETL_Columns rows (dicts by column name)."""
+    t = table_row["TableName"]
+    cols = []
+    for r in sorted(column_rows, key=lambda r: (r.get("OrdinalPosition") or 0, r["ColumnName"])):
+        if r.get("IsExcluded"):
+            continue
+        ctype = map_openedge_type(r["DataType"], r.get("Width"), r.get("Scale"), table=t, column=r["ColumnName"])
+        mode = (r.get("ArrayMode") or "split").lower()
+        if mode not in ("split", "single"):
+            raise ConfigError(f"config.ETL_Columns[{t}.{r['ColumnName']}].ArrayMode = {mode!r}: 'split' or 'single'")
+        cols.append(PlanColumn(r["ColumnName"], r["SqlName"], ctype, (r.get("NullFlag") or "Y") != "N",
+                               int(r.get("ArrayExtent") or 0), mode,
+                               source_expression(r.get("SourceExpression"), r["ColumnName"])))
+    if not cols:
+        raise ConfigError(f"table {t}: no active column in config.ETL_Columns; run `cbm-etl sync-columns {t}`")
+    plan = TablePlan(
+        table=t, destination=table_row.get("DestinationTable") or cols and t, keys=[], columns=cols,
+        has_timestamps=bool(table_row.get("HasTimestamps")), date_col=table_row.get("DateModifCol") or None,
+        date_precision=(table_row.get("DateModifPrecision") or "date").lower(),
+        time_of_day_col=table_row.get("TimeOfDayCol") or None,
+        lookback=parse_interval(table_row.get("LookbackInterval"), table=t),
+        filter_clause=table_row.get("FilterClause") or None, is_dimension=bool(table_row.get("IsDimension")),
+        is_critical=bool(table_row.get("IsCritical")), priority=int(table_row.get("Priority") or 100),
+        sla_hours=table_row.get("SLAHours"), last_success_ts=table_row.get("LastSuccessTs"))
+    if plan.date_precision not in ("date", "datetime"):
+        raise ConfigError(f"config.ETL_Tables[{t}].DateModifPrecision = {plan.date_precision!r}: 'date' or 'datetime'")
+    keys = [k.strip() for k in (table_row.get("PrimaryKeyCols") or "").split(",") if k.strip()]
+    if not keys:
+        raise ConfigError(f"config.ETL_Tables[{t}].PrimaryKeyCols is empty: set the key columns "
+                          f"(`cbm-etl discover` proposes them from unique indexes)")
+    plan.keys = [plan.by_name(k).sql_name for k in keys]
+    for k in plan.keys:
+        if plan.by_name(k).extent:
+            raise ConfigError(f"table {t}: key column {k} is an array (EXTENT) field")
+    if plan.date_col:
+        plan.by_name(plan.date_col)
+    return plan

@@ -1,0 +1,40 @@
+"""etl.ETL_Log: one row per table and step, written from the task's own process."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from .settings import mask_secrets
+from .warehouse.base import Warehouse
+
+log = logging.getLogger(__name__)
+MAX_ERROR = 4000
+
+
+@dataclass
+class StepRecord:
+    step: str
+    status: str = "SUCCESS"
+    rows: int | None = None
+    duration_ms: int | None = None
+    inserted: int | None = None
+    updated: int | None = None
+    unchanged: int | None = None
+    deleted: int | None = None
+    error: str | None = None
+    detail: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def write_steps(wh: Warehouse, *, run_id: str, batch_id: str, table: str, mode: str, task_id: str,
+                records: list[StepRecord]) -> None:
+    if not records:
+        return
+    with wh.session() as s:
+        for r in records:
+            err = mask_secrets(r.error)[:MAX_ERROR] if r.error else None
+            s.execute("INSERT INTO etl.ETL_Log (RunId, BatchId, TableName, Step, Status, Mode, Rows, RowsInserted, "
+                      "RowsUpdated, RowsUnchanged, RowsDeleted, DurationMs, ErrorMessage, Detail, TaskId) "
+                      "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                      [run_id, batch_id, table, r.step, r.status, mode, r.rows, r.inserted, r.updated, r.unchanged,
+                       r.deleted, r.duration_ms, err, r.detail, task_id])

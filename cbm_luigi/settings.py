@@ -1,0 +1,85 @@
+"""Settings from the environment and `.env` (python-dotenv).
+
+Credentials live here and only here: never in Luigi parameters (the web view shows those), never in logs.
+With no `.env` at all every setting points at the embedded demo (SQLite source, DuckDB warehouse) under `var/`.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dotenv import load_dotenv
+
+_SECRET_KEYS = re.compile(r"(?i)\b(PWD|PASSWORD|PASS|SECRET|TOKEN|KEY)\s*=\s*(\{[^}]*\}|[^;]*)")
+
+
+def mask_secrets(text: str) -> str:
+    """Mask password-like values in a connection string or any message that may quote one."""
+    return _SECRET_KEYS.sub(lambda m: f"{m.group(1)}=***", text or "")
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    source_kind: str  # 'demo' (SQLite file read by Python's sqlite3) | 'odbc' (pyodbc / arrow-odbc)
+    source_path: Path  # demo source file
+    source_odbc: str = field(repr=False)  # ODBC connection string (secret)
+    source_init_sql: tuple[str, ...]  # statements run after connecting (e.g. ATTACH for the SQLite stand-in)
+    source_isolation: str  # READ_UNCOMMITTED | DEFAULT
+    source_dialect: str  # 'openedge' | 'sqlite-standin' (the ODBC test stand-in)
+    odbc_reader: str  # 'auto' | 'arrow-odbc' | 'pyodbc'
+    warehouse_kind: str  # 'duckdb' | 'mssql'
+    duckdb_path: Path
+    mssql_odbc: str = field(repr=False)
+    cache_dir: Path = Path("var/cache")
+    batch_rows: int = 50_000
+    duckdb_memory_limit: str = "2GB"
+    duckdb_threads: int = 2
+    query_timeout_s: int = 0
+    connect_retries: int = 3
+
+    def describe(self) -> str:
+        src = str(self.source_path) if self.source_kind == "demo" else mask_secrets(self.source_odbc)
+        wh = str(self.duckdb_path) if self.warehouse_kind == "duckdb" else mask_secrets(self.mssql_odbc)
+        return f"source={self.source_kind}:{src} warehouse={self.warehouse_kind}:{wh}"
+
+
+def _env(name: str, default: str = "") -> str:
+    return os.environ.get(name, default).strip()
+
+
+def load_settings() -> Settings:
+    """Read `.env` (the one in CBM_HOME or the current directory) then the process environment."""
+    home = Path(_env("CBM_HOME", os.getcwd())).resolve()
+    env_file = Path(_env("CBM_ENV_FILE", str(home / ".env")))
+    if env_file.is_file():
+        load_dotenv(env_file, override=False)
+    var = home / "var"
+
+    def path(name: str, default: Path) -> Path:
+        value = _env(name)
+        p = Path(value) if value else default
+        return p if p.is_absolute() else (home / p)
+
+    init = _env("CBM_SOURCE_INIT_SQL")
+    return Settings(
+        home=home,
+        source_kind=_env("CBM_SOURCE_KIND", "demo").lower(),
+        source_path=path("CBM_DEMO_SOURCE", var / "demo_source.sqlite"),
+        source_odbc=_env("CBM_SOURCE_ODBC"),
+        source_init_sql=tuple(s.strip() for s in init.split(";;") if s.strip()),
+        source_isolation=_env("CBM_SOURCE_ISOLATION", "READ_UNCOMMITTED").upper(),
+        source_dialect=_env("CBM_SOURCE_DIALECT", "openedge").lower(),
+        odbc_reader=_env("CBM_ODBC_READER", "auto").lower(),
+        warehouse_kind=_env("CBM_WAREHOUSE_KIND", "duckdb").lower(),
+        duckdb_path=path("CBM_DUCKDB_PATH", var / "warehouse.duckdb"),
+        mssql_odbc=_env("CBM_MSSQL_ODBC"),
+        cache_dir=path("CBM_CACHE_DIR", var / "cache"),
+        batch_rows=int(_env("CBM_BATCH_ROWS", "50000")),
+        duckdb_memory_limit=_env("CBM_DUCKDB_MEMORY_LIMIT", "2GB"),
+        duckdb_threads=int(_env("CBM_DUCKDB_THREADS", "2")),
+        query_timeout_s=int(_env("CBM_QUERY_TIMEOUT_S", "0")),
+        connect_retries=int(_env("CBM_CONNECT_RETRIES", "3")),
+    )

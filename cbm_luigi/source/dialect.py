@@ -1,0 +1,115 @@
+"""OpenEdge SQL text: identifier quoting, the extract SELECT and the catalog queries.
+
+The reader layer executes what this module writes; the warehouse never sees it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+OWNER = "PUB"
+OPENEDGE_MAX_IDENTIFIER = 32
+
+
+def quote(name: str) -> str:
+    """Double-quote a Progress identifier (hyphens, reserved words and mixed case all survive)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True)
+class SourceColumn:
+    """One column to read: the Progress name, the SQL-safe alias and an optional operator expression."""
+    name: str
+    alias: str
+    expression: str | None = None  # e.g. SUBSTRING("desc", 1, 2000) — replaces the plain column reference
+
+    def select_item(self) -> str:
+        return f"{self.expression or quote(self.name)} AS {quote(self.alias)}"
+
+
+@dataclass(frozen=True)
+class Window:
+    """Incremental window: rows modified at or after `since` (a date column compares on dates)."""
+    column: str
+    since: datetime
+    precision: str = "date"  # 'date' | 'datetime'
+    time_of_day_column: str | None = None  # seconds since midnight, next to a date-only column
+
+
+class OpenEdgeDialect:
+    """OpenEdge SQL as documented (SQL Reference 11.x/12.x).
+
+    Window values always go as parameters, bound as ISO text and converted by the server (`CAST(? AS DATE)`),
+    because the Arrow ODBC reader binds text parameters only.
+    """
+
+    name = "openedge"
+
+    def date_param(self) -> str:
+        return "CAST(? AS DATE)"
+
+    def timestamp_param(self) -> str:
+        return "CAST(? AS TIMESTAMP)"
+
+    def table_ref(self, table: str) -> str:
+        return f"{OWNER}.{quote(table)}"
+
+    def window_predicate(self, w: Window) -> tuple[str, list[str]]:
+        col = quote(w.column)
+        if w.precision == "datetime":
+            return f"{col} >= {self.timestamp_param()}", [w.since.strftime("%Y-%m-%d %H:%M:%S")]
+        day = w.since.date().isoformat()
+        if w.time_of_day_column:
+            # dat_mod is a date and heure the seconds since midnight: (d > D) OR (d = D AND h >= S)
+            secs = w.since.hour * 3600 + w.since.minute * 60 + w.since.second
+            tod = quote(w.time_of_day_column)
+            return (f"({col} > {self.date_param()} OR ({col} = {self.date_param()} AND "
+                    f"({tod} >= {secs} OR {tod} IS NULL)))", [day, day])
+        return f"{col} >= {self.date_param()}", [day]
+
+    def extract_sql(self, table: str, columns: list[SourceColumn], window: Window | None = None,
+                    filter_clause: str | None = None) -> tuple[str, list[str]]:
+        """One SELECT with explicit aliased columns; returns (sql, parameters)."""
+        if not columns:
+            raise ValueError(f"table {table}: no column to extract (all excluded?) — check config.ETL_Columns")
+        where, params = [], []
+        if window is not None:
+            pred, params = self.window_predicate(window)
+            where.append(pred)
+        if filter_clause and filter_clause.strip():
+            where.append(f"({filter_clause.strip()})")
+        sql = "SELECT " + ", ".join(c.select_item() for c in columns) + " FROM " + self.table_ref(table)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return sql, params
+
+    # -- catalog (SYSPROGRESS) ---------------------------------------------------------------------------
+    def tables_sql(self) -> str:
+        return ("SELECT tbl FROM SYSPROGRESS.SYSTABLES WHERE owner = 'PUB' AND tbltype = 'T' ORDER BY tbl")
+
+    def columns_sql(self) -> str:
+        return ("SELECT col, coltype, width, scale, nullflag, array_extent, label, description, display_order "
+                "FROM SYSPROGRESS.SYSCOLUMNS_FULL WHERE owner = 'PUB' AND tbl = ? ORDER BY display_order")
+
+    def unique_index_sql(self) -> str:
+        return ("SELECT idxname, idxseq, colname FROM SYSPROGRESS.SYSINDEXES "
+                "WHERE tblowner = 'PUB' AND tbl = ? AND idxtype = 'U' ORDER BY idxname, idxseq")
+
+    def count_sql(self, table: str) -> str:
+        return f"SELECT COUNT(*) FROM {self.table_ref(table)}"
+
+
+class SqliteStandInDialect(OpenEdgeDialect):
+    """The demo stand-in: the same SQL, but SQLite keeps dates as ISO text, so parameters compare as text."""
+
+    name = "sqlite-standin"
+
+    def date_param(self) -> str:
+        return "?"
+
+    def timestamp_param(self) -> str:
+        return "?"
+
+
+def dialect_for(name: str) -> OpenEdgeDialect:
+    return {"openedge": OpenEdgeDialect, "sqlite-standin": SqliteStandInDialect}[name]()

@@ -1,0 +1,59 @@
+"""Driver errors turned into short messages with the table and the likely fix; secrets masked."""
+from __future__ import annotations
+
+import re
+
+from ..settings import mask_secrets
+
+
+class SourceError(RuntimeError):
+    """A source failure an operator can act on. `transient` errors are worth a retry."""
+
+    def __init__(self, message: str, *, transient: bool = False):
+        super().__init__(mask_secrets(message))
+        self.transient = transient
+
+
+class SourceValueError(SourceError):
+    """A value that cannot be carried over unchanged (too long, too precise, out of range)."""
+
+
+_RULES: list[tuple[re.Pattern, str, bool]] = [
+    (re.compile(r"value exceeding its max length or precision", re.I),
+     "a value is longer than the column's SQL width in Progress. Fix at the source with `dbtool` "
+     "(option 1 'SQL Width & Date Scan w/Report', option 2 'SQL Width Scan w/Fix'), or start the server with "
+     "-SQLWidthUpdate ON (11.6+) / -SQLTruncateTooLarge OUTPUT (11.5.1+), or set a SourceExpression override "
+     "for the column in config.ETL_Columns", False),
+    (re.compile(r"\(7512\)|access denied|authorization failed", re.I),
+     "the ODBC user may not read this table: GRANT SELECT ON PUB.<table> TO <etl user> in OpenEdge SQL", False),
+    (re.compile(r"IM003|\b193\b", re.I),
+     "the ODBC driver could not be loaded: 32/64-bit mismatch or wrong driver path in CBM_SOURCE_ODBC", False),
+    (re.compile(r"IM002|data source name not found", re.I),
+     "no such ODBC driver or DSN: check `odbcinst -q -d` and the DRIVER= part of the connection string", False),
+    (re.compile(r"28000|login failed|invalid (user|password)", re.I),
+     "login failed: check UID/PWD in .env (CBM_SOURCE_ODBC)", False),
+    (re.compile(r"unicode converter buffer overflow", re.I),
+     "code page mismatch: set IANAAppCodePage=106 (UTF-8) in the connection string", False),
+    (re.compile(r"lock (wait )?time ?out|record lock|lock table", re.I),
+     "waited on a record lock: read with isolation READ UNCOMMITTED (CBM_SOURCE_ISOLATION) or rerun later", True),
+    (re.compile(r"HYT00|HYT01|timeout expired|timed out", re.I),
+     "the query or login timed out: raise CBM_QUERY_TIMEOUT_S or QueryTimeout/LoginTimeout, or rerun", True),
+    (re.compile(r"08S01|08001|08004|communication link|connection (reset|refused|lost)|network", re.I),
+     "the connection to the Progress server failed: check HOST/PORT and that the SQL broker runs", True),
+    (re.compile(r"no such table|table/view/synonym not found|\(7519\)|42S02", re.I),
+     "the table does not exist in PUB: check config.ETL_Tables.TableName (`cbm-etl discover` lists tables)", False),
+    (re.compile(r"no such column|column not found|42S22|\(7518\)", re.I),
+     "a configured column is missing at the source: run `cbm-etl sync-columns <table>`", False),
+]
+
+
+def translate(exc: BaseException, *, table: str | None = None, action: str = "read") -> SourceError:
+    """Wrap a driver exception: what failed, the likely fix, and the driver's own text (masked)."""
+    if isinstance(exc, SourceError):
+        return exc
+    text = mask_secrets(" ".join(str(a) for a in getattr(exc, "args", ()) if a) or repr(exc))
+    where = f"source table PUB.{table}" if table else "source"
+    for pattern, fix, transient in _RULES:
+        if pattern.search(text):
+            return SourceError(f"{where}: {action} failed: {fix}. Driver said: {text}", transient=transient)
+    return SourceError(f"{where}: {action} failed. Driver said: {text}")

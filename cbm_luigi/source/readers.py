@@ -1,0 +1,198 @@
+"""Readers: one connection to the source, small catalog queries and a streamed SELECT as Arrow batches.
+
+- `EmbeddedReader`: Python's sqlite3 on the demo file (the embedded default).
+- `PyodbcReader`: pyodbc over any ODBC driver (always available).
+- `ArrowOdbcReader`: arrow-odbc, which fills Arrow buffers in the driver's own fetch loop (the fast path).
+Every reader attaches the same session setup (isolation READ UNCOMMITTED, init statements) and yields
+batches of at most `batch_rows` rows, so memory is bounded by the batch, never the table.
+"""
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from typing import Iterator
+
+import pyarrow as pa
+
+from ..settings import Settings, mask_secrets
+from .dialect import OpenEdgeDialect, SqliteStandInDialect, dialect_for
+from .errors import SourceError, translate
+
+log = logging.getLogger(__name__)
+
+
+def _rows_to_batch(rows: list[tuple], names: list[str], schema: pa.Schema | None) -> pa.RecordBatch:
+    cols = list(zip(*rows)) if rows else [[] for _ in names]
+    arrays = []
+    for i, name in enumerate(names):
+        want = schema.field(name).type if schema is not None and name in schema.names else None
+        try:
+            arrays.append(pa.array(cols[i], type=want, from_pandas=False))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            arrays.append(pa.array(cols[i]))  # let conform.py name the bad value precisely
+    return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+class Reader:
+    dialect: OpenEdgeDialect
+    name = "reader"
+
+    def query(self, sql: str, params: list | None = None) -> list[tuple]:
+        raise NotImplementedError
+
+    def stream(self, sql: str, params: list, schema: pa.Schema | None, batch_rows: int) -> Iterator[pa.RecordBatch]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class _DbApiReader(Reader):
+    con = None
+
+    def query(self, sql, params=None):
+        cur = self.con.cursor()
+        cur.execute(sql, params or [])
+        return [tuple(r) for r in cur.fetchall()]
+
+    def stream(self, sql, params, schema, batch_rows):
+        cur = self.con.cursor()
+        if hasattr(cur, "arraysize"):
+            cur.arraysize = batch_rows
+        cur.execute(sql, params or [])
+        names = [d[0] for d in cur.description]
+        while True:
+            rows = cur.fetchmany(batch_rows)
+            if not rows:
+                break
+            yield _rows_to_batch([tuple(r) for r in rows], names, schema)
+
+    def close(self):
+        if self.con is not None:
+            self.con.close()
+            self.con = None
+
+
+class EmbeddedReader(_DbApiReader):
+    """The demo source read in-process; dates arrive as ISO text and are typed by conform.py."""
+
+    name = "embedded"
+
+    def __init__(self, path):
+        self.dialect = SqliteStandInDialect()
+        if not path.exists():
+            raise SourceError(f"demo source {path} does not exist: run `cbm-etl demo-source` (or `make demo`)")
+        self.con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        for alias in ("PUB", "SYSPROGRESS"):
+            self.con.execute(f"ATTACH DATABASE ? AS {alias}", (f"file:{path}?mode=ro",))
+
+
+def _odbc_retry(fn, retries: int, what: str):
+    """Retry transient failures (network, timeout) with backoff; SQL errors fail at once."""
+    for attempt in range(retries + 1):
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 — classified right below
+            err = translate(exc, action=what)
+            if not err.transient or attempt == retries:
+                raise err from None
+            wait = min(30.0, 2.0 ** attempt)
+            log.warning("transient source error (%s), retry %d/%d in %.0fs", err, attempt + 1, retries, wait)
+            time.sleep(wait)
+
+
+class PyodbcReader(_DbApiReader):
+    name = "pyodbc"
+
+    def __init__(self, settings: Settings, dialect: OpenEdgeDialect):
+        import pyodbc
+
+        self.dialect = dialect
+        self.con = _odbc_retry(lambda: pyodbc.connect(settings.source_odbc, autocommit=True,
+                                                      timeout=settings.query_timeout_s or 0),
+                               settings.connect_retries, "connect")
+        if settings.source_isolation == "READ_UNCOMMITTED":
+            # no record locks on big reads (no lock-table overflow); set per connection
+            self.con.set_attr(pyodbc.SQL_ATTR_TXN_ISOLATION, pyodbc.SQL_TXN_READ_UNCOMMITTED)
+        if settings.query_timeout_s:
+            self.con.timeout = settings.query_timeout_s
+        for stmt in settings.source_init_sql:
+            self.con.execute(stmt)
+
+
+class ArrowOdbcReader(Reader):
+    """Reads straight into Arrow; the schema we pass makes decimals exact (fetched as text, parsed in Rust)."""
+
+    name = "arrow-odbc"
+
+    def __init__(self, settings: Settings, dialect: OpenEdgeDialect):
+        import arrow_odbc
+
+        self.dialect = dialect
+        self.settings = settings
+        self.con = _odbc_retry(lambda: arrow_odbc.connect(settings.source_odbc, autocommit=True),
+                               settings.connect_retries, "connect")
+        if settings.source_isolation == "READ_UNCOMMITTED" and dialect.name == "openedge":
+            self.con.execute("SET TRANSACTION ISOLATION LEVEL READ UNCOMMITTED")
+        for stmt in settings.source_init_sql:
+            self.con.execute(stmt)
+
+    def query(self, sql, params=None):
+        reader = self.con.read_arrow_batches(sql, parameters=[None if p is None else str(p) for p in params or []])
+        return [tuple(r.values()) for b in reader for r in b.to_pylist()]
+
+    def stream(self, sql, params, schema, batch_rows):
+        reader = self.con.read_arrow_batches(
+            sql, batch_size=batch_rows, parameters=[str(p) for p in params or []],
+            query_timeout_sec=self.settings.query_timeout_s or None,
+            map_schema=(lambda s: _prefer(s, schema)) if schema is not None else None)
+        yield from reader
+
+    def close(self):
+        self.con = None
+
+
+def _prefer(driver_schema: pa.Schema, wanted: pa.Schema) -> pa.Schema:
+    """Ask arrow-odbc for our decimal types (exact, via text) where the driver would hand over doubles."""
+    fields = []
+    for f in driver_schema:
+        w = wanted.field(f.name).type if f.name in wanted.names else None
+        fields.append(f.with_type(w) if w is not None and pa.types.is_decimal(w) else f)
+    return pa.schema(fields)
+
+
+def open_reader(settings: Settings) -> Reader:
+    """The reader for the configured source. Errors are SourceErrors with the connection string masked."""
+    try:
+        if settings.source_kind == "demo":
+            return EmbeddedReader(settings.source_path)
+        if settings.source_kind != "odbc":
+            raise SourceError(f"CBM_SOURCE_KIND={settings.source_kind!r}: expected 'demo' or 'odbc'")
+        if not settings.source_odbc:
+            raise SourceError("CBM_SOURCE_KIND=odbc but CBM_SOURCE_ODBC is empty: set it in .env")
+        dialect = dialect_for(settings.source_dialect)
+        want = settings.odbc_reader
+        if want in ("auto", "arrow-odbc"):
+            try:
+                import arrow_odbc  # noqa: F401
+            except ImportError:
+                if want == "arrow-odbc":
+                    raise SourceError("CBM_ODBC_READER=arrow-odbc but arrow-odbc is not installed "
+                                      "(pip install 'cbm_luigi[fast]')") from None
+            else:
+                return ArrowOdbcReader(settings, dialect)
+        return PyodbcReader(settings, dialect)
+    except SourceError:
+        raise
+    except Exception as exc:  # noqa: BLE001 — translated, never swallowed
+        raise translate(exc, action="connect") from None
+
+
+__all__ = ["Reader", "open_reader", "EmbeddedReader", "PyodbcReader", "ArrowOdbcReader", "mask_secrets"]

@@ -1,0 +1,272 @@
+"""Luigi tasks: thin templates over the plain functions in extract.py, transform.py and steps.py.
+
+ExtractParquet -> StageTable -> MergeOds -> ValidateTable, per table; LoadTable wraps them; LoadAll requires
+every active table. Outputs are named from (table, mode, batch); the warehouse steps' targets are marker rows.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+import uuid
+from datetime import date, datetime
+from functools import cached_property
+from pathlib import Path
+
+import luigi
+from luigi.parameter import ParameterVisibility
+
+from . import config_store, steps
+from .extract import extract_to_parquet, read_extract_meta
+from .faults import checkpoint
+from .naming import sql_safe_name
+from .plan import TablePlan
+from .runlog import StepRecord, write_steps
+from .settings import Settings, load_settings, mask_secrets
+from .source.readers import open_reader
+from .targets import MarkerTarget
+from .transform import TechnicalValues, transform_file
+from .warehouse import open_warehouse
+
+log = logging.getLogger("luigi-interface")
+PROCESS_RUN_ID = str(uuid.uuid4())
+_CONFIG_CACHE: dict = {}
+CONFIG_TTL_S = 30.0
+
+
+def _config(settings: Settings) -> tuple[list[dict], dict[str, list[str]]]:
+    """Active tables and dependencies, read once per process every CONFIG_TTL_S (complete() is called a lot)."""
+    key = (settings.warehouse_kind, str(settings.duckdb_path), settings.mssql_odbc)
+    hit = _CONFIG_CACHE.get(key)
+    if hit and time.monotonic() - hit[0] < CONFIG_TTL_S:
+        return hit[1], hit[2]
+    with open_warehouse(settings).session() as s:
+        tables, deps = config_store.table_rows(s), config_store.dependencies(s)
+    _CONFIG_CACHE[key] = (time.monotonic(), tables, deps)
+    return tables, deps
+
+
+def clear_config_cache() -> None:
+    _CONFIG_CACHE.clear()
+
+
+class CbmTask(luigi.Task):
+    table = luigi.Parameter(description="source table name as in Progress (PUB.<table>)")
+    mode = luigi.ChoiceParameter(choices=["full", "incremental"], default="incremental")
+    batch_date = luigi.DateParameter(default=date.today(), description="the batch (default: today)")
+    batch_tag = luigi.Parameter(default="", description="start a fresh batch the same day: any short tag")
+    run_id = luigi.Parameter(default=PROCESS_RUN_ID, significant=False, visibility=ParameterVisibility.HIDDEN)
+    continue_on_error = luigi.BoolParameter(default=False, significant=False,
+                                            description="load the tables after a failed critical one")
+    in_batch = luigi.BoolParameter(default=False, significant=False, visibility=ParameterVisibility.HIDDEN)
+    load_priority = luigi.IntParameter(default=0, significant=False, visibility=ParameterVisibility.HIDDEN)
+    step = ""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.priority = self.load_priority
+        self._records: list[StepRecord] = []
+
+    # -- shared plumbing (one place) --------------------------------------------------------------------------
+    @cached_property
+    def settings(self) -> Settings:
+        return load_settings()
+
+    @cached_property
+    def warehouse(self):
+        return open_warehouse(self.settings)
+
+    @property
+    def batch_id(self) -> str:
+        return self.batch_date.isoformat() + (f"-{sql_safe_name(self.batch_tag)}" if self.batch_tag else "")
+
+    @property
+    def destination(self) -> str:
+        return sql_safe_name(self.table)
+
+    def cache_path(self, kind: str) -> Path:
+        return self.settings.cache_dir / self.batch_id / self.mode / f"{sql_safe_name(self.table)}.{kind}.parquet"
+
+    def plan(self) -> TablePlan:
+        with self.warehouse.session() as s:
+            config_store.ensure_columns(s, lambda: open_reader(self.settings), self.table)
+            return config_store.load_plan(s, self.table)
+
+    def marker(self) -> MarkerTarget:
+        return MarkerTarget(self.warehouse, self.task_id, table=self.table, step=self.step, batch_id=self.batch_id,
+                            mode=self.mode)
+
+    def params_for(self, cls):
+        return cls(table=self.table, mode=self.mode, batch_date=self.batch_date, batch_tag=self.batch_tag,
+                   run_id=self.run_id, continue_on_error=self.continue_on_error, in_batch=self.in_batch,
+                   load_priority=self.load_priority)
+
+    def record(self, rec: StepRecord, started: float) -> StepRecord:
+        rec.duration_ms = int((time.monotonic() - started) * 1000)
+        self._records.append(rec)
+        return rec
+
+    def status(self, text: str, pct: int | None = None) -> None:
+        """Progress for the central scheduler's web view (only exists under a worker)."""
+        try:
+            self.set_status_message(text)
+            if pct is not None:
+                self.set_progress_percentage(pct)
+        except Exception:  # noqa: BLE001 — outside a worker there is no web view to tell
+            pass
+
+    def _log(self, extra: list[StepRecord]) -> None:
+        try:
+            write_steps(self.warehouse, run_id=self.run_id, batch_id=self.batch_id, table=self.table,
+                        mode=self.mode, task_id=self.task_id, records=self._records + extra)
+        except Exception:  # noqa: BLE001 — the run's own outcome stands; the log failure is reported loudly
+            log.error("could not write etl.ETL_Log for %s: %s", self.task_id, traceback.format_exc())
+        self._records = []
+
+    def on_failure(self, exception):
+        text = mask_secrets(f"{type(exception).__name__}: {exception}")
+        return f"{self.table} [{self.step}, batch {self.batch_id}, {self.mode}]: {text}"
+
+
+@CbmTask.event_handler(luigi.Event.SUCCESS)
+def _log_success(task):
+    if isinstance(task, CbmTask) and task.step:
+        task._log([])
+
+
+@CbmTask.event_handler(luigi.Event.FAILURE)
+def _log_failure(task, exception):
+    if isinstance(task, CbmTask) and task.step:
+        task._log([StepRecord(getattr(task, "_failed_step", task.step), status="FAILED",
+                              error=f"{type(exception).__name__}: {exception}")])
+
+
+class ExtractParquet(CbmTask):
+    """PUB.<table> -> parquet (atomic). Waits for the tables it depends on, and for earlier critical tables."""
+    step = "extract"
+
+    def requires(self):
+        tables, deps = _config(self.settings)
+        need = [d for d in deps.get(self.table, []) if d != self.table]
+        if self.in_batch and not self.continue_on_error:
+            mine = next((t["Priority"] for t in tables if t["TableName"] == self.table), None)
+            if mine is not None:
+                need += [t["TableName"] for t in tables
+                         if t["IsCritical"] and t["Priority"] < mine and t["TableName"] not in need]
+        return [LoadTable(table=t, mode=self.mode, batch_date=self.batch_date, batch_tag=self.batch_tag,
+                          run_id=self.run_id, continue_on_error=self.continue_on_error, in_batch=self.in_batch,
+                          load_priority=self.load_priority + 1) for t in need]
+
+    def output(self):
+        return luigi.LocalTarget(str(self.cache_path("extract")), format=luigi.format.Nop)
+
+    def run(self):
+        t0 = time.monotonic()
+        plan = self.plan()
+        self.status(f"extracting {self.table}")
+        with open_reader(self.settings) as reader:
+            meta = extract_to_parquet(reader, plan, self.mode, Path(self.output().path),
+                                      batch_rows=self.settings.batch_rows,
+                                      progress=lambda n: self.status(f"extract {self.table}: {n:,} rows"))
+        if meta["effective_mode"] != self.mode:
+            log.info("table %s: %s", self.table, meta["window"])
+        self.record(StepRecord("extract", rows=meta["rows"], detail=meta["window"]), t0)
+
+
+class StageTable(CbmTask):
+    """Transform the extract (technical columns, hashdiff, arrays) and replace stg.<table> with it."""
+    step = "stage"
+
+    def requires(self):
+        return self.params_for(ExtractParquet)
+
+    def output(self):
+        return self.marker()
+
+    def run(self):
+        plan = self.plan()
+        t0 = time.monotonic()
+        self._failed_step = "transform"
+        self.status(f"transform {self.table}", 10)
+        tech = TechnicalValues(self.run_id, self.batch_id, datetime.now())
+        out = transform_file(plan, Path(self.input().path), self.cache_path("stage"), tech,
+                             memory_limit=self.settings.duckdb_memory_limit, threads=self.settings.duckdb_threads,
+                             measure_lengths=self.warehouse.needs_string_lengths)
+        self.record(StepRecord("transform", rows=out["rows"]), t0)
+        t1 = time.monotonic()
+        self._failed_step = "stage"
+        self.status(f"stage {self.table}", 50)
+        self.record(steps.stage(self.warehouse, plan, self.cache_path("stage"), max_lengths=out["max_lengths"],
+                                marker=self.output(), run_id=self.run_id), t1)
+        self.status(f"staged {self.table}", 100)
+
+
+class MergeOds(CbmTask):
+    """MERGE stg.<table> into ods.<table> (type 1 or SCD2), soft deletes in full mode; one transaction."""
+    step = "merge"
+
+    def requires(self):
+        return self.params_for(StageTable)
+
+    def output(self):
+        return self.marker()
+
+    def run(self):
+        plan = self.plan()
+        t0 = time.monotonic()
+        meta = read_extract_meta(self.cache_path("extract"))
+        self.status(f"merge {self.table}")
+        rec = steps.merge(self.warehouse, plan, mode=meta.get("effective_mode", self.mode), batch_id=self.batch_id,
+                          marker=self.output(), run_id=self.run_id, checkpoint=checkpoint)
+        self.record(rec, t0)
+
+
+class ValidateTable(CbmTask):
+    """Check ods against the batch; on success advance LastSuccessTs to the extract's start."""
+    step = "validate"
+
+    def requires(self):
+        return self.params_for(MergeOds)
+
+    def output(self):
+        return self.marker()
+
+    def run(self):
+        plan = self.plan()
+        t0 = time.monotonic()
+        meta = read_extract_meta(self.cache_path("extract"))
+        self.record(steps.validate(self.warehouse, plan, mode=meta.get("effective_mode", self.mode),
+                                   batch_id=self.batch_id, marker=self.output(), run_id=self.run_id,
+                                   extract_started_at=datetime.fromisoformat(meta["started_at"])), t0)
+
+
+class LoadTable(CbmTask, luigi.WrapperTask):
+    """One table through every step: `luigi --module cbm_luigi LoadTable --table produit --mode full`."""
+
+    def requires(self):
+        return self.params_for(ValidateTable)
+
+
+class LoadAll(luigi.WrapperTask):
+    """Every active table, in config Priority order: `luigi --module cbm_luigi LoadAll --mode incremental`."""
+    mode = luigi.ChoiceParameter(choices=["full", "incremental"], default="incremental")
+    batch_date = luigi.DateParameter(default=date.today())
+    batch_tag = luigi.Parameter(default="")
+    tables = luigi.Parameter(default="", description="comma-separated subset of tables (default: all active)")
+    continue_on_error = luigi.BoolParameter(default=False, significant=False)
+    run_id = luigi.Parameter(default=PROCESS_RUN_ID, significant=False, visibility=ParameterVisibility.HIDDEN)
+
+    def requires(self):
+        settings = load_settings()
+        rows, _deps = _config(settings)
+        wanted = [t.strip() for t in self.tables.split(",") if t.strip()]
+        if wanted:
+            known = {r["TableName"].lower() for r in rows}
+            unknown = [t for t in wanted if t.lower() not in known]
+            if unknown:
+                raise ValueError(f"--tables names tables that are not active in config.ETL_Tables: {unknown}")
+            rows = [r for r in rows if r["TableName"].lower() in {w.lower() for w in wanted}]
+        n = len(rows)
+        return [LoadTable(table=r["TableName"], mode=self.mode, batch_date=self.batch_date, batch_tag=self.batch_tag,
+                          run_id=self.run_id, continue_on_error=self.continue_on_error, in_batch=True,
+                          load_priority=n - i) for i, r in enumerate(rows)]

@@ -1,0 +1,101 @@
+"""The warehouse interface: sessions with transactions, DDL scripts, introspection, staging.
+
+A `Session` runs qmark-parameterised SQL (`?`) on one connection; `transaction()` commits or rolls back as a
+whole, which is how a marker row lands together with the data it vouches for.
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+from pathlib import Path
+from typing import Iterator
+
+from ..settings import Settings
+from .dialects import WarehouseDialect
+from .statements import Column
+
+SQL_DIR = Path(__file__).resolve().parent.parent.parent / "sql"
+
+
+class Session:
+    def execute(self, sql: str, params: list | tuple | None = None) -> None:
+        raise NotImplementedError
+
+    def query(self, sql: str, params: list | tuple | None = None) -> list[tuple]:
+        raise NotImplementedError
+
+    def query_dicts(self, sql: str, params: list | tuple | None = None) -> list[dict]:
+        raise NotImplementedError
+
+    def scalar(self, sql: str, params: list | tuple | None = None):
+        rows = self.query(sql, params)
+        return rows[0][0] if rows else None
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator["Session"]:
+        self.execute("BEGIN TRANSACTION")
+        try:
+            yield self
+        except BaseException:
+            self.execute("ROLLBACK")
+            raise
+        self.execute("COMMIT")
+
+
+class Warehouse:
+    dialect: WarehouseDialect
+    kind = ""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    def session(self) -> contextlib.AbstractContextManager[Session]:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def script_statements(self) -> list[str]:
+        """The statements of sql/<dialect>/*.sql in file order (one statement per batch)."""
+        out = []
+        for path in sorted((SQL_DIR / self.dialect.name).glob("*.sql")):
+            out += split_script(path.read_text(encoding="utf-8"), self.dialect.name)
+        return out
+
+    def init_db(self) -> int:
+        stmts = self.script_statements()
+        with self.session() as s:
+            for stmt in stmts:
+                s.execute(stmt)
+        return len(stmts)
+
+    def table_columns(self, s: Session, schema: str, table: str) -> dict[str, tuple[str, bool]]:
+        """name -> (type text as the dialect writes it, nullable); {} when the table does not exist."""
+        raise NotImplementedError
+
+    def replace_stage(self, s: Session, table: str, stage_path: Path, columns: list[Column]) -> int:
+        """Replace stg.<table> with the stage parquet's rows (inside the caller's transaction where the
+        dialect allows). Returns the row count."""
+        raise NotImplementedError
+
+    needs_string_lengths = False
+
+
+def split_script(text: str, dialect: str) -> list[str]:
+    """Split a .sql file into statements: on lines holding only `GO` (T-SQL) or on `;` at a line's end."""
+    text = re.sub(r"(?m)^\s*--.*$", "", text)
+    if dialect == "mssql":
+        parts = re.split(r"(?im)^\s*GO\s*$", text)
+    else:
+        parts = re.split(r";\s*$", text, flags=re.M)
+    return [p.strip() for p in parts if p.strip()]
+
+
+def open_warehouse(settings: Settings) -> Warehouse:
+    if settings.warehouse_kind == "duckdb":
+        from .duckdb_wh import DuckDbWarehouse
+        return DuckDbWarehouse(settings)
+    if settings.warehouse_kind == "mssql":
+        from .mssql_wh import MssqlWarehouse
+        return MssqlWarehouse(settings)
+    raise ValueError(f"CBM_WAREHOUSE_KIND={settings.warehouse_kind!r}: expected 'duckdb' or 'mssql'")

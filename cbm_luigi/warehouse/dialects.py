@@ -1,0 +1,90 @@
+"""What differs between the warehouse SQL dialects: quoting, literals, types. Everything else is shared.
+
+`quote` is the one helper every warehouse identifier goes through.
+"""
+from __future__ import annotations
+
+from ..types import ColumnType
+
+
+class IdentifierError(ValueError):
+    pass
+
+
+class WarehouseDialect:
+    name = ""
+    true = "TRUE"
+    false = "FALSE"
+    max_identifier = 128
+
+    def quote(self, name: str) -> str:
+        raise NotImplementedError
+
+    def table(self, schema: str, name: str) -> str:
+        return f"{self.quote(schema)}.{self.quote(name)}"
+
+    def check_identifier(self, name: str) -> str:
+        if not name or len(name) > self.max_identifier:
+            raise IdentifierError(f"identifier {name!r} is empty or longer than {self.max_identifier} characters")
+        return name
+
+    def column_type(self, ctype: ColumnType, max_len: int | None = None) -> str:
+        raise NotImplementedError
+
+    def limit(self, sql_select_body: str, n: int) -> str:
+        """`SELECT <body>` limited to n rows."""
+        raise NotImplementedError
+
+    def is_true(self, expr: str) -> str:
+        return f"{expr} = {self.true}"
+
+    def is_false(self, expr: str) -> str:
+        return f"{expr} = {self.false}"
+
+    length_fn = "length"
+
+    # types of the technical columns
+    hash_type = "VARCHAR(32)"
+    id_type = "VARCHAR(64)"
+    ts_type = "TIMESTAMP"
+    bool_type = "BOOLEAN"
+    text_type = "VARCHAR"
+    int_type = "BIGINT"
+
+
+class DuckDbDialect(WarehouseDialect):
+    name = "duckdb"
+
+    def quote(self, name: str) -> str:
+        return '"' + self.check_identifier(name).replace('"', '""') + '"'
+
+    def column_type(self, ctype: ColumnType, max_len: int | None = None) -> str:
+        return ctype.duckdb_type()
+
+    def limit(self, body: str, n: int) -> str:
+        return f"SELECT {body} LIMIT {int(n)}"
+
+
+class TsqlDialect(WarehouseDialect):
+    name = "mssql"
+    true = "1"
+    false = "0"
+    hash_type = "CHAR(32)"
+    id_type = "NVARCHAR(64)"
+    ts_type = "DATETIME2(3)"
+    bool_type = "BIT"
+    text_type = "NVARCHAR(MAX)"
+    length_fn = "LEN"
+
+    def quote(self, name: str) -> str:
+        return "[" + self.check_identifier(name).replace("]", "]]") + "]"
+
+    def column_type(self, ctype: ColumnType, max_len: int | None = None) -> str:
+        return ctype.mssql_type(max_len)
+
+    def limit(self, body: str, n: int) -> str:
+        return f"SELECT TOP ({int(n)}) {body}"
+
+
+def dialect_named(name: str) -> WarehouseDialect:
+    return {"duckdb": DuckDbDialect, "mssql": TsqlDialect}[name]()

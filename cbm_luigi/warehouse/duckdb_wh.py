@@ -1,0 +1,90 @@
+"""DuckDB, the embedded warehouse: one file, opened per unit of work (DuckDB allows one writing process)."""
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import duckdb
+
+from .base import Session, Warehouse
+from .dialects import DuckDbDialect
+from ..types import parse_column_type
+from .statements import Column, create_table
+
+LOCK_WAIT_S = 120.0
+
+
+class DuckDbSession(Session):
+    def __init__(self, con: duckdb.DuckDBPyConnection):
+        self.con = con
+
+    def execute(self, sql, params=None):
+        self.con.execute(sql, params or [])
+
+    def query(self, sql, params=None):
+        return self.con.execute(sql, params or []).fetchall()
+
+    def query_dicts(self, sql, params=None):
+        cur = self.con.execute(sql, params or [])
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+class DuckDbWarehouse(Warehouse):
+    kind = "duckdb"
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.dialect = DuckDbDialect()
+        self.path: Path = settings.duckdb_path
+
+    def describe(self) -> str:
+        return str(self.path)
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        """Open the file, waiting while another process holds DuckDB's write lock."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + LOCK_WAIT_S
+        delay = 0.05
+        while True:
+            try:
+                con = duckdb.connect(str(self.path))
+                break
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        con.execute(f"SET memory_limit = '{self.settings.duckdb_memory_limit}'")
+        con.execute(f"SET threads = {int(self.settings.duckdb_threads)}")
+        con.execute("SET preserve_insertion_order = false")
+        return con
+
+    @contextlib.contextmanager
+    def session(self):
+        con = self._connect()
+        try:
+            yield DuckDbSession(con)
+        finally:
+            con.close()
+
+    def table_columns(self, s, schema, table):
+        rows = s.query("SELECT column_name, data_type, is_nullable FROM information_schema.columns "
+                       "WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position", [schema, table])
+        out = {}
+        for name, type_text, nullable in rows:
+            try:  # DuckDB spells some types its own way (TIMESTAMP WITH TIME ZONE): compare as we write them
+                type_text = parse_column_type(type_text).duckdb_type()
+            except ValueError:
+                pass
+            out[name] = (type_text, nullable == "YES")
+        return out
+
+    def replace_stage(self, s, table, stage_path, columns):
+        d = self.dialect
+        lit = "'" + str(stage_path).replace("'", "''") + "'"
+        s.execute(f"DROP TABLE IF EXISTS {d.table('stg', table)}")
+        s.execute(create_table(d, "stg", table, columns, ods=False))
+        s.execute(f"INSERT INTO {d.table('stg', table)} BY NAME SELECT * FROM read_parquet({lit})")
+        return int(s.scalar(f"SELECT COUNT(*) FROM {d.table('stg', table)}"))

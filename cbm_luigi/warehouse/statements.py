@@ -1,0 +1,251 @@
+"""Every data statement the warehouse runs, built once for both dialects: DDL for stg/ods, schema evolution,
+the MERGE (type 1 and SCD type 2, soft deletes), duplicate-key and validation checks.
+
+Only quoting, booleans, types and a few keywords come from the dialect (dialects.py); the keys, the hashdiff
+condition, the soft-delete and SCD2 logic are written here once, so the DuckDB end-to-end tests exercise the
+same logic that the SQL Server statements carry.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..types import ColumnType
+from .dialects import WarehouseDialect
+
+# Technical columns. stg carries the first five; ods adds state and either type-1 or SCD2 columns.
+STAGE_TECH = ["_etl_hashdiff", "_etl_run_id", "_etl_batch_id", "_etl_loaded_at", "_etl_source_ts"]
+ODS_STATE = ["_etl_is_deleted", "_etl_deleted_at"]
+TYPE1_TECH = ["_etl_inserted_at", "_etl_updated_at"]
+SCD2_TECH = ["_etl_valid_from", "_etl_valid_to", "_etl_is_current"]
+
+
+class SchemaChangeError(RuntimeError):
+    """A source column changed type: never cast silently; the message says how to proceed."""
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    ctype: ColumnType
+    nullable: bool = True
+    max_len: int | None = None  # measured longest string (sizes NVARCHAR on SQL Server)
+
+
+@dataclass
+class MergeSpec:
+    """What the MERGE needs to know about one table."""
+    schema_stg: str
+    schema_ods: str
+    table: str
+    keys: list[str]
+    columns: list[str]  # business columns, in stage order
+    scd2: bool
+    full: bool  # soft-delete keys absent from the batch
+
+    def stg(self, d: WarehouseDialect) -> str:
+        return d.table(self.schema_stg, self.table)
+
+    def ods(self, d: WarehouseDialect) -> str:
+        return d.table(self.schema_ods, self.table)
+
+
+def tech_columns(d: WarehouseDialect, *, ods: bool, scd2: bool) -> list[tuple[str, str, bool]]:
+    cols = [("_etl_hashdiff", d.hash_type, False), ("_etl_run_id", d.id_type, True),
+            ("_etl_batch_id", d.id_type, True), ("_etl_loaded_at", d.ts_type, True),
+            ("_etl_source_ts", d.ts_type, True)]
+    if ods:
+        cols += [("_etl_is_deleted", d.bool_type, False), ("_etl_deleted_at", d.ts_type, True)]
+        cols += ([("_etl_valid_from", d.ts_type, False), ("_etl_valid_to", d.ts_type, True),
+                  ("_etl_is_current", d.bool_type, False)] if scd2 else
+                 [("_etl_inserted_at", d.ts_type, True), ("_etl_updated_at", d.ts_type, True)])
+    return cols
+
+
+# -- DDL -------------------------------------------------------------------------------------------------------
+
+def create_table(d: WarehouseDialect, schema: str, table: str, columns: list[Column], *, ods: bool,
+                 scd2: bool = False) -> str:
+    defs = [f"{d.quote(c.name)} {d.column_type(c.ctype, c.max_len)}{'' if c.nullable else ' NOT NULL'}"
+            for c in columns]
+    defs += [f"{d.quote(n)} {t}{'' if nullable else ' NOT NULL'}"
+             for n, t, nullable in tech_columns(d, ods=ods, scd2=scd2)]
+    return f"CREATE TABLE {d.table(schema, table)} (\n    " + ",\n    ".join(defs) + "\n)"
+
+
+def add_column(d: WarehouseDialect, schema: str, table: str, col: Column) -> str:
+    # added columns are nullable: existing rows have no value for them
+    kw = "ADD" if d.name == "mssql" else "ADD COLUMN"
+    return f"ALTER TABLE {d.table(schema, table)} {kw} {d.quote(col.name)} {d.column_type(col.ctype, col.max_len)} NULL"
+
+
+def widen_column(d: WarehouseDialect, schema: str, table: str, col: Column, nullable: bool) -> str:
+    if d.name == "mssql":
+        return (f"ALTER TABLE {d.table(schema, table)} ALTER COLUMN {d.quote(col.name)} "
+                f"{d.column_type(col.ctype, col.max_len)} {'NULL' if nullable else 'NOT NULL'}")
+    return f"ALTER TABLE {d.table(schema, table)} ALTER COLUMN {d.quote(col.name)} TYPE {d.column_type(col.ctype)}"
+
+
+def _width(type_text: str) -> int | None:
+    """NVARCHAR(n) -> n, NVARCHAR(MAX)/VARCHAR -> None (unbounded)."""
+    t = type_text.upper().replace(" ", "")
+    if "(" not in t or "MAX" in t:
+        return None
+    return int(t[t.index("(") + 1:t.index(")")].split(",")[0])
+
+
+def evolve(d: WarehouseDialect, schema: str, table: str, wanted: list[Column],
+           existing: dict[str, tuple[str, bool]]) -> tuple[list[str], list[str]]:
+    """Statements that bring `schema.table` (existing: name -> (type text, nullable)) up to `wanted`.
+
+    New columns are added; strings longer than the column widen it (logged by the caller); any other type
+    change raises SchemaChangeError. Returns (statements, human-readable changes).
+    """
+    stmts, changes = [], []
+    lower = {k.lower(): (k, v) for k, v in existing.items()}
+    for col in wanted:
+        if col.name.lower() not in lower:
+            stmts.append(add_column(d, schema, table, col))
+            changes.append(f"{schema}.{table}: added column {col.name} {d.column_type(col.ctype, col.max_len)}")
+            continue
+        _name, (have, nullable) = lower[col.name.lower()]
+        want = d.column_type(col.ctype, col.max_len)
+        if have.upper().replace(" ", "") == want.upper().replace(" ", ""):
+            continue
+        if col.ctype.kind == "string" and _base(have) == _base(want):
+            hw, ww = _width(have), _width(want)
+            if hw is not None and (ww is None or ww > hw):
+                stmts.append(widen_column(d, schema, table, col, nullable))
+                changes.append(f"{schema}.{table}: widened {col.name} from {have} to {want}")
+            continue  # wide enough already
+        raise SchemaChangeError(
+            f"{schema}.{table}.{col.name}: the source type changed from {have} to {want}. Nothing was cast. "
+            f"Either add a SourceExpression in config.ETL_Columns that casts back to {have}, or migrate the "
+            f"column yourself (ALTER TABLE ... / rename it away) and rerun the table.")
+    return stmts, changes
+
+
+def _base(type_text: str) -> str:
+    return type_text.upper().split("(")[0].strip()
+
+
+# -- checks ----------------------------------------------------------------------------------------------------
+
+def duplicate_keys(d: WarehouseDialect, relation: str, keys: list[str], where: str = "", n: int = 5) -> str:
+    k = ", ".join(d.quote(c) for c in keys)
+    return d.limit(f"{k}, COUNT(*) AS n FROM {relation}{' WHERE ' + where if where else ''} "
+                   f"GROUP BY {k} HAVING COUNT(*) > 1 ORDER BY {k}", n)
+
+
+def _on(d: WarehouseDialect, keys: list[str], left: str = "t", right: str = "s") -> str:
+    return " AND ".join(f"{left}.{d.quote(k)} = {right}.{d.quote(k)}" for k in keys)
+
+
+def _live(d: WarehouseDialect, spec: MergeSpec, alias: str = "t") -> str:
+    """Rows of ods that represent the key now: the current version (SCD2), every row (type 1)."""
+    return d.is_true(f"{alias}._etl_is_current") if spec.scd2 else "1 = 1"
+
+
+def merge_counts(d: WarehouseDialect, spec: MergeSpec) -> str:
+    """inserted / updated / unchanged of the batch, and deleted (soft) — computed before the MERGE."""
+    changed = f"(t._etl_hashdiff <> s._etl_hashdiff OR {d.is_true('t._etl_is_deleted')})"
+    k0 = d.quote(spec.keys[0])
+    deleted = "0"
+    if spec.full:
+        deleted = (f"(SELECT COUNT(*) FROM {spec.ods(d)} AS t WHERE {_live(d, spec)} AND "
+                   f"{d.is_false('t._etl_is_deleted')} AND NOT EXISTS "
+                   f"(SELECT 1 FROM {spec.stg(d)} AS s WHERE {_on(d, spec.keys)}))")
+    return (f"SELECT COALESCE(SUM(CASE WHEN t.{k0} IS NULL THEN 1 ELSE 0 END), 0) AS inserted, "
+            f"COALESCE(SUM(CASE WHEN t.{k0} IS NOT NULL AND {changed} THEN 1 ELSE 0 END), 0) AS updated, "
+            f"COALESCE(SUM(CASE WHEN t.{k0} IS NOT NULL AND NOT {changed} THEN 1 ELSE 0 END), 0) AS unchanged, "
+            f"{deleted} AS deleted "
+            f"FROM {spec.stg(d)} AS s LEFT JOIN {spec.ods(d)} AS t ON {_on(d, spec.keys)} AND {_live(d, spec)}")
+
+
+def _merge_head(d: WarehouseDialect, spec: MergeSpec, on_extra: str = "") -> str:
+    hold = " WITH (HOLDLOCK)" if d.name == "mssql" else ""
+    return (f"MERGE INTO {spec.ods(d)}{hold} AS t USING {spec.stg(d)} AS s "
+            f"ON ({_on(d, spec.keys)}{on_extra})")
+
+
+def _soft_delete_clause(d: WarehouseDialect, spec: MergeSpec) -> str:
+    if not spec.full:
+        return ""
+    cond = d.is_false("t._etl_is_deleted") + (f" AND {_live(d, spec)}" if spec.scd2 else "")
+    return (f"\nWHEN NOT MATCHED BY SOURCE AND {cond} THEN UPDATE SET "
+            f"_etl_is_deleted = {d.true}, _etl_deleted_at = ?")
+
+
+def _tail(d: WarehouseDialect) -> str:
+    # SQL Server: MERGE must end with ';' and the action counts come out through OUTPUT
+    return "\nOUTPUT $action INTO @merge_actions;" if d.name == "mssql" else ""
+
+
+def merge_type1(d: WarehouseDialect, spec: MergeSpec) -> tuple[str, int]:
+    """Type 1: insert new keys, update where the hashdiff differs (or the row was soft-deleted), soft-delete
+    absent keys in full mode. Returns (sql, number of `?` for the load timestamp)."""
+    carry = spec.columns + STAGE_TECH
+    sets = ", ".join(f"{d.quote(c)} = s.{d.quote(c)}" for c in carry)
+    ins_cols = ", ".join(d.quote(c) for c in carry + ODS_STATE + TYPE1_TECH)
+    ins_vals = ", ".join([f"s.{d.quote(c)}" for c in carry] + [d.false, "NULL", "?", "?"])
+    sql = (f"{_merge_head(d, spec)}\n"
+           f"WHEN MATCHED AND (t._etl_hashdiff <> s._etl_hashdiff OR {d.is_true('t._etl_is_deleted')}) THEN "
+           f"UPDATE SET {sets}, _etl_is_deleted = {d.false}, _etl_deleted_at = NULL, _etl_updated_at = ?\n"
+           f"WHEN NOT MATCHED THEN INSERT ({ins_cols}) VALUES ({ins_vals})"
+           f"{_soft_delete_clause(d, spec)}{_tail(d)}")
+    return sql, sql.count("?")
+
+
+def scd2_close(d: WarehouseDialect, spec: MergeSpec) -> tuple[str, int]:
+    """SCD2 step 1: close the current version of changed keys, revive unchanged soft-deleted ones, and (full
+    mode) flag the current version of absent keys as deleted. One WHEN MATCHED clause (SQL Server allows only
+    one UPDATE clause per MERGE), the change decided per row."""
+    changed = "t._etl_hashdiff <> s._etl_hashdiff"
+    sql = (f"{_merge_head(d, spec, ' AND ' + d.is_true('t._etl_is_current'))}\n"
+           f"WHEN MATCHED AND ({changed} OR {d.is_true('t._etl_is_deleted')}) THEN UPDATE SET "
+           f"_etl_valid_to = CASE WHEN {changed} THEN ? ELSE t._etl_valid_to END, "
+           f"_etl_is_current = CASE WHEN {changed} THEN {d.false} ELSE {d.true} END, "
+           f"_etl_is_deleted = CASE WHEN {changed} THEN t._etl_is_deleted ELSE {d.false} END, "
+           f"_etl_deleted_at = CASE WHEN {changed} THEN t._etl_deleted_at ELSE NULL END"
+           f"{_soft_delete_clause(d, spec)}{_tail(d)}")
+    return sql, sql.count("?")
+
+
+def scd2_insert(d: WarehouseDialect, spec: MergeSpec) -> tuple[str, int]:
+    """SCD2 step 2: a new current version for every batch key that has none (new or just closed)."""
+    carry = spec.columns + STAGE_TECH
+    cols = ", ".join(d.quote(c) for c in carry + ODS_STATE + SCD2_TECH)
+    vals = ", ".join([f"s.{d.quote(c)}" for c in carry] + [d.false, "NULL", "?", "NULL", d.true])
+    sql = (f"INSERT INTO {spec.ods(d)} ({cols})\nSELECT {vals} FROM {spec.stg(d)} AS s\n"
+           f"WHERE NOT EXISTS (SELECT 1 FROM {spec.ods(d)} AS t WHERE {_on(d, spec.keys)} AND "
+           f"{d.is_true('t._etl_is_current')})")
+    return sql, sql.count("?")
+
+
+def merge_statements(d: WarehouseDialect, spec: MergeSpec) -> list[tuple[str, int]]:
+    """The data statements of one merge, in order; each with how many `?` take the load timestamp.
+
+    On SQL Server each MERGE is wrapped in a batch that declares the OUTPUT table and returns the actions."""
+    stmts = [scd2_close(d, spec), scd2_insert(d, spec)] if spec.scd2 else [merge_type1(d, spec)]
+    if d.name != "mssql":
+        return stmts
+    return [(f"DECLARE @merge_actions TABLE (act NVARCHAR(10));\n{sql}\n"
+             f"SELECT act, COUNT(*) AS n FROM @merge_actions GROUP BY act;", n) if sql.startswith("MERGE")
+            else (sql, n) for sql, n in stmts]
+
+
+# -- validation ------------------------------------------------------------------------------------------------
+
+def validation_queries(d: WarehouseDialect, spec: MergeSpec) -> dict[str, str]:
+    """Each query returns one number: 0 means the check passed (row_count is compared by the caller)."""
+    ods, stg = spec.ods(d), spec.stg(d)
+    live = _live(d, spec)
+    return {
+        "batch_keys_current_with_same_hash": (
+            f"SELECT COUNT(*) FROM {stg} AS s WHERE NOT EXISTS (SELECT 1 FROM {ods} AS t WHERE {_on(d, spec.keys)} "
+            f"AND {live} AND {d.is_false('t._etl_is_deleted')} AND t._etl_hashdiff = s._etl_hashdiff)"),
+        "duplicate_current_keys": (
+            f"SELECT COUNT(*) FROM (SELECT {', '.join(d.quote(k) for k in spec.keys)} FROM {ods} AS t "
+            f"WHERE {live} GROUP BY {', '.join(d.quote(k) for k in spec.keys)} HAVING COUNT(*) > 1) AS dup"),
+        "ods_live_rows": f"SELECT COUNT(*) FROM {ods} AS t WHERE {live} AND {d.is_false('t._etl_is_deleted')}",
+        "stg_rows": f"SELECT COUNT(*) FROM {stg}",
+    }

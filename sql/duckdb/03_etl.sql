@@ -1,0 +1,56 @@
+-- Run history, markers (the targets of the warehouse tasks), validation results, Progress catalog copy.
+CREATE SEQUENCE IF NOT EXISTS etl.seq_log;
+CREATE TABLE IF NOT EXISTS etl.ETL_Log (
+    LogId           BIGINT DEFAULT nextval('etl.seq_log') PRIMARY KEY,
+    RunId           VARCHAR NOT NULL,
+    BatchId         VARCHAR NOT NULL,
+    TableName       VARCHAR NOT NULL,
+    Step            VARCHAR NOT NULL,   -- extract | transform | stage | merge | validate
+    Status          VARCHAR NOT NULL,   -- SUCCESS | FAILED
+    Mode            VARCHAR,
+    Rows            BIGINT,
+    RowsInserted    BIGINT,
+    RowsUpdated     BIGINT,
+    RowsUnchanged   BIGINT,
+    RowsDeleted     BIGINT,
+    DurationMs      BIGINT,
+    ErrorMessage    VARCHAR,
+    Detail          VARCHAR,
+    TaskId          VARCHAR,
+    LogTs           TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+CREATE TABLE IF NOT EXISTS etl.ETL_Markers (
+    MarkerId        VARCHAR NOT NULL PRIMARY KEY,  -- the Luigi task id
+    TableName       VARCHAR NOT NULL,
+    Step            VARCHAR NOT NULL,
+    BatchId         VARCHAR NOT NULL,
+    Mode            VARCHAR,
+    RunId           VARCHAR,
+    Rows            BIGINT,
+    CreatedAt       TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+CREATE TABLE IF NOT EXISTS etl.ETL_Validation (
+    RunId           VARCHAR NOT NULL,
+    BatchId         VARCHAR NOT NULL,
+    TableName       VARCHAR NOT NULL,
+    CheckName       VARCHAR NOT NULL,
+    Passed          BOOLEAN NOT NULL,
+    Expected        BIGINT,
+    Actual          BIGINT,
+    Detail          VARCHAR,
+    CheckedAt       TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+CREATE TABLE IF NOT EXISTS meta.SYSCOLUMNS_FULL (
+    tbl             VARCHAR NOT NULL,
+    col             VARCHAR NOT NULL,
+    coltype         VARCHAR NOT NULL,
+    width           INTEGER,
+    scale           INTEGER,
+    nullflag        VARCHAR,
+    array_extent    INTEGER,
+    label           VARCHAR,
+    description     VARCHAR,
+    display_order   INTEGER,
+    CopiedAt        TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (tbl, col)
+);
