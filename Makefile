@@ -1,0 +1,55 @@
+# cbm_luigi — the two sacred commands: `make demo` and `make test` (both set themselves up).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+export CBM_HOME ?= $(CURDIR)
+DEMO_ENV := CBM_HOME=$(CURDIR)/var/demo CBM_ENV_FILE=/nonexistent
+
+.PHONY: setup system-deps demo test test-mssql bench lint clean
+
+# unixODBC + the SQLite ODBC driver: the real ODBC driver manager and driver the source tests go through
+system-deps:
+	@if ! odbcinst -q -d 2>/dev/null | grep -q '^\[SQLite3\]'; then \
+	  if [ "$$(id -u)" = "0" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq unixodbc unixodbc-dev libsqliteodbc >/dev/null; \
+	  else echo "need unixodbc + libsqliteodbc: sudo apt-get install unixodbc unixodbc-dev libsqliteodbc"; exit 1; fi; \
+	fi
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test,fast]'
+	touch $@
+
+setup: system-deps $(VENV)/.installed
+
+# The whole pipeline on the embedded default: full load, a working day of changes, incremental, final full.
+demo: setup
+	rm -rf var/demo && mkdir -p var/demo
+	cd var/demo && $(DEMO_ENV) ../../$(VENV)/bin/cbm-etl demo-source
+	cd var/demo && $(DEMO_ENV) ../../$(VENV)/bin/cbm-etl init-db --tables-csv ../../config/tables.csv
+	cd var/demo && $(DEMO_ENV) ../../$(VENV)/bin/cbm-etl sync-columns --all
+	cd var/demo && $(DEMO_ENV) LUIGI_CONFIG_PATH=../../luigi.cfg ../../$(VENV)/bin/luigi --module cbm_luigi LoadAll --mode full --local-scheduler --no-lock 2>&1 | sed -n '/Execution Summary/,$$p'
+	cd var/demo && $(DEMO_ENV) ../../$(VENV)/bin/cbm-etl demo-change
+	cd var/demo && $(DEMO_ENV) LUIGI_CONFIG_PATH=../../luigi.cfg ../../$(VENV)/bin/luigi --module cbm_luigi LoadAll --mode incremental --local-scheduler --no-lock 2>&1 | sed -n '/Execution Summary/,$$p'
+	cd var/demo && $(DEMO_ENV) ../../$(VENV)/bin/cbm-etl summary
+	cd var/demo && $(DEMO_ENV) LUIGI_CONFIG_PATH=../../luigi.cfg ../../$(VENV)/bin/luigi --module cbm_luigi LoadAll --mode full --batch-tag final --local-scheduler --no-lock 2>&1 | sed -n '/Execution Summary/,$$p'
+	cd var/demo && $(DEMO_ENV) ../../$(VENV)/bin/cbm-etl summary
+	@echo "warehouse file: $(CURDIR)/var/demo/var/warehouse.duckdb"
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# the live SQL Server suite: CBM_TEST_MSSQL='DRIVER={ODBC Driver 18 for SQL Server};SERVER=...;...' make test-mssql
+test-mssql: setup
+	$(PY) -m pytest -q -p no:cacheprovider -rs tests/test_mssql_live.py
+
+bench: setup
+	$(PY) -m bench.run $(if $(QUICK),--quick,)
+
+lint: setup
+	$(PY) -m sqlfluff parse --dialect tsql sql/mssql/*.sql >/dev/null
+
+clean:
+	rm -rf var .venv build *.egg-info

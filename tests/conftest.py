@@ -1,0 +1,165 @@
+"""Shared fixtures: an isolated home per test (demo source + DuckDB warehouse + cache), helpers to run the
+real pipeline through Luigi and to read source and ods rows for row-by-row comparison."""
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import duckdb
+import luigi
+import pytest
+
+from cbm_luigi import demo_source, tasks
+from cbm_luigi.cli import main as cbm_etl
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Env:
+    home: Path
+    source: Path
+    warehouse: Path
+    cache: Path
+
+    def vars(self) -> dict[str, str]:
+        return {"CBM_HOME": str(self.home), "CBM_ENV_FILE": "/nonexistent", "CBM_DEMO_SOURCE": str(self.source),
+                "CBM_DUCKDB_PATH": str(self.warehouse), "CBM_CACHE_DIR": str(self.cache)}
+
+    def con(self) -> duckdb.DuckDBPyConnection:
+        return duckdb.connect(str(self.warehouse))
+
+    def sql(self, q: str, params=None) -> list[tuple]:
+        with self.con() as c:
+            return c.execute(q, params or []).fetchall()
+
+
+def make_env(root: Path, monkeypatch, *, init: bool = True, scale: float = 1.0) -> Env:
+    env = Env(root, root / "source.sqlite", root / "wh.duckdb", root / "cache")
+    for k, v in env.vars().items():
+        monkeypatch.setenv(k, v)
+    for k in ("CBM_SOURCE_KIND", "CBM_SOURCE_ODBC", "CBM_SOURCE_INIT_SQL", "CBM_SOURCE_DIALECT", "CBM_ODBC_READER",
+              "CBM_WAREHOUSE_KIND", "CBM_PAUSE_AT"):
+        monkeypatch.delenv(k, raising=False)
+    tasks.clear_config_cache()
+    demo_source.generate(env.source, scale=scale)
+    if init:
+        assert cbm_etl(["init-db"]) == 0
+    return env
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch) -> Env:
+    return make_env(tmp_path, monkeypatch)
+
+
+def build(*task_list, **kw) -> luigi.execution_summary.LuigiRunResult:
+    tasks.clear_config_cache()
+    return luigi.build(list(task_list), local_scheduler=True, detailed_summary=True, log_level="WARNING", **kw)
+
+
+def succeeded(result) -> bool:
+    return result.status in (luigi.execution_summary.LuigiStatusCode.SUCCESS,
+                             luigi.execution_summary.LuigiStatusCode.SUCCESS_WITH_RETRY)
+
+
+# -- independent reading of the demo source (does not use the pipeline's reader or transform) ---------------
+
+def _decode_extent(text: str | None, n: int) -> list[str | None]:
+    if text is None:
+        return [None] * n
+    out, cur, i, quoted_unknown = [], "", 0, False
+    while i < len(text):
+        ch = text[i]
+        if ch == "~" and i + 1 < len(text):
+            cur += text[i + 1]
+            quoted_unknown = True
+            i += 2
+            continue
+        if ch == ";":
+            out.append(None if cur == "?" and not quoted_unknown else cur)
+            cur, quoted_unknown = "", False
+        else:
+            cur += ch
+        i += 1
+    out.append(None if cur == "?" and not quoted_unknown else cur)
+    return (out + [None] * n)[:n]
+
+
+def source_rows(path: Path, table: str) -> dict[tuple, dict]:
+    """Rows of a demo table as Python values keyed by primary key, with SQL-safe names (from the catalog)."""
+    con = sqlite3.connect(str(path))
+    cols = con.execute("SELECT col, coltype, scale, array_extent FROM SYSCOLUMNS_FULL WHERE tbl = ? "
+                       "ORDER BY display_order", (table,)).fetchall()
+    key = [r[0] for r in con.execute("SELECT colname FROM SYSINDEXES WHERE tbl = ? ORDER BY idxseq", (table,))]
+    names = {"gencod-v": "gencod_v_2", "order": "order_"}
+    out = {}
+    for row in con.execute(f'SELECT * FROM "{table}"'):
+        rec = {}
+        for (col, coltype, scale, extent), v in zip(cols, row):
+            name = names.get(col, col.replace("-", "_"))
+            if extent:
+                for i, e in enumerate(_decode_extent(v, extent), 1):
+                    rec[f"{name}_{i}"] = e
+                continue
+            if v is not None:
+                if coltype == "date":
+                    v = date.fromisoformat(v)
+                elif coltype == "timestamp":
+                    v = datetime.fromisoformat(v)
+                elif coltype == "numeric":
+                    v = Decimal(v).quantize(Decimal(1).scaleb(-scale))
+                elif coltype == "bit":
+                    v = bool(v)
+            rec[name] = v
+        out[tuple(rec[names.get(k, k.replace("-", "_"))] for k in key)] = rec
+    con.close()
+    return out
+
+
+def ods_rows(env: Env, table: str, keys: list[str], *, deleted: bool | None = False) -> dict[tuple, dict]:
+    """Live rows of ods.<table> (current version for SCD2), business columns only, keyed by `keys`."""
+    with env.con() as c:
+        cols = [r[0] for r in c.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = "
+                                        "'ods' AND table_name = ? ORDER BY ordinal_position", [table]).fetchall()]
+        where = []
+        if "_etl_is_current" in cols:
+            where.append("_etl_is_current")
+        if deleted is not None:
+            where.append("_etl_is_deleted" if deleted else "NOT _etl_is_deleted")
+        rows = c.execute(f'SELECT * FROM ods."{table}"' + (" WHERE " + " AND ".join(where) if where else ""))
+        names = [d[0] for d in rows.description]
+        data = rows.fetchall()
+    out = {}
+    for r in data:
+        rec = {n: v for n, v in zip(names, r) if not n.startswith("_etl_")}
+        out[tuple(rec[k] for k in keys)] = rec
+    return out
+
+
+DEMO_TABLES = demo_source.DEMO_TABLES
+TABLE_KEYS = {"famille": ["cod_fam"], "fournis": ["cod_fou"], "produit": ["cod_pro"], "client": ["cod_cli"],
+              "lignecli": ["num_cde", "num_lig"], "hisprixa": ["cod_pro", "cod_fou", "dat_eff"]}
+
+
+def assert_ods_equals_source(env: Env, table: str) -> None:
+    src = source_rows(env.source, table)
+    ods = ods_rows(env, table, TABLE_KEYS[table])
+    assert set(ods) == set(src), f"{table}: keys differ: only in source {set(src) - set(ods)}, only in ods " \
+                                 f"{set(ods) - set(src)}"
+    for k, row in src.items():
+        assert ods[k] == row, f"{table} key {k}: ods {ods[k]} != source {row}"
+
+
+def subprocess_env(env: Env, **extra) -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items() if not k.startswith("CBM_")}
+    e.update(env.vars())
+    e.update({"PATH": f"{BIN}:{e.get('PATH', '')}", "LUIGI_CONFIG_PATH": str(REPO / "luigi.cfg")})
+    e.update(extra)
+    return e
