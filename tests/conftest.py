@@ -48,6 +48,7 @@ def make_env(root: Path, monkeypatch, *, init: bool = True, scale: float = 1.0) 
               "CBM_WAREHOUSE_KIND", "CBM_PAUSE_AT"):
         monkeypatch.delenv(k, raising=False)
     tasks.clear_config_cache()
+    luigi.task_register.Register.clear_instance_cache()
     demo_source.generate(env.source, scale=scale)
     if init:
         assert cbm_etl(["init-db"]) == 0
@@ -60,6 +61,8 @@ def env(tmp_path, monkeypatch) -> Env:
 
 
 def build(*task_list, **kw) -> luigi.execution_summary.LuigiRunResult:
+    """luigi.build on the local scheduler. Tasks must be created after the test's env is set: Luigi caches
+    instances by parameters, and a cached instance keeps the settings of the env it was made in."""
     tasks.clear_config_cache()
     return luigi.build(list(task_list), local_scheduler=True, detailed_summary=True, log_level="WARNING", **kw)
 

@@ -1,0 +1,149 @@
+"""Operating the pipeline: the luigi command line and its exit codes, a real luigid, a kill in the middle of
+a merge, duplicate keys, critical tables, forcing a reload."""
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import date
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from cbm_luigi.cli import main as cbm_etl
+from cbm_luigi.tasks import LoadAll, LoadTable
+
+from .conftest import DEMO_TABLES, REPO, assert_ods_equals_source, build, make_env, subprocess_env, succeeded
+
+
+def luigi_cli(env, *args, extra=None, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run(["luigi", "--module", "cbm_luigi", *args], cwd=env.home, env=subprocess_env(env, **(extra or {})),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_exit_codes(env):
+    ok = luigi_cli(env, "LoadTable", "--table", "produit", "--mode", "full", "--local-scheduler")
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert_ods_equals_source(env, "produit")
+    # a wrong key makes duplicates: the task fails and cron sees exit code 30 ([retcode] task_failed)
+    env.sql("UPDATE config.ETL_Tables SET PrimaryKeyCols = 'num_cde' WHERE TableName = 'lignecli'")
+    bad = luigi_cli(env, "LoadTable", "--table", "lignecli", "--mode", "full", "--local-scheduler")
+    assert bad.returncode == 30, bad.stderr[-3000:]
+    err = env.sql("SELECT ErrorMessage FROM etl.ETL_Log WHERE TableName = 'lignecli' AND Status = 'FAILED'")
+    assert len(err) == 1
+    assert "duplicate keys" in err[0][0] and "num_cde=1000" in err[0][0] and "(4 rows)" in err[0][0]
+    assert env.sql("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'ods' "
+                   "AND table_name = 'lignecli'")[0][0] == 0  # nothing merged
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_through_real_luigid(env, tmp_path):
+    port = _free_port()
+    daemon = subprocess.Popen(["luigid", "--port", str(port), "--address", "127.0.0.1", "--state-path",
+                               str(tmp_path / "luigid.state"), "--logdir", str(tmp_path)],
+                              env=subprocess_env(env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}/api"
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"{base}/ping", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        run = luigi_cli(env, "LoadAll", "--mode", "full", "--scheduler-host", "127.0.0.1", "--scheduler-port",
+                        str(port))
+        assert run.returncode == 0, run.stderr[-3000:]
+
+        def task_list(status: str) -> dict:
+            q = urllib.parse.quote(json.dumps({"status": status}))
+            return json.load(urllib.request.urlopen(f"{base}/task_list?data={q}", timeout=5))["response"]
+
+        done = task_list("DONE")
+        families = [t["name"] for t in done.values()]
+        for fam in ("ExtractParquet", "StageTable", "MergeOds", "ValidateTable", "LoadTable"):
+            assert families.count(fam) == len(DEMO_TABLES), fam
+        assert families.count("LoadAll") == 1
+        assert task_list("FAILED") == {}
+        for t in DEMO_TABLES:
+            assert_ods_equals_source(env, t)
+    finally:
+        daemon.terminate()
+        daemon.wait(10)
+
+
+def _business_snapshot(env) -> dict[str, list[tuple]]:
+    snap = {}
+    with env.con() as c:
+        for t in DEMO_TABLES:
+            cols = [r[0] for r in c.execute("SELECT column_name FROM information_schema.columns WHERE table_schema"
+                                            " = 'ods' AND table_name = ? ORDER BY ordinal_position", [t]).fetchall()
+                    if r[0] not in ("_etl_run_id", "_etl_loaded_at", "_etl_inserted_at", "_etl_updated_at",
+                                    "_etl_valid_from", "_etl_valid_to", "_etl_deleted_at")]
+            sel = ", ".join(f'"{c}"' for c in cols)
+            snap[t] = c.execute(f'SELECT {sel} FROM ods."{t}" ORDER BY ALL').fetchall()
+    return snap
+
+
+def test_kill_in_the_middle_of_a_merge_then_rerun(env, tmp_path, monkeypatch):
+    pause = tmp_path / "paused"
+    proc = subprocess.Popen(["luigi", "--module", "cbm_luigi", "LoadAll", "--mode", "full", "--local-scheduler"],
+                            cwd=env.home, env=subprocess_env(env, CBM_PAUSE_AT="merge", CBM_PAUSE_FILE=str(pause)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):
+            if pause.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert pause.exists(), "the run never reached the merge"
+        os.kill(proc.pid, signal.SIGKILL)  # inside the open merge transaction
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # the killed merge left nothing: no marker for it, no ods table half-written
+    assert env.sql("SELECT COUNT(*) FROM etl.ETL_Markers WHERE Step = 'merge'")[0][0] == 0
+    rerun = luigi_cli(env, "LoadAll", "--mode", "full", "--local-scheduler")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    killed = _business_snapshot(env)
+
+    clean = make_env(tmp_path / "clean", monkeypatch)
+    assert succeeded(build(LoadAll(mode="full")))
+    assert _business_snapshot(clean) == killed
+
+
+def test_critical_failure_stops_later_tables_unless_continue_on_error(env):
+    # client (critical, priority 30) fails at extract: a broken filter
+    env.sql("UPDATE config.ETL_Tables SET FilterClause = 'no_such_column = 1' WHERE TableName = 'client'")
+    result = build(LoadAll(mode="full"))
+    assert not succeeded(result)
+    loaded = {r[0] for r in env.sql("SELECT DISTINCT TableName FROM etl.ETL_Markers WHERE Step = 'validate'")}
+    assert loaded == {"famille", "fournis"}  # before client; produit, lignecli, hisprixa were stopped
+    err = env.sql("SELECT ErrorMessage FROM etl.ETL_Log WHERE TableName = 'client' AND Status = 'FAILED'")[0][0]
+    assert "PUB.client" in err and "no_such_column" in err
+    result = build(LoadAll(mode="full", continue_on_error=True))
+    assert not succeeded(result)  # client still fails ...
+    loaded = {r[0] for r in env.sql("SELECT DISTINCT TableName FROM etl.ETL_Markers WHERE Step = 'validate'")}
+    assert loaded == set(DEMO_TABLES) - {"client"}  # ... but the others are loaded, same task ids
+
+
+def test_invalidate_forces_one_table_to_reload(env):
+    assert succeeded(build(LoadTable(table="famille", mode="full")))
+    with sqlite3.connect(env.source) as con:
+        con.execute("UPDATE famille SET libelle = 'abîmé' WHERE cod_fam = 'F001'")
+    assert succeeded(build(LoadTable(table="famille", mode="full")))  # same batch: complete, nothing runs
+    assert env.sql("SELECT libelle FROM ods.famille WHERE cod_fam = 'F001'")[0][0] != "abîmé"
+    assert cbm_etl(["invalidate", "famille", "--batch", date.today().isoformat()]) == 0
+    assert succeeded(build(LoadTable(table="famille", mode="full")))
+    assert_ods_equals_source(env, "famille")
+    assert env.sql("SELECT COUNT(*) FROM etl.ETL_Log WHERE TableName = 'famille' AND Step = 'extract'")[0][0] == 2
