@@ -15,13 +15,16 @@ _FIX = ("fix the row in Progress, or set a SourceExpression override for this co
         "(e.g. CAST, SUBSTRING or CASE), or exclude it (IsExcluded = 1), then rerun the table")
 
 
+DOUBLE_DIGITS = 15
+
+
 def _first_bad(src: pa.Array, target: pa.DataType) -> int | None:
     for i in range(len(src)):
         v = src[i]
         if not v.is_valid:
             continue
         try:
-            pa.array([v.as_py()], type=src.type).cast(target, safe=True)
+            _cast(src.slice(i, 1), target)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OverflowError, ValueError):
             return i
     return None
@@ -38,15 +41,12 @@ def _cast(arr: pa.Array, target: pa.DataType) -> pa.Array:
     if pa.types.is_null(arr.type):
         return pa.nulls(len(arr), target)
     if pa.types.is_floating(arr.type) and pa.types.is_decimal(target):
-        # an ODBC driver that reports NUMERIC as double (the SQLite stand-in): round to the declared scale;
-        # more than 15 significant digits cannot survive a double and fails the precision check below.
-        rounded = pc.round(arr, ndigits=target.scale)
-        out = rounded.cast(target, safe=True)
-        back = out.cast(pa.float64())
-        if not pc.all(pc.or_kleene(pc.is_null(arr), pc.less_equal(pc.abs(pc.subtract(back, arr)),
-                                                                   0.5 * 10 ** -target.scale))).as_py():
-            raise pa.ArrowInvalid("double does not round-trip")
-        return out
+        # an ODBC driver that reports NUMERIC as double (the SQLite stand-in): a double holds 15 significant
+        # digits exactly, so values needing more (integer digits + scale) are refused, the rest rounded to scale.
+        limit = 10.0 ** (DOUBLE_DIGITS - target.scale)
+        if pc.any(pc.greater_equal(pc.abs(arr), limit)).as_py():
+            raise pa.ArrowInvalid(f"a double above {limit:g} cannot carry {DOUBLE_DIGITS} exact digits")
+        return pc.round(arr, ndigits=target.scale).cast(target, safe=True)
     return arr.cast(target, safe=True)
 
 

@@ -28,7 +28,7 @@ _RULES: list[tuple[re.Pattern, str, bool]] = [
      "the ODBC user may not read this table: GRANT SELECT ON PUB.<table> TO <etl user> in OpenEdge SQL", False),
     (re.compile(r"IM003|\b193\b", re.I),
      "the ODBC driver could not be loaded: 32/64-bit mismatch or wrong driver path in CBM_SOURCE_ODBC", False),
-    (re.compile(r"IM002|data source name not found", re.I),
+    (re.compile(r"IM002|data source name not found|can't open lib", re.I),
      "no such ODBC driver or DSN: check `odbcinst -q -d` and the DRIVER= part of the connection string", False),
     (re.compile(r"28000|login failed|invalid (user|password)", re.I),
      "login failed: check UID/PWD in .env (CBM_SOURCE_ODBC)", False),

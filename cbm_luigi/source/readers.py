@@ -160,11 +160,17 @@ class ArrowOdbcReader(Reader):
 
 
 def _prefer(driver_schema: pa.Schema, wanted: pa.Schema) -> pa.Schema:
-    """Ask arrow-odbc for our decimal types (exact, via text) where the driver would hand over doubles."""
+    """Ask arrow-odbc for the catalog's decimal and timestamp types.
+
+    arrow-odbc sizes its buffers from what the driver reports: a driver that reports NUMERIC as double or a
+    TIMESTAMP with 0 fractional digits (the SQLite ODBC driver does both) would lose digits silently. With our
+    types, decimals are fetched as text and parsed exactly, and timestamps keep their milliseconds.
+    """
     fields = []
     for f in driver_schema:
         w = wanted.field(f.name).type if f.name in wanted.names else None
-        fields.append(f.with_type(w) if w is not None and pa.types.is_decimal(w) else f)
+        take = w is not None and (pa.types.is_decimal(w) or pa.types.is_timestamp(w))
+        fields.append(f.with_type(w) if take else f)
     return pa.schema(fields)
 
 
