@@ -1,0 +1,91 @@
+"""Config in the warehouse and schema evolution, through the real pipeline."""
+from __future__ import annotations
+
+import sqlite3
+
+from cbm_luigi import demo_source
+from cbm_luigi.cli import main as cbm_etl
+from cbm_luigi.tasks import LoadTable, MergeOds, ValidateTable
+
+from .conftest import assert_ods_equals_source, build, succeeded
+
+
+def test_sync_keeps_operator_choices_and_overrides_apply(env):
+    assert cbm_etl(["sync-columns", "client"]) == 0
+    env.sql("UPDATE config.ETL_Columns SET IsExcluded = TRUE WHERE TableName = 'client' AND ColumnName = 'email'")
+    env.sql("UPDATE config.ETL_Columns SET SourceExpression = 'UPPER(\"ville\") AS ville', IsOverride = TRUE "
+            "WHERE TableName = 'client' AND ColumnName = 'ville'")
+    env.sql("UPDATE config.ETL_Columns SET ArrayMode = 'single' WHERE TableName = 'client' AND ColumnName = 'zal'")
+    assert cbm_etl(["sync-columns", "client"]) == 0  # a second sync keeps all three choices
+    kept = env.sql("SELECT ColumnName, IsExcluded, SourceExpression, ArrayMode FROM config.ETL_Columns "
+                   "WHERE TableName = 'client' AND ColumnName IN ('email', 'ville', 'zal') ORDER BY 1")
+    assert kept == [("email", True, '"email" AS "email"', "split"), ("ville", False, 'UPPER("ville") AS ville', "split"),
+                    ("zal", False, '"zal" AS "zal"', "single")]
+    assert succeeded(build(LoadTable(table="client", mode="full")))
+    cols = {r[0] for r in env.sql("SELECT column_name FROM information_schema.columns WHERE table_schema = 'ods' "
+                                  "AND table_name = 'client'")}
+    assert "email" not in cols and "zal" in cols and "zal_1" not in cols
+    villes = {r[0] for r in env.sql("SELECT ville FROM ods.client")}
+    with sqlite3.connect(env.source) as con:
+        assert villes == {r[0] for r in con.execute("SELECT UPPER(ville) FROM client")}  # the override ran
+
+
+def test_names_are_made_sql_safe_once(env):
+    assert cbm_etl(["sync-columns", "produit"]) == 0
+    names = dict(env.sql("SELECT ColumnName, SqlName FROM config.ETL_Columns WHERE TableName = 'produit'"))
+    assert names["gencod-v"] == "gencod_v_2" and names["gencod_v"] == "gencod_v"  # collision, deterministic
+    assert names["order"] == "order_" and names["prix-vte"] == "prix_vte"
+    assert dict(env.sql("SELECT ColumnName, SourceExpression FROM config.ETL_Columns WHERE TableName = 'produit'"))[
+        "gencod-v"] == '"gencod-v" AS "gencod_v_2"'
+
+
+def test_adding_a_table_is_one_insert(env):
+    demo_source.add_synthetic_table(env.source, "stock_mag", 500, 12)
+    env.sql("INSERT INTO config.ETL_Tables (TableName, PrimaryKeyCols, DateModifCol) VALUES ('stock_mag', 'id', "
+            "'dat_mod')")
+    assert succeeded(build(LoadTable(table="stock_mag", mode="incremental")))  # first run: full, columns synced
+    assert env.sql("SELECT COUNT(*) FROM ods.stock_mag")[0][0] == 500
+    assert env.sql("SELECT COUNT(*) FROM config.ETL_Columns WHERE TableName = 'stock_mag'")[0][0] == 12
+
+
+def test_new_source_column_is_added_without_new_versions(env):
+    assert succeeded(build(LoadTable(table="client", mode="full")))
+    versions = env.sql("SELECT COUNT(*) FROM ods.client")[0][0]
+    with sqlite3.connect(env.source) as con:
+        con.execute('ALTER TABLE client ADD COLUMN "code-naf" VARCHAR(10)')
+        con.execute("INSERT INTO SYSCOLUMNS_FULL (id, col, tbl, owner, coltype, width, scale, nullflag, array_extent,"
+                    " display_order) VALUES ('99', 'code-naf', 'client', 'PUB', 'varchar', 10, 0, 'Y', 0, 99)")
+    assert cbm_etl(["sync-columns", "client"]) == 0
+    assert succeeded(build(LoadTable(table="client", mode="full", batch_tag="grown")))
+    assert env.sql("SELECT COUNT(*) FROM ods.client")[0][0] == versions  # NULL everywhere: no new SCD2 version
+    assert env.sql("SELECT COUNT(code_naf) FROM ods.client")[0][0] == 0
+    with sqlite3.connect(env.source) as con:
+        con.execute("UPDATE client SET \"code-naf\" = '1071C' WHERE cod_cli = 1")
+    assert succeeded(build(LoadTable(table="client", mode="full", batch_tag="naf")))
+    assert env.sql("SELECT code_naf FROM ods.client WHERE cod_cli = 1 AND _etl_is_current")[0][0] == "1071C"
+    assert env.sql("SELECT COUNT(*) FROM ods.client")[0][0] == versions + 1
+    assert_ods_equals_source(env, "client")
+
+
+def test_changed_type_is_an_error_never_a_cast(env):
+    assert succeeded(build(LoadTable(table="produit", mode="full")))
+    with sqlite3.connect(env.source) as con:
+        con.execute("UPDATE SYSCOLUMNS_FULL SET coltype = 'varchar', width = 20 WHERE tbl = 'produit' AND col = 'stock'")
+    assert cbm_etl(["sync-columns", "produit"]) == 0
+    assert not succeeded(build(LoadTable(table="produit", mode="full", batch_tag="retyped")))
+    err = env.sql("SELECT ErrorMessage FROM etl.ETL_Log WHERE Status = 'FAILED'")[0][0]
+    assert "ods.produit.stock" in err and "INTEGER" in err and "VARCHAR" in err and "SourceExpression" in err
+    assert env.sql("SELECT data_type FROM information_schema.columns WHERE table_schema = 'ods' AND "
+                   "table_name = 'produit' AND column_name = 'stock'")[0][0] == "INTEGER"
+
+
+def test_validation_failure_is_recorded_and_keeps_last_success(env):
+    assert succeeded(build(MergeOds(table="famille", mode="full")))
+    env.sql("UPDATE ods.famille SET _etl_hashdiff = 'tampered' WHERE cod_fam = 'F003'")
+    assert not succeeded(build(ValidateTable(table="famille", mode="full")))
+    checks = dict(env.sql("SELECT CheckName, Passed FROM etl.ETL_Validation"))
+    assert checks == {"batch_keys_current_with_same_hash": False, "duplicate_current_keys": True,
+                      "full_row_count": True}
+    assert env.sql("SELECT LastSuccessTs FROM config.ETL_Tables WHERE TableName = 'famille'")[0][0] is None
+    err = env.sql("SELECT ErrorMessage FROM etl.ETL_Log WHERE Step = 'validate'")[0][0]
+    assert "batch_keys_current_with_same_hash expected 0 got 1" in err

@@ -1,0 +1,82 @@
+"""Transform on real parquet files through DuckDB: the hashdiff's canonical form and EXTENT arrays."""
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from cbm_luigi.plan import PlanColumn, TablePlan
+from cbm_luigi.transform import TechnicalValues, transform_file
+from cbm_luigi.types import ColumnType
+
+TECH = TechnicalValues("run-1", "2026-11-27", datetime(2026, 11, 27, 3, 0))
+S, I, D = ColumnType("string", width=40), ColumnType("int32"), ColumnType("decimal", 12, 2)
+
+
+def run(tmp_path, cols: list[PlanColumn], data: dict, keys=("id",), **plan_kw) -> list[dict]:
+    plan = TablePlan("t", "t", list(keys), cols, **plan_kw)
+    src = tmp_path / f"x{len(list(tmp_path.iterdir()))}.parquet"
+    pq.write_table(pa.table(data, schema=plan.extract_schema()), src)
+    out = tmp_path / (src.stem + ".stage.parquet")
+    transform_file(plan, src, out, TECH)
+    return sorted(pq.read_table(out).to_pylist(), key=lambda r: r["id"])
+
+
+def hashes(rows):
+    return [r["_etl_hashdiff"] for r in rows]
+
+
+def test_hashdiff_canonical_form(tmp_path):
+    base = [PlanColumn("id", "id", I, False), PlanColumn("nom", "nom", S), PlanColumn("prix", "prix", D)]
+    data = {"id": [1, 2, 3], "nom": ["a", "", None], "prix": [Decimal("1.50"), None, Decimal("2.00")]}
+    h = hashes(run(tmp_path, base, data))
+    assert len(set(h)) == 3 and all(len(x) == 32 for x in h)
+    # independent of the column order in the source
+    assert hashes(run(tmp_path, base[::-1], data)) == h
+    # a new column that is NULL everywhere changes no hash (schema growth makes no spurious versions)
+    grown = base + [PlanColumn("neuf", "neuf", S)]
+    assert hashes(run(tmp_path, grown, {**data, "neuf": [None, None, None]})) == h
+    # ... but a value in it does
+    assert hashes(run(tmp_path, grown, {**data, "neuf": ["x", None, None]}))[0] != h[0]
+    # NULL is not the empty string
+    assert hashes(run(tmp_path, base, {**data, "nom": ["a", None, None]}))[1] != h[1]
+    # decimals: a scale change is not a change (trailing zeros dropped)
+    wider = [base[0], base[1], PlanColumn("prix", "prix", ColumnType("decimal", 18, 4))]
+    assert hashes(run(tmp_path, wider, data)) == h
+    # values cannot slide between columns
+    two = [base[0], PlanColumn("a", "a", S), PlanColumn("b", "b", S)]
+    h1 = hashes(run(tmp_path, two, {"id": [1], "a": ["x=1:y"], "b": [None]}))
+    h2 = hashes(run(tmp_path, two, {"id": [1], "a": ["x"], "b": ["y"]}))
+    assert h1 != h2
+
+
+def test_extent_arrays_split_with_escapes_and_unknown(tmp_path):
+    cols = [PlanColumn("id", "id", I, False), PlanColumn("zal", "zal", S, extent=4),
+            PlanColumn("zta", "zta", S, extent=3, array_mode="single")]
+    rows = run(tmp_path, cols, {"id": [1, 2, 3],
+                                "zal": ["a~;b;?;~?;c~~", ";;;", None],
+                                "zta": ["x;?;y~;z", None, "a"]})
+    assert [(r["zal_1"], r["zal_2"], r["zal_3"], r["zal_4"]) for r in rows] == [
+        ("a;b", None, "?", "c~"), ("", "", "", ""), (None, None, None, None)]
+    assert [r["zta"] for r in rows] == ["x;;y;z", None, "a"]
+    assert "zal" not in rows[0]
+
+
+def test_too_many_array_elements_is_an_error_naming_the_key(tmp_path):
+    cols = [PlanColumn("id", "id", I, False), PlanColumn("zal", "zal", S, extent=2)]
+    with pytest.raises(Exception, match=r"table t, column zal, key id=2: 3 array elements"):
+        run(tmp_path, cols, {"id": [1, 2], "zal": ["a;b", "a;b;c"]})
+
+
+def test_technical_columns(tmp_path):
+    cols = [PlanColumn("id", "id", I, False), PlanColumn("dat_mod", "dat_mod", ColumnType("date")),
+            PlanColumn("heure", "heure", I)]
+    rows = run(tmp_path, cols, {"id": [1, 2], "dat_mod": [date(2026, 11, 26), None], "heure": [3661, None]},
+               date_col="dat_mod", time_of_day_col="heure")
+    assert rows[0]["_etl_source_ts"] == datetime(2026, 11, 26, 1, 1, 1)
+    assert rows[1]["_etl_source_ts"] is None
+    assert {(r["_etl_run_id"], r["_etl_batch_id"], r["_etl_loaded_at"]) for r in rows} == {
+        ("run-1", "2026-11-27", datetime(2026, 11, 27, 3, 0))}
