@@ -252,19 +252,19 @@ class LoadAll(luigi.WrapperTask):
     mode = luigi.ChoiceParameter(choices=["full", "incremental"], default="incremental")
     batch_date = luigi.DateParameter(default=date.today())
     batch_tag = luigi.Parameter(default="")
-    tables = luigi.Parameter(default="", description="comma-separated subset of tables (default: all active)")
+    filter = luigi.Parameter(default="", description="comma-separated subset of tables (default: all active)")
     continue_on_error = luigi.BoolParameter(default=False, significant=False)
     run_id = luigi.Parameter(default=PROCESS_RUN_ID, significant=False, visibility=ParameterVisibility.HIDDEN)
 
     def requires(self):
         settings = load_settings()
         rows, _deps = _config(settings)
-        wanted = [t.strip() for t in self.tables.split(",") if t.strip()]
+        wanted = [t.strip() for t in self.filter.split(",") if t.strip()]
         if wanted:
             known = {r["TableName"].lower() for r in rows}
             unknown = [t for t in wanted if t.lower() not in known]
             if unknown:
-                raise ValueError(f"--tables names tables that are not active in config.ETL_Tables: {unknown}")
+                raise ValueError(f"--filter names tables that are not active in config.ETL_Tables: {unknown}")
             rows = [r for r in rows if r["TableName"].lower() in {w.lower() for w in wanted}]
         n = len(rows)
         return [LoadTable(table=r["TableName"], mode=self.mode, batch_date=self.batch_date, batch_tag=self.batch_tag,
