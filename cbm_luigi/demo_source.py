@@ -43,11 +43,17 @@ class TableDef:
 
 
 def _sqlite_decl(c: Col) -> str:
-    """Declared SQLite type; chosen so the SQLite ODBC driver reports the OpenEdge SQL type."""
+    """Declared SQLite type; chosen so the SQLite ODBC driver reports the OpenEdge SQL type.
+
+    Decimals wider than a double's 15 exact digits are declared as text, so SQLite keeps them exact (the
+    drivers then hand over text, which the pipeline converts exactly, as Progress would hand over a Decimal).
+    """
+    if c.coltype == "numeric" and c.width > 15:
+        return f"VARCHAR({c.width + 2})"
     return {
         "varchar": f"VARCHAR({c.width})", "integer": "INTEGER", "bigint": "BIGINT",
         "numeric": f"NUMERIC({c.width},{c.scale})", "date": "DATE", "timestamp": "TIMESTAMP",
-        "bit": "BIT", "varbinary": "VARBINARY",
+        "bit": "BIT", "varbinary": "VARBINARY", "float": "DOUBLE",
     }[c.coltype]
 
 
@@ -321,6 +327,15 @@ def touch_synthetic_rows(path: Path | str, name: str, fraction: float, *, today:
         changed = cur.rowcount
     con.close()
     return changed
+
+
+def add_table(path: Path | str, table: TableDef) -> None:
+    """Create (or replace) a table with its rows and register it in the catalog (tests, special cases)."""
+    with connect(Path(path)) as con:
+        _create(con, table)
+        _register(con, table)
+        con.executemany(f"INSERT INTO {quote(table.name)} VALUES ({', '.join('?' * len(table.cols))})", table.rows)
+    con.close()
 
 
 def drop_table(path: Path | str, name: str) -> None:

@@ -36,6 +36,14 @@ def _key_text(batch: pa.RecordBatch, keys: list[str], i: int) -> str:
 
 
 def _cast(arr: pa.Array, target: pa.DataType) -> pa.Array:
+    out = _convert(arr, target)
+    if pa.types.is_floating(target) and not pc.all(pc.or_kleene(pc.is_null(out), pc.is_finite(out))).as_py():
+        # OpenEdge has no infinity or NaN: one here means the driver could not carry the source value
+        raise pa.ArrowInvalid("non-finite double: the driver could not carry the source value")
+    return out
+
+
+def _convert(arr: pa.Array, target: pa.DataType) -> pa.Array:
     if arr.type.equals(target):
         return arr
     if pa.types.is_null(arr.type):

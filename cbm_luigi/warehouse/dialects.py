@@ -74,7 +74,10 @@ class TsqlDialect(WarehouseDialect):
     ts_type = "DATETIME2(3)"
     bool_type = "BIT"
     text_type = "NVARCHAR(MAX)"
-    length_fn = "LEN"
+    # Sizes ods NVARCHAR(n) from stg (steps.stage_lengths writes `MAX(<length_fn>(col))`). LEN ignores trailing
+    # blanks and, under _SC collations, counts a surrogate pair as one: both under-size the column. DATALENGTH
+    # of an NVARCHAR is 2 bytes per UTF-16 code unit, exactly what NVARCHAR(n) counts.
+    length_fn = "0.5 * DATALENGTH"
 
     def quote(self, name: str) -> str:
         return "[" + self.check_identifier(name).replace("]", "]]") + "]"

@@ -63,12 +63,15 @@ def tech_columns(d: WarehouseDialect, *, ods: bool, scd2: bool) -> list[tuple[st
 
 # -- DDL -------------------------------------------------------------------------------------------------------
 
+def _null(d: WarehouseDialect, nullable: bool) -> str:
+    # SQL Server: say NULL explicitly (the default nullability follows the session's ANSI_NULL_DFLT_ON)
+    return " NOT NULL" if not nullable else (" NULL" if d.name == "mssql" else "")
+
+
 def create_table(d: WarehouseDialect, schema: str, table: str, columns: list[Column], *, ods: bool,
                  scd2: bool = False) -> str:
-    defs = [f"{d.quote(c.name)} {d.column_type(c.ctype, c.max_len)}{'' if c.nullable else ' NOT NULL'}"
-            for c in columns]
-    defs += [f"{d.quote(n)} {t}{'' if nullable else ' NOT NULL'}"
-             for n, t, nullable in tech_columns(d, ods=ods, scd2=scd2)]
+    defs = [f"{d.quote(c.name)} {d.column_type(c.ctype, c.max_len)}{_null(d, c.nullable)}" for c in columns]
+    defs += [f"{d.quote(n)} {t}{_null(d, nullable)}" for n, t, nullable in tech_columns(d, ods=ods, scd2=scd2)]
     return f"CREATE TABLE {d.table(schema, table)} (\n    " + ",\n    ".join(defs) + "\n)"
 
 

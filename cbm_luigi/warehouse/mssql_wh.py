@@ -1,0 +1,651 @@
+"""SQL Server, the production warehouse: pyodbc sessions, INFORMATION_SCHEMA introspection, bulk staging.
+
+Sessions run in autocommit mode; `transaction()` sends `SET XACT_ABORT ON` then BEGIN TRANSACTION / COMMIT
+(any run-time error then dooms the whole transaction instead of leaving half of it applied). Batches are sent
+one by one: `GO` never goes over ODBC (base.split_script cuts the scripts on it).
+
+Staging (`replace_stage`) drops and recreates stg.<table>, then loads the stage parquet in bounded batches
+(ParquetFile.iter_batches, CHUNK_ROWS rows each), one of two ways:
+
+- `mssql_python` installed (Microsoft's driver, >= 1.4: `cursor.bulkcopy_arrow`): TDS bulk copy straight from
+  Arrow. It opens its OWN connection, so it cannot see the caller's open transaction: the DROP/CREATE is
+  committed first, the copy runs on the other connection, then a new transaction is opened for the rest of
+  the step (the marker). A failure in between leaves stg.<table> without its marker row, so the step reruns
+  from the start (the stage is always rebuilt from the parquet): nothing is lost, nothing is counted twice.
+- otherwise pyodbc `fast_executemany`, inside the caller's transaction, with `setinputsizes` from the column
+  types (`input_sizes`): without it the driver guesses a buffer per parameter (NVARCHAR(MAX) guesses allocate
+  gigabytes, string guesses may truncate). Values are converted per column (`rows_for_executemany`): one
+  Python type per column, decimals quantized to the column scale, timestamps cut to the column precision.
+
+Either way every string/binary value is checked against its NVARCHAR(n)/VARBINARY(n) before it is sent: the
+ODBC driver silently truncates a longer value, so a value that does not fit raises `StageValueError` naming
+the table, column, key and value. Before creating stg.<table>, bounded string columns are sized from the
+file in UTF-16 code units (SQL Server's unit for NVARCHAR(n); a character outside the BMP takes two), so the
+check only fires on a real inconsistency.
+
+`CBM_MSSQL_BULK` = auto (default: mssql_python when importable) | bulkcopy | executemany.
+"""
+from __future__ import annotations
+
+import contextlib
+import decimal
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, replace
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ..settings import mask_secrets
+from ..types import check_decimal_fits
+from .base import Session, Warehouse
+from .dialects import TsqlDialect
+from .statements import Column, _width, create_table, tech_columns
+
+log = logging.getLogger(__name__)
+
+CHUNK_ROWS = 10_000
+_SUPPLEMENTARY = r"[\x{10000}-\x{10FFFF}]"  # RE2: characters that take two UTF-16 code units
+
+
+class StageValueError(ValueError):
+    """A stage value that SQL Server would truncate or reject; the message says where and what to do."""
+
+    def __init__(self, *, table: str, column: str, type_text: str, problem: str, value, row_number: int,
+                 row: dict, keys: list[str] | tuple = ()):
+        self.table, self.column, self.type_text, self.problem = table, column, type_text, problem
+        self.value, self.row_number, self.row, self.keys = value, row_number, row, list(keys)
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        shown = repr(self.value)
+        if len(shown) > 120:
+            shown = shown[:117] + "..."
+        keys = [k for k in self.keys if k in self.row]
+        where = (", ".join(f"{k}={self.row[k]!r}" for k in keys) + f"; row {self.row_number} of the stage file"
+                 if keys else f"row {self.row_number} of the stage file")
+        return (f"stg.{self.table}.{self.column} {self.type_text}: {self.problem} ({where}): {shown}. Nothing "
+                f"was staged (the ODBC driver would have truncated or mangled it silently). Check the source "
+                f"value, or widen the column: Width in config.ETL_Columns, or a SourceExpression that casts it.")
+
+
+# -- column layout ---------------------------------------------------------------------------------------------
+
+_TYPE_RE = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_]*)\s*(?:\(\s*(MAX|\d+)\s*(?:,\s*(\d+)\s*)?\))?\s*$", re.I)
+
+
+@dataclass(frozen=True)
+class StageColumn:
+    """One column of stg.<table>, its type written as the dialect writes it (NVARCHAR(40), DECIMAL(15,4) ...)."""
+    name: str
+    type_text: str
+    nullable: bool = True
+
+    def _parts(self) -> tuple[str, str | None, str | None]:
+        m = _TYPE_RE.match(self.type_text)
+        if not m:
+            raise ValueError(f"column {self.name}: cannot read the type {self.type_text!r}")
+        return m.group(1).upper(), (m.group(2) or None) and m.group(2).upper(), m.group(3)
+
+    @property
+    def base(self) -> str:
+        return self._parts()[0]
+
+    @property
+    def width(self) -> int | None:
+        """n of NVARCHAR(n)/VARBINARY(n)/CHAR(n); None for MAX and for types without a length."""
+        _b, a, _s = self._parts()
+        return None if a in (None, "MAX") or self.base in ("DECIMAL", "NUMERIC") or self.base.startswith(
+            "DATETIME") else int(a)
+
+    @property
+    def precision_scale(self) -> tuple[int, int]:
+        """(p, s) of DECIMAL(p,s); (fractional digits, 0) of DATETIME2(n)/DATETIMEOFFSET(n) (default 7)."""
+        b, a, s = self._parts()
+        if b in ("DECIMAL", "NUMERIC"):
+            return int(a or 18), int(s or 0)
+        return int(a) if a is not None else 7, 0
+
+
+STRING_TYPES = {"NVARCHAR", "NCHAR", "VARCHAR", "CHAR"}
+BINARY_TYPES = {"VARBINARY", "BINARY"}
+
+
+def stage_layout(d: TsqlDialect, columns: list[Column]) -> list[StageColumn]:
+    """The columns of stg.<table> in table order: the business columns, then the stage technical columns."""
+    out = [StageColumn(c.name, d.column_type(c.ctype, c.max_len), c.nullable) for c in columns]
+    out += [StageColumn(n, t, nullable) for n, t, nullable in tech_columns(d, ods=False, scd2=False)]
+    return out
+
+
+def input_sizes(layout: list[StageColumn]) -> list[tuple[int, int, int]]:
+    """pyodbc `setinputsizes` entries (sql type, column size, decimal digits), one per column, in order.
+
+    NVARCHAR(n) binds as (SQL_WVARCHAR, n, 0), MAX as (SQL_WLONGVARCHAR, 0, 0) — size 0 makes pyodbc stream the
+    value (data at execution) instead of allocating a 2 GB buffer per row; DECIMAL(p,s) as (SQL_DECIMAL, p, s);
+    DATETIME2(n) as (SQL_TYPE_TIMESTAMP, 20 + n, n); DATETIMEOFFSET goes as text (pyodbc has no binding for it),
+    which SQL Server converts exactly.
+    """
+    import pyodbc
+
+    sizes = []
+    for c in layout:
+        b = c.base
+        if b in STRING_TYPES:
+            sizes.append((pyodbc.SQL_WVARCHAR, c.width, 0) if c.width else (pyodbc.SQL_WLONGVARCHAR, 0, 0))
+        elif b in BINARY_TYPES:
+            sizes.append((pyodbc.SQL_VARBINARY, c.width, 0) if c.width else (pyodbc.SQL_LONGVARBINARY, 0, 0))
+        elif b in ("DECIMAL", "NUMERIC"):
+            p, s = c.precision_scale
+            sizes.append((pyodbc.SQL_DECIMAL, p, s))
+        elif b in ("INT", "SMALLINT", "TINYINT"):
+            sizes.append((pyodbc.SQL_INTEGER, 10, 0))
+        elif b == "BIGINT":
+            sizes.append((pyodbc.SQL_BIGINT, 19, 0))
+        elif b in ("FLOAT", "REAL"):
+            sizes.append((pyodbc.SQL_DOUBLE, 53, 0))
+        elif b == "BIT":
+            sizes.append((pyodbc.SQL_BIT, 1, 0))
+        elif b == "DATE":
+            sizes.append((pyodbc.SQL_TYPE_DATE, 10, 0))
+        elif b in ("DATETIME2", "DATETIME"):
+            n = c.precision_scale[0] if b == "DATETIME2" else 3
+            sizes.append((pyodbc.SQL_TYPE_TIMESTAMP, 20 + n if n else 19, n))
+        elif b == "DATETIMEOFFSET":
+            sizes.append((pyodbc.SQL_WVARCHAR, 34, 0))
+        else:
+            raise ValueError(f"column {c.name}: no parameter binding for SQL Server type {c.type_text}")
+    return sizes
+
+
+# -- value conversion ------------------------------------------------------------------------------------------
+
+def utf16_len(text: str) -> int:
+    """Length in UTF-16 code units: what NVARCHAR(n) counts."""
+    return len(text) + sum(1 for ch in text if ord(ch) > 0xFFFF)
+
+
+_DEC_CTX = decimal.Context(prec=80, rounding=decimal.ROUND_HALF_EVEN)
+
+
+def _naive_utc(v: datetime) -> datetime:
+    return v.astimezone(timezone.utc).replace(tzinfo=None) if v.tzinfo is not None else v
+
+
+def _cut(v: datetime, digits: int) -> datetime:
+    """Drop fractional seconds beyond `digits` (the driver refuses a value finer than the bound scale)."""
+    if digits >= 6:
+        return v
+    step = 10 ** (6 - digits)
+    return v.replace(microsecond=v.microsecond - v.microsecond % step)
+
+
+def _offset_text(v: datetime, digits: int) -> str:
+    if v.tzinfo is None:
+        v = v.replace(tzinfo=timezone.utc)
+    v = _cut(v, digits)
+    off = v.utcoffset() or (v - v)
+    sign = "-" if off.total_seconds() < 0 else "+"
+    mins = abs(int(off.total_seconds())) // 60
+    frac = f".{v.microsecond:06d}"[:digits + 1] if digits else ""
+    return (f"{v.year:04d}-{v.month:02d}-{v.day:02d} {v.hour:02d}:{v.minute:02d}:{v.second:02d}{frac} "
+            f"{sign}{mins // 60:02d}:{mins % 60:02d}")
+
+
+def _converter(c: StageColumn) -> tuple[Callable, Callable | None]:
+    """(convert one non-null value, check it -> problem text or None) for a column."""
+    b = c.base
+    if b in STRING_TYPES:
+        w = c.width
+        return str, (None if w is None else
+                     lambda v: f"{utf16_len(v)} characters (UTF-16 code units) > {w}" if len(v) > w // 2 and
+                     utf16_len(v) > w else None)
+    if b in BINARY_TYPES:
+        w = c.width
+        return bytes, (None if w is None else lambda v: f"{len(v)} bytes > {w}" if len(v) > w else None)
+    if b in ("DECIMAL", "NUMERIC"):
+        p, s = c.precision_scale
+        exp = decimal.Decimal(1).scaleb(-s)
+
+        def dec(v):
+            v = v if isinstance(v, decimal.Decimal) else decimal.Decimal(str(v))
+            return _DEC_CTX.quantize(v, exp) if v.is_finite() else v
+        return dec, lambda v: None if check_decimal_fits(v, p, s) else f"does not fit DECIMAL({p},{s})"
+    if b in ("INT", "SMALLINT", "TINYINT", "BIGINT"):
+        return int, None
+    if b in ("FLOAT", "REAL"):
+        return float, None
+    if b == "BIT":
+        return bool, None
+    if b == "DATE":
+        return (lambda v: v.date() if isinstance(v, datetime) else v), None
+    if b in ("DATETIME2", "DATETIME"):
+        n = c.precision_scale[0] if b == "DATETIME2" else 3
+
+        def ts(v):
+            if not isinstance(v, datetime):  # a date
+                v = datetime(v.year, v.month, v.day)
+            return _cut(_naive_utc(v), n)
+        return ts, None
+    if b == "DATETIMEOFFSET":
+        n = c.precision_scale[0]
+        return (lambda v: _offset_text(v if isinstance(v, datetime) else datetime(v.year, v.month, v.day), n)), None
+    raise ValueError(f"column {c.name}: no conversion for SQL Server type {c.type_text}")
+
+
+def _columns_of(batch: pa.RecordBatch, layout: list[StageColumn], table: str) -> list[pa.Array]:
+    names = batch.schema.names
+    missing = [c.name for c in layout if c.name not in names]
+    if missing:
+        raise ValueError(f"stg.{table}: the stage file has no column {', '.join(missing)} (columns: "
+                         f"{', '.join(names)}); rerun the table from the transform step")
+    return [batch.column(names.index(c.name)) for c in layout]
+
+
+def _row_dict(arrays: list[pa.Array], layout: list[StageColumn], i: int) -> dict:
+    return {c.name: a[i].as_py() for c, a in zip(layout, arrays)}
+
+
+def rows_for_executemany(batch: pa.RecordBatch, layout: list[StageColumn], *, table: str = "?",
+                         keys: list[str] | tuple = (), row_offset: int = 0) -> list[tuple]:
+    """The rows of one Arrow batch as parameter tuples in layout order, each value converted for its column.
+
+    Raises StageValueError for a value that would not fit its column (too long, decimal overflow) or a NULL in
+    a NOT NULL column. `row_offset` is the number of rows of the file before this batch (for messages)."""
+    arrays = _columns_of(batch, layout, table)
+    out_cols = []
+    for c, arr in zip(layout, arrays):
+        conv, check = _converter(c)
+        values = arr.to_pylist()
+        out = []
+        for i, v in enumerate(values):
+            if v is None:
+                if not c.nullable:
+                    raise StageValueError(table=table, column=c.name, type_text=c.type_text, problem="NULL in a "
+                                          "NOT NULL column", value=None, row_number=row_offset + i + 1,
+                                          row=_row_dict(arrays, layout, i), keys=keys)
+                out.append(None)
+                continue
+            v = conv(v)
+            if check is not None and (problem := check(v)):
+                raise StageValueError(table=table, column=c.name, type_text=c.type_text, problem=problem, value=v,
+                                      row_number=row_offset + i + 1, row=_row_dict(arrays, layout, i), keys=keys)
+            out.append(v)
+        out_cols.append(out)
+    return list(zip(*out_cols))
+
+
+def _utf16_lengths(arr: pa.Array) -> pa.Array:
+    return pc.add(pc.utf8_length(arr), pc.count_substring_regex(arr, _SUPPLEMENTARY))
+
+
+def arrow_batch_for_bulkcopy(batch: pa.RecordBatch, layout: list[StageColumn], *, table: str = "?",
+                             keys: list[str] | tuple = (), row_offset: int = 0) -> pa.RecordBatch:
+    """One Arrow batch in layout order, checked like `rows_for_executemany` (vectorised) and with timestamps
+    cut to the column precision and decimals cast to the column type."""
+    arrays = _columns_of(batch, layout, table)
+    out = []
+    for c, arr in zip(layout, arrays):
+        b = c.base
+        bad = None
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+        if not c.nullable and arr.null_count:
+            bad = (pc.index(pc.is_null(arr), True).as_py(), "NULL in a NOT NULL column")
+        elif b in STRING_TYPES and c.width is not None and len(arr):
+            lengths = _utf16_lengths(arr.cast(pa.string()))
+            over = pc.greater(lengths, c.width)
+            if pc.any(over).as_py():
+                i = pc.index(over, True).as_py()
+                bad = (i, f"{lengths[i].as_py()} characters (UTF-16 code units) > {c.width}")
+        elif b in BINARY_TYPES and c.width is not None and len(arr):
+            lengths = pc.binary_length(arr)
+            over = pc.greater(lengths, c.width)
+            if pc.any(over).as_py():
+                i = pc.index(over, True).as_py()
+                bad = (i, f"{lengths[i].as_py()} bytes > {c.width}")
+        elif b in ("DECIMAL", "NUMERIC"):
+            p, s = c.precision_scale
+            try:
+                arr = arr.cast(pa.decimal128(p, s))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                conv, check = _converter(c)
+                for i, v in enumerate(arr.to_pylist()):
+                    if v is not None and (problem := check(conv(v))):
+                        bad = (i, problem)
+                        break
+                else:
+                    raise
+        elif b in ("DATETIME2", "DATETIME") and pa.types.is_timestamp(arr.type):
+            n = c.precision_scale[0] if b == "DATETIME2" else 3
+            if arr.type.tz is not None:
+                arr = arr.cast(pa.timestamp(arr.type.unit, tz="UTC")).cast(pa.timestamp(arr.type.unit))
+            if n < 6 and arr.type.unit in ("us", "ns"):
+                unit = {0: "second", 1: "millisecond", 2: "millisecond", 3: "millisecond"}.get(n, "microsecond")
+                arr = pc.floor_temporal(arr, unit=unit)
+        if bad is not None:
+            i, problem = bad
+            raise StageValueError(table=table, column=c.name, type_text=c.type_text, problem=problem,
+                                  value=arr[i].as_py(), row_number=row_offset + i + 1,
+                                  row=_row_dict(arrays, layout, i), keys=keys)
+        out.append(arr)
+    return pa.RecordBatch.from_arrays(out, names=[c.name for c in layout])
+
+
+def sized_for_file(columns: list[Column], stage_path: Path, d: TsqlDialect) -> list[Column]:
+    """`columns` with every bounded string/binary column widened to the longest value of the stage file, in
+    UTF-16 code units for strings (the transform measures code points; NVARCHAR(n) counts code units)."""
+    bounded = [c for c in columns if c.ctype.kind in ("string", "binary")
+               and _width(d.column_type(c.ctype, c.max_len)) is not None]
+    if not bounded or not stage_path.exists():
+        return columns
+    pf = pq.ParquetFile(stage_path)
+    present = set(pf.schema_arrow.names)
+    names = [c.name for c in bounded if c.name in present]
+    if not names:
+        return columns
+    longest = dict.fromkeys(names, 0)
+    for batch in pf.iter_batches(batch_size=CHUNK_ROWS * 10, columns=names):
+        for n in names:
+            arr = batch.column(batch.schema.names.index(n))
+            if pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type):
+                m = pc.max(pc.binary_length(arr)).as_py()
+            else:
+                m = pc.max(_utf16_lengths(arr.cast(pa.string()))).as_py()
+            longest[n] = max(longest[n], m or 0)
+    out = []
+    for c in columns:
+        have = _width(d.column_type(c.ctype, c.max_len)) if c.name in longest else None
+        if have is not None and longest[c.name] > have:
+            log.info("stg column %s sized %d (longest value in UTF-16 code units) instead of %d", c.name,
+                     longest[c.name], have)
+            c = replace(c, max_len=longest[c.name])
+        out.append(c)
+    return out
+
+
+# -- introspection ---------------------------------------------------------------------------------------------
+
+def render_type(data_type: str, char_len: int | None, precision: int | None, scale: int | None,
+                dt_precision: int | None) -> str:
+    """An INFORMATION_SCHEMA.COLUMNS row's type, written the way TsqlDialect writes types."""
+    t = data_type.upper()
+    if t in ("NVARCHAR", "VARCHAR", "NCHAR", "CHAR", "VARBINARY", "BINARY"):
+        return f"{t}(MAX)" if char_len in (None, -1) else f"{t}({int(char_len)})"
+    if t in ("DECIMAL", "NUMERIC"):
+        return f"DECIMAL({int(precision)},{int(scale or 0)})"
+    if t in ("DATETIME2", "DATETIMEOFFSET", "TIME"):
+        return f"{t}({int(dt_precision if dt_precision is not None else 7)})"
+    if t == "FLOAT":
+        return "FLOAT" if precision in (None, 53) else "REAL"
+    return t
+
+
+TABLE_COLUMNS_SQL = ("SELECT COLUMN_NAME, DATA_TYPE, CHARACTER_MAXIMUM_LENGTH, NUMERIC_PRECISION, NUMERIC_SCALE, "
+                     "DATETIME_PRECISION, IS_NULLABLE FROM INFORMATION_SCHEMA.COLUMNS "
+                     "WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION")
+
+
+# -- sessions --------------------------------------------------------------------------------------------------
+
+class MssqlSession(Session):
+    def __init__(self, con):
+        self.con = con
+
+    def _run(self, sql, params):
+        cur = self.con.cursor()
+        if params:
+            cur.execute(sql, list(params))
+        else:
+            cur.execute(sql)
+        return cur
+
+    @staticmethod
+    def _drain(cur) -> None:
+        # errors of later statements of a batch only surface when their results are reached
+        while cur.nextset():
+            pass
+
+    def execute(self, sql, params=None):
+        cur = self._run(sql, params)
+        try:
+            self._drain(cur)
+        finally:
+            cur.close()
+
+    def _first_rows(self, sql, params):
+        cur = self._run(sql, params)
+        try:
+            while cur.description is None:
+                if not cur.nextset():
+                    return [], []
+            names = [c[0] for c in cur.description]
+            rows = [tuple(r) for r in cur.fetchall()]
+            self._drain(cur)
+            return names, rows
+        finally:
+            cur.close()
+
+    def query(self, sql, params=None):
+        return self._first_rows(sql, params)[1]
+
+    def query_dicts(self, sql, params=None):
+        names, rows = self._first_rows(sql, params)
+        return [dict(zip(names, r)) for r in rows]
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator["MssqlSession"]:
+        # XACT_ABORT ON: a run-time error rolls the whole transaction back (no half-applied step)
+        self.execute("SET XACT_ABORT ON")
+        self.execute("BEGIN TRANSACTION")
+        try:
+            yield self
+        except BaseException:
+            with contextlib.suppress(Exception):  # XACT_ABORT may already have rolled it back
+                self.execute("IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION")
+            raise
+        self.execute("COMMIT TRANSACTION")
+
+
+def _without_driver(odbc: str) -> str:
+    """The connection string for mssql_python, which brings its own driver (no Driver= key)."""
+    parts = [p for p in re.split(r";(?![^{]*\})", odbc) if p.strip()]
+    return ";".join(p for p in parts if p.split("=", 1)[0].strip().lower() != "driver")
+
+
+class MssqlWarehouse(Warehouse):
+    kind = "mssql"
+    needs_string_lengths = True
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.dialect = TsqlDialect()
+        self.odbc: str = settings.mssql_odbc
+        self.bulk_mode = os.environ.get("CBM_MSSQL_BULK", "auto").strip().lower() or "auto"
+        if self.bulk_mode not in ("auto", "bulkcopy", "executemany"):
+            raise ValueError(f"CBM_MSSQL_BULK={self.bulk_mode!r}: expected auto, bulkcopy or executemany")
+
+    def describe(self) -> str:
+        return "mssql:" + mask_secrets(self.odbc)
+
+    def _connect(self):
+        import pyodbc
+
+        if not self.odbc:
+            raise RuntimeError("CBM_WAREHOUSE_KIND=mssql needs CBM_MSSQL_ODBC, e.g. 'Driver={ODBC Driver 18 for "
+                               "SQL Server};Server=host,1433;Database=cbm;UID=cbm_etl;PWD=...;Encrypt=yes'")
+        attempts = max(1, int(self.settings.connect_retries))
+        for attempt in range(1, attempts + 1):
+            try:
+                con = pyodbc.connect(self.odbc, autocommit=True)
+                break
+            except pyodbc.Error as exc:
+                if attempt >= attempts or not isinstance(exc, (pyodbc.OperationalError, pyodbc.InterfaceError)):
+                    raise RuntimeError(f"cannot connect to SQL Server ({self.describe()}): "
+                                       f"{mask_secrets(str(exc))}") from None
+                time.sleep(min(2 ** attempt, 30))
+        if self.settings.query_timeout_s:
+            con.timeout = int(self.settings.query_timeout_s)
+        con.cursor().execute("SET NOCOUNT ON").close()
+        return con
+
+    @contextlib.contextmanager
+    def session(self):
+        con = self._connect()
+        try:
+            yield MssqlSession(con)
+        finally:
+            con.close()
+
+    def table_columns(self, s, schema, table):
+        out = {}
+        for name, data_type, char_len, prec, scale, dt_prec, nullable in s.query(TABLE_COLUMNS_SQL,
+                                                                                  [schema, table]):
+            out[name] = (render_type(data_type, char_len, prec, scale, dt_prec), nullable == "YES")
+        return out
+
+    # -- staging -----------------------------------------------------------------------------------------------
+
+    def stage_ddl(self, table: str, columns: list[Column]) -> list[str]:
+        d = self.dialect
+        return [f"DROP TABLE IF EXISTS {d.table('stg', table)}", create_table(d, "stg", table, columns, ods=False)]
+
+    def insert_sql(self, table: str, layout: list[StageColumn]) -> str:
+        d = self.dialect
+        return (f"INSERT INTO {d.table('stg', table)} ({', '.join(d.quote(c.name) for c in layout)}) "
+                f"VALUES ({', '.join('?' for _ in layout)})")
+
+    def count_sql(self, table: str) -> str:
+        return f"SELECT COUNT_BIG(*) FROM {self.dialect.table('stg', table)}"
+
+    def _bulkcopy_module(self):
+        if self.bulk_mode == "executemany":
+            return None
+        try:
+            import mssql_python  # noqa: F401
+        except ImportError:
+            if self.bulk_mode == "bulkcopy":
+                raise RuntimeError("CBM_MSSQL_BULK=bulkcopy but mssql_python is not installed "
+                                   "(pip install mssql-python)") from None
+            return None
+        return mssql_python
+
+    def _stage_keys(self, s: Session, table: str) -> list[str]:
+        """Best effort: the key columns of the table staged as `table` (for error messages only)."""
+        from ..naming import sql_safe_name
+        try:
+            rows = s.query("SELECT TableName, DestinationTable, PrimaryKeyCols FROM config.ETL_Tables")
+        except Exception:  # noqa: BLE001
+            return []
+        for name, dest, pk in rows:
+            if table in (dest, name) or sql_safe_name(dest or name) == table:
+                return [sql_safe_name(k) for k in str(pk or "").split(",") if k.strip()]
+        return []
+
+    def replace_stage(self, s, table, stage_path, columns):
+        d = self.dialect
+        d.check_identifier(table)
+        stage_path = Path(stage_path)
+        columns = sized_for_file(columns, stage_path, d)
+        layout = stage_layout(d, columns)
+        for stmt in self.stage_ddl(table, columns):
+            s.execute(stmt)
+        try:
+            mod = self._bulkcopy_module()
+            if mod is not None:
+                self._load_bulkcopy(mod, s, table, stage_path, layout)
+            else:
+                self._load_executemany(s, table, stage_path, layout)
+        except StageValueError as exc:
+            exc.keys = self._stage_keys(s, table)
+            raise
+        return int(s.scalar(self.count_sql(table)))
+
+    def _batches(self, stage_path: Path, layout: list[StageColumn]) -> Iterator[pa.RecordBatch]:
+        pf = pq.ParquetFile(stage_path)
+        names = pf.schema_arrow.names
+        missing = [c.name for c in layout if c.name not in names]
+        if missing:
+            raise ValueError(f"{stage_path}: no column {', '.join(missing)} in the stage file; rerun the table "
+                             "from the transform step")
+        yield from pf.iter_batches(batch_size=CHUNK_ROWS, columns=[c.name for c in layout])
+
+    def _load_executemany(self, s: MssqlSession, table: str, stage_path: Path, layout: list[StageColumn]) -> None:
+        sql = self.insert_sql(table, layout)
+        sizes = input_sizes(layout)
+        cur = s.con.cursor()
+        cur.fast_executemany = True
+        try:
+            offset = 0
+            for batch in self._batches(stage_path, layout):
+                rows = rows_for_executemany(batch, layout, table=table, row_offset=offset)
+                if rows:
+                    cur.setinputsizes(sizes)
+                    cur.executemany(sql, rows)
+                offset += batch.num_rows
+        finally:
+            cur.close()
+
+    def _load_bulkcopy(self, mod, s: MssqlSession, table: str, stage_path: Path, layout: list[StageColumn]) -> None:
+        """TDS bulk copy on mssql_python's own connection: the DDL is committed first (that connection cannot
+        see, and would block on, our uncommitted CREATE TABLE), then a new transaction is opened for the rest
+        of the caller's step."""
+        in_tx = int(s.scalar("SELECT @@TRANCOUNT") or 0) > 0
+        if in_tx:
+            s.execute("COMMIT TRANSACTION")
+        try:
+            schema = pa.schema([pa.field(c.name, _arrow_type_for(c)) for c in layout])
+            offsets = [0]
+
+            def batches():
+                for b in self._batches(stage_path, layout):
+                    out = arrow_batch_for_bulkcopy(b, layout, table=table, row_offset=offsets[0])
+                    offsets[0] += b.num_rows
+                    yield out.cast(schema) if out.schema != schema else out
+
+            reader = pa.RecordBatchReader.from_batches(schema, batches())
+            con = mod.connect(_without_driver(self.odbc))
+            try:
+                cur = con.cursor()
+                result = cur.bulkcopy_arrow(self.dialect.table("stg", table), reader, batch_size=CHUNK_ROWS,
+                                            column_mappings=[c.name for c in layout], table_lock=True,
+                                            keep_nulls=True)
+                con.commit()
+                log.info("stg.%s: bulk copy of %s rows", table, (result or {}).get("rows_copied"))
+            finally:
+                con.close()
+        finally:
+            if in_tx:
+                s.execute("BEGIN TRANSACTION")
+
+
+def _arrow_type_for(c: StageColumn) -> pa.DataType:
+    b = c.base
+    if b in STRING_TYPES:
+        return pa.string()
+    if b in BINARY_TYPES:
+        return pa.binary()
+    if b in ("DECIMAL", "NUMERIC"):
+        return pa.decimal128(*c.precision_scale)
+    if b in ("INT", "SMALLINT", "TINYINT"):
+        return pa.int32()
+    if b == "BIGINT":
+        return pa.int64()
+    if b in ("FLOAT", "REAL"):
+        return pa.float64()
+    if b == "BIT":
+        return pa.bool_()
+    if b == "DATE":
+        return pa.date32()
+    if b in ("DATETIME2", "DATETIME"):
+        n = c.precision_scale[0] if b == "DATETIME2" else 3
+        return pa.timestamp("s" if n == 0 else "ms" if n <= 3 else "us")
+    if b == "DATETIMEOFFSET":
+        return pa.timestamp("ms" if c.precision_scale[0] <= 3 else "us", tz="UTC")
+    raise ValueError(f"column {c.name}: no Arrow type for SQL Server type {c.type_text}")
