@@ -1,0 +1,42 @@
+"""The operator's commands (cbm-etl), on the demo source and a real DuckDB file."""
+from __future__ import annotations
+
+from cbm_luigi.cli import main as cbm_etl
+from cbm_luigi.tasks import LoadAll
+
+from .conftest import build, succeeded
+
+
+def test_init_db_is_idempotent_and_loads_tables_once(env, capsys):
+    assert cbm_etl(["init-db"]) == 0  # second time (the fixture ran the first)
+    assert "0 table(s) added" in capsys.readouterr().out
+    assert env.sql("SELECT COUNT(*) FROM config.ETL_Tables")[0][0] == 6
+    views = {r[0] for r in env.sql("SELECT table_name FROM information_schema.tables WHERE table_schema = 'etl' "
+                                   "AND table_type = 'VIEW'")}
+    assert views == {"vw_LastRuns", "vw_TablePerformance", "vw_SLABreach"}
+
+
+def test_discover_proposes_keys_and_modification_columns(env, capsys):
+    assert cbm_etl(["discover", "--count"]) == 0
+    lines = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
+    assert lines["lignecli"][1:5] == ["1200", "num_cde,num_lig", "dat_mod", "heure"]
+    assert lines["famille"][1:5] == ["12", "cod_fam", "-", "-"]
+    assert lines["hisprixa"][2] == "cod_pro,cod_fou,dat_eff"
+
+
+def test_summary_after_a_load(env, capsys):
+    assert succeeded(build(LoadAll(mode="full")))
+    capsys.readouterr()
+    assert cbm_etl(["summary"]) == 0
+    out = capsys.readouterr().out
+    assert str(env.warehouse) in out
+    produit = next(line for line in out.splitlines() if line.startswith("produit"))
+    assert produit.split()[1:4] == ["SUCCESS", "200", "200"]
+
+
+def test_errors_are_one_readable_line(env, capsys, monkeypatch):
+    monkeypatch.setenv("CBM_SOURCE_KIND", "odbc")
+    monkeypatch.setenv("CBM_SOURCE_ODBC", "DRIVER={Nope};UID=u;PWD=hunter2")
+    assert cbm_etl(["discover"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("cbm-etl discover: SourceError") and "hunter2" not in err
