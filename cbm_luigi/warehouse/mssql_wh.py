@@ -34,7 +34,7 @@ import os
 import re
 import time
 from dataclasses import dataclass, replace
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -100,9 +100,10 @@ class StageColumn:
     @property
     def width(self) -> int | None:
         """n of NVARCHAR(n)/VARBINARY(n)/CHAR(n); None for MAX and for types without a length."""
-        _b, a, _s = self._parts()
-        return None if a in (None, "MAX") or self.base in ("DECIMAL", "NUMERIC") or self.base.startswith(
-            "DATETIME") else int(a)
+        b, a, _s = self._parts()
+        if b not in STRING_TYPES | BINARY_TYPES or a in (None, "MAX"):
+            return None
+        return int(a)
 
     @property
     def precision_scale(self) -> tuple[int, int]:
@@ -322,13 +323,12 @@ def arrow_batch_for_bulkcopy(batch: pa.RecordBatch, layout: list[StageColumn], *
                         break
                 else:
                     raise
-        elif b in ("DATETIME2", "DATETIME") and pa.types.is_timestamp(arr.type):
-            n = c.precision_scale[0] if b == "DATETIME2" else 3
-            if arr.type.tz is not None:
-                arr = arr.cast(pa.timestamp(arr.type.unit, tz="UTC")).cast(pa.timestamp(arr.type.unit))
-            if n < 6 and arr.type.unit in ("us", "ns"):
-                unit = {0: "second", 1: "millisecond", 2: "millisecond", 3: "millisecond"}.get(n, "microsecond")
-                arr = pc.floor_temporal(arr, unit=unit)
+        elif b in ("DATETIME2", "DATETIME", "DATETIMEOFFSET") and pa.types.is_timestamp(arr.type):
+            n = c.precision_scale[0] if b != "DATETIME" else 3
+            if b != "DATETIMEOFFSET" and arr.type.tz is not None:  # the UTC wall time, as rows_for_executemany
+                arr = pc.local_timestamp(arr.cast(pa.timestamp(arr.type.unit, tz="UTC")))
+            if n < 6 and arr.type.unit in ("us", "ns"):  # cut to the column precision (never rounded up)
+                arr = pc.floor_temporal(arr, unit="second" if n == 0 else "millisecond")
         if bad is not None:
             i, problem = bad
             raise StageValueError(table=table, column=c.name, type_text=c.type_text, problem=problem,
@@ -486,7 +486,9 @@ class MssqlWarehouse(Warehouse):
                 con = pyodbc.connect(self.odbc, autocommit=True)
                 break
             except pyodbc.Error as exc:
-                if attempt >= attempts or not isinstance(exc, (pyodbc.OperationalError, pyodbc.InterfaceError)):
+                # OperationalError: network / timeout / server starting, worth a retry; anything else
+                # (driver not found, login failed) is a configuration error
+                if attempt >= attempts or not isinstance(exc, pyodbc.OperationalError):
                     raise RuntimeError(f"cannot connect to SQL Server ({self.describe()}): "
                                        f"{mask_secrets(str(exc))}") from None
                 time.sleep(min(2 ** attempt, 30))

@@ -1,0 +1,69 @@
+-- Run history, markers (the targets of the warehouse tasks), validation results, Progress catalog copy.
+-- T-SQL mirror of sql/duckdb/03_etl.sql (LogId is an IDENTITY where DuckDB uses the sequence etl.seq_log).
+IF OBJECT_ID(N'etl.ETL_Log', N'U') IS NULL
+CREATE TABLE etl.ETL_Log (
+    LogId           BIGINT IDENTITY(1, 1) NOT NULL CONSTRAINT PK_ETL_Log PRIMARY KEY,
+    RunId           NVARCHAR(64) NOT NULL,
+    BatchId         NVARCHAR(64) NOT NULL,
+    TableName       NVARCHAR(128) NOT NULL,
+    Step            NVARCHAR(32) NOT NULL,     -- extract | transform | stage | merge | validate
+    Status          NVARCHAR(16) NOT NULL,     -- SUCCESS | FAILED
+    Mode            NVARCHAR(16) NULL,
+    [Rows]          BIGINT NULL,
+    RowsInserted    BIGINT NULL,
+    RowsUpdated     BIGINT NULL,
+    RowsUnchanged   BIGINT NULL,
+    RowsDeleted     BIGINT NULL,
+    DurationMs      BIGINT NULL,
+    ErrorMessage    NVARCHAR(MAX) NULL,
+    Detail          NVARCHAR(MAX) NULL,
+    TaskId          NVARCHAR(450) NULL,
+    LogTs           DATETIME2(3) NOT NULL CONSTRAINT DF_ETL_Log_LogTs DEFAULT SYSDATETIME()
+)
+GO
+-- the monitoring views read the latest rows per table and step
+IF NOT EXISTS (SELECT 1 FROM sys.indexes WHERE name = N'IX_ETL_Log_Table_Step_LogTs'
+               AND object_id = OBJECT_ID(N'etl.ETL_Log'))
+CREATE INDEX IX_ETL_Log_Table_Step_LogTs ON etl.ETL_Log (TableName, Step, LogTs)
+GO
+IF OBJECT_ID(N'etl.ETL_Markers', N'U') IS NULL
+CREATE TABLE etl.ETL_Markers (
+    MarkerId        NVARCHAR(450) NOT NULL CONSTRAINT PK_ETL_Markers PRIMARY KEY, -- the Luigi task id
+    TableName       NVARCHAR(128) NOT NULL,
+    Step            NVARCHAR(32) NOT NULL,
+    BatchId         NVARCHAR(64) NOT NULL,
+    Mode            NVARCHAR(16) NULL,
+    RunId           NVARCHAR(64) NULL,
+    [Rows]          BIGINT NULL,
+    CreatedAt       DATETIME2(3) NOT NULL CONSTRAINT DF_ETL_Markers_CreatedAt DEFAULT SYSDATETIME()
+)
+GO
+IF OBJECT_ID(N'etl.ETL_Validation', N'U') IS NULL
+CREATE TABLE etl.ETL_Validation (
+    RunId           NVARCHAR(64) NOT NULL,
+    BatchId         NVARCHAR(64) NOT NULL,
+    TableName       NVARCHAR(128) NOT NULL,
+    CheckName       NVARCHAR(128) NOT NULL,
+    Passed          BIT NOT NULL,
+    Expected        BIGINT NULL,
+    Actual          BIGINT NULL,
+    Detail          NVARCHAR(MAX) NULL,
+    CheckedAt       DATETIME2(3) NOT NULL CONSTRAINT DF_ETL_Validation_CheckedAt DEFAULT SYSDATETIME()
+)
+GO
+IF OBJECT_ID(N'meta.SYSCOLUMNS_FULL', N'U') IS NULL
+CREATE TABLE meta.SYSCOLUMNS_FULL (
+    tbl             NVARCHAR(128) NOT NULL,
+    col             NVARCHAR(128) NOT NULL,
+    coltype         NVARCHAR(64) NOT NULL,
+    width           INT NULL,
+    scale           INT NULL,
+    nullflag        NVARCHAR(1) NULL,
+    array_extent    INT NULL,
+    label           NVARCHAR(MAX) NULL,
+    description     NVARCHAR(MAX) NULL,
+    display_order   INT NULL,
+    CopiedAt        DATETIME2(3) NOT NULL CONSTRAINT DF_SYSCOLUMNS_FULL_CopiedAt DEFAULT SYSDATETIME(),
+    CONSTRAINT PK_SYSCOLUMNS_FULL PRIMARY KEY (tbl, col)
+)
+GO

@@ -1,0 +1,946 @@
+"""Every T-SQL statement the product can emit, parsed offline with sqlfluff (dialect tsql), plus the SQL Server
+warehouse's plain functions (type rendering, parameter sizes, row preparation, staging) without a server.
+
+No SQL Server runs here: sqlfluff proves the syntax (and rejects broken statements, see
+test_parse_helper_rejects_broken_sql); batch rules, types and permissions are left to tests/test_mssql_live.py.
+The statements come from the real code: the sql/mssql scripts, the statements module for a plan holding every
+column kind, and the steps / targets / runlog / config_store / cli functions run against a RecordingSession
+that records what they execute on a stub MssqlWarehouse.
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+import sys
+import types
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pyodbc
+import pytest
+import sqlfluff
+from sqlfluff.api.simple import APIParsingError
+
+from cbm_luigi import config_store, runlog, steps
+from cbm_luigi.plan import PlanColumn, TablePlan
+from cbm_luigi.settings import Settings
+from cbm_luigi.targets import MarkerTarget, remove_markers
+from cbm_luigi.types import ColumnType
+from cbm_luigi.warehouse import mssql_wh
+from cbm_luigi.warehouse.base import SQL_DIR, Session, split_script
+from cbm_luigi.warehouse.dialects import DuckDbDialect, IdentifierError, TsqlDialect
+from cbm_luigi.warehouse.mssql_wh import (MssqlSession, MssqlWarehouse, StageColumn, StageValueError,
+                                          arrow_batch_for_bulkcopy, input_sizes, render_type, rows_for_executemany,
+                                          sized_for_file, stage_layout, utf16_len)
+from cbm_luigi.warehouse.statements import (Column, MergeSpec, SchemaChangeError, add_column, create_table,
+                                            duplicate_keys, evolve, merge_counts, merge_statements,
+                                            validation_queries, widen_column)
+
+D = TsqlDialect()
+REPO = Path(__file__).resolve().parent.parent
+
+
+# -- the parse helper -------------------------------------------------------------------------------------------
+
+def _params_to_variables(sql: str) -> str:
+    """What sqlfluff is given instead of the statement (the product's text itself is never changed):
+
+    - the pyodbc `?` markers (outside quotes and brackets) become @p1, @p2 ... (sqlfluff rejects `?`);
+    - `]]` inside a bracketed identifier (T-SQL's escape for `]`, e.g. [a]]b]) becomes `__`: sqlfluff 4.5's
+      tsql lexer ends a bracketed identifier at the first `]`. Same length, same structure.
+    """
+    out, n, i, quote = [], 0, 0, None
+    closing = {"'": "'", '"': '"', "[": "]"}
+    while i < len(sql):
+        ch = sql[i]
+        if quote:
+            if ch == closing[quote]:
+                if i + 1 < len(sql) and sql[i + 1] == ch:  # doubled: escaped
+                    out.append("__" if quote == "[" else ch + ch)
+                    i += 2
+                    continue
+                quote = None
+            out.append(ch)
+        elif ch in closing:
+            quote = ch
+            out.append(ch)
+        elif ch == "?":
+            n += 1
+            out.append(f"@p{n}")
+        else:
+            out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def parse_tsql(sql: str, label: str = ""):
+    """sqlfluff parse tree of one T-SQL batch; fails the test on any unparsable section."""
+    text = _params_to_variables(sql)
+    try:
+        tree = sqlfluff.parse(text, dialect="tsql")
+    except APIParsingError as exc:
+        pytest.fail(f"sqlfluff (tsql) cannot parse {label}:\n{text}\n--\n{exc}", pytrace=False)
+    assert tree, f"{label}: empty parse"
+    return tree
+
+
+def assert_all_parse(statements: list[str], what: str) -> None:
+    failures = []
+    seen = set()
+    for sql in statements:
+        if sql in seen:
+            continue
+        seen.add(sql)
+        try:
+            parse_tsql(sql, what)
+        except pytest.fail.Exception as exc:
+            failures.append(str(exc))
+    assert not failures, f"{len(failures)} of {len(seen)} statements of {what} do not parse:\n\n" + \
+        "\n\n".join(failures)
+    assert seen, f"{what}: no statement recorded"
+
+
+@pytest.mark.parametrize("broken", [
+    "SELEC x FROM t",
+    "SELECT a FROM t WHERE (",
+    "MERGE INTO [ods].[t] WITH (HOLDLOCK) AS t USING [stg].[t] AS s ON (t.[k] = s.[k]) WHEN MATCHED THEN",
+    "CREATE TABLE [stg].[t] ([a] NVARCHAR(10) NOT NULL [b] INT)",
+    "INSERT INTO etl.ETL_Markers (MarkerId, Rows VALUES (?, ?)",
+    "IF SCHEMA_ID(N'x') IS NULL EXEC(N'CREATE SCHEMA [x]'",
+])
+def test_parse_helper_rejects_broken_sql(broken):
+    with pytest.raises(pytest.fail.Exception, match="cannot parse"):
+        parse_tsql(broken, "a deliberately broken statement")
+
+
+def test_params_become_variables_outside_quotes_only():
+    sql = "SELECT '?' AS a, [b?] AS c, [x]]?] FROM t WHERE x = ? AND y = '''?' AND z = ?"
+    assert _params_to_variables(sql) == \
+        "SELECT '?' AS a, [b?] AS c, [x__?] FROM t WHERE x = @p1 AND y = '''?' AND z = @p2"
+
+
+# -- sql/mssql scripts ------------------------------------------------------------------------------------------
+
+def _script_statements() -> list[tuple[str, str]]:
+    out = []
+    for path in sorted((SQL_DIR / "mssql").glob("*.sql")):
+        for i, stmt in enumerate(split_script(path.read_text(encoding="utf-8"), "mssql"), 1):
+            out.append((f"{path.name}#{i}", stmt))
+    return out
+
+
+SCRIPT_STATEMENTS = _script_statements()
+
+
+@pytest.mark.parametrize("label,sql", SCRIPT_STATEMENTS, ids=[s[0] for s in SCRIPT_STATEMENTS])
+def test_script_statement_parses(label, sql):
+    parse_tsql(sql, label)
+
+
+def test_grants_example_parses_and_is_not_run_by_init_db():
+    path = SQL_DIR / "mssql" / "grants.sql.example"
+    stmts = split_script(path.read_text(encoding="utf-8"), "mssql")
+    assert any("GRANT" in s for s in stmts)
+    assert_all_parse(stmts, path.name)
+    assert path.name not in {p.name for p in (SQL_DIR / "mssql").glob("*.sql")}
+
+
+def test_scripts_mirror_duckdb_tables_columns_and_views():
+    files = sorted(p.name for p in (SQL_DIR / "mssql").glob("*.sql"))
+    assert files == ["01_schemas.sql", "02_config.sql", "03_etl.sql", "04_views.sql", "05_procedures.sql"]
+    assert MssqlWarehouse.script_statements(_stub_warehouse()) == [s for _l, s in SCRIPT_STATEMENTS]
+    ms = "\n".join(s for _l, s in SCRIPT_STATEMENTS)
+    duck = "\n".join((SQL_DIR / "duckdb" / f).read_text() for f in sorted(p.name for p in
+                                                                            (SQL_DIR / "duckdb").glob("*.sql")))
+    # every DuckDB table exists in T-SQL with the same columns, in the same order
+    for m in re.finditer(r"CREATE TABLE IF NOT EXISTS (\w+\.\w+) \((.*?)\n\);", duck, re.S):
+        table, body = m.group(1), m.group(2)
+        cols = [ln.split()[0] for ln in body.splitlines() if ln.strip() and not ln.strip().startswith(
+            ("PRIMARY KEY", "--"))]
+        t = re.search(rf"IF OBJECT_ID\(N'{re.escape(table)}', N'U'\) IS NULL\s+CREATE TABLE {re.escape(table)} "
+                      rf"\((.*?)\n\)", ms, re.S)
+        assert t, f"{table} missing in sql/mssql"
+        tcols = [ln.split()[0].strip("[]") for ln in t.group(1).splitlines()
+                 if ln.strip() and not ln.strip().startswith(("CONSTRAINT", "--"))]
+        assert tcols == cols, f"{table}: {tcols} != {cols}"
+    # views: same output columns
+    for view in ("vw_LastRuns", "vw_TablePerformance", "vw_SLABreach"):
+        assert f"CREATE OR ALTER VIEW etl.{view} AS" in ms
+    for col in ("MedianDurationMs", "PERCENTILE_CONT(0.5)", "RowsPerSecond", "HoursSinceSuccess", "'NEVER_LOADED'",
+                "'FAILING'", "'LATE'", "'OK'", "AS SLAStatus", "DATEADD(DAY, -7, SYSDATETIME())"):
+        assert col in ms
+    for schema in ("config", "etl", "stg", "ods", "meta"):
+        assert f"IF SCHEMA_ID(N'{schema}') IS NULL EXEC(N'CREATE SCHEMA [{schema}]')" in ms
+    assert "LogId           BIGINT IDENTITY(1, 1)" in ms
+    assert "BOOLEAN" not in ms and "TIMESTAMP " not in ms.replace("DATETIME2(3)", "")
+    assert "\nGO" not in "".join(s for _l, s in SCRIPT_STATEMENTS)  # GO is a separator, never sent
+
+
+def test_sync_procedure_shape():
+    proc = dict(SCRIPT_STATEMENTS)["05_procedures.sql#1"]
+    assert proc.startswith("CREATE OR ALTER PROCEDURE etl.SyncConfigColumns\n    @TableName NVARCHAR(128) = NULL")
+    for needle in ("SET XACT_ABORT ON;", "BEGIN TRY", "BEGIN TRANSACTION;", "COMMIT TRANSACTION;", "BEGIN CATCH",
+                   "ROLLBACK TRANSACTION;", "THROW;", "IsMissingAtSource = 1", "meta.SYSCOLUMNS_FULL",
+                   "Latin1_General_BIN2", "THROW 50011"):
+        assert needle in proc, needle
+    # operator choices are never written: IsExcluded / ArrayMode only appear in the INSERT of new columns
+    update_existing = proc[proc.index("UPDATE c\n"):proc.index("SET @updated")]
+    for kept in ("IsExcluded", "ArrayMode", "SqlName", "SourceExpression", "IsOverride"):
+        assert kept not in update_existing
+
+
+# -- a plan with every column kind ------------------------------------------------------------------------------
+
+def all_kind_columns() -> list[Column]:
+    return [
+        Column("code", ColumnType("string", width=20), nullable=False, max_len=12),
+        Column("label", ColumnType("string")),  # unbounded: NVARCHAR(MAX)
+        Column("memo", ColumnType("string", width=8000)),  # past 4000: NVARCHAR(MAX)
+        Column("qty", ColumnType("int32"), nullable=False),
+        Column("big", ColumnType("int64")),
+        Column("price", ColumnType("decimal", 15, 4)),
+        Column("ratio", ColumnType("float64")),
+        Column("day", ColumnType("date")),
+        Column("ts", ColumnType("timestamp")),
+        Column("tstz", ColumnType("timestamptz")),
+        Column("flag", ColumnType("bool")),
+        Column("raw", ColumnType("binary", width=16)),
+        Column("blob", ColumnType("binary")),
+        Column("order", ColumnType("string", width=5)),  # reserved word
+        Column("a]b", ColumnType("int32")),  # bracket in the name
+        Column("odd name-é", ColumnType("string", width=3)),
+    ]
+
+
+KIND_TYPES = {"code": "NVARCHAR(12)", "label": "NVARCHAR(MAX)", "memo": "NVARCHAR(MAX)", "qty": "INT",
+              "big": "BIGINT", "price": "DECIMAL(15,4)", "ratio": "FLOAT", "day": "DATE", "ts": "DATETIME2(3)",
+              "tstz": "DATETIMEOFFSET(3)", "flag": "BIT", "raw": "VARBINARY(16)", "blob": "VARBINARY(MAX)",
+              "order": "NVARCHAR(5)", "a]b": "INT", "odd name-é": "NVARCHAR(3)"}
+
+
+def specs(keys=("code",)) -> list[tuple[str, MergeSpec]]:
+    names = [c.name for c in all_kind_columns()]
+    return [(f"{'scd2' if scd2 else 'type1'}-{'full' if full else 'incremental'}",
+             MergeSpec("stg", "ods", "all_kinds", list(keys), names, scd2=scd2, full=full))
+            for scd2 in (False, True) for full in (True, False)]
+
+
+def statement_module_outputs() -> list[tuple[str, str]]:
+    cols = all_kind_columns()
+    out = [("create stg", create_table(D, "stg", "all_kinds", cols, ods=False)),
+           ("create ods type1", create_table(D, "ods", "all_kinds", cols, ods=True, scd2=False)),
+           ("create ods scd2", create_table(D, "ods", "all_kinds", cols, ods=True, scd2=True))]
+    for c in cols:
+        out.append((f"add {c.name}", add_column(D, "ods", "all_kinds", c)))
+    for c in cols:
+        if c.ctype.kind == "string":
+            out.append((f"widen {c.name} null", widen_column(D, "ods", "all_kinds", c, True)))
+            out.append((f"widen {c.name} not null", widen_column(D, "ods", "all_kinds", c, False)))
+    existing = {"CODE": ("NVARCHAR(4)", False), "label": ("NVARCHAR(10)", True), "qty": ("INT", False)}
+    stmts, _changes = evolve(D, "ods", "all_kinds", cols, existing)
+    out += [(f"evolve #{i}", s) for i, s in enumerate(stmts, 1)]
+    for keys in (["code"], ["code", "qty", "a]b"]):
+        out.append((f"duplicate_keys {keys}", duplicate_keys(D, D.table("stg", "all_kinds"), keys)))
+        out.append((f"duplicate_keys {keys} where", duplicate_keys(D, D.table("ods", "all_kinds"), keys,
+                                                                   "t._etl_is_current = 1")))
+        for label, spec in specs(keys):
+            out.append((f"merge_counts {label} {keys}", merge_counts(D, spec)))
+            for i, (sql, _n) in enumerate(merge_statements(D, spec), 1):
+                out.append((f"merge {label} {keys} #{i}", sql))
+            for name, sql in validation_queries(D, spec).items():
+                out.append((f"validation {label} {keys} {name}", sql))
+    return out
+
+
+STATEMENT_OUTPUTS = statement_module_outputs()
+
+
+@pytest.mark.parametrize("label,sql", STATEMENT_OUTPUTS, ids=[s[0] for s in STATEMENT_OUTPUTS])
+def test_statement_parses(label, sql):
+    parse_tsql(sql, label)
+
+
+def test_create_table_types_and_explicit_nullability():
+    sql = create_table(D, "stg", "all_kinds", all_kind_columns(), ods=False)
+    for name, t in KIND_TYPES.items():
+        null = " NOT NULL" if name in ("code", "qty") else " NULL"
+        assert f"{D.quote(name)} {t}{null}," in sql, (name, t)
+    assert "[_etl_hashdiff] CHAR(32) NOT NULL" in sql and "[_etl_loaded_at] DATETIME2(3) NULL" in sql
+    scd2 = create_table(D, "ods", "all_kinds", all_kind_columns(), ods=True, scd2=True)
+    assert "[_etl_is_current] BIT NOT NULL" in scd2 and "[_etl_valid_to] DATETIME2(3) NULL" in scd2
+    assert "[_etl_is_deleted] BIT NOT NULL" in scd2
+
+
+def test_duckdb_rendering_unchanged_by_tsql_fixes():
+    duck = DuckDbDialect()
+    cols = [Column("a", ColumnType("string")), Column("b", ColumnType("int32"), False)]
+    sql = create_table(duck, "stg", "t", cols, ods=False)
+    assert sql == ('CREATE TABLE "stg"."t" (\n    "a" VARCHAR,\n    "b" INTEGER NOT NULL,\n'
+                   '    "_etl_hashdiff" VARCHAR(32) NOT NULL,\n    "_etl_run_id" VARCHAR(64),\n'
+                   '    "_etl_batch_id" VARCHAR(64),\n    "_etl_loaded_at" TIMESTAMP,\n'
+                   '    "_etl_source_ts" TIMESTAMP\n)')
+    assert duck.length_fn == "length"
+
+
+def test_merge_semantics_on_text():
+    for label, spec in specs():
+        stmts = merge_statements(D, spec)
+        merges = [s for s, _n in stmts if "MERGE INTO" in s]
+        assert len(merges) == 1, label
+        m = merges[0]
+        assert m.startswith("DECLARE @merge_actions TABLE (act NVARCHAR(10));\nMERGE INTO [ods].[all_kinds] "
+                            "WITH (HOLDLOCK) AS t USING [stg].[all_kinds] AS s"), label
+        merge_part = m[m.index("MERGE INTO"):m.index("\nSELECT act")]
+        assert merge_part.endswith("OUTPUT $action INTO @merge_actions;"), label
+        assert merge_part.count(";") == 1  # the terminating one
+        assert len(re.findall(r"WHEN MATCHED\b", m)) == 1, f"{label}: T-SQL allows one WHEN MATCHED ... UPDATE"
+        assert ("WHEN NOT MATCHED BY SOURCE" in m) == spec.full, label
+        assert m.rstrip().endswith("SELECT act, COUNT(*) AS n FROM @merge_actions GROUP BY act;")
+        if spec.scd2:
+            assert "ON ([t].[code] = [s].[code] AND t._etl_is_current = 1)".replace("[t].", "t.").replace(
+                "[s].", "s.") in m
+            assert any(s.startswith("INSERT INTO [ods].[all_kinds]") for s, _n in stmts)
+        # parameters: one `?` per load timestamp, as counted
+        for s, n in stmts:
+            assert s.count("?") == n
+    every = "\n".join(s for _l, s in STATEMENT_OUTPUTS)
+    for banned in ("IS DISTINCT FROM", " LIMIT ", "TRUE", "FALSE", "NOT t._etl", "ADD COLUMN", " TYPE "):
+        assert banned not in every, banned
+    assert "t._etl_is_deleted = 1" in every and "t._etl_is_deleted = 0" in every
+    assert "t._etl_is_current = 1" in every
+    assert "SELECT TOP (5) [code], COUNT(*) AS n FROM [stg].[all_kinds]" in every
+
+
+def test_alter_column_restates_nullability():
+    c = Column("code", ColumnType("string", width=20), max_len=30)
+    assert widen_column(D, "ods", "t", c, True) == "ALTER TABLE [ods].[t] ALTER COLUMN [code] NVARCHAR(30) NULL"
+    assert widen_column(D, "ods", "t", c, False).endswith("NVARCHAR(30) NOT NULL")
+    assert add_column(D, "ods", "t", c) == "ALTER TABLE [ods].[t] ADD [code] NVARCHAR(30) NULL"
+
+
+def test_evolve_on_sql_server_types():
+    cols = [Column("code", ColumnType("string", width=20), max_len=30), Column("n", ColumnType("int32")),
+            Column("new", ColumnType("decimal", 10, 2))]
+    stmts, changes = evolve(D, "ods", "t", cols, {"code": ("NVARCHAR(10)", False), "n": ("INT", True)})
+    assert stmts == ["ALTER TABLE [ods].[t] ALTER COLUMN [code] NVARCHAR(30) NOT NULL",
+                     "ALTER TABLE [ods].[t] ADD [new] DECIMAL(10,2) NULL"]
+    assert len(changes) == 2
+    assert evolve(D, "ods", "t", cols[:1], {"code": ("NVARCHAR(MAX)", True)}) == ([], [])
+    with pytest.raises(SchemaChangeError, match="source type changed from BIGINT to INT"):
+        evolve(D, "ods", "t", cols[1:2], {"n": ("BIGINT", True)})
+
+
+def test_bracket_quoting_and_identifier_limit():
+    assert D.quote("a]b") == "[a]]b]"
+    assert D.quote("x" * 128) == "[" + "x" * 128 + "]"
+    with pytest.raises(IdentifierError):
+        D.quote("x" * 129)
+    with pytest.raises(IdentifierError):
+        D.quote("")
+    with pytest.raises(IdentifierError):
+        create_table(D, "stg", "t", [Column("y" * 129, ColumnType("int32"))], ods=False)
+    with pytest.raises(IdentifierError):
+        D.table("stg", "z" * 129)
+    sql = create_table(D, "stg", "t]x", all_kind_columns(), ods=False)
+    assert "[stg].[t]]x]" in sql and "[a]]b] INT NULL" in sql
+    parse_tsql(sql, "create with brackets")
+
+
+# -- recording the statements of the product's functions ---------------------------------------------------------
+
+class RecordingSession(MssqlSession):
+    """Records what the product executes; answers queries with canned results (first matching pattern)."""
+
+    def __init__(self, answers: list[tuple[str, object]] | None = None):
+        super().__init__(FakeConnection(self))
+        self.answers = list(answers or [])
+        self.log: list[tuple[str, list]] = []
+
+    def _answer(self, sql):
+        for pattern, result in self.answers:
+            if re.search(pattern, sql, re.S):
+                return result(sql) if callable(result) else result
+        return None
+
+    def execute(self, sql, params=None):
+        self.log.append((sql, list(params or [])))
+
+    def query(self, sql, params=None):
+        self.log.append((sql, list(params or [])))
+        got = self._answer(sql)
+        if got is None:
+            return [(0,)]
+        return [tuple(r.values()) if isinstance(r, dict) else r for r in got]
+
+    def query_dicts(self, sql, params=None):
+        self.log.append((sql, list(params or [])))
+        got = self._answer(sql)
+        return [r for r in got if isinstance(r, dict)] if got else []
+
+    @property
+    def statements(self) -> list[str]:
+        return [s for s, _p in self.log]
+
+
+class FakeCursor:
+    """Stands for a pyodbc cursor in the executemany staging path."""
+
+    def __init__(self, session):
+        self.session = session
+        self.fast_executemany = False
+        self.sizes = None
+        self.calls: list[tuple[str, list, list, bool]] = []
+
+    def setinputsizes(self, sizes):
+        self.sizes = list(sizes)
+
+    def executemany(self, sql, rows):
+        self.session.log.append((sql, []))
+        self.calls.append((sql, list(rows), self.sizes, self.fast_executemany))
+
+    def close(self):
+        pass
+
+
+class FakeConnection:
+    def __init__(self, session):
+        self.session = session
+        self.cursors: list[FakeCursor] = []
+
+    def cursor(self):
+        cur = FakeCursor(self.session)
+        self.cursors.append(cur)
+        return cur
+
+
+class StubWarehouse(MssqlWarehouse):
+    """MssqlWarehouse whose sessions are one RecordingSession (no server)."""
+
+    def __init__(self, session: RecordingSession | None = None, bulk: str = "executemany"):
+        super().__init__(_settings())
+        self.bulk_mode = bulk
+        self.rec = session or RecordingSession()
+
+    @contextlib.contextmanager
+    def session(self):
+        yield self.rec
+
+
+def _settings(**kw) -> Settings:
+    base = dict(home=Path("/tmp"), source_kind="demo", source_path=Path("/nonexistent"), source_odbc="",
+                source_init_sql=(), source_isolation="DEFAULT", source_dialect="openedge", odbc_reader="auto",
+                warehouse_kind="mssql", duckdb_path=Path("/nonexistent.duckdb"),
+                mssql_odbc="Driver={ODBC Driver 18 for SQL Server};Server=db,1433;Database=cbm;UID=etl;PWD=s3cr;et;"
+                           "Encrypt=yes")
+    base.update(kw)
+    return Settings(**base)
+
+
+def _stub_warehouse(**kw) -> StubWarehouse:
+    return StubWarehouse(**kw)
+
+
+def all_kind_plan(*, dimension: bool, keys=("code",)) -> TablePlan:
+    cols = [PlanColumn(c.name, c.name, c.ctype, c.nullable) for c in all_kind_columns()]
+    cols.append(PlanColumn("zal", "zal", ColumnType("string", width=10), True, extent=3))
+    return TablePlan(table="all-kinds", destination="all_kinds", keys=list(keys), columns=cols,
+                     is_dimension=dimension)
+
+
+def stage_table(plan: TablePlan, rows: int = 7) -> pa.Table:
+    """A stage parquet's content for `plan` (as transform.py writes it: timestamps in microseconds)."""
+    data = {}
+    for name, ct, _nullable in plan.output_columns():
+        k = ct.kind
+        if k == "string":
+            vals = [f"{name[:2]}{i}" for i in range(rows)]  # fits every width of the plan (>= 3)
+        elif k in ("int32", "int64"):
+            vals = list(range(rows))
+        elif k == "decimal":
+            vals = [Decimal(i) / 4 for i in range(rows)]
+        elif k == "float64":
+            vals = [i / 3 for i in range(rows)]
+        elif k == "date":
+            vals = [date(2024, 1, 1) + timedelta(days=i) for i in range(rows)]
+        elif k == "timestamp":
+            vals = [datetime(2024, 1, 1, 12, 0, 0, 123456) + timedelta(seconds=i) for i in range(rows)]
+        elif k == "timestamptz":
+            vals = [datetime(2024, 1, 1, 12, tzinfo=timezone.utc) + timedelta(hours=i) for i in range(rows)]
+        elif k == "bool":
+            vals = [i % 2 == 0 for i in range(rows)]
+        else:
+            vals = [bytes([i]) * 3 for i in range(rows)]
+        typ = pa.timestamp("us") if k == "timestamp" else ct.arrow_type()
+        data[name] = pa.array(vals, typ)
+    data["_etl_hashdiff"] = pa.array([f"{i:032x}" for i in range(rows)])
+    data["_etl_run_id"] = pa.array(["run-1"] * rows)
+    data["_etl_batch_id"] = pa.array(["2024-01-01"] * rows)
+    data["_etl_loaded_at"] = pa.array([datetime(2024, 1, 2, 3, 4, 5, 678901)] * rows, pa.timestamp("us"))
+    data["_etl_source_ts"] = pa.array([None] * rows, pa.timestamp("us"))
+    return pa.table(data)
+
+
+def _canned(batch_id="2024-01-01", plan=None, ods_exists=False):
+    names = [n for n, t, _ in plan.output_columns() if t.kind == "string"] if plan else []
+    info = [(n, "nvarchar", 4, None, None, None, "YES") for n in names[:1]] if ods_exists else []
+    return [
+        (r"SELECT DISTINCT _etl_batch_id", [(batch_id,)]),
+        (r"INFORMATION_SCHEMA\.COLUMNS", info),
+        (r"SELECT TOP \(5\)", []),
+        (r"MAX\(0\.5 \* DATALENGTH", [tuple(Decimal("12.0") for _ in names)]),
+        (r"AS inserted", [(1, 2, 3, 0)]),
+        (r"SELECT @@TRANCOUNT", [(1,)]),
+        (r"FROM config\.ETL_Tables", [{"TableName": "all-kinds", "DestinationTable": "all_kinds",
+                                       "PrimaryKeyCols": "code"}]),
+    ]
+
+
+@pytest.fixture
+def stage_file(tmp_path):
+    def make(plan, rows=7):
+        path = tmp_path / f"{plan.destination}.stage.parquet"
+        pq.write_table(stage_table(plan, rows), path)
+        return path
+    return make
+
+
+@pytest.mark.parametrize("dimension", [False, True], ids=["type1", "scd2"])
+@pytest.mark.parametrize("mode", ["full", "incremental"])
+@pytest.mark.parametrize("ods_exists", [False, True], ids=["ods-new", "ods-evolves"])
+def test_step_statements_parse(dimension, mode, ods_exists, stage_file):
+    plan = all_kind_plan(dimension=dimension, keys=("code", "qty"))
+    rec = RecordingSession(_canned(plan=plan, ods_exists=ods_exists))
+    wh = StubWarehouse(rec)
+    marker = MarkerTarget(wh, "StageTable_all_kinds_2024_01_01_abc", table="all-kinds", step="stage",
+                          batch_id="2024-01-01", mode=mode)
+    path = stage_file(plan)
+    steps.stage(wh, plan, path, max_lengths={"code": 12}, marker=marker, run_id="run-1")
+    steps.merge(wh, plan, mode=mode, batch_id="2024-01-01", marker=marker, run_id="run-1")
+    steps.validate(wh, plan, mode=mode, batch_id="2024-01-01", marker=marker, run_id="run-1",
+                   extract_started_at=datetime(2024, 1, 1))
+    stmts = rec.statements
+    for needle in ("SET XACT_ABORT ON", "BEGIN TRANSACTION", "COMMIT TRANSACTION", "DROP TABLE IF EXISTS [stg].",
+                   "CREATE TABLE [stg].[all_kinds]", "INSERT INTO [stg].[all_kinds]", "MERGE INTO [ods].[all_kinds]",
+                   "INSERT INTO etl.ETL_Markers", "INSERT INTO etl.ETL_Validation",
+                   "UPDATE config.ETL_Tables SET LastSuccessTs", "INFORMATION_SCHEMA.COLUMNS"):
+        assert any(needle in s for s in stmts), needle
+    assert any(s.startswith("ALTER TABLE [ods]") for s in stmts) == ods_exists
+    assert any(s.startswith("CREATE TABLE [ods]") for s in stmts) != ods_exists
+    assert_all_parse(stmts, f"steps ({'scd2' if dimension else 'type1'}, {mode})")
+
+
+def test_failed_step_rolls_back_under_xact_abort(stage_file):
+    plan = all_kind_plan(dimension=False)
+    rec = RecordingSession(_canned("another-batch", plan=plan))
+    wh = StubWarehouse(rec)
+    marker = MarkerTarget(wh, "m", table="all-kinds", step="merge", batch_id="2024-01-01", mode="full")
+    with pytest.raises(steps.StaleStageError):
+        steps.merge(wh, plan, mode="full", batch_id="2024-01-01", marker=marker, run_id="r")
+    assert rec.statements[:2] == ["SET XACT_ABORT ON", "BEGIN TRANSACTION"]
+    assert rec.statements[-1] == "IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION"
+    assert "COMMIT TRANSACTION" not in rec.statements
+    assert_all_parse(rec.statements, "rollback path")
+
+
+def test_marker_runlog_config_statements_parse(tmp_path):
+    rec = RecordingSession([(r"SELECT \* FROM config\.ETL_Tables WHERE TableName = \?", [{"TableName": "famille"}]),
+                            (r"SELECT \* FROM config\.ETL_Tables", [{"TableName": "famille"}]),
+                            (r"COUNT\(\*\) FROM etl\.ETL_Markers", [(2,)]),
+                            (r"FROM config\.ETL_Dependencies", [("client", "famille")])])
+    wh = StubWarehouse(rec)
+    m = MarkerTarget(wh, "MergeOds_famille_2024_01_01_x", table="famille", step="merge", batch_id="2024-01-01",
+                     mode="full")
+    m.touch(rec, run_id="r", rows=3)
+    assert m.exists()
+    assert remove_markers(rec, table="famille", batch_id="2024-01-01") == 2
+    remove_markers(rec, table="famille")
+    runlog.write_steps(wh, run_id="r", batch_id="b", table="famille", mode="full", task_id="t",
+                       records=[runlog.StepRecord("merge", rows=1, inserted=1, updated=0, unchanged=0, deleted=0,
+                                                  duration_ms=5),
+                                runlog.StepRecord("stage", status="FAILED", error="boom PWD=secret")])
+    config_store.advance_last_success(rec, "famille", datetime(2024, 1, 1))
+    config_store.table_rows(rec)
+    config_store.table_rows(rec, active_only=False)
+    config_store.table_row(rec, "famille")
+    config_store.column_rows(rec, "famille")
+    assert config_store.dependencies(rec) == {"client": ["famille"]}
+    config_store.load_tables_csv(rec, REPO / "config" / "tables.csv")
+    stmts = rec.statements
+    assert "INSERT INTO etl.ETL_Markers (MarkerId, TableName, Step, BatchId, Mode, RunId, Rows) " \
+           "VALUES (?, ?, ?, ?, ?, ?, ?)" in stmts
+    assert any(s.startswith("INSERT INTO etl.ETL_Log") for s in stmts)
+    assert any(s.startswith("INSERT INTO config.ETL_Tables") for s in stmts)
+    log_params = [p for s, p in rec.log if s.startswith("INSERT INTO etl.ETL_Log")]
+    assert all("secret" not in str(p) for p in log_params)
+    assert_all_parse(stmts, "markers / run log / config")
+
+
+def test_sync_columns_statements_parse(tmp_path):
+    from cbm_luigi import demo_source
+    from cbm_luigi.source.readers import EmbeddedReader
+
+    src = tmp_path / "demo.sqlite"
+    demo_source.generate(src, scale=0.05)
+    existing = {"TableName": "produit", "ColumnName": "cod_pro", "SqlName": "cod_pro", "SourceExpression": None,
+                "IsOverride": False}
+    override = dict(existing, ColumnName="libelle", SqlName="lib", SourceExpression='UPPER("libelle") AS lib',
+                    IsOverride=True)
+    rec = RecordingSession([
+        (r"SELECT IsExcluded, SourceExpression FROM config\.ETL_Columns", []),
+        (r"SELECT \* FROM config\.ETL_Columns WHERE TableName = \? AND ColumnName = \?",
+         lambda sql: [existing, override]),
+        (r"SELECT ColumnName FROM config\.ETL_Columns", [("cod_pro",), ("vanished",)]),
+        (r"SELECT COUNT\(\*\) FROM config\.ETL_Columns", [(0,)]),
+    ])
+    reader = EmbeddedReader(src)
+    try:
+        with rec.transaction():
+            stats = config_store.sync_columns(rec, reader, "produit")
+        config_store.ensure_columns(rec, lambda: contextlib.nullcontext(reader), "produit")
+    finally:
+        reader.close() if hasattr(reader, "close") else None
+    assert stats["missing"] == 1
+    stmts = rec.statements
+    assert any(s.startswith("INSERT INTO meta.SYSCOLUMNS_FULL") for s in stmts)
+    assert any(s.startswith("UPDATE config.ETL_Columns SET DataType") for s in stmts)
+    assert_all_parse(stmts, "sync-columns")
+
+
+def test_cli_statements_parse(monkeypatch, tmp_path):
+    from cbm_luigi import cli
+
+    rec = RecordingSession([(r"etl\.vw_LastRuns", [{"TableName": "famille", "Step": "merge", "Status": "SUCCESS",
+                                                    "Rows": 1, "RowsInserted": 1, "RowsUpdated": 0,
+                                                    "RowsUnchanged": 0, "RowsDeleted": 0, "DurationMs": 3,
+                                                    "BatchId": "b", "Mode": "full", "ErrorMessage": None}]),
+                            (r"etl\.vw_SLABreach", [{"TableName": "famille", "SLAStatus": "OK",
+                                                     "LastSuccessTs": None}]),
+                            (r"COUNT\(\*\) FROM etl\.ETL_Markers", [(0,)])])
+    wh = StubWarehouse(rec)
+    monkeypatch.setattr(cli, "open_warehouse", lambda settings: wh)
+    monkeypatch.setenv("CBM_HOME", str(tmp_path))
+    monkeypatch.setenv("CBM_ENV_FILE", "/nonexistent")
+    monkeypatch.setenv("CBM_CACHE_DIR", str(tmp_path / "cache"))
+    assert cli.main(["init-db"]) == 0
+    assert cli.main(["summary"]) == 0
+    assert cli.main(["invalidate", "famille"]) == 0
+    stmts = rec.statements
+    assert stmts[:len(SCRIPT_STATEMENTS)] == [s for _l, s in SCRIPT_STATEMENTS]
+    assert_all_parse(stmts[len(SCRIPT_STATEMENTS):], "cli")
+
+
+# -- mssql_wh: introspection, layout, parameter sizes, row preparation -------------------------------------------
+
+@pytest.mark.parametrize("info,expected", [
+    (("nvarchar", 40, None, None, None), "NVARCHAR(40)"),
+    (("nvarchar", -1, None, None, None), "NVARCHAR(MAX)"),
+    (("varbinary", -1, None, None, None), "VARBINARY(MAX)"),
+    (("varbinary", 16, None, None, None), "VARBINARY(16)"),
+    (("char", 32, None, None, None), "CHAR(32)"),
+    (("decimal", None, 15, 4, None), "DECIMAL(15,4)"),
+    (("numeric", None, 38, 0, None), "DECIMAL(38,0)"),
+    (("datetime2", None, None, None, 3), "DATETIME2(3)"),
+    (("datetimeoffset", None, None, None, 3), "DATETIMEOFFSET(3)"),
+    (("bit", None, 1, None, None), "BIT"),
+    (("int", None, 10, 0, None), "INT"),
+    (("bigint", None, 19, 0, None), "BIGINT"),
+    (("float", None, 53, None, None), "FLOAT"),
+    (("date", None, None, None, 0), "DATE"),
+])
+def test_render_type(info, expected):
+    assert render_type(*info) == expected
+
+
+def test_table_columns_match_what_the_dialect_writes():
+    """A table created from the plan reads back with the same type text: evolve sees no change."""
+    info = {"NVARCHAR(12)": ("nvarchar", 12, None, None, None), "NVARCHAR(MAX)": ("nvarchar", -1, None, None, None),
+            "INT": ("int", None, 10, 0, None), "BIGINT": ("bigint", None, 19, 0, None),
+            "DECIMAL(15,4)": ("decimal", None, 15, 4, None), "FLOAT": ("float", None, 53, None, None),
+            "DATE": ("date", None, None, None, 0), "DATETIME2(3)": ("datetime2", None, None, None, 3),
+            "DATETIMEOFFSET(3)": ("datetimeoffset", None, None, None, 3), "BIT": ("bit", None, 1, None, None),
+            "VARBINARY(16)": ("varbinary", 16, None, None, None),
+            "VARBINARY(MAX)": ("varbinary", -1, None, None, None), "NVARCHAR(5)": ("nvarchar", 5, None, None, None),
+            "NVARCHAR(3)": ("nvarchar", 3, None, None, None)}
+    cols = all_kind_columns()
+    rows = [(c.name, *info[KIND_TYPES[c.name]], "YES" if c.nullable else "NO") for c in cols]
+    rec = RecordingSession([(r"INFORMATION_SCHEMA\.COLUMNS", rows)])
+    wh = StubWarehouse(rec)
+    got = wh.table_columns(rec, "ods", "all_kinds")
+    assert got == {c.name: (KIND_TYPES[c.name], c.nullable) for c in cols}
+    assert evolve(D, "ods", "all_kinds", cols, got) == ([], [])
+    assert rec.log[-1] == (mssql_wh.TABLE_COLUMNS_SQL, ["ods", "all_kinds"])
+    parse_tsql(mssql_wh.TABLE_COLUMNS_SQL, "table_columns")
+
+
+def test_stage_layout_and_input_sizes():
+    layout = stage_layout(D, all_kind_columns())
+    assert [c.name for c in layout][-5:] == ["_etl_hashdiff", "_etl_run_id", "_etl_batch_id", "_etl_loaded_at",
+                                            "_etl_source_ts"]
+    sizes = dict(zip([c.name for c in layout], input_sizes(layout)))
+    assert sizes["code"] == (pyodbc.SQL_WVARCHAR, 12, 0)
+    assert sizes["label"] == (pyodbc.SQL_WLONGVARCHAR, 0, 0)
+    assert sizes["memo"] == (pyodbc.SQL_WLONGVARCHAR, 0, 0)
+    assert sizes["price"] == (pyodbc.SQL_DECIMAL, 15, 4)
+    assert sizes["qty"][0] == pyodbc.SQL_INTEGER and sizes["big"][0] == pyodbc.SQL_BIGINT
+    assert sizes["ratio"][0] == pyodbc.SQL_DOUBLE and sizes["flag"][0] == pyodbc.SQL_BIT
+    assert sizes["day"][0] == pyodbc.SQL_TYPE_DATE
+    assert sizes["ts"] == (pyodbc.SQL_TYPE_TIMESTAMP, 23, 3)
+    assert sizes["tstz"] == (pyodbc.SQL_WVARCHAR, 34, 0)
+    assert sizes["raw"] == (pyodbc.SQL_VARBINARY, 16, 0) and sizes["blob"] == (pyodbc.SQL_LONGVARBINARY, 0, 0)
+    assert sizes["_etl_hashdiff"] == (pyodbc.SQL_WVARCHAR, 32, 0)
+    assert sizes["_etl_run_id"] == (pyodbc.SQL_WVARCHAR, 64, 0)
+
+
+def _batch(plan, rows=7) -> pa.RecordBatch:
+    return stage_table(plan, rows).to_batches()[0]
+
+
+def test_rows_for_executemany_converts_per_column():
+    plan = all_kind_plan(dimension=False)
+    layout = stage_layout(D, steps.stage_columns(plan))
+    rows = rows_for_executemany(_batch(plan), layout, table="all_kinds")
+    assert len(rows) == 7 and all(len(r) == len(layout) for r in rows)
+    row = dict(zip([c.name for c in layout], rows[3]))
+    assert row["code"] == "co3" and row["qty"] == 3 and isinstance(row["qty"], int)
+    assert row["price"] == Decimal("0.75") and row["price"].as_tuple().exponent == -4  # quantized to the scale
+    assert row["ratio"] == pytest.approx(1.0) and row["flag"] is False
+    assert row["day"] == date(2024, 1, 4)
+    assert row["ts"] == datetime(2024, 1, 1, 12, 0, 3, 123000)  # cut to DATETIME2(3)
+    assert row["tstz"] == "2024-01-01 15:00:00.000 +00:00"
+    assert row["raw"] == b"\x03\x03\x03"
+    assert row["_etl_loaded_at"] == datetime(2024, 1, 2, 3, 4, 5, 678000)
+    assert row["_etl_source_ts"] is None
+    # one Python type per column
+    for i, c in enumerate(layout):
+        assert len({type(r[i]) for r in rows if r[i] is not None}) <= 1, c.name
+
+
+def test_rows_for_executemany_rejects_what_the_driver_would_truncate():
+    layout = [StageColumn("k", "INT", False), StageColumn("name", "NVARCHAR(5)"), StageColumn("b", "VARBINARY(2)"),
+              StageColumn("p", "DECIMAL(4,2)")]
+    ok = pa.record_batch({"k": [1, 2], "name": ["abcde", "x😀"], "b": [b"ab", None],
+                          "p": pa.array([Decimal("12.34"), Decimal("1.5")], pa.decimal128(6, 3))})
+    assert rows_for_executemany(ok, layout)[1] == (2, "x😀", None, Decimal("1.50"))
+    long = pa.record_batch({"k": [1, 42], "name": ["abc", "abcd😀"], "b": [None, None],
+                            "p": pa.array([None, None], pa.decimal128(4, 2))})
+    with pytest.raises(StageValueError) as e:
+        rows_for_executemany(long, layout, table="client", keys=["k"], row_offset=10_000)
+    msg = str(e.value)
+    assert "stg.client.name NVARCHAR(5)" in msg and "6 characters (UTF-16 code units) > 5" in msg
+    assert "k=42" in msg and "row 10002" in msg and "'abcd😀'" in msg
+    with pytest.raises(StageValueError, match=r"3 bytes > 2"):
+        rows_for_executemany(pa.record_batch({"k": [1], "name": ["a"], "b": [b"abc"],
+                                              "p": pa.array([None], pa.decimal128(4, 2))}), layout)
+    with pytest.raises(StageValueError, match=r"does not fit DECIMAL\(4,2\)"):
+        rows_for_executemany(pa.record_batch({"k": [1], "name": ["a"], "b": [None],
+                                              "p": pa.array([Decimal("123.4")], pa.decimal128(6, 1))}), layout)
+    with pytest.raises(StageValueError, match="NULL in a NOT NULL column"):
+        rows_for_executemany(pa.record_batch({"k": pa.array([None], pa.int32()), "name": ["a"], "b": [None],
+                                              "p": pa.array([None], pa.decimal128(4, 2))}), layout)
+    with pytest.raises(ValueError, match="has no column p"):
+        rows_for_executemany(pa.record_batch({"k": [1], "name": ["a"], "b": [None]}), layout, table="client")
+
+
+def test_arrow_batch_for_bulkcopy_checks_and_casts():
+    plan = all_kind_plan(dimension=False)
+    layout = stage_layout(D, steps.stage_columns(plan))
+    out = arrow_batch_for_bulkcopy(_batch(plan), layout, table="all_kinds")
+    assert out.schema.names == [c.name for c in layout]
+    assert out.column(out.schema.names.index("ts"))[3].as_py() == datetime(2024, 1, 1, 12, 0, 3, 123000)
+    # both paths agree on time zones: DATETIME2 gets the UTC wall time, DATETIMEOFFSET keeps the instant
+    berlin = pa.array([datetime(2024, 7, 1, 12, 0, 0, 123456, tzinfo=ZoneInfo("Europe/Berlin"))],
+                      pa.timestamp("us", tz="Europe/Berlin"))
+    tz_layout = [StageColumn("x", "DATETIME2(3)"), StageColumn("y", "DATETIMEOFFSET(3)")]
+    tz_batch = pa.record_batch({"x": berlin, "y": berlin})
+    arrow_row = arrow_batch_for_bulkcopy(tz_batch, tz_layout).to_pylist()[0]
+    odbc_row = rows_for_executemany(tz_batch, tz_layout)[0]
+    assert arrow_row["x"] == odbc_row[0] == datetime(2024, 7, 1, 10, 0, 0, 123000)
+    assert arrow_row["y"] == datetime(2024, 7, 1, 10, 0, 0, 123000, tzinfo=timezone.utc)
+    assert odbc_row[1] == "2024-07-01 12:00:00.123 +02:00"
+    layout2 = [StageColumn("k", "INT", False), StageColumn("name", "NVARCHAR(5)")]
+    with pytest.raises(StageValueError, match=r"k=7.*'abcd😀'"):
+        arrow_batch_for_bulkcopy(pa.record_batch({"k": [1, 7], "name": ["abc", "abcd😀"]}), layout2,
+                                 table="t", keys=["k"])
+
+
+def test_utf16_sizing_of_the_stage_file(tmp_path):
+    path = tmp_path / "s.parquet"
+    pq.write_table(pa.table({"a": ["ab", "😀😀x"], "b": ["x", None], "r": [b"abcd", b""]}), path)
+    cols = [Column("a", ColumnType("string", width=3), max_len=3), Column("b", ColumnType("string", width=10)),
+            Column("r", ColumnType("binary", width=2))]
+    got = {c.name: c for c in sized_for_file(cols, path, D)}
+    assert got["a"].max_len == 5 and utf16_len("😀😀x") == 5  # 3 code points, 5 UTF-16 units
+    assert got["b"] == cols[1] and got["r"].max_len == 4
+
+
+def test_replace_stage_executemany_path(stage_file, monkeypatch):
+    monkeypatch.setattr(mssql_wh, "CHUNK_ROWS", 3)
+    plan = all_kind_plan(dimension=False)
+    rec = RecordingSession([(r"COUNT_BIG", [(7,)])])
+    wh = StubWarehouse(rec, bulk="executemany")
+    n = wh.replace_stage(rec, "all_kinds", stage_file(plan), steps.stage_columns(plan, {"code": 12}))
+    assert n == 7
+    assert rec.statements[0] == "DROP TABLE IF EXISTS [stg].[all_kinds]"
+    assert rec.statements[1].startswith("CREATE TABLE [stg].[all_kinds]")
+    calls = [c for cur in rec.con.cursors for c in cur.calls]
+    assert [len(rows) for _s, rows, _z, _f in calls] == [3, 3, 1]  # bounded batches
+    sql, _rows, sizes, fast = calls[0]
+    assert fast and sizes == input_sizes(stage_layout(D, steps.stage_columns(plan, {"code": 12})))
+    assert sql.startswith("INSERT INTO [stg].[all_kinds] ([code], [label], [memo]") and sql.count("?") == len(sizes)
+    assert_all_parse(rec.statements, "replace_stage (executemany)")
+
+
+def test_replace_stage_error_names_the_key(stage_file, monkeypatch):
+    plan = all_kind_plan(dimension=False)
+    rec = RecordingSession([(r"FROM config\.ETL_Tables", [("all-kinds", "all_kinds", "code")])])
+    wh = StubWarehouse(rec, bulk="executemany")
+    path = stage_file(plan)
+    monkeypatch.setattr(mssql_wh, "sized_for_file", lambda cols, p, d: cols)  # keep the too-narrow width
+    with pytest.raises(StageValueError, match=r"stg\.all_kinds\.odd name-é NVARCHAR\(2\).*code='co0'"):
+        wh.replace_stage(rec, "all_kinds", path, steps.stage_columns(plan, {"odd name-é": 2}))
+    assert rec.statements[-1].startswith("SELECT TableName, DestinationTable, PrimaryKeyCols FROM config.ETL_Tables")
+    assert_all_parse(rec.statements, "replace_stage (error path)")
+
+
+def test_replace_stage_bulkcopy_path_commits_ddl_first(stage_file, monkeypatch):
+    calls = {}
+
+    class BulkCursor:
+        def bulkcopy_arrow(self, table, source, **kw):
+            batches = list(source)
+            calls.update(table=table, rows=sum(b.num_rows for b in batches), kw=kw, schema=source.schema)
+            return {"rows_copied": calls["rows"]}
+
+    class BulkConnection:
+        def cursor(self):
+            return BulkCursor()
+
+        def commit(self):
+            calls["committed"] = True
+
+        def close(self):
+            calls["closed"] = True
+
+    fake = types.ModuleType("mssql_python")
+    fake.connect = lambda conn_str: calls.setdefault("conn_str", conn_str) and BulkConnection()
+    monkeypatch.setitem(sys.modules, "mssql_python", fake)
+    plan = all_kind_plan(dimension=True)
+    rec = RecordingSession([(r"SELECT @@TRANCOUNT", [(1,)]), (r"COUNT_BIG", [(7,)])])
+    wh = StubWarehouse(rec, bulk="auto")
+    with rec.transaction():
+        assert wh.replace_stage(rec, "all_kinds", stage_file(plan), steps.stage_columns(plan)) == 7
+    st = rec.statements
+    create = next(i for i, s in enumerate(st) if s.startswith("CREATE TABLE [stg]"))
+    assert st[create + 1:create + 4] == ["SELECT @@TRANCOUNT", "COMMIT TRANSACTION", "BEGIN TRANSACTION"]
+    assert st[-1] == "COMMIT TRANSACTION"
+    assert calls["table"] == "[stg].[all_kinds]" and calls["rows"] == 7 and calls["committed"] and calls["closed"]
+    assert calls["kw"]["column_mappings"][-1] == "_etl_source_ts" and calls["kw"]["keep_nulls"]
+    assert "driver" not in calls["conn_str"].lower() and "Server=db,1433" in calls["conn_str"]
+    assert calls["schema"].field("ts").type == pa.timestamp("ms")
+    assert_all_parse(st, "replace_stage (bulkcopy)")
+
+
+# -- sessions over a fake pyodbc connection ----------------------------------------------------------------------
+
+class _PyodbcCursor:
+    def __init__(self, results, log):
+        self.results, self.log, self.i = results, log, 0
+
+    def execute(self, sql, params=None):
+        self.log.append((sql, params))
+        if isinstance(self.results, Exception):
+            raise self.results
+        self.i = 0
+        return self
+
+    @property
+    def description(self):
+        r = self.results[self.i] if self.i < len(self.results) else None
+        return None if r is None else [(n, None) for n in r[0]]
+
+    def fetchall(self):
+        return self.results[self.i][1]
+
+    def nextset(self):
+        self.i += 1
+        if self.i < len(self.results) and self.results[self.i] == "error":
+            raise RuntimeError("error of the 2nd statement")
+        return self.i < len(self.results)
+
+    def close(self):
+        pass
+
+
+class _PyodbcConnection:
+    def __init__(self, results):
+        self.results, self.log = results, []
+
+    def cursor(self):
+        return _PyodbcCursor(self.results, self.log)
+
+
+def test_session_query_skips_rowcounts_and_drains_errors():
+    con = _PyodbcConnection([None, (("act", "n"), [("INSERT", 2), ("UPDATE", 1)])])
+    s = MssqlSession(con)
+    assert s.query("DECLARE ...; MERGE ...; SELECT act, n ...", [1]) == [("INSERT", 2), ("UPDATE", 1)]
+    assert s.query_dicts("x") == [{"act": "INSERT", "n": 2}, {"act": "UPDATE", "n": 1}]
+    assert con.log[0] == ("DECLARE ...; MERGE ...; SELECT act, n ...", [1])
+    assert con.log[1] == ("x", None)  # no params: no parameter list sent
+    with pytest.raises(RuntimeError, match="2nd statement"):
+        MssqlSession(_PyodbcConnection([None, "error"])).execute("a; b")
+
+
+def test_session_transaction_uses_xact_abort():
+    con = _PyodbcConnection([None])
+    s = MssqlSession(con)
+    with s.transaction():
+        s.execute("UPDATE x SET a = 1")
+    assert [q for q, _p in con.log] == ["SET XACT_ABORT ON", "BEGIN TRANSACTION", "UPDATE x SET a = 1",
+                                        "COMMIT TRANSACTION"]
+    con.log.clear()
+    with pytest.raises(ZeroDivisionError), s.transaction():
+        1 / 0
+    assert [q for q, _p in con.log][-1] == "IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION"
+    for q, _p in con.log:
+        parse_tsql(q, "transaction control")
+
+
+def test_warehouse_settings_and_helpers(monkeypatch):
+    wh = MssqlWarehouse(_settings())
+    assert wh.kind == "mssql" and wh.needs_string_lengths and isinstance(wh.dialect, TsqlDialect)
+    assert "s3cr" not in wh.describe() and "PWD=***" in wh.describe()
+    assert mssql_wh._without_driver("Driver={ODBC Driver 18 for SQL Server};Server=h;PWD={a;b}") == \
+        "Server=h;PWD={a;b}"
+    monkeypatch.setenv("CBM_MSSQL_BULK", "nope")
+    with pytest.raises(ValueError, match="CBM_MSSQL_BULK"):
+        MssqlWarehouse(_settings())
+    monkeypatch.setenv("CBM_MSSQL_BULK", "bulkcopy")
+    monkeypatch.setitem(sys.modules, "mssql_python", None)
+    with pytest.raises(RuntimeError, match="mssql_python is not installed"):
+        MssqlWarehouse(_settings())._bulkcopy_module()
+    with pytest.raises(RuntimeError, match="needs CBM_MSSQL_ODBC"):
+        MssqlWarehouse(_settings(mssql_odbc=""))._connect()
+
+
+def test_offset_text_keeps_offsets():
+    berlin = datetime(2024, 7, 1, 12, 0, 0, 987654, tzinfo=ZoneInfo("Europe/Berlin"))
+    assert mssql_wh._offset_text(berlin, 3) == "2024-07-01 12:00:00.987 +02:00"
+    assert mssql_wh._offset_text(datetime(5, 1, 2), 0) == "0005-01-02 00:00:00 +00:00"
+
+
+def test_stage_lengths_query_counts_utf16_units_with_trailing_blanks():
+    plan = all_kind_plan(dimension=False)
+    rec = RecordingSession([(r"DATALENGTH", [tuple(Decimal("3.0") for _ in range(6))])])
+    got = steps.stage_lengths(rec, StubWarehouse(rec), plan)
+    assert set(got.values()) == {3}
+    q = rec.statements[-1]
+    assert "MAX(0.5 * DATALENGTH([code]))" in q and "LEN(" not in q
+    parse_tsql(q, "stage_lengths")
+
+
+def test_session_base_class_is_a_session():
+    assert issubclass(RecordingSession, Session)
