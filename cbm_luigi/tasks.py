@@ -32,6 +32,7 @@ log = logging.getLogger("luigi-interface")
 PROCESS_RUN_ID = str(uuid.uuid4())
 _CONFIG_CACHE: dict = {}
 CONFIG_TTL_S = 30.0
+MAX_BATCH_TAG = 40
 
 
 def _config(settings: Settings) -> tuple[list[dict], dict[str, list[str]]]:
@@ -64,6 +65,9 @@ class CbmTask(luigi.Task):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        if len(self.batch_tag) > MAX_BATCH_TAG:
+            raise ValueError(f"--batch-tag {self.batch_tag!r} is longer than {MAX_BATCH_TAG} characters "
+                             "(batch ids are stored in 64-character columns): use a shorter tag")
         self.priority = self.load_priority
         self._records: list[StepRecord] = []
 
