@@ -13,6 +13,7 @@ from .source import catalog
 from .source.readers import open_reader
 from .targets import remove_markers
 from .warehouse import open_warehouse
+from .warehouse.duckdb_wh import release_connections
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 
@@ -171,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 — one readable line for the operator, masked
         print(f"cbm-etl {args.cmd}: {type(exc).__name__}: {mask_secrets(str(exc))}", file=sys.stderr)
         return 1
+    finally:
+        release_connections()
 
 
 if __name__ == "__main__":

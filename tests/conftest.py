@@ -16,6 +16,7 @@ import pytest
 
 from cbm_luigi import demo_source, tasks
 from cbm_luigi.cli import main as cbm_etl
+from cbm_luigi.warehouse.duckdb_wh import release_connections
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -41,6 +42,7 @@ class Env:
 
 
 def make_env(root: Path, monkeypatch, *, init: bool = True, scale: float = 1.0) -> Env:
+    release_connections()
     env = Env(root, root / "source.sqlite", root / "wh.duckdb", root / "cache")
     for k, v in env.vars().items():
         monkeypatch.setenv(k, v)
@@ -64,7 +66,10 @@ def build(*task_list, **kw) -> luigi.execution_summary.LuigiRunResult:
     """luigi.build on the local scheduler. Tasks must be created after the test's env is set: Luigi caches
     instances by parameters, and a cached instance keeps the settings of the env it was made in."""
     tasks.clear_config_cache()
-    return luigi.build(list(task_list), local_scheduler=True, detailed_summary=True, log_level="WARNING", **kw)
+    try:
+        return luigi.build(list(task_list), local_scheduler=True, detailed_summary=True, log_level="WARNING", **kw)
+    finally:
+        release_connections()  # let a later subprocess (or another env) open the warehouse file
 
 
 def succeeded(result) -> bool:

@@ -1,7 +1,15 @@
-"""DuckDB, the embedded warehouse: one file, opened per unit of work (DuckDB allows one writing process)."""
+"""DuckDB, the embedded warehouse: one file, one connection per process.
+
+Opening a DuckDB file reads its catalog and closing it checkpoints the WAL: with hundreds of tables that costs
+tens of milliseconds each time, and a Luigi run asks thousands of `complete()` questions. So each process opens
+the file once and every session is a cursor on that connection (its own transaction context). DuckDB admits
+one writing process per file: a process that is done with the warehouse (the `cbm-etl` commands, the tests)
+calls `release_connections()` so another process can open it.
+"""
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from pathlib import Path
 
@@ -13,6 +21,13 @@ from ..types import parse_column_type
 from .statements import Column, create_table
 
 LOCK_WAIT_S = 120.0
+_SHARED: dict[tuple[str, int], duckdb.DuckDBPyConnection] = {}
+
+
+def release_connections() -> None:
+    """Close this process's warehouse connections (checkpoints the WAL and frees the file lock)."""
+    for key in [k for k in _SHARED if k[1] == os.getpid()]:
+        _SHARED.pop(key).close()
 
 
 class DuckDbSession(Session):
@@ -61,13 +76,20 @@ class DuckDbWarehouse(Warehouse):
         con.execute("SET preserve_insertion_order = false")
         return con
 
+    def _shared(self) -> duckdb.DuckDBPyConnection:
+        key = (str(self.path), os.getpid())  # a forked child never reuses its parent's connection
+        con = _SHARED.get(key)
+        if con is None:
+            con = _SHARED[key] = self._connect()
+        return con
+
     @contextlib.contextmanager
     def session(self):
-        con = self._connect()
+        cur = self._shared().cursor()
         try:
-            yield DuckDbSession(con)
+            yield DuckDbSession(cur)
         finally:
-            con.close()
+            cur.close()
 
     def table_columns(self, s, schema, table):
         rows = s.query("SELECT column_name, data_type, is_nullable FROM information_schema.columns "
