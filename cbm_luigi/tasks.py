@@ -31,6 +31,7 @@ from .warehouse import open_warehouse
 log = logging.getLogger("luigi-interface")
 PROCESS_RUN_ID = str(uuid.uuid4())
 _CONFIG_CACHE: dict = {}
+_PLAN_CACHE: dict = {}
 CONFIG_TTL_S = 30.0
 MAX_BATCH_TAG = 40
 
@@ -49,6 +50,7 @@ def _config(settings: Settings) -> tuple[list[dict], dict[str, list[str]]]:
 
 def clear_config_cache() -> None:
     _CONFIG_CACHE.clear()
+    _PLAN_CACHE.clear()
 
 
 class CbmTask(luigi.Task):
@@ -91,10 +93,18 @@ class CbmTask(luigi.Task):
     def cache_path(self, kind: str) -> Path:
         return self.settings.cache_dir / self.batch_id / self.mode / f"{sql_safe_name(self.table)}.{kind}.parquet"
 
-    def plan(self) -> TablePlan:
+    def plan(self, fresh: bool = False) -> TablePlan:
+        """The table's plan. The extract reads it fresh (LastSuccessTs, config edits); the later steps of the
+        table reuse that one in this process (CONFIG_TTL_S), so all four steps agree on the columns."""
+        key = (self.settings.duckdb_path, self.settings.mssql_odbc, self.table)
+        hit = _PLAN_CACHE.get(key)
+        if hit and not fresh and time.monotonic() - hit[0] < CONFIG_TTL_S:
+            return hit[1]
         with self.warehouse.session() as s:
             config_store.ensure_columns(s, lambda: open_reader(self.settings), self.table)
-            return config_store.load_plan(s, self.table)
+            plan = config_store.load_plan(s, self.table)
+        _PLAN_CACHE[key] = (time.monotonic(), plan)
+        return plan
 
     def marker(self) -> MarkerTarget:
         return MarkerTarget(self.warehouse, self.task_id, table=self.table, step=self.step, batch_id=self.batch_id,
@@ -166,7 +176,7 @@ class ExtractParquet(CbmTask):
 
     def run(self):
         t0 = time.monotonic()
-        plan = self.plan()
+        plan = self.plan(fresh=True)
         self.status(f"extracting {self.table}")
         with open_reader(self.settings) as reader:
             meta = extract_to_parquet(reader, plan, self.mode, Path(self.output().path),
