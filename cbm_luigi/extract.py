@@ -23,6 +23,26 @@ from .source.readers import Reader
 
 log = logging.getLogger(__name__)
 META_KEY = b"cbm_luigi.extract"
+BATCH_BYTES = 32 * 1024 * 1024  # aim for record batches of about this size, whatever the table's width
+
+
+def estimated_row_bytes(schema: pa.Schema) -> int:
+    """A generous estimate of one row in the driver's buffers (strings at their declared width, UTF-8)."""
+    total = 0
+    for f in schema:
+        t = f.type
+        if pa.types.is_string(t) or pa.types.is_binary(t):
+            total += 4 * 64 + 8  # widths are advisory in Progress; drivers size text buffers per column
+        elif pa.types.is_decimal(t):
+            total += t.precision + 3  # fetched as text by arrow-odbc
+        else:
+            total += max(1, t.bit_width // 8) + 1
+    return max(total, 1)
+
+
+def batch_rows_for(schema: pa.Schema, ceiling: int) -> int:
+    """Rows per batch so a batch stays near BATCH_BYTES: wide tables get short batches, tall ones long."""
+    return max(1000, min(ceiling, BATCH_BYTES // estimated_row_bytes(schema)))
 
 
 def extract_to_parquet(reader: Reader, plan: TablePlan, mode: str, out_path: Path, *, batch_rows: int = 50_000,
@@ -37,6 +57,7 @@ def extract_to_parquet(reader: Reader, plan: TablePlan, mode: str, out_path: Pat
             "window": why, "started_at": started.isoformat(), "sql": sql, "params": params,
             "reader": reader.name}
     schema = schema.with_metadata({META_KEY: json.dumps(meta).encode()})
+    batch_rows = batch_rows_for(schema, batch_rows)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")
     rows = 0

@@ -20,6 +20,9 @@ from .dialect import OpenEdgeDialect, SqliteStandInDialect, dialect_for
 from .errors import SourceError, translate
 
 log = logging.getLogger(__name__)
+# arrow-odbc sizes text buffers from the driver's column size; an unbounded column (CLOB, LVARCHAR) would get
+# a huge buffer per row. OpenEdge VARCHAR holds at most 31,995 characters (4 bytes each in UTF-8).
+MAX_TEXT_BYTES = 31_995 * 4
 
 
 def _rows_to_batch(rows: list[tuple], names: list[str], schema: pa.Schema | None) -> pa.RecordBatch:
@@ -151,6 +154,7 @@ class ArrowOdbcReader(Reader):
     def stream(self, sql, params, schema, batch_rows):
         reader = self.con.read_arrow_batches(
             sql, batch_size=batch_rows, parameters=[str(p) for p in params or []],
+            max_bytes_per_batch=64 * 1024 * 1024, max_text_size=MAX_TEXT_BYTES,
             query_timeout_sec=self.settings.query_timeout_s or None,
             map_schema=(lambda s: _prefer(s, schema)) if schema is not None else None)
         yield from reader
