@@ -18,7 +18,6 @@ import duckdb
 from .base import Session, Warehouse
 from .dialects import DuckDbDialect
 from ..types import parse_column_type
-from .statements import Column, create_table
 
 LOCK_WAIT_S = 120.0
 _SHARED: dict[tuple[str, int], duckdb.DuckDBPyConnection] = {}
@@ -104,9 +103,13 @@ class DuckDbWarehouse(Warehouse):
         return out
 
     def replace_stage(self, s, table, stage_path, columns):
+        """stg.<table> becomes a view over the stage parquet: DuckDB reads parquet natively, so copying the
+        batch into a table first would only cost time (a second full write of every row)."""
         d = self.dialect
         lit = "'" + str(stage_path).replace("'", "''") + "'"
-        s.execute(f"DROP TABLE IF EXISTS {d.table('stg', table)}")
-        s.execute(create_table(d, "stg", table, columns, ods=False))
-        s.execute(f"INSERT INTO {d.table('stg', table)} BY NAME SELECT * FROM read_parquet({lit})")
+        kind = s.scalar("SELECT table_type FROM information_schema.tables WHERE table_schema = 'stg' "
+                        "AND table_name = ?", [table])
+        if kind == "BASE TABLE":
+            s.execute(f"DROP TABLE {d.table('stg', table)}")
+        s.execute(f"CREATE OR REPLACE VIEW {d.table('stg', table)} AS SELECT * FROM read_parquet({lit})")
         return int(s.scalar(f"SELECT COUNT(*) FROM {d.table('stg', table)}"))
