@@ -187,15 +187,25 @@ class ExtractParquet(CbmTask):
         self.record(StepRecord("extract", rows=meta["rows"], detail=meta["window"]), t0)
 
 
-class StageTable(CbmTask):
-    """Transform the extract (technical columns, hashdiff, arrays) and replace stg.<table> with it."""
-    step = "stage"
+class WarehouseStep(CbmTask):
+    """A step whose target is a marker row, written in the step's own transaction; runs after `upstream`."""
+    upstream: type[CbmTask]
 
     def requires(self):
-        return self.params_for(ExtractParquet)
+        return self.params_for(self.upstream)
 
     def output(self):
         return self.marker()
+
+    def extract_meta(self) -> dict:
+        """What the extract recorded: its start time and whether it was effectively full."""
+        return read_extract_meta(self.cache_path("extract"))
+
+
+class StageTable(WarehouseStep):
+    """Transform the extract (technical columns, hashdiff, arrays) and replace stg.<table> with it."""
+    step = "stage"
+    upstream = ExtractParquet
 
     def run(self):
         plan = self.plan()
@@ -215,40 +225,30 @@ class StageTable(CbmTask):
         self.status(f"staged {self.table}", 100)
 
 
-class MergeOds(CbmTask):
+class MergeOds(WarehouseStep):
     """MERGE stg.<table> into ods.<table> (type 1 or SCD2), soft deletes in full mode; one transaction."""
     step = "merge"
-
-    def requires(self):
-        return self.params_for(StageTable)
-
-    def output(self):
-        return self.marker()
+    upstream = StageTable
 
     def run(self):
         plan = self.plan()
         t0 = time.monotonic()
-        meta = read_extract_meta(self.cache_path("extract"))
+        meta = self.extract_meta()
         self.status(f"merge {self.table}")
         rec = steps.merge(self.warehouse, plan, mode=meta.get("effective_mode", self.mode), batch_id=self.batch_id,
                           marker=self.output(), run_id=self.run_id, checkpoint=checkpoint)
         self.record(rec, t0)
 
 
-class ValidateTable(CbmTask):
+class ValidateTable(WarehouseStep):
     """Check ods against the batch; on success advance LastSuccessTs to the extract's start."""
     step = "validate"
-
-    def requires(self):
-        return self.params_for(MergeOds)
-
-    def output(self):
-        return self.marker()
+    upstream = MergeOds
 
     def run(self):
         plan = self.plan()
         t0 = time.monotonic()
-        meta = read_extract_meta(self.cache_path("extract"))
+        meta = self.extract_meta()
         self.record(steps.validate(self.warehouse, plan, mode=meta.get("effective_mode", self.mode),
                                    batch_id=self.batch_id, marker=self.output(), run_id=self.run_id,
                                    extract_started_at=datetime.fromisoformat(meta["started_at"])), t0)
