@@ -1,0 +1,1 @@
+"""Benchmark harness for cbm_luigi: `python -m bench.run [--quick]` (see bench/README.md)."""
