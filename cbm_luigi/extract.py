@@ -24,25 +24,27 @@ from .source.readers import Reader
 log = logging.getLogger(__name__)
 META_KEY = b"cbm_luigi.extract"
 BATCH_BYTES = 32 * 1024 * 1024  # aim for record batches of about this size, whatever the table's width
+ROW_GROUP_BYTES = 64 * 1024 * 1024  # batches are gathered into row groups of about this size before writing
 
 
-def estimated_row_bytes(schema: pa.Schema) -> int:
-    """A generous estimate of one row in the driver's buffers (strings at their declared width, UTF-8)."""
+def estimated_row_bytes(plan: TablePlan) -> int:
+    """An estimate of one row in the driver's buffers: strings at their declared width (UTF-8, 2 bytes a
+    character on average; 256 when unbounded), decimals as text, the rest at their width."""
     total = 0
-    for f in schema:
-        t = f.type
+    for c in plan.columns:
+        t = c.extract_type()
         if pa.types.is_string(t) or pa.types.is_binary(t):
-            total += 4 * 64 + 8  # widths are advisory in Progress; drivers size text buffers per column
+            total += 2 * (c.ctype.width or 128) + 8
         elif pa.types.is_decimal(t):
-            total += t.precision + 3  # fetched as text by arrow-odbc
+            total += t.precision + 3
         else:
             total += max(1, t.bit_width // 8) + 1
     return max(total, 1)
 
 
-def batch_rows_for(schema: pa.Schema, ceiling: int) -> int:
+def batch_rows_for(plan: TablePlan, ceiling: int) -> int:
     """Rows per batch so a batch stays near BATCH_BYTES: wide tables get short batches, tall ones long."""
-    return max(1000, min(ceiling, BATCH_BYTES // estimated_row_bytes(schema)))
+    return max(1000, min(ceiling, BATCH_BYTES // estimated_row_bytes(plan)))
 
 
 def extract_to_parquet(reader: Reader, plan: TablePlan, mode: str, out_path: Path, *, batch_rows: int = 50_000,
@@ -57,20 +59,29 @@ def extract_to_parquet(reader: Reader, plan: TablePlan, mode: str, out_path: Pat
             "window": why, "started_at": started.isoformat(), "sql": sql, "params": params,
             "reader": reader.name}
     schema = schema.with_metadata({META_KEY: json.dumps(meta).encode()})
-    batch_rows = batch_rows_for(schema, batch_rows)
+    batch_rows = batch_rows_for(plan, batch_rows)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")
     rows = 0
     t0 = time.monotonic()
     try:
         with pq.ParquetWriter(tmp, schema, compression="snappy") as writer:
+            pending: list[pa.RecordBatch] = []  # a row group in the making: bounded by ROW_GROUP_BYTES
+
+            def flush():
+                if pending:
+                    writer.write_table(pa.Table.from_batches(pending, schema=schema))
+                    pending.clear()
             try:
                 for batch in reader.stream(sql, params, schema, batch_rows):
                     batch = conform_batch(batch, schema, table=plan.table, keys=plan.keys)
-                    writer.write_batch(batch, row_group_size=max(batch_rows, 1))
+                    pending.append(batch)
                     rows += batch.num_rows
+                    if sum(b.nbytes for b in pending) >= ROW_GROUP_BYTES:
+                        flush()
                     if progress:
                         progress(rows)
+                flush()
             except SourceError:
                 raise
             except Exception as exc:  # noqa: BLE001 — driver errors get the table and the fix
@@ -88,7 +99,3 @@ def read_extract_meta(path: Path) -> dict:
     meta = json.loads(md[META_KEY].decode()) if META_KEY in md else {}
     meta["rows"] = pq.ParquetFile(path).metadata.num_rows
     return meta
-
-
-def empty_table(schema: pa.Schema) -> pa.Table:
-    return schema.empty_table()

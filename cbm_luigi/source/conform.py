@@ -61,11 +61,12 @@ def _convert(arr: pa.Array, target: pa.DataType) -> pa.Array:
 def conform_batch(batch: pa.RecordBatch, schema: pa.Schema, *, table: str, keys: list[str]) -> pa.RecordBatch:
     """Cast each column to `schema` (by name, in schema order). Raises SourceValueError on the first loss."""
     arrays = []
+    position = {name: i for i, name in enumerate(batch.schema.names)}  # by-name lookup is linear in pyarrow
     for field in schema:
-        if field.name not in batch.schema.names:
+        if field.name not in position:
             raise SourceValueError(f"table {table}: the source returned no column {field.name!r}; "
                                    f"run `cbm-etl sync-columns {table}`")
-        src = batch.column(field.name)
+        src = batch.column(position[field.name])
         try:
             arrays.append(_cast(src, field.type))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OverflowError, ValueError) as exc:
