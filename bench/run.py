@@ -101,13 +101,18 @@ class Home:
         log = self.root / f"{log_name}.log"
         with open(log, "wb") as out:
             t0 = time.perf_counter()
-            p = subprocess.Popen([sys.executable, *args], cwd=self.root, env=self.env(), stdout=out,
-                                 stderr=subprocess.STDOUT if log_name != "raw" else subprocess.DEVNULL)
+            # stdout alone must hold the raw read's JSON: its stderr goes to a file of its own
+            err = open(log.with_suffix(".err"), "wb") if log_name == "raw" else subprocess.STDOUT
+            p = subprocess.Popen([sys.executable, *args], cwd=self.root, env=self.env(), stdout=out, stderr=err)
             _pid, status, usage = os.wait4(p.pid, 0)  # rusage of this child alone (ru_maxrss in KiB on Linux)
             seconds = time.perf_counter() - t0
             p.returncode = os.waitstatus_to_exitcode(status)
+            if err is not subprocess.STDOUT:
+                err.close()
         text = log.read_text(errors="replace")
         if p.returncode != 0:
+            if log.with_suffix(".err").exists():
+                text += log.with_suffix(".err").read_text(errors="replace")
             raise RuntimeError(f"`{' '.join(args[:6])} ...` exited {p.returncode}; log {log}:\n{text[-3000:]}")
         return seconds, usage.ru_maxrss / 1024, text
 
@@ -145,16 +150,14 @@ def raw_read_main(table: str, mode: str) -> None:
     from cbm_luigi.source.readers import open_reader
     from cbm_luigi.warehouse import open_warehouse
 
-    from cbm_luigi import extract
-
     settings = load_settings()
     with open_warehouse(settings).session() as s:
         plan = config_store.load_plan(s, table)
     window, _why = plan.window(mode)
     schema = plan.extract_schema()
-    # the batch size the extract itself would use (sized from the row width when the pipeline does so)
-    sizing = getattr(extract, "batch_rows_for", lambda _schema, rows: rows)
-    batch_rows = sizing(schema, settings.batch_rows)
+    # about a million values a batch: the reader's buffers stay small whatever the width (the harness's own
+    # rule, not the pipeline's, so the floor does not move when the extract's sizing changes)
+    batch_rows = max(1000, min(settings.batch_rows, 1_000_000 // max(1, len(schema))))
     rows, t0 = 0, time.perf_counter()
     with open_reader(settings) as reader:  # connecting is part of the read, as in ExtractParquet
         sql, params = reader.dialect.extract_sql(plan.table, plan.source_columns(), window, plan.filter_clause)
@@ -173,7 +176,8 @@ def result(name, home: Home, tag, seconds, rss, *, columns, tables=1, raw=None, 
          "seconds": round(seconds, 3), "raw_read_seconds": raw and raw["seconds"],
          "ratio_to_raw_read": raw and round(seconds / max(raw["seconds"], 1e-3), 2),
          "rows_per_s": round(rows / seconds) if seconds else None, "peak_rss_mb": round(rss, 1),
-         "raw_read_peak_rss_mb": raw and round(raw["peak_rss_mb"], 1), "steps": steps,
+         "raw_read_peak_rss_mb": raw and round(raw["peak_rss_mb"], 1),
+         "raw_read_batch_rows": raw and raw["batch_rows"], "steps": steps,
          "overhead_seconds": round(overhead, 3), "overhead_share": round(overhead / seconds, 3),
          "target": target, "target_met": met}
     if raw and raw["rows"] != rows:
