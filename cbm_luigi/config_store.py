@@ -117,12 +117,14 @@ def sync_columns(s: Session, reader: Reader, table: str) -> dict[str, int]:
         raise ConfigError(f"table {table}: no column in SYSPROGRESS.SYSCOLUMNS_FULL for owner PUB — "
                           "does the table exist (`cbm-etl discover`)?")
     now = datetime.now()
+    overridden = {r[0] for r in s.query("SELECT ColumnName FROM config.ETL_Columns WHERE TableName = ? AND "
+                                        "(IsExcluded = ? OR IsOverride = ?)", [table, True, True])}
     for c in cols:  # fail early on a type the product cannot map (the message says how to get past it)
-        existing = s.query("SELECT IsExcluded, SourceExpression FROM config.ETL_Columns "
-                           "WHERE TableName = ? AND ColumnName = ?", [table, c.name])
-        if not (existing and (existing[0][0] or existing[0][1])):
+        if c.name not in overridden:
             map_openedge_type(c.coltype, c.width, c.scale, table=table, column=c.name)
     names = safe_names(cols)
+    known = {r["ColumnName"]: r for r in s.query_dicts("SELECT * FROM config.ETL_Columns WHERE TableName = ?",
+                                                          [table])}
     s.execute("DELETE FROM meta.SYSCOLUMNS_FULL WHERE tbl = ?", [table])
     stats = {"added": 0, "updated": 0, "missing": 0}
     for c in cols:
@@ -130,8 +132,7 @@ def sync_columns(s: Session, reader: Reader, table: str) -> dict[str, int]:
                   "label, description, display_order) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                   [table, c.name, c.coltype, c.width, c.scale, "Y" if c.nullable else "N", c.array_extent,
                    c.label, c.description, c.position])
-        row = s.query_dicts("SELECT * FROM config.ETL_Columns WHERE TableName = ? AND ColumnName = ?",
-                            [table, c.name])
+        row = [known[c.name]] if c.name in known else []
         sql_name = names[c.name]
         expr = f"{oe_quote(c.name)} AS {oe_quote(sql_name)}"
         if row:
@@ -152,9 +153,8 @@ def sync_columns(s: Session, reader: Reader, table: str) -> dict[str, int]:
                       [table, c.name, sql_name, expr, c.coltype, c.width, c.scale, "Y" if c.nullable else "N",
                        c.array_extent, False, False, c.position, c.label, c.description, False, now])
             stats["added"] += 1
-    present = [c.name for c in cols]
-    gone = [r[0] for r in s.query("SELECT ColumnName FROM config.ETL_Columns WHERE TableName = ?", [table])
-            if r[0] not in present]
+    present = {c.name for c in cols}
+    gone = [name for name in known if name not in present]
     for name in gone:
         s.execute("UPDATE config.ETL_Columns SET IsMissingAtSource = ?, SyncedAt = ? "
                   "WHERE TableName = ? AND ColumnName = ?", [True, now, table, name])
@@ -167,6 +167,6 @@ def sync_columns(s: Session, reader: Reader, table: str) -> dict[str, int]:
 def ensure_columns(s: Session, reader_factory, table: str) -> None:
     """Sync on first use, so adding a table is one INSERT into config.ETL_Tables."""
     if not s.scalar("SELECT COUNT(*) FROM config.ETL_Columns WHERE TableName = ?", [table]):
-        with reader_factory() as reader:
+        with reader_factory() as reader, s.transaction():
             stats = sync_columns(s, reader, table)
         log.info("table %s: columns synced from the source catalog on first use: %s", table, stats)

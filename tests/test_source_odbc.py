@@ -20,7 +20,7 @@ if "SQLite3" not in pyodbc.drivers():
 def odbc_vars(env, reader: str) -> dict[str, str]:
     src = env.source
     return {"CBM_SOURCE_KIND": "odbc", "CBM_SOURCE_DIALECT": "sqlite-standin", "CBM_ODBC_READER": reader,
-            "CBM_SOURCE_ODBC": f"DRIVER={{SQLite3}};Database={src};PWD=s3cret",
+            "CBM_SOURCE_ODBC": f"DRIVER={{SQLite3}};Database={src};StepAPI=1;PWD=s3cret",
             "CBM_SOURCE_INIT_SQL": f"ATTACH DATABASE '{src}' AS PUB;;ATTACH DATABASE '{src}' AS SYSPROGRESS"}
 
 

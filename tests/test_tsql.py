@@ -589,11 +589,10 @@ def test_sync_columns_statements_parse(tmp_path):
                 "IsOverride": False}
     override = dict(existing, ColumnName="libelle", SqlName="lib", SourceExpression='UPPER("libelle") AS lib',
                     IsOverride=True)
+    vanished = dict(existing, ColumnName="vanished", SqlName="vanished")
     rec = RecordingSession([
-        (r"SELECT IsExcluded, SourceExpression FROM config\.ETL_Columns", []),
-        (r"SELECT \* FROM config\.ETL_Columns WHERE TableName = \? AND ColumnName = \?",
-         lambda sql: [existing, override]),
-        (r"SELECT ColumnName FROM config\.ETL_Columns", [("cod_pro",), ("vanished",)]),
+        (r"SELECT ColumnName FROM config\.ETL_Columns WHERE TableName = \? AND \(IsExcluded", [("libelle",)]),
+        (r"SELECT \* FROM config\.ETL_Columns WHERE TableName = \?", lambda sql: [existing, override, vanished]),
         (r"SELECT COUNT\(\*\) FROM config\.ETL_Columns", [(0,)]),
     ])
     reader = EmbeddedReader(src)

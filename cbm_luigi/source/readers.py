@@ -148,7 +148,9 @@ class ArrowOdbcReader(Reader):
             self.con.execute(stmt)
 
     def query(self, sql, params=None):
-        reader = self.con.read_arrow_batches(sql, parameters=[None if p is None else str(p) for p in params or []])
+        # catalog-sized answers: small buffers (the default 65,535 rows x column size costs ~250 MB)
+        reader = self.con.read_arrow_batches(sql, parameters=[None if p is None else str(p) for p in params or []],
+                                             batch_size=1000, max_bytes_per_batch=8 * 1024 * 1024)
         return [tuple(r.values()) for b in reader for r in b.to_pylist()]
 
     def stream(self, sql, params, schema, batch_rows):
