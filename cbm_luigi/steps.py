@@ -104,6 +104,7 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
             for c in changes:
                 log.warning("schema change: %s", c)
             record.detail = "; ".join(changes) or None
+        wh.before_merge(s, len(spec.columns))
         inserted, updated, unchanged, deleted = s.query(merge_counts(d, spec))[0]
         for sql, n in merge_statements(d, spec):
             if checkpoint:

@@ -214,7 +214,7 @@ class StageTable(WarehouseStep):
         self.status(f"transform {self.table}", 10)
         tech = TechnicalValues(self.run_id, self.batch_id, datetime.now())
         out = transform_file(plan, Path(self.input().path), self.cache_path("stage"), tech,
-                             memory_limit=self.settings.duckdb_memory_limit, threads=self.settings.duckdb_threads,
+                             memory_limit=self.settings.transform_memory_limit, threads=self.settings.duckdb_threads,
                              measure_lengths=self.warehouse.needs_string_lengths)
         self.record(StepRecord("transform", rows=out["rows"]), t0)
         t1 = time.monotonic()

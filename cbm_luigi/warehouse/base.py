@@ -80,6 +80,9 @@ class Warehouse:
 
     needs_string_lengths = False
 
+    def before_merge(self, s: Session, n_columns: int) -> None:
+        """Hook run in the merge's session before the MERGE (resource tuning); nothing by default."""
+
 
 def split_script(text: str, dialect: str) -> list[str]:
     """Split a .sql file into statements: on lines holding only `GO` (T-SQL) or on `;` at a line's end."""

@@ -23,6 +23,13 @@ LOCK_WAIT_S = 120.0
 _SHARED: dict[tuple[str, int], duckdb.DuckDBPyConnection] = {}
 
 
+def _megabytes(text: str) -> int:
+    """'512MB', '2GB', '1.5 GiB' -> megabytes."""
+    num = float("".join(ch for ch in text if ch.isdigit() or ch == "."))
+    unit = text.strip().upper().rstrip("B").rstrip("I")[-1:]
+    return int(num * {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}.get(unit, 1 / (1024 * 1024)))
+
+
 def release_connections() -> None:
     """Close this process's warehouse connections (checkpoints the WAL and frees the file lock)."""
     for key in [k for k in _SHARED if k[1] == os.getpid()]:
@@ -101,6 +108,14 @@ class DuckDbWarehouse(Warehouse):
                 pass
             out[name] = (type_text, nullable == "YES")
         return out
+
+    def before_merge(self, s, n_columns):
+        """A MERGE joins stg and ods carrying every column, and DuckDB cannot spill all of it: give wide tables
+        about 1.5 MB a column (350 columns: 525 MB), never less than the configured cap."""
+        want = max(_megabytes(self.settings.duckdb_memory_limit), int(1.5 * n_columns))
+        have = _megabytes(s.scalar("SELECT current_setting('memory_limit')"))
+        if want > have:
+            s.execute(f"SET memory_limit = '{want}MB'")
 
     def replace_stage(self, s, table, stage_path, columns):
         """stg.<table> becomes a view over the stage parquet: DuckDB reads parquet natively, so copying the
