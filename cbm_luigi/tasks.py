@@ -121,13 +121,14 @@ class CbmTask(luigi.Task):
         return rec
 
     def status(self, text: str, pct: int | None = None) -> None:
-        """Progress for the central scheduler's web view (only exists under a worker)."""
-        try:
-            self.set_status_message(text)
-            if pct is not None:
-                self.set_progress_percentage(pct)
-        except Exception:  # noqa: BLE001 — outside a worker there is no web view to tell
-            pass
+        """Progress for the central scheduler's web view. Luigi's worker attaches the two reporters to the task
+        only while it runs it; called directly (plain functions, tests) there is no web view to tell."""
+        report_message = getattr(self, "set_status_message", None)
+        report_percentage = getattr(self, "set_progress_percentage", None)
+        if report_message:
+            report_message(text)
+        if pct is not None and report_percentage:
+            report_percentage(pct)
 
     def _log(self, extra: list[StepRecord]) -> None:
         try:
