@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 
+from .source.dialect import quote  # the stand-in is quoted like OpenEdge
+
 DEMO_TABLES = ("famille", "fournis", "produit", "client", "lignecli", "hisprixa")
 
 
@@ -57,8 +59,6 @@ def _sqlite_decl(c: Col) -> str:
     }[c.coltype]
 
 
-def quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def encode_extent(values: list[str | None]) -> str:

@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from .naming import array_element_names
 from .source.dialect import SourceColumn, Window
+from .source.dialect import quote as oe_quote
 from .types import ColumnType, map_openedge_type
 
 
@@ -118,7 +119,7 @@ def source_expression(stored: str | None, name: str) -> str | None:
     if not stored or not stored.strip():
         return None
     expr = re.sub(r'(?is)\s+AS\s+("[^"]+"|[A-Za-z_][A-Za-z0-9_]*)\s*$', "", stored.strip())
-    return None if expr == '"' + name.replace('"', '""') + '"' else expr
+    return None if expr == oe_quote(name) else expr
 
 
 def build_plan(table_row: dict, column_rows: list[dict]) -> TablePlan:

@@ -26,14 +26,11 @@ import duckdb
 
 from .plan import PlanColumn, TablePlan
 from .types import ColumnType
+from .warehouse.dialects import DuckDbDialect
 
 
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _lit(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+_DUCKDB = DuckDbDialect()  # the transform engine is DuckDB: its quoting and literals, from the one helper
+_q, _lit = _DUCKDB.quote, _DUCKDB.literal
 
 
 def canonical_text(expr: str, ctype: ColumnType) -> str:

@@ -20,6 +20,11 @@ class WarehouseDialect:
     def quote(self, name: str) -> str:
         raise NotImplementedError
 
+    @staticmethod
+    def literal(text: str) -> str:
+        """A string literal, for the few places a value cannot be a parameter (a file path in DDL)."""
+        return "'" + str(text).replace("'", "''") + "'"
+
     def table(self, schema: str, name: str) -> str:
         return f"{self.quote(schema)}.{self.quote(name)}"
 

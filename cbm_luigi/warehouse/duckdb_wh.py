@@ -121,7 +121,7 @@ class DuckDbWarehouse(Warehouse):
         """stg.<table> becomes a view over the stage parquet: DuckDB reads parquet natively, so copying the
         batch into a table first would only cost time (a second full write of every row)."""
         d = self.dialect
-        lit = "'" + str(stage_path).replace("'", "''") + "'"
+        lit = d.literal(str(stage_path))
         kind = s.scalar("SELECT table_type FROM information_schema.tables WHERE table_schema = 'stg' "
                         "AND table_name = ?", [table])
         if kind == "BASE TABLE":
