@@ -12,14 +12,12 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
-import pytest
 
 from cbm_luigi.cli import main as cbm_etl
 from cbm_luigi.tasks import LoadAll, LoadTable
 
-from .conftest import DEMO_TABLES, REPO, assert_ods_equals_source, build, make_env, subprocess_env, succeeded
+from .conftest import DEMO_TABLES, assert_ods_equals_source, build, make_env, subprocess_env, succeeded
 
 
 def luigi_cli(env, *args, extra=None, timeout=300) -> subprocess.CompletedProcess:
