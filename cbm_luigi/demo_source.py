@@ -59,8 +59,6 @@ def _sqlite_decl(c: Col) -> str:
     }[c.coltype]
 
 
-
-
 def encode_extent(values: list[str | None]) -> str:
     """Encode array elements the way OpenEdge SQL returns an EXTENT field."""
     out = []

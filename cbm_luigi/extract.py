@@ -29,7 +29,7 @@ ROW_GROUP_BYTES = 64 * 1024 * 1024  # batches are gathered into row groups of ab
 
 def estimated_row_bytes(plan: TablePlan) -> int:
     """An estimate of one row in the driver's buffers: strings at their declared width (UTF-8, 2 bytes a
-    character on average; 256 when unbounded), decimals as text, the rest at their width."""
+    character on average; 128 characters when unbounded), decimals as text, the rest at their width."""
     total = 0
     for c in plan.columns:
         t = c.extract_type()
@@ -67,17 +67,21 @@ def extract_to_parquet(reader: Reader, plan: TablePlan, mode: str, out_path: Pat
     try:
         with pq.ParquetWriter(tmp, schema, compression="snappy") as writer:
             pending: list[pa.RecordBatch] = []  # a row group in the making: bounded by ROW_GROUP_BYTES
+            pending_bytes = 0
 
             def flush():
+                nonlocal pending_bytes
                 if pending:
                     writer.write_table(pa.Table.from_batches(pending, schema=schema))
                     pending.clear()
+                    pending_bytes = 0
             try:
                 for batch in reader.stream(sql, params, schema, batch_rows):
                     batch = conform_batch(batch, schema, table=plan.table, keys=plan.keys)
                     pending.append(batch)
+                    pending_bytes += batch.nbytes
                     rows += batch.num_rows
-                    if sum(b.nbytes for b in pending) >= ROW_GROUP_BYTES:
+                    if pending_bytes >= ROW_GROUP_BYTES:
                         flush()
                     if progress:
                         progress(rows)

@@ -134,7 +134,7 @@ def transform_sql(plan: TablePlan, source_sql: str, tech: TechnicalValues) -> st
 _ENGINE: dict[tuple, duckdb.DuckDBPyConnection] = {}
 
 
-def compute_engine(memory_limit: str = "512MB", threads: int = 2, temp_dir: Path | None = None):
+def compute_engine(memory_limit: str = "256MB", threads: int = 2, temp_dir: Path | None = None):
     """An in-memory DuckDB used as a vectorised compute engine; one per process (opening one costs ~10 ms,
     which adds up over 1,000 tables). Returns a cursor: close it when done."""
     key = (memory_limit, threads, os.getpid())
@@ -151,7 +151,7 @@ def compute_engine(memory_limit: str = "512MB", threads: int = 2, temp_dir: Path
 
 
 def transform_file(plan: TablePlan, extract_path: Path, stage_path: Path, tech: TechnicalValues, *,
-                   memory_limit: str = "512MB", threads: int = 2, measure_lengths: bool = False) -> dict:
+                   memory_limit: str = "256MB", threads: int = 2, measure_lengths: bool = False) -> dict:
     """Write the stage parquet atomically; returns {'rows': n, 'max_lengths': {col: n}} ."""
     tmp = stage_path.with_name(stage_path.name + ".tmp")
     stage_path.parent.mkdir(parents=True, exist_ok=True)
