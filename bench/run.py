@@ -28,7 +28,7 @@ from importlib import metadata
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-STEPS = ("extract", "transform", "stage", "merge", "validate")
+STEPS = ("extract", "stage", "merge", "validate")  # extract includes the transform (hashing)
 READERS = ("odbc", "embedded")
 GROUPS = ("wide", "medium", "tall", "tables")
 TODAY = date.today()

@@ -109,8 +109,8 @@ def cmd_summary(args) -> int:
           f"{'SLA':<12} batch/mode")
     status = {r["TableName"]: r for r in sla}
     for t, st in sorted(by_table.items()):
-        last = max(st.values(), key=lambda r: ("extract", "transform", "stage", "merge", "validate").index(r["Step"])
-                   if r["Step"] in ("extract", "transform", "stage", "merge", "validate") else -1)
+        last = max(st.values(), key=lambda r: ("extract", "stage", "merge", "validate").index(r["Step"])
+                   if r["Step"] in ("extract", "stage", "merge", "validate") else -1)
         m = st.get("merge", {})
         secs = sum((r["DurationMs"] or 0) for r in st.values()) / 1000
         ok = "FAILED" if any(r["Status"] == "FAILED" for r in st.values()) else last["Status"]

@@ -1,17 +1,18 @@
 """Extract: one SELECT streamed in record batches into a snappy parquet file, written atomically.
 
-Memory is bounded by the batch size: each batch is conformed to the catalog schema and written as it comes.
-The file's key-value metadata records when the extract started and which window it read; ValidateTable
-advances LastSuccessTs to that start time.
+Memory is bounded by the batch size: each batch is conformed to the catalog schema, shaped and hashed in
+DuckDB (transform.py) and written as it comes, while the next one is fetched. The file's key-value metadata
+records when the extract started, which window it read and the columns it holds; ValidateTable advances
+LastSuccessTs to that start time.
 """
 from __future__ import annotations
 
 import json
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -20,11 +21,13 @@ from .plan import TablePlan
 from .source.conform import conform_batch
 from .source.errors import SourceError, translate
 from .source.readers import Reader
+from .transform import shape_batches
 
 log = logging.getLogger(__name__)
-META_KEY = b"cbm_luigi.extract"
+META_KEY = "cbm_luigi.extract"
+FORMAT = 2  # 2: shaped and hashed while extracting (1 held the source columns as read)
 BATCH_BYTES = 32 * 1024 * 1024  # aim for record batches of about this size, whatever the table's width
-ROW_GROUP_BYTES = 64 * 1024 * 1024  # batches are gathered into row groups of about this size before writing
+PROGRESS_EVERY_S = 2.0  # a status message is an RPC to the central scheduler: not one per batch
 
 
 def estimated_row_bytes(plan: TablePlan) -> int:
@@ -48,58 +51,62 @@ def batch_rows_for(plan: TablePlan, ceiling: int) -> int:
 
 
 def extract_to_parquet(reader: Reader, plan: TablePlan, mode: str, out_path: Path, *, batch_rows: int = 50_000,
-                       progress: Callable[[int], None] | None = None) -> dict:
-    """Read `plan.table` and write `out_path`; returns the metadata written into the file."""
+                       progress: Callable[[int], None] | None = None, memory_limit: str = "256MB",
+                       threads: int = 2) -> dict:
+    """Read `plan.table` and write the batch's parquet at `out_path` (shaped and hashed on the way, see
+    transform.py); returns the metadata written into the file."""
     started = datetime.now()
     window, why = plan.window(mode)
     sql, params = reader.dialect.extract_sql(plan.table, plan.source_columns(), window, plan.filter_clause)
     log.info("extract %s (%s): %s", plan.table, why, sql)
     schema = plan.extract_schema()
-    meta = {"table": plan.table, "mode": mode, "effective_mode": "incremental" if window else "full",
-            "window": why, "started_at": started.isoformat(), "sql": sql, "params": params,
-            "reader": reader.name}
-    schema = schema.with_metadata({META_KEY: json.dumps(meta).encode()})
+    meta = {"format": FORMAT, "table": plan.table, "mode": mode,
+            "effective_mode": "incremental" if window else "full", "window": why, "started_at": started.isoformat(),
+            "sql": sql, "params": params, "reader": reader.name,
+            "columns": [n for n, _t, _ in plan.output_columns()]}
     batch_rows = batch_rows_for(plan, batch_rows)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    rows = 0
     t0 = time.monotonic()
-    try:
-        with pq.ParquetWriter(tmp, schema, compression="snappy") as writer:
-            pending: list[pa.RecordBatch] = []  # a row group in the making: bounded by ROW_GROUP_BYTES
-            pending_bytes = 0
+    said = [t0]
 
-            def flush():
-                nonlocal pending_bytes
-                if pending:
-                    writer.write_table(pa.Table.from_batches(pending, schema=schema))
-                    pending.clear()
-                    pending_bytes = 0
-            try:
-                for batch in reader.stream(sql, params, schema, batch_rows):
-                    batch = conform_batch(batch, schema, table=plan.table, keys=plan.keys)
-                    pending.append(batch)
-                    pending_bytes += batch.nbytes
-                    rows += batch.num_rows
-                    if pending_bytes >= ROW_GROUP_BYTES:
-                        flush()
-                    if progress:
-                        progress(rows)
-                flush()
-            except SourceError:
-                raise
-            except Exception as exc:  # noqa: BLE001 — driver errors get the table and the fix
-                raise translate(exc, table=plan.table, action="extract") from None
-        tmp.replace(out_path)  # atomic: the target exists only when complete
-    finally:
-        tmp.unlink(missing_ok=True)
+    def conformed():
+        rows = 0
+        try:
+            for batch in reader.stream(sql, params, schema, batch_rows):
+                batch = conform_batch(batch, schema, table=plan.table, keys=plan.keys)
+                rows += batch.num_rows
+                if progress and time.monotonic() - said[0] >= PROGRESS_EVERY_S:
+                    said[0] = time.monotonic()
+                    progress(rows)
+                yield batch
+        except SourceError:
+            raise
+        except Exception as exc:  # noqa: BLE001 — driver errors get the table and the fix
+            raise translate(exc, table=plan.table, action="extract") from None
+
+    rows = shape_batches(plan, schema, conformed(), out_path, metadata={META_KEY: json.dumps(meta)},
+                         memory_limit=memory_limit, threads=threads)
     meta.update(rows=rows, seconds=round(time.monotonic() - t0, 3))
+    if progress:
+        progress(rows)
     log.info("extract %s: %d rows in %.2fs", plan.table, rows, meta["seconds"])
     return meta
 
 
 def read_extract_meta(path: Path) -> dict:
-    md = pq.read_schema(path).metadata or {}
-    meta = json.loads(md[META_KEY].decode()) if META_KEY in md else {}
-    meta["rows"] = pq.ParquetFile(path).metadata.num_rows
+    """The metadata the extract wrote into the file, plus its row count; {'format': 0, ...} for a file this
+    version did not write."""
+    pf = pq.ParquetFile(path)
+    md = pf.schema_arrow.metadata or {}
+    key = META_KEY.encode()
+    meta = json.loads(md[key].decode()) if key in md else {}
+    meta.setdefault("format", 0)
+    meta["rows"] = pf.metadata.num_rows
     return meta
+
+
+def is_current(path: Path) -> bool:
+    """Whether `path` is a complete extract in this version's format (an older cache file is extracted again)."""
+    try:
+        return read_extract_meta(path)["format"] == FORMAT
+    except (OSError, ValueError, KeyError, pa.ArrowException):
+        return False

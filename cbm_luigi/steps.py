@@ -8,10 +8,13 @@ import logging
 from datetime import datetime
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from . import config_store
 from .plan import TablePlan
 from .runlog import StepRecord
 from .targets import MarkerTarget
+from .transform import SHAPED_TECH, TechnicalValues
 from .warehouse.base import Session, Warehouse
 from .warehouse.statements import (Column, MergeSpec, create_table, duplicate_keys, evolve, merge_counts,
                                    merge_statements, validation_queries)
@@ -36,10 +39,26 @@ def stage_columns(plan: TablePlan, max_lengths: dict[str, int] | None = None) ->
     return [Column(n, t, nullable, lengths.get(n) or None) for n, t, nullable in plan.output_columns()]
 
 
-def stage(wh: Warehouse, plan: TablePlan, stage_path: Path, *, max_lengths: dict[str, int], marker: MarkerTarget,
+def check_batch_file(plan: TablePlan, path: Path, batch_id: str) -> None:
+    """The batch file must hold the columns the plan stages now: a config change since the extract (a column
+    excluded or added, an array mode switched) would otherwise stage a stale shape."""
+    have = pq.read_schema(path).names
+    want = [n for n, _t, _ in plan.output_columns()] + SHAPED_TECH
+    if sorted(have) != sorted(want):
+        missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+        raise StaleStageError(
+            f"table {plan.table}: the extract of batch {batch_id} ({path}) does not have the columns the "
+            f"configuration stages now (missing: {', '.join(missing) or '-'}; not configured: "
+            f"{', '.join(extra) or '-'}); the configuration changed after the extract. Extract again: "
+            f"`cbm-etl invalidate {plan.table} --batch {batch_id} --from extract`.")
+
+
+def stage(wh: Warehouse, plan: TablePlan, batch_path: Path, tech: TechnicalValues, *, marker: MarkerTarget,
           run_id: str) -> StepRecord:
+    """stg.<table> := the batch file plus the run's technical values; marker in the same transaction."""
+    check_batch_file(plan, batch_path, tech.batch_id)
     with wh.session() as s, s.transaction():
-        rows = wh.replace_stage(s, plan.destination, stage_path, stage_columns(plan, max_lengths))
+        rows = wh.replace_stage(s, plan.destination, batch_path, stage_columns(plan), tech)
         marker.touch(s, run_id=run_id, rows=rows)
     return StepRecord("stage", rows=rows)
 
@@ -106,10 +125,13 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
             record.detail = "; ".join(changes) or None
         wh.before_merge(s, len(spec.columns))
         inserted, updated, unchanged, deleted = s.query(merge_counts(d, spec))[0]
-        for sql, n in merge_statements(d, spec):
-            if checkpoint:
-                checkpoint("merge")
-            s.execute(sql, [now] * n)
+        if inserted or updated or deleted:  # else the MERGE would change nothing: skip its join of every column
+            for sql, n in merge_statements(d, spec):
+                s.execute(sql, [now] * n)
+                if checkpoint:
+                    checkpoint("merge")  # a kill here leaves a written, uncommitted merge
+        else:
+            record.detail = "; ".join(filter(None, [record.detail, "no change: MERGE skipped"]))
         marker.touch(s, run_id=run_id, rows=int(inserted) + int(updated))
     record.rows = int(inserted) + int(updated) + int(unchanged)
     record.inserted, record.updated, record.unchanged, record.deleted = map(int, (inserted, updated, unchanged,

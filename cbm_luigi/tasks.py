@@ -17,7 +17,7 @@ import luigi
 from luigi.parameter import ParameterVisibility
 
 from . import config_store, steps
-from .extract import extract_to_parquet, read_extract_meta
+from .extract import extract_to_parquet, is_current, read_extract_meta
 from .faults import checkpoint
 from .naming import sql_safe_name
 from .plan import TablePlan
@@ -25,7 +25,7 @@ from .runlog import StepRecord, write_steps
 from .settings import Settings, load_settings, mask_secrets
 from .source.readers import open_reader
 from .targets import MarkerTarget
-from .transform import TechnicalValues, transform_file
+from .transform import TechnicalValues
 from .warehouse import open_warehouse
 
 log = logging.getLogger("luigi-interface")
@@ -152,12 +152,21 @@ def _log_success(task):
 @CbmTask.event_handler(luigi.Event.FAILURE)
 def _log_failure(task, exception):
     if isinstance(task, CbmTask) and task.step:
-        task._log([StepRecord(getattr(task, "_failed_step", task.step), status="FAILED",
+        task._log([StepRecord(task.step, status="FAILED",
                               error=f"{type(exception).__name__}: {exception}")])
 
 
+class BatchFileTarget(luigi.LocalTarget):
+    """The batch parquet: exists when the file is complete (atomic rename) and in this version's format (a
+    file left in the cache by an older version is extracted again, not staged in a shape it does not have)."""
+
+    def exists(self) -> bool:
+        return super().exists() and is_current(Path(self.path))
+
+
 class ExtractParquet(CbmTask):
-    """PUB.<table> -> parquet (atomic). Waits for the tables it depends on, and for earlier critical tables."""
+    """PUB.<table> -> the batch parquet, shaped and hashed while read (atomic). Waits for the tables it depends
+    on, and for earlier critical tables."""
     step = "extract"
 
     def requires(self):
@@ -173,7 +182,7 @@ class ExtractParquet(CbmTask):
                           load_priority=self.load_priority + 1) for t in need]
 
     def output(self):
-        return luigi.LocalTarget(str(self.cache_path("extract")), format=luigi.format.Nop)
+        return BatchFileTarget(str(self.cache_path("extract")), format=luigi.format.Nop)
 
     def run(self):
         t0 = time.monotonic()
@@ -182,7 +191,9 @@ class ExtractParquet(CbmTask):
         with open_reader(self.settings) as reader:
             meta = extract_to_parquet(reader, plan, self.mode, Path(self.output().path),
                                       batch_rows=self.settings.batch_rows,
-                                      progress=lambda n: self.status(f"extract {self.table}: {n:,} rows"))
+                                      progress=lambda n: self.status(f"extract {self.table}: {n:,} rows"),
+                                      memory_limit=self.settings.transform_memory_limit,
+                                      threads=self.settings.duckdb_threads)
         if meta["effective_mode"] != self.mode:
             log.info("table %s: %s", self.table, meta["window"])
         self.record(StepRecord("extract", rows=meta["rows"], detail=meta["window"]), t0)
@@ -204,26 +215,17 @@ class WarehouseStep(CbmTask):
 
 
 class StageTable(WarehouseStep):
-    """Transform the extract (technical columns, hashdiff, arrays) and replace stg.<table> with it."""
+    """Replace stg.<table> with the batch file plus this run's technical values."""
     step = "stage"
     upstream = ExtractParquet
 
     def run(self):
         plan = self.plan()
         t0 = time.monotonic()
-        self._failed_step = "transform"
-        self.status(f"transform {self.table}", 10)
+        self.status(f"stage {self.table}")
         tech = TechnicalValues(self.run_id, self.batch_id, datetime.now())
-        out = transform_file(plan, Path(self.input().path), self.cache_path("stage"), tech,
-                             memory_limit=self.settings.transform_memory_limit, threads=self.settings.duckdb_threads,
-                             measure_lengths=self.warehouse.needs_string_lengths)
-        self.record(StepRecord("transform", rows=out["rows"]), t0)
-        t1 = time.monotonic()
-        self._failed_step = "stage"
-        self.status(f"stage {self.table}", 50)
-        self.record(steps.stage(self.warehouse, plan, self.cache_path("stage"), max_lengths=out["max_lengths"],
-                                marker=self.output(), run_id=self.run_id), t1)
-        self.status(f"staged {self.table}", 100)
+        self.record(steps.stage(self.warehouse, plan, Path(self.input().path), tech, marker=self.output(),
+                                run_id=self.run_id), t0)
 
 
 class MergeOds(WarehouseStep):

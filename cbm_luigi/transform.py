@@ -1,7 +1,11 @@
-"""Transform: extract parquet -> stage parquet, in DuckDB (vectorised, streaming, bounded memory).
+"""Transform: source batches -> the batch's parquet, shaped in DuckDB while the source is still being read.
 
-Adds the technical columns and splits EXTENT arrays. The hashdiff is computed here, once, whatever the
-warehouse, so DuckDB and SQL Server hold the same hashes.
+Splits EXTENT arrays, computes `_etl_hashdiff` and `_etl_source_ts`. It runs inside the extract: DuckDB pulls
+the reader's Arrow batches through a RecordBatchReader, so one thread fetches from the driver while another
+hashes and writes the previous batch (vectorised, bounded memory, no second pass over the data). The hashdiff
+is computed here, once, whatever the warehouse, so DuckDB and SQL Server hold the same hashes. The run's own
+values (`_etl_run_id`, `_etl_batch_id`, `_etl_loaded_at`) are not in the file: staging adds them
+(`TechnicalValues`), so a batch staged again by another run says so.
 
 Canonical form hashed into `_etl_hashdiff` (md5, 32 hex chars):
 - business columns only, sorted by SQL name (source column order does not matter);
@@ -17,12 +21,17 @@ Canonical form hashed into `_etl_hashdiff` (md5, 32 hex chars):
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from .plan import PlanColumn, TablePlan
 from .types import ColumnType
@@ -31,6 +40,7 @@ from .warehouse.dialects import DuckDbDialect
 
 _DUCKDB = DuckDbDialect()  # the transform engine is DuckDB: its quoting and literals, from the one helper
 _q, _lit = _DUCKDB.quote, _DUCKDB.literal
+ROW_GROUP_BYTES = "16MB"  # measured: 16 MB row groups keep the write in step with the read (wide and tall)
 
 
 def canonical_text(expr: str, ctype: ColumnType) -> str:
@@ -85,15 +95,32 @@ def _array_decoded(c: PlanColumn) -> str:
     return f"array_to_string(list_transform({_array_list(c)}, lambda e: coalesce(e, '')), ';')"
 
 
+SHAPED_TECH = ["_etl_hashdiff", "_etl_source_ts"]  # computed from the data, stored in the batch's parquet
+
+
 @dataclass(frozen=True)
 class TechnicalValues:
+    """The run's values for the stage technical columns the batch file does not hold (added when staging)."""
     run_id: str
     batch_id: str
     loaded_at: datetime
 
+    def arrays(self, rows: int) -> list[tuple[str, pa.Array]]:
+        """The values as constant Arrow columns of `rows` rows (for loaders that send Arrow batches)."""
+        return [("_etl_run_id", pa.array([self.run_id] * rows, pa.string())),
+                ("_etl_batch_id", pa.array([self.batch_id] * rows, pa.string())),
+                ("_etl_loaded_at", pa.array([self.loaded_at] * rows, pa.timestamp("us")))]
 
-def transform_sql(plan: TablePlan, source_sql: str, tech: TechnicalValues) -> str:
-    """SELECT over `source_sql` (a relation with the extract columns) producing the stage columns."""
+    def sql_select(self, d) -> str:
+        """`<value> AS <column>, ...` for a SELECT list, in warehouse dialect `d`'s quoting and literals."""
+        ts = f"CAST({d.literal(self.loaded_at.strftime('%Y-%m-%d %H:%M:%S.%f'))} AS {d.ts_type})"
+        return (f"{d.literal(self.run_id)} AS {d.quote('_etl_run_id')}, "
+                f"{d.literal(self.batch_id)} AS {d.quote('_etl_batch_id')}, {ts} AS {d.quote('_etl_loaded_at')}")
+
+
+def transform_sql(plan: TablePlan, source_sql: str) -> str:
+    """SELECT over `source_sql` (a relation with the extract columns) producing the business columns of
+    stg/ods, then `_etl_hashdiff` and `_etl_source_ts`."""
     key_text = " || ', ' || ".join(f"{_lit(k + '=')} || coalesce(CAST({_q(k)} AS VARCHAR), 'NULL')"
                                    for k in plan.keys)
     inner, outer = [], []
@@ -126,8 +153,6 @@ def transform_sql(plan: TablePlan, source_sql: str, tech: TechnicalValues) -> st
     shaped = f"SELECT {', '.join(outer)}, {source_ts} AS _etl_source_ts FROM ({first}) AS arr"
     return (f"SELECT * EXCLUDE (_etl_source_ts), "
             f"{hashdiff_expr([(n, t) for n, t, _ in business])} AS _etl_hashdiff, "
-            f"{_lit(tech.run_id)} AS _etl_run_id, {_lit(tech.batch_id)} AS _etl_batch_id, "
-            f"CAST({_lit(tech.loaded_at.strftime('%Y-%m-%d %H:%M:%S.%f'))} AS TIMESTAMP) AS _etl_loaded_at, "
             f"_etl_source_ts FROM ({shaped}) AS shaped")
 
 
@@ -150,25 +175,65 @@ def compute_engine(memory_limit: str = "256MB", threads: int = 2, temp_dir: Path
     return cur
 
 
-def transform_file(plan: TablePlan, extract_path: Path, stage_path: Path, tech: TechnicalValues, *,
-                   memory_limit: str = "256MB", threads: int = 2, measure_lengths: bool = False) -> dict:
-    """Write the stage parquet atomically; returns {'rows': n, 'max_lengths': {col: n}} ."""
-    tmp = stage_path.with_name(stage_path.name + ".tmp")
-    stage_path.parent.mkdir(parents=True, exist_ok=True)
-    con = compute_engine(memory_limit, threads, stage_path.parent)
+def _scan_schema(schema: pa.Schema) -> pa.Schema:
+    """Timestamps handed to DuckDB in microseconds: DuckDB scans an Arrow timestamp[ms] as TIMESTAMP_MS and
+    refuses to convert years 1 and 9999 (Progress's own limits) to TIMESTAMP; from microseconds it takes them."""
+    return pa.schema([f.with_type(pa.timestamp("us", f.type.tz))
+                      if pa.types.is_timestamp(f.type) and f.type.unit != "us" else f for f in schema],
+                     metadata=schema.metadata)
+
+
+class _Batches:
+    """The source batches as a RecordBatchReader for DuckDB. An exception raised while producing them (driver
+    error, a value that does not fit) is kept, so the caller re-raises it as it was instead of DuckDB's text."""
+
+    def __init__(self, schema: pa.Schema, batches: Iterable[pa.RecordBatch]):
+        self.error: BaseException | None = None
+        self.rows = 0
+        self.schema = _scan_schema(schema)
+        self.reader = pa.RecordBatchReader.from_batches(self.schema, self._pull(batches, self.schema != schema))
+
+    def _pull(self, batches, cast: bool):
+        try:
+            for b in batches:
+                self.rows += b.num_rows
+                yield b.cast(self.schema) if cast else b
+        except BaseException as exc:  # kept for shape_batches, then re-raised
+            self.error = exc
+            raise
+
+
+def shape_batches(plan: TablePlan, schema: pa.Schema, batches: Iterable[pa.RecordBatch], out_path: Path, *,
+                  metadata: dict[str, str] | None = None, memory_limit: str = "256MB", threads: int = 2) -> int:
+    """Shape `batches` (the extract schema) into `out_path`, atomically; returns the rows written.
+
+    Row groups are kept small (ROW_GROUP_BYTES) so they are written while the source is still read, and a
+    later step can read them in parallel."""
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    con = compute_engine(memory_limit, threads, out_path.parent)
+    src = _Batches(schema, batches)
+    view = f"_cbm_src_{uuid.uuid4().hex}"
+    kv = ", ".join(f"{_lit(k)}: {_lit(v)}" for k, v in (metadata or {}).items())
     try:
-        src = f"SELECT * FROM read_parquet({_lit(str(extract_path))})"
-        sql = transform_sql(plan, src, tech)
-        con.execute(f"COPY ({sql}) TO {_lit(str(tmp))} (FORMAT parquet, COMPRESSION snappy, ROW_GROUP_SIZE 100000)")
-        rows = con.execute(f"SELECT count(*) FROM read_parquet({_lit(str(tmp))})").fetchone()[0]
-        lengths = {}
-        strings = [n for n, t, _ in plan.output_columns() if t.kind == "string"]
-        if measure_lengths and strings:
-            got = con.execute("SELECT " + ", ".join(f"max(length({_q(n)}))" for n in strings) +
-                              f" FROM read_parquet({_lit(str(tmp))})").fetchone()
-            lengths = {n: int(v or 0) for n, v in zip(strings, got)}
-        tmp.replace(stage_path)
-        return {"rows": int(rows), "max_lengths": lengths}
+        con.register(view, src.reader)
+        con.execute(f"COPY ({transform_sql(plan, f'SELECT * FROM {_q(view)}')}) TO {_lit(str(tmp))} "
+                    f"(FORMAT parquet, COMPRESSION snappy, ROW_GROUP_SIZE 122880, "
+                    f"ROW_GROUP_SIZE_BYTES {_lit(ROW_GROUP_BYTES)}{', KV_METADATA {' + kv + '}' if kv else ''})")
+        tmp.replace(out_path)  # atomic: the file exists only when complete
+        return src.rows
+    except duckdb.Error:
+        if src.error is not None:
+            raise src.error from None  # the source's own error, with its table/column/key message
+        raise
     finally:
+        with contextlib.suppress(Exception):
+            con.unregister(view)
         con.close()
         tmp.unlink(missing_ok=True)
+
+
+def shape_file(plan: TablePlan, extract_path: Path, out_path: Path, **kw) -> int:
+    """`shape_batches` over a parquet file of the extract schema (tests, re-shaping a kept raw file)."""
+    pf = pq.ParquetFile(extract_path)
+    return shape_batches(plan, pf.schema_arrow, pf.iter_batches(batch_size=10_000), out_path, **kw)

@@ -75,7 +75,7 @@ def test_load_table_alone_and_run_log(env):
     assert succeeded(build(LoadTable(table="produit", mode="full")))
     assert_ods_equals_source(env, "produit")
     steps = env.sql("SELECT Step, Status, Rows FROM etl.ETL_Log WHERE TableName = 'produit' ORDER BY LogId")
-    assert [s[0] for s in steps] == ["extract", "transform", "stage", "merge", "validate"]
+    assert [s[0] for s in steps] == ["extract", "stage", "merge", "validate"]
     assert all(s[1] == "SUCCESS" and s[2] == 200 for s in steps)
     assert env.sql("SELECT COUNT(*) FROM etl.ETL_Markers WHERE TableName = 'produit'")[0][0] == 3
     last = env.sql("SELECT LastSuccessTs FROM config.ETL_Tables WHERE TableName = 'produit'")[0][0]
@@ -85,5 +85,5 @@ def test_load_table_alone_and_run_log(env):
     views = {r[0]: r for r in env.sql("SELECT TableName, SLAStatus FROM etl.vw_SLABreach")}
     assert views["produit"][1] == "OK" and views["client"][1] == "NEVER_LOADED"
     perf = env.sql("SELECT Step, Runs, RowsPerSecond FROM etl.vw_TablePerformance WHERE TableName = 'produit'")
-    assert {p[0] for p in perf} == {"extract", "transform", "stage", "merge", "validate"}
+    assert {p[0] for p in perf} == {"extract", "stage", "merge", "validate"}
     assert all(p[1] == 1 and p[2] > 0 for p in perf)

@@ -1,4 +1,4 @@
-"""Transform on real parquet files through DuckDB: the hashdiff's canonical form and EXTENT arrays."""
+"""Transform through DuckDB on real parquet files: the hashdiff's canonical form, EXTENT arrays, the stream."""
 from __future__ import annotations
 
 from datetime import date, datetime
@@ -9,10 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from cbm_luigi.plan import PlanColumn, TablePlan
-from cbm_luigi.transform import TechnicalValues, transform_file
+from cbm_luigi.transform import shape_batches, shape_file
 from cbm_luigi.types import ColumnType
 
-TECH = TechnicalValues("run-1", "2026-11-27", datetime(2026, 11, 27, 3, 0))
 S, I, D = ColumnType("string", width=40), ColumnType("int32"), ColumnType("decimal", 12, 2)
 
 
@@ -21,7 +20,7 @@ def run(tmp_path, cols: list[PlanColumn], data: dict, keys=("id",), **plan_kw) -
     src = tmp_path / f"x{len(list(tmp_path.iterdir()))}.parquet"
     pq.write_table(pa.table(data, schema=plan.extract_schema()), src)
     out = tmp_path / (src.stem + ".stage.parquet")
-    transform_file(plan, src, out, TECH)
+    assert shape_file(plan, src, out) == len(next(iter(data.values())))
     return sorted(pq.read_table(out).to_pylist(), key=lambda r: r["id"])
 
 
@@ -78,5 +77,25 @@ def test_technical_columns(tmp_path):
                date_col="dat_mod", time_of_day_col="heure")
     assert rows[0]["_etl_source_ts"] == datetime(2026, 11, 26, 1, 1, 1)
     assert rows[1]["_etl_source_ts"] is None
-    assert {(r["_etl_run_id"], r["_etl_batch_id"], r["_etl_loaded_at"]) for r in rows} == {
-        ("run-1", "2026-11-27", datetime(2026, 11, 27, 3, 0))}
+    # the run's own values are added when staging, not stored with the batch
+    assert list(rows[0])[-2:] == ["_etl_hashdiff", "_etl_source_ts"] and "_etl_run_id" not in rows[0]
+
+
+def test_stream_is_shaped_batch_by_batch_and_a_source_error_comes_through_as_raised(tmp_path):
+    plan = TablePlan("t", "t", ["id"], [PlanColumn("id", "id", I, False), PlanColumn("nom", "nom", S)])
+    schema = plan.extract_schema()
+
+    def batches(fail_after: int | None):
+        for i in range(5):
+            if fail_after is not None and i == fail_after:
+                raise ValueError("table t, column nom, key id=30: the driver's own words")
+            yield pa.record_batch([pa.array(range(i * 10, i * 10 + 10), pa.int32()),
+                                   pa.array([f"n{j}" for j in range(10)])], schema=schema)
+
+    out = tmp_path / "t.parquet"
+    assert shape_batches(plan, schema, batches(None), out, metadata={"k": "it's"}) == 50
+    assert pq.read_table(out).num_rows == 50 and pq.read_schema(out).metadata[b"k"] == b"it's"
+    out.unlink()
+    with pytest.raises(ValueError, match=r"^table t, column nom, key id=30: the driver's own words$"):
+        shape_batches(plan, schema, batches(3), out)
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary

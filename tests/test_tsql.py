@@ -29,6 +29,7 @@ from cbm_luigi import config_store, runlog, steps
 from cbm_luigi.plan import PlanColumn, TablePlan
 from cbm_luigi.settings import Settings
 from cbm_luigi.targets import MarkerTarget, remove_markers
+from cbm_luigi.transform import TechnicalValues
 from cbm_luigi.types import ColumnType
 from cbm_luigi.warehouse import mssql_wh
 from cbm_luigi.warehouse.base import SQL_DIR, Session, split_script
@@ -41,6 +42,7 @@ from cbm_luigi.warehouse.statements import (Column, MergeSpec, SchemaChangeError
                                             validation_queries, widen_column)
 
 D = TsqlDialect()
+TECH = TechnicalValues("run-1", "2024-01-01", datetime(2024, 1, 2, 3, 4, 5, 678901))
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -452,7 +454,8 @@ def all_kind_plan(*, dimension: bool, keys=("code",)) -> TablePlan:
 
 
 def stage_table(plan: TablePlan, rows: int = 7) -> pa.Table:
-    """A stage parquet's content for `plan` (as transform.py writes it: timestamps in microseconds)."""
+    """A batch parquet's content for `plan` (as transform.py writes it: timestamps in microseconds; the run's
+    technical values are not in it, staging adds them)."""
     data = {}
     for name, ct, _nullable in plan.output_columns():
         k = ct.kind
@@ -477,9 +480,6 @@ def stage_table(plan: TablePlan, rows: int = 7) -> pa.Table:
         typ = pa.timestamp("us") if k == "timestamp" else ct.arrow_type()
         data[name] = pa.array(vals, typ)
     data["_etl_hashdiff"] = pa.array([f"{i:032x}" for i in range(rows)])
-    data["_etl_run_id"] = pa.array(["run-1"] * rows)
-    data["_etl_batch_id"] = pa.array(["2024-01-01"] * rows)
-    data["_etl_loaded_at"] = pa.array([datetime(2024, 1, 2, 3, 4, 5, 678901)] * rows, pa.timestamp("us"))
     data["_etl_source_ts"] = pa.array([None] * rows, pa.timestamp("us"))
     return pa.table(data)
 
@@ -518,7 +518,7 @@ def test_step_statements_parse(dimension, mode, ods_exists, stage_file):
     marker = MarkerTarget(wh, "StageTable_all_kinds_2024_01_01_abc", table="all-kinds", step="stage",
                           batch_id="2024-01-01", mode=mode)
     path = stage_file(plan)
-    steps.stage(wh, plan, path, max_lengths={"code": 12}, marker=marker, run_id="run-1")
+    steps.stage(wh, plan, path, TECH, marker=marker, run_id="run-1")
     steps.merge(wh, plan, mode=mode, batch_id="2024-01-01", marker=marker, run_id="run-1")
     steps.validate(wh, plan, mode=mode, batch_id="2024-01-01", marker=marker, run_id="run-1",
                    extract_started_at=datetime(2024, 1, 1))
@@ -695,7 +695,12 @@ def test_stage_layout_and_input_sizes():
 
 
 def _batch(plan, rows=7) -> pa.RecordBatch:
-    return stage_table(plan, rows).to_batches()[0]
+    """A batch as the stage loaders send it: the file's columns plus the run's values, in layout order."""
+    table = stage_table(plan, rows)
+    for name, arr in TECH.arrays(rows):
+        table = table.append_column(name, arr)
+    layout = stage_layout(D, steps.stage_columns(plan))
+    return table.select([c.name for c in layout]).to_batches()[0]
 
 
 def test_rows_for_executemany_converts_per_column():
@@ -781,7 +786,7 @@ def test_replace_stage_executemany_path(stage_file, monkeypatch):
     plan = all_kind_plan(dimension=False)
     rec = RecordingSession([(r"COUNT_BIG", [(7,)])])
     wh = StubWarehouse(rec, bulk="executemany")
-    n = wh.replace_stage(rec, "all_kinds", stage_file(plan), steps.stage_columns(plan, {"code": 12}))
+    n = wh.replace_stage(rec, "all_kinds", stage_file(plan), steps.stage_columns(plan, {"code": 12}), TECH)
     assert n == 7
     assert rec.statements[0] == "DROP TABLE IF EXISTS [stg].[all_kinds]"
     assert rec.statements[1].startswith("CREATE TABLE [stg].[all_kinds]")
@@ -800,7 +805,7 @@ def test_replace_stage_error_names_the_key(stage_file, monkeypatch):
     path = stage_file(plan)
     monkeypatch.setattr(mssql_wh, "sized_for_file", lambda cols, p, d: cols)  # keep the too-narrow width
     with pytest.raises(StageValueError, match=r"stg\.all_kinds\.odd name-é NVARCHAR\(2\).*code='co0'"):
-        wh.replace_stage(rec, "all_kinds", path, steps.stage_columns(plan, {"odd name-é": 2}))
+        wh.replace_stage(rec, "all_kinds", path, steps.stage_columns(plan, {"odd name-é": 2}), TECH)
     assert rec.statements[-1].startswith("SELECT TableName, DestinationTable, PrimaryKeyCols FROM config.ETL_Tables")
     assert_all_parse(rec.statements, "replace_stage (error path)")
 
@@ -831,7 +836,7 @@ def test_replace_stage_bulkcopy_path_commits_ddl_first(stage_file, monkeypatch):
     rec = RecordingSession([(r"SELECT @@TRANCOUNT", [(1,)]), (r"COUNT_BIG", [(7,)])])
     wh = StubWarehouse(rec, bulk="auto")
     with rec.transaction():
-        assert wh.replace_stage(rec, "all_kinds", stage_file(plan), steps.stage_columns(plan)) == 7
+        assert wh.replace_stage(rec, "all_kinds", stage_file(plan), steps.stage_columns(plan), TECH) == 7
     st = rec.statements
     create = next(i for i, s in enumerate(st) if s.startswith("CREATE TABLE [stg]"))
     assert st[create + 1:create + 4] == ["SELECT @@TRANCOUNT", "COMMIT TRANSACTION", "BEGIN TRANSACTION"]

@@ -73,9 +73,10 @@ class Warehouse:
         """name -> (type text as the dialect writes it, nullable); {} when the table does not exist."""
         raise NotImplementedError
 
-    def replace_stage(self, s: Session, table: str, stage_path: Path, columns: list[Column]) -> int:
-        """Replace stg.<table> with the stage parquet's rows (inside the caller's transaction where the
-        dialect allows). Returns the row count."""
+    def replace_stage(self, s: Session, table: str, batch_path: Path, columns: list[Column], tech) -> int:
+        """Replace stg.<table> with the batch parquet's rows (business columns, `_etl_hashdiff`,
+        `_etl_source_ts`) plus the run's technical values `tech` (transform.TechnicalValues), inside the
+        caller's transaction where the dialect allows. Returns the row count."""
         raise NotImplementedError
 
     needs_string_lengths = False

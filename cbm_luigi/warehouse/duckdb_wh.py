@@ -117,14 +117,16 @@ class DuckDbWarehouse(Warehouse):
         if want > have:
             s.execute(f"SET memory_limit = '{want}MB'")
 
-    def replace_stage(self, s, table, stage_path, columns):
-        """stg.<table> becomes a view over the stage parquet: DuckDB reads parquet natively, so copying the
+    def replace_stage(self, s, table, batch_path, columns, tech):
+        """stg.<table> becomes a view over the batch parquet: DuckDB reads parquet natively, so copying the
         batch into a table first would only cost time (a second full write of every row)."""
         d = self.dialect
-        lit = d.literal(str(stage_path))
+        lit = d.literal(str(batch_path))
         kind = s.scalar("SELECT table_type FROM information_schema.tables WHERE table_schema = 'stg' "
                         "AND table_name = ?", [table])
         if kind == "BASE TABLE":
             s.execute(f"DROP TABLE {d.table('stg', table)}")
-        s.execute(f"CREATE OR REPLACE VIEW {d.table('stg', table)} AS SELECT * FROM read_parquet({lit})")
+        names = ", ".join(d.quote(c.name) for c in columns)
+        s.execute(f"CREATE OR REPLACE VIEW {d.table('stg', table)} AS SELECT {names}, _etl_hashdiff, "
+                  f"{tech.sql_select(d)}, _etl_source_ts FROM read_parquet({lit})")
         return int(s.scalar(f"SELECT COUNT(*) FROM {d.table('stg', table)}"))

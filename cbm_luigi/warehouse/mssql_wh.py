@@ -550,7 +550,7 @@ class MssqlWarehouse(Warehouse):
                 return [sql_safe_name(k) for k in str(pk or "").split(",") if k.strip()]
         return []
 
-    def replace_stage(self, s, table, stage_path, columns):
+    def replace_stage(self, s, table, stage_path, columns, tech):
         d = self.dialect
         d.check_identifier(table)
         stage_path = Path(stage_path)
@@ -561,31 +561,38 @@ class MssqlWarehouse(Warehouse):
         try:
             mod = self._bulkcopy_module()
             if mod is not None:
-                self._load_bulkcopy(mod, s, table, stage_path, layout)
+                self._load_bulkcopy(mod, s, table, stage_path, layout, tech)
             else:
-                self._load_executemany(s, table, stage_path, layout)
+                self._load_executemany(s, table, stage_path, layout, tech)
         except StageValueError as exc:
             exc.keys = self._stage_keys(s, table)
             raise
         return int(s.scalar(self.count_sql(table)))
 
-    def _batches(self, stage_path: Path, layout: list[StageColumn]) -> Iterator[pa.RecordBatch]:
+    def _batches(self, stage_path: Path, layout: list[StageColumn], tech) -> Iterator[pa.RecordBatch]:
+        """The batch file's rows in `layout` order, with the run's technical values (not in the file) added."""
         pf = pq.ParquetFile(stage_path)
         names = pf.schema_arrow.names
-        missing = [c.name for c in layout if c.name not in names]
+        added = {n for n, _a in tech.arrays(0)}
+        missing = [c.name for c in layout if c.name not in names and c.name not in added]
         if missing:
-            raise ValueError(f"{stage_path}: no column {', '.join(missing)} in the stage file; rerun the table "
-                             "from the transform step")
-        yield from pf.iter_batches(batch_size=CHUNK_ROWS, columns=[c.name for c in layout])
+            raise ValueError(f"{stage_path}: no column {', '.join(missing)} in the batch file; extract the table "
+                             "again (`cbm-etl invalidate <table> --from extract`)")
+        from_file = [c.name for c in layout if c.name not in added]
+        for b in pf.iter_batches(batch_size=CHUNK_ROWS, columns=from_file):
+            cols = dict(zip(b.schema.names, b.columns))
+            cols.update(tech.arrays(b.num_rows))
+            yield pa.RecordBatch.from_arrays([cols[c.name] for c in layout], names=[c.name for c in layout])
 
-    def _load_executemany(self, s: MssqlSession, table: str, stage_path: Path, layout: list[StageColumn]) -> None:
+    def _load_executemany(self, s: MssqlSession, table: str, stage_path: Path, layout: list[StageColumn],
+                          tech) -> None:
         sql = self.insert_sql(table, layout)
         sizes = input_sizes(layout)
         cur = s.con.cursor()
         cur.fast_executemany = True
         try:
             offset = 0
-            for batch in self._batches(stage_path, layout):
+            for batch in self._batches(stage_path, layout, tech):
                 rows = rows_for_executemany(batch, layout, table=table, row_offset=offset)
                 if rows:
                     cur.setinputsizes(sizes)
@@ -594,7 +601,8 @@ class MssqlWarehouse(Warehouse):
         finally:
             cur.close()
 
-    def _load_bulkcopy(self, mod, s: MssqlSession, table: str, stage_path: Path, layout: list[StageColumn]) -> None:
+    def _load_bulkcopy(self, mod, s: MssqlSession, table: str, stage_path: Path, layout: list[StageColumn],
+                       tech) -> None:
         """TDS bulk copy on mssql_python's own connection: the DDL is committed first (that connection cannot
         see, and would block on, our uncommitted CREATE TABLE), then a new transaction is opened for the rest
         of the caller's step."""
@@ -606,7 +614,7 @@ class MssqlWarehouse(Warehouse):
             offsets = [0]
 
             def batches():
-                for b in self._batches(stage_path, layout):
+                for b in self._batches(stage_path, layout, tech):
                     out = arrow_batch_for_bulkcopy(b, layout, table=table, row_offset=offsets[0])
                     offsets[0] += b.num_rows
                     yield out.cast(schema) if out.schema != schema else out
