@@ -127,32 +127,33 @@ def sync_columns(s: Session, reader: Reader, table: str) -> dict[str, int]:
                                                           [table])}
     s.execute("DELETE FROM meta.SYSCOLUMNS_FULL WHERE tbl = ?", [table])
     stats = {"added": 0, "updated": 0, "missing": 0}
+    meta_rows, updates, inserts = [], [], []
     for c in cols:
-        s.execute("INSERT INTO meta.SYSCOLUMNS_FULL (tbl, col, coltype, width, scale, nullflag, array_extent, "
-                  "label, description, display_order) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                  [table, c.name, c.coltype, c.width, c.scale, "Y" if c.nullable else "N", c.array_extent,
-                   c.label, c.description, c.position])
-        row = [known[c.name]] if c.name in known else []
+        meta_rows.append([table, c.name, c.coltype, c.width, c.scale, "Y" if c.nullable else "N", c.array_extent,
+                          c.label, c.description, c.position])
         sql_name = names[c.name]
         expr = f"{oe_quote(c.name)} AS {oe_quote(sql_name)}"
-        if row:
-            override = bool(row[0]["IsOverride"])
+        if c.name in known:
+            override = bool(known[c.name]["IsOverride"])
             if override:
-                sql_name, expr = row[0]["SqlName"], row[0]["SourceExpression"]
-            s.execute("UPDATE config.ETL_Columns SET DataType = ?, Width = ?, Scale = ?, NullFlag = ?, "
-                      "ArrayExtent = ?, OrdinalPosition = ?, Label = ?, Description = ?, IsMissingAtSource = ?, "
-                      "SyncedAt = ?, SqlName = ?, SourceExpression = ? WHERE TableName = ? AND ColumnName = ?",
-                      [c.coltype, c.width, c.scale, "Y" if c.nullable else "N", c.array_extent, c.position,
-                       c.label, c.description, False, now, sql_name, expr, table, c.name])
+                sql_name, expr = known[c.name]["SqlName"], known[c.name]["SourceExpression"]
+            updates.append([c.coltype, c.width, c.scale, "Y" if c.nullable else "N", c.array_extent, c.position,
+                            c.label, c.description, False, now, sql_name, expr, table, c.name])
             stats["updated"] += 0 if override else 1
         else:
-            s.execute("INSERT INTO config.ETL_Columns (TableName, ColumnName, SqlName, SourceExpression, DataType, "
-                      "Width, Scale, NullFlag, ArrayExtent, ArrayMode, IsExcluded, IsOverride, OrdinalPosition, "
-                      "Label, Description, IsMissingAtSource, SyncedAt) "
-                      "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'split', ?, ?, ?, ?, ?, ?, ?)",
-                      [table, c.name, sql_name, expr, c.coltype, c.width, c.scale, "Y" if c.nullable else "N",
-                       c.array_extent, False, False, c.position, c.label, c.description, False, now])
+            inserts.append([table, c.name, sql_name, expr, c.coltype, c.width, c.scale, "Y" if c.nullable else "N",
+                            c.array_extent, False, False, c.position, c.label, c.description, False, now])
             stats["added"] += 1
+    # one statement per kind, many rows: a 350-column table is 700 single-row statements otherwise
+    s.executemany("INSERT INTO meta.SYSCOLUMNS_FULL (tbl, col, coltype, width, scale, nullflag, array_extent, "
+                  "label, description, display_order) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", meta_rows)
+    s.executemany("UPDATE config.ETL_Columns SET DataType = ?, Width = ?, Scale = ?, NullFlag = ?, "
+                  "ArrayExtent = ?, OrdinalPosition = ?, Label = ?, Description = ?, IsMissingAtSource = ?, "
+                  "SyncedAt = ?, SqlName = ?, SourceExpression = ? WHERE TableName = ? AND ColumnName = ?", updates)
+    s.executemany("INSERT INTO config.ETL_Columns (TableName, ColumnName, SqlName, SourceExpression, DataType, "
+                  "Width, Scale, NullFlag, ArrayExtent, ArrayMode, IsExcluded, IsOverride, OrdinalPosition, "
+                  "Label, Description, IsMissingAtSource, SyncedAt) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'split', ?, ?, ?, ?, ?, ?, ?)", inserts)
     present = {c.name for c in cols}
     gone = [name for name in known if name not in present]
     for name in gone:

@@ -26,7 +26,9 @@ from .transform import shape_batches
 log = logging.getLogger(__name__)
 META_KEY = "cbm_luigi.extract"
 FORMAT = 2  # 2: shaped and hashed while extracting (1 held the source columns as read)
-BATCH_BYTES = 32 * 1024 * 1024  # aim for record batches of about this size, whatever the table's width
+# aim for record batches of about this size whatever the width (measured on 40,000 x 350: 8 MB batches keep the
+# fetch and the hashing in step and use 200 MB less than 32 MB ones)
+BATCH_BYTES = 8 * 1024 * 1024
 PROGRESS_EVERY_S = 2.0  # a status message is an RPC to the central scheduler: not one per batch
 
 

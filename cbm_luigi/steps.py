@@ -126,7 +126,8 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
         wh.before_merge(s, len(spec.columns))
         inserted, updated, unchanged, deleted = s.query(merge_counts(d, spec))[0]
         if inserted or updated or deleted:  # else the MERGE would change nothing: skip its join of every column
-            for sql, n in merge_statements(d, spec):
+            all_new = not (updated or unchanged or deleted)
+            for sql, n in merge_statements(d, spec, all_new=all_new):
                 s.execute(sql, [now] * n)
                 if checkpoint:
                     checkpoint("merge")  # a kill here leaves a written, uncommitted merge

@@ -1,6 +1,7 @@
 """The core pipeline end to end on the embedded default, through Luigi, compared with the source row for row."""
 from __future__ import annotations
 
+import sqlite3
 from datetime import date
 
 from cbm_luigi import demo_source
@@ -87,3 +88,43 @@ def test_load_table_alone_and_run_log(env):
     perf = env.sql("SELECT Step, Runs, RowsPerSecond FROM etl.vw_TablePerformance WHERE TableName = 'produit'")
     assert {p[0] for p in perf} == {"extract", "stage", "merge", "validate"}
     assert all(p[1] == 1 and p[2] > 0 for p in perf)
+
+
+def _copy_rows_as_new(path, table: str, key: str, n: int) -> list:
+    """Insert `n` copies of existing rows under new keys, modified today (a batch of new keys only)."""
+    con = sqlite3.connect(str(path))
+    names = [r[1] for r in con.execute(f'PRAGMA table_info("{table}")')]
+    rows = con.execute(f'SELECT * FROM "{table}" ORDER BY "{key}" LIMIT ?', (n,)).fetchall()
+    top = con.execute(f'SELECT MAX("{key}") FROM "{table}"').fetchone()[0]
+    new_keys = []
+    for row in rows:
+        rec = dict(zip(names, row))
+        rec[key] = top + 1 + len(new_keys) if isinstance(top, int) else f"{top}-new{len(new_keys)}"
+        rec["dat_mod"] = DAY.isoformat()
+        new_keys.append(rec[key])
+        con.execute(f'INSERT INTO "{table}" VALUES ({", ".join("?" * len(names))})', [rec[c] for c in names])
+    con.commit()
+    con.close()
+    return new_keys
+
+
+def test_a_batch_of_new_keys_only_is_inserted_without_touching_the_rest(env):
+    """New keys only (no update, no delete): the merge is a plain INSERT; existing rows stay as they were."""
+    assert succeeded(build(LoadAll(mode="full")))
+    before = {t: env.sql(f'SELECT * FROM ods."{t}" ORDER BY ALL') for t in ("produit", "client")}
+    added = {t: _copy_rows_as_new(env.source, t, TABLE_KEYS[t][0], 3) for t in ("produit", "client")}
+    assert succeeded(build(LoadAll(mode="incremental")))
+    for t in ("produit", "client"):  # type 1 and SCD2
+        assert_ods_equals_source(env, t)
+        merged = env.sql("SELECT RowsInserted, RowsUpdated, RowsDeleted FROM etl.ETL_Log WHERE Step = 'merge' "
+                         "AND TableName = ? AND Mode = 'incremental'", [t])
+        assert merged == [(3, 0, 0)], t
+        # the window held exactly the new rows: merge_counts saw no match, so the merge took the INSERT path
+        assert env.sql("SELECT Rows FROM etl.ETL_Log WHERE Step = 'extract' AND TableName = ? "
+                       "AND Mode = 'incremental'", [t]) == [(3,)], t
+        marks = ", ".join("?" * len(added[t]))
+        assert env.sql(f'SELECT * FROM ods."{t}" WHERE {TABLE_KEYS[t][0]} NOT IN ({marks}) ORDER BY ALL',
+                       added[t]) == before[t]
+    versions = env.sql("SELECT _etl_is_current, _etl_valid_to IS NULL, _etl_valid_from IS NOT NULL FROM ods.client "
+                       "WHERE cod_cli = ?", [added["client"][0]])
+    assert versions == [(True, True, True)]

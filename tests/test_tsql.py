@@ -39,7 +39,7 @@ from cbm_luigi.warehouse.mssql_wh import (MssqlSession, MssqlWarehouse, StageCol
                                           sized_for_file, stage_layout, utf16_len)
 from cbm_luigi.warehouse.statements import (Column, MergeSpec, SchemaChangeError, add_column, create_table,
                                             duplicate_keys, evolve, merge_counts, merge_statements,
-                                            validation_queries, widen_column)
+                                            scd2_insert, validation_queries, widen_column)
 
 D = TsqlDialect()
 TECH = TechnicalValues("run-1", "2024-01-01", datetime(2024, 1, 2, 3, 4, 5, 678901))
@@ -253,6 +253,7 @@ def statement_module_outputs() -> list[tuple[str, str]]:
             out.append((f"merge_counts {label} {keys}", merge_counts(D, spec)))
             for i, (sql, _n) in enumerate(merge_statements(D, spec), 1):
                 out.append((f"merge {label} {keys} #{i}", sql))
+            out += [(f"merge {label} {keys} all new", sql) for sql, _n in merge_statements(D, spec, all_new=True)]
             for name, sql in validation_queries(D, spec).items():
                 out.append((f"validation {label} {keys} {name}", sql))
     return out
@@ -948,3 +949,12 @@ def test_stage_lengths_query_counts_utf16_units_with_trailing_blanks():
 
 def test_session_base_class_is_a_session():
     assert issubclass(RecordingSession, Session)
+
+
+def test_all_new_batch_is_one_plain_insert_with_the_merge_insert_values():
+    for label, spec in specs():
+        (sql, n), = merge_statements(D, spec, all_new=True)
+        assert sql.startswith("INSERT INTO [ods].[all_kinds] (") and "MERGE" not in sql and "JOIN" not in sql, label
+        assert "NOT EXISTS" not in sql and n == (1 if spec.scd2 else 2), label
+        if spec.scd2:  # the same columns and values as the SCD2 insert of a merge, without its filter
+            assert sql == scd2_insert(D, spec)[0].split("\nWHERE NOT EXISTS")[0], label

@@ -27,6 +27,11 @@ class Session:
     def query_dicts(self, sql: str, params: list | tuple | None = None) -> list[dict]:
         raise NotImplementedError
 
+    def executemany(self, sql: str, rows: list[list | tuple]) -> None:
+        """One statement for many parameter rows (a driver may send them in one go)."""
+        for row in rows:
+            self.execute(sql, row)
+
     def scalar(self, sql: str, params: list | tuple | None = None):
         rows = self.query(sql, params)
         return rows[0][0] if rows else None

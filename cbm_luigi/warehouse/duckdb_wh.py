@@ -20,6 +20,7 @@ from .dialects import DuckDbDialect
 from ..types import parse_column_type
 
 LOCK_WAIT_S = 120.0
+MULTI_ROW_VALUES = 500  # rows per INSERT statement in executemany
 _SHARED: dict[tuple[str, int], duckdb.DuckDBPyConnection] = {}
 
 
@@ -42,6 +43,18 @@ class DuckDbSession(Session):
 
     def execute(self, sql, params=None):
         self.con.execute(sql, params or [])
+
+    def executemany(self, sql, rows):
+        """An `INSERT ... VALUES (...)` goes as multi-row VALUES (DuckDB runs executemany row by row: 350 rows
+        cost 0.2 s that way, 0.02 s as one statement); anything else through executemany."""
+        head, sep, tup = sql.rpartition(" VALUES ")
+        if not sep or not head.lstrip().upper().startswith("INSERT") or not tup.strip().startswith("("):
+            if rows:
+                self.con.executemany(sql, rows)
+            return
+        for i in range(0, len(rows), MULTI_ROW_VALUES):
+            chunk = rows[i:i + MULTI_ROW_VALUES]
+            self.con.execute(f"{head} VALUES {', '.join([tup.strip()] * len(chunk))}", [v for r in chunk for v in r])
 
     def query(self, sql, params=None):
         return self.con.execute(sql, params or []).fetchall()

@@ -213,21 +213,31 @@ def scd2_close(d: WarehouseDialect, spec: MergeSpec) -> tuple[str, int]:
     return sql, sql.count("?")
 
 
-def scd2_insert(d: WarehouseDialect, spec: MergeSpec) -> tuple[str, int]:
-    """SCD2 step 2: a new current version for every batch key that has none (new or just closed)."""
+def insert_batch(d: WarehouseDialect, spec: MergeSpec, where: str = "") -> tuple[str, int]:
+    """INSERT every batch row (optionally filtered) as a new live row: type 1 stamps inserted/updated, SCD2
+    opens a current version."""
     carry = spec.columns + STAGE_TECH
-    cols = ", ".join(d.quote(c) for c in carry + ODS_STATE + SCD2_TECH)
-    vals = ", ".join([f"s.{d.quote(c)}" for c in carry] + [d.false, "NULL", "?", "NULL", d.true])
-    sql = (f"INSERT INTO {spec.ods(d)} ({cols})\nSELECT {vals} FROM {spec.stg(d)} AS s\n"
-           f"WHERE NOT EXISTS (SELECT 1 FROM {spec.ods(d)} AS t WHERE {_on(d, spec.keys)} AND "
-           f"{d.is_true('t._etl_is_current')})")
+    tech, vals = (SCD2_TECH, ["?", "NULL", d.true]) if spec.scd2 else (TYPE1_TECH, ["?", "?"])
+    cols = ", ".join(d.quote(c) for c in carry + ODS_STATE + tech)
+    select = ", ".join([f"s.{d.quote(c)}" for c in carry] + [d.false, "NULL"] + vals)
+    sql = f"INSERT INTO {spec.ods(d)} ({cols})\nSELECT {select} FROM {spec.stg(d)} AS s{where}"
     return sql, sql.count("?")
 
 
-def merge_statements(d: WarehouseDialect, spec: MergeSpec) -> list[tuple[str, int]]:
+def scd2_insert(d: WarehouseDialect, spec: MergeSpec) -> tuple[str, int]:
+    """SCD2 step 2: a new current version for every batch key that has none (new or just closed)."""
+    return insert_batch(d, spec, f"\nWHERE NOT EXISTS (SELECT 1 FROM {spec.ods(d)} AS t WHERE {_on(d, spec.keys)} "
+                                 f"AND {d.is_true('t._etl_is_current')})")
+
+
+def merge_statements(d: WarehouseDialect, spec: MergeSpec, *, all_new: bool = False) -> list[tuple[str, int]]:
     """The data statements of one merge, in order; each with how many `?` take the load timestamp.
 
+    `all_new`: no batch key is in ods and nothing is to be soft-deleted (merge_counts said so, e.g. the first
+    load): the MERGE would only insert every row, so a plain INSERT does it without joining ods.
     On SQL Server each MERGE is wrapped in a batch that declares the OUTPUT table and returns the actions."""
+    if all_new:
+        return [insert_batch(d, spec)]
     stmts = [scd2_close(d, spec), scd2_insert(d, spec)] if spec.scd2 else [merge_type1(d, spec)]
     if d.name != "mssql":
         return stmts
