@@ -2,6 +2,9 @@
 
 `luigi --module cbm_luigi LoadAll --mode incremental` finds the tasks here.
 """
+from . import scheduling
 from .tasks import ExtractParquet, LoadAll, LoadTable, MergeOds, StageTable, ValidateTable  # noqa: F401
+
+scheduling.install()
 
 __version__ = "0.1.0"

@@ -23,7 +23,7 @@ from .naming import sql_safe_name
 from .plan import TablePlan
 from .runlog import StepRecord, write_steps
 from .settings import Settings, load_settings, mask_secrets
-from .source.readers import open_reader
+from .source.readers import pooled_reader
 from .targets import MarkerTarget
 from .transform import TechnicalValues
 from .warehouse import open_warehouse
@@ -101,7 +101,7 @@ class CbmTask(luigi.Task):
         if hit and not fresh and time.monotonic() - hit[0] < CONFIG_TTL_S:
             return hit[1]
         with self.warehouse.session() as s:
-            config_store.ensure_columns(s, lambda: open_reader(self.settings), self.table)
+            config_store.ensure_columns(s, lambda: pooled_reader(self.settings), self.table)
             plan = config_store.load_plan(s, self.table)
         _PLAN_CACHE[key] = (time.monotonic(), plan)
         return plan
@@ -188,7 +188,7 @@ class ExtractParquet(CbmTask):
         t0 = time.monotonic()
         plan = self.plan(fresh=True)
         self.status(f"extracting {self.table}")
-        with open_reader(self.settings) as reader:
+        with pooled_reader(self.settings) as reader:
             meta = extract_to_parquet(reader, plan, self.mode, Path(self.output().path),
                                       batch_rows=self.settings.batch_rows,
                                       progress=lambda n: self.status(f"extract {self.table}: {n:,} rows"),

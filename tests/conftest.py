@@ -16,6 +16,7 @@ import pytest
 
 from cbm_luigi import demo_source, tasks
 from cbm_luigi.cli import main as cbm_etl
+from cbm_luigi.source.readers import release_readers
 from cbm_luigi.warehouse.duckdb_wh import release_connections
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,6 +44,7 @@ class Env:
 
 def make_env(root: Path, monkeypatch, *, init: bool = True, scale: float = 1.0) -> Env:
     release_connections()
+    release_readers()
     env = Env(root, root / "source.sqlite", root / "wh.duckdb", root / "cache")
     for k, v in env.vars().items():
         monkeypatch.setenv(k, v)
@@ -70,6 +72,7 @@ def build(*task_list, **kw) -> luigi.execution_summary.LuigiRunResult:
         return luigi.build(list(task_list), local_scheduler=True, detailed_summary=True, log_level="WARNING", **kw)
     finally:
         release_connections()  # let a later subprocess (or another env) open the warehouse file
+        release_readers()  # a test may replace the source file next
 
 
 def succeeded(result) -> bool:

@@ -145,3 +145,13 @@ def test_invalidate_forces_one_table_to_reload(env):
     assert succeeded(build(LoadTable(table="famille", mode="full")))
     assert_ods_equals_source(env, "famille")
     assert env.sql("SELECT COUNT(*) FROM etl.ETL_Log WHERE TableName = 'famille' AND Step = 'extract'")[0][0] == 2
+
+
+def test_the_local_scheduler_does_not_walk_the_whole_graph_on_every_task():
+    """cbm_luigi makes --local-scheduler skip prune-on-get-work, as the central scheduler does (scheduling.py)."""
+    import luigi.interface
+
+    import cbm_luigi  # noqa: F401 — importing installs it
+
+    sched = luigi.interface._WorkerSchedulerFactory().create_local_scheduler()
+    assert sched._config.prune_on_get_work is False and sched._config.record_task_history is False

@@ -8,11 +8,11 @@ import pyarrow as pa
 import pytest
 
 from cbm_luigi.plan import PlanColumn, TablePlan
-from cbm_luigi.settings import mask_secrets
+from cbm_luigi.settings import load_settings, mask_secrets
 from cbm_luigi.source.conform import conform_batch
 from cbm_luigi.source.dialect import OpenEdgeDialect, SourceColumn, Window
 from cbm_luigi.source.errors import SourceError, SourceValueError, translate
-from cbm_luigi.source.readers import _odbc_retry
+from cbm_luigi.source.readers import _odbc_retry, pooled_reader, release_readers
 from cbm_luigi.types import ColumnType
 
 OE = OpenEdgeDialect()
@@ -125,3 +125,17 @@ def test_plan_window_rules():
     assert "never loaded" in p.window("incremental")[1]
     p.has_timestamps = False
     assert "falls back to full" in p.window("incremental")[1]
+
+
+def test_pooled_reader_is_kept_between_tables_and_dropped_after_an_error(env):
+    settings = load_settings()
+    with pooled_reader(settings) as first:
+        assert first.query("SELECT COUNT(*) FROM PUB.produit")[0][0] > 0
+    with pooled_reader(settings) as again:
+        assert again is first  # one connection for the whole run
+    with pytest.raises(ZeroDivisionError), pooled_reader(settings):
+        1 / 0  # noqa: B018 — any error while in use
+    with pooled_reader(settings) as fresh:
+        assert fresh is not first and fresh.query("SELECT 1") == [(1,)]
+    assert first.con is None  # the dropped one was closed
+    release_readers()
