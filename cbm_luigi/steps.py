@@ -17,7 +17,7 @@ from .targets import MarkerTarget
 from .transform import SHAPED_TECH, TechnicalValues
 from .warehouse.base import Session, Warehouse
 from .warehouse.statements import (Column, MergeSpec, create_table, duplicate_keys, evolve, merge_counts,
-                                   merge_statements, validation_queries)
+                                   merge_statements, validation_counts)
 
 log = logging.getLogger(__name__)
 
@@ -145,23 +145,22 @@ def validate(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker
     """Check the merge against the batch, record the checks, advance LastSuccessTs with the marker."""
     d = wh.dialect
     spec = _spec(plan, full=(mode == "full"))
-    q = validation_queries(d, spec)
+    sql, names = validation_counts(d, spec)
     with wh.session() as s:
         with s.transaction():
             _check_stage_batch(s, wh, plan, batch_id)
-            missing = int(s.scalar(q["batch_keys_current_with_same_hash"]))
-            dup = int(s.scalar(q["duplicate_current_keys"]))
-            live = int(s.scalar(q["ods_live_rows"]))
-            stg_rows = int(s.scalar(q["stg_rows"]))
+            got = dict(zip(names, (int(v) for v in s.query(sql)[0])))
+            missing, dup = got["batch_keys_current_with_same_hash"], got["duplicate_current_keys"]
+            live, stg_rows = got["ods_live_rows"], got["stg_rows"]
             checks = [("batch_keys_current_with_same_hash", missing == 0, 0, missing),
                       ("duplicate_current_keys", dup == 0, 0, dup)]
             if mode == "full":
                 checks.append(("full_row_count", live == stg_rows, stg_rows, live))
             failed = [c for c in checks if not c[1]]
-            for name, passed, expected, actual in checks:
-                s.execute("INSERT INTO etl.ETL_Validation (RunId, BatchId, TableName, CheckName, Passed, Expected, "
+            s.executemany("INSERT INTO etl.ETL_Validation (RunId, BatchId, TableName, CheckName, Passed, Expected, "
                           "Actual) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                          [run_id, batch_id, plan.table, name, passed, expected, actual])
+                          [[run_id, batch_id, plan.table, name, passed, expected, actual]
+                           for name, passed, expected, actual in checks])
             if not failed:
                 config_store.advance_last_success(s, plan.table, extract_started_at)
                 marker.touch(s, run_id=run_id, rows=stg_rows)

@@ -39,7 +39,8 @@ from cbm_luigi.warehouse.mssql_wh import (MssqlSession, MssqlWarehouse, StageCol
                                           sized_for_file, stage_layout, utf16_len)
 from cbm_luigi.warehouse.statements import (Column, MergeSpec, SchemaChangeError, add_column, create_table,
                                             duplicate_keys, evolve, merge_counts, merge_statements,
-                                            scd2_insert, validation_queries, widen_column)
+                                            scd2_insert, validation_counts, validation_queries,
+                                            widen_column)
 
 D = TsqlDialect()
 TECH = TechnicalValues("run-1", "2024-01-01", datetime(2024, 1, 2, 3, 4, 5, 678901))
@@ -256,6 +257,7 @@ def statement_module_outputs() -> list[tuple[str, str]]:
             out += [(f"merge {label} {keys} all new", sql) for sql, _n in merge_statements(D, spec, all_new=True)]
             for name, sql in validation_queries(D, spec).items():
                 out.append((f"validation {label} {keys} {name}", sql))
+            out.append((f"validation {label} {keys} as one statement", validation_counts(D, spec)[0]))
     return out
 
 
@@ -490,6 +492,7 @@ def _canned(batch_id="2024-01-01", plan=None, ods_exists=False):
     info = [(n, "nvarchar", 4, None, None, None, "YES") for n in names[:1]] if ods_exists else []
     return [
         (r"SELECT DISTINCT _etl_batch_id", [(batch_id,)]),
+        (r"AS \[stg_rows\]", [(0, 0, 7, 7)]),  # the validation counts: all passed
         (r"INFORMATION_SCHEMA\.COLUMNS", info),
         (r"SELECT TOP \(5\)", []),
         (r"MAX\(0\.5 \* DATALENGTH", [tuple(Decimal("12.0") for _ in names)]),

@@ -24,11 +24,12 @@ MULTI_ROW_VALUES = 500  # rows per INSERT statement in executemany
 _SHARED: dict[tuple[str, int], duckdb.DuckDBPyConnection] = {}
 
 
-def _megabytes(text: str) -> int:
-    """'512MB', '2GB', '1.5 GiB' -> megabytes."""
+def _bytes(text: str) -> float:
+    """'320MB' (decimal, as set), '305.1 MiB' (binary, as DuckDB reports it), '2GB' -> bytes."""
     num = float("".join(ch for ch in text if ch.isdigit() or ch == "."))
-    unit = text.strip().upper().rstrip("B").rstrip("I")[-1:]
-    return int(num * {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}.get(unit, 1 / (1024 * 1024)))
+    unit = text.strip().upper().replace(" ", "").lstrip("0123456789.")
+    base = 1024 if unit.endswith("IB") else 1000
+    return num * base ** "BKMGT".index((unit[:1] or "B"))
 
 
 def release_connections() -> None:
@@ -125,10 +126,10 @@ class DuckDbWarehouse(Warehouse):
     def before_merge(self, s, n_columns):
         """A MERGE joins stg and ods carrying every column, and DuckDB cannot spill all of it: give wide tables
         about 1.5 MB a column (350 columns: 525 MB), never less than the configured cap."""
-        want = max(_megabytes(self.settings.duckdb_memory_limit), int(1.5 * n_columns))
-        have = _megabytes(s.scalar("SELECT current_setting('memory_limit')"))
-        if want > have:
-            s.execute(f"SET memory_limit = '{want}MB'")
+        want = max(_bytes(self.settings.duckdb_memory_limit), 1.5e6 * n_columns)
+        have = _bytes(s.scalar("SELECT current_setting('memory_limit')"))
+        if want > have * 1.01:  # DuckDB reports the limit rounded to 0.1 MiB
+            s.execute(f"SET memory_limit = '{int(want / 1e6)}MB'")
 
     def replace_stage(self, s, table, batch_path, columns, tech):
         """stg.<table> becomes a view over the batch parquet: DuckDB reads parquet natively, so copying the

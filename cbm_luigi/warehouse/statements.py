@@ -262,3 +262,10 @@ def validation_queries(d: WarehouseDialect, spec: MergeSpec) -> dict[str, str]:
         "ods_live_rows": f"SELECT COUNT(*) FROM {ods} AS t WHERE {live} AND {d.is_false('t._etl_is_deleted')}",
         "stg_rows": f"SELECT COUNT(*) FROM {stg}",
     }
+
+
+def validation_counts(d: WarehouseDialect, spec: MergeSpec) -> tuple[str, list[str]]:
+    """Every validation query as one statement (one round trip a table): the SQL and the check names, in the
+    order of its columns."""
+    q = validation_queries(d, spec)
+    return "SELECT " + ", ".join(f"({sql}) AS {d.quote(name)}" for name, sql in q.items()), list(q)
