@@ -35,8 +35,8 @@ class Settings:
     mssql_odbc: str = field(repr=False)
     cache_dir: Path = Path("var/cache")
     batch_rows: int = 50_000
-    duckdb_memory_limit: str = "320MB"  # the embedded warehouse (raised for wide MERGEs: duckdb_wh.before_merge)
-    transform_memory_limit: str = "256MB"  # the in-memory transform engine (streams parquet to parquet)
+    duckdb_memory_limit: str = "256MB"  # the embedded warehouse (raised for wide MERGEs: duckdb_wh.before_merge)
+    transform_memory_limit: str = "256MB"  # the in-memory transform engine (shapes batches as they are read)
     duckdb_threads: int = 2
     query_timeout_s: int = 0
     connect_retries: int = 3
@@ -79,7 +79,7 @@ def load_settings() -> Settings:
         mssql_odbc=_env("CBM_MSSQL_ODBC"),
         cache_dir=path("CBM_CACHE_DIR", var / "cache"),
         batch_rows=int(_env("CBM_BATCH_ROWS", "50000")),
-        duckdb_memory_limit=_env("CBM_DUCKDB_MEMORY_LIMIT", "320MB"),
+        duckdb_memory_limit=_env("CBM_DUCKDB_MEMORY_LIMIT", "256MB"),
         transform_memory_limit=_env("CBM_TRANSFORM_MEMORY_LIMIT", "256MB"),
         duckdb_threads=int(_env("CBM_DUCKDB_THREADS", "2")),
         query_timeout_s=int(_env("CBM_QUERY_TIMEOUT_S", "0")),
