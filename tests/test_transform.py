@@ -99,3 +99,18 @@ def test_stream_is_shaped_batch_by_batch_and_a_source_error_comes_through_as_rai
     with pytest.raises(ValueError, match=r"^table t, column nom, key id=30: the driver's own words$"):
         shape_batches(plan, schema, batches(3), out)
     assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary
+
+
+def test_hashdiff_is_the_md5_of_the_documented_canonical_text(tmp_path):
+    """Pinned against a Python rendering of the form in transform.py: a faster SQL expression must give the same
+    text (decimals: trailing fractional zeros and a bare dot dropped, sign kept)."""
+    import hashlib
+
+    cols = [PlanColumn("id", "id", I, False), PlanColumn("nom", "nom", S), PlanColumn("prix", "prix", D),
+            PlanColumn("jour", "jour", ColumnType("date"))]
+    prices = [Decimal("100.00"), Decimal("-0.01"), Decimal("12.50"), Decimal("0.00"), None]
+    rows = run(tmp_path, cols, {"id": [1, 2, 3, 4, 5], "nom": ["é", "", None, "a;b", "x"], "prix": prices,
+                                "jour": [date(1, 1, 1), None, date(2026, 11, 27), None, date(9999, 12, 31)]})
+    texts = ["id=1\x1fjour=0001-01-01\x1fnom=1:é\x1fprix=100", "id=2\x1fnom=0:\x1fprix=-0.01",
+             "id=3\x1fjour=2026-11-27\x1fprix=12.5", "id=4\x1fnom=3:a;b\x1fprix=0", "id=5\x1fjour=9999-12-31\x1fnom=1:x"]
+    assert hashes(rows) == [hashlib.md5(t.encode()).hexdigest() for t in texts]
