@@ -2,8 +2,8 @@
 
 Memory is bounded by the batch size: each batch is conformed to the catalog schema, shaped and hashed in
 DuckDB (transform.py) and written as it comes, while the next one is fetched. The file's key-value metadata
-records when the extract started, which window it read and the columns it holds; ValidateTable advances
-LastSuccessTs to that start time.
+records its format, when the extract started and which window it read; ValidateTable advances LastSuccessTs
+to that start time.
 """
 from __future__ import annotations
 
@@ -64,8 +64,7 @@ def extract_to_parquet(reader: Reader, plan: TablePlan, mode: str, out_path: Pat
     schema = plan.extract_schema()
     meta = {"format": FORMAT, "table": plan.table, "mode": mode,
             "effective_mode": "incremental" if window else "full", "window": why, "started_at": started.isoformat(),
-            "sql": sql, "params": params, "reader": reader.name,
-            "columns": [n for n, _t, _ in plan.output_columns()]}
+            "sql": sql, "params": params, "reader": reader.name}
     batch_rows = batch_rows_for(plan, batch_rows)
     t0 = time.monotonic()
     said = [t0]

@@ -236,6 +236,6 @@ def shape_batches(plan: TablePlan, schema: pa.Schema, batches: Iterable[pa.Recor
 
 
 def shape_file(plan: TablePlan, extract_path: Path, out_path: Path, **kw) -> int:
-    """`shape_batches` over a parquet file of the extract schema (tests, re-shaping a kept raw file)."""
+    """`shape_batches` over a parquet file of the extract schema (the tests' way to feed it exact values)."""
     pf = pq.ParquetFile(extract_path)
     return shape_batches(plan, pf.schema_arrow, pf.iter_batches(batch_size=10_000), out_path, **kw)
