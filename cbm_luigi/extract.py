@@ -71,8 +71,9 @@ def extract_to_parquet(reader: Reader, plan: TablePlan, mode: str, out_path: Pat
 
     def conformed():
         rows = 0
+        stream = reader.stream(sql, params, schema, batch_rows)
         try:
-            for batch in reader.stream(sql, params, schema, batch_rows):
+            for batch in stream:
                 batch = conform_batch(batch, schema, table=plan.table, keys=plan.keys)
                 rows += batch.num_rows
                 if progress and time.monotonic() - said[0] >= PROGRESS_EVERY_S:
@@ -83,6 +84,8 @@ def extract_to_parquet(reader: Reader, plan: TablePlan, mode: str, out_path: Pat
             raise
         except Exception as exc:  # noqa: BLE001 — driver errors get the table and the fix
             raise translate(exc, table=plan.table, action="extract") from None
+        finally:
+            getattr(stream, "close", lambda: None)()  # the driver's cursor, also when DuckDB stops reading early
 
     rows = shape_batches(plan, schema, conformed(), out_path, metadata={META_KEY: json.dumps(meta)},
                          memory_limit=memory_limit, threads=threads)

@@ -185,24 +185,49 @@ def _scan_schema(schema: pa.Schema) -> pa.Schema:
                      metadata=schema.metadata)
 
 
+class TransformError(RuntimeError):
+    """DuckDB could not shape or write a batch (its own error, with the table and what to do)."""
+
+
 class _Batches:
     """The source batches as a RecordBatchReader for DuckDB. An exception raised while producing them (driver
-    error, a value that does not fit) is kept, so the caller re-raises it as it was instead of DuckDB's text."""
+    error, a value that does not fit) is kept, so the caller re-raises it as it was instead of DuckDB's text;
+    `close()` ends the source's stream whatever DuckDB did with it (a failed COPY never finishes reading it)."""
 
     def __init__(self, schema: pa.Schema, batches: Iterable[pa.RecordBatch]):
         self.error: BaseException | None = None
         self.rows = 0
         self.schema = _scan_schema(schema)
-        self.reader = pa.RecordBatchReader.from_batches(self.schema, self._pull(batches, self.schema != schema))
+        self._source = batches
+        self._gen = self._pull(batches, self.schema != schema)
+        self.reader = pa.RecordBatchReader.from_batches(self.schema, self._gen)
 
     def _pull(self, batches, cast: bool):
         try:
             for b in batches:
                 self.rows += b.num_rows
                 yield b.cast(self.schema) if cast else b
+        except GeneratorExit:
+            raise
         except BaseException as exc:  # kept for shape_batches, then re-raised
             self.error = exc
             raise
+
+    def close(self) -> None:
+        self._gen.close()
+        close_source = getattr(self._source, "close", None)
+        if close_source:
+            close_source()  # a generator over the driver's cursor: closing it releases the cursor now
+
+
+def _transform_error(plan: TablePlan, exc: duckdb.Error) -> TransformError:
+    text = str(exc)
+    if "out of memory" in text.lower():
+        text += (". Raise CBM_TRANSFORM_MEMORY_LIMIT (or lower CBM_BATCH_ROWS for this wide table) and rerun "
+                 "the table")
+    elif "array elements" not in text:  # the EXTENT check's own message already says what to do
+        text += ". The batch file was not written; fix the cause (free space in CBM_CACHE_DIR?) and rerun the table"
+    return TransformError(f"table {plan.table}: shaping the batch in DuckDB failed: {text}")
 
 
 def shape_batches(plan: TablePlan, schema: pa.Schema, batches: Iterable[pa.RecordBatch], out_path: Path, *,
@@ -224,11 +249,12 @@ def shape_batches(plan: TablePlan, schema: pa.Schema, batches: Iterable[pa.Recor
                     f"ROW_GROUP_SIZE_BYTES {_lit(ROW_GROUP_BYTES)}{', KV_METADATA {' + kv + '}' if kv else ''})")
         tmp.replace(out_path)  # atomic: the file exists only when complete
         return src.rows
-    except duckdb.Error:
+    except duckdb.Error as exc:
         if src.error is not None:
             raise src.error from None  # the source's own error, with its table/column/key message
-        raise
+        raise _transform_error(plan, exc) from exc
     finally:
+        src.close()
         with contextlib.suppress(Exception):
             con.unregister(view)
         con.close()

@@ -3,8 +3,13 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
+
 from cbm_luigi import demo_source
 from cbm_luigi.cli import main as cbm_etl
+from cbm_luigi.settings import load_settings
+from cbm_luigi.warehouse import open_warehouse
+from cbm_luigi.warehouse.duckdb_wh import _bytes, release_connections
 from cbm_luigi.tasks import LoadTable, MergeOds, ValidateTable
 
 from .conftest import assert_ods_equals_source, build, succeeded
@@ -89,3 +94,24 @@ def test_validation_failure_is_recorded_and_keeps_last_success(env):
     assert env.sql("SELECT LastSuccessTs FROM config.ETL_Tables WHERE TableName = 'famille'")[0][0] is None
     err = env.sql("SELECT ErrorMessage FROM etl.ETL_Log WHERE Step = 'validate'")[0][0]
     assert "batch_keys_current_with_same_hash expected 0 got 1" in err
+
+
+@pytest.mark.parametrize("limit", ["256MB", "1GB", "80%", "-1"])
+def test_wide_merge_memory_raise_takes_any_limit_duckdb_takes(env, monkeypatch, limit):
+    """The MERGE of a wide table raises DuckDB's cap to ~1.5 MB a column; percentages and 'no limit' are left
+    as they are, and a limit written in MB is compared with DuckDB's MiB report (no re-SET each merge)."""
+    monkeypatch.setenv("CBM_DUCKDB_MEMORY_LIMIT", limit)
+    release_connections()
+    wh = open_warehouse(load_settings())
+    with wh.session() as s:
+        before = s.scalar("SELECT current_setting('memory_limit')")
+        wh.before_merge(s, 10)  # 15 MB wanted: below every cap here
+        assert s.scalar("SELECT current_setting('memory_limit')") == before
+        wh.before_merge(s, 700)  # 1,050 MB wanted
+        now = s.scalar("SELECT current_setting('memory_limit')")
+        have, got = _bytes(before), _bytes(now)
+        if have is None or have >= 1.05e9:
+            assert now == before  # already enough (80 % of this machine, no limit): left alone
+        else:
+            assert got >= 1.05e9 * 0.99  # raised for the wide MERGE
+    release_connections()

@@ -41,6 +41,7 @@ def test_catalog_queries_are_the_documented_ones():
     assert "SYSPROGRESS.SYSTABLES" in OE.tables_sql() and "tbltype = 'T'" in OE.tables_sql()
     assert "SYSPROGRESS.SYSCOLUMNS_FULL" in OE.columns_sql() and "array_extent" in OE.columns_sql()
     assert "idxtype = 'U'" in OE.unique_index_sql()
+    assert OE.ping_sql == "SELECT fld FROM SYSPROGRESS.SYSCALCTABLE"  # the one-row system table (SQL Reference)
 
 
 def _batch(**cols) -> pa.RecordBatch:
@@ -138,4 +139,7 @@ def test_pooled_reader_is_kept_between_tables_and_dropped_after_an_error(env):
     with pooled_reader(settings) as fresh:
         assert fresh is not first and fresh.query("SELECT 1") == [(1,)]
     assert first.con is None  # the dropped one was closed
+    fresh.con.close()  # the connection dies between two tables (server restart, idle timeout)
+    with pooled_reader(settings) as revived:
+        assert revived is not fresh and revived.query("SELECT COUNT(*) FROM PUB.produit")[0][0] > 0
     release_readers()

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cbm_luigi.plan import PlanColumn, TablePlan
-from cbm_luigi.transform import shape_batches, shape_file
+from cbm_luigi.transform import TransformError, shape_batches, shape_file
 from cbm_luigi.types import ColumnType
 
 S, I, D = ColumnType("string", width=40), ColumnType("int32"), ColumnType("decimal", 12, 2)
@@ -114,3 +114,23 @@ def test_hashdiff_is_the_md5_of_the_documented_canonical_text(tmp_path):
     texts = ["id=1\x1fjour=0001-01-01\x1fnom=1:é\x1fprix=100", "id=2\x1fnom=0:\x1fprix=-0.01",
              "id=3\x1fjour=2026-11-27\x1fprix=12.5", "id=4\x1fnom=3:a;b\x1fprix=0", "id=5\x1fjour=9999-12-31\x1fnom=1:x"]
     assert hashes(rows) == [hashlib.md5(t.encode()).hexdigest() for t in texts]
+
+
+def test_a_duckdb_failure_names_the_table_and_ends_the_source_stream(tmp_path):
+    """DuckDB stops reading at its own error: the source's generator (the driver's cursor) is closed at once."""
+    plan = TablePlan("t", "t", ["id"], [PlanColumn("id", "id", I, False), PlanColumn("zal", "zal", S, extent=2)])
+    schema = plan.extract_schema()
+    state = {"sent": 0, "closed": False}
+
+    def batches():
+        try:
+            for i in range(10_000):
+                state["sent"] += 1
+                yield pa.record_batch([pa.array([i], pa.int32()), pa.array(["a;b;c"])], schema=schema)
+        finally:
+            state["closed"] = True
+
+    with pytest.raises(TransformError, match=r"^table t: shaping the batch in DuckDB failed: .*3 array elements"):
+        shape_batches(plan, schema, batches(), tmp_path / "t.parquet")
+    assert state["closed"] and state["sent"] < 10_000  # stopped early, and released
+    assert list(tmp_path.iterdir()) == []

@@ -961,3 +961,12 @@ def test_all_new_batch_is_one_plain_insert_with_the_merge_insert_values():
         assert "NOT EXISTS" not in sql and n == (1 if spec.scd2 else 2), label
         if spec.scd2:  # the same columns and values as the SCD2 insert of a merge, without its filter
             assert sql == scd2_insert(D, spec)[0].split("\nWHERE NOT EXISTS")[0], label
+
+
+def test_merge_counts_read_ods_under_the_merge_locks():
+    """The counts choose MERGE, INSERT or nothing: on SQL Server they keep their range locks to the commit, so
+    a concurrent load of the same table cannot insert a key between the count and the write."""
+    for label, spec in specs():
+        sql = merge_counts(D, spec)
+        assert sql.count("[ods].[all_kinds] AS t WITH (HOLDLOCK)") == (2 if spec.full else 1), label
+        assert "HOLDLOCK" not in merge_counts(DuckDbDialect(), spec), label

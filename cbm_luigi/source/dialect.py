@@ -44,6 +44,7 @@ class OpenEdgeDialect:
     """
 
     name = "openedge"
+    ping_sql = "SELECT fld FROM SYSPROGRESS.SYSCALCTABLE"  # OpenEdge's one-row table: is the connection alive?
 
     def date_param(self) -> str:
         return "CAST(? AS DATE)"
@@ -103,6 +104,7 @@ class SqliteStandInDialect(OpenEdgeDialect):
     """The demo stand-in: the same SQL, but SQLite keeps dates as ISO text, so parameters compare as text."""
 
     name = "sqlite-standin"
+    ping_sql = "SELECT 1"
 
     def date_param(self) -> str:
         return "?"

@@ -222,11 +222,17 @@ def _pool_key(settings: Settings) -> tuple:
 def pooled_reader(settings: Settings) -> Iterator[Reader]:
     """This process's reader for `settings`, opened on first use and kept for the next table: connecting costs
     10-20 ms locally and more to a remote Progress server, once per table otherwise (1,000 tables: 10-20 s).
-    An error while it is in use closes it, so the next table starts from a fresh connection."""
+    A kept one is checked with a trivial query before it is lent again; an error while it is in use closes it,
+    so the next table starts from a fresh connection."""
     key = _pool_key(settings)
     reader = _POOL.get(key)
+    if reader is not None and not _alive(reader):
+        _POOL.pop(key, None)
+        with contextlib.suppress(Exception):
+            reader.close()
+        reader = None
     if reader is None:
-        reader = _POOL[key] = open_reader(settings)
+        reader = _POOL[key] = open_reader(settings)  # connecting retries transient errors
     try:
         yield reader
     except BaseException:
@@ -236,6 +242,17 @@ def pooled_reader(settings: Settings) -> Iterator[Reader]:
         raise
 
 
+def _alive(reader: Reader) -> bool:
+    """A kept connection may have died since the last table (server restart, idle timeout, firewall): one
+    trivial query tells, and a dead one is replaced instead of failing the next table."""
+    try:
+        reader.query(reader.dialect.ping_sql)
+        return True
+    except Exception as exc:  # noqa: BLE001 — the answer is "reconnect", and it is logged
+        log.warning("the kept source connection is gone (%s): reconnecting", mask_secrets(str(exc))[:300])
+        return False
+
+
 def release_readers() -> None:
     """Close this process's pooled readers (tests, and before a source file is replaced)."""
     for key in [k for k in _POOL if k[0] == os.getpid()]:
@@ -243,4 +260,5 @@ def release_readers() -> None:
             _POOL.pop(key).close()
 
 
-__all__ = ["Reader", "open_reader", "pooled_reader", "release_readers", "EmbeddedReader", "PyodbcReader", "ArrowOdbcReader", "mask_secrets"]
+__all__ = ["Reader", "open_reader", "pooled_reader", "release_readers", "EmbeddedReader", "PyodbcReader",
+           "ArrowOdbcReader", "mask_secrets"]

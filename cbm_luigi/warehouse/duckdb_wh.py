@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 from pathlib import Path
 
@@ -24,12 +25,14 @@ MULTI_ROW_VALUES = 500  # rows per INSERT statement in executemany
 _SHARED: dict[tuple[str, int], duckdb.DuckDBPyConnection] = {}
 
 
-def _bytes(text: str) -> float:
-    """'320MB' (decimal, as set), '305.1 MiB' (binary, as DuckDB reports it), '2GB' -> bytes."""
-    num = float("".join(ch for ch in text if ch.isdigit() or ch == "."))
-    unit = text.strip().upper().replace(" ", "").lstrip("0123456789.")
-    base = 1024 if unit.endswith("IB") else 1000
-    return num * base ** "BKMGT".index((unit[:1] or "B"))
+def _bytes(text: str) -> float | None:
+    """'320MB' (decimal, as set), '305.1 MiB' (binary, as DuckDB reports it), '2GB' -> bytes; None for what is
+    not a size (a percentage, '-1' or 'none' for no limit), which the caller leaves alone."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGTPE]?)(I?)B?(?:YTES?)?\s*", text.upper())
+    if not m:
+        return None
+    num, prefix, binary = m.groups()
+    return float(num) * (1024 if binary else 1000) ** " KMGTPE".index(prefix or " ")
 
 
 def release_connections() -> None:
@@ -126,9 +129,9 @@ class DuckDbWarehouse(Warehouse):
     def before_merge(self, s, n_columns):
         """A MERGE joins stg and ods carrying every column, and DuckDB cannot spill all of it: give wide tables
         about 1.5 MB a column (350 columns: 525 MB), never less than the configured cap."""
-        want = max(_bytes(self.settings.duckdb_memory_limit), 1.5e6 * n_columns)
+        want = max(_bytes(self.settings.duckdb_memory_limit) or 0, 1.5e6 * n_columns)
         have = _bytes(s.scalar("SELECT current_setting('memory_limit')"))
-        if want > have * 1.01:  # DuckDB reports the limit rounded to 0.1 MiB
+        if have is not None and want > have * 1.01:  # DuckDB reports the limit rounded to 0.1 MiB
             s.execute(f"SET memory_limit = '{int(want / 1e6)}MB'")
 
     def replace_stage(self, s, table, batch_path, columns, tech):

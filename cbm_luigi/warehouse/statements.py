@@ -148,25 +148,32 @@ def _live(d: WarehouseDialect, spec: MergeSpec, alias: str = "t") -> str:
     return d.is_true(f"{alias}._etl_is_current") if spec.scd2 else "1 = 1"
 
 
+def _hold(d: WarehouseDialect) -> str:
+    """SQL Server: keep the range locks of what a statement read on ods until the transaction ends, so no
+    concurrent load of the same table inserts a key in between (SQL Server's advice for MERGE)."""
+    return " WITH (HOLDLOCK)" if d.name == "mssql" else ""
+
+
 def merge_counts(d: WarehouseDialect, spec: MergeSpec) -> str:
-    """inserted / updated / unchanged of the batch, and deleted (soft) — computed before the MERGE."""
+    """inserted / updated / unchanged of the batch, and deleted (soft) — computed before the MERGE, in its
+    transaction and under its locks (the counts decide whether the MERGE runs, or a plain INSERT instead)."""
     changed = f"(t._etl_hashdiff <> s._etl_hashdiff OR {d.is_true('t._etl_is_deleted')})"
     k0 = d.quote(spec.keys[0])
     deleted = "0"
     if spec.full:
-        deleted = (f"(SELECT COUNT(*) FROM {spec.ods(d)} AS t WHERE {_live(d, spec)} AND "
+        deleted = (f"(SELECT COUNT(*) FROM {spec.ods(d)} AS t{_hold(d)} WHERE {_live(d, spec)} AND "
                    f"{d.is_false('t._etl_is_deleted')} AND NOT EXISTS "
                    f"(SELECT 1 FROM {spec.stg(d)} AS s WHERE {_on(d, spec.keys)}))")
     return (f"SELECT COALESCE(SUM(CASE WHEN t.{k0} IS NULL THEN 1 ELSE 0 END), 0) AS inserted, "
             f"COALESCE(SUM(CASE WHEN t.{k0} IS NOT NULL AND {changed} THEN 1 ELSE 0 END), 0) AS updated, "
             f"COALESCE(SUM(CASE WHEN t.{k0} IS NOT NULL AND NOT {changed} THEN 1 ELSE 0 END), 0) AS unchanged, "
             f"{deleted} AS deleted "
-            f"FROM {spec.stg(d)} AS s LEFT JOIN {spec.ods(d)} AS t ON {_on(d, spec.keys)} AND {_live(d, spec)}")
+            f"FROM {spec.stg(d)} AS s LEFT JOIN {spec.ods(d)} AS t{_hold(d)} ON {_on(d, spec.keys)} AND "
+            f"{_live(d, spec)}")
 
 
 def _merge_head(d: WarehouseDialect, spec: MergeSpec, on_extra: str = "") -> str:
-    hold = " WITH (HOLDLOCK)" if d.name == "mssql" else ""
-    return (f"MERGE INTO {spec.ods(d)}{hold} AS t USING {spec.stg(d)} AS s "
+    return (f"MERGE INTO {spec.ods(d)}{_hold(d)} AS t USING {spec.stg(d)} AS s "
             f"ON ({_on(d, spec.keys)}{on_extra})")
 
 
