@@ -42,9 +42,14 @@ def test_hashdiff_canonical_form(tmp_path):
     assert hashes(run(tmp_path, grown, {**data, "neuf": ["x", None, None]}))[0] != h[0]
     # NULL is not the empty string
     assert hashes(run(tmp_path, base, {**data, "nom": ["a", None, None]}))[1] != h[1]
-    # decimals: a scale change is not a change (trailing zeros dropped)
+    # decimals: a scale change is not a change (trailing zeros dropped), nor a precision change, also from a
+    # DECIMAL(s, s) (which DuckDB prints without its leading zero)
     wider = [base[0], base[1], PlanColumn("prix", "prix", ColumnType("decimal", 18, 4))]
     assert hashes(run(tmp_path, wider, data)) == h
+    rate = {"id": [1, 2, 3], "nom": ["a", "", None], "prix": [Decimal("0.5"), Decimal("-0.05"), Decimal("0")]}
+    hr = [hashes(run(tmp_path, [base[0], base[1], PlanColumn("prix", "prix", ColumnType("decimal", p, s))], rate))
+          for p, s in ((3, 3), (4, 2), (38, 10))]
+    assert hr[0] == hr[1] == hr[2] and len(set(hr[0])) == 3
     # values cannot slide between columns
     two = [base[0], PlanColumn("a", "a", S), PlanColumn("b", "b", S)]
     h1 = hashes(run(tmp_path, two, {"id": [1], "a": ["x=1:y"], "b": [None]}))
@@ -107,12 +112,18 @@ def test_hashdiff_is_the_md5_of_the_documented_canonical_text(tmp_path):
     import hashlib
 
     cols = [PlanColumn("id", "id", I, False), PlanColumn("nom", "nom", S), PlanColumn("prix", "prix", D),
-            PlanColumn("jour", "jour", ColumnType("date"))]
+            PlanColumn("jour", "jour", ColumnType("date")), PlanColumn("taux", "taux", ColumnType("decimal", 4, 4)),
+            PlanColumn("qte", "qte", ColumnType("decimal", 20, 5))]
     prices = [Decimal("100.00"), Decimal("-0.01"), Decimal("12.50"), Decimal("0.00"), None]
+    rates = [Decimal("0.5"), Decimal("-0.0125"), Decimal("0"), None, Decimal("0.0001")]
+    qtys = [Decimal("-1000"), Decimal("0.00010"), Decimal("123456789012345.1"), Decimal("-0.1"), None]
     rows = run(tmp_path, cols, {"id": [1, 2, 3, 4, 5], "nom": ["é", "", None, "a;b", "x"], "prix": prices,
-                                "jour": [date(1, 1, 1), None, date(2026, 11, 27), None, date(9999, 12, 31)]})
-    texts = ["id=1\x1fjour=0001-01-01\x1fnom=1:é\x1fprix=100", "id=2\x1fnom=0:\x1fprix=-0.01",
-             "id=3\x1fjour=2026-11-27\x1fprix=12.5", "id=4\x1fnom=3:a;b\x1fprix=0", "id=5\x1fjour=9999-12-31\x1fnom=1:x"]
+                                "jour": [date(1, 1, 1), None, date(2026, 11, 27), None, date(9999, 12, 31)],
+                                "taux": rates, "qte": qtys})
+    texts = ["id=1\x1fjour=0001-01-01\x1fnom=1:é\x1fprix=100\x1fqte=-1000\x1ftaux=0.5",
+             "id=2\x1fnom=0:\x1fprix=-0.01\x1fqte=0.0001\x1ftaux=-0.0125",
+             "id=3\x1fjour=2026-11-27\x1fprix=12.5\x1fqte=123456789012345.1\x1ftaux=0",
+             "id=4\x1fnom=3:a;b\x1fprix=0\x1fqte=-0.1", "id=5\x1fjour=9999-12-31\x1fnom=1:x\x1ftaux=0.0001"]
     assert hashes(rows) == [hashlib.md5(t.encode()).hexdigest() for t in texts]
 
 
