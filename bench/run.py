@@ -132,9 +132,7 @@ class Home:
         """Seconds per step (sum of DurationMs) and rows extracted, for one batch of this warehouse."""
         import duckdb
 
-        from cbm_luigi.naming import sql_safe_name
-
-        batch = f"{TODAY.isoformat()}-{sql_safe_name(tag)}"  # as CbmTask.batch_id spells it
+        batch = f"{TODAY.isoformat()}-{tag}"  # as CbmTask.batch_id spells it
         with duckdb.connect(str(self.warehouse), read_only=True) as con:
             rows = con.execute("SELECT Step, sum(DurationMs) / 1000.0, sum(Rows) FILTER (WHERE Step = 'extract') "
                                "FROM etl.ETL_Log WHERE BatchId = ? AND Status = 'SUCCESS' GROUP BY Step",

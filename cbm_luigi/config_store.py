@@ -5,8 +5,9 @@ Operator choices survive a sync: IsExcluded, ArrayMode, and SqlName/SourceExpres
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterable
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from .naming import array_element_names, resolve_column_names, sql_safe_name
@@ -60,6 +61,16 @@ def dependencies(s: Session) -> dict[str, list[str]]:
     return deps
 
 
+def newer_load_than(s: Session, table: str, extract_started_at):
+    """The table's LastSuccessTs if its last validated load was extracted after `extract_started_at` (a batch
+    that old must not be merged over it), else None. 1 ms of slack: SQL Server keeps LastSuccessTs to the ms."""
+    rows = s.query("SELECT LastSuccessTs FROM config.ETL_Tables WHERE TableName = ?", [table])
+    last = rows[0][0] if rows else None
+    if last is None or extract_started_at is None or extract_started_at >= last - timedelta(milliseconds=1):
+        return None
+    return last
+
+
 def advance_last_success(s: Session, table: str, ts: datetime) -> None:
     """Move LastSuccessTs forward only (rerunning an older batch never moves it back)."""
     s.execute("UPDATE config.ETL_Tables SET LastSuccessTs = ? WHERE TableName = ? "
@@ -97,17 +108,29 @@ def load_tables_csv(s: Session, path: Path) -> int:
     return added
 
 
-def safe_names(cols: list[catalog.CatalogColumn]) -> dict[str, str]:
-    """SQL names for a table's columns, array element names (`zal_1`) included in the collision check."""
+def safe_names(cols: list[catalog.CatalogColumn], reserved: Iterable[str] = ()) -> dict[str, str]:
+    """SQL names for a table's columns, array element names (`zal_1`) included in the collision check; no column
+    takes a `reserved` name (the names already given to the table's other columns)."""
+    reserved = set(reserved)
     names = [c.name for c in cols]
-    mapping = resolve_column_names(names)
+    mapping = resolve_column_names(names, reserved=reserved)
     elements = {e for c in cols if c.array_extent for e in array_element_names(mapping[c.name], c.array_extent)}
     if elements & {v for k, v in mapping.items()}:
         plain = [c.name for c in cols if not c.array_extent]
-        arrays = resolve_column_names([c.name for c in cols if c.array_extent])
+        arrays = resolve_column_names([c.name for c in cols if c.array_extent], reserved=reserved)
         elements = {e for c in cols if c.array_extent for e in array_element_names(arrays[c.name], c.array_extent)}
-        mapping = {**resolve_column_names(plain, reserved=set(arrays.values()) | elements), **arrays}
+        mapping = {**resolve_column_names(plain, reserved=reserved | set(arrays.values()) | elements), **arrays}
     return mapping
+
+
+def _names_in_use(known: dict[str, dict]) -> set[str]:
+    """Every ods column name the table's configured columns own (array elements included)."""
+    used = set()
+    for r in known.values():
+        used.add(r["SqlName"])
+        if r.get("ArrayExtent") and (r.get("ArrayMode") or "split") == "split":
+            used.update(array_element_names(r["SqlName"], int(r["ArrayExtent"])))
+    return used
 
 
 def sync_columns(s: Session, reader: Reader, table: str) -> dict[str, int]:
@@ -122,9 +145,12 @@ def sync_columns(s: Session, reader: Reader, table: str) -> dict[str, int]:
     for c in cols:  # fail early on a type the product cannot map (the message says how to get past it)
         if c.name not in overridden:
             map_openedge_type(c.coltype, c.width, c.scale, table=table, column=c.name)
-    names = safe_names(cols)
     known = {r["ColumnName"]: r for r in s.query_dicts("SELECT * FROM config.ETL_Columns WHERE TableName = ?",
                                                           [table])}
+    # a configured column keeps its SqlName for good (its ods column holds its history); only new columns are
+    # named, around every name in use, so a new `prix_vte` never takes over the column `prix-vte` fills
+    names = {**{n: r["SqlName"] for n, r in known.items()},
+             **safe_names([c for c in cols if c.name not in known], reserved=_names_in_use(known))}
     s.execute("DELETE FROM meta.SYSCOLUMNS_FULL WHERE tbl = ?", [table])
     stats = {"added": 0, "updated": 0, "missing": 0}
     meta_rows, updates, inserts = [], [], []
@@ -136,7 +162,7 @@ def sync_columns(s: Session, reader: Reader, table: str) -> dict[str, int]:
         if c.name in known:
             override = bool(known[c.name]["IsOverride"])
             if override:
-                sql_name, expr = known[c.name]["SqlName"], known[c.name]["SourceExpression"]
+                expr = known[c.name]["SourceExpression"]
             updates.append([c.coltype, c.width, c.scale, "Y" if c.nullable else "N", c.array_extent, c.position,
                             c.label, c.description, False, now, sql_name, expr, table, c.name])
             stats["updated"] += 0 if override else 1

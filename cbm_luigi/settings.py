@@ -40,6 +40,11 @@ class Settings:
     duckdb_threads: int = 2
     query_timeout_s: int = 0
     connect_retries: int = 3
+    allow_empty_full: tuple[str, ...] = ()  # tables whose full batch may be empty (else refused: see steps.merge)
+    mssql_bulk_timeout_s: int = 86_400  # one bulk copy into stg (mssql-python's own default is 30 s)
+
+    def empty_full_allowed(self, table: str) -> bool:
+        return "*" in self.allow_empty_full or table.lower() in self.allow_empty_full
 
     def describe(self) -> str:
         src = str(self.source_path) if self.source_kind == "demo" else mask_secrets(self.source_odbc)
@@ -84,4 +89,6 @@ def load_settings() -> Settings:
         duckdb_threads=int(_env("CBM_DUCKDB_THREADS", "2")),
         query_timeout_s=int(_env("CBM_QUERY_TIMEOUT_S", "0")),
         connect_retries=int(_env("CBM_CONNECT_RETRIES", "3")),
+        allow_empty_full=tuple(t.strip().lower() for t in _env("CBM_ALLOW_EMPTY_FULL").split(",") if t.strip()),
+        mssql_bulk_timeout_s=int(_env("CBM_MSSQL_BULK_TIMEOUT_S", "86400")),
     )

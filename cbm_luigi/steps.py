@@ -13,11 +13,11 @@ import pyarrow.parquet as pq
 from . import config_store
 from .plan import TablePlan
 from .runlog import StepRecord
-from .targets import MarkerTarget
+from .targets import MarkerTarget, StageTarget, staged_batch
 from .transform import SHAPED_TECH, TechnicalValues
 from .warehouse.base import Session, Warehouse
 from .warehouse.statements import (Column, MergeSpec, create_table, duplicate_keys, evolve, merge_counts,
-                                   merge_statements, validation_counts)
+                                   merge_statements, null_keys, validation_counts)
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,18 @@ class ValidationError(RuntimeError):
 
 
 class StaleStageError(RuntimeError):
+    """stg.<table> does not hold the batch this step is for (another run staged the table since)."""
+
+
+class OutdatedBatchError(StaleStageError):
+    """The batch was extracted before the table's last validated load: merging it would undo newer data."""
+
+
+class NullKeyError(RuntimeError):
+    pass
+
+
+class EmptyFullBatchError(RuntimeError):
     pass
 
 
@@ -53,13 +65,14 @@ def check_batch_file(plan: TablePlan, path: Path, batch_id: str) -> None:
             f"`cbm-etl invalidate {plan.table} --batch {batch_id} --from extract`.")
 
 
-def stage(wh: Warehouse, plan: TablePlan, batch_path: Path, tech: TechnicalValues, *, marker: MarkerTarget,
-          run_id: str) -> StepRecord:
-    """stg.<table> := the batch file plus the run's technical values; marker in the same transaction."""
+def stage(wh: Warehouse, plan: TablePlan, batch_path: Path, tech: TechnicalValues, *, marker: StageTarget,
+          run_id: str, extract_started_at: datetime | None = None) -> StepRecord:
+    """stg.<table> := the batch file plus the run's technical values; the marker and etl.ETL_StageState (what
+    stg holds now) in the same transaction."""
     check_batch_file(plan, batch_path, tech.batch_id)
     with wh.session() as s, s.transaction():
         rows = wh.replace_stage(s, plan.destination, batch_path, stage_columns(plan), tech)
-        marker.touch(s, run_id=run_id, rows=rows)
+        marker.touch(s, run_id=run_id, rows=rows, extract_started_at=extract_started_at)
     return StepRecord("stage", rows=rows)
 
 
@@ -68,14 +81,56 @@ def _spec(plan: TablePlan, full: bool) -> MergeSpec:
                      scd2=plan.is_dimension, full=full)
 
 
-def _check_stage_batch(s: Session, wh: Warehouse, plan: TablePlan, batch_id: str) -> None:
-    d = wh.dialect
-    batches = [r[0] for r in s.query(f"SELECT DISTINCT _etl_batch_id FROM {d.table('stg', plan.destination)}")]
-    if batches and batches != [batch_id]:
+def _check_staged(s: Session, plan: TablePlan, marker: MarkerTarget, step: str) -> dict:
+    """stg.<table> must hold this step's batch and mode (etl.ETL_StageState, written with the stage)."""
+    st = staged_batch(s, plan.table)
+    if st is None or st["BatchId"] != marker.batch_id or st["Mode"] != marker.mode:
+        held = f"batch {st['BatchId']} ({st['Mode']})" if st else "no staged batch"
+        again = (f"Run the same command again: it stages batch {marker.batch_id} again first" if step == "merge"
+                 else f"Stage and merge it again: `cbm-etl invalidate {plan.table} --batch {marker.batch_id} "
+                      f"--from stage`, then run the same command")
         raise StaleStageError(
-            f"table {plan.table}: stg.{plan.destination} holds batch {batches[0]}, not {batch_id} (another batch "
-            f"was staged since). Rerun this table from staging: `cbm-etl invalidate {plan.table} "
-            f"--batch {batch_id} --from stage`.")
+            f"table {plan.table}: stg.{plan.destination} holds {held}, not batch {marker.batch_id} "
+            f"({marker.mode}): another run staged the table since. Nothing was {step}d. {again}.")
+    return st
+
+
+def _check_not_outdated(s: Session, plan: TablePlan, marker: MarkerTarget, staged: dict) -> None:
+    """Refuse a batch extracted before the table's last validated load (a rerun of an older batch would put
+    older rows over newer ones, and in full mode soft-delete rows created since)."""
+    started = staged.get("ExtractStartedAt")
+    last = config_store.newer_load_than(s, plan.table, started)
+    if last is not None:
+        raise OutdatedBatchError(
+            f"table {plan.table}: batch {marker.batch_id} was extracted at {started:%Y-%m-%d %H:%M:%S}, before the "
+            f"table's last validated load (LastSuccessTs {last:%Y-%m-%d %H:%M:%S}): merging it would put older rows "
+            f"over newer ones. Nothing was merged. Extract it again: `cbm-etl invalidate {plan.table} --batch "
+            f"{marker.batch_id} --from extract`, then run the same command.")
+
+
+def _check_keys(s: Session, wh: Warehouse, plan: TablePlan, spec: MergeSpec) -> None:
+    """Every key complete (no NULL part) and unique in the batch, or nothing is merged."""
+    d = wh.dialect
+
+    def shown(rows):
+        return "; ".join(", ".join(f"{k}={v!r}" for k, v in zip(plan.keys, r[:-1])) for r in rows)
+
+    nulls = s.query(null_keys(d, spec.stg(d), plan.keys))
+    if nulls:
+        raise NullKeyError(
+            f"table {plan.table}: {nulls[0][-1]} row(s) of the batch have an unknown (NULL) value in the key "
+            f"({', '.join(plan.keys)}); first: {shown(nulls)}. Nothing was merged (such a row could never be "
+            f"matched again). Progress unique indexes admit `?` in non-mandatory fields: set PrimaryKeyCols in "
+            f"config.ETL_Tables to columns that are always known (`cbm-etl discover` lists the unique indexes), "
+            f"or fix the rows in Progress.")
+    dups = s.query(duplicate_keys(d, spec.stg(d), plan.keys))
+    if dups:
+        text = "; ".join(", ".join(f"{k}={v!r}" for k, v in zip(plan.keys, r[:-1])) + f" ({r[-1]} rows)"
+                         for r in dups)
+        raise DuplicateKeyError(
+            f"table {plan.table}: the batch has duplicate keys ({', '.join(plan.keys)}); first: {text}. "
+            f"Nothing was merged. Check PrimaryKeyCols in config.ETL_Tables (`cbm-etl discover` proposes "
+            f"the unique index) or fix the rows in Progress.")
 
 
 def _ods_columns(wh: Warehouse, s: Session, plan: TablePlan) -> dict[str, tuple[str, bool]]:
@@ -96,22 +151,19 @@ def stage_lengths(s: Session, wh: Warehouse, plan: TablePlan) -> dict[str, int]:
 
 
 def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: MarkerTarget, run_id: str,
-          checkpoint=None) -> StepRecord:
-    """MERGE stg.<t> into ods.<t> on the key; full mode soft-deletes absent keys. One transaction."""
+          checkpoint=None, allow_empty_full: bool = False) -> StepRecord:
+    """MERGE stg.<t> into ods.<t> on the key; full mode soft-deletes absent keys. One transaction.
+
+    `mode` is the batch's effective mode (a first incremental is a full extract); `marker` carries the task's
+    own batch and mode, which stg must hold."""
     d = wh.dialect
     spec = _spec(plan, full=(mode == "full"))
     now = datetime.now()
     record = StepRecord("merge")
     with wh.session() as s, s.transaction():
-        _check_stage_batch(s, wh, plan, batch_id)
-        dups = s.query(duplicate_keys(d, spec.stg(d), plan.keys))
-        if dups:
-            shown = "; ".join(", ".join(f"{k}={v!r}" for k, v in zip(plan.keys, r[:-1])) + f" ({r[-1]} rows)"
-                              for r in dups)
-            raise DuplicateKeyError(
-                f"table {plan.table}: the batch has duplicate keys ({', '.join(plan.keys)}); first: {shown}. "
-                f"Nothing was merged. Check PrimaryKeyCols in config.ETL_Tables (`cbm-etl discover` proposes "
-                f"the unique index) or fix the rows in Progress.")
+        staged = _check_staged(s, plan, marker, "merge")
+        _check_not_outdated(s, plan, marker, staged)
+        _check_keys(s, wh, plan, spec)
         wanted = stage_columns(plan, stage_lengths(s, wh, plan))
         existing = _ods_columns(wh, s, plan)
         if not existing:
@@ -125,6 +177,12 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
             record.detail = "; ".join(changes) or None
         wh.before_merge(s, len(spec.columns))
         inserted, updated, unchanged, deleted = s.query(merge_counts(d, spec))[0]
+        if spec.full and deleted and not (inserted or updated or unchanged) and not allow_empty_full:
+            raise EmptyFullBatchError(
+                f"table {plan.table}: the full batch {batch_id} holds no rows, and ods.{plan.destination} has "
+                f"{int(deleted)} live rows that a full merge would soft-delete. Nothing was merged. Check the "
+                f"source (the DSN's database, FilterClause in config.ETL_Tables). If PUB.{plan.table} really is "
+                f"empty now, rerun with CBM_ALLOW_EMPTY_FULL={plan.table} in the environment.")
         if inserted or updated or deleted:  # else the MERGE would change nothing: skip its join of every column
             all_new = not (updated or unchanged or deleted)
             for sql, n in merge_statements(d, spec, all_new=all_new):
@@ -148,7 +206,7 @@ def validate(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker
     sql, names = validation_counts(d, spec)
     with wh.session() as s:
         with s.transaction():
-            _check_stage_batch(s, wh, plan, batch_id)
+            _check_staged(s, plan, marker, "validate")
             got = dict(zip(names, (int(v) for v in s.query(sql)[0])))
             missing, dup = got["batch_keys_current_with_same_hash"], got["duplicate_current_keys"]
             live, stg_rows = got["ods_live_rows"], got["stg_rows"]

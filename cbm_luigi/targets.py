@@ -17,13 +17,18 @@ class MarkerTarget(luigi.Target):
         self.table, self.step, self.batch_id, self.mode = table, step, batch_id, mode
 
     def exists(self) -> bool:
+        return self._count("SELECT COUNT(*) FROM etl.ETL_Markers WHERE MarkerId = ?", [self.marker_id]) > 0
+
+    def _count(self, sql: str, params: list) -> int:
         with self.warehouse.session() as s:
             try:
-                return bool(s.scalar("SELECT COUNT(*) FROM etl.ETL_Markers WHERE MarkerId = ?", [self.marker_id]))
+                return int(s.scalar(sql, params) or 0)
             except Exception as exc:  # noqa: BLE001
-                if "ETL_Markers" in str(exc) or "does not exist" in str(exc).lower():
-                    raise RuntimeError("the warehouse has no etl.ETL_Markers table: run `cbm-etl init-db` "
-                                       f"first ({self.warehouse.describe()})") from exc
+                text = str(exc)
+                for table in ("ETL_Markers", "ETL_StageState"):
+                    if table in text or "does not exist" in text.lower():
+                        raise RuntimeError(f"the warehouse has no etl.{table} table: run `cbm-etl init-db` "
+                                           f"(it adds what is missing; {self.warehouse.describe()})") from exc
                 raise
 
     def touch(self, s: Session, *, run_id: str, rows: int | None) -> None:
@@ -43,3 +48,32 @@ def remove_markers(s: Session, *, table: str, batch_id: str | None = None) -> in
     n = int(s.scalar(f"SELECT COUNT(*) FROM etl.ETL_Markers WHERE {where}", params) or 0)
     s.execute(f"DELETE FROM etl.ETL_Markers WHERE {where}", params)
     return n
+
+
+class StageTarget(MarkerTarget):
+    """StageTable's target: its marker, and stg.<table> still holding this batch and mode.
+
+    stg.<table> is one relation per table, so the same day's incremental run (same batch id, other mode) or any
+    other batch can replace it between this stage and its merge. etl.ETL_StageState says what stg holds now;
+    when it is not this batch and mode the step is incomplete again, and rerunning the command stages this
+    batch again instead of merging another batch's rows (a full merge of an empty incremental batch would
+    soft-delete the whole table)."""
+
+    def exists(self) -> bool:
+        return self._count("SELECT COUNT(*) FROM etl.ETL_Markers m JOIN etl.ETL_StageState st "
+                           "ON st.TableName = m.TableName WHERE m.MarkerId = ? AND st.BatchId = ? AND st.Mode = ?",
+                           [self.marker_id, self.batch_id, self.mode]) > 0
+
+    def touch(self, s: Session, *, run_id: str, rows: int | None, extract_started_at=None) -> None:
+        super().touch(s, run_id=run_id, rows=rows)
+        s.execute("DELETE FROM etl.ETL_StageState WHERE TableName = ?", [self.table])
+        s.execute("INSERT INTO etl.ETL_StageState (TableName, BatchId, Mode, RunId, Rows, ExtractStartedAt) "
+                  "VALUES (?, ?, ?, ?, ?, ?)", [self.table, self.batch_id, self.mode, run_id, rows,
+                                                extract_started_at])
+
+
+def staged_batch(s: Session, table: str) -> dict | None:
+    """What stg.<table> holds now (etl.ETL_StageState), or None if nothing was staged."""
+    rows = s.query_dicts("SELECT BatchId, Mode, RunId, Rows, ExtractStartedAt FROM etl.ETL_StageState "
+                         "WHERE TableName = ?", [table])
+    return rows[0] if rows else None

@@ -6,6 +6,7 @@ every active table. Outputs are named from (table, mode, batch); the warehouse s
 from __future__ import annotations
 
 import logging
+import re
 import time
 import traceback
 import uuid
@@ -24,7 +25,7 @@ from .plan import TablePlan
 from .runlog import StepRecord, write_steps
 from .settings import Settings, load_settings, mask_secrets
 from .source.readers import pooled_reader
-from .targets import MarkerTarget
+from .targets import MarkerTarget, StageTarget
 from .transform import TechnicalValues
 from .warehouse import open_warehouse
 
@@ -53,6 +54,20 @@ def clear_config_cache() -> None:
     _PLAN_CACHE.clear()
 
 
+_BATCH_TAG = re.compile(r"[a-z0-9][a-z0-9_-]*")
+
+
+def check_batch_tag(tag: str) -> None:
+    """A tag is used as given in the batch id and the cache folder: one spelling per batch (a normalised
+    `Rerun` and `rerun` would share a batch, and the second run would reuse the first one's extract)."""
+    if tag and not _BATCH_TAG.fullmatch(tag):
+        raise ValueError(f"--batch-tag {tag!r}: use lower-case letters, digits, '-' and '_' (it names the batch "
+                         "and its cache folder)")
+    if len(tag) > MAX_BATCH_TAG:
+        raise ValueError(f"--batch-tag {tag!r} is longer than {MAX_BATCH_TAG} characters "
+                         "(batch ids are stored in 64-character columns): use a shorter tag")
+
+
 class CbmTask(luigi.Task):
     table = luigi.Parameter(description="source table name as in Progress (PUB.<table>)")
     mode = luigi.ChoiceParameter(choices=["full", "incremental"], default="incremental")
@@ -67,9 +82,7 @@ class CbmTask(luigi.Task):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if len(self.batch_tag) > MAX_BATCH_TAG:
-            raise ValueError(f"--batch-tag {self.batch_tag!r} is longer than {MAX_BATCH_TAG} characters "
-                             "(batch ids are stored in 64-character columns): use a shorter tag")
+        check_batch_tag(self.batch_tag)
         self.priority = self.load_priority
         self._records: list[StepRecord] = []
 
@@ -84,7 +97,7 @@ class CbmTask(luigi.Task):
 
     @property
     def batch_id(self) -> str:
-        return self.batch_date.isoformat() + (f"-{sql_safe_name(self.batch_tag)}" if self.batch_tag else "")
+        return self.batch_date.isoformat() + (f"-{self.batch_tag}" if self.batch_tag else "")
 
     @property
     def destination(self) -> str:
@@ -106,9 +119,11 @@ class CbmTask(luigi.Task):
         _PLAN_CACHE[key] = (time.monotonic(), plan)
         return plan
 
+    marker_class: type[MarkerTarget] = MarkerTarget
+
     def marker(self) -> MarkerTarget:
-        return MarkerTarget(self.warehouse, self.task_id, table=self.table, step=self.step, batch_id=self.batch_id,
-                            mode=self.mode)
+        return self.marker_class(self.warehouse, self.task_id, table=self.table, step=self.step,
+                                 batch_id=self.batch_id, mode=self.mode)
 
     def params_for(self, cls):
         return cls(table=self.table, mode=self.mode, batch_date=self.batch_date, batch_tag=self.batch_tag,
@@ -168,6 +183,8 @@ class ExtractParquet(CbmTask):
     """PUB.<table> -> the batch parquet, shaped and hashed while read (atomic). Waits for the tables it depends
     on, and for earlier critical tables."""
     step = "extract"
+    # concurrent extracts on the Progress server are capped by luigi.cfg [resources] progress_odbc
+    resources = {"progress_odbc": 1}
 
     def requires(self):
         tables, deps = _config(self.settings)
@@ -183,6 +200,16 @@ class ExtractParquet(CbmTask):
 
     def output(self):
         return BatchFileTarget(str(self.cache_path("extract")), format=luigi.format.Nop)
+
+    def complete(self) -> bool:
+        """The batch file is there, and it was not read before the table's last validated load: a batch left
+        unmerged while a later one loaded the table reads the source again when rerun (merging its older rows
+        would undo newer ones; steps.merge refuses it)."""
+        if not self.output().exists():
+            return False
+        started = datetime.fromisoformat(read_extract_meta(Path(self.output().path))["started_at"])
+        with self.warehouse.session() as s:
+            return config_store.newer_load_than(s, self.table, started) is None
 
     def run(self):
         t0 = time.monotonic()
@@ -218,14 +245,16 @@ class StageTable(WarehouseStep):
     """Replace stg.<table> with the batch file plus this run's technical values."""
     step = "stage"
     upstream = ExtractParquet
+    marker_class = StageTarget  # incomplete again when another batch or mode has replaced stg since
 
     def run(self):
         plan = self.plan()
         t0 = time.monotonic()
         self.status(f"stage {self.table}")
         tech = TechnicalValues(self.run_id, self.batch_id, datetime.now())
+        started = datetime.fromisoformat(self.extract_meta()["started_at"])
         self.record(steps.stage(self.warehouse, plan, Path(self.input().path), tech, marker=self.output(),
-                                run_id=self.run_id), t0)
+                                run_id=self.run_id, extract_started_at=started), t0)
 
 
 class MergeOds(WarehouseStep):
@@ -239,7 +268,8 @@ class MergeOds(WarehouseStep):
         meta = self.extract_meta()
         self.status(f"merge {self.table}")
         rec = steps.merge(self.warehouse, plan, mode=meta.get("effective_mode", self.mode), batch_id=self.batch_id,
-                          marker=self.output(), run_id=self.run_id, checkpoint=checkpoint)
+                          marker=self.output(), run_id=self.run_id, checkpoint=checkpoint,
+                          allow_empty_full=self.settings.empty_full_allowed(self.table))
         self.record(rec, t0)
 
 
@@ -272,6 +302,10 @@ class LoadAll(luigi.WrapperTask):
     filter = luigi.Parameter(default="", description="comma-separated subset of tables (default: all active)")
     continue_on_error = luigi.BoolParameter(default=False, significant=False)
     run_id = luigi.Parameter(default=PROCESS_RUN_ID, significant=False, visibility=ParameterVisibility.HIDDEN)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        check_batch_tag(self.batch_tag)
 
     def requires(self):
         settings = load_settings()

@@ -28,7 +28,7 @@ from sqlfluff.api.simple import APIParsingError
 from cbm_luigi import config_store, runlog, steps
 from cbm_luigi.plan import PlanColumn, TablePlan
 from cbm_luigi.settings import Settings
-from cbm_luigi.targets import MarkerTarget, remove_markers
+from cbm_luigi.targets import MarkerTarget, StageTarget, remove_markers
 from cbm_luigi.transform import TechnicalValues
 from cbm_luigi.types import ColumnType
 from cbm_luigi.warehouse import mssql_wh
@@ -487,11 +487,13 @@ def stage_table(plan: TablePlan, rows: int = 7) -> pa.Table:
     return pa.table(data)
 
 
-def _canned(batch_id="2024-01-01", plan=None, ods_exists=False):
+def _canned(batch_id="2024-01-01", plan=None, ods_exists=False, mode="full"):
     names = [n for n, t, _ in plan.output_columns() if t.kind == "string"] if plan else []
     info = [(n, "nvarchar", 4, None, None, None, "YES") for n in names[:1]] if ods_exists else []
     return [
-        (r"SELECT DISTINCT _etl_batch_id", [(batch_id,)]),
+        (r"FROM etl\.ETL_StageState", [{"BatchId": batch_id, "Mode": mode, "RunId": "run-0", "Rows": 7,
+                                         "ExtractStartedAt": datetime(2024, 1, 1)}]),
+        (r"SELECT LastSuccessTs FROM config\.ETL_Tables", [(None,)]),
         (r"AS \[stg_rows\]", [(0, 0, 7, 7)]),  # the validation counts: all passed
         (r"INFORMATION_SCHEMA\.COLUMNS", info),
         (r"SELECT TOP \(5\)", []),
@@ -517,19 +519,19 @@ def stage_file(tmp_path):
 @pytest.mark.parametrize("ods_exists", [False, True], ids=["ods-new", "ods-evolves"])
 def test_step_statements_parse(dimension, mode, ods_exists, stage_file):
     plan = all_kind_plan(dimension=dimension, keys=("code", "qty"))
-    rec = RecordingSession(_canned(plan=plan, ods_exists=ods_exists))
+    rec = RecordingSession(_canned(plan=plan, ods_exists=ods_exists, mode=mode))
     wh = StubWarehouse(rec)
-    marker = MarkerTarget(wh, "StageTable_all_kinds_2024_01_01_abc", table="all-kinds", step="stage",
-                          batch_id="2024-01-01", mode=mode)
+    marker = StageTarget(wh, "StageTable_all_kinds_2024_01_01_abc", table="all-kinds", step="stage",
+                         batch_id="2024-01-01", mode=mode)
     path = stage_file(plan)
-    steps.stage(wh, plan, path, TECH, marker=marker, run_id="run-1")
+    steps.stage(wh, plan, path, TECH, marker=marker, run_id="run-1", extract_started_at=datetime(2024, 1, 1))
     steps.merge(wh, plan, mode=mode, batch_id="2024-01-01", marker=marker, run_id="run-1")
     steps.validate(wh, plan, mode=mode, batch_id="2024-01-01", marker=marker, run_id="run-1",
                    extract_started_at=datetime(2024, 1, 1))
     stmts = rec.statements
     for needle in ("SET XACT_ABORT ON", "BEGIN TRANSACTION", "COMMIT TRANSACTION", "DROP TABLE IF EXISTS [stg].",
                    "CREATE TABLE [stg].[all_kinds]", "INSERT INTO [stg].[all_kinds]", "MERGE INTO [ods].[all_kinds]",
-                   "INSERT INTO etl.ETL_Markers", "INSERT INTO etl.ETL_Validation",
+                   "INSERT INTO etl.ETL_Markers", "INSERT INTO etl.ETL_StageState", "INSERT INTO etl.ETL_Validation",
                    "UPDATE config.ETL_Tables SET LastSuccessTs", "INFORMATION_SCHEMA.COLUMNS"):
         assert any(needle in s for s in stmts), needle
     assert any(s.startswith("ALTER TABLE [ods]") for s in stmts) == ods_exists
@@ -847,6 +849,7 @@ def test_replace_stage_bulkcopy_path_commits_ddl_first(stage_file, monkeypatch):
     assert st[-1] == "COMMIT TRANSACTION"
     assert calls["table"] == "[stg].[all_kinds]" and calls["rows"] == 7 and calls["committed"] and calls["closed"]
     assert calls["kw"]["column_mappings"][-1] == "_etl_source_ts" and calls["kw"]["keep_nulls"]
+    assert calls["kw"]["timeout"] == 86_400  # not mssql-python's 30 s, which fails big tables
     assert "driver" not in calls["conn_str"].lower() and "Server=db,1433" in calls["conn_str"]
     assert calls["schema"].field("ts").type == pa.timestamp("ms")
     assert_all_parse(st, "replace_stage (bulkcopy)")

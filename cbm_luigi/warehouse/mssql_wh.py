@@ -625,7 +625,9 @@ class MssqlWarehouse(Warehouse):
                 cur = con.cursor()
                 result = cur.bulkcopy_arrow(self.dialect.table("stg", table), reader, batch_size=CHUNK_ROWS,
                                             column_mappings=[c.name for c in layout], table_lock=True,
-                                            keep_nulls=True)
+                                            keep_nulls=True,
+                                            # the whole copy's limit: mssql-python's default (30 s) fails big tables
+                                            timeout=max(1, int(self.settings.mssql_bulk_timeout_s)))
                 con.commit()
                 log.info("stg.%s: bulk copy of %s rows", table, (result or {}).get("rows_copied"))
             finally:

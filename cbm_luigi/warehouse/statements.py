@@ -139,6 +139,14 @@ def duplicate_keys(d: WarehouseDialect, relation: str, keys: list[str], where: s
                    f"GROUP BY {k} HAVING COUNT(*) > 1 ORDER BY {k}", n)
 
 
+def null_keys(d: WarehouseDialect, relation: str, keys: list[str], n: int = 5) -> str:
+    """The first rows whose key has a NULL part, with how many there are: `=` never matches NULL, so such a row
+    would be inserted again by every MERGE (Progress unique indexes admit the unknown value `?`)."""
+    k = ", ".join(d.quote(c) for c in keys)
+    cond = " OR ".join(f"{d.quote(c)} IS NULL" for c in keys)
+    return d.limit(f"{k}, COUNT(*) OVER () AS n FROM {relation} WHERE {cond} ORDER BY {k}", n)
+
+
 def _on(d: WarehouseDialect, keys: list[str], left: str = "t", right: str = "s") -> str:
     return " AND ".join(f"{left}.{d.quote(k)} = {right}.{d.quote(k)}" for k in keys)
 

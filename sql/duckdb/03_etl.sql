@@ -29,6 +29,16 @@ CREATE TABLE IF NOT EXISTS etl.ETL_Markers (
     Rows            BIGINT,
     CreatedAt       TIMESTAMP NOT NULL DEFAULT current_timestamp
 );
+-- what stg.<table> holds now (stg is one relation per table): merge and validate check it is their batch
+CREATE TABLE IF NOT EXISTS etl.ETL_StageState (
+    TableName       VARCHAR NOT NULL PRIMARY KEY,
+    BatchId         VARCHAR NOT NULL,
+    Mode            VARCHAR NOT NULL,
+    RunId           VARCHAR,
+    Rows            BIGINT,
+    ExtractStartedAt TIMESTAMP,
+    StagedAt        TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
 CREATE TABLE IF NOT EXISTS etl.ETL_Validation (
     RunId           VARCHAR NOT NULL,
     BatchId         VARCHAR NOT NULL,

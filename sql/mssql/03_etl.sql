@@ -38,6 +38,18 @@ CREATE TABLE etl.ETL_Markers (
     CreatedAt       DATETIME2(3) NOT NULL CONSTRAINT DF_ETL_Markers_CreatedAt DEFAULT SYSDATETIME()
 )
 GO
+-- what stg.<table> holds now (stg is one table per source table): merge and validate check it is their batch
+IF OBJECT_ID(N'etl.ETL_StageState', N'U') IS NULL
+CREATE TABLE etl.ETL_StageState (
+    TableName       NVARCHAR(128) NOT NULL CONSTRAINT PK_ETL_StageState PRIMARY KEY,
+    BatchId         NVARCHAR(64) NOT NULL,
+    Mode            NVARCHAR(16) NOT NULL,
+    RunId           NVARCHAR(64) NULL,
+    [Rows]          BIGINT NULL,
+    ExtractStartedAt DATETIME2(6) NULL,
+    StagedAt        DATETIME2(3) NOT NULL CONSTRAINT DF_ETL_StageState_StagedAt DEFAULT SYSDATETIME()
+)
+GO
 IF OBJECT_ID(N'etl.ETL_Validation', N'U') IS NULL
 CREATE TABLE etl.ETL_Validation (
     RunId           NVARCHAR(64) NOT NULL,

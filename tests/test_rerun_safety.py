@@ -1,0 +1,169 @@
+"""What the pipeline refuses so that a rerun, a stray batch or a bad key never damages ods: each test runs the
+real tasks through Luigi on the demo source and DuckDB, and checks ods against the source row by row."""
+from __future__ import annotations
+
+import sqlite3
+import time
+from datetime import date, datetime
+
+import luigi
+import pytest
+
+from cbm_luigi.cli import main as cbm_etl
+from cbm_luigi.source.readers import release_readers
+from cbm_luigi.tasks import LoadAll, LoadTable, MergeOds, StageTable
+
+from .conftest import assert_ods_equals_source, build, source_rows, succeeded
+
+DAY = date.today().isoformat()
+
+
+def live_rows(env, table: str) -> int:
+    return env.sql(f"SELECT COUNT(*) FROM ods.{table} WHERE NOT _etl_is_deleted")[0][0]
+
+
+def steps_run(env, batch: str, step: str) -> int:
+    return env.sql("SELECT COUNT(*) FROM etl.ETL_Log WHERE BatchId = ? AND Step = ? AND Status = 'SUCCESS'",
+                   [batch, step])[0][0]
+
+
+def errors(env, step: str) -> list[str]:
+    return [r[0] for r in env.sql("SELECT ErrorMessage FROM etl.ETL_Log WHERE Step = ? AND Status = 'FAILED' "
+                                  "ORDER BY LogTs", [step])]
+
+
+def touch_source(env, sql: str, params=()) -> None:
+    con = sqlite3.connect(str(env.source))
+    con.execute(sql, params)
+    con.commit()
+    con.close()
+    release_readers()
+
+
+def test_a_full_batch_staged_then_overtaken_by_an_incremental_loads_right_when_rerun(env):
+    """The weekly full is killed after staging; the nightly incremental (nothing changed: 0 rows) replaces stg;
+    rerunning the weekly must not merge the empty stage as a full batch (that soft-deleted every row)."""
+    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="init")))
+    assert succeeded(build(StageTable(table="produit", mode="full", batch_tag="weekly")))
+    time.sleep(0.01)
+    assert succeeded(build(LoadTable(table="produit", mode="incremental", batch_tag="nightly")))
+    assert env.sql("SELECT BatchId, Mode, Rows FROM etl.ETL_StageState WHERE TableName = 'produit'") == [
+        (f"{DAY}-nightly", "incremental", 0)]
+
+    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="weekly")))
+    assert live_rows(env, "produit") == len(source_rows(env.source, "produit"))
+    assert_ods_equals_source(env, "produit")
+    # its extract predates the nightly's validated load: read again, then staged again
+    assert steps_run(env, f"{DAY}-weekly", "extract") == 2 and steps_run(env, f"{DAY}-weekly", "stage") == 2
+
+
+def test_same_day_full_and_incremental_share_a_batch_id_without_mixing_stages(env):
+    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="init")))
+    assert succeeded(build(StageTable(table="produit", mode="full")))
+    time.sleep(0.01)
+    assert succeeded(build(LoadTable(table="produit", mode="incremental")))
+    assert succeeded(build(LoadTable(table="produit", mode="full")))
+    assert_ods_equals_source(env, "produit")
+
+
+def test_merge_refuses_a_staged_batch_older_than_the_last_validated_load(env):
+    """The safety net in steps.merge itself (the extract's completeness check normally re-reads first)."""
+    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="a")))
+    assert succeeded(build(StageTable(table="produit", mode="full", batch_tag="b")))
+    with env.con() as c:  # a newer load of the table was validated after b was extracted
+        c.execute("UPDATE config.ETL_Tables SET LastSuccessTs = current_timestamp::TIMESTAMP + INTERVAL 1 HOUR "
+                  "WHERE TableName = 'produit'")
+    before = env.sql("SELECT * FROM ods.produit ORDER BY ALL")
+    assert not succeeded(build(MergeOds(table="produit", mode="full", batch_tag="b")))
+    [err] = errors(env, "merge")
+    assert err.startswith("OutdatedBatchError: table produit: batch ") and f"--batch {DAY}-b --from extract" in err
+    assert env.sql("SELECT * FROM ods.produit ORDER BY ALL") == before
+
+
+def test_rerun_of_an_older_batch_reads_the_source_again_instead_of_undoing_newer_rows(env):
+    with env.con() as c:
+        c.execute("UPDATE config.ETL_Tables SET LookbackInterval = '0 minutes' WHERE TableName = 'produit'")
+    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="a")))
+    now = datetime.now()
+    secs = now.hour * 3600 + now.minute * 60 + now.second
+    touch_source(env, "UPDATE produit SET libelle = 'NEW', dat_mod = ?, heure = ? WHERE cod_pro = 'P00001'",
+                 [now.date().isoformat(), secs])
+    touch_source(env, "INSERT INTO produit (cod_pro, libelle, dat_mod, heure) VALUES ('PNEW', 'new', ?, ?)",
+                 [now.date().isoformat(), secs])
+    time.sleep(1.1)
+    assert succeeded(build(LoadTable(table="produit", mode="incremental", batch_tag="b")))
+    # the operator reloads batch a from its cached extract
+    assert cbm_etl(["invalidate", "produit", "--batch", f"{DAY}-a", "--from", "stage"]) == 0
+    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="a")))
+    assert env.sql("SELECT cod_pro, libelle, _etl_is_deleted FROM ods.produit WHERE cod_pro IN ('P00001', 'PNEW') "
+                   "ORDER BY 1") == [("P00001", "NEW", False), ("PNEW", "new", False)]
+    assert_ods_equals_source(env, "produit")
+
+
+def test_an_empty_full_batch_over_a_loaded_table_is_refused_unless_allowed(env, monkeypatch):
+    assert succeeded(build(LoadTable(table="famille", mode="full", batch_tag="a")))
+    n = live_rows(env, "famille")
+    with env.con() as c:  # a filter (or the wrong database) that reads nothing
+        c.execute("UPDATE config.ETL_Tables SET FilterClause = '1 = 0' WHERE TableName = 'famille'")
+    assert not succeeded(build(LoadTable(table="famille", mode="full", batch_tag="b")))
+    [err] = errors(env, "merge")
+    assert err.startswith(f"EmptyFullBatchError: table famille: the full batch {DAY}-b holds no rows, and "
+                          f"ods.famille has {n} live rows") and "CBM_ALLOW_EMPTY_FULL=famille" in err
+    assert live_rows(env, "famille") == n
+    monkeypatch.setenv("CBM_ALLOW_EMPTY_FULL", "famille")
+    luigi.task_register.Register.clear_instance_cache()  # task instances keep the settings they were made with
+    assert succeeded(build(LoadTable(table="famille", mode="full", batch_tag="b")))
+    assert live_rows(env, "famille") == 0
+
+
+def test_a_null_key_part_is_refused_naming_the_rows(env):
+    """Progress unique indexes admit `?` in a non-mandatory field; `=` never matches NULL, so such rows would be
+    inserted again by every run."""
+    with env.con() as c:
+        c.execute("UPDATE config.ETL_Tables SET PrimaryKeyCols = 'cod_pro,gencod_v' WHERE TableName = 'produit'")
+    nulls = sorted(k for (k,), r in source_rows(env.source, "produit").items() if r["gencod_v"] is None)
+    assert nulls  # the demo has products without a barcode
+    assert not succeeded(build(LoadTable(table="produit", mode="full", batch_tag="a")))
+    [err] = errors(env, "merge")
+    assert err.startswith(f"NullKeyError: table produit: {len(nulls)} row(s) of the batch have an unknown (NULL) "
+                          f"value in the key (cod_pro, gencod_v); first: cod_pro={nulls[0]!r}, gencod_v=None")
+    assert env.sql("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'ods' "
+                   "AND table_name = 'produit'") == [(0,)]  # nothing merged: the transaction rolled back
+
+
+def test_the_stage_state_names_the_batch_and_mode_staged(env):
+    assert succeeded(build(StageTable(table="famille", mode="full", batch_tag="x")))
+    [(batch, mode, rows, started)] = env.sql("SELECT BatchId, Mode, Rows, ExtractStartedAt FROM etl.ETL_StageState")
+    assert (batch, mode, rows) == (f"{DAY}-x", "full", len(source_rows(env.source, "famille")))
+    assert isinstance(started, datetime)
+
+
+def test_a_new_source_column_never_takes_over_an_existing_columns_sql_name(env):
+    """`prix-vte` is loaded as ods.prix_vte; the source then gains a column `prix_vte`: it gets a new name, and
+    ods.prix_vte keeps being filled by `prix-vte`."""
+    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="a")))
+    before = dict(env.sql("SELECT cod_pro, prix_vte FROM ods.produit"))
+    touch_source(env, 'ALTER TABLE produit ADD COLUMN "prix_vte" NUMERIC(15,4)')
+    touch_source(env, 'UPDATE produit SET "prix_vte" = 7')
+    touch_source(env, "INSERT INTO SYSCOLUMNS_FULL (id, col, tbl, owner, coltype, width, scale, nullflag, "
+                      "array_extent, label, col_label, description, format, display_order) VALUES ('99', "
+                      "'prix_vte', 'produit', 'PUB', 'numeric', 15, 4, 'Y', 0, 'x', 'x', '', '', 99)")
+    assert cbm_etl(["sync-columns", "produit"]) == 0
+    assert dict(env.sql("SELECT ColumnName, SqlName FROM config.ETL_Columns WHERE TableName = 'produit' "
+                        "AND ColumnName IN ('prix-vte', 'prix_vte')")) == {"prix-vte": "prix_vte",
+                                                                          "prix_vte": "prix_vte_2"}
+    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="b")))
+    assert dict(env.sql("SELECT cod_pro, prix_vte FROM ods.produit")) == before
+    assert {v for (v,) in env.sql("SELECT DISTINCT prix_vte_2 FROM ods.produit")} == {7}
+
+
+def test_batch_tags_are_used_as_given_and_other_spellings_are_refused(env):
+    """`Rerun` and `rerun` used to share one batch (the tag was normalised), so the second run reused the first
+    one's extract; now a tag is used as given, and what cannot be is refused before anything runs."""
+    for bad in ("Rerun", "re run", "é", "-x"):
+        with pytest.raises(ValueError, match="use lower-case letters, digits, '-' and '_'"):
+            LoadTable(table="famille", mode="full", batch_tag=bad)
+        with pytest.raises(ValueError, match="use lower-case letters"):
+            LoadAll(mode="full", batch_tag=bad)
+    assert LoadTable(table="famille", batch_tag="weekly-full").batch_id == f"{DAY}-weekly-full"
+    assert LoadTable(table="famille", batch_tag="full").batch_id == f"{DAY}-full"
