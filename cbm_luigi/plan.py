@@ -158,5 +158,11 @@ def build_plan(table_row: dict, column_rows: list[dict]) -> TablePlan:
         if plan.by_name(k).extent:
             raise ConfigError(f"table {t}: key column {k} is an array (EXTENT) field")
     if plan.date_col:
-        plan.by_name(plan.date_col)
+        kind = plan.by_name(plan.date_col).ctype.kind
+        if plan.has_timestamps and kind == "date" and plan.date_precision == "datetime":
+            # `dat_mod >= 'D hh:mm'` skips the rows stamped D (they compare as midnight): same-day changes
+            # would be missed without a word
+            raise ConfigError(f"config.ETL_Tables[{t}].DateModifPrecision = 'datetime', but {plan.date_col} is a "
+                              f"DATE column (rows changed on the window's first day would be missed): set it to "
+                              f"'date' (with TimeOfDayCol for the time of day)")
     return plan

@@ -5,6 +5,7 @@ With no `.env` at all every setting points at the embedded demo (SQLite source, 
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -12,12 +13,40 @@ from pathlib import Path
 
 from dotenv import load_dotenv
 
-_SECRET_KEYS = re.compile(r"(?i)\b(PWD|PASSWORD|PASS|SECRET|TOKEN|KEY)\s*=\s*(\{[^}]*\}|[^;]*)")
+# a value is `{...}` (ODBC braces, `}}` inside is an escaped `}`), "..." or '...' (doubled quote inside), or
+# anything up to the next `;`
+_SECRET_KEYS = re.compile(r"""(?i)\b(PWD|PASSWORD|PASS|SECRET|TOKEN|KEY)\s*=\s*"""
+                          r"""(\{(?:[^}]|\}\})*\}|"(?:[^"]|"")*"|'(?:[^']|'')*'|[^;]*)""")
 
 
 def mask_secrets(text: str) -> str:
     """Mask password-like values in a connection string or any message that may quote one."""
     return _SECRET_KEYS.sub(lambda m: f"{m.group(1)}=***", text or "")
+
+
+class _MaskedRecord(logging.LogRecord):
+    def getMessage(self) -> str:
+        return mask_secrets(super().getMessage())
+
+
+def install_log_masking() -> None:
+    """Mask secrets in every log record of the process, tracebacks included (idempotent). Luigi's worker logs a
+    failed task's exception itself, so a driver message quoting a connection string is masked on the way out
+    whatever logger or handler writes it."""
+    base = logging.getLogRecordFactory()
+    if getattr(base, "masks_secrets", False):
+        return
+
+    def factory(*args, **kwargs):
+        record = base(*args, **kwargs)
+        if type(record) is logging.LogRecord:
+            record.__class__ = _MaskedRecord
+        if record.exc_info and not record.exc_text:  # formatters reuse exc_text instead of formatting again
+            record.exc_text = mask_secrets(logging.Formatter().formatException(record.exc_info))
+        return record
+
+    factory.masks_secrets = True
+    logging.setLogRecordFactory(factory)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Transform: source batches -> the batch's parquet, shaped in DuckDB while the source is still being read.
 
-Splits EXTENT arrays, computes `_etl_hashdiff` and `_etl_source_ts`. It runs inside the extract: DuckDB pulls
+Splits EXTENT arrays (or checks a kept-whole one), computes `_etl_hashdiff` and `_etl_source_ts`. It runs inside the extract: DuckDB pulls
 the reader's Arrow batches through a RecordBatchReader, so one thread fetches from the driver while another
 hashes and writes the previous batch (vectorised, bounded memory, no second pass over the data). The hashdiff
 is computed here, once, whatever the warehouse, so DuckDB and SQL Server hold the same hashes. The run's own
@@ -109,11 +109,6 @@ def _array_list(c: PlanColumn) -> str:
             f"replace(replace(replace(e, chr(2), ';'), chr(3), '?'), chr(1), '~') END)")
 
 
-def _array_decoded(c: PlanColumn) -> str:
-    """A kept-whole array: elements decoded and joined again with `;` (unknown elements become empty)."""
-    return f"array_to_string(list_transform({_array_list(c)}, lambda e: coalesce(e, '')), ';')"
-
-
 SHAPED_TECH = ["_etl_hashdiff", "_etl_source_ts"]  # computed from the data, stored in the batch's parquet
 
 
@@ -144,20 +139,23 @@ def transform_sql(plan: TablePlan, source_sql: str) -> str:
                                    for k in plan.keys)
     inner, outer = [], []
     for c in plan.columns:
-        if c.extent and c.array_mode == "split":
-            lst = f"_l_{len(inner)}"
-            too_many = (f"error('table {plan.table}, column {c.name}, key ' || {key_text} || ': ' || "
-                        f"CAST(len({lst}) AS VARCHAR) || ' array elements but the catalog says EXTENT "
-                        f"{c.extent}; run cbm-etl sync-columns {plan.table}')")
-            inner.append(f"{_array_list(c)} AS {lst}")
+        if not c.extent:
+            outer.append(_q(c.sql_name))
+            continue
+        lst = f"_l_{len(inner)}"
+        what = f" array elements but the catalog says EXTENT {c.extent}; run cbm-etl sync-columns {plan.table}"
+        too_many = (f"error({_lit(f'table {plan.table}, column {c.name}, key ')} || {key_text} || ': ' || "
+                    f"CAST(len({lst}) AS VARCHAR) || {_lit(what)})")
+        inner.append(f"{_array_list(c)} AS {lst}")
+        if c.array_mode == "split":
             for i, (name, _t, _n) in enumerate(c.output_columns(), 1):
                 guard = f"CASE WHEN len({lst}) > {c.extent} THEN {too_many} ELSE {lst}[{i}] END" if i == 1 \
                     else f"{lst}[{i}]"
                 outer.append(f"{guard} AS {_q(name)}")
-        elif c.extent:
-            outer.append(f"{_array_decoded(c)} AS {_q(c.sql_name)}")
-        else:
-            outer.append(_q(c.sql_name))
+        else:  # kept whole in Progress's own form (`;` between elements, `~;` `~~` `~?` escapes, `?` unknown):
+            # joining decoded elements would make ['a;b','c'] and ['a','b;c'] the same value
+            outer.append(f"CASE WHEN len({lst}) > {c.extent} THEN {too_many} ELSE {_q(c.sql_name)} END "
+                         f"AS {_q(c.sql_name)}")
     business = plan.output_columns()
     first = f"SELECT *{''.join(', ' + x for x in inner)} FROM ({source_sql}) AS src"
     if plan.date_col:
@@ -253,7 +251,8 @@ def shape_batches(plan: TablePlan, schema: pa.Schema, batches: Iterable[pa.Recor
 
     Row groups are kept small (ROW_GROUP_BYTES) so they are written while the source is still read, and a
     later step can read them in parallel."""
-    tmp = out_path.with_name(out_path.name + ".tmp")
+    # a name of its own: two processes extracting the same batch never rename each other's half-written file
+    tmp = out_path.with_name(f"{out_path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     con = compute_engine(memory_limit, threads, out_path.parent)
     src = _Batches(schema, batches)

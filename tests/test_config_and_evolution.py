@@ -115,3 +115,14 @@ def test_wide_merge_memory_raise_takes_any_limit_duckdb_takes(env, monkeypatch, 
         else:
             assert got >= 1.05e9 * 0.99  # raised for the wide MERGE
     release_connections()
+
+
+def test_datetime_precision_on_a_date_column_is_refused_before_reading(env):
+    """`dat_mod >= 'D hh:mm'` on a DATE column would skip every row changed on day D, silently."""
+    env.sql("UPDATE config.ETL_Tables SET DateModifPrecision = 'datetime' WHERE TableName = 'produit'")
+    assert not succeeded(build(LoadTable(table="produit", mode="incremental")))
+    [(step, err)] = env.sql("SELECT Step, ErrorMessage FROM etl.ETL_Log WHERE Status = 'FAILED'")
+    assert step == "extract" and err == (
+        "ConfigError: config.ETL_Tables[produit].DateModifPrecision = 'datetime', but dat_mod is a DATE column "
+        "(rows changed on the window's first day would be missed): set it to 'date' (with TimeOfDayCol for the "
+        "time of day)")

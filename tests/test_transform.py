@@ -65,8 +65,18 @@ def test_extent_arrays_split_with_escapes_and_unknown(tmp_path):
                                 "zta": ["x;?;y~;z", None, "a"]})
     assert [(r["zal_1"], r["zal_2"], r["zal_3"], r["zal_4"]) for r in rows] == [
         ("a;b", None, "?", "c~"), ("", "", "", ""), (None, None, None, None)]
-    assert [r["zta"] for r in rows] == ["x;;y;z", None, "a"]
+    assert [r["zta"] for r in rows] == ["x;?;y~;z", None, "a"]  # kept whole: Progress's own, lossless form
     assert "zal" not in rows[0]
+    # kept whole, two different arrays stay two different values (and hashes)
+    two = run(tmp_path, cols, {"id": [1, 2], "zal": [None, None], "zta": ["a~;b;c", "a;b~;c"]})
+    assert two[0]["zta"] != two[1]["zta"] and two[0]["_etl_hashdiff"] != two[1]["_etl_hashdiff"]
+
+
+def test_too_many_elements_in_a_kept_whole_array_is_an_error_too(tmp_path):
+    cols = [PlanColumn("id", "id", I, False), PlanColumn("zta", "zta", S, extent=2, array_mode="single")]
+    with pytest.raises(Exception, match=r"table t, column zta, key id=2: 3 array elements but the catalog says "
+                                        r"EXTENT 2"):
+        run(tmp_path, cols, {"id": [1, 2], "zta": ["a;b", "a;b;c"]})
 
 
 def test_too_many_array_elements_is_an_error_naming_the_key(tmp_path):

@@ -94,7 +94,7 @@ class DuckDbWarehouse(Warehouse):
                     raise
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
-        con.execute(f"SET memory_limit = '{self.settings.duckdb_memory_limit}'")
+        con.execute(f"SET memory_limit = {self.dialect.literal(self.settings.duckdb_memory_limit)}")
         con.execute(f"SET threads = {int(self.settings.duckdb_threads)}")
         con.execute("SET preserve_insertion_order = false")
         return con

@@ -1,0 +1,29 @@
+"""Secrets: masked in connection strings and in everything the process logs (tracebacks included)."""
+from __future__ import annotations
+
+import logging
+
+import cbm_luigi  # noqa: F401 — installs the log masking, as `luigi --module cbm_luigi` does
+from cbm_luigi.settings import mask_secrets
+
+
+def test_mask_secrets_handles_braces_quotes_and_escapes():
+    cases = {"DRIVER={d};UID=etl;PWD={ab}}c;d};DB=x": "DRIVER={d};UID=etl;PWD=***;DB=x",
+             'HostName=h;Password="p;w";Port=1': "HostName=h;Password=***;Port=1",
+             "PWD='a;''b';X=1": "PWD=***;X=1",
+             "UID=u;pwd = plain;DB=x": "UID=u;pwd=***;DB=x",
+             "Password=secret": "Password=***"}
+    for text, masked in cases.items():
+        assert mask_secrets(text) == masked
+        assert "secret" not in mask_secrets(text) and "plain" not in mask_secrets(text)
+
+
+def test_every_log_record_is_masked_traceback_included(caplog):
+    log = logging.getLogger("luigi-interface")
+    try:
+        raise RuntimeError("[Driver] login failed for DRIVER={x};UID=etl;PWD=hunter2;HOST=h")
+    except RuntimeError:
+        with caplog.at_level(logging.ERROR):
+            log.exception("task failed: %s", "Password=hunter2")
+    text = caplog.text
+    assert "task failed: Password=***" in text and "PWD=***;HOST=h" in text and "hunter2" not in text
