@@ -11,13 +11,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from . import config_store
-from .plan import TablePlan
+from .plan import ConfigError, TablePlan
 from .runlog import StepRecord
 from .targets import MarkerTarget, StageTarget, staged_batch
 from .transform import SHAPED_TECH, TechnicalValues
 from .warehouse.base import Session, Warehouse
 from .warehouse.statements import (Column, MergeSpec, create_table, duplicate_keys, evolve, merge_counts,
-                                   merge_statements, null_keys, validation_counts)
+                                   merge_statements, null_keys, tech_columns, validation_counts)
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,26 @@ def check_batch_file(plan: TablePlan, path: Path, batch_id: str) -> None:
             f"`cbm-etl invalidate {plan.table} --batch {batch_id} --from extract`.")
 
 
+def check_column_count(wh: Warehouse, plan: TablePlan) -> None:
+    """Split EXTENT arrays can take a table past what the warehouse admits (SQL Server: 1,024 columns): say so
+    before anything is written, with the way out."""
+    n = len(plan.output_columns()) + len(tech_columns(wh.dialect, ods=True, scd2=plan.is_dimension))
+    if wh.max_columns and n > wh.max_columns:
+        arrays = sorted(((c.extent, c.name) for c in plan.columns if c.extent and c.array_mode == "split"),
+                        reverse=True)[:5]
+        hint = (f"keep the largest arrays whole (ArrayMode = 'single' in config.ETL_Columns: "
+                f"{', '.join(f'{name} ({extent})' for extent, name in arrays)})" if arrays else
+                "exclude columns (IsExcluded = 1 in config.ETL_Columns)")
+        raise ConfigError(f"table {plan.table}: ods.{plan.destination} would have {n} columns, more than the "
+                          f"{wh.max_columns} the warehouse admits. Nothing was staged: {hint}, then rerun the table.")
+
+
 def stage(wh: Warehouse, plan: TablePlan, batch_path: Path, tech: TechnicalValues, *, marker: StageTarget,
           run_id: str, extract_started_at: datetime | None = None) -> StepRecord:
     """stg.<table> := the batch file plus the run's technical values; the marker and etl.ETL_StageState (what
     stg holds now) in the same transaction."""
     check_batch_file(plan, batch_path, tech.batch_id)
+    check_column_count(wh, plan)
     with wh.session() as s, s.transaction():
         rows = wh.replace_stage(s, plan.destination, batch_path, stage_columns(plan), tech)
         marker.touch(s, run_id=run_id, rows=rows, extract_started_at=extract_started_at)
@@ -138,16 +153,18 @@ def _ods_columns(wh: Warehouse, s: Session, plan: TablePlan) -> dict[str, tuple[
 
 
 def stage_lengths(s: Session, wh: Warehouse, plan: TablePlan) -> dict[str, int]:
-    """Longest value of each string column in stg (sizes NVARCHAR(n) on SQL Server; DuckDB needs none)."""
+    """Longest value of each string and binary column in stg (sizes NVARCHAR(n) / VARBINARY(n) on SQL Server,
+    where a value longer than the ods column fails the MERGE; DuckDB needs none)."""
     if not wh.needs_string_lengths:
         return {}
     d = wh.dialect
-    names = [n for n, t, _ in plan.output_columns() if t.kind == "string"]
-    if not names:
+    cols = [(n, d.length_fn if t.kind == "string" else d.binary_length_fn)
+            for n, t, _ in plan.output_columns() if t.kind in ("string", "binary")]
+    if not cols:
         return {}
-    row = s.query("SELECT " + ", ".join(f"MAX({d.length_fn}({d.quote(n)}))" for n in names) +
+    row = s.query("SELECT " + ", ".join(f"MAX({fn}({d.quote(n)}))" for n, fn in cols) +
                   f" FROM {d.table('stg', plan.destination)}")[0]
-    return {n: int(v or 0) for n, v in zip(names, row)}
+    return {n: int(v or 0) for (n, _fn), v in zip(cols, row)}
 
 
 def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: MarkerTarget, run_id: str,

@@ -126,3 +126,27 @@ def test_datetime_precision_on_a_date_column_is_refused_before_reading(env):
         "ConfigError: config.ETL_Tables[produit].DateModifPrecision = 'datetime', but dat_mod is a DATE column "
         "(rows changed on the window's first day would be missed): set it to 'date' (with TimeOfDayCol for the "
         "time of day)")
+
+
+def test_a_column_that_becomes_optional_at_the_source_accepts_null_in_ods(env):
+    def set_nullflag(flag):
+        con = sqlite3.connect(str(env.source))
+        con.execute("UPDATE SYSCOLUMNS_FULL SET nullflag = ? WHERE tbl = 'famille' AND col = 'actif'", [flag])
+        con.commit()
+        con.close()
+
+    set_nullflag("N")
+    assert succeeded(build(LoadTable(table="famille", mode="full", batch_tag="a")))
+    assert env.sql("SELECT is_nullable FROM information_schema.columns WHERE table_schema = 'ods' "
+                   "AND table_name = 'famille' AND column_name = 'actif'") == [("NO",)]
+    set_nullflag("Y")
+    con = sqlite3.connect(str(env.source))
+    con.execute("UPDATE famille SET actif = NULL WHERE cod_fam = 'F001'")
+    con.commit()
+    con.close()
+    assert cbm_etl(["sync-columns", "famille"]) == 0
+    assert succeeded(build(LoadTable(table="famille", mode="full", batch_tag="b")))
+    assert env.sql("SELECT actif FROM ods.famille WHERE cod_fam = 'F001' AND _etl_is_current") == [(None,)]
+    assert "actif now accepts NULL" in env.sql("SELECT Detail FROM etl.ETL_Log WHERE Step = 'merge' "
+                                                 "AND BatchId LIKE '%-b'")[0][0]
+    assert_ods_equals_source(env, "famille")

@@ -26,7 +26,7 @@ import sqlfluff
 from sqlfluff.api.simple import APIParsingError
 
 from cbm_luigi import config_store, runlog, steps
-from cbm_luigi.plan import PlanColumn, TablePlan
+from cbm_luigi.plan import ConfigError, PlanColumn, TablePlan
 from cbm_luigi.settings import Settings
 from cbm_luigi.targets import MarkerTarget, StageTarget, remove_markers
 from cbm_luigi.transform import TechnicalValues
@@ -331,12 +331,31 @@ def test_evolve_on_sql_server_types():
     cols = [Column("code", ColumnType("string", width=20), max_len=30), Column("n", ColumnType("int32")),
             Column("new", ColumnType("decimal", 10, 2))]
     stmts, changes = evolve(D, "ods", "t", cols, {"code": ("NVARCHAR(10)", False), "n": ("INT", True)})
-    assert stmts == ["ALTER TABLE [ods].[t] ALTER COLUMN [code] NVARCHAR(30) NOT NULL",
+    # `code` is optional at the source now (Column's default): the widening restates it NULL
+    assert stmts == ["ALTER TABLE [ods].[t] ALTER COLUMN [code] NVARCHAR(30) NULL",
                      "ALTER TABLE [ods].[t] ADD [new] DECIMAL(10,2) NULL"]
     assert len(changes) == 2
     assert evolve(D, "ods", "t", cols[:1], {"code": ("NVARCHAR(MAX)", True)}) == ([], [])
     with pytest.raises(SchemaChangeError, match="source type changed from BIGINT to INT"):
         evolve(D, "ods", "t", cols[1:2], {"n": ("BIGINT", True)})
+    assert_all_parse(stmts, "evolve")
+
+
+def test_evolve_widens_binaries_and_accepts_null_when_the_source_does():
+    cols = [Column("img", ColumnType("binary", width=100), max_len=250),
+            Column("qty", ColumnType("decimal", 12, 2), nullable=True),
+            Column("code", ColumnType("string", width=20), nullable=False, max_len=5),
+            Column("lib", ColumnType("string", width=20), nullable=True, max_len=5)]
+    existing = {"img": ("VARBINARY(100)", True), "qty": ("DECIMAL(12,2)", False), "code": ("NVARCHAR(20)", False),
+                "lib": ("NVARCHAR(MAX)", False)}
+    stmts, changes = evolve(D, "ods", "t", cols, existing)
+    assert stmts == ["ALTER TABLE [ods].[t] ALTER COLUMN [img] VARBINARY(250) NULL",
+                     "ALTER TABLE [ods].[t] ALTER COLUMN [qty] DECIMAL(12,2) NULL",
+                     "ALTER TABLE [ods].[t] ALTER COLUMN [lib] NVARCHAR(MAX) NULL"]  # kept (MAX), made optional
+    assert changes[1] == "ods.t: qty now accepts NULL (optional at the source)"
+    assert_all_parse(stmts, "evolve binary/null")
+    duck, _ = evolve(DuckDbDialect(), "ods", "t", cols[1:2], {"qty": ("DECIMAL(12,2)", False)})
+    assert duck == ['ALTER TABLE "ods"."t" ALTER COLUMN "qty" DROP NOT NULL']
 
 
 def test_bracket_quoting_and_identifier_limit():
@@ -973,3 +992,19 @@ def test_merge_counts_read_ods_under_the_merge_locks():
         sql = merge_counts(D, spec)
         assert sql.count("[ods].[all_kinds] AS t WITH (HOLDLOCK)") == (2 if spec.full else 1), label
         assert "HOLDLOCK" not in merge_counts(DuckDbDialect(), spec), label
+
+
+def test_a_table_past_sql_servers_column_limit_is_refused_before_staging(stage_file):
+    cols = [PlanColumn("code", "code", ColumnType("string", width=10), False),
+            PlanColumn("zal", "zal", ColumnType("string", width=10), True, extent=600),
+            PlanColumn("ztx", "ztx", ColumnType("string", width=10), True, extent=500)]
+    plan = TablePlan(table="wide", destination="wide", keys=["code"], columns=cols)
+    rec = RecordingSession()
+    wh = StubWarehouse(rec)
+    with pytest.raises(ConfigError, match=r"^table wide: ods.wide would have 1110 columns, more than the 1024 the "
+                                          r"warehouse admits. Nothing was staged: keep the largest arrays whole "
+                                          r"\(ArrayMode = 'single' in config.ETL_Columns: zal \(600\), ztx \(500\)\)"):
+        steps.check_column_count(wh, plan)
+    assert rec.statements == []
+    steps.check_column_count(StubWarehouse(rec), TablePlan(table="ok", destination="ok", keys=["code"],
+                                                            columns=cols[:2]))  # 601 + 9 technical: fine

@@ -85,6 +85,7 @@ class Warehouse:
         raise NotImplementedError
 
     needs_string_lengths = False
+    max_columns: int | None = None  # columns per table the warehouse admits (None: no practical limit)
 
     def before_merge(self, s: Session, n_columns: int) -> None:
         """Hook run in the merge's session before the MERGE (resource tuning); nothing by default."""

@@ -47,6 +47,7 @@ class WarehouseDialect:
         return f"{expr} = {self.false}"
 
     length_fn = "length"
+    binary_length_fn = "octet_length"
 
     # types of the technical columns
     hash_type = "VARCHAR(32)"
@@ -83,6 +84,7 @@ class TsqlDialect(WarehouseDialect):
     # blanks and, under _SC collations, counts a surrogate pair as one: both under-size the column. DATALENGTH
     # of an NVARCHAR is 2 bytes per UTF-16 code unit, exactly what NVARCHAR(n) counts.
     length_fn = "0.5 * DATALENGTH"
+    binary_length_fn = "DATALENGTH"  # VARBINARY(n) counts bytes
 
     def quote(self, name: str) -> str:
         return "[" + self.check_identifier(name).replace("]", "]]") + "]"

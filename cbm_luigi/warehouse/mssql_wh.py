@@ -462,6 +462,7 @@ def _without_driver(odbc: str) -> str:
 class MssqlWarehouse(Warehouse):
     kind = "mssql"
     needs_string_lengths = True
+    max_columns = 1024  # per non-wide table (Msg 1702 at CREATE TABLE otherwise)
 
     def __init__(self, settings):
         super().__init__(settings)

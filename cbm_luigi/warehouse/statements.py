@@ -88,6 +88,13 @@ def widen_column(d: WarehouseDialect, schema: str, table: str, col: Column, null
     return f"ALTER TABLE {d.table(schema, table)} ALTER COLUMN {d.quote(col.name)} TYPE {d.column_type(col.ctype)}"
 
 
+def allow_null(d: WarehouseDialect, schema: str, table: str, name: str, type_text: str) -> str:
+    """Make a column optional; `type_text` is its current type (T-SQL restates it, unchanged)."""
+    if d.name == "mssql":
+        return f"ALTER TABLE {d.table(schema, table)} ALTER COLUMN {d.quote(name)} {type_text} NULL"
+    return f"ALTER TABLE {d.table(schema, table)} ALTER COLUMN {d.quote(name)} DROP NOT NULL"
+
+
 def _width(type_text: str) -> int | None:
     """NVARCHAR(n) -> n, NVARCHAR(MAX)/VARCHAR -> None (unbounded)."""
     t = type_text.upper().replace(" ", "")
@@ -100,8 +107,9 @@ def evolve(d: WarehouseDialect, schema: str, table: str, wanted: list[Column],
            existing: dict[str, tuple[str, bool]]) -> tuple[list[str], list[str]]:
     """Statements that bring `schema.table` (existing: name -> (type text, nullable)) up to `wanted`.
 
-    New columns are added; strings longer than the column widen it (logged by the caller); any other type
-    change raises SchemaChangeError. Returns (statements, human-readable changes).
+    New columns are added; strings and binaries longer than the column widen it, a column that became optional
+    at the source accepts NULL (both logged by the caller); any other type change raises SchemaChangeError.
+    Returns (statements, human-readable changes).
     """
     stmts, changes = [], []
     lower = {k.lower(): (k, v) for k, v in existing.items()}
@@ -112,18 +120,22 @@ def evolve(d: WarehouseDialect, schema: str, table: str, wanted: list[Column],
             continue
         _name, (have, nullable) = lower[col.name.lower()]
         want = d.column_type(col.ctype, col.max_len)
-        if have.upper().replace(" ", "") == want.upper().replace(" ", ""):
-            continue
-        if col.ctype.kind == "string" and _base(have) == _base(want):
+        same = have.upper().replace(" ", "") == want.upper().replace(" ", "")
+        if not same and col.ctype.kind in ("string", "binary") and _base(have) == _base(want):
             hw, ww = _width(have), _width(want)
             if hw is not None and (ww is None or ww > hw):
-                stmts.append(widen_column(d, schema, table, col, nullable))
+                stmts.append(widen_column(d, schema, table, col, nullable or col.nullable))
                 changes.append(f"{schema}.{table}: widened {col.name} from {have} to {want}")
-            continue  # wide enough already
-        raise SchemaChangeError(
-            f"{schema}.{table}.{col.name}: the source type changed from {have} to {want}. Nothing was cast. "
-            f"Either add a SourceExpression in config.ETL_Columns that casts back to {have}, or migrate the "
-            f"column yourself (ALTER TABLE ... / rename it away) and rerun the table.")
+                continue  # the widening also applied the nullability
+            same = True  # wide enough already
+        if not same:
+            raise SchemaChangeError(
+                f"{schema}.{table}.{col.name}: the source type changed from {have} to {want}. Nothing was cast. "
+                f"Either add a SourceExpression in config.ETL_Columns that casts back to {have}, or migrate the "
+                f"column yourself (ALTER TABLE ... / rename it away) and rerun the table.")
+        if col.nullable and not nullable:
+            stmts.append(allow_null(d, schema, table, col.name, have))
+            changes.append(f"{schema}.{table}: {col.name} now accepts NULL (optional at the source)")
     return stmts, changes
 
 
