@@ -1,18 +1,24 @@
 """Source layer without a server: the OpenEdge SQL text, conforming driver values, error translation."""
 from __future__ import annotations
 
+import logging
+import re
+import sqlite3
 from datetime import date, datetime
 from decimal import Decimal
 
 import pyarrow as pa
 import pytest
 
+from cbm_luigi.naming import resolve_column_names
 from cbm_luigi.plan import PlanColumn, TablePlan
 from cbm_luigi.settings import load_settings, mask_secrets
+from cbm_luigi.source import readers
 from cbm_luigi.source.conform import conform_batch
-from cbm_luigi.source.dialect import OpenEdgeDialect, SourceColumn, Window
+from cbm_luigi.source.dialect import (OPENEDGE_MAX_IDENTIFIER, OpenEdgeDialect, SourceColumn, SqliteStandInDialect,
+                                      Window, result_names, source_alias)
 from cbm_luigi.source.errors import SourceError, SourceValueError, translate
-from cbm_luigi.source.readers import _odbc_retry, pooled_reader, release_readers
+from cbm_luigi.source.readers import _odbc_retry, _rows_to_batch, pooled_reader, release_readers
 from cbm_luigi.types import ColumnType
 
 OE = OpenEdgeDialect()
@@ -27,14 +33,49 @@ def test_extract_sql_for_progress_hyphens_reserved_words_arrays_and_window():
     assert sql == (
         'SELECT "cod_pro" AS "cod_pro", "gencod-v" AS "gencod_v_2", "order" AS "order_", "zal" AS "zal", '
         '"Mixed-Case" AS "mixed_case", SUBSTRING("desc", 1, 200) AS "desc_" FROM PUB."produit" '
-        'WHERE ("dat_mod" > CAST(? AS DATE) OR ("dat_mod" = CAST(? AS DATE) AND ("heure" >= 52205 OR "heure" IS NULL)))'
-        ' AND ("cod_soc" = 1)')
+        'WHERE "dat_mod" >= CAST(? AS DATE) AND ("dat_mod" > CAST(? AS DATE) OR "heure" >= 52205 OR "heure" IS NULL)'
+        ' AND ("cod_soc" = 1)')  # the dat_mod range is a top-level AND term: the server can use its index
     assert params == ["2026-11-26", "2026-11-26"]
     sql, params = OE.extract_sql("lignecli", cols[:1], Window("dat_mod", datetime(2026, 11, 26, 23, 0), "date"))
     assert sql.endswith('FROM PUB."lignecli" WHERE "dat_mod" >= CAST(? AS DATE)') and params == ["2026-11-26"]
     sql, params = OE.extract_sql("t", cols[:1], Window("ts", datetime(2026, 1, 2, 3, 4, 5), "datetime"))
     assert sql.endswith('WHERE "ts" >= CAST(? AS TIMESTAMP)') and params == ["2026-01-02 03:04:05"]
     assert OE.table_ref('we"ird') == 'PUB."we""ird"'
+
+
+def test_time_of_day_window_selects_the_same_rows_as_the_or_form():
+    """The window was `d > D OR (d = D AND (h >= S OR h IS NULL))`; it is now `d >= D AND (d > D OR h >= S OR
+    h IS NULL)` so the date range can use the index. Same rows on every edge: the boundary day below, at and
+    above S, NULL time (counts as modified), NULL date (never in a window), the day before."""
+    con = sqlite3.connect(":memory:")
+    con.execute('CREATE TABLE t (k INTEGER, "dat_mod" TEXT, "heure" INTEGER)')
+    rows = [(1, "2026-11-25", 86399), (2, "2026-11-25", None), (3, "2026-11-26", 0), (4, "2026-11-26", 52204),
+            (5, "2026-11-26", 52205), (6, "2026-11-26", 52206), (7, "2026-11-26", None), (8, "2026-11-27", 0),
+            (9, "2026-11-27", None), (10, None, 60000), (11, None, None), (12, "2026-12-31", 86399)]
+    con.executemany("INSERT INTO t VALUES (?, ?, ?)", rows)
+    w = Window("dat_mod", datetime(2026, 11, 26, 14, 30, 5), "date", "heure")
+    new, params = SqliteStandInDialect().window_predicate(w)
+    old = '("dat_mod" > ? OR ("dat_mod" = ? AND ("heure" >= 52205 OR "heure" IS NULL)))'
+
+    def keys(pred):
+        return [r[0] for r in con.execute(f"SELECT k FROM t WHERE {pred} ORDER BY k", params)]
+    assert keys(new) == keys(old) == [5, 6, 7, 8, 9, 12]
+    assert keys(f"NOT ({new})") == keys(f"NOT ({old})") == [1, 2, 3, 4]  # NULL dates are in neither
+    assert not re.search(r"\bOR\b", new.split(" AND ", 1)[0])  # the top-level first term is the plain range
+
+
+def test_aliases_longer_than_openedge_identifiers_are_read_under_a_32_character_name():
+    # two 32-character Progress names with the same SQL-safe name: one gets `_2`, 34 characters
+    names = resolve_column_names(["designation-commerciale-longue-a", "designation_commerciale_longue_a"])
+    long = names["designation-commerciale-longue-a"]
+    assert len(long) == 34
+    cols = [SourceColumn(n, a) for n, a in names.items()] + [SourceColumn("x", "a" * 128, 'UPPER("x")')]
+    sql, _ = OE.extract_sql("t", cols)
+    assert all(len(i) <= OPENEDGE_MAX_IDENTIFIER for i in re.findall(r'"((?:[^"]|"")*)"', sql))
+    assert '"designation_commerciale_longue_a" AS "designation_commerciale_longue_a"' in sql  # short: unchanged
+    assert source_alias(long) != source_alias("a" * 128) and source_alias(long) == source_alias(long)
+    read = [source_alias(a) for a in (*names.values(), "a" * 128)]
+    assert result_names(read, [*names.values(), "a" * 128]) == [*names.values(), "a" * 128]
 
 
 def test_catalog_queries_are_the_documented_ones():
@@ -67,6 +108,52 @@ def test_conform_casts_exactly_and_names_the_bad_value():
         conform_batch(_batch(cod=[None], prix=[None], d=[None], ts=[None]), schema, table="t", keys=["cod"])
 
 
+def test_conform_takes_a_double_only_when_it_is_a_decimal_of_the_column_scale():
+    schema = pa.schema([pa.field("k", pa.int32()), pa.field("x", pa.decimal128(10, 2))])
+    ok = conform_batch(_batch(k=[1, 2, 3, 4], x=[1.23, 0.07, -2.5, None]), schema, table="t",
+                       keys=["k"])  # 1.23 arrives as 1.2299999999999999822: its nearest decimal of scale 2
+    assert ok.column("x").to_pylist() == [Decimal("1.23"), Decimal("0.07"), Decimal("-2.50"), None]
+    for bad in (1.234, 0.1 + 0.2, -2.675, 1e-3):  # would be rounded to 2 places: refused
+        with pytest.raises(SourceValueError, match=rf"column x, key k=2: value {re.escape(repr(bad))} does not"):
+            conform_batch(_batch(k=[1, 2], x=[1.5, bad]), schema, table="t", keys=["k"])
+
+
+D0, D1 = datetime(2026, 1, 1), datetime(2026, 1, 1, 0, 0, 0, 123000)
+
+
+@pytest.mark.parametrize("values,target,expected", [
+    ([0, 1, None], pa.bool_(), [False, True, None]), ([12], pa.bool_(), None), ([-1], pa.bool_(), None),
+    ([2.0], pa.bool_(), None), (["true", "0"], pa.bool_(), [True, False]),
+    ([True], pa.int32(), None), ([False], pa.decimal128(5, 0), None), ([True], pa.string(), None),
+    ([7, -3], pa.decimal128(15, 4), [Decimal("7.0000"), Decimal("-3.0000")]),  # SQLite: an integral NUMERIC
+    ([10**11], pa.decimal128(15, 4), None), ([7.5], pa.int32(), None), ([Decimal("7.5")], pa.int64(), None),
+    ([date(2026, 1, 1)], pa.int32(), None), ([D0], pa.int64(), None), ([7], pa.timestamp("ms"), None),
+    ([7], pa.date32(), None), ([7.0], pa.timestamp("ms"), None),
+    ([D0], pa.date32(), [date(2026, 1, 1)]), ([datetime(2026, 1, 1, 13, 0)], pa.date32(), None),
+    ([datetime(2026, 1, 1, 0, 0, 0, 1000)], pa.date32(), None),
+    ([D1], pa.timestamp("ms"), [D1]), ([datetime(2026, 1, 1, 0, 0, 0, 123456)], pa.timestamp("ms"), None),
+    ([datetime(2026, 1, 1, 0, 0, 0, 123456)], pa.timestamp("ms", tz="UTC"), None),
+    ([5], pa.string(), ["5"]), ([b"ab"], pa.string(), ["ab"]),
+])
+def test_conform_refuses_what_arrow_would_change_silently(values, target, expected):
+    """Arrow's safe casts make 12 True, True 1, a datetime its date, a date its day number: refused, with key
+    and value. What arrives as the DB-API readers build it (`_rows_to_batch`) either fits exactly or stops."""
+    schema = pa.schema([pa.field("k", pa.int32()), pa.field("v", target)])
+    batch = _rows_to_batch([(i, v) for i, v in enumerate(values, 1)], ["k", "v"])
+    if expected is not None:
+        assert conform_batch(batch, schema, table="t", keys=["k"]).column("v").to_pylist() == expected
+    else:
+        with pytest.raises(SourceValueError, match=rf"table t, column v, key k=1: value {re.escape(repr(values[0]))}"):
+            conform_batch(batch, schema, table="t", keys=["k"])
+
+
+def test_rows_to_batch_keeps_the_driver_values_and_names_a_mixed_column():
+    batch = _rows_to_batch([(1, datetime(2026, 1, 1, 0, 0, 0, 123456))], ["k", "ts"])
+    assert batch.column("ts").to_pylist() == [datetime(2026, 1, 1, 0, 0, 0, 123456)]  # not cut to .123
+    with pytest.raises(ValueError, match="column v: the driver's values do not make one typed column"):
+        _rows_to_batch([(1, 5), (2, "abc")], ["k", "v"])
+
+
 def test_conform_refuses_a_double_that_cannot_be_an_exact_decimal():
     schema = pa.schema([pa.field("k", pa.int32()), pa.field("x", pa.decimal128(38, 2))])
     with pytest.raises(SourceValueError, match="key k=1"):
@@ -87,6 +174,26 @@ def test_driver_errors_become_actionable_messages(text, fix, transient):
     err = translate(RuntimeError(text + " DRIVER={x};PWD=topsecret;UID=u"), table="client")
     assert "PUB.client" in str(err) and fix in str(err) and err.transient is transient
     assert "topsecret" not in str(err)
+
+
+def test_width_overflow_advice_does_not_suggest_truncation():
+    err = str(translate(RuntimeError("[OPENEDGE]Column zlib in table PUB.client has value exceeding its max length "
+                                     "or precision."), table="client"))
+    assert "dbtool" in err and "SourceExpression" in err and "Truncation loses data" in err
+    assert "-SQLTruncateTooLarge OUTPUT" not in err and "use it only with truncation off" in err
+
+
+def test_arrow_odbc_warns_once_when_the_connection_string_does_not_set_the_isolation(monkeypatch, caplog):
+    monkeypatch.setattr(readers, "_warned_dil", False)
+    caplog.set_level(logging.WARNING, logger=readers.__name__)
+    for cs in ("Driver=x;HostName=h;DefaultIsolationLevel=READ UNCOMMITTED", "DRIVER={x};DIL=READ_UNCOMMITTED;A=1",
+               "DRIVER={x};dil = {READ UNCOMMITTED}", "Driver=x;DefaultIsolationLevel=0"):
+        readers._warn_without_dil(cs)
+    assert caplog.records == []
+    readers._warn_without_dil("Driver=x;HostName=h;DefaultIsolationLevel=READ COMMITTED;PWD=s3cret")
+    readers._warn_without_dil("DRIVER={x};HOST=h")
+    assert len(caplog.records) == 1 and "DefaultIsolationLevel=READ UNCOMMITTED" in caplog.text
+    assert "s3cret" not in caplog.text
 
 
 def test_mask_secrets():

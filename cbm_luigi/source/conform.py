@@ -2,7 +2,10 @@
 
 Drivers differ (Progress hands over Decimal and date; the SQLite stand-in hands over doubles and ISO text),
 so every batch is cast to the schema derived from the catalog. Casts are `safe`: a value that would change
-(overflow, truncated fraction, year outside 1..9999) stops the extract with table, column, key and value.
+(overflow, truncated fraction, sub-millisecond digits, year outside 1..9999) stops the extract with table,
+column, key and value. Arrow's safe casts still accept a few changes, refused here: a double with more decimals
+than the column's scale (rounded), a time of day in a date column (dropped), a number other than 0/1 in a
+logical column (made True) and a logical in a non-logical column (made 1).
 """
 from __future__ import annotations
 
@@ -50,12 +53,45 @@ def _convert(arr: pa.Array, target: pa.DataType) -> pa.Array:
         return pa.nulls(len(arr), target)
     if pa.types.is_floating(arr.type) and pa.types.is_decimal(target):
         # an ODBC driver that reports NUMERIC as double (the SQLite stand-in): a double holds 15 significant
-        # digits exactly, so values needing more (integer digits + scale) are refused, the rest rounded to scale.
+        # digits exactly, so values needing more (integer digits + scale) are refused. Below that, a double is
+        # taken only when it is the nearest double to a decimal of the column's scale (1.23 arrives as
+        # 1.2299999999999999822 and is 1.23); 1.234 in a scale-2 column would be rounded, so it is refused.
+        if not pc.all(pc.is_finite(arr)).as_py():
+            raise pa.ArrowInvalid("non-finite double: the driver could not carry the source value")
         limit = 10.0 ** (DOUBLE_DIGITS - target.scale)
         if pc.any(pc.greater_equal(pc.abs(arr), limit)).as_py():
             raise pa.ArrowInvalid(f"a double above {limit:g} cannot carry {DOUBLE_DIGITS} exact digits")
-        return pc.round(arr, ndigits=target.scale).cast(target, safe=True)
-    return arr.cast(target, safe=True)
+        rounded = pc.round(arr, ndigits=target.scale)
+        if not pc.all(pc.equal(rounded, arr)).as_py():
+            raise pa.ArrowInvalid(f"more than {target.scale} decimal places: the value would be rounded")
+        return rounded.cast(target, safe=True)
+    if pa.types.is_integer(arr.type) and pa.types.is_decimal(target):
+        # SQLite hands over an integral NUMERIC as an integer; Arrow casts int64 only to a decimal of 19 integer
+        # digits or more, so go through the widest decimal and let the safe cast check the precision
+        return arr.cast(pa.decimal256(76, target.scale)).cast(target, safe=True)
+    src, dst = _kind(arr.type), _kind(target)
+    if src != dst and src != "text" and not (dst == "text" and src != "bool") and (src, dst) != ("number", "bool"):
+        # Arrow would make a logical 1, a date its day number, a number a date: values of another kind
+        raise pa.ArrowInvalid(f"a {arr.type} value in a {target} column")
+    if (src, dst) == ("number", "bool") and not pc.all(pc.is_in(arr, pa.array([0, 1, None], arr.type))).as_py():
+        raise pa.ArrowInvalid("a logical value is 0 or 1")  # Arrow makes any other number True
+    out = arr.cast(target, safe=True)
+    if pa.types.is_timestamp(arr.type) and pa.types.is_date(target) and not pc.all(
+            pc.equal(out.cast(arr.type), arr)).as_py():
+        raise pa.ArrowInvalid("a time of day in a date column would be dropped")
+    return out
+
+
+def _kind(t: pa.DataType) -> str:
+    """Which values convert into which: text parses into anything (strictly) and anything but a logical has a
+    text form; otherwise only a number becomes another number, or a 0/1 logical."""
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return "number"
+    if pa.types.is_date(t) or pa.types.is_timestamp(t):
+        return "time"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "text"
+    return str(t)
 
 
 def conform_batch(batch: pa.RecordBatch, schema: pa.Schema, *, table: str, keys: list[str]) -> pa.RecordBatch:

@@ -4,6 +4,7 @@ The reader layer executes what this module writes; the warehouse never sees it.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -16,6 +17,25 @@ def quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def source_alias(alias: str) -> str:
+    """The name a column is read under: its SQL-safe name, or a 32-character stand-in when that name is longer.
+
+    OpenEdge identifiers (aliases too) stop at 32 characters, and a SQL-safe name can pass them (a collision
+    suffix `_2` on a 32-character name, an operator's SqlName). The stand-in keeps the name's start and adds a
+    hash of the whole name; the readers rename it back (`result_names`), so no other layer sees it.
+    """
+    if len(alias) <= OPENEDGE_MAX_IDENTIFIER:
+        return alias
+    digest = hashlib.sha1(alias.encode("utf-8")).hexdigest()[:12]
+    return f"{alias[:OPENEDGE_MAX_IDENTIFIER - 13]}_{digest}"
+
+
+def result_names(names: list[str], wanted: list[str]) -> list[str]:
+    """`names` as read, with each stand-in of `source_alias` renamed back to its name in `wanted`."""
+    back = {source_alias(w): w for w in wanted if source_alias(w) != w}
+    return [back.get(n, n) for n in names] if back else list(names)
+
+
 @dataclass(frozen=True)
 class SourceColumn:
     """One column to read: the Progress name, the SQL-safe alias and an optional operator expression."""
@@ -24,7 +44,7 @@ class SourceColumn:
     expression: str | None = None  # e.g. SUBSTRING("desc", 1, 2000) — replaces the plain column reference
 
     def select_item(self) -> str:
-        return f"{self.expression or quote(self.name)} AS {quote(self.alias)}"
+        return f"{self.expression or quote(self.name)} AS {quote(source_alias(self.alias))}"
 
 
 @dataclass(frozen=True)
@@ -61,11 +81,13 @@ class OpenEdgeDialect:
             return f"{col} >= {self.timestamp_param()}", [w.since.strftime("%Y-%m-%d %H:%M:%S")]
         day = w.since.date().isoformat()
         if w.time_of_day_column:
-            # dat_mod is a date and heure the seconds since midnight: (d > D) OR (d = D AND h >= S)
+            # dat_mod is a date and heure the seconds since midnight: rows after day D, or on D from second S
+            # (a NULL heure counts as modified). The range on dat_mod stays a top-level AND term so the server
+            # can use the dat_mod index; an OR at the top would make it scan the table.
             secs = w.since.hour * 3600 + w.since.minute * 60 + w.since.second
             tod = quote(w.time_of_day_column)
-            return (f"({col} > {self.date_param()} OR ({col} = {self.date_param()} AND "
-                    f"({tod} >= {secs} OR {tod} IS NULL)))", [day, day])
+            return (f"{col} >= {self.date_param()} AND ({col} > {self.date_param()} OR {tod} >= {secs} "
+                    f"OR {tod} IS NULL)", [day, day])
         return f"{col} >= {self.date_param()}", [day]
 
     def extract_sql(self, table: str, columns: list[SourceColumn], window: Window | None = None,

@@ -20,10 +20,16 @@ class SourceValueError(SourceError):
 
 _RULES: list[tuple[re.Pattern, str, bool]] = [
     (re.compile(r"value exceeding its max length or precision", re.I),
-     "a value is longer than the column's SQL width in Progress. Fix at the source with `dbtool` "
-     "(option 1 'SQL Width & Date Scan w/Report', option 2 'SQL Width Scan w/Fix'), or start the server with "
-     "-SQLWidthUpdate ON (11.6+) / -SQLTruncateTooLarge OUTPUT (11.5.1+), or set a SourceExpression override "
-     "for the column in config.ETL_Columns", False),
+     "a value is longer than the column's SQL width in Progress. Widen the width at the source with `dbtool` "
+     "(option 1 'SQL Width & Date Scan w/Report', option 2 'SQL Width Scan w/Fix'), or set a SourceExpression "
+     "override for the column in config.ETL_Columns. Truncation loses data: -SQLTruncateTooLarge / "
+     "truncateTooLarge cut the value and the warehouse keeps the cut text; -SQLWidthUpdate ON (11.6+) widens "
+     "the width but turns that truncation on for every connection that does not switch it off, so use it only "
+     "with truncation off for the ETL connection", False),
+    (re.compile(r"too large to be written into the allocated buffer", re.I),
+     "a text or binary value is longer than the arrow-odbc reader's buffer for its column (nothing was cut). "
+     "Exclude the column (IsExcluded = 1), read part of it with a SourceExpression override (e.g. SUBSTRING), "
+     "or read the source with CBM_ODBC_READER=pyodbc, which fetches long values whole", False),
     (re.compile(r"\(7512\)|access denied|authorization failed", re.I),
      "the ODBC user may not read this table: GRANT SELECT ON PUB.<table> TO <etl user> in OpenEdge SQL", False),
     (re.compile(r"IM003|\b193\b", re.I),

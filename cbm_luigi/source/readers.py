@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -18,24 +19,29 @@ from collections.abc import Iterator
 import pyarrow as pa
 
 from ..settings import Settings, mask_secrets
-from .dialect import OpenEdgeDialect, SqliteStandInDialect, dialect_for
+from .dialect import OpenEdgeDialect, SqliteStandInDialect, dialect_for, result_names
 from .errors import SourceError, translate
 
 log = logging.getLogger(__name__)
-# arrow-odbc sizes text buffers from the driver's column size; an unbounded column (CLOB, LVARCHAR) would get
-# a huge buffer per row. OpenEdge VARCHAR holds at most 31,995 characters (4 bytes each in UTF-8).
+# arrow-odbc sizes text and binary buffers from the driver's column size; an unbounded column (CLOB, LVARCHAR,
+# BLOB, LVARBINARY) would get a huge buffer per row, or none at all. OpenEdge VARCHAR holds at most 31,995
+# characters (4 bytes each in UTF-8); binary values are bounded at 4 MiB (a BLOB column then reads 16 rows a
+# fetch within max_bytes_per_batch). A longer value is an error naming its column (`_too_long`), never cut.
 MAX_TEXT_BYTES = 31_995 * 4
+MAX_BINARY_BYTES = 4 * 1024 * 1024
 
 
-def _rows_to_batch(rows: list[tuple], names: list[str], schema: pa.Schema | None) -> pa.RecordBatch:
+def _rows_to_batch(rows: list[tuple], names: list[str]) -> pa.RecordBatch:
+    """Arrays of the driver's own types: building them in the catalog type would convert silently (microseconds
+    cut to milliseconds, a datetime to its date, 12 to True, True to 1); conform.py casts them exactly."""
     cols = list(zip(*rows)) if rows else [[] for _ in names]
     arrays = []
-    for i, name in enumerate(names):
-        want = schema.field(name).type if schema is not None and name in schema.names else None
+    for name, values in zip(names, cols):
         try:
-            arrays.append(pa.array(cols[i], type=want, from_pandas=False))
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-            arrays.append(pa.array(cols[i]))  # let conform.py name the bad value precisely
+            arrays.append(pa.array(values, from_pandas=False))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
+            raise ValueError(f"column {name}: the driver's values do not make one typed column (values of "
+                             f"different types in one batch?): {exc}") from None
     return pa.RecordBatch.from_arrays(arrays, names=names)
 
 
@@ -73,11 +79,13 @@ class _DbApiReader(Reader):
             cur.arraysize = batch_rows
         cur.execute(sql, params or [])
         names = [d[0] for d in cur.description]
+        if schema is not None:
+            names = result_names(names, schema.names)
         while True:
             rows = cur.fetchmany(batch_rows)
             if not rows:
                 break
-            yield _rows_to_batch([tuple(r) for r in rows], names, schema)
+            yield _rows_to_batch([tuple(r) for r in rows], names)
 
     def close(self):
         if self.con is not None:
@@ -133,7 +141,8 @@ class PyodbcReader(_DbApiReader):
 
 
 class ArrowOdbcReader(Reader):
-    """Reads straight into Arrow; the schema we pass makes decimals exact (fetched as text, parsed in Rust)."""
+    """Reads straight into Arrow: each column in the driver's own type (decimals are parsed exactly from the
+    driver's text), then conform.py casts it exactly to the catalog type."""
 
     name = "arrow-odbc"
 
@@ -146,39 +155,112 @@ class ArrowOdbcReader(Reader):
                                settings.connect_retries, "connect")
         if settings.source_isolation == "READ_UNCOMMITTED" and dialect.name == "openedge":
             self.con.execute("SET TRANSACTION ISOLATION LEVEL READ UNCOMMITTED")
+            _warn_without_dil(settings.source_odbc)
         for stmt in settings.source_init_sql:
             self.con.execute(stmt)
 
     def query(self, sql, params=None):
         # catalog-sized answers: small buffers (the default 65,535 rows x column size costs ~250 MB)
         reader = self.con.read_arrow_batches(sql, parameters=[None if p is None else str(p) for p in params or []],
-                                             batch_size=1000, max_bytes_per_batch=8 * 1024 * 1024)
+                                             batch_size=1000, max_bytes_per_batch=8 * 1024 * 1024,
+                                             max_text_size=MAX_TEXT_BYTES, max_binary_size=MAX_BINARY_BYTES)
         return [tuple(r.values()) for b in reader for r in b.to_pylist()]
 
     def stream(self, sql, params, schema, batch_rows):
-        reader = self.con.read_arrow_batches(
-            sql, batch_size=batch_rows, parameters=[str(p) for p in params or []],
-            max_bytes_per_batch=64 * 1024 * 1024, max_text_size=MAX_TEXT_BYTES,
-            query_timeout_sec=self.settings.query_timeout_s or None,
-            map_schema=(lambda s: _prefer(s, schema)) if schema is not None else None)
-        yield from reader
+        try:
+            reader = self.con.read_arrow_batches(
+                sql, batch_size=batch_rows, parameters=[str(p) for p in params or []],
+                max_bytes_per_batch=64 * 1024 * 1024, max_text_size=MAX_TEXT_BYTES,
+                max_binary_size=MAX_BINARY_BYTES, query_timeout_sec=self.settings.query_timeout_s or None,
+                map_schema=(lambda s: _prefer(s, schema)) if schema is not None else None)
+            read = reader.schema.names
+            names = result_names(read, schema.names) if schema is not None else read
+            for batch in reader:
+                yield pa.RecordBatch.from_arrays(batch.columns, names=names) if names != read else batch
+        except Exception as exc:  # noqa: BLE001 — only the buffer overflow is rewritten
+            if _TOO_LONG not in str(exc):
+                raise
+            raise ValueError(self._too_long(str(exc), sql, params, schema)) from None
+
+    def _too_long(self, message: str, sql: str, params: list, schema: pa.Schema | None) -> str:
+        """arrow-odbc refuses a value longer than its buffer (nothing is cut) but does not say in which column:
+        the driver's column sizes, read through pyodbc without fetching, tell whose buffer was shorter."""
+        m = re.search(r"Some\((\d+)\)", message)
+        size = int(m.group(1)) if m else None
+        try:
+            with PyodbcReader(self.settings, self.dialect) as r:
+                description = r.con.cursor().execute(sql, params or []).description
+        except Exception as exc:  # noqa: BLE001 — only a better message was at stake
+            log.warning("could not tell which column overflowed: %s", mask_secrets(str(exc))[:300])
+            description = []
+        cols = _shorter_buffers(description, size)
+        if schema is not None:
+            cols = result_names(cols, schema.names)
+        where = f"column {' or '.join(cols)}" if cols else "a text or binary column"
+        length = f" of {size:,} bytes" if size is not None else ""
+        return (f"{where}: a value{length} is longer than arrow-odbc's buffer for it (at most {MAX_TEXT_BYTES:,} "
+                f"bytes of text, {MAX_BINARY_BYTES:,} bytes of binary) — {message}")
 
     def close(self):
         self.con = None
 
 
-def _prefer(driver_schema: pa.Schema, wanted: pa.Schema) -> pa.Schema:
-    """Ask arrow-odbc for the catalog's decimal and timestamp types.
+_TOO_LONG = "too large to be written into the allocated buffer"
 
-    arrow-odbc sizes its buffers from what the driver reports: a driver that reports NUMERIC as double or a
-    TIMESTAMP with 0 fractional digits (the SQLite ODBC driver does both) would lose digits silently. With our
-    types, decimals are fetched as text and parsed exactly, and timestamps keep their milliseconds.
+
+def _shorter_buffers(description, size: int | None) -> list[str]:
+    """Columns whose arrow-odbc buffer holds fewer than `size` bytes: text gets 4 bytes a character of the
+    driver's column size, binary its size, each bounded by our maximum. Columns bounded by that maximum come
+    first: OpenEdge itself refuses a value longer than the declared width (error 7864)."""
+    bounded, declared = [], []
+    for name, kind, _display, width, *_ in description:
+        if kind is str:
+            need, cap = (width or 0) * 4, MAX_TEXT_BYTES
+        elif kind in (bytes, bytearray):
+            need, cap = width or 0, MAX_BINARY_BYTES
+        else:
+            continue
+        if not need or need > cap:
+            if size is None or cap < size:
+                bounded.append(name)
+        elif size is None or need < size:
+            declared.append(name)
+    return bounded or declared
+
+
+_DIL = re.compile(r"(?:^|;)\s*(?:DefaultIsolationLevel|DIL)\s*=\s*\{?\s*(READ[ _]?UNCOMMITTED|0)\s*\}?\s*(?:;|$)",
+                  re.I)
+_warned_dil = False
+
+
+def _warn_without_dil(connection_string: str) -> None:
+    """OpenEdge documents SET TRANSACTION ISOLATION LEVEL as setting the level of a transaction, and with
+    autocommit every statement is one: the connection attribute is what holds for the whole connection (pyodbc
+    sets it through SQL_ATTR_TXN_ISOLATION; arrow-odbc cannot). Said once per process."""
+    global _warned_dil
+    if _warned_dil or _DIL.search(connection_string or ""):
+        return
+    _warned_dil = True
+    log.warning("CBM_SOURCE_ISOLATION=READ_UNCOMMITTED but CBM_SOURCE_ODBC has no DefaultIsolationLevel=READ "
+                "UNCOMMITTED (DIL): the arrow-odbc reader can only run SET TRANSACTION ISOLATION LEVEL READ "
+                "UNCOMMITTED, which OpenEdge may apply to one transaction only; big reads may then take record "
+                "locks (lock table overflow, lock waits). Add DefaultIsolationLevel=READ UNCOMMITTED (Linux) or "
+                "DIL=READ UNCOMMITTED (Windows) to the connection string.")
+
+
+def _prefer(driver_schema: pa.Schema, wanted: pa.Schema) -> pa.Schema:
+    """Ask arrow-odbc for timestamps in microseconds.
+
+    arrow-odbc sizes its buffers from what the driver reports: a TIMESTAMP with 0 fractional digits (the SQLite
+    ODBC driver reports that) would lose the milliseconds, and a timestamp[ms] would cut microseconds silently.
+    Read in microseconds, conform.py keeps the milliseconds and refuses a value with sub-millisecond digits.
+    Every other column keeps the driver's type (a NUMERIC reported as double is checked by conform.py too).
     """
+    names = result_names(driver_schema.names, wanted.names)
     fields = []
-    for f in driver_schema:
-        w = wanted.field(f.name).type if f.name in wanted.names else None
-        take = w is not None and (pa.types.is_decimal(w) or pa.types.is_timestamp(w))
-        fields.append(f.with_type(w) if take else f)
+    for f, name in zip(driver_schema, names):
+        w = wanted.field(name).type if name in wanted.names else None
+        fields.append(f.with_type(pa.timestamp("us", tz=w.tz)) if w is not None and pa.types.is_timestamp(w) else f)
     return pa.schema(fields)
 
 

@@ -1,0 +1,108 @@
+"""Values that must arrive unchanged, through the whole pipeline and each reader: embedded (sqlite3), pyodbc and
+arrow-odbc (the real unixODBC driver manager and SQLite ODBC driver). A value that would change stops the table
+with table, column, key and value; nothing is rounded, cut or coerced on the way."""
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from decimal import Decimal
+
+import pytest
+
+from cbm_luigi import demo_source
+from cbm_luigi.demo_source import Col, TableDef
+from cbm_luigi.extract import read_extract_meta
+from cbm_luigi.source import readers
+from cbm_luigi.tasks import LoadTable
+
+from .conftest import build, succeeded
+from .test_source_odbc import odbc_vars
+
+READERS = ["embedded", "pyodbc", "arrow-odbc"]
+
+
+def load(env, monkeypatch, reader: str, table: TableDef) -> str | None:
+    """Load `table` in full through `reader`: None when it loaded, else the run log's error message."""
+    demo_source.add_table(env.source, table)
+    if reader != "embedded":
+        for k, v in odbc_vars(env, reader).items():
+            monkeypatch.setenv(k, v)
+    env.sql("INSERT INTO config.ETL_Tables (TableName, PrimaryKeyCols, DateModifCol) VALUES (?, 'id', 'dat_mod')",
+            [table.name])
+    if succeeded(build(LoadTable(table=table.name, mode="full"))):
+        return None
+    return env.sql("SELECT ErrorMessage FROM etl.ETL_Log WHERE TableName = ? AND Status = 'FAILED'", [table.name])[0][0]
+
+
+def ods(env, table: str, col: str) -> list:
+    return [r[0] for r in env.sql(f'SELECT "{col}" FROM ods."{table}" ORDER BY id')]
+
+
+def cols(*extra: Col) -> list[Col]:
+    return [Col("id", "integer", nullable=False), *extra, Col("dat_mod", "date")]
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_timestamps_keep_milliseconds_and_refuse_what_is_finer(env, monkeypatch, reader):
+    assert load(env, monkeypatch, reader, TableDef("ts_ms", cols(Col("ts", "timestamp")), ("id",), [
+        (1, "2026-01-01 00:00:00.123", None), (2, "9999-12-31 23:59:59.999", None), (3, None, None)])) is None
+    assert ods(env, "ts_ms", "ts") == [datetime(2026, 1, 1, 0, 0, 0, 123000),
+                                       datetime(9999, 12, 31, 23, 59, 59, 999000), None]
+    err = load(env, monkeypatch, reader, TableDef("ts_us", cols(Col("ts", "timestamp")), ("id",), [
+        (1, "2026-01-01 00:00:00.123", None), (2, "2026-01-01 00:00:00.123456", None)]))
+    assert err and "table ts_us, column ts, key id=2" in err and "123456" in err and "SourceExpression" in err
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_a_double_in_a_decimal_column_is_taken_only_when_nothing_is_rounded(env, monkeypatch, reader):
+    # the stand-in stores NUMERIC(10,2) as a double (REAL), as a driver reporting NUMERIC as double would hand over
+    assert load(env, monkeypatch, reader, TableDef("dbl_ok", cols(Col("x", "numeric", 10, 2)), ("id",), [
+        (1, 1.23, None), (2, 0.07, None), (3, -99999999.99, None), (4, None, None)])) is None
+    assert ods(env, "dbl_ok", "x") == [Decimal("1.23"), Decimal("0.07"), Decimal("-99999999.99"), None]
+    err = load(env, monkeypatch, reader, TableDef("dbl_bad", cols(Col("x", "numeric", 10, 2)), ("id",), [
+        (1, 1.23, None), (2, 1.234, None)]))
+    assert err and "table dbl_bad, column x, key id=2: value 1.234" in err and "rounded" in err
+
+
+def test_a_logical_other_than_0_or_1_is_refused(env, monkeypatch):
+    # embedded only: the SQLite ODBC driver itself turns 12 into 1 before any reader sees it
+    err = load(env, monkeypatch, "embedded", TableDef("logic", cols(Col("b", "bit")), ("id",), [
+        (1, 1, None), (2, 12, None)]))
+    assert err and "table logic, column b, key id=2: value 12" in err
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_names_beyond_32_characters_are_read_under_a_short_alias(env, monkeypatch, reader):
+    # two 32-character Progress names with one SQL-safe name: the loser's `_2` makes a 34-character alias
+    table = TableDef("longnames", cols(Col("designation-commerciale-longue-a", "varchar", 40),
+                                       Col("designation_commerciale_longue_a", "varchar", 40)), ("id",),
+                     [(1, "tiret", "souligne", None), (2, None, "b", None)])
+    assert load(env, monkeypatch, reader, table) is None
+    assert ods(env, "longnames", "designation_commerciale_longue_a_2") == ["tiret", None]
+    assert ods(env, "longnames", "designation_commerciale_longue_a") == ["souligne", "b"]
+    [path] = env.cache.glob("*/full/longnames*.extract.parquet")
+    sql = read_extract_meta(path)["sql"]
+    assert all(len(name) <= 32 for name in re.findall(r'"([^"]*)"', sql)), sql
+
+
+def test_arrow_odbc_refuses_a_value_longer_than_its_buffer_and_names_the_column(env, monkeypatch):
+    table = TableDef("docs", cols(Col("usr", "varchar", 16), Col("notes", "varchar", 31995), Col("doc", "varbinary")),
+                     ("id",), [(1, "u", "n" * 50, b"\x00" * 50, None), (2, "v", "n" * 200, b"\xff" * 200, None)])
+    assert load(env, monkeypatch, "arrow-odbc", table) is None  # within the bounds: every byte arrives
+    assert ods(env, "docs", "doc") == [b"\x00" * 50, b"\xff" * 200] and ods(env, "docs", "notes")[1] == "n" * 200
+
+    monkeypatch.setattr(readers, "MAX_BINARY_BYTES", 100)  # a BLOB's bound, scaled down to the stand-in's values
+    err = load(env, monkeypatch, "arrow-odbc", TableDef("docs_bin", table.cols, ("id",), table.rows))
+    assert err and "PUB.docs_bin" in err and "column doc: a value of 200 bytes is longer" in err
+    assert "nothing was cut" in err
+    assert "IsExcluded" in err and "CBM_ODBC_READER=pyodbc" in err
+
+    monkeypatch.setattr(readers, "MAX_BINARY_BYTES", 4 * 1024 * 1024)
+    monkeypatch.setattr(readers, "MAX_TEXT_BYTES", 100)  # the same for text (an LVARCHAR / CLOB)
+    err = load(env, monkeypatch, "arrow-odbc", TableDef("docs_txt", table.cols, ("id",), table.rows))
+    assert err and "PUB.docs_txt" in err and "column notes: a value of 200 bytes" in err and "usr" not in err
+
+    # pyodbc has no such bound: the same rows load whole
+    assert load(env, monkeypatch, "pyodbc", TableDef("docs_py", table.cols, ("id",), table.rows)) is None
+    assert ods(env, "docs_py", "notes")[1] == "n" * 200
+
