@@ -138,6 +138,14 @@ def build_plan(table_row: dict, column_rows: list[dict]) -> TablePlan:
                                source_expression(r.get("SourceExpression"), r["ColumnName"])))
     if not cols:
         raise ConfigError(f"table {t}: no active column in config.ETL_Columns; run `cbm-etl sync-columns {t}`")
+    owner: dict[str, str] = {}
+    for c in cols:  # an override can give two columns one name: say so, not the driver's puzzled error later
+        for name, _t, _n in c.output_columns():
+            other = owner.setdefault(name.lower(), c.name)
+            if other != c.name:
+                raise ConfigError(f"table {t}: columns {other} and {c.name} both load into {name} (SqlName in "
+                                  f"config.ETL_Columns): give one of them another SqlName (and its "
+                                  f"SourceExpression alias), then rerun the table")
     plan = TablePlan(
         table=t, destination=table_row.get("DestinationTable") or cols and t, keys=[], columns=cols,
         has_timestamps=bool(table_row.get("HasTimestamps")), date_col=table_row.get("DateModifCol") or None,

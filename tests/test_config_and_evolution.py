@@ -150,3 +150,13 @@ def test_a_column_that_becomes_optional_at_the_source_accepts_null_in_ods(env):
     assert "actif now accepts NULL" in env.sql("SELECT Detail FROM etl.ETL_Log WHERE Step = 'merge' "
                                                  "AND BatchId LIKE '%-b'")[0][0]
     assert_ods_equals_source(env, "famille")
+
+
+def test_two_columns_loading_into_one_name_is_a_config_error_naming_both(env):
+    assert cbm_etl(["sync-columns", "produit"]) == 0
+    env.sql("UPDATE config.ETL_Columns SET SqlName = 'libelle', IsOverride = TRUE "
+            "WHERE TableName = 'produit' AND ColumnName = 'gencod-v'")
+    assert not succeeded(build(LoadTable(table="produit", mode="full")))
+    [(err,)] = env.sql("SELECT ErrorMessage FROM etl.ETL_Log WHERE Status = 'FAILED'")
+    assert err.startswith("ConfigError: table produit: columns ") and "both load into libelle" in err
+    assert {"gencod-v", "libelle"} <= set(err.split("columns ")[1].split(" both")[0].split(" and "))
