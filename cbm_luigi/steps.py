@@ -16,8 +16,8 @@ from .runlog import StepRecord
 from .targets import MarkerTarget, StageTarget, staged_batch
 from .transform import SHAPED_TECH, TechnicalValues
 from .warehouse.base import Session, Warehouse
-from .warehouse.statements import (Column, MergeSpec, create_table, duplicate_keys, evolve, merge_counts,
-                                   merge_statements, null_keys, tech_columns, validation_counts)
+from .warehouse.statements import (Column, MergeSpec, alters_column, create_table, duplicate_keys, evolve,
+                                   merge_counts, merge_statements, null_keys, tech_columns, validation_counts)
 
 log = logging.getLogger(__name__)
 
@@ -184,14 +184,18 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
         wanted = stage_columns(plan, stage_lengths(s, wh, plan))
         existing = _ods_columns(wh, s, plan)
         if not existing:
-            s.execute(create_table(d, "ods", plan.destination, wanted, ods=True, scd2=plan.is_dimension))
+            stmts, changes = [create_table(d, "ods", plan.destination, wanted, ods=True, scd2=plan.is_dimension)], []
         else:
             stmts, changes = evolve(d, "ods", plan.destination, wanted, existing)
-            for stmt in stmts:
-                s.execute(stmt)
-            for c in changes:
-                log.warning("schema change: %s", c)
-            record.detail = "; ".join(changes) or None
+        altering_keys = any(alters_column(d, st, k) for st in stmts for k in plan.keys)
+        before, after = wh.key_index_ddl(s, plan.destination, plan.keys, altering_keys)
+        for stmt in before + stmts:
+            s.execute(stmt)
+        for stmt in after(_ods_columns(wh, s, plan)) if after else []:
+            s.execute(stmt)
+        for c in changes:
+            log.warning("schema change: %s", c)
+        record.detail = "; ".join(changes) or None
         wh.before_merge(s, len(spec.columns))
         inserted, updated, unchanged, deleted = s.query(merge_counts(d, spec))[0]
         if spec.full and deleted and not (inserted or updated or unchanged) and not allow_empty_full:

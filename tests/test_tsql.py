@@ -10,6 +10,7 @@ that records what they execute on a stub MssqlWarehouse.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import sys
 import types
@@ -1008,3 +1009,47 @@ def test_a_table_past_sql_servers_column_limit_is_refused_before_staging(stage_f
     assert rec.statements == []
     steps.check_column_count(StubWarehouse(rec), TablePlan(table="ok", destination="ok", keys=["code"],
                                                             columns=cols[:2]))  # 601 + 9 technical: fine
+
+
+def test_ods_gets_a_clustered_index_on_its_keys_and_keeps_it_through_key_widening(caplog):
+    rec = RecordingSession([(r"FROM sys\.indexes", [(0,)])])
+    wh = StubWarehouse(rec)
+    types = {"code": ("NVARCHAR(20)", False), "qty": ("DECIMAL(12,2)", False)}
+    before, after = wh.key_index_ddl(rec, "all_kinds", ["code", "qty"], altering_keys=False)
+    assert before == [] and after(types) == [
+        "IF NOT EXISTS (SELECT 1 FROM sys.indexes WHERE object_id = OBJECT_ID(N'[ods].[all_kinds]') AND type = 1) "
+        "CREATE CLUSTERED INDEX [CX_ods_all_kinds] ON [ods].[all_kinds] ([code], [qty])"]
+    # a key column to widen: SQL Server cannot alter an indexed column, so the index goes first and comes back
+    before, after = wh.key_index_ddl(rec, "all_kinds", ["code", "qty"], altering_keys=True)
+    assert before == ["DROP INDEX IF EXISTS [CX_ods_all_kinds] ON [ods].[all_kinds]"] and after(types)
+    assert_all_parse(before + after(types), "key index")
+    # keys that cannot be index keys: said, and merges go on without the index
+    with caplog.at_level(logging.WARNING):
+        assert after({"code": ("NVARCHAR(MAX)", False), "qty": ("DECIMAL(12,2)", False)}) == []
+        assert after({"code": ("NVARCHAR(450)", False), "qty": ("DECIMAL(12,2)", False)}) == []  # 900 + 9 bytes
+    assert "no clustered index on the key (code, qty)" in caplog.text
+    # a table that already has a clustered index (ours, or a DBA's): left alone
+    rec2 = RecordingSession([(r"FROM sys\.indexes", [(1,)])])
+    assert StubWarehouse(rec2).key_index_ddl(rec2, "all_kinds", ["code"], altering_keys=False) == ([], None)
+
+
+def test_merge_widening_a_key_column_drops_and_recreates_the_index(stage_file):
+    plan = all_kind_plan(dimension=False)
+    names = [n for n, t, _ in plan.output_columns() if t.kind == "string"]
+    info = [("code", "nvarchar", 2, None, None, None, "NO")]  # ods.code is NVARCHAR(2); stg holds longer codes
+    rec = RecordingSession([(r"FROM etl\.ETL_StageState", [{"BatchId": "2024-01-01", "Mode": "full", "RunId": "r",
+                                                            "Rows": 7, "ExtractStartedAt": datetime(2024, 1, 1)}]),
+                            (r"SELECT LastSuccessTs FROM config\.ETL_Tables", [(None,)]),
+                            (r"INFORMATION_SCHEMA\.COLUMNS", info), (r"SELECT TOP \(5\)", []),
+                            (r"MAX\(0\.5 \* DATALENGTH", [tuple(Decimal("12.0") for _ in names)]),
+                            (r"FROM sys\.indexes", [(1,)]), (r"AS inserted", [(1, 0, 0, 0)]),
+                            (r"SELECT @@TRANCOUNT", [(1,)])])
+    wh = StubWarehouse(rec)
+    marker = MarkerTarget(wh, "m", table="all-kinds", step="merge", batch_id="2024-01-01", mode="full")
+    steps.merge(wh, plan, mode="full", batch_id="2024-01-01", marker=marker, run_id="r")
+    st = rec.statements
+    drop = st.index("DROP INDEX IF EXISTS [CX_ods_all_kinds] ON [ods].[all_kinds]")
+    alter = next(i for i, x in enumerate(st) if x.startswith("ALTER TABLE [ods].[all_kinds] ALTER COLUMN [code]"))
+    create = next(i for i, x in enumerate(st) if "CREATE CLUSTERED INDEX [CX_ods_all_kinds]" in x)
+    assert drop < alter < create
+    assert_all_parse(st, "merge with key widening")

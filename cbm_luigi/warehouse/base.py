@@ -90,6 +90,13 @@ class Warehouse:
     def before_merge(self, s: Session, n_columns: int) -> None:
         """Hook run in the merge's session before the MERGE (resource tuning); nothing by default."""
 
+    def key_index_ddl(self, s: Session, table: str, keys: list[str], altering_keys: bool):
+        """Keeps an index on ods's key columns where the warehouse needs one to merge without scanning:
+        (statements to run before the ods schema changes, None or a function of ods's column types after them
+        returning the statements to run then). Nothing by default (DuckDB joins by hash; an index would only
+        slow its inserts)."""
+        return [], None
+
 
 def split_script(text: str, dialect: str) -> list[str]:
     """Split a .sql file into statements: on lines holding only `GO` (T-SQL) or on `;` at a line's end."""

@@ -28,6 +28,7 @@ check only fires on a real inconsistency.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import decimal
 import logging
 import os
@@ -372,6 +373,31 @@ def sized_for_file(columns: list[Column], stage_path: Path, d: TsqlDialect) -> l
 
 # -- introspection ---------------------------------------------------------------------------------------------
 
+MAX_CLUSTERED_KEY_BYTES = 900
+
+
+def key_index_name(table: str) -> str:
+    """`CX_ods_<table>`, kept within SQL Server's 128 characters (a hash of the table name past that)."""
+    name = f"CX_ods_{table}"
+    return name if len(name) <= 128 else f"CX_ods_{table[:100]}_{hashlib.sha1(table.encode()).hexdigest()[:12]}"
+
+
+def _index_key_bytes(type_text: str) -> float:
+    """Bytes a value of this column type can take in an index key (inf for (MAX) types)."""
+    t = type_text.upper().replace(" ", "")
+    if "(MAX)" in t:
+        return float("inf")
+    n = int(t[t.index("(") + 1:t.index(")")].split(",")[0]) if "(" in t else None
+    if t.startswith(("NVARCHAR", "NCHAR")):
+        return 2 * (n or 1)
+    if t.startswith(("VARCHAR", "CHAR", "VARBINARY", "BINARY")):
+        return n or 1
+    if t.startswith(("DECIMAL", "NUMERIC")):
+        return 5 if n <= 9 else 9 if n <= 19 else 13 if n <= 28 else 17
+    return {"BIT": 1, "TINYINT": 1, "SMALLINT": 2, "INT": 4, "BIGINT": 8, "REAL": 4, "FLOAT": 8, "DATE": 3,
+            "UNIQUEIDENTIFIER": 16}.get(t.split("(")[0], 10)  # DATETIME2/DATETIMEOFFSET/TIME: 10 at most
+
+
 def render_type(data_type: str, char_len: int | None, precision: int | None, scale: int | None,
                 dt_precision: int | None) -> str:
     """An INFORMATION_SCHEMA.COLUMNS row's type, written the way TsqlDialect writes types."""
@@ -505,6 +531,31 @@ class MssqlWarehouse(Warehouse):
             yield MssqlSession(con)
         finally:
             con.close()
+
+    def key_index_ddl(self, s, table, keys, altering_keys):
+        """A clustered index on ods's keys: without it every MERGE, count and validation reads the whole heap,
+        and under HOLDLOCK locks it whole. Created when the table has no clustered index (a new table, one made
+        by an older version; a DBA's own clustered index is left alone). SQL Server cannot alter an indexed
+        column, so widening a key column drops the index first and the `after` part creates it again."""
+        d = self.dialect
+        name = key_index_name(table)
+        ods = "N" + d.literal(d.table("ods", table))
+        drop = [f"DROP INDEX IF EXISTS {d.quote(name)} ON {d.table('ods', table)}"] if altering_keys else []
+        if not altering_keys and s.scalar(f"SELECT COUNT(*) FROM sys.indexes WHERE object_id = OBJECT_ID({ods}) "
+                                          f"AND type = 1"):
+            return [], None
+
+        def after(types: dict[str, tuple[str, bool]]) -> list[str]:
+            size = sum(_index_key_bytes(types.get(k, ("NVARCHAR(MAX)", True))[0]) for k in keys)
+            if size > MAX_CLUSTERED_KEY_BYTES:
+                log.warning("ods.%s: no clustered index on the key (%s): its columns can hold %s bytes, more than "
+                            "SQL Server's %d; merges will scan the table", table, ", ".join(keys),
+                            "unbounded" if size == float("inf") else f"{size:,}", MAX_CLUSTERED_KEY_BYTES)
+                return []
+            return [f"IF NOT EXISTS (SELECT 1 FROM sys.indexes WHERE object_id = OBJECT_ID({ods}) AND type = 1) "
+                    f"CREATE CLUSTERED INDEX {d.quote(name)} ON {d.table('ods', table)} "
+                    f"({', '.join(d.quote(k) for k in keys)})"]
+        return drop, after
 
     def table_columns(self, s, schema, table):
         out = {}

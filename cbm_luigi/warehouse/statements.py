@@ -88,6 +88,11 @@ def widen_column(d: WarehouseDialect, schema: str, table: str, col: Column, null
     return f"ALTER TABLE {d.table(schema, table)} ALTER COLUMN {d.quote(col.name)} TYPE {d.column_type(col.ctype)}"
 
 
+def alters_column(d: WarehouseDialect, stmt: str, name: str) -> bool:
+    """Whether `stmt` (from widen_column / allow_null) changes column `name`."""
+    return f" ALTER COLUMN {d.quote(name)} " in stmt
+
+
 def allow_null(d: WarehouseDialect, schema: str, table: str, name: str, type_text: str) -> str:
     """Make a column optional; `type_text` is its current type (T-SQL restates it, unchanged)."""
     if d.name == "mssql":
