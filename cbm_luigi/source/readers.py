@@ -254,13 +254,16 @@ def _prefer(driver_schema: pa.Schema, wanted: pa.Schema) -> pa.Schema:
     arrow-odbc sizes its buffers from what the driver reports: a TIMESTAMP with 0 fractional digits (the SQLite
     ODBC driver reports that) would lose the milliseconds, and a timestamp[ms] would cut microseconds silently.
     Read in microseconds, conform.py keeps the milliseconds and refuses a value with sub-millisecond digits.
-    Every other column keeps the driver's type (a NUMERIC reported as double is checked by conform.py too).
+    Every other column keeps the driver's type (a NUMERIC reported as double is checked by conform.py too), and
+    so does a timestamp column the driver reports as text: OpenEdge's driver may hand a DATETIME-TZ over as
+    text with its offset, which conform.py parses; asking for a timestamp would have the driver drop the offset.
     """
     names = result_names(driver_schema.names, wanted.names)
     fields = []
     for f, name in zip(driver_schema, names):
         w = wanted.field(name).type if name in wanted.names else None
-        fields.append(f.with_type(pa.timestamp("us", tz=w.tz)) if w is not None and pa.types.is_timestamp(w) else f)
+        take = w is not None and pa.types.is_timestamp(w) and pa.types.is_timestamp(f.type)
+        fields.append(f.with_type(pa.timestamp("us", tz=w.tz)) if take else f)
     return pa.schema(fields)
 
 
