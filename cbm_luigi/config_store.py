@@ -5,12 +5,13 @@ Operator choices survive a sync: IsExcluded, ArrayMode, and SqlName/SourceExpres
 from __future__ import annotations
 
 import csv
+import dataclasses
 from collections.abc import Iterable
 import logging
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from .naming import array_element_names, resolve_column_names, sql_safe_name
+from .naming import array_element_names, free_array_name, resolve_column_names, sql_safe_name
 from .plan import ConfigError, TablePlan, build_plan
 from .source import catalog
 from .source.dialect import quote as oe_quote
@@ -110,14 +111,18 @@ def load_tables_csv(s: Session, path: Path) -> int:
 
 def safe_names(cols: list[catalog.CatalogColumn], reserved: Iterable[str] = ()) -> dict[str, str]:
     """SQL names for a table's columns, array element names (`zal_1`) included in the collision check; no column
-    takes a `reserved` name (the names already given to the table's other columns)."""
+    or element takes a `reserved` name (the names already given to the table's other columns)."""
     reserved = set(reserved)
+    taken = {r.lower() for r in reserved}
     names = [c.name for c in cols]
     mapping = resolve_column_names(names, reserved=reserved)
     elements = {e for c in cols if c.array_extent for e in array_element_names(mapping[c.name], c.array_extent)}
-    if elements & {v for k, v in mapping.items()}:
+    if elements & set(mapping.values()) or {e.lower() for e in elements} & taken:
         plain = [c.name for c in cols if not c.array_extent]
         arrays = resolve_column_names([c.name for c in cols if c.array_extent], reserved=reserved)
+        for c in cols:  # an array whose element names are taken moves to a free name
+            if c.array_extent:
+                arrays[c.name] = free_array_name(arrays[c.name], c.array_extent, taken)
         elements = {e for c in cols if c.array_extent for e in array_element_names(arrays[c.name], c.array_extent)}
         mapping = {**resolve_column_names(plain, reserved=reserved | set(arrays.values()) | elements), **arrays}
     return mapping
@@ -140,13 +145,16 @@ def sync_columns(s: Session, reader: Reader, table: str) -> dict[str, int]:
         raise ConfigError(f"table {table}: no column in SYSPROGRESS.SYSCOLUMNS_FULL for owner PUB — "
                           "does the table exist (`cbm-etl discover`)?")
     now = datetime.now()
+    known = {r["ColumnName"]: r for r in s.query_dicts("SELECT * FROM config.ETL_Columns WHERE TableName = ?",
+                                                          [table])}
+    # Progress names are case-insensitive: a column whose catalog spelling changed case is the same column
+    spelled = {n.lower(): n for n in known}
+    cols = [dataclasses.replace(c, name=spelled.get(c.name.lower(), c.name)) for c in cols]
     overridden = {r[0] for r in s.query("SELECT ColumnName FROM config.ETL_Columns WHERE TableName = ? AND "
                                         "(IsExcluded = ? OR IsOverride = ?)", [table, True, True])}
     for c in cols:  # fail early on a type the product cannot map (the message says how to get past it)
         if c.name not in overridden:
             map_openedge_type(c.coltype, c.width, c.scale, table=table, column=c.name)
-    known = {r["ColumnName"]: r for r in s.query_dicts("SELECT * FROM config.ETL_Columns WHERE TableName = ?",
-                                                          [table])}
     # a configured column keeps its SqlName for good (its ods column holds its history); only new columns are
     # named, around every name in use, so a new `prix_vte` never takes over the column `prix-vte` fills
     names = {**{n: r["SqlName"] for n, r in known.items()},

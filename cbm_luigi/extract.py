@@ -25,7 +25,9 @@ from .transform import shape_batches
 
 log = logging.getLogger(__name__)
 META_KEY = "cbm_luigi.extract"
-FORMAT = 2  # 2: shaped and hashed while extracting (1 held the source columns as read)
+# 3: kept-whole arrays in Progress's own form, DECIMAL(s,s) hashed with its leading zero; 2: shaped and hashed
+# while extracting; 1: the source columns as read. A cached file of another format is extracted again.
+FORMAT = 3
 # aim for record batches of about this size whatever the width (measured on 40,000 x 350: 8 MB batches keep the
 # fetch and the hashing in step and use 200 MB less than 32 MB ones)
 BATCH_BYTES = 8 * 1024 * 1024
@@ -54,7 +56,7 @@ def batch_rows_for(plan: TablePlan, ceiling: int) -> int:
 
 def extract_to_parquet(reader: Reader, plan: TablePlan, mode: str, out_path: Path, *, batch_rows: int = 50_000,
                        progress: Callable[[int], None] | None = None, memory_limit: str = "256MB",
-                       threads: int = 2) -> dict:
+                       threads: int = 2, run_id: str | None = None) -> dict:
     """Read `plan.table` and write the batch's parquet at `out_path` (shaped and hashed on the way, see
     transform.py); returns the metadata written into the file."""
     started = datetime.now()
@@ -64,7 +66,7 @@ def extract_to_parquet(reader: Reader, plan: TablePlan, mode: str, out_path: Pat
     schema = plan.extract_schema()
     meta = {"format": FORMAT, "table": plan.table, "mode": mode,
             "effective_mode": "incremental" if window else "full", "window": why, "started_at": started.isoformat(),
-            "sql": sql, "params": params, "reader": reader.name}
+            "sql": sql, "params": params, "reader": reader.name, "run_id": run_id}
     batch_rows = batch_rows_for(plan, batch_rows)
     t0 = time.monotonic()
     said = [t0]

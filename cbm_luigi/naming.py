@@ -126,6 +126,17 @@ def resolve_column_names(names: list[str], reserved: Iterable[str] = ()) -> dict
     return {n: result[n] for n in originals}
 
 
+def free_array_name(base: str, extent: int, taken: set[str]) -> str:
+    """`base`, or `base_2`, `base_3` ... : the first name that, with its element names (`<name>_1` ...), is not in
+    `taken` (lower-case names, updated with the ones chosen)."""
+    candidate, i = base, 2
+    while candidate.lower() in taken or any(e.lower() in taken for e in array_element_names(candidate, extent)):
+        candidate, i = _with_suffix(base, f"_{i}"), i + 1
+    taken.add(candidate.lower())
+    taken.update(e.lower() for e in array_element_names(candidate, extent))
+    return candidate
+
+
 def array_element_names(sql_name: str, extent: int) -> list[str]:
     """Column names for the elements of an EXTENT field: `zal` -> `zal_1` ... `zal_5` (1-based, as ABL)."""
     return [_with_suffix(sql_name, f"_{i}") for i in range(1, extent + 1)]

@@ -14,9 +14,9 @@ from pathlib import Path
 from dotenv import load_dotenv
 
 # a value is `{...}` (ODBC braces, `}}` inside is an escaped `}`), "..." or '...' (doubled quote inside), or
-# anything up to the next `;`
+# anything up to the next `;` or line end
 _SECRET_KEYS = re.compile(r"""(?i)\b(PWD|PASSWORD|PASS|SECRET|TOKEN|KEY)\s*=\s*"""
-                          r"""(\{(?:[^}]|\}\})*\}|"(?:[^"]|"")*"|'(?:[^']|'')*'|[^;]*)""")
+                          r"""(\{(?:[^}]|\}\})*\}|"(?:[^"]|"")*"|'(?:[^']|'')*'|[^;\r\n]*)""")
 
 
 def mask_secrets(text: str) -> str:

@@ -86,6 +86,7 @@ def stage(wh: Warehouse, plan: TablePlan, batch_path: Path, tech: TechnicalValue
     check_batch_file(plan, batch_path, tech.batch_id)
     check_column_count(wh, plan)
     with wh.session() as s, s.transaction():
+        marker.forget_staged(s)
         rows = wh.replace_stage(s, plan.destination, batch_path, stage_columns(plan), tech)
         marker.touch(s, run_id=run_id, rows=rows, extract_started_at=extract_started_at)
     return StepRecord("stage", rows=rows)
@@ -101,12 +102,10 @@ def _check_staged(s: Session, plan: TablePlan, marker: MarkerTarget, step: str) 
     st = staged_batch(s, plan.table)
     if st is None or st["BatchId"] != marker.batch_id or st["Mode"] != marker.mode:
         held = f"batch {st['BatchId']} ({st['Mode']})" if st else "no staged batch"
-        again = (f"Run the same command again: it stages batch {marker.batch_id} again first" if step == "merge"
-                 else f"Stage and merge it again: `cbm-etl invalidate {plan.table} --batch {marker.batch_id} "
-                      f"--from stage`, then run the same command")
         raise StaleStageError(
             f"table {plan.table}: stg.{plan.destination} holds {held}, not batch {marker.batch_id} "
-            f"({marker.mode}): another run staged the table since. Nothing was {step}d. {again}.")
+            f"({marker.mode}): another run staged the table since. Nothing was {step}d. Run the same command "
+            f"again: it stages (and merges) batch {marker.batch_id} again first.")
     return st
 
 
@@ -117,8 +116,9 @@ def _check_not_outdated(s: Session, plan: TablePlan, marker: MarkerTarget, stage
     last = config_store.newer_load_than(s, plan.table, started)
     if last is not None:
         raise OutdatedBatchError(
-            f"table {plan.table}: batch {marker.batch_id} was extracted at {started:%Y-%m-%d %H:%M:%S}, before the "
-            f"table's last validated load (LastSuccessTs {last:%Y-%m-%d %H:%M:%S}): merging it would put older rows "
+            f"table {plan.table}: batch {marker.batch_id} was extracted at {started:%Y-%m-%d %H:%M:%S.%f}"[:-3] +
+            f", before the table's last validated load (LastSuccessTs {last:%Y-%m-%d %H:%M:%S.%f}"[:-3] +
+            f"): merging it would put older rows "
             f"over newer ones. Nothing was merged. Extract it again: `cbm-etl invalidate {plan.table} --batch "
             f"{marker.batch_id} --from extract`, then run the same command.")
 

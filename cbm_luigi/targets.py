@@ -5,6 +5,8 @@ it vouches for (`touch`), so a kill at any moment leaves either both or neither.
 """
 from __future__ import annotations
 
+import re
+
 import luigi
 
 from .warehouse.base import Session, Warehouse
@@ -25,10 +27,14 @@ class MarkerTarget(luigi.Target):
                 return int(s.scalar(sql, params) or 0)
             except Exception as exc:  # noqa: BLE001
                 text = str(exc)
-                for table in ("ETL_Markers", "ETL_StageState"):
-                    if table in text or "does not exist" in text.lower():
-                        raise RuntimeError(f"the warehouse has no etl.{table} table: run `cbm-etl init-db` "
-                                           f"(it adds what is missing; {self.warehouse.describe()})") from exc
+                used = [t for t in ("ETL_Markers", "ETL_StageState") if t in sql]
+                # DuckDB: "Table with name X does not exist! Did you mean ...", SQL Server: "Invalid object name"
+                m = re.search(r"(?:with name|object name)\s+'?(?:etl\.)?(\w+)", text, re.I)
+                named = [t for t in used if m and m.group(1).lower() == t.lower()]
+                if named or "does not exist" in text.lower() or "invalid object name" in text.lower():
+                    which = " / ".join(f"etl.{t}" for t in named or used)
+                    raise RuntimeError(f"the warehouse lacks {which}: run `cbm-etl init-db` (it adds what is "
+                                       f"missing and changes nothing else; {self.warehouse.describe()})") from exc
                 raise
 
     def touch(self, s: Session, *, run_id: str, rows: int | None) -> None:
@@ -50,23 +56,34 @@ def remove_markers(s: Session, *, table: str, batch_id: str | None = None) -> in
     return n
 
 
-class StageTarget(MarkerTarget):
-    """StageTable's target: its marker, and stg.<table> still holding this batch and mode.
+class StagedBatchTarget(MarkerTarget):
+    """The target of a step that works on stg.<table> (stage, merge): its marker, and stg still holding this
+    batch and mode.
 
     stg.<table> is one relation per table, so the same day's incremental run (same batch id, other mode) or any
-    other batch can replace it between this stage and its merge. etl.ETL_StageState says what stg holds now;
-    when it is not this batch and mode the step is incomplete again, and rerunning the command stages this
-    batch again instead of merging another batch's rows (a full merge of an empty incremental batch would
-    soft-delete the whole table)."""
+    other batch can replace it before this batch is merged and validated. etl.ETL_StageState says what stg holds
+    now; when it is not this batch and mode the step is incomplete again, and rerunning the command stages and
+    merges this batch again (both are safe to repeat) instead of merging or validating another batch's rows (a
+    full merge of an empty incremental batch would soft-delete the whole table). Once the batch is validated
+    these targets are not asked any more."""
 
     def exists(self) -> bool:
         return self._count("SELECT COUNT(*) FROM etl.ETL_Markers m JOIN etl.ETL_StageState st "
                            "ON st.TableName = m.TableName WHERE m.MarkerId = ? AND st.BatchId = ? AND st.Mode = ?",
                            [self.marker_id, self.batch_id, self.mode]) > 0
 
+
+class StageTarget(StagedBatchTarget):
+    """StageTable's target: also records what stg holds, in etl.ETL_StageState."""
+
+    def forget_staged(self, s: Session) -> None:
+        """Before stg is replaced: a warehouse that commits the new stg early (SQL Server's bulk copy) must not
+        leave the old record naming the batch stg held before."""
+        s.execute("DELETE FROM etl.ETL_StageState WHERE TableName = ?", [self.table])
+
     def touch(self, s: Session, *, run_id: str, rows: int | None, extract_started_at=None) -> None:
         super().touch(s, run_id=run_id, rows=rows)
-        s.execute("DELETE FROM etl.ETL_StageState WHERE TableName = ?", [self.table])
+        self.forget_staged(s)
         s.execute("INSERT INTO etl.ETL_StageState (TableName, BatchId, Mode, RunId, Rows, ExtractStartedAt) "
                   "VALUES (?, ?, ?, ?, ?, ?)", [self.table, self.batch_id, self.mode, run_id, rows,
                                                 extract_started_at])

@@ -25,7 +25,7 @@ from .plan import TablePlan
 from .runlog import StepRecord, write_steps
 from .settings import Settings, load_settings, mask_secrets
 from .source.readers import pooled_reader
-from .targets import MarkerTarget, StageTarget
+from .targets import MarkerTarget, StagedBatchTarget, StageTarget
 from .transform import TechnicalValues
 from .warehouse import open_warehouse
 
@@ -204,12 +204,15 @@ class ExtractParquet(CbmTask):
     def complete(self) -> bool:
         """The batch file is there, and it was not read before the table's last validated load: a batch left
         unmerged while a later one loaded the table reads the source again when rerun (merging its older rows
-        would undo newer ones; steps.merge refuses it)."""
+        would undo newer ones; steps.merge refuses it). A file this run wrote stays complete whatever happens
+        meanwhile (another run loading the table, the clock set back): the merge is where that is refused."""
         if not self.output().exists():
             return False
-        started = datetime.fromisoformat(read_extract_meta(Path(self.output().path))["started_at"])
+        meta = read_extract_meta(Path(self.output().path))
+        if meta.get("run_id") == self.run_id:
+            return True
         with self.warehouse.session() as s:
-            return config_store.newer_load_than(s, self.table, started) is None
+            return config_store.newer_load_than(s, self.table, datetime.fromisoformat(meta["started_at"])) is None
 
     def run(self):
         t0 = time.monotonic()
@@ -220,7 +223,7 @@ class ExtractParquet(CbmTask):
                                       batch_rows=self.settings.batch_rows,
                                       progress=lambda n: self.status(f"extract {self.table}: {n:,} rows"),
                                       memory_limit=self.settings.transform_memory_limit,
-                                      threads=self.settings.duckdb_threads)
+                                      threads=self.settings.duckdb_threads, run_id=self.run_id)
         if meta["effective_mode"] != self.mode:
             log.info("table %s: %s", self.table, meta["window"])
         self.record(StepRecord("extract", rows=meta["rows"], detail=meta["window"]), t0)
@@ -261,6 +264,7 @@ class MergeOds(WarehouseStep):
     """MERGE stg.<table> into ods.<table> (type 1 or SCD2), soft deletes in full mode; one transaction."""
     step = "merge"
     upstream = StageTable
+    marker_class = StagedBatchTarget  # incomplete again (restaged, merged again) if stg changed before validation
 
     def run(self):
         plan = self.plan()

@@ -78,6 +78,9 @@ def _decimal_text(expr: str, precision: int, scale: int) -> str:
     text = f"CAST({expr} AS VARCHAR)"
     if not scale:
         return text
+    if scale == 38:  # DECIMAL(38,38): no wider decimal, and no exact literal for the remainders: by text
+        trimmed = f"regexp_replace({text}, '\\.?0+$', '')"
+        return f"(CASE WHEN {trimmed} IN ('', '-') THEN '0' ELSE regexp_replace({trimmed}, '^(-?)\\.', '\\10.') END)"
     whens = []
     for cut in range(scale):  # `cut` trailing zeros when the digit at 10^-(scale-cut) is the last non-zero one
         step = "1" if cut == scale - 1 else "0." + "0" * (scale - cut - 2) + "1"

@@ -160,3 +160,13 @@ def test_two_columns_loading_into_one_name_is_a_config_error_naming_both(env):
     [(err,)] = env.sql("SELECT ErrorMessage FROM etl.ETL_Log WHERE Status = 'FAILED'")
     assert err.startswith("ConfigError: table produit: columns ") and "both load into libelle" in err
     assert {"gencod-v", "libelle"} <= set(err.split("columns ")[1].split(" both")[0].split(" and "))
+
+
+def test_a_new_array_column_never_takes_an_existing_columns_name_for_its_elements():
+    """`lot_1` exists; the source gains `lot` EXTENT 2, whose elements would be lot_1, lot_2: it moves aside."""
+    from cbm_luigi.config_store import safe_names
+    from cbm_luigi.source.catalog import CatalogColumn
+
+    lot = CatalogColumn("t", "lot", "varchar", 10, 0, True, 2, "", "", 9)
+    assert safe_names([lot], reserved={"LOT_1", "id"}) == {"lot": "lot_2"}  # lot_2_1, lot_2_2 are free
+    assert safe_names([lot], reserved={"id"}) == {"lot": "lot"}

@@ -11,6 +11,7 @@ import pytest
 
 from cbm_luigi.cli import main as cbm_etl
 from cbm_luigi.source.readers import release_readers
+from cbm_luigi.warehouse.duckdb_wh import release_connections
 from cbm_luigi.tasks import LoadAll, LoadTable, MergeOds, StageTable
 
 from .conftest import assert_ods_equals_source, build, source_rows, succeeded
@@ -43,14 +44,14 @@ def touch_source(env, sql: str, params=()) -> None:
 def test_a_full_batch_staged_then_overtaken_by_an_incremental_loads_right_when_rerun(env):
     """The weekly full is killed after staging; the nightly incremental (nothing changed: 0 rows) replaces stg;
     rerunning the weekly must not merge the empty stage as a full batch (that soft-deleted every row)."""
-    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="init")))
-    assert succeeded(build(StageTable(table="produit", mode="full", batch_tag="weekly")))
+    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="init", run_id="run1")))
+    assert succeeded(build(StageTable(table="produit", mode="full", batch_tag="weekly", run_id="run2")))
     time.sleep(0.01)
-    assert succeeded(build(LoadTable(table="produit", mode="incremental", batch_tag="nightly")))
+    assert succeeded(build(LoadTable(table="produit", mode="incremental", batch_tag="nightly", run_id="run3")))
     assert env.sql("SELECT BatchId, Mode, Rows FROM etl.ETL_StageState WHERE TableName = 'produit'") == [
         (f"{DAY}-nightly", "incremental", 0)]
 
-    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="weekly")))
+    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="weekly", run_id="run4")))
     assert live_rows(env, "produit") == len(source_rows(env.source, "produit"))
     assert_ods_equals_source(env, "produit")
     # its extract predates the nightly's validated load: read again, then staged again
@@ -58,12 +59,24 @@ def test_a_full_batch_staged_then_overtaken_by_an_incremental_loads_right_when_r
 
 
 def test_same_day_full_and_incremental_share_a_batch_id_without_mixing_stages(env):
-    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="init")))
-    assert succeeded(build(StageTable(table="produit", mode="full")))
+    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="init", run_id="run1")))
+    assert succeeded(build(StageTable(table="produit", mode="full", run_id="run2")))
     time.sleep(0.01)
-    assert succeeded(build(LoadTable(table="produit", mode="incremental")))
-    assert succeeded(build(LoadTable(table="produit", mode="full")))
+    assert succeeded(build(LoadTable(table="produit", mode="incremental", run_id="run3")))
+    assert succeeded(build(LoadTable(table="produit", mode="full", run_id="run4")))
     assert_ods_equals_source(env, "produit")
+
+
+def test_a_batch_merged_but_not_validated_then_overtaken_is_staged_and_merged_again_when_rerun(env):
+    """Killed between merge and validate; the same day's incremental restages the table; the rerun of the full
+    must not validate against the incremental's stage (it failed forever) nor need a manual invalidate."""
+    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="init", run_id="run1")))
+    assert succeeded(build(MergeOds(table="produit", mode="full", batch_tag="weekly", run_id="run2")))
+    time.sleep(0.01)
+    assert succeeded(build(LoadTable(table="produit", mode="incremental", batch_tag="nightly", run_id="run3")))
+    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="weekly", run_id="run4")))
+    assert_ods_equals_source(env, "produit")
+    assert steps_run(env, f"{DAY}-weekly", "merge") == 2 and steps_run(env, f"{DAY}-weekly", "validate") == 1
 
 
 def test_merge_refuses_a_staged_batch_older_than_the_last_validated_load(env):
@@ -91,10 +104,10 @@ def test_rerun_of_an_older_batch_reads_the_source_again_instead_of_undoing_newer
     touch_source(env, "INSERT INTO produit (cod_pro, libelle, dat_mod, heure) VALUES ('PNEW', 'new', ?, ?)",
                  [now.date().isoformat(), secs])
     time.sleep(1.1)
-    assert succeeded(build(LoadTable(table="produit", mode="incremental", batch_tag="b")))
-    # the operator reloads batch a from its cached extract
+    assert succeeded(build(LoadTable(table="produit", mode="incremental", batch_tag="b", run_id="run2")))
+    # the operator reloads batch a from its cached extract, in a later run
     assert cbm_etl(["invalidate", "produit", "--batch", f"{DAY}-a", "--from", "stage"]) == 0
-    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="a")))
+    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="a", run_id="run3")))
     assert env.sql("SELECT cod_pro, libelle, _etl_is_deleted FROM ods.produit WHERE cod_pro IN ('P00001', 'PNEW') "
                    "ORDER BY 1") == [("P00001", "NEW", False), ("PNEW", "new", False)]
     assert_ods_equals_source(env, "produit")
@@ -167,3 +180,13 @@ def test_batch_tags_are_used_as_given_and_other_spellings_are_refused(env):
             LoadAll(mode="full", batch_tag=bad)
     assert LoadTable(table="famille", batch_tag="weekly-full").batch_id == f"{DAY}-weekly-full"
     assert LoadTable(table="famille", batch_tag="full").batch_id == f"{DAY}-full"
+
+
+def test_a_warehouse_made_before_the_stage_state_is_told_to_run_init_db(env):
+    env.sql("DROP TABLE etl.ETL_StageState")
+    with pytest.raises(RuntimeError, match=r"^the warehouse lacks etl\.ETL_StageState: run `cbm-etl init-db` "):
+        StageTable(table="famille", mode="full").output().exists()
+    release_connections()
+    assert cbm_etl(["init-db"]) == 0  # adds what is missing
+    assert succeeded(build(LoadTable(table="famille", mode="full")))
+    assert_ods_equals_source(env, "famille")

@@ -27,3 +27,9 @@ def test_every_log_record_is_masked_traceback_included(caplog):
             log.exception("task failed: %s", "Password=hunter2")
     text = caplog.text
     assert "task failed: Password=***" in text and "PWD=***;HOST=h" in text and "hunter2" not in text
+
+
+def test_masking_stops_at_the_line_end():
+    """A masked value ends at `;` or the end of its line: the rest of a traceback stays readable."""
+    assert mask_secrets("UID=u;PWD=x\nTraceback (most recent call last):") == \
+        "UID=u;PWD=***\nTraceback (most recent call last):"

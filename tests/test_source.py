@@ -250,3 +250,11 @@ def test_pooled_reader_is_kept_between_tables_and_dropped_after_an_error(env):
     with pooled_reader(settings) as revived:
         assert revived is not fresh and revived.query("SELECT COUNT(*) FROM PUB.produit")[0][0] > 0
     release_readers()
+
+
+def test_conform_takes_fixed_size_and_large_binaries_into_a_binary_column():
+    """arrow-odbc reads SQL BINARY(n) as fixed-size binary: the same bytes, not a value of another kind."""
+    schema = pa.schema([pa.field("k", pa.int32()), pa.field("v", pa.binary())])
+    for arr in (pa.array([b"abcd", None], pa.binary(4)), pa.array([b"abcd", None], pa.large_binary())):
+        batch = pa.record_batch([pa.array([1, 2], pa.int32()), arr], names=["k", "v"])
+        assert conform_batch(batch, schema, table="t", keys=["k"]).column("v").to_pylist() == [b"abcd", None]

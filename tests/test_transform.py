@@ -48,8 +48,8 @@ def test_hashdiff_canonical_form(tmp_path):
     assert hashes(run(tmp_path, wider, data)) == h
     rate = {"id": [1, 2, 3], "nom": ["a", "", None], "prix": [Decimal("0.5"), Decimal("-0.05"), Decimal("0")]}
     hr = [hashes(run(tmp_path, [base[0], base[1], PlanColumn("prix", "prix", ColumnType("decimal", p, s))], rate))
-          for p, s in ((3, 3), (4, 2), (38, 10))]
-    assert hr[0] == hr[1] == hr[2] and len(set(hr[0])) == 3
+          for p, s in ((3, 3), (4, 2), (38, 10), (38, 38))]
+    assert hr[0] == hr[1] == hr[2] == hr[3] and len(set(hr[0])) == 3
     # values cannot slide between columns
     two = [base[0], PlanColumn("a", "a", S), PlanColumn("b", "b", S)]
     h1 = hashes(run(tmp_path, two, {"id": [1], "a": ["x=1:y"], "b": [None]}))

@@ -91,6 +91,8 @@ def _kind(t: pa.DataType) -> str:
         return "time"
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         return "text"
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
+        return "binary"  # arrow-odbc reads SQL BINARY(n) as fixed-size binary
     return str(t)
 
 
