@@ -115,20 +115,23 @@ def _check_not_outdated(s: Session, plan: TablePlan, marker: MarkerTarget, stage
     started = staged.get("ExtractStartedAt")
     last = config_store.newer_load_than(s, plan.table, started)
     if last is not None:
+        def ms(ts: datetime) -> str:
+            return ts.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
         raise OutdatedBatchError(
-            f"table {plan.table}: batch {marker.batch_id} was extracted at {started:%Y-%m-%d %H:%M:%S.%f}"[:-3] +
-            f", before the table's last validated load (LastSuccessTs {last:%Y-%m-%d %H:%M:%S.%f}"[:-3] +
-            f"): merging it would put older rows "
-            f"over newer ones. Nothing was merged. Extract it again: `cbm-etl invalidate {plan.table} --batch "
-            f"{marker.batch_id} --from extract`, then run the same command.")
+            f"table {plan.table}: batch {marker.batch_id} was extracted at {ms(started)}, before the table's last "
+            f"validated load (LastSuccessTs {ms(last)}): merging it would put older rows over newer ones. Nothing "
+            f"was merged. Extract it again: `cbm-etl invalidate {plan.table} --batch {marker.batch_id} --from "
+            f"extract`, then run the same command.")
 
 
 def _check_keys(s: Session, wh: Warehouse, plan: TablePlan, spec: MergeSpec) -> None:
     """Every key complete (no NULL part) and unique in the batch, or nothing is merged."""
     d = wh.dialect
 
-    def shown(rows):
-        return "; ".join(", ".join(f"{k}={v!r}" for k, v in zip(plan.keys, r[:-1])) for r in rows)
+    def shown(rows, counted: bool = False):  # rows: key values, then a count
+        return "; ".join(", ".join(f"{k}={v!r}" for k, v in zip(plan.keys, r[:-1])) +
+                         (f" ({r[-1]} rows)" if counted else "") for r in rows)
 
     nulls = s.query(null_keys(d, spec.stg(d), plan.keys))
     if nulls:
@@ -140,10 +143,8 @@ def _check_keys(s: Session, wh: Warehouse, plan: TablePlan, spec: MergeSpec) -> 
             f"or fix the rows in Progress.")
     dups = s.query(duplicate_keys(d, spec.stg(d), plan.keys))
     if dups:
-        text = "; ".join(", ".join(f"{k}={v!r}" for k, v in zip(plan.keys, r[:-1])) + f" ({r[-1]} rows)"
-                         for r in dups)
         raise DuplicateKeyError(
-            f"table {plan.table}: the batch has duplicate keys ({', '.join(plan.keys)}); first: {text}. "
+            f"table {plan.table}: the batch has duplicate keys ({', '.join(plan.keys)}); first: {shown(dups, True)}. "
             f"Nothing was merged. Check PrimaryKeyCols in config.ETL_Tables (`cbm-etl discover` proposes "
             f"the unique index) or fix the rows in Progress.")
 
