@@ -2,8 +2,8 @@
 
 Splits EXTENT arrays (or checks a kept-whole one), computes `_etl_hashdiff` and `_etl_source_ts`. It runs
 inside the extract: DuckDB pulls the reader's Arrow batches through a RecordBatchReader, so one thread fetches
-from the driver while another
-hashes and writes the previous batch (vectorised, bounded memory, no second pass over the data). The hashdiff
+from the driver while another hashes and writes the previous batch (vectorised, bounded memory, no second pass
+over the data). The hashdiff
 is computed here, once, whatever the warehouse, so DuckDB and SQL Server hold the same hashes. The run's own
 values (`_etl_run_id`, `_etl_batch_id`, `_etl_loaded_at`) are not in the file: staging adds them
 (`TechnicalValues`), so a batch staged again by another run says so.
