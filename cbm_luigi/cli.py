@@ -97,18 +97,27 @@ def cmd_summary(args) -> int:
     settings = load_settings()
     wh = open_warehouse(settings)
     with wh.session() as s:
+        # each table's latest batch (and mode), with that batch's own steps only: counts of an older batch must
+        # not stand next to a newer batch's failure
         rows = s.query_dicts(
-            "SELECT TableName, Step, Status, Rows, RowsInserted, RowsUpdated, RowsUnchanged, RowsDeleted, "
-            "DurationMs, BatchId, Mode, ErrorMessage FROM etl.vw_LastRuns ORDER BY TableName, Step")
+            "SELECT l.TableName, l.Step, l.Status, l.Rows, l.RowsInserted, l.RowsUpdated, l.RowsUnchanged, "
+            "l.RowsDeleted, l.DurationMs, l.BatchId, l.Mode, l.ErrorMessage FROM etl.ETL_Log AS l JOIN ("
+            "SELECT TableName, BatchId, Mode FROM (SELECT TableName, BatchId, Mode, row_number() OVER "
+            "(PARTITION BY TableName ORDER BY LogTs DESC, LogId DESC) AS rn FROM etl.ETL_Log) AS x WHERE rn = 1"
+            ") AS b ON b.TableName = l.TableName AND b.BatchId = l.BatchId AND b.Mode = l.Mode "
+            "ORDER BY l.TableName, l.LogTs, l.LogId")
         sla = s.query_dicts("SELECT TableName, SLAStatus, LastSuccessTs FROM etl.vw_SLABreach ORDER BY TableName")
     print(f"warehouse: {wh.describe()}")
-    by_table: dict[str, dict] = {}
+    by_table: dict[str, dict] = {r["TableName"]: {} for r in sla}  # active tables that never ran show too
     for r in rows:
-        by_table.setdefault(r["TableName"], {})[r["Step"]] = r
+        by_table.setdefault(r["TableName"], {})[r["Step"]] = r  # the step's last attempt in that batch
     print(f"{'table':<14} {'status':<8} {'rows':>8} {'ins':>6} {'upd':>6} {'same':>7} {'del':>5} {'seconds':>8}  "
           f"{'SLA':<12} batch/mode")
     status = {r["TableName"]: r for r in sla}
     for t, st in sorted(by_table.items()):
+        if not st:
+            print(f"{t:<14} {'-':<8} {'never run':>8}{'':>37}  {status.get(t, {}).get('SLAStatus', '-'):<12}")
+            continue
         last = max(st.values(), key=lambda r: ("extract", "stage", "merge", "validate").index(r["Step"])
                    if r["Step"] in ("extract", "stage", "merge", "validate") else -1)
         m = st.get("merge", {})
@@ -124,11 +133,32 @@ def cmd_summary(args) -> int:
 
 
 def cmd_clean_cache(args) -> int:
+    """Remove cached batches but the newest `--keep` (by the time their files were written, not by name), and
+    never one with a table still to validate: its rerun needs the file (stage and merge read it)."""
+    from .naming import sql_safe_name
+
     settings = load_settings()
-    batches = sorted(p for p in settings.cache_dir.glob("*") if p.is_dir())
-    for p in batches[:-args.keep] if args.keep else batches:
-        shutil.rmtree(p)
-        print(f"removed {p}")
+
+    def written(p):
+        return max((f.stat().st_mtime for f in p.rglob("*")), default=p.stat().st_mtime)
+
+    batches = sorted((p for p in settings.cache_dir.glob("*") if p.is_dir()), key=written)
+    old = batches[:-args.keep] if args.keep else batches
+    if not old:
+        return 0
+    wh = open_warehouse(settings)
+    with wh.session() as s:
+        for p in old:
+            done = {(sql_safe_name(t), m) for t, m in s.query(
+                "SELECT TableName, Mode FROM etl.ETL_Markers WHERE BatchId = ? AND Step = 'validate'", [p.name])}
+            open_ = sorted(f"{f.name.split('.')[0]} ({f.parent.name})" for f in p.glob("*/*.extract.parquet")
+                           if (f.name.split(".")[0], f.parent.name) not in done)
+            if open_:
+                print(f"kept {p}: not validated yet: {', '.join(open_)} (rerun the batch, or `cbm-etl "
+                      f"invalidate <table> --batch {p.name}` to give it up)")
+                continue
+            shutil.rmtree(p)
+            print(f"removed {p}")
     return 0
 
 

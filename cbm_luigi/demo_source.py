@@ -260,7 +260,8 @@ def mutate(path: Path | str, *, seed: int = 7, today: date | None = None) -> dic
                 con.execute(f"UPDATE {quote(name)} SET {sets} WHERE {where}", (*params, *k))
             for k in dele:
                 con.execute(f"DELETE FROM {quote(name)} WHERE {where}", k)
-            start = con.execute(f"SELECT count(*) FROM {quote(name)}").fetchone()[0] + 10_000
+            # past every row ever inserted (rowids only grow): a second day of changes makes new keys again
+            start = con.execute(f"SELECT coalesce(max(rowid), 0) FROM {quote(name)}").fetchone()[0] + 10_000
             new_rows = _rows(t, g, n_ins, start=start, recent=True)
             con.executemany(f"INSERT INTO {quote(name)} VALUES ({', '.join('?' * len(t.cols))})", new_rows)
             touched[name] = {"updated": upd, "deleted": dele,

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from cbm_luigi.cli import main as cbm_etl
-from cbm_luigi.tasks import LoadAll
+from cbm_luigi.tasks import LoadAll, LoadTable
 
 from .conftest import build, succeeded
 
@@ -34,9 +34,45 @@ def test_summary_after_a_load(env, capsys):
     assert produit.split()[1:4] == ["SUCCESS", "200", "200"]
 
 
+def test_summary_shows_each_tables_latest_batch_only(env, capsys):
+    """A table failing in a new batch shows that batch and its error, not an older batch's counts."""
+    assert succeeded(build(LoadAll(mode="full", batch_tag="good")))
+    env.sql("UPDATE config.ETL_Tables SET FilterClause = 'no_such_column = 1' WHERE TableName = 'lignecli'")
+    env.sql("INSERT INTO config.ETL_Tables (TableName, DestinationTable, PrimaryKeyCols, IsActive) "
+            "VALUES ('neuf', 'neuf', 'id', TRUE)")
+    assert not succeeded(build(LoadTable(table="lignecli", mode="incremental", batch_tag="bad")))
+    capsys.readouterr()
+    assert cbm_etl(["summary"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    lignecli = next(i for i, line in enumerate(out) if line.startswith("lignecli"))
+    fields = out[lignecli].split()
+    assert fields[1:3] == ["FAILED", "0"] and fields[-1].endswith("-bad/incremental")
+    assert out[lignecli + 1].lstrip().startswith("extract: ") and "no_such_column" in out[lignecli + 1]
+    assert next(line for line in out if line.startswith("produit")).split()[-1].endswith("-good/full")
+    assert next(line for line in out if line.startswith("neuf")).split()[1:4] == ["-", "never", "run"]
+
+
 def test_errors_are_one_readable_line(env, capsys, monkeypatch):
     monkeypatch.setenv("CBM_SOURCE_KIND", "odbc")
     monkeypatch.setenv("CBM_SOURCE_ODBC", "DRIVER={Nope};UID=u;PWD=hunter2")
     assert cbm_etl(["discover"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("cbm-etl discover: SourceError") and "hunter2" not in err
+
+
+def test_clean_cache_keeps_the_newest_and_any_batch_not_validated_yet(env, capsys):
+    import time
+
+    assert succeeded(build(LoadTable(table="famille", mode="full", batch_tag="zz-old")))
+    time.sleep(0.02)
+    env.sql("UPDATE config.ETL_Tables SET FilterClause = '1 = 0' WHERE TableName = 'famille'")
+    assert not succeeded(build(LoadTable(table="famille", mode="full", batch_tag="mid")))  # refused at merge
+    env.sql("UPDATE config.ETL_Tables SET FilterClause = NULL WHERE TableName = 'famille'")
+    time.sleep(0.02)
+    assert succeeded(build(LoadTable(table="famille", mode="full", batch_tag="aa-new")))
+    capsys.readouterr()
+    assert cbm_etl(["clean-cache", "--keep", "1"]) == 0  # by write time: "aa-new" is the newest, not "zz-old"
+    out = capsys.readouterr().out
+    left = sorted(p.name.split("-", 3)[-1] for p in env.cache.iterdir())
+    assert left == ["aa-new", "mid"], out
+    assert "not validated yet: famille (full)" in out

@@ -1057,3 +1057,13 @@ def test_merge_widening_a_key_column_drops_and_recreates_the_index(stage_file):
     create = next(i for i, x in enumerate(st) if "CREATE CLUSTERED INDEX [CX_ods_all_kinds]" in x)
     assert drop < alter < create
     assert_all_parse(st, "merge with key widening")
+
+
+def test_summary_queries_parse_as_tsql(monkeypatch, capsys):
+    from cbm_luigi import cli
+
+    rec = RecordingSession()
+    monkeypatch.setattr(cli, "open_warehouse", lambda settings: StubWarehouse(rec))
+    assert cli.main(["summary"]) == 0
+    assert any("row_number() OVER" in x for x in rec.statements)
+    assert_all_parse(rec.statements, "cbm-etl summary")
