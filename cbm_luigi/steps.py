@@ -80,7 +80,7 @@ def check_column_count(wh: Warehouse, plan: TablePlan) -> None:
 
 
 def stage(wh: Warehouse, plan: TablePlan, batch_path: Path, tech: TechnicalValues, *, marker: StageTarget,
-          run_id: str, extract_started_at: datetime | None = None) -> StepRecord:
+          run_id: str, extract_started_at: datetime | None = None, checkpoint=None) -> StepRecord:
     """stg.<table> := the batch file plus the run's technical values; the marker and etl.ETL_StageState (what
     stg holds now) in the same transaction."""
     check_batch_file(plan, batch_path, tech.batch_id)
@@ -88,6 +88,8 @@ def stage(wh: Warehouse, plan: TablePlan, batch_path: Path, tech: TechnicalValue
     with wh.session() as s, s.transaction():
         marker.forget_staged(s)
         rows = wh.replace_stage(s, plan.destination, batch_path, stage_columns(plan), tech)
+        if checkpoint:
+            checkpoint("stage")  # a kill here leaves stg replaced but uncommitted, its record not yet written
         marker.touch(s, run_id=run_id, rows=rows, extract_started_at=extract_started_at)
     return StepRecord("stage", rows=rows)
 

@@ -257,7 +257,7 @@ class StageTable(WarehouseStep):
         tech = TechnicalValues(self.run_id, self.batch_id, datetime.now())
         started = datetime.fromisoformat(self.extract_meta()["started_at"])
         self.record(steps.stage(self.warehouse, plan, Path(self.input().path), tech, marker=self.output(),
-                                run_id=self.run_id, extract_started_at=started), t0)
+                                run_id=self.run_id, extract_started_at=started, checkpoint=checkpoint), t0)
 
 
 class MergeOds(WarehouseStep):

@@ -13,6 +13,7 @@ import time
 import urllib.parse
 import urllib.request
 
+import pytest
 
 from cbm_luigi.cli import main as cbm_etl
 from cbm_luigi.tasks import LoadAll, LoadTable
@@ -93,24 +94,27 @@ def _business_snapshot(env) -> dict[str, list[tuple]]:
     return snap
 
 
-def test_kill_in_the_middle_of_a_merge_then_rerun(env, tmp_path, monkeypatch):
+@pytest.mark.parametrize("step", ["stage", "merge"])
+def test_kill_in_the_middle_of_a_step_then_rerun(env, tmp_path, monkeypatch, step):
     pause = tmp_path / "paused"
     proc = subprocess.Popen(["luigi", "--module", "cbm_luigi", "LoadAll", "--mode", "full", "--local-scheduler"],
-                            cwd=env.home, env=subprocess_env(env, CBM_PAUSE_AT="merge", CBM_PAUSE_FILE=str(pause)),
+                            cwd=env.home, env=subprocess_env(env, CBM_PAUSE_AT=step, CBM_PAUSE_FILE=str(pause)),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(600):
             if pause.exists() or proc.poll() is not None:
                 break
             time.sleep(0.1)
-        assert pause.exists(), "the run never reached the merge"
-        os.kill(proc.pid, signal.SIGKILL)  # inside the open merge transaction
+        assert pause.exists(), f"the run never reached the {step}"
+        os.kill(proc.pid, signal.SIGKILL)  # inside the step's open transaction
         proc.wait(10)
     finally:
         if proc.poll() is None:
             proc.kill()
-    # the killed merge left nothing: no marker for it, no ods table half-written
-    assert env.sql("SELECT COUNT(*) FROM etl.ETL_Markers WHERE Step = 'merge'")[0][0] == 0
+    # the killed step left nothing: no marker for it (nor, for a stage, a record of what stg holds)
+    assert env.sql("SELECT COUNT(*) FROM etl.ETL_Markers WHERE Step = ?", [step])[0][0] == 0
+    if step == "stage":
+        assert env.sql("SELECT COUNT(*) FROM etl.ETL_StageState")[0][0] == 0
     rerun = luigi_cli(env, "LoadAll", "--mode", "full", "--local-scheduler")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     killed = _business_snapshot(env)
