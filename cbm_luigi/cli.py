@@ -5,6 +5,7 @@ import argparse
 import logging
 import shutil
 import sys
+from datetime import datetime
 from pathlib import Path
 
 from . import config_store, demo_source
@@ -134,8 +135,9 @@ def cmd_summary(args) -> int:
 
 def cmd_clean_cache(args) -> int:
     """Remove cached batches but the newest `--keep` (by the time their files were written, not by name), and
-    never one with a table still to validate: its rerun needs the file (stage and merge read it)."""
-    from .naming import sql_safe_name
+    never one holding a file a rerun would still use: a table of that batch not validated yet, whose extract is
+    in this version's format and not older than the table's newest load (an older one is read again anyway)."""
+    from .extract import is_current, read_extract_meta
 
     settings = load_settings()
 
@@ -148,13 +150,21 @@ def cmd_clean_cache(args) -> int:
         return 0
     wh = open_warehouse(settings)
     with wh.session() as s:
+        tables = {r[0] for r in s.query("SELECT TableName FROM config.ETL_Tables")}
         for p in old:
-            done = {(sql_safe_name(t), m) for t, m in s.query(
+            done = {(t, m) for t, m in s.query(
                 "SELECT TableName, Mode FROM etl.ETL_Markers WHERE BatchId = ? AND Step = 'validate'", [p.name])}
-            open_ = sorted(f"{f.name.split('.')[0]} ({f.parent.name})" for f in p.glob("*/*.extract.parquet")
-                           if (f.name.split(".")[0], f.parent.name) not in done)
-            if open_:
-                print(f"kept {p}: not validated yet: {', '.join(open_)} (rerun the batch, or `cbm-etl "
+            needed = []
+            for f in sorted(p.glob("*/*.extract.parquet")):
+                if not is_current(f):
+                    continue
+                meta = read_extract_meta(f)
+                table, started = meta.get("table"), datetime.fromisoformat(meta["started_at"])
+                if table in tables and (table, f.parent.name) not in done and \
+                        config_store.newer_load_than(s, table, started) is None:
+                    needed.append(f"{table} ({f.parent.name})")
+            if needed:
+                print(f"kept {p}: not validated yet: {', '.join(needed)} (rerun the batch, or `cbm-etl "
                       f"invalidate <table> --batch {p.name}` to give it up)")
                 continue
             shutil.rmtree(p)

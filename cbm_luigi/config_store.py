@@ -63,10 +63,13 @@ def dependencies(s: Session) -> dict[str, list[str]]:
 
 
 def newer_load_than(s: Session, table: str, extract_started_at):
-    """The table's LastSuccessTs if its last validated load was extracted after `extract_started_at` (a batch
-    that old must not be merged over it), else None. 1 ms of slack: SQL Server keeps LastSuccessTs to the ms."""
-    rows = s.query("SELECT LastSuccessTs FROM config.ETL_Tables WHERE TableName = ?", [table])
-    last = rows[0][0] if rows else None
+    """The start of the newest extract merged into ods.<table> (etl.ETL_TableState, validated or not) or of its
+    last validated load (LastSuccessTs), if later than `extract_started_at`: a batch that old must not be
+    merged over it. Else None. 1 ms of slack: SQL Server keeps LastSuccessTs to the millisecond."""
+    rows = s.query("SELECT t.LastSuccessTs, st.MergedExtractStartedAt FROM config.ETL_Tables AS t LEFT JOIN "
+                   "etl.ETL_TableState AS st ON st.TableName = t.TableName WHERE t.TableName = ?", [table])
+    known = [v for v in (rows[0] if rows else ()) if v is not None]
+    last = max(known) if known else None
     if last is None or extract_started_at is None or extract_started_at >= last - timedelta(milliseconds=1):
         return None
     return last

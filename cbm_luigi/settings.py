@@ -15,7 +15,7 @@ from dotenv import load_dotenv
 
 # a value is `{...}` (ODBC braces, `}}` inside is an escaped `}`), "..." or '...' (doubled quote inside), or
 # anything up to the next `;` or line end
-_SECRET_KEYS = re.compile(r"""(?i)\b(PWD|PASSWORD|PASS|SECRET|TOKEN|KEY)\s*=\s*"""
+_SECRET_KEYS = re.compile(r"""(?i)\b(PWD|PASSWORD|PASS|SECRET|TOKEN|KEY)[ \t]*=[ \t]*"""
                           r"""(\{(?:[^}]|\}\})*\}|"(?:[^"]|"")*"|'(?:[^']|'')*'|[^;\r\n]*)""")
 
 

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from . import config_store
 from .plan import ConfigError, TablePlan
 from .runlog import StepRecord
-from .targets import MarkerTarget, StageTarget, staged_batch
+from .targets import MarkerTarget, StageTarget, record_merged, staged_batch
 from .transform import SHAPED_TECH, TechnicalValues
 from .warehouse.base import Session, Warehouse
 from .warehouse.statements import (Column, MergeSpec, alters_column, create_table, duplicate_keys, evolve,
@@ -81,7 +81,7 @@ def check_column_count(wh: Warehouse, plan: TablePlan) -> None:
 
 def stage(wh: Warehouse, plan: TablePlan, batch_path: Path, tech: TechnicalValues, *, marker: StageTarget,
           run_id: str, extract_started_at: datetime | None = None, checkpoint=None) -> StepRecord:
-    """stg.<table> := the batch file plus the run's technical values; the marker and etl.ETL_StageState (what
+    """stg.<table> := the batch file plus the run's technical values; the marker and etl.ETL_TableState (what
     stg holds now) in the same transaction."""
     check_batch_file(plan, batch_path, tech.batch_id)
     check_column_count(wh, plan)
@@ -100,7 +100,7 @@ def _spec(plan: TablePlan, full: bool) -> MergeSpec:
 
 
 def _check_staged(s: Session, plan: TablePlan, marker: MarkerTarget, step: str) -> dict:
-    """stg.<table> must hold this step's batch and mode (etl.ETL_StageState, written with the stage)."""
+    """stg.<table> must hold this step's batch and mode (etl.ETL_TableState, written with the stage)."""
     st = staged_batch(s, plan.table)
     if st is None or st["BatchId"] != marker.batch_id or st["Mode"] != marker.mode:
         held = f"batch {st['BatchId']} ({st['Mode']})" if st else "no staged batch"
@@ -112,8 +112,8 @@ def _check_staged(s: Session, plan: TablePlan, marker: MarkerTarget, step: str) 
 
 
 def _check_not_outdated(s: Session, plan: TablePlan, marker: MarkerTarget, staged: dict) -> None:
-    """Refuse a batch extracted before the table's last validated load (a rerun of an older batch would put
-    older rows over newer ones, and in full mode soft-delete rows created since)."""
+    """Refuse a batch extracted before the newest one merged or validated for the table (a rerun of an older
+    batch would put older rows over newer ones, and in full mode soft-delete rows created since)."""
     started = staged.get("ExtractStartedAt")
     last = config_store.newer_load_than(s, plan.table, started)
     if last is not None:
@@ -121,8 +121,8 @@ def _check_not_outdated(s: Session, plan: TablePlan, marker: MarkerTarget, stage
             return ts.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
         raise OutdatedBatchError(
-            f"table {plan.table}: batch {marker.batch_id} was extracted at {ms(started)}, before the table's last "
-            f"validated load (LastSuccessTs {ms(last)}): merging it would put older rows over newer ones. Nothing "
+            f"table {plan.table}: batch {marker.batch_id} was extracted at {ms(started)}, before the newest load "
+            f"of the table (extracted at {ms(last)}): merging it would put older rows over newer ones. Nothing "
             f"was merged. Extract it again: `cbm-etl invalidate {plan.table} --batch {marker.batch_id} --from "
             f"extract`, then run the same command.")
 
@@ -215,6 +215,7 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
                     checkpoint("merge")  # a kill here leaves a written, uncommitted merge
         else:
             record.detail = "; ".join(filter(None, [record.detail, "no change: MERGE skipped"]))
+        record_merged(s, plan.table, staged.get("ExtractStartedAt"))
         marker.touch(s, run_id=run_id, rows=int(inserted) + int(updated))
     record.rows = int(inserted) + int(updated) + int(unchanged)
     record.inserted, record.updated, record.unchanged, record.deleted = map(int, (inserted, updated, unchanged,

@@ -67,12 +67,28 @@ def test_clean_cache_keeps_the_newest_and_any_batch_not_validated_yet(env, capsy
     time.sleep(0.02)
     env.sql("UPDATE config.ETL_Tables SET FilterClause = '1 = 0' WHERE TableName = 'famille'")
     assert not succeeded(build(LoadTable(table="famille", mode="full", batch_tag="mid")))  # refused at merge
-    env.sql("UPDATE config.ETL_Tables SET FilterClause = NULL WHERE TableName = 'famille'")
     time.sleep(0.02)
-    assert succeeded(build(LoadTable(table="famille", mode="full", batch_tag="aa-new")))
+    assert succeeded(build(LoadTable(table="fournis", mode="full", batch_tag="aa-new")))  # another table
     capsys.readouterr()
     assert cbm_etl(["clean-cache", "--keep", "1"]) == 0  # by write time: "aa-new" is the newest, not "zz-old"
     out = capsys.readouterr().out
     left = sorted(p.name.split("-", 3)[-1] for p in env.cache.iterdir())
     assert left == ["aa-new", "mid"], out
     assert "not validated yet: famille (full)" in out
+
+
+def test_clean_cache_drops_a_failed_batch_once_a_later_load_makes_its_file_useless(env, capsys):
+    """`mid` failed; a later batch loaded the table: a rerun of `mid` would read the source again (its file is
+    older than ods), so the file is not worth keeping."""
+    import time
+
+    assert succeeded(build(LoadTable(table="famille", mode="full", batch_tag="first")))
+    env.sql("UPDATE config.ETL_Tables SET FilterClause = '1 = 0' WHERE TableName = 'famille'")
+    assert succeeded(build(LoadTable(table="fournis", mode="full", batch_tag="mid")))  # so "mid" is not empty
+    assert not succeeded(build(LoadTable(table="famille", mode="full", batch_tag="mid")))
+    env.sql("UPDATE config.ETL_Tables SET FilterClause = NULL WHERE TableName = 'famille'")
+    time.sleep(0.02)
+    assert succeeded(build(LoadTable(table="famille", mode="full", batch_tag="new")))
+    capsys.readouterr()
+    assert cbm_etl(["clean-cache", "--keep", "1"]) == 0
+    assert sorted(p.name.split("-", 3)[-1] for p in env.cache.iterdir()) == ["new"], capsys.readouterr().out

@@ -114,7 +114,7 @@ def test_kill_in_the_middle_of_a_step_then_rerun(env, tmp_path, monkeypatch, ste
     # the killed step left nothing: no marker for it (nor, for a stage, a record of what stg holds)
     assert env.sql("SELECT COUNT(*) FROM etl.ETL_Markers WHERE Step = ?", [step])[0][0] == 0
     if step == "stage":
-        assert env.sql("SELECT COUNT(*) FROM etl.ETL_StageState")[0][0] == 0
+        assert env.sql("SELECT COUNT(*) FROM etl.ETL_TableState")[0][0] == 0
     rerun = luigi_cli(env, "LoadAll", "--mode", "full", "--local-scheduler")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     killed = _business_snapshot(env)

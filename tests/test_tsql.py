@@ -511,9 +511,9 @@ def _canned(batch_id="2024-01-01", plan=None, ods_exists=False, mode="full"):
     names = [n for n, t, _ in plan.output_columns() if t.kind == "string"] if plan else []
     info = [(n, "nvarchar", 4, None, None, None, "YES") for n in names[:1]] if ods_exists else []
     return [
-        (r"FROM etl\.ETL_StageState", [{"BatchId": batch_id, "Mode": mode, "RunId": "run-0", "Rows": 7,
+        (r"SELECT t\.LastSuccessTs, st\.MergedExtractStartedAt", [(None, None)]),
+        (r"FROM etl\.ETL_TableState", [{"BatchId": batch_id, "Mode": mode, "RunId": "run-0", "Rows": 7,
                                          "ExtractStartedAt": datetime(2024, 1, 1)}]),
-        (r"SELECT LastSuccessTs FROM config\.ETL_Tables", [(None,)]),
         (r"AS \[stg_rows\]", [(0, 0, 7, 7)]),  # the validation counts: all passed
         (r"INFORMATION_SCHEMA\.COLUMNS", info),
         (r"SELECT TOP \(5\)", []),
@@ -551,7 +551,8 @@ def test_step_statements_parse(dimension, mode, ods_exists, stage_file):
     stmts = rec.statements
     for needle in ("SET XACT_ABORT ON", "BEGIN TRANSACTION", "COMMIT TRANSACTION", "DROP TABLE IF EXISTS [stg].",
                    "CREATE TABLE [stg].[all_kinds]", "INSERT INTO [stg].[all_kinds]", "MERGE INTO [ods].[all_kinds]",
-                   "INSERT INTO etl.ETL_Markers", "INSERT INTO etl.ETL_StageState", "INSERT INTO etl.ETL_Validation",
+                   "INSERT INTO etl.ETL_Markers", "UPDATE etl.ETL_TableState SET BatchId = ?",
+                   "UPDATE etl.ETL_TableState SET MergedExtractStartedAt", "INSERT INTO etl.ETL_Validation",
                    "UPDATE config.ETL_Tables SET LastSuccessTs", "INFORMATION_SCHEMA.COLUMNS"):
         assert any(needle in s for s in stmts), needle
     assert any(s.startswith("ALTER TABLE [ods]") for s in stmts) == ods_exists
@@ -869,8 +870,8 @@ def test_replace_stage_bulkcopy_path_commits_ddl_first(stage_file, monkeypatch):
     assert st[-1] == "COMMIT TRANSACTION"
     # the record of what stg held is gone in the transaction the bulk copy commits early: a kill after that
     # commit cannot leave it naming the previous batch over the new rows
-    forget = st.index("DELETE FROM etl.ETL_StageState WHERE TableName = ?")
-    assert forget < create and any("INSERT INTO etl.ETL_StageState" in x for x in st[create:])
+    forget = next(i for i, x in enumerate(st) if x.startswith("UPDATE etl.ETL_TableState SET BatchId = ''"))
+    assert forget < create and any(x.startswith("UPDATE etl.ETL_TableState SET BatchId = ?") for x in st[create:])
     assert calls["table"] == "[stg].[all_kinds]" and calls["rows"] == 7 and calls["committed"] and calls["closed"]
     assert calls["kw"]["column_mappings"][-1] == "_etl_source_ts" and calls["kw"]["keep_nulls"]
     assert calls["kw"]["timeout"] == 86_400  # not mssql-python's 30 s, which fails big tables
@@ -1041,9 +1042,9 @@ def test_merge_widening_a_key_column_drops_and_recreates_the_index(stage_file):
     plan = all_kind_plan(dimension=False)
     names = [n for n, t, _ in plan.output_columns() if t.kind == "string"]
     info = [("code", "nvarchar", 2, None, None, None, "NO")]  # ods.code is NVARCHAR(2); stg holds longer codes
-    rec = RecordingSession([(r"FROM etl\.ETL_StageState", [{"BatchId": "2024-01-01", "Mode": "full", "RunId": "r",
+    rec = RecordingSession([(r"SELECT t\.LastSuccessTs, st\.MergedExtractStartedAt", [(None, None)]),
+                            (r"FROM etl\.ETL_TableState", [{"BatchId": "2024-01-01", "Mode": "full", "RunId": "r",
                                                             "Rows": 7, "ExtractStartedAt": datetime(2024, 1, 1)}]),
-                            (r"SELECT LastSuccessTs FROM config\.ETL_Tables", [(None,)]),
                             (r"INFORMATION_SCHEMA\.COLUMNS", info), (r"SELECT TOP \(5\)", []),
                             (r"MAX\(0\.5 \* DATALENGTH", [tuple(Decimal("12.0") for _ in names)]),
                             (r"FROM sys\.indexes", [(1,)]), (r"AS inserted", [(1, 0, 0, 0)]),

@@ -29,15 +29,18 @@ CREATE TABLE IF NOT EXISTS etl.ETL_Markers (
     Rows            BIGINT,
     CreatedAt       TIMESTAMP NOT NULL DEFAULT current_timestamp
 );
--- what stg.<table> holds now (stg is one relation per table): merge and validate check it is their batch
-CREATE TABLE IF NOT EXISTS etl.ETL_StageState (
+-- per table: what stg.<table> holds now (BatchId/Mode, '' when nothing usable; stg is one relation per table:
+-- merge and validate check it is their batch), and the start of the newest extract merged into ods (a batch
+-- read before it must not be merged over it)
+CREATE TABLE IF NOT EXISTS etl.ETL_TableState (
     TableName       VARCHAR NOT NULL PRIMARY KEY,
-    BatchId         VARCHAR NOT NULL,
-    Mode            VARCHAR NOT NULL,
+    BatchId         VARCHAR NOT NULL DEFAULT '',
+    Mode            VARCHAR NOT NULL DEFAULT '',
     RunId           VARCHAR,
     Rows            BIGINT,
     ExtractStartedAt TIMESTAMP,
-    StagedAt        TIMESTAMP NOT NULL DEFAULT current_timestamp
+    StagedAt        TIMESTAMP,
+    MergedExtractStartedAt TIMESTAMP
 );
 CREATE TABLE IF NOT EXISTS etl.ETL_Validation (
     RunId           VARCHAR NOT NULL,

@@ -38,16 +38,19 @@ CREATE TABLE etl.ETL_Markers (
     CreatedAt       DATETIME2(3) NOT NULL CONSTRAINT DF_ETL_Markers_CreatedAt DEFAULT SYSDATETIME()
 )
 GO
--- what stg.<table> holds now (stg is one table per source table): merge and validate check it is their batch
-IF OBJECT_ID(N'etl.ETL_StageState', N'U') IS NULL
-CREATE TABLE etl.ETL_StageState (
-    TableName       NVARCHAR(128) NOT NULL CONSTRAINT PK_ETL_StageState PRIMARY KEY,
-    BatchId         NVARCHAR(64) NOT NULL,
-    Mode            NVARCHAR(16) NOT NULL,
+-- per table: what stg.<table> holds now (BatchId/Mode, '' when nothing usable; stg is one table per source
+-- table: merge and validate check it is their batch), and the start of the newest extract merged into ods (a
+-- batch read before it must not be merged over it)
+IF OBJECT_ID(N'etl.ETL_TableState', N'U') IS NULL
+CREATE TABLE etl.ETL_TableState (
+    TableName       NVARCHAR(128) NOT NULL CONSTRAINT PK_ETL_TableState PRIMARY KEY,
+    BatchId         NVARCHAR(64) NOT NULL CONSTRAINT DF_ETL_TableState_BatchId DEFAULT N'',
+    Mode            NVARCHAR(16) NOT NULL CONSTRAINT DF_ETL_TableState_Mode DEFAULT N'',
     RunId           NVARCHAR(64) NULL,
     [Rows]          BIGINT NULL,
     ExtractStartedAt DATETIME2(6) NULL,
-    StagedAt        DATETIME2(3) NOT NULL CONSTRAINT DF_ETL_StageState_StagedAt DEFAULT SYSDATETIME()
+    StagedAt        DATETIME2(3) NULL,
+    MergedExtractStartedAt DATETIME2(6) NULL
 )
 GO
 IF OBJECT_ID(N'etl.ETL_Validation', N'U') IS NULL
