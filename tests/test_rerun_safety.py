@@ -41,6 +41,14 @@ def touch_source(env, sql: str, params=()) -> None:
     release_readers()
 
 
+def change_source_now(env, *statements: str) -> None:
+    """Run statements whose last two parameters are `dat_mod`, `heure`, stamped with the current time."""
+    now = datetime.now()
+    stamp = [now.date().isoformat(), now.hour * 3600 + now.minute * 60 + now.second]
+    for sql in statements:
+        touch_source(env, sql, stamp)
+
+
 def test_a_full_batch_staged_then_overtaken_by_an_incremental_loads_right_when_rerun(env):
     """The weekly full is killed after staging; the nightly incremental (nothing changed: 0 rows) replaces stg;
     rerunning the weekly must not merge the empty stage as a full batch (that soft-deleted every row)."""
@@ -97,12 +105,8 @@ def test_rerun_of_an_older_batch_reads_the_source_again_instead_of_undoing_newer
     with env.con() as c:
         c.execute("UPDATE config.ETL_Tables SET LookbackInterval = '0 minutes' WHERE TableName = 'produit'")
     assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="a")))
-    now = datetime.now()
-    secs = now.hour * 3600 + now.minute * 60 + now.second
-    touch_source(env, "UPDATE produit SET libelle = 'NEW', dat_mod = ?, heure = ? WHERE cod_pro = 'P00001'",
-                 [now.date().isoformat(), secs])
-    touch_source(env, "INSERT INTO produit (cod_pro, libelle, dat_mod, heure) VALUES ('PNEW', 'new', ?, ?)",
-                 [now.date().isoformat(), secs])
+    change_source_now(env, "UPDATE produit SET libelle = 'NEW', dat_mod = ?, heure = ? WHERE cod_pro = 'P00001'",
+                      "INSERT INTO produit (cod_pro, libelle, dat_mod, heure) VALUES ('PNEW', 'new', ?, ?)")
     time.sleep(1.1)
     assert succeeded(build(LoadTable(table="produit", mode="incremental", batch_tag="b", run_id="run2")))
     # the operator reloads batch a from its cached extract, in a later run
@@ -198,12 +202,8 @@ def test_an_older_batch_is_not_merged_over_a_newer_merged_but_unvalidated_one(en
     assert succeeded(build(LoadTable(table="client", mode="full", batch_tag="init", run_id="run1")))
     assert succeeded(build(MergeOds(table="client", mode="full", batch_tag="weekly", run_id="run2")))
     time.sleep(1.1)
-    now = datetime.now()
-    secs = now.hour * 3600 + now.minute * 60 + now.second
-    touch_source(env, "UPDATE client SET nom = 'NEW', dat_mod = ?, heure = ? WHERE cod_cli = 1",
-                 [now.date().isoformat(), secs])
-    touch_source(env, "INSERT INTO client (cod_cli, nom, dat_mod, heure) VALUES (99999, 'brand new', ?, ?)",
-                 [now.date().isoformat(), secs])
+    change_source_now(env, "UPDATE client SET nom = 'NEW', dat_mod = ?, heure = ? WHERE cod_cli = 1",
+                      "INSERT INTO client (cod_cli, nom, dat_mod, heure) VALUES (99999, 'brand new', ?, ?)")
     assert succeeded(build(MergeOds(table="client", mode="incremental", batch_tag="nightly", run_id="run3")))
     current = "SELECT cod_cli, nom, _etl_is_deleted FROM ods.client WHERE _etl_is_current AND cod_cli IN (1, 99999) " \
               "ORDER BY 1"
