@@ -49,7 +49,7 @@ bench: setup
 	$(PY) -m bench.run $(if $(QUICK),--quick,)
 
 lint: setup
-	$(PY) -m sqlfluff parse --dialect tsql sql/mssql/*.sql >/dev/null
+	for f in sql/mssql/*.sql; do $(PY) -m sqlfluff parse --dialect tsql "$$f" >/dev/null || exit 1; done
 
 clean:
 	rm -rf var .venv build *.egg-info
