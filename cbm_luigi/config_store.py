@@ -153,8 +153,7 @@ def sync_columns(s: Session, reader: Reader, table: str) -> dict[str, int]:
     # Progress names are case-insensitive: a column whose catalog spelling changed case is the same column
     spelled = {n.lower(): n for n in known}
     cols = [dataclasses.replace(c, name=spelled.get(c.name.lower(), c.name)) for c in cols]
-    overridden = {r[0] for r in s.query("SELECT ColumnName FROM config.ETL_Columns WHERE TableName = ? AND "
-                                        "(IsExcluded = ? OR IsOverride = ?)", [table, True, True])}
+    overridden = {n for n, r in known.items() if r["IsExcluded"] or r["IsOverride"]}
     for c in cols:  # fail early on a type the product cannot map (the message says how to get past it)
         if c.name not in overridden:
             map_openedge_type(c.coltype, c.width, c.scale, table=table, column=c.name)

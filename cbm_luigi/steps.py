@@ -35,7 +35,7 @@ class StaleStageError(RuntimeError):
 
 
 class OutdatedBatchError(StaleStageError):
-    """The batch was extracted before the table's last validated load: merging it would undo newer data."""
+    """The batch was extracted before the newest one merged or validated: merging it would undo newer data."""
 
 
 class NullKeyError(RuntimeError):

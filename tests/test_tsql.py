@@ -613,12 +613,11 @@ def test_sync_columns_statements_parse(tmp_path):
     src = tmp_path / "demo.sqlite"
     demo_source.generate(src, scale=0.05)
     existing = {"TableName": "produit", "ColumnName": "cod_pro", "SqlName": "cod_pro", "SourceExpression": None,
-                "IsOverride": False}
+                "IsOverride": False, "IsExcluded": False}
     override = dict(existing, ColumnName="libelle", SqlName="lib", SourceExpression='UPPER("libelle") AS lib',
                     IsOverride=True)
     vanished = dict(existing, ColumnName="vanished", SqlName="vanished")
     rec = RecordingSession([
-        (r"SELECT ColumnName FROM config\.ETL_Columns WHERE TableName = \? AND \(IsExcluded", [("libelle",)]),
         (r"SELECT \* FROM config\.ETL_Columns WHERE TableName = \?", lambda sql: [existing, override, vanished]),
         (r"SELECT COUNT\(\*\) FROM config\.ETL_Columns", [(0,)]),
     ])
