@@ -71,9 +71,15 @@ def extract_to_parquet(reader: Reader, plan: TablePlan, mode: str, out_path: Pat
     t0 = time.monotonic()
     said = [t0]
 
+    try:  # the statement starts now: the source works on it while DuckDB plans the transform
+        stream = reader.stream(sql, params, schema, batch_rows)
+    except SourceError:
+        raise
+    except Exception as exc:  # noqa: BLE001 — driver errors get the table and the fix
+        raise translate(exc, table=plan.table, action="extract") from None
+
     def conformed():
         rows = 0
-        stream = reader.stream(sql, params, schema, batch_rows)
         try:
             for batch in stream:
                 batch = conform_batch(batch, schema, table=plan.table, keys=plan.keys)
@@ -86,11 +92,12 @@ def extract_to_parquet(reader: Reader, plan: TablePlan, mode: str, out_path: Pat
             raise
         except Exception as exc:  # noqa: BLE001 — driver errors get the table and the fix
             raise translate(exc, table=plan.table, action="extract") from None
-        finally:
-            getattr(stream, "close", lambda: None)()  # the driver's cursor, also when DuckDB stops reading early
 
-    rows = shape_batches(plan, schema, conformed(), out_path, metadata={META_KEY: json.dumps(meta)},
-                         memory_limit=memory_limit, threads=threads)
+    try:
+        rows = shape_batches(plan, schema, conformed(), out_path, metadata={META_KEY: json.dumps(meta)},
+                             memory_limit=memory_limit, threads=threads)
+    finally:
+        getattr(stream, "close", lambda: None)()  # the driver's cursor, also when DuckDB stopped reading early
     meta.update(rows=rows, seconds=round(time.monotonic() - t0, 3))
     if progress:
         progress(rows)

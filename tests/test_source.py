@@ -118,6 +118,29 @@ def test_conform_takes_a_double_only_when_it_is_a_decimal_of_the_column_scale():
             conform_batch(_batch(k=[1, 2], x=[1.5, bad]), schema, table="t", keys=["k"])
 
 
+def test_conform_converts_columns_of_one_type_together_and_still_names_the_bad_one():
+    """Columns with the same driver and catalog types are converted in one pass (conform._cast_alike): the same
+    values as one by one, NULLs and the mandatory check per column, and a bad value named by its own column."""
+    names = ["k", "a", "b", "c", "n"]
+    schema = pa.schema([pa.field("k", pa.int32()), *(pa.field(c, pa.decimal128(10, 2)) for c in "abc"),
+                        pa.field("n", pa.decimal128(10, 2), nullable=False)])
+    batch = _batch(k=[1, 2, 3], a=[1.23, None, -2.5], b=[0.07, 4.1, None], c=[None, None, None], n=[1.0, 2.0, 3.0])
+    ok = conform_batch(batch, schema, table="t", keys=["k"])
+    assert ok.schema == schema
+    assert ok.column("a").to_pylist() == [Decimal("1.23"), None, Decimal("-2.50")]
+    assert ok.column("b").to_pylist() == [Decimal("0.07"), Decimal("4.10"), None]
+    assert ok.column("c").to_pylist() == [None] * 3 and ok.column("n").to_pylist()[2] == Decimal("3.00")
+    for col in names[1:]:
+        assert ok.column(col).equals(conform_batch(batch.select(["k", col]), pa.schema([schema.field("k"),
+                                     schema.field(col)]), table="t", keys=["k"]).column(col))
+    with pytest.raises(SourceValueError, match=r"column b, key k=3: value 1.234 does not"):
+        conform_batch(_batch(k=[1, 2, 3], a=[1.0, 2.0, 3.0], b=[1.0, 2.0, 1.234], c=[None] * 3, n=[1.0] * 3),
+                      schema, table="t", keys=["k"])
+    with pytest.raises(SourceValueError, match=r"column n, key k=2: NULL"):
+        conform_batch(_batch(k=[1, 2, 3], a=[1.0] * 3, b=[1.0] * 3, c=[1.0] * 3, n=[1.0, None, 3.0]),
+                      schema, table="t", keys=["k"])
+
+
 D0, D1 = datetime(2026, 1, 1), datetime(2026, 1, 1, 0, 0, 0, 123000)
 
 

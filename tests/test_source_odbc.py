@@ -72,3 +72,19 @@ def test_odbc_errors_are_short_masked_and_actionable(env, monkeypatch):
     text = str(exc.value)
     assert "s3cret" not in text
     assert "odbcinst -q -d" in text  # the likely fix for a missing driver
+
+
+@pytest.mark.parametrize("reader", ["embedded", "pyodbc", "arrow-odbc"])
+def test_a_stream_runs_its_statement_when_called_and_reads_when_iterated(env, monkeypatch, reader):
+    """The extract asks for the stream before DuckDB plans the transform, so the source is already at work: a
+    statement that cannot run fails at the call, and the batches arrive in full when read."""
+    if reader != "embedded":
+        for k, v in odbc_vars(env, reader).items():
+            monkeypatch.setenv(k, v)
+    with open_reader(load_settings()) as r:
+        with pytest.raises(Exception, match="(?i)no such table"):
+            r.stream("SELECT id FROM PUB.no_such_table", [], None, 10)
+        stream = r.stream('SELECT "cod_cli" FROM PUB."client" ORDER BY 1', [], None, 40)
+        batches = list(stream)
+        assert [b.num_rows for b in batches] == [40, 40, 40, 30]
+        assert batches[0].column(0)[0].as_py() == min(row[0] for row in r.query('SELECT "cod_cli" FROM PUB."client"'))

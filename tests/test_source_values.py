@@ -62,6 +62,11 @@ def test_a_double_in_a_decimal_column_is_taken_only_when_nothing_is_rounded(env,
     err = load(env, monkeypatch, reader, TableDef("dbl_bad", cols(Col("x", "numeric", 10, 2)), ("id",), [
         (1, 1.23, None), (2, 1.234, None)]))
     assert err and "table dbl_bad, column x, key id=2: value 1.234" in err and "rounded" in err
+    # columns of one type are converted together: the bad value is still named by its own column
+    err = load(env, monkeypatch, reader, TableDef("dbl_bad2", cols(Col("x", "numeric", 10, 2), Col("y", "numeric",
+                                                                                                    10, 2)), ("id",),
+                                                  [(1, 1.23, 2.5, None), (2, 0.5, 7.125, None)]))
+    assert err and "table dbl_bad2, column y, key id=2: value 7.125" in err and "rounded" in err
 
 
 def test_a_logical_other_than_0_or_1_is_refused(env, monkeypatch):

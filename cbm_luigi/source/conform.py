@@ -96,17 +96,45 @@ def _kind(t: pa.DataType) -> str:
     return str(t)
 
 
+def _cast_alike(batch: pa.RecordBatch, schema: pa.Schema, position: dict[str, int]) -> dict[str, pa.Array]:
+    """Columns converted together, a group per (driver type, catalog type): one set of compute calls over the
+    columns laid end to end instead of one per column (on a 350-column table the calls' own cost is most of
+    the conversion). A group that fails is left out: its columns are converted one by one, which names the bad
+    one."""
+    groups: dict[tuple[pa.DataType, pa.DataType], list[str]] = {}
+    types = batch.schema.types
+    for field in schema:
+        i = position.get(field.name)
+        if i is not None and not types[i].equals(field.type):
+            groups.setdefault((types[i], field.type), []).append(field.name)
+    done: dict[str, pa.Array] = {}
+    for (_src, target), names in groups.items():
+        if len(names) < 2:
+            continue
+        parts = [batch.column(position[n]) for n in names]
+        try:
+            joined = _cast(pa.concat_arrays(parts), target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OverflowError, ValueError):
+            continue
+        at = 0
+        for name, part in zip(names, parts):
+            done[name] = joined.slice(at, len(part))
+            at += len(part)
+    return done
+
+
 def conform_batch(batch: pa.RecordBatch, schema: pa.Schema, *, table: str, keys: list[str]) -> pa.RecordBatch:
     """Cast each column to `schema` (by name, in schema order). Raises SourceValueError on the first loss."""
     arrays = []
     position = {name: i for i, name in enumerate(batch.schema.names)}  # by-name lookup is linear in pyarrow
+    converted = _cast_alike(batch, schema, position)
     for field in schema:
         if field.name not in position:
             raise SourceValueError(f"table {table}: the source returned no column {field.name!r}; "
                                    f"run `cbm-etl sync-columns {table}`")
         src = batch.column(position[field.name])
         try:
-            arrays.append(_cast(src, field.type))
+            arrays.append(converted[field.name] if field.name in converted else _cast(src, field.type))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OverflowError, ValueError) as exc:
             i = _first_bad(src, field.type)
             where = _key_text(batch, keys, i) if i is not None else "some row"

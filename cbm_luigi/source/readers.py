@@ -53,6 +53,9 @@ class Reader:
         raise NotImplementedError
 
     def stream(self, sql: str, params: list, schema: pa.Schema | None, batch_rows: int) -> Iterator[pa.RecordBatch]:
+        """Run `sql` now and return its batches (named as `schema`). The statement runs at the call, not at the
+        first batch: the source works on it while the caller gets ready (the extract plans its DuckDB query
+        meanwhile). Exhaust or close the iterator to release the cursor."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -81,11 +84,18 @@ class _DbApiReader(Reader):
         names = [d[0] for d in cur.description]
         if schema is not None:
             names = result_names(names, schema.names)
-        while True:
-            rows = cur.fetchmany(batch_rows)
-            if not rows:
-                break
-            yield _rows_to_batch([tuple(r) for r in rows], names)
+        return self._batches(cur, names, batch_rows)
+
+    @staticmethod
+    def _batches(cur, names: list[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
+        try:
+            while True:
+                rows = cur.fetchmany(batch_rows)
+                if not rows:
+                    break
+                yield _rows_to_batch([tuple(r) for r in rows], names)
+        finally:
+            cur.close()
 
     def close(self):
         if self.con is not None:
@@ -167,14 +177,24 @@ class ArrowOdbcReader(Reader):
         return [tuple(r.values()) for b in reader for r in b.to_pylist()]
 
     def stream(self, sql, params, schema, batch_rows):
+        """arrow-odbc fetches on a thread of its own (fetch_concurrently, its default): from this call on, the
+        first batch is on its way."""
         try:
             reader = self.con.read_arrow_batches(
                 sql, batch_size=batch_rows, parameters=[str(p) for p in params or []],
                 max_bytes_per_batch=64 * 1024 * 1024, max_text_size=MAX_TEXT_BYTES,
                 max_binary_size=MAX_BINARY_BYTES, query_timeout_sec=self.settings.query_timeout_s or None,
                 map_schema=(lambda s: _prefer(s, schema)) if schema is not None else None)
-            read = reader.schema.names
-            names = result_names(read, schema.names) if schema is not None else read
+        except Exception as exc:  # noqa: BLE001 — only the buffer overflow is rewritten
+            if _TOO_LONG not in str(exc):
+                raise
+            raise ValueError(self._too_long(str(exc), sql, params, schema)) from None
+        return self._batches(reader, schema, sql, params)
+
+    def _batches(self, reader, schema, sql, params) -> Iterator[pa.RecordBatch]:
+        read = reader.schema.names
+        names = result_names(read, schema.names) if schema is not None else read
+        try:
             for batch in reader:
                 yield pa.RecordBatch.from_arrays(batch.columns, names=names) if names != read else batch
         except Exception as exc:  # noqa: BLE001 — only the buffer overflow is rewritten
