@@ -88,3 +88,15 @@ def test_a_stream_runs_its_statement_when_called_and_reads_when_iterated(env, mo
         batches = list(stream)
         assert [b.num_rows for b in batches] == [40, 40, 40, 30]
         assert batches[0].column(0)[0].as_py() == min(row[0] for row in r.query('SELECT "cod_cli" FROM PUB."client"'))
+
+
+def test_a_stream_closed_before_its_first_batch_releases_the_cursor(env):
+    # the extract closes the stream whatever happened, also when DuckDB failed before asking for a batch; SQLite
+    # refuses to detach a database that an open statement still reads ("database PUB is locked")
+    with open_reader(load_settings()) as r:
+        stream = r.stream('SELECT "cod_cli" FROM PUB."client"', [], None, 10)
+        stream.close()
+        r.con.execute("DETACH DATABASE PUB")
+        stream = r.stream('SELECT "cod_cli" FROM SYSPROGRESS."client"', [], None, 10)
+        assert sum(b.num_rows for b in stream) == 150  # read to the end: released as well
+        r.con.execute("DETACH DATABASE SYSPROGRESS")

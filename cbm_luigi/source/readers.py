@@ -14,7 +14,7 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pyarrow as pa
 
@@ -45,6 +45,33 @@ def _rows_to_batch(rows: list[tuple], names: list[str]) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, names=names)
 
 
+class Stream:
+    """The batches of a statement that is already running. `close()` releases its cursor, also when no batch
+    was read (the extract can fail while DuckDB plans, before the first one); reading to the end releases it
+    too."""
+
+    def __init__(self, batches: Iterator[pa.RecordBatch], release: Callable[[], None] = lambda: None):
+        self._batches, self._release = batches, release
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> pa.RecordBatch:
+        try:
+            return next(self._batches)
+        except StopIteration:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        release, self._release = self._release, None
+        try:
+            self._batches.close()
+        finally:
+            if release is not None:
+                release()
+
+
 class Reader:
     dialect: OpenEdgeDialect
     name = "reader"
@@ -52,10 +79,10 @@ class Reader:
     def query(self, sql: str, params: list | None = None) -> list[tuple]:
         raise NotImplementedError
 
-    def stream(self, sql: str, params: list, schema: pa.Schema | None, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    def stream(self, sql: str, params: list, schema: pa.Schema | None, batch_rows: int) -> Stream:
         """Run `sql` now and return its batches (named as `schema`). The statement runs at the call, not at the
         first batch: the source works on it while the caller gets ready (the extract plans its DuckDB query
-        meanwhile). Exhaust or close the iterator to release the cursor."""
+        meanwhile). Read it to the end or close it to release the cursor."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -84,18 +111,15 @@ class _DbApiReader(Reader):
         names = [d[0] for d in cur.description]
         if schema is not None:
             names = result_names(names, schema.names)
-        return self._batches(cur, names, batch_rows)
+        return Stream(self._batches(cur, names, batch_rows), cur.close)
 
     @staticmethod
     def _batches(cur, names: list[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
-        try:
-            while True:
-                rows = cur.fetchmany(batch_rows)
-                if not rows:
-                    break
-                yield _rows_to_batch([tuple(r) for r in rows], names)
-        finally:
-            cur.close()
+        while True:
+            rows = cur.fetchmany(batch_rows)
+            if not rows:
+                break
+            yield _rows_to_batch([tuple(r) for r in rows], names)
 
     def close(self):
         if self.con is not None:
@@ -189,7 +213,8 @@ class ArrowOdbcReader(Reader):
             if _TOO_LONG not in str(exc):
                 raise
             raise ValueError(self._too_long(str(exc), sql, params, schema)) from None
-        return self._batches(reader, schema, sql, params)
+        # arrow-odbc's reader has no close: the statement ends when the generator holding it is closed
+        return Stream(self._batches(reader, schema, sql, params))
 
     def _batches(self, reader, schema, sql, params) -> Iterator[pa.RecordBatch]:
         read = reader.schema.names
