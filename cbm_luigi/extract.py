@@ -7,6 +7,7 @@ to that start time.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -71,16 +72,12 @@ def extract_to_parquet(reader: Reader, plan: TablePlan, mode: str, out_path: Pat
     t0 = time.monotonic()
     said = [t0]
 
-    try:  # the statement starts now: the source works on it while DuckDB plans the transform
+    with _source_errors(plan.table):  # the statement starts now: the source works while DuckDB plans
         stream = reader.stream(sql, params, schema, batch_rows)
-    except SourceError:
-        raise
-    except Exception as exc:  # noqa: BLE001 — driver errors get the table and the fix
-        raise translate(exc, table=plan.table, action="extract") from None
 
     def conformed():
         rows = 0
-        try:
+        with _source_errors(plan.table):
             for batch in stream:
                 batch = conform_batch(batch, schema, table=plan.table, keys=plan.keys)
                 rows += batch.num_rows
@@ -88,21 +85,28 @@ def extract_to_parquet(reader: Reader, plan: TablePlan, mode: str, out_path: Pat
                     said[0] = time.monotonic()
                     progress(rows)
                 yield batch
-        except SourceError:
-            raise
-        except Exception as exc:  # noqa: BLE001 — driver errors get the table and the fix
-            raise translate(exc, table=plan.table, action="extract") from None
 
     try:
         rows = shape_batches(plan, schema, conformed(), out_path, metadata={META_KEY: json.dumps(meta)},
                              memory_limit=memory_limit, threads=threads)
     finally:
-        getattr(stream, "close", lambda: None)()  # the driver's cursor, also when DuckDB stopped reading early
+        stream.close()  # the driver's cursor, also when DuckDB stopped before reading it all
     meta.update(rows=rows, seconds=round(time.monotonic() - t0, 3))
     if progress:
         progress(rows)
     log.info("extract %s: %d rows in %.2fs", plan.table, rows, meta["seconds"])
     return meta
+
+
+@contextlib.contextmanager
+def _source_errors(table: str):
+    """A driver's error as a SourceError with the table and the fix (ours pass as they are)."""
+    try:
+        yield
+    except SourceError:
+        raise
+    except Exception as exc:  # noqa: BLE001 — driver errors get the table and the fix
+        raise translate(exc, table=table, action="extract") from None
 
 
 def read_extract_meta(path: Path) -> dict:

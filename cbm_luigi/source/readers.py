@@ -203,25 +203,27 @@ class ArrowOdbcReader(Reader):
     def stream(self, sql, params, schema, batch_rows):
         """arrow-odbc fetches on a thread of its own (fetch_concurrently, its default): from this call on, the
         first batch is on its way."""
-        try:
+        with self._overflow_named(sql, params, schema):
             reader = self.con.read_arrow_batches(
                 sql, batch_size=batch_rows, parameters=[str(p) for p in params or []],
                 max_bytes_per_batch=64 * 1024 * 1024, max_text_size=MAX_TEXT_BYTES,
                 max_binary_size=MAX_BINARY_BYTES, query_timeout_sec=self.settings.query_timeout_s or None,
                 map_schema=(lambda s: _prefer(s, schema)) if schema is not None else None)
-        except Exception as exc:  # noqa: BLE001 — only the buffer overflow is rewritten
-            if _TOO_LONG not in str(exc):
-                raise
-            raise ValueError(self._too_long(str(exc), sql, params, schema)) from None
         # arrow-odbc's reader has no close: the statement ends when the generator holding it is closed
         return Stream(self._batches(reader, schema, sql, params))
 
     def _batches(self, reader, schema, sql, params) -> Iterator[pa.RecordBatch]:
         read = reader.schema.names
         names = result_names(read, schema.names) if schema is not None else read
-        try:
+        with self._overflow_named(sql, params, schema):
             for batch in reader:
                 yield pa.RecordBatch.from_arrays(batch.columns, names=names) if names != read else batch
+
+    @contextlib.contextmanager
+    def _overflow_named(self, sql, params, schema):
+        """arrow-odbc's buffer overflow rewritten to name the column (any other error passes as it is)."""
+        try:
+            yield
         except Exception as exc:  # noqa: BLE001 — only the buffer overflow is rewritten
             if _TOO_LONG not in str(exc):
                 raise
