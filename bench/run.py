@@ -323,10 +323,9 @@ def run_repeated(group: str, work: Path, reader: str, size: dict, repeat: int) -
         ordered = sorted(same, key=lambda r: r["ratio_to_raw_read"] if "raw read" in (r["target"] or "")
                          else r["seconds"])
         median = dict(ordered[(len(ordered) - 1) // 2])
-        if repeat > 1:
-            median["repeats"] = repeat
-            median["runs"] = [{k: r[k] for k in ("seconds", "raw_read_seconds", "ratio_to_raw_read", "target_met")}
-                              for r in same]
+        median["repeats"] = repeat
+        median["runs"] = [{k: r[k] for k in ("seconds", "raw_read_seconds", "ratio_to_raw_read", "target_met")}
+                          for r in same]
         out.append(median)
     return out
 
@@ -407,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown reader or group: {bad or readers}")
     EXTRA_ENV.update(kv.split("=", 1) for kv in args.env)
     size = dict(SIZES["quick" if args.quick else "full"])
-    repeat = args.repeat or (1 if args.quick else 3)
+    repeat = args.repeat if args.repeat is not None else 1 if args.quick else 3
     if repeat < 1:
         ap.error("--repeat must be 1 or more")
     if args.tables:

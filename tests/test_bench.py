@@ -32,3 +32,10 @@ def test_bench_reports_the_median_of_repeated_runs_in_the_documented_json(tmp_pa
     assert r["repeats"] == 2 and len(r["runs"]) == 2
     assert r["seconds"] == min(run["seconds"] for run in r["runs"])
     assert "medium_full | embedded | 500 | 400 | 1 |" in (out / "results.md").read_text()
+
+
+def test_bench_refuses_a_repeat_below_one(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "bench.run", "--quick", "--repeat", "0", "--out", str(tmp_path)],
+                       cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "--repeat must be 1 or more" in p.stderr
+    assert not (tmp_path / "results.json").exists()

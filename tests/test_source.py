@@ -141,6 +141,19 @@ def test_conform_converts_columns_of_one_type_together_and_still_names_the_bad_o
                       schema, table="t", keys=["k"])
 
 
+@pytest.mark.parametrize("src,target", [
+    (pa.float64(), pa.decimal128(10, 2)), (pa.timestamp("us"), pa.date32()), (pa.int64(), pa.bool_()),
+    (pa.int64(), pa.decimal128(15, 4)), (pa.string(), pa.timestamp("ms")), (pa.float64(), pa.float64())])
+def test_conform_takes_a_column_of_unknown_values_alone_or_in_a_group(src, target):
+    schema = pa.schema([pa.field("k", pa.int32()), pa.field("v", target), pa.field("w", target)])
+    for v, w in (([None, None], [None, None]), ([None, None], pa.array([None, None], src)), ([], [])):
+        batch = pa.RecordBatch.from_arrays([pa.array(range(len(v)), pa.int32()), pa.array(v, src),
+                                            pa.array(w, src)], names=["k", "v", "w"])
+        for s in (schema, pa.schema([schema.field("k"), schema.field("v")])):  # beside a twin, and alone
+            out = conform_batch(batch.select(s.names), s, table="t", keys=["k"])
+            assert out.column("v").to_pylist() == [None] * len(v) and out.schema == s
+
+
 D0, D1 = datetime(2026, 1, 1), datetime(2026, 1, 1, 0, 0, 0, 123000)
 
 

@@ -100,3 +100,14 @@ def test_a_stream_closed_before_its_first_batch_releases_the_cursor(env):
         stream = r.stream('SELECT "cod_cli" FROM SYSPROGRESS."client"', [], None, 10)
         assert sum(b.num_rows for b in stream) == 150  # read to the end: released as well
         r.con.execute("DETACH DATABASE SYSPROGRESS")
+
+
+def test_a_stream_closed_after_its_connection_warns_instead_of_hiding_the_error_being_raised(env, caplog):
+    r = open_reader(load_settings())
+    stream = r.stream('SELECT "cod_cli" FROM PUB."client"', [], None, 10)
+    assert next(stream).num_rows == 10
+    r.close()  # e.g. the pooled reader closed on an error before the extract's `finally` closes the stream
+    stream.close()
+    stream.close()  # idempotent
+    assert any("closing a source cursor failed" in m for m in caplog.messages)
+    assert list(stream) == []

@@ -38,9 +38,15 @@ def _key_text(batch: pa.RecordBatch, keys: list[str], i: int) -> str:
     return ", ".join(parts) or f"row {i} of the batch"
 
 
+def _all(mask: pa.Array) -> bool:
+    """Every non-NULL value of `mask` is true. An empty or all-NULL column passes (`pc.all` alone answers NULL
+    there, which would refuse a column of unknown values)."""
+    return pc.all(mask, min_count=0).as_py()
+
+
 def _cast(arr: pa.Array, target: pa.DataType) -> pa.Array:
     out = _convert(arr, target)
-    if pa.types.is_floating(target) and not pc.all(pc.or_kleene(pc.is_null(out), pc.is_finite(out))).as_py():
+    if pa.types.is_floating(target) and not _all(pc.is_finite(out)):
         # OpenEdge has no infinity or NaN: one here means the driver could not carry the source value
         raise pa.ArrowInvalid("non-finite double: the driver could not carry the source value")
     return out
@@ -56,13 +62,13 @@ def _convert(arr: pa.Array, target: pa.DataType) -> pa.Array:
         # digits exactly, so values needing more (integer digits + scale) are refused. Below that, a double is
         # taken only when it is the nearest double to a decimal of the column's scale (1.23 arrives as
         # 1.2299999999999999822 and is 1.23); 1.234 in a scale-2 column would be rounded, so it is refused.
-        if not pc.all(pc.is_finite(arr)).as_py():
+        if not _all(pc.is_finite(arr)):
             raise pa.ArrowInvalid("non-finite double: the driver could not carry the source value")
         limit = 10.0 ** (DOUBLE_DIGITS - target.scale)
         if pc.any(pc.greater_equal(pc.abs(arr), limit)).as_py():
             raise pa.ArrowInvalid(f"a double above {limit:g} cannot carry {DOUBLE_DIGITS} exact digits")
         rounded = pc.round(arr, ndigits=target.scale)
-        if not pc.all(pc.equal(rounded, arr)).as_py():
+        if not _all(pc.equal(rounded, arr)):
             raise pa.ArrowInvalid(f"more than {target.scale} decimal places: the value would be rounded")
         return rounded.cast(target, safe=True)
     if pa.types.is_integer(arr.type) and pa.types.is_decimal(target):
@@ -73,11 +79,11 @@ def _convert(arr: pa.Array, target: pa.DataType) -> pa.Array:
     if src != dst and src != "text" and not (dst == "text" and src != "bool") and (src, dst) != ("number", "bool"):
         # Arrow would make a logical 1, a date its day number, a number a date: values of another kind
         raise pa.ArrowInvalid(f"a {arr.type} value in a {target} column")
-    if (src, dst) == ("number", "bool") and not pc.all(pc.is_in(arr, pa.array([0, 1, None], arr.type))).as_py():
+    if (src, dst) == ("number", "bool") and not _all(pc.is_in(arr, pa.array([0, 1, None], arr.type))):
         raise pa.ArrowInvalid("a logical value is 0 or 1")  # Arrow makes any other number True
     out = arr.cast(target, safe=True)
-    if pa.types.is_timestamp(arr.type) and pa.types.is_date(target) and not pc.all(
-            pc.equal(out.cast(arr.type), arr)).as_py():
+    if pa.types.is_timestamp(arr.type) and pa.types.is_date(target) and not _all(
+            pc.equal(out.cast(arr.type), arr)):
         raise pa.ArrowInvalid("a time of day in a date column would be dropped")
     return out
 

@@ -45,6 +45,10 @@ def _rows_to_batch(rows: list[tuple], names: list[str]) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, names=names)
 
 
+def _no_batches() -> Iterator[pa.RecordBatch]:
+    yield from ()
+
+
 class Stream:
     """The batches of a statement that is already running. `close()` releases its cursor, also when no batch
     was read (the extract can fail while DuckDB plans, before the first one); reading to the end releases it
@@ -64,12 +68,19 @@ class Stream:
             raise
 
     def close(self) -> None:
+        """Idempotent. Drops the generator too: from Python 3.12 closing one that never started keeps its frame,
+        and with it arrow-odbc's running statement, for as long as the generator lives."""
         release, self._release = self._release, None
+        batches, self._batches = self._batches, _no_batches()
         try:
-            self._batches.close()
+            batches.close()
         finally:
             if release is not None:
-                release()
+                try:
+                    release()
+                except Exception as exc:  # noqa: BLE001 — must not hide the error the caller is raising
+                    log.warning("closing a source cursor failed (its connection is already closed?): %s",
+                                mask_secrets(str(exc))[:300])
 
 
 class Reader:
