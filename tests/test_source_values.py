@@ -62,6 +62,11 @@ def test_a_double_in_a_decimal_column_is_taken_only_when_nothing_is_rounded(env,
     err = load(env, monkeypatch, reader, TableDef("dbl_bad", cols(Col("x", "numeric", 10, 2)), ("id",), [
         (1, 1.23, None), (2, 1.234, None)]))
     assert err and "table dbl_bad, column x, key id=2: value 1.234" in err and "rounded" in err
+    # from 11 decimal places on, valid doubles used to be refused (pc.round scales by an inexact 10^-n)
+    assert load(env, monkeypatch, reader, TableDef("dbl_fine", cols(Col("x", "numeric", 15, 12)), ("id",), [
+        (1, 1.1, None), (2, 0.5, None), (3, -0.000000000001, None), (4, 123.456789012345, None)])) is None
+    assert ods(env, "dbl_fine", "x") == [Decimal("1.1"), Decimal("0.5"), Decimal("-0.000000000001"),
+                                         Decimal("123.456789012345")]
     # columns of one type are converted together: the bad value is still named by its own column
     err = load(env, monkeypatch, reader, TableDef("dbl_bad2", cols(Col("x", "numeric", 10, 2), Col("y", "numeric",
                                                                                                     10, 2)), ("id",),

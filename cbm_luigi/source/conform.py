@@ -67,10 +67,15 @@ def _convert(arr: pa.Array, target: pa.DataType) -> pa.Array:
         limit = 10.0 ** (DOUBLE_DIGITS - target.scale)
         if pc.any(pc.greater_equal(pc.abs(arr), limit)).as_py():
             raise pa.ArrowInvalid(f"a double above {limit:g} cannot carry {DOUBLE_DIGITS} exact digits")
-        rounded = pc.round(arr, ndigits=target.scale)
-        if not _all(pc.equal(rounded, arr)):
+        # The candidate decimal is whole / 10^scale, where whole is x * 10^scale rounded to an integer (under
+        # 10^15, so the product is off by less than 0.5). Dividing two exact doubles rounds to the nearest
+        # double once, so x is that decimal's nearest double exactly when the quotient is x.
+        # pc.round(x, ndigits) cannot make this check: it scales by an inexact 10^-ndigits, and from 11
+        # places on it refused valid values (1.1 came back as 1.099999999998).
+        p10 = 10.0 ** target.scale
+        if not _all(pc.equal(pc.divide(pc.round(pc.multiply(arr, p10)), p10), arr)):
             raise pa.ArrowInvalid(f"more than {target.scale} decimal places: the value would be rounded")
-        return rounded.cast(target, safe=True)
+        return arr.cast(target, safe=True)  # Arrow's cast picks that same nearest decimal
     if pa.types.is_integer(arr.type) and pa.types.is_decimal(target):
         # SQLite hands over an integral NUMERIC as an integer; Arrow casts int64 only to a decimal of 19 integer
         # digits or more, so go through the widest decimal and let the safe cast check the precision
