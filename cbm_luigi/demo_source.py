@@ -55,6 +55,9 @@ def _sqlite_decl(c: Col) -> str:
     return {
         "varchar": f"VARCHAR({c.width})", "integer": "INTEGER", "bigint": "BIGINT",
         "numeric": f"NUMERIC({c.width},{c.scale})", "date": "DATE", "timestamp": "TIMESTAMP",
+        # DATETIME-TZ: ISO text with its offset, which the SQLite ODBC driver reports as TIMESTAMP and hands
+        # over converted to UTC without the offset (the case OpenEdge's driver may also present)
+        "timestamp_timezone": "TIMESTAMP",
         "bit": "BIT", "varbinary": "VARBINARY", "float": "DOUBLE",
     }[c.coltype]
 

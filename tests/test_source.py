@@ -6,7 +6,7 @@ import math
 import random
 import re
 import sqlite3
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from decimal import ROUND_HALF_EVEN, Decimal
 
 import pyarrow as pa
@@ -198,6 +198,9 @@ D0, D1 = datetime(2026, 1, 1), datetime(2026, 1, 1, 0, 0, 0, 123000)
     ([datetime(2026, 1, 1, 0, 0, 0, 1000)], pa.date32(), None),
     ([D1], pa.timestamp("ms"), [D1]), ([datetime(2026, 1, 1, 0, 0, 0, 123456)], pa.timestamp("ms"), None),
     ([datetime(2026, 1, 1, 0, 0, 0, 123456)], pa.timestamp("ms", tz="UTC"), None),
+    (["2026-01-01 10:00:00"], pa.timestamp("ms", tz="UTC"), None),  # DATETIME-TZ text without its offset
+    (["2026-01-01 10:00:00.5+02:00"], pa.timestamp("ms", tz="UTC"), [datetime(2026, 1, 1, 8, 0, 0, 500000,
+                                                                              tzinfo=timezone.utc)]),
     ([5], pa.string(), ["5"]), ([b"ab"], pa.string(), ["ab"]),
 ])
 def test_conform_refuses_what_arrow_would_change_silently(values, target, expected):

@@ -9,11 +9,14 @@ logical column (made True) and a logical in a non-logical column (made 1).
 """
 from __future__ import annotations
 
+import logging
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import SourceValueError
 
+log = logging.getLogger(__name__)
 _FIX = ("fix the row in Progress, or set a SourceExpression override for this column in config.ETL_Columns "
         "(e.g. CAST, SUBSTRING or CASE), or exclude it (IsExcluded = 1), then rerun the table")
 
@@ -134,6 +137,22 @@ def _cast_alike(batch: pa.RecordBatch, schema: pa.Schema, position: dict[str, in
     return done
 
 
+_ZONELESS_SAID: set[tuple[str, str]] = set()
+
+
+def _say_zoneless(table: str, column: str) -> None:
+    """A DATETIME-TZ the driver hands over as a zone-less timestamp is taken as UTC: the SQLite ODBC driver
+    converts the stored offset to UTC first. That is the driver's choice, not a fact of the data, so it is said
+    (once per table and column in a process)."""
+    if (table, column) in _ZONELESS_SAID:
+        return
+    _ZONELESS_SAID.add((table, column))
+    log.warning("table %s, column %s: DATETIME-TZ values arrive without their offset (the driver reports the "
+                "column as TIMESTAMP); they are taken as UTC. Check one row against Progress: if the hours are "
+                "off, give the column a SourceExpression that hands over its text with the offset (OPERATIONS.md, "
+                "DATETIME-TZ)", table, column)
+
+
 def conform_batch(batch: pa.RecordBatch, schema: pa.Schema, *, table: str, keys: list[str]) -> pa.RecordBatch:
     """Cast each column to `schema` (by name, in schema order). Raises SourceValueError on the first loss."""
     arrays = []
@@ -144,6 +163,9 @@ def conform_batch(batch: pa.RecordBatch, schema: pa.Schema, *, table: str, keys:
             raise SourceValueError(f"table {table}: the source returned no column {field.name!r}; "
                                    f"run `cbm-etl sync-columns {table}`")
         src = batch.column(position[field.name])
+        if pa.types.is_timestamp(field.type) and field.type.tz and pa.types.is_timestamp(src.type) \
+                and not src.type.tz:
+            _say_zoneless(table, field.name)
         try:
             arrays.append(converted[field.name] if field.name in converted else _cast(src, field.type))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OverflowError, ValueError) as exc:

@@ -307,21 +307,24 @@ def _warn_without_dil(connection_string: str) -> None:
 
 
 def _prefer(driver_schema: pa.Schema, wanted: pa.Schema) -> pa.Schema:
-    """Ask arrow-odbc for timestamps in microseconds.
+    """Ask arrow-odbc for timestamps in microseconds, without a time zone.
 
     arrow-odbc sizes its buffers from what the driver reports: a TIMESTAMP with 0 fractional digits (the SQLite
     ODBC driver reports that) would lose the milliseconds, and a timestamp[ms] would cut microseconds silently.
     Read in microseconds, conform.py keeps the milliseconds and refuses a value with sub-millisecond digits.
-    Every other column keeps the driver's type (a NUMERIC reported as double is checked by conform.py too), and
-    so does a timestamp column the driver reports as text: OpenEdge's driver may hand a DATETIME-TZ over as
-    text with its offset, which conform.py parses; asking for a timestamp would have the driver drop the offset.
+    arrow-odbc fills only zone-less timestamps: asked for one with a zone (a DATETIME-TZ column the driver
+    reports as TIMESTAMP) it panics and aborts the whole process, so a DATETIME-TZ comes as the driver's
+    zone-less value, which conform.py takes as UTC (and says so). Every other column keeps the driver's type (a
+    NUMERIC reported as double is checked by conform.py too), and so does a timestamp column the driver reports
+    as text: OpenEdge's driver may hand a DATETIME-TZ over as text with its offset, which conform.py parses;
+    asking for a timestamp would have the driver drop the offset.
     """
     names = result_names(driver_schema.names, wanted.names)
     fields = []
     for f, name in zip(driver_schema, names):
         w = wanted.field(name).type if name in wanted.names else None
         take = w is not None and pa.types.is_timestamp(w) and pa.types.is_timestamp(f.type)
-        fields.append(f.with_type(pa.timestamp("us", tz=w.tz)) if take else f)
+        fields.append(f.with_type(pa.timestamp("us")) if take else f)
     return pa.schema(fields)
 
 
