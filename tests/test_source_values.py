@@ -135,6 +135,7 @@ def test_arrow_odbc_refuses_a_value_longer_than_its_buffer_and_names_the_column(
     monkeypatch.setattr(readers, "MAX_BINARY_BYTES", 100)  # a BLOB's bound, scaled down to the stand-in's values
     err = load(env, monkeypatch, "arrow-odbc", TableDef("docs_bin", table.cols, ("id",), table.rows))
     assert err and "PUB.docs_bin" in err and "column doc: a value of 200 bytes is longer" in err
+    assert "(doc: 100 bytes, cbm_luigi's bound for binary)" in err  # the buffer it overflowed, and why so small
     assert "nothing was cut" in err
     assert "IsExcluded" in err and "CBM_ODBC_READER=pyodbc" in err
 
@@ -142,6 +143,12 @@ def test_arrow_odbc_refuses_a_value_longer_than_its_buffer_and_names_the_column(
     monkeypatch.setattr(readers, "MAX_TEXT_BYTES", 100)  # the same for text (an LVARCHAR / CLOB)
     err = load(env, monkeypatch, "arrow-odbc", TableDef("docs_txt", table.cols, ("id",), table.rows))
     assert err and "PUB.docs_txt" in err and "column notes: a value of 200 bytes" in err and "usr" not in err
+
+    # a VARBINARY without a width: the driver reports 255 bytes, and that is the buffer (not the bound)
+    err = load(env, monkeypatch, "arrow-odbc", TableDef("docs_255", cols(Col("doc", "varbinary")), ("id",),
+                                                        [(1, b"\x01" * 255, None), (2, b"\x02" * 256, None)]))
+    assert err and "column doc: a value of 256 bytes is longer" in err
+    assert "(doc: 255 bytes, the driver reports the column 255 bytes wide)" in err
 
     # pyodbc has no such bound: the same rows load whole
     assert load(env, monkeypatch, "pyodbc", TableDef("docs_py", table.cols, ("id",), table.rows)) is None

@@ -251,13 +251,18 @@ class ArrowOdbcReader(Reader):
         except Exception as exc:  # noqa: BLE001 — only a better message was at stake
             log.warning("could not tell which column overflowed: %s", mask_secrets(str(exc))[:300])
             description = []
-        cols = _shorter_buffers(description, size)
+        found = _shorter_buffers(description, size)
+        names = [n for n, _b, _w in found]
         if schema is not None:
-            cols = result_names(cols, schema.names)
-        where = f"column {' or '.join(cols)}" if cols else "a text or binary column"
+            names = result_names(names, schema.names)
         length = f" of {size:,} bytes" if size is not None else ""
-        return (f"{where}: a value{length} is longer than arrow-odbc's buffer for it (at most {MAX_TEXT_BYTES:,} "
-                f"bytes of text, {MAX_BINARY_BYTES:,} bytes of binary) — {message}")
+        if not found:
+            return (f"a text or binary column: a value{length} is longer than arrow-odbc's buffer for it (the "
+                    f"column's size as the driver reports it, at most {MAX_TEXT_BYTES:,} bytes of text and "
+                    f"{MAX_BINARY_BYTES:,} bytes of binary) — {message}")
+        buffers = "; ".join(f"{n}: {b:,} bytes, {why}" for n, (_n, b, why) in zip(names, found))
+        return (f"column {' or '.join(names)}: a value{length} is longer than arrow-odbc's buffer for it "
+                f"({buffers}) — {message}")
 
     def close(self):
         self.con = None
@@ -266,23 +271,25 @@ class ArrowOdbcReader(Reader):
 _TOO_LONG = "too large to be written into the allocated buffer"
 
 
-def _shorter_buffers(description, size: int | None) -> list[str]:
-    """Columns whose arrow-odbc buffer holds fewer than `size` bytes: text gets 4 bytes a character of the
-    driver's column size, binary its size, each bounded by our maximum. Columns bounded by that maximum come
-    first: OpenEdge itself refuses a value longer than the declared width (error 7864)."""
+def _shorter_buffers(description, size: int | None) -> list[tuple[str, int, str]]:
+    """Columns whose arrow-odbc buffer holds fewer than `size` bytes, as (name, buffer bytes, why that size):
+    text gets 4 bytes a character of the driver's column size, binary its size, each bounded by our maximum.
+    Columns bounded by that maximum come first: OpenEdge itself refuses a value longer than the declared width
+    (error 7864)."""
     bounded, declared = [], []
     for name, kind, _display, width, *_ in description:
         if kind is str:
-            need, cap = (width or 0) * 4, MAX_TEXT_BYTES
+            need, cap, unit = (width or 0) * 4, MAX_TEXT_BYTES, "text"
         elif kind in (bytes, bytearray):
-            need, cap = width or 0, MAX_BINARY_BYTES
+            need, cap, unit = width or 0, MAX_BINARY_BYTES, "binary"
         else:
             continue
         if not need or need > cap:
             if size is None or cap < size:
-                bounded.append(name)
+                bounded.append((name, cap, f"cbm_luigi's bound for {unit}"))
         elif size is None or need < size:
-            declared.append(name)
+            declared.append((name, need, f"the driver reports the column {width:,} "
+                                         f"{'characters' if unit == 'text' else 'bytes'} wide"))
     return bounded or declared
 
 
