@@ -1,6 +1,7 @@
 """config.ETL_Tables / ETL_Columns / ETL_Dependencies: reading plans, syncing columns from the catalog.
 
-Operator choices survive a sync: IsExcluded, ArrayMode, and SqlName/SourceExpression when IsOverride is set.
+Operator choices survive a sync: IsExcluded, ArrayMode, and SqlName/SourceExpression/DataType/Width/Scale
+when IsOverride is set (an override declares the type its expression returns).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from .plan import ConfigError, TablePlan, build_plan
 from .source import catalog
 from .source.dialect import quote as oe_quote
 from .source.readers import Reader
-from .types import map_openedge_type
+from .types import UnsupportedTypeError, map_openedge_type
 from .warehouse.base import Session
 
 log = logging.getLogger(__name__)
@@ -154,9 +155,12 @@ def sync_columns(s: Session, reader: Reader, table: str) -> dict[str, int]:
     spelled = {n.lower(): n for n in known}
     cols = [dataclasses.replace(c, name=spelled.get(c.name.lower(), c.name)) for c in cols]
     overridden = {n for n, r in known.items() if r["IsExcluded"] or r["IsOverride"]}
-    for c in cols:  # fail early on a type the product cannot map (the message says how to get past it)
-        if c.name not in overridden:
-            map_openedge_type(c.coltype, c.width, c.scale, table=table, column=c.name)
+    for c in cols:  # a type the product cannot map: its row is written all the same, so the operator can set
+        if c.name not in overridden:  # the override or exclusion the message asks for; loading fails until then
+            try:
+                map_openedge_type(c.coltype, c.width, c.scale, table=table, column=c.name)
+            except UnsupportedTypeError as exc:
+                log.warning("%s", exc)
     # a configured column keeps its SqlName for good (its ods column holds its history); only new columns are
     # named, around every name in use, so a new `prix_vte` never takes over the column `prix-vte` fills
     names = {**{n: r["SqlName"] for n, r in known.items()},
@@ -171,9 +175,11 @@ def sync_columns(s: Session, reader: Reader, table: str) -> dict[str, int]:
         expr = f"{oe_quote(c.name)} AS {oe_quote(sql_name)}"
         if c.name in known:
             override = bool(known[c.name]["IsOverride"])
-            if override:
-                expr = known[c.name]["SourceExpression"]
-            updates.append([c.coltype, c.width, c.scale, "Y" if c.nullable else "N", c.array_extent, c.position,
+            coltype, width, scale = c.coltype, c.width, c.scale
+            if override:  # the operator's expression, and the type it returns
+                k = known[c.name]
+                expr, coltype, width, scale = k["SourceExpression"], k["DataType"], k["Width"], k["Scale"]
+            updates.append([coltype, width, scale, "Y" if c.nullable else "N", c.array_extent, c.position,
                             c.label, c.description, False, now, sql_name, expr, table, c.name])
             stats["updated"] += 0 if override else 1
         else:

@@ -151,6 +151,22 @@ def _check_keys(s: Session, wh: Warehouse, plan: TablePlan, spec: MergeSpec) -> 
             f"the unique index) or fix the rows in Progress.")
 
 
+def _refuse_ods_duplicates(s: Session, wh: Warehouse, plan: TablePlan, spec: MergeSpec) -> None:
+    """ods holds several live rows (type 1: rows, soft-deleted ones included; SCD2: current versions) for keys
+    of the batch: one batch row would be written over all of them. It happens when PrimaryKeyCols was narrowed
+    after ods was built (two rows of the old key are one key now)."""
+    d = wh.dialect
+    dups = s.query(duplicate_keys(d, spec.ods(d), plan.keys, "" if not spec.scd2 else
+                                  d.is_true("_etl_is_current")))
+    first = "; ".join(", ".join(f"{k}={v!r}" for k, v in zip(plan.keys, r[:-1])) + f" ({r[-1]} rows)" for r in dups)
+    raise DuplicateKeyError(
+        f"table {plan.table}: ods.{plan.destination} holds several {'current versions' if spec.scd2 else 'rows'} "
+        f"for one key ({', '.join(plan.keys)}){'; first: ' + first if first else ''}. Nothing was merged: the "
+        f"MERGE would write one batch row over all of them. Was PrimaryKeyCols in config.ETL_Tables changed "
+        f"since ods was built? Set it back, or rebuild the table under the new key: keep a copy of "
+        f"ods.{plan.destination} if its history matters, drop it, and rerun the table in full mode.")
+
+
 def _ods_columns(wh: Warehouse, s: Session, plan: TablePlan) -> dict[str, tuple[str, bool]]:
     return wh.table_columns(s, "ods", plan.destination)
 
@@ -200,7 +216,9 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
             log.warning("schema change: %s", c)
         record.detail = "; ".join(changes) or None
         wh.before_merge(s, len(spec.columns))
-        inserted, updated, unchanged, deleted = s.query(merge_counts(d, spec))[0]
+        inserted, updated, unchanged, deleted, batch_rows = s.query(merge_counts(d, spec))[0]
+        if inserted + updated + unchanged != batch_rows:
+            _refuse_ods_duplicates(s, wh, plan, spec)
         if spec.full and deleted and not (inserted or updated or unchanged) and not allow_empty_full:
             raise EmptyFullBatchError(
                 f"table {plan.table}: the full batch {batch_id} holds no rows, and ods.{plan.destination} has "

@@ -125,8 +125,10 @@ def map_openedge_type(coltype: str, width: int | None, scale: int | None, *,
     kind = _KIND_OF.get(name)
     if kind is None:
         raise UnsupportedTypeError(
-            f"PUB.{table}.{column}: unsupported OpenEdge type {coltype!r}; set a SourceExpression override "
-            f"(e.g. CAST({column} AS VARCHAR(n))) or exclude the column (IsExcluded=1)")
+            f"PUB.{table}.{column}: unsupported OpenEdge type {coltype!r}. On its row in config.ETL_Columns "
+            f"set IsOverride = 1, a SourceExpression that returns a supported type (e.g. CAST(\"{column}\" AS "
+            f"VARCHAR(n))) and DataType/Width/Scale to that type (e.g. 'varchar', n); sync-columns keeps them. "
+            f"Or exclude the column (IsExcluded = 1)")
     if kind == "decimal":
         p, s = width or MAX_DECIMAL_PRECISION, max(0, scale or 0)
         if p > MAX_DECIMAL_PRECISION or s > p:

@@ -8,6 +8,7 @@ import pytest
 from cbm_luigi import demo_source
 from cbm_luigi.cli import main as cbm_etl
 from cbm_luigi.settings import load_settings
+from cbm_luigi.source.readers import release_readers
 from cbm_luigi.warehouse import open_warehouse
 from cbm_luigi.warehouse.duckdb_wh import _bytes, release_connections
 from cbm_luigi.tasks import LoadTable, MergeOds, ValidateTable
@@ -82,6 +83,72 @@ def test_changed_type_is_an_error_never_a_cast(env):
     assert "ods.produit.stock" in err and "INTEGER" in err and "VARCHAR" in err and "SourceExpression" in err
     assert env.sql("SELECT data_type FROM information_schema.columns WHERE table_schema = 'ods' AND "
                    "table_name = 'produit' AND column_name = 'stock'")[0][0] == "INTEGER"
+    # the advice works: an override with the old type and a cast to it survives sync-columns and loads
+    env.sql("""UPDATE config.ETL_Columns SET IsOverride = TRUE, DataType = 'integer', Width = 4, Scale = 0,
+               SourceExpression = 'CAST("stock" AS INTEGER) AS stock' WHERE TableName = 'produit'
+               AND ColumnName = 'stock'""")
+    assert cbm_etl(["sync-columns", "produit"]) == 0
+    assert env.sql("SELECT DataType FROM config.ETL_Columns WHERE TableName = 'produit' AND ColumnName = 'stock'") \
+        == [("integer",)]
+    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="cast")))
+    assert_ods_equals_source(env, "produit")
+
+
+def _source(env, *sql):
+    con = sqlite3.connect(env.source)
+    for q in sql:
+        con.execute(q)
+    con.commit()
+    con.close()
+    release_readers()
+
+
+def test_a_number_widened_at_the_source_widens_ods_and_changes_no_hash(env):
+    demo_source.add_table(env.source, demo_source.TableDef(
+        "wid", [demo_source.Col("id", "integer", nullable=False), demo_source.Col("qty", "integer"),
+                demo_source.Col("px", "numeric", 10, 2), demo_source.Col("dat_mod", "date")], ("id",),
+        [(1, 5, 1.5, None), (2, 7, 99999999.99, None)]))
+    env.sql("INSERT INTO config.ETL_Tables (TableName, PrimaryKeyCols, DateModifCol) VALUES ('wid', 'id', 'dat_mod')")
+    assert succeeded(build(LoadTable(table="wid", mode="full", batch_tag="a")))
+    _source(env, "UPDATE SYSCOLUMNS_FULL SET coltype = 'bigint' WHERE tbl = 'wid' AND col = 'qty'",
+            "UPDATE SYSCOLUMNS_FULL SET width = 14, scale = 4 WHERE tbl = 'wid' AND col = 'px'",
+            "INSERT INTO wid (id, qty, px) VALUES (3, 1099511627776, 1234567890.1234)")
+    assert cbm_etl(["sync-columns", "wid"]) == 0
+    assert succeeded(build(LoadTable(table="wid", mode="full", batch_tag="b")))
+    types = dict(env.sql("SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'ods' "
+                         "AND table_name = 'wid' AND column_name IN ('qty', 'px')"))
+    assert types == {"qty": "BIGINT", "px": "DECIMAL(14,4)"}
+    assert env.sql("SELECT id, qty, CAST(px AS VARCHAR) FROM ods.wid ORDER BY id") == [
+        (1, 5, "1.5000"), (2, 7, "99999999.9900"), (3, 1099511627776, "1234567890.1234")]
+    counts = env.sql("SELECT RowsInserted, RowsUpdated, RowsUnchanged FROM etl.ETL_Log WHERE Step = 'merge' "
+                     "AND BatchId LIKE '%-b'")
+    assert counts == [(1, 0, 2)]  # the old rows' text did not change with the type: no update
+    detail = env.sql("SELECT Detail FROM etl.ETL_Log WHERE Step = 'merge' AND BatchId LIKE '%-b'")[0][0]
+    assert "widened qty from INTEGER to BIGINT" in detail and "widened px from DECIMAL(10,2) to DECIMAL(14,4)" in detail
+
+
+@pytest.mark.parametrize("dimension", [False, True])
+def test_a_mandatory_column_gone_from_the_source_accepts_null_in_ods(env, dimension):
+    demo_source.add_table(env.source, demo_source.TableDef(
+        "gone", [demo_source.Col("id", "integer", nullable=False), demo_source.Col("code", "varchar", 10,
+                                                                                    nullable=False),
+                 demo_source.Col("v", "varchar", 10), demo_source.Col("dat_mod", "date")], ("id",),
+        [(1, "a", "x", None), (2, "b", "y", None)]))
+    env.sql("INSERT INTO config.ETL_Tables (TableName, PrimaryKeyCols, DateModifCol, IsDimension) "
+            "VALUES ('gone', 'id', 'dat_mod', ?)", [dimension])
+    assert succeeded(build(LoadTable(table="gone", mode="full", batch_tag="a")))
+    _source(env, "ALTER TABLE gone DROP COLUMN code", "DELETE FROM SYSCOLUMNS_FULL WHERE tbl = 'gone' AND col = 'code'",
+            "INSERT INTO gone (id, v) VALUES (3, 'z')", "UPDATE gone SET v = 'y2' WHERE id = 2")
+    assert cbm_etl(["sync-columns", "gone"]) == 0
+    assert succeeded(build(LoadTable(table="gone", mode="full", batch_tag="b")))
+    live = "_etl_is_current" if dimension else "TRUE"
+    # type 1 keeps the last value read in the column; SCD2 opens a new version of every row (its hashdiff no
+    # longer holds the column), without it
+    assert env.sql(f"SELECT id, code, v FROM ods.gone WHERE {live} ORDER BY id") == (
+        [(1, None, "x"), (2, None, "y2"), (3, None, "z")] if dimension else
+        [(1, "a", "x"), (2, "b", "y2"), (3, None, "z")])
+    detail = env.sql("SELECT Detail FROM etl.ETL_Log WHERE Step = 'merge' AND BatchId LIKE '%-b'")[0][0]
+    assert "code is no longer read" in detail
 
 
 def test_validation_failure_is_recorded_and_keeps_last_success(env):
@@ -170,3 +237,30 @@ def test_a_new_array_column_never_takes_an_existing_columns_name_for_its_element
     lot = CatalogColumn("t", "lot", "varchar", 10, 0, True, 2, "", "", 9)
     assert safe_names([lot], reserved={"LOT_1", "id"}) == {"lot": "lot_2"}  # lot_2_1, lot_2_2 are free
     assert safe_names([lot], reserved={"id"}) == {"lot": "lot"}
+
+
+@pytest.mark.parametrize("dimension", [False, True])
+def test_a_narrowed_key_is_refused_before_it_writes_one_row_over_several(env, dimension):
+    """ods built under key (a, b) holds two rows for a = 1 (one soft-deleted); PrimaryKeyCols = 'a' would have
+    the MERGE write the batch row for a = 1 over both (the soft-deleted one came back as a live duplicate)."""
+    demo_source.add_table(env.source, demo_source.TableDef(
+        "k2", [demo_source.Col("a", "integer", nullable=False), demo_source.Col("b", "integer", nullable=False),
+               demo_source.Col("v", "varchar", 5), demo_source.Col("dat_mod", "date")], ("a", "b"),
+        [(1, 1, "x", None), (1, 2, "y", None), (2, 1, "z", None)]))
+    env.sql("INSERT INTO config.ETL_Tables (TableName, PrimaryKeyCols, DateModifCol, IsDimension) "
+            "VALUES ('k2', 'a,b', 'dat_mod', ?)", [dimension])
+    assert succeeded(build(LoadTable(table="k2", mode="full", batch_tag="a")))
+    with sqlite3.connect(env.source) as con:
+        con.execute("DELETE FROM k2 WHERE a = 1 AND b = 2")
+    con.close()
+    assert succeeded(build(LoadTable(table="k2", mode="full", batch_tag="b")))
+    live = "_etl_is_current" if dimension else "TRUE"
+    before = env.sql(f"SELECT a, b, v, _etl_is_deleted FROM ods.k2 WHERE {live} ORDER BY a, b")
+    assert before == [(1, 1, "x", False), (1, 2, "y", True), (2, 1, "z", False)]
+
+    env.sql("UPDATE config.ETL_Tables SET PrimaryKeyCols = 'a' WHERE TableName = 'k2'")  # the source is unique on a
+    assert not succeeded(build(LoadTable(table="k2", mode="full", batch_tag="c")))
+    [(err,)] = env.sql("SELECT ErrorMessage FROM etl.ETL_Log WHERE TableName = 'k2' AND Status = 'FAILED'")
+    assert "ods.k2 holds several" in err and "a=1 (2 rows)" in err and "PrimaryKeyCols" in err
+    assert "Nothing was merged" in err
+    assert env.sql(f"SELECT a, b, v, _etl_is_deleted FROM ods.k2 WHERE {live} ORDER BY a, b") == before

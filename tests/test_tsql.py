@@ -518,7 +518,7 @@ def _canned(batch_id="2024-01-01", plan=None, ods_exists=False, mode="full"):
         (r"INFORMATION_SCHEMA\.COLUMNS", info),
         (r"SELECT TOP \(5\)", []),
         (r"MAX\(0\.5 \* DATALENGTH", [tuple(Decimal("12.0") for _ in names)]),
-        (r"AS inserted", [(1, 2, 3, 0)]),
+        (r"AS inserted", [(1, 2, 3, 0, 6)]),  # inserted, updated, unchanged, deleted, staged
         (r"SELECT @@TRANCOUNT", [(1,)]),
         (r"FROM config\.ETL_Tables", [{"TableName": "all-kinds", "DestinationTable": "all_kinds",
                                        "PrimaryKeyCols": "code"}]),
@@ -613,7 +613,7 @@ def test_sync_columns_statements_parse(tmp_path):
     src = tmp_path / "demo.sqlite"
     demo_source.generate(src, scale=0.05)
     existing = {"TableName": "produit", "ColumnName": "cod_pro", "SqlName": "cod_pro", "SourceExpression": None,
-                "IsOverride": False, "IsExcluded": False}
+                "IsOverride": False, "IsExcluded": False, "DataType": "varchar", "Width": 30, "Scale": None}
     override = dict(existing, ColumnName="libelle", SqlName="lib", SourceExpression='UPPER("libelle") AS lib',
                     IsOverride=True)
     vanished = dict(existing, ColumnName="vanished", SqlName="vanished")
@@ -1046,7 +1046,7 @@ def test_merge_widening_a_key_column_drops_and_recreates_the_index(stage_file):
                                                             "Rows": 7, "ExtractStartedAt": datetime(2024, 1, 1)}]),
                             (r"INFORMATION_SCHEMA\.COLUMNS", info), (r"SELECT TOP \(5\)", []),
                             (r"MAX\(0\.5 \* DATALENGTH", [tuple(Decimal("12.0") for _ in names)]),
-                            (r"FROM sys\.indexes", [(1,)]), (r"AS inserted", [(1, 0, 0, 0)]),
+                            (r"FROM sys\.indexes", [(1,)]), (r"AS inserted", [(1, 0, 0, 0, 1)]),
                             (r"SELECT @@TRANCOUNT", [(1,)])])
     wh = StubWarehouse(rec)
     marker = MarkerTarget(wh, "m", table="all-kinds", step="merge", batch_id="2024-01-01", mode="full")

@@ -93,7 +93,7 @@ def test_unknown_type_message():
     with pytest.raises(UnsupportedTypeError) as e:
         map_openedge_type("xml", 10, 0, table="produit", column="gencod-v")
     msg = str(e.value)
-    for part in ("produit", "gencod-v", "'xml'", "SourceExpression", "CAST", "IsExcluded=1"):
+    for part in ("produit", "gencod-v", "'xml'", "SourceExpression", "CAST", "IsExcluded = 1", "DataType"):
         assert part in msg
     assert isinstance(e.value, ValueError)
 

@@ -108,13 +108,38 @@ def _width(type_text: str) -> int | None:
     return int(t[t.index("(") + 1:t.index(")")].split(",")[0])
 
 
+def _digits(type_text: str) -> tuple[int, int] | None:
+    """(integer digits, scale) of an integer or decimal type text, else None."""
+    t = type_text.upper().replace(" ", "")
+    if t in ("INT", "INTEGER"):
+        return 10, 0
+    if t == "BIGINT":
+        return 19, 0
+    if t.startswith(("DECIMAL(", "NUMERIC(")) and t.endswith(")"):
+        p, _, sc = t[t.index("(") + 1:-1].partition(",")
+        return int(p) - int(sc or 0), int(sc or 0)
+    return None
+
+
+def widens_number(have: str, want: str) -> bool:
+    """Whether every value of type `have` fits `want` exactly: no fewer integer digits, no smaller scale
+    (INTEGER -> BIGINT, DECIMAL(10,2) -> DECIMAL(14,2) or (12,4)). The hashdiff's text of a number does not
+    depend on its type, so widening changes no hash."""
+    h, w = _digits(have), _digits(want)
+    return h is not None and w is not None and h != w and w[0] >= h[0] and w[1] >= h[1]
+
+
+TECH_COLUMNS = frozenset(STAGE_TECH + ODS_STATE + TYPE1_TECH + SCD2_TECH)
+
+
 def evolve(d: WarehouseDialect, schema: str, table: str, wanted: list[Column],
            existing: dict[str, tuple[str, bool]]) -> tuple[list[str], list[str]]:
     """Statements that bring `schema.table` (existing: name -> (type text, nullable)) up to `wanted`.
 
-    New columns are added; strings and binaries longer than the column widen it, a column that became optional
-    at the source accepts NULL (both logged by the caller); any other type change raises SchemaChangeError.
-    Returns (statements, human-readable changes).
+    New columns are added; strings and binaries longer than the column widen it, and so does a number whose
+    new type holds every old value; a column that became optional at the source, or is no longer read (gone
+    from the source, excluded), accepts NULL (all logged by the caller); any other type change raises
+    SchemaChangeError. Returns (statements, human-readable changes).
     """
     stmts, changes = [], []
     lower = {k.lower(): (k, v) for k, v in existing.items()}
@@ -133,14 +158,26 @@ def evolve(d: WarehouseDialect, schema: str, table: str, wanted: list[Column],
                 changes.append(f"{schema}.{table}: widened {col.name} from {have} to {want}")
                 continue  # the widening also applied the nullability
             same = True  # wide enough already
+        if not same and widens_number(have, want):
+            stmts.append(widen_column(d, schema, table, col, nullable or col.nullable))
+            changes.append(f"{schema}.{table}: widened {col.name} from {have} to {want}")
+            continue
         if not same:
             raise SchemaChangeError(
                 f"{schema}.{table}.{col.name}: the source type changed from {have} to {want}. Nothing was cast. "
-                f"Either add a SourceExpression in config.ETL_Columns that casts back to {have}, or migrate the "
-                f"column yourself (ALTER TABLE ... / rename it away) and rerun the table.")
+                f"To keep loading it as {have}: on its row in config.ETL_Columns set IsOverride = 1, "
+                f"DataType/Width/Scale to that type and a SourceExpression that casts to it (sync-columns keeps "
+                f"all four; a value that does not fit is then refused by name). Or migrate the ods column "
+                f"yourself (ALTER TABLE ... / rename it away: a new column is added) and rerun the table.")
         if col.nullable and not nullable:
             stmts.append(allow_null(d, schema, table, col.name, have))
             changes.append(f"{schema}.{table}: {col.name} now accepts NULL (optional at the source)")
+    read = {c.name.lower() for c in wanted}
+    for key, (name, (have, nullable)) in lower.items():
+        if key not in read and name not in TECH_COLUMNS and not nullable:
+            stmts.append(allow_null(d, schema, table, name, have))
+            changes.append(f"{schema}.{table}: {name} is no longer read (gone from the source, or excluded): "
+                           f"now accepts NULL")
     return stmts, changes
 
 
@@ -180,8 +217,11 @@ def _hold(d: WarehouseDialect) -> str:
 
 
 def merge_counts(d: WarehouseDialect, spec: MergeSpec) -> str:
-    """inserted / updated / unchanged of the batch, and deleted (soft) — computed before the MERGE, in its
-    transaction and under its locks (the counts decide whether the MERGE runs, or a plain INSERT instead)."""
+    """inserted / updated / unchanged of the batch, deleted (soft), and the batch's rows — computed before the
+    MERGE, in its transaction and under its locks (the counts decide whether the MERGE runs, or a plain INSERT
+    instead). The batch's keys are unique (checked first), so the first three add up to its rows unless ods
+    holds several live rows for one key (PrimaryKeyCols narrowed since ods was built): the MERGE would then
+    write one batch row over all of them."""
     changed = f"(t._etl_hashdiff <> s._etl_hashdiff OR {d.is_true('t._etl_is_deleted')})"
     k0 = d.quote(spec.keys[0])
     deleted = "0"
@@ -192,7 +232,7 @@ def merge_counts(d: WarehouseDialect, spec: MergeSpec) -> str:
     return (f"SELECT COALESCE(SUM(CASE WHEN t.{k0} IS NULL THEN 1 ELSE 0 END), 0) AS inserted, "
             f"COALESCE(SUM(CASE WHEN t.{k0} IS NOT NULL AND {changed} THEN 1 ELSE 0 END), 0) AS updated, "
             f"COALESCE(SUM(CASE WHEN t.{k0} IS NOT NULL AND NOT {changed} THEN 1 ELSE 0 END), 0) AS unchanged, "
-            f"{deleted} AS deleted "
+            f"{deleted} AS deleted, (SELECT COUNT(*) FROM {spec.stg(d)}) AS staged "
             f"FROM {spec.stg(d)} AS s LEFT JOIN {spec.ods(d)} AS t{_hold(d)} ON {_on(d, spec.keys)} AND "
             f"{_live(d, spec)}")
 
