@@ -15,7 +15,7 @@ setup(
     ],
     extras_require={
         "fast": ["arrow-odbc>=8"],
-        "mssql": ["mssql-python>=1.4"],
+        "mssql": ["mssql-python>=1.13"],
         "test": ["pytest>=8", "sqlfluff>=3", "psutil>=5", "arrow-odbc>=8"],
     },
     entry_points={"console_scripts": ["cbm-etl=cbm_luigi.cli:main"]},

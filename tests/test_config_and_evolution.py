@@ -264,3 +264,10 @@ def test_a_narrowed_key_is_refused_before_it_writes_one_row_over_several(env, di
     assert "ods.k2 holds several" in err and "a=1 (2 rows)" in err and "PrimaryKeyCols" in err
     assert "Nothing was merged" in err
     assert env.sql(f"SELECT a, b, v, _etl_is_deleted FROM ods.k2 WHERE {live} ORDER BY a, b") == before
+
+
+def test_a_bad_filter_clause_is_named_in_the_advice(env):
+    env.sql("UPDATE config.ETL_Tables SET FilterClause = 'no_such_col = 1' WHERE TableName = 'fournis'")
+    assert not succeeded(build(LoadTable(table="fournis", mode="full")))
+    [(err,)] = env.sql("SELECT ErrorMessage FROM etl.ETL_Log WHERE TableName = 'fournis' AND Status = 'FAILED'")
+    assert "FilterClause" in err and "`cbm-etl sync-columns fournis`" in err and "no_such_col" in err

@@ -857,6 +857,7 @@ def test_replace_stage_bulkcopy_path_commits_ddl_first(stage_file, monkeypatch):
 
     fake = types.ModuleType("mssql_python")
     fake.connect = lambda conn_str: calls.setdefault("conn_str", conn_str) and BulkConnection()
+    fake.Cursor = BulkCursor
     monkeypatch.setitem(sys.modules, "mssql_python", fake)
     plan = all_kind_plan(dimension=True)
     rec = RecordingSession([(r"SELECT @@TRANCOUNT", [(1,)]), (r"COUNT_BIG", [(7,)])])
@@ -957,6 +958,14 @@ def test_warehouse_settings_and_helpers(monkeypatch):
     monkeypatch.setitem(sys.modules, "mssql_python", None)
     with pytest.raises(RuntimeError, match="mssql_python is not installed"):
         MssqlWarehouse(_settings())._bulkcopy_module()
+    # 1.4-1.12 import fine but have no Cursor.bulkcopy_arrow (mocked module: no SQL Server driver here)
+    old = types.ModuleType("mssql_python")
+    old.__version__, old.Cursor = "1.12.0", type("Cursor", (), {"bulkcopy": lambda self, *a: None})
+    monkeypatch.setitem(sys.modules, "mssql_python", old)
+    with pytest.raises(RuntimeError, match=r"mssql_python 1.12.0 has no Cursor.bulkcopy_arrow"):
+        MssqlWarehouse(_settings())._bulkcopy_module()
+    monkeypatch.setenv("CBM_MSSQL_BULK", "auto")
+    assert MssqlWarehouse(_settings())._bulkcopy_module() is None  # auto: the executemany path, with a warning
     with pytest.raises(RuntimeError, match="needs CBM_MSSQL_ODBC"):
         MssqlWarehouse(_settings(mssql_odbc=""))._connect()
 

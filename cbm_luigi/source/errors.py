@@ -49,7 +49,8 @@ _RULES: list[tuple[re.Pattern, str, bool]] = [
     (re.compile(r"no such table|table/view/synonym not found|\(7519\)|42S02", re.I),
      "the table does not exist in PUB: check config.ETL_Tables.TableName (`cbm-etl discover` lists tables)", False),
     (re.compile(r"no such column|column not found|42S22|\(7518\)", re.I),
-     "a configured column is missing at the source: run `cbm-etl sync-columns <table>`", False),
+     "no such column at the source: run `cbm-etl sync-columns <table>`, or fix FilterClause / a "
+     "SourceExpression that names it", False),
 ]
 
 
@@ -61,5 +62,6 @@ def translate(exc: BaseException, *, table: str | None = None, action: str = "re
     where = f"source table PUB.{table}" if table else "source"
     for pattern, fix, transient in _RULES:
         if pattern.search(text):
+            fix = fix.replace("<table>", table) if table else fix
             return SourceError(f"{where}: {action} failed: {fix}. Driver said: {text}", transient=transient)
     return SourceError(f"{where}: {action} failed. Driver said: {text}")

@@ -7,7 +7,7 @@ one by one: `GO` never goes over ODBC (base.split_script cuts the scripts on it)
 Staging (`replace_stage`) drops and recreates stg.<table>, then loads the stage parquet in bounded batches
 (ParquetFile.iter_batches, CHUNK_ROWS rows each), one of two ways:
 
-- `mssql_python` installed (Microsoft's driver, >= 1.4: `cursor.bulkcopy_arrow`): TDS bulk copy straight from
+- `mssql_python` installed (Microsoft's driver, >= 1.13: `cursor.bulkcopy_arrow`): TDS bulk copy straight from
   Arrow. It opens its OWN connection, so it cannot see the caller's open transaction: the DROP/CREATE is
   committed first, the copy runs on the other connection, then a new transaction is opened for the rest of
   the step (the marker). A failure in between leaves stg.<table> without its marker row, so the step reruns
@@ -579,6 +579,9 @@ class MssqlWarehouse(Warehouse):
         return f"SELECT COUNT_BIG(*) FROM {self.dialect.table('stg', table)}"
 
     def _bulkcopy_module(self):
+        """mssql_python when it can bulk copy Arrow (`Cursor.bulkcopy_arrow`, from 1.13.0), else None (auto mode:
+        the executemany path) or an error (CBM_MSSQL_BULK=bulkcopy). Versions 1.4-1.12 import fine but have only
+        the row-based `bulkcopy`."""
         if self.bulk_mode == "executemany":
             return None
         try:
@@ -586,7 +589,15 @@ class MssqlWarehouse(Warehouse):
         except ImportError:
             if self.bulk_mode == "bulkcopy":
                 raise RuntimeError("CBM_MSSQL_BULK=bulkcopy but mssql_python is not installed "
-                                   "(pip install mssql-python)") from None
+                                   "(pip install 'mssql-python>=1.13')") from None
+            return None
+        if not hasattr(getattr(mssql_python, "Cursor", None), "bulkcopy_arrow"):
+            version = getattr(mssql_python, "__version__", "?")
+            if self.bulk_mode == "bulkcopy":
+                raise RuntimeError(f"CBM_MSSQL_BULK=bulkcopy but mssql_python {version} has no "
+                                   f"Cursor.bulkcopy_arrow (1.13.0 and later): pip install -U 'mssql-python>=1.13'")
+            log.warning("mssql_python %s has no Cursor.bulkcopy_arrow (1.13.0 and later): staging with "
+                        "executemany, much slower; pip install -U 'mssql-python>=1.13'", version)
             return None
         return mssql_python
 
