@@ -298,14 +298,13 @@ def test_merge_semantics_on_text():
         merges = [s for s, _n in stmts if "MERGE INTO" in s]
         assert len(merges) == 1, label
         m = merges[0]
-        assert m.startswith("DECLARE @merge_actions TABLE (act NVARCHAR(10));\nMERGE INTO [ods].[all_kinds] "
-                            "WITH (HOLDLOCK) AS t USING [stg].[all_kinds] AS s"), label
-        merge_part = m[m.index("MERGE INTO"):m.index("\nSELECT act")]
-        assert merge_part.endswith("OUTPUT $action INTO @merge_actions;"), label
-        assert merge_part.count(";") == 1  # the terminating one
+        assert m.startswith("MERGE INTO [ods].[all_kinds] WITH (HOLDLOCK) AS t USING [stg].[all_kinds] AS s"), label
+        assert m.endswith(";") and m.count(";") == 1  # the terminating one, T-SQL requires it
+        # no OUTPUT into a table variable: it would keep the MERGE from a parallel plan (the counts come from
+        # merge_counts)
+        assert "OUTPUT" not in m and "@" not in m, label
         assert len(re.findall(r"WHEN MATCHED\b", m)) == 1, f"{label}: T-SQL allows one WHEN MATCHED ... UPDATE"
         assert ("WHEN NOT MATCHED BY SOURCE" in m) == spec.full, label
-        assert m.rstrip().endswith("SELECT act, COUNT(*) AS n FROM @merge_actions GROUP BY act;")
         if spec.scd2:
             assert "ON ([t].[code] = [s].[code] AND t._etl_is_current = 1)".replace("[t].", "t.").replace(
                 "[s].", "s.") in m

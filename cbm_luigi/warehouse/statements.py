@@ -251,8 +251,9 @@ def _soft_delete_clause(d: WarehouseDialect, spec: MergeSpec) -> str:
 
 
 def _tail(d: WarehouseDialect) -> str:
-    # SQL Server: MERGE must end with ';' and the action counts come out through OUTPUT
-    return "\nOUTPUT $action INTO @merge_actions;" if d.name == "mssql" else ""
+    # SQL Server: MERGE must end with ';'. No OUTPUT: the counts come from merge_counts, and a statement that
+    # writes into a table variable never gets a parallel plan
+    return ";" if d.name == "mssql" else ""
 
 
 def merge_type1(d: WarehouseDialect, spec: MergeSpec) -> tuple[str, int]:
@@ -306,16 +307,10 @@ def merge_statements(d: WarehouseDialect, spec: MergeSpec, *, all_new: bool = Fa
     """The data statements of one merge, in order; each with how many `?` take the load timestamp.
 
     `all_new`: no batch key is in ods and nothing is to be soft-deleted (merge_counts said so, e.g. the first
-    load): the MERGE would only insert every row, so a plain INSERT does it without joining ods.
-    On SQL Server each MERGE is wrapped in a batch that declares the OUTPUT table and returns the actions."""
+    load): the MERGE would only insert every row, so a plain INSERT does it without joining ods."""
     if all_new:
         return [insert_batch(d, spec)]
-    stmts = [scd2_close(d, spec), scd2_insert(d, spec)] if spec.scd2 else [merge_type1(d, spec)]
-    if d.name != "mssql":
-        return stmts
-    return [(f"DECLARE @merge_actions TABLE (act NVARCHAR(10));\n{sql}\n"
-             f"SELECT act, COUNT(*) AS n FROM @merge_actions GROUP BY act;", n) if sql.startswith("MERGE")
-            else (sql, n) for sql, n in stmts]
+    return [scd2_close(d, spec), scd2_insert(d, spec)] if spec.scd2 else [merge_type1(d, spec)]
 
 
 # -- validation ------------------------------------------------------------------------------------------------
