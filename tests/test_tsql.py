@@ -1023,6 +1023,26 @@ def test_a_table_past_sql_servers_column_limit_is_refused_before_staging(stage_f
                                                             columns=cols[:2]))  # 601 + 9 technical: fine
 
 
+def test_a_table_past_sql_servers_row_size_is_refused_before_staging():
+    """480 decimal columns without a catalog width: DECIMAL(38,2) takes 17 bytes, so 8,160 bytes of fixed-length
+    data a row, past SQL Server's 8,060 (Msg 1701 at CREATE TABLE), far below 1,024 columns."""
+    cols = [PlanColumn("code", "code", ColumnType("string", width=10), False)] + [
+        PlanColumn(f"m{i:03d}", f"m{i:03d}", ColumnType("decimal", 38, 2), True) for i in range(480)]
+    plan = TablePlan(table="rows", destination="rows", keys=["code"], columns=cols)
+    with pytest.raises(ConfigError, match=r"ods.rows would have rows of at least 8,\d{3} bytes of fixed-length "
+                                          r"data, more than the 8,060 the warehouse admits. Nothing was staged: "
+                                          r"exclude columns"):
+        steps.check_column_count(StubWarehouse(RecordingSession()), plan)
+    # DECIMAL(9,2) takes 5 bytes: 2,400 bytes, fine
+    steps.check_column_count(StubWarehouse(RecordingSession()), TablePlan(
+        table="rows", destination="rows", keys=["code"],
+        columns=cols[:1] + [PlanColumn(c.name, c.sql_name, ColumnType("decimal", 9, 2)) for c in cols[1:]]))
+    d = TsqlDialect()
+    assert [d.fixed_bits(t) for t in ("DECIMAL(9,2)", "DECIMAL(38,10)", "DATETIME2(3)", "DATETIMEOFFSET(3)",
+                                      "CHAR(32)", "BIT", "NVARCHAR(20)", "VARBINARY(MAX)", "BIGINT")] == \
+        [40, 136, 56, 72, 256, 1, 0, 0, 64]
+
+
 def test_ods_gets_a_clustered_index_on_its_keys_and_keeps_it_through_key_widening(caplog):
     rec = RecordingSession([(r"FROM sys\.indexes", [(0,)])])
     wh = StubWarehouse(rec)

@@ -95,6 +95,28 @@ class TsqlDialect(WarehouseDialect):
     def limit(self, body: str, n: int) -> str:
         return f"SELECT TOP ({int(n)}) {body}"
 
+    max_row_bytes = 8060  # fixed-length data of one row (Msg 1701 at CREATE TABLE otherwise)
+
+    @staticmethod
+    def fixed_bits(type_text: str) -> int:
+        """Bits a value of `type_text` takes in a row's fixed-length part (0 for variable-length types; BIT
+        columns share bytes, 8 to a byte)."""
+        t = type_text.upper().replace(" ", "")
+        base, _, arg = t.partition("(")
+        n = int(arg.rstrip(")").split(",")[0]) if arg and arg[0].isdigit() else None
+        if base in ("DECIMAL", "NUMERIC"):
+            p = n or 18
+            return 8 * (5 if p <= 9 else 9 if p <= 19 else 13 if p <= 28 else 17)
+        if base in ("DATETIME2", "DATETIMEOFFSET"):  # fractional digits 7 by default; an offset adds 2 bytes
+            digits = 7 if n is None else n
+            return 8 * ((6 if digits <= 2 else 7 if digits <= 4 else 8) + (2 if base == "DATETIMEOFFSET" else 0))
+        if base in ("CHAR", "BINARY"):
+            return 8 * (n or 1)
+        if base == "NCHAR":
+            return 16 * (n or 1)
+        return {"BIT": 1, "TINYINT": 8, "SMALLINT": 16, "INT": 32, "BIGINT": 64, "REAL": 32, "FLOAT": 64,
+                "DATE": 24, "DATETIME": 64, "TIME": 40}.get(base, 0)
+
 
 def dialect_named(name: str) -> WarehouseDialect:
     return {"duckdb": DuckDbDialect, "mssql": TsqlDialect}[name]()
