@@ -85,8 +85,13 @@ class TablePlan:
     last_success_ts: datetime | None = None
 
     def by_name(self, name: str) -> PlanColumn:
+        """The column named `name` in Progress or by its SQL name; Progress names ignore case, and so does this
+        (an exact match first)."""
         for c in self.columns:
             if name in (c.name, c.sql_name):
+                return c
+        for c in self.columns:
+            if name.lower() in (c.name.lower(), c.sql_name.lower()):
                 return c
         raise ConfigError(f"table {self.table}: no active column {name!r} in config.ETL_Columns "
                           f"(run `cbm-etl sync-columns {self.table}`, or check IsExcluded)")

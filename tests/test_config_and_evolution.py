@@ -271,3 +271,10 @@ def test_a_bad_filter_clause_is_named_in_the_advice(env):
     assert not succeeded(build(LoadTable(table="fournis", mode="full")))
     [(err,)] = env.sql("SELECT ErrorMessage FROM etl.ETL_Log WHERE TableName = 'fournis' AND Status = 'FAILED'")
     assert "FilterClause" in err and "`cbm-etl sync-columns fournis`" in err and "no_such_col" in err
+
+
+def test_key_and_date_columns_in_config_ignore_case_as_progress_names_do(env):
+    env.sql("UPDATE config.ETL_Tables SET PrimaryKeyCols = 'COD_PRO', DateModifCol = 'Dat_Mod' "
+            "WHERE TableName = 'produit'")
+    assert succeeded(build(LoadTable(table="produit", mode="full")))
+    assert_ods_equals_source(env, "produit")
