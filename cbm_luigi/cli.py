@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import shutil
 import sys
 from datetime import datetime
@@ -80,14 +81,31 @@ def cmd_demo_change(args) -> int:
 
 def cmd_invalidate(args) -> int:
     """Forget a table's completed steps (one batch or all) so the next run reloads it."""
+    from .naming import cache_file_stem
+    from .tasks import check_batch_tag
+
     settings = load_settings()
+    if args.batch is not None:  # a batch id is the batch date, then `-<tag>`: never a pattern of several
+        m = re.fullmatch(r"(\d{4}-\d{2}-\d{2})(?:-(.+))?", args.batch)
+        try:
+            if not m:
+                raise ValueError(args.batch)
+            datetime.strptime(m.group(1), "%Y-%m-%d")
+            check_batch_tag(m.group(2) or "")
+        except ValueError:
+            print(f"invalidate: --batch {args.batch!r} is not a batch id (YYYY-MM-DD or YYYY-MM-DD-<tag>)",
+                  file=sys.stderr)
+            return 2
     wh = open_warehouse(settings)
     with wh.session() as s, s.transaction():
+        known = s.scalar("SELECT COUNT(*) FROM config.ETL_Tables WHERE TableName = ?", [args.table])
         n = remove_markers(s, table=args.table, batch_id=args.batch)
+    if not known:
+        print(f"invalidate: no table {args.table!r} in config.ETL_Tables (names as in Progress)", file=sys.stderr)
+        return 1
     removed = 0
     if args.from_step == "extract":
-        from .naming import sql_safe_name
-        for p in settings.cache_dir.glob(f"{args.batch or '*'}/*/{sql_safe_name(args.table)}.*.parquet"):
+        for p in settings.cache_dir.glob(f"{args.batch or '*'}/*/{cache_file_stem(args.table)}.*.parquet"):
             p.unlink()
             removed += 1
     print(f"invalidate {args.table}: {n} marker(s) and {removed} cached file(s) removed")
@@ -109,9 +127,10 @@ def cmd_summary(args) -> int:
             "ORDER BY l.TableName, l.LogTs, l.LogId")
         sla = s.query_dicts("SELECT TableName, SLAStatus, LastSuccessTs FROM etl.vw_SLABreach ORDER BY TableName")
     print(f"warehouse: {wh.describe()}")
-    by_table: dict[str, dict] = {r["TableName"]: {} for r in sla}  # active tables that never ran show too
+    by_table: dict[str, dict] = {r["TableName"]: {} for r in sla}  # the active tables; those never run show too
     for r in rows:
-        by_table.setdefault(r["TableName"], {})[r["Step"]] = r  # the step's last attempt in that batch
+        if r["TableName"] in by_table:  # a deactivated table's history stays in the log, not in the summary
+            by_table[r["TableName"]][r["Step"]] = r  # the step's last attempt in that batch
     print(f"{'table':<14} {'status':<8} {'rows':>8} {'ins':>6} {'upd':>6} {'same':>7} {'del':>5} {'seconds':>8}  "
           f"{'SLA':<12} batch/mode")
     status = {r["TableName"]: r for r in sla}
@@ -210,7 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except Exception as exc:  # noqa: BLE001 — one readable line for the operator, masked
-        print(f"cbm-etl {args.cmd}: {type(exc).__name__}: {mask_secrets(str(exc))}", file=sys.stderr)
+        text = mask_secrets(str(exc))
+        if re.search(r"does not exist|Invalid object name", text) and re.search(r"ETL_|\b(etl|config|meta)\.", text):
+            text = f"{text.splitlines()[0]} (is the warehouse initialised? run `cbm-etl init-db`)"
+        print(f"cbm-etl {args.cmd}: {type(exc).__name__}: {text}", file=sys.stderr)
         return 1
     finally:
         release_connections()

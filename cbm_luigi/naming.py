@@ -137,6 +137,18 @@ def free_array_name(base: str, extent: int, taken: set[str]) -> str:
     return candidate
 
 
+_FILE_SAFE = re.compile(r"[A-Za-z0-9_#$%&-]+")
+
+
+def cache_file_stem(table: str) -> str:
+    """The name a table's batch files carry in the cache. Progress table names (letters, digits, `-_#$%&`) are
+    file-safe as they are, so each table keeps its own: `art-ext` and `art_ext` share a SQL-safe name and would
+    otherwise share one extract file. Anything else gets its SQL-safe name and a hash of the original."""
+    if _FILE_SAFE.fullmatch(table):
+        return table
+    return f"{sql_safe_name(table)}-{hashlib.md5(table.encode()).hexdigest()[:8]}"
+
+
 def array_element_names(sql_name: str, extent: int) -> list[str]:
     """Column names for the elements of an EXTENT field: `zal` -> `zal_1` ... `zal_5` (1-based, as ABL)."""
     return [_with_suffix(sql_name, f"_{i}") for i in range(1, extent + 1)]

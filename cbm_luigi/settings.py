@@ -15,7 +15,9 @@ from dotenv import load_dotenv
 
 # a value is `{...}` (ODBC braces, `}}` inside is an escaped `}`), "..." or '...' (doubled quote inside), or
 # anything up to the next `;` or line end
-_SECRET_KEYS = re.compile(r"""(?i)\b(PWD|PASSWORD|PASS|SECRET|TOKEN|KEY)[ \t]*=[ \t]*"""
+# The key is one of the words, or a keyword ending with one (KeyStoreSecret, TrustStorePassword, Passwd): letters
+# only before it, so `sort_key=5` in a message naming a key column keeps its value.
+_SECRET_KEYS = re.compile(r"""(?i)\b([A-Z]*(?:PWD|PASSWORD|PASSWD|PASS|SECRET|TOKEN|KEY))[ \t]*=[ \t]*"""
                           r"""(\{(?:[^}]|\}\})*\}|"(?:[^"]|"")*"|'(?:[^']|'')*'|[^;\r\n]*)""")
 
 

@@ -20,7 +20,7 @@ from luigi.parameter import ParameterVisibility
 from . import config_store, steps
 from .extract import extract_to_parquet, is_current, read_extract_meta
 from .faults import checkpoint
-from .naming import sql_safe_name
+from .naming import cache_file_stem, sql_safe_name
 from .plan import TablePlan
 from .runlog import StepRecord, write_steps
 from .settings import Settings, load_settings, mask_secrets
@@ -104,7 +104,7 @@ class CbmTask(luigi.Task):
         return sql_safe_name(self.table)
 
     def cache_path(self, kind: str) -> Path:
-        return self.settings.cache_dir / self.batch_id / self.mode / f"{sql_safe_name(self.table)}.{kind}.parquet"
+        return self.settings.cache_dir / self.batch_id / self.mode / f"{cache_file_stem(self.table)}.{kind}.parquet"
 
     def plan(self, fresh: bool = False) -> TablePlan:
         """The table's plan. The extract reads it fresh (LastSuccessTs, config edits); the later steps of the
@@ -209,6 +209,8 @@ class ExtractParquet(CbmTask):
         if not self.output().exists():
             return False
         meta = read_extract_meta(Path(self.output().path))
+        if meta.get("table") != self.table:  # not this table's extract (the cache names files per table): read again
+            return False
         if meta.get("run_id") == self.run_id:
             return True
         with self.warehouse.session() as s:

@@ -92,3 +92,75 @@ def test_clean_cache_drops_a_failed_batch_once_a_later_load_makes_its_file_usele
     capsys.readouterr()
     assert cbm_etl(["clean-cache", "--keep", "1"]) == 0
     assert sorted(p.name.split("-", 3)[-1] for p in env.cache.iterdir()) == ["new"], capsys.readouterr().out
+
+
+def test_two_tables_with_one_sql_safe_name_keep_their_own_batch_files(env, capsys):
+    """`art-ext` and `art_ext` share a SQL-safe name: their extracts used to share one cache file, so a rerun
+    from stage loaded the other table's rows (and soft-deleted this one's)."""
+    from cbm_luigi import demo_source
+    from cbm_luigi.demo_source import Col, TableDef
+
+    for name, dest, rows in (("art-ext", "art_dash", [(1, "dash", None), (2, "dash", None)]),
+                             ("art_ext", "art_under", [(1, "under", None), (3, "under", None)])):
+        demo_source.add_table(env.source, TableDef(name, [Col("id", "integer", nullable=False),
+                                                          Col("v", "varchar", 8), Col("dat_mod", "date")],
+                                                   ("id",), rows))
+        env.sql("INSERT INTO config.ETL_Tables (TableName, DestinationTable, PrimaryKeyCols, DateModifCol) "
+                "VALUES (?, ?, 'id', 'dat_mod')", [name, dest])
+    assert succeeded(build(LoadTable(table="art-ext", mode="full")))
+    assert succeeded(build(LoadTable(table="art_ext", mode="full")))
+    assert len(list(env.cache.glob("*/full/art*.extract.parquet"))) == 2
+    batch = env.sql("SELECT DISTINCT BatchId FROM etl.ETL_Log WHERE TableName = 'art-ext'")[0][0]
+    assert cbm_etl(["invalidate", "art-ext", "--batch", batch, "--from", "stage"]) == 0
+    assert succeeded(build(LoadTable(table="art-ext", mode="full")))
+    assert env.sql("SELECT id, v, _etl_is_deleted FROM ods.art_dash ORDER BY id") == [(1, "dash", False),
+                                                                                    (2, "dash", False)]
+    assert env.sql("SELECT id, v FROM ods.art_under ORDER BY id") == [(1, "under"), (3, "under")]
+
+
+def test_invalidate_refuses_what_names_no_table_or_no_batch(env, capsys):
+    assert succeeded(build(LoadTable(table="famille", mode="full")))
+    assert cbm_etl(["invalidate", "nosuch"]) == 1
+    assert "no table 'nosuch' in config.ETL_Tables" in capsys.readouterr().err
+    for bad in ("*", "2026-13-01", "2026-11-27-Bad Tag!", "2026-11-27-"):
+        assert cbm_etl(["invalidate", "famille", "--batch", bad]) == 2
+        assert "is not a batch id" in capsys.readouterr().err
+    assert len(list(env.cache.glob("*/*/famille.extract.parquet"))) == 1  # nothing was removed
+    assert env.sql("SELECT COUNT(*) FROM etl.ETL_Markers WHERE TableName = 'famille'")[0][0] > 0
+
+
+def test_summary_lists_active_tables_only_and_a_failed_first_run_is_failing(env, capsys):
+    assert succeeded(build(LoadTable(table="famille", mode="full")))
+    env.sql("UPDATE config.ETL_Tables SET IsActive = FALSE WHERE TableName = 'famille'")
+    env.sql("UPDATE config.ETL_Tables SET FilterClause = 'no_such_col = 1' WHERE TableName = 'fournis'")
+    assert not succeeded(build(LoadTable(table="fournis", mode="full")))
+    capsys.readouterr()
+    assert cbm_etl(["summary"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:] if line.strip()}
+    assert "famille" not in lines  # deactivated: its history stays in etl.ETL_Log only
+    assert "FAILED" in lines["fournis"] and "FAILING" in lines["fournis"]
+    assert env.sql("SELECT SLAStatus FROM etl.vw_SLABreach WHERE TableName = 'fournis'") == [("FAILING",)]
+
+
+def test_a_command_on_a_held_or_uninitialised_warehouse_says_what_to_do(env, capsys, monkeypatch, tmp_path):
+    import subprocess
+    import sys
+
+    from cbm_luigi.warehouse import duckdb_wh
+
+    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+                               "print('held', flush=True); time.sleep(30)", str(env.warehouse)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(duckdb_wh, "LOCK_WAIT_S", 0.3)
+        assert cbm_etl(["summary"]) == 1
+        err = capsys.readouterr().err
+        assert "WarehouseBusyError" in err and "held by another process" in err and str(env.warehouse) in err
+    finally:
+        holder.kill()
+        holder.wait()
+    monkeypatch.setenv("CBM_DUCKDB_PATH", str(tmp_path / "empty.duckdb"))
+    assert cbm_etl(["summary"]) == 1
+    err = capsys.readouterr().err
+    assert "run `cbm-etl init-db`" in err and len(err.strip().splitlines()) == 1

@@ -12,10 +12,16 @@ def test_mask_secrets_handles_braces_quotes_and_escapes():
              'HostName=h;Password="p;w";Port=1': "HostName=h;Password=***;Port=1",
              "PWD='a;''b';X=1": "PWD=***;X=1",
              "UID=u;pwd = plain;DB=x": "UID=u;pwd=***;DB=x",
-             "Password=secret": "Password=***"}
+             "Password=secret": "Password=***",
+             # compound keywords of the DataDirect and Microsoft drivers
+             "UID=a;KeyStoreSecret=hunter2;TrustStorePassword=ts;KeyStorePassword=ks;KeyPassword=kp;Passwd=pw;X=1":
+                 "UID=a;KeyStoreSecret=***;TrustStorePassword=***;KeyStorePassword=***;KeyPassword=***;Passwd=***;X=1",
+             # a key column named in a message keeps its value: only letters may come before the keyword
+             "table t, column c, key sort_key=5: value 'x'": "table t, column c, key sort_key=5: value 'x'"}
     for text, masked in cases.items():
         assert mask_secrets(text) == masked
         assert "secret" not in mask_secrets(text) and "plain" not in mask_secrets(text)
+        assert "hunter2" not in mask_secrets(text)
 
 
 def test_every_log_record_is_masked_traceback_included(caplog):

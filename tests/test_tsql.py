@@ -643,7 +643,8 @@ def test_cli_statements_parse(monkeypatch, tmp_path):
                                                     "BatchId": "b", "Mode": "full", "ErrorMessage": None}]),
                             (r"etl\.vw_SLABreach", [{"TableName": "famille", "SLAStatus": "OK",
                                                      "LastSuccessTs": None}]),
-                            (r"COUNT\(\*\) FROM etl\.ETL_Markers", [(0,)])])
+                            (r"COUNT\(\*\) FROM etl\.ETL_Markers", [(0,)]),
+                            (r"COUNT\(\*\) FROM config\.ETL_Tables", [(1,)])])
     wh = StubWarehouse(rec)
     monkeypatch.setattr(cli, "open_warehouse", lambda settings: wh)
     monkeypatch.setenv("CBM_HOME", str(tmp_path))

@@ -35,6 +35,10 @@ def _bytes(text: str) -> float | None:
     return float(num) * (1024 if binary else 1000) ** " KMGTPE".index(prefix or " ")
 
 
+class WarehouseBusyError(RuntimeError):
+    """Another process holds the DuckDB file's lock for longer than LOCK_WAIT_S."""
+
+
 def release_connections() -> None:
     """Close this process's warehouse connections (checkpoints the WAL and frees the file lock)."""
     for key in [k for k in _SHARED if k[1] == os.getpid()]:
@@ -90,8 +94,14 @@ class DuckDbWarehouse(Warehouse):
                 con = duckdb.connect(str(self.path))
                 break
             except duckdb.IOException as exc:
-                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                if "lock" not in str(exc).lower():
                     raise
+                if time.monotonic() > deadline:
+                    raise WarehouseBusyError(
+                        f"the DuckDB warehouse {self.path} is held by another process (a load still running?): "
+                        f"DuckDB admits one process at a time, and this one waited {LOCK_WAIT_S:.0f} s. Run it "
+                        f"when that process has ended (`ps aux | grep luigi`); on SQL Server this does not "
+                        f"happen. DuckDB said: {exc}") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
         con.execute(f"SET memory_limit = {self.dialect.literal(self.settings.duckdb_memory_limit)}")

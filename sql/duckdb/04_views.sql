@@ -25,8 +25,8 @@ SELECT t.TableName, t.IsCritical, t.SLAHours, t.LastSuccessTs,
        CAST(date_diff('second', t.LastSuccessTs, CAST(current_timestamp AS TIMESTAMP)) AS DOUBLE) / 3600.0
            AS HoursSinceSuccess,
        f.LastStatus, f.LastError, f.LastRunTs,
-       CASE WHEN t.LastSuccessTs IS NULL THEN 'NEVER_LOADED'
-            WHEN f.LastStatus = 'FAILED' THEN 'FAILING'
+       CASE WHEN f.LastStatus = 'FAILED' THEN 'FAILING'
+            WHEN t.LastSuccessTs IS NULL THEN 'NEVER_LOADED'
             WHEN t.SLAHours IS NOT NULL
                  AND date_diff('second', t.LastSuccessTs, CAST(current_timestamp AS TIMESTAMP)) > t.SLAHours * 3600
                 THEN 'LATE'

@@ -36,8 +36,8 @@ CREATE OR ALTER VIEW etl.vw_SLABreach AS
 SELECT t.TableName, t.IsCritical, t.SLAHours, t.LastSuccessTs,
        CAST(DATEDIFF_BIG(SECOND, t.LastSuccessTs, SYSDATETIME()) AS FLOAT) / 3600.0 AS HoursSinceSuccess,
        f.LastStatus, f.LastError, f.LastRunTs,
-       CASE WHEN t.LastSuccessTs IS NULL THEN 'NEVER_LOADED'
-            WHEN f.LastStatus = 'FAILED' THEN 'FAILING'
+       CASE WHEN f.LastStatus = 'FAILED' THEN 'FAILING'
+            WHEN t.LastSuccessTs IS NULL THEN 'NEVER_LOADED'
             WHEN t.SLAHours IS NOT NULL
                  AND DATEDIFF_BIG(SECOND, t.LastSuccessTs, SYSDATETIME()) > t.SLAHours * 3600
                 THEN 'LATE'
