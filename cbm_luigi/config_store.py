@@ -63,6 +63,24 @@ def dependencies(s: Session) -> dict[str, list[str]]:
     return deps
 
 
+def dependency_cycle(deps: dict[str, list[str]], table: str) -> list[str] | None:
+    """A cycle of config.ETL_Dependencies through `table` (`[a, b, a]`), else None. Luigi would only leave
+    such tables pending; the caller says which rows make the cycle."""
+    path: list[str] = []
+
+    def walk(t: str) -> list[str] | None:
+        if t in path:
+            return path[path.index(t):] + [t] if t == table else None
+        path.append(t)
+        for d in deps.get(t, []):
+            if d != t and (found := walk(d)):
+                return found
+        path.pop()
+        return None
+
+    return walk(table)
+
+
 def newer_load_than(s: Session, table: str, extract_started_at):
     """The start of the newest extract merged into ods.<table> (etl.ETL_TableState, validated or not) or of its
     last validated load (LastSuccessTs), if later than `extract_started_at`: a batch that old must not be

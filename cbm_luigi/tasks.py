@@ -21,7 +21,7 @@ from . import config_store, steps
 from .extract import extract_to_parquet, is_current, read_extract_meta
 from .faults import checkpoint
 from .naming import cache_file_stem, sql_safe_name
-from .plan import TablePlan
+from .plan import ConfigError, TablePlan
 from .runlog import StepRecord, write_steps
 from .settings import Settings, load_settings, mask_secrets
 from .source.readers import pooled_reader
@@ -47,6 +47,16 @@ def _config(settings: Settings) -> tuple[list[dict], dict[str, list[str]]]:
         tables, deps = config_store.table_rows(s), config_store.dependencies(s)
     _CONFIG_CACHE[key] = (time.monotonic(), tables, deps)
     return tables, deps
+
+
+_SAID: set[str] = set()
+
+
+def _say_once(message: str) -> None:
+    """A configuration warning, once per process (requires() is called for every scheduling pass)."""
+    if message not in _SAID:
+        _SAID.add(message)
+        log.warning("%s", message)
 
 
 def clear_config_cache() -> None:
@@ -188,7 +198,18 @@ class ExtractParquet(CbmTask):
 
     def requires(self):
         tables, deps = _config(self.settings)
-        need = [d for d in deps.get(self.table, []) if d != self.table]
+        cycle = config_store.dependency_cycle(deps, self.table)
+        if cycle:
+            raise ConfigError(f"config.ETL_Dependencies has a cycle: {' -> '.join(cycle)} (each table waits for "
+                              f"the next): delete one of these rows")
+        active = {t["TableName"] for t in tables}
+        need = []
+        for d in deps.get(self.table, []):
+            if d != self.table and d not in active:
+                _say_once(f"table {self.table} depends on {d}, which is not active in config.ETL_Tables: not "
+                          f"waited for (activate it, or delete the config.ETL_Dependencies row)")
+            elif d != self.table:
+                need.append(d)
         if self.in_batch and not self.continue_on_error:
             mine = next((t["Priority"] for t in tables if t["TableName"] == self.table), None)
             if mine is not None:

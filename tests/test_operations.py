@@ -159,3 +159,23 @@ def test_the_local_scheduler_does_not_walk_the_whole_graph_on_every_task():
 
     sched = luigi.interface._WorkerSchedulerFactory().create_local_scheduler()
     assert sched._config.prune_on_get_work is False and sched._config.record_task_history is False
+
+
+def test_dependencies_load_first_an_inactive_one_is_not_loaded_and_a_cycle_is_named(env, caplog):
+    # famille (priority 10) is made to wait for lignecli (priority 50): it is validated after it
+    env.sql("INSERT INTO config.ETL_Dependencies (TableName, DependsOn) VALUES ('famille', 'lignecli')")
+    assert succeeded(build(LoadTable(table="famille", mode="full")))
+    order = [r[0] for r in env.sql("SELECT TableName FROM etl.ETL_Log WHERE Step = 'validate' ORDER BY LogId")]
+    assert order == ["lignecli", "famille"]
+    # a dependency on an inactive table: not loaded, said once
+    env.sql("UPDATE config.ETL_Tables SET IsActive = FALSE WHERE TableName = 'hisprixa'")
+    env.sql("INSERT INTO config.ETL_Dependencies (TableName, DependsOn) VALUES ('fournis', 'hisprixa')")
+    assert succeeded(build(LoadTable(table="fournis", mode="full")))
+    assert env.sql("SELECT COUNT(*) FROM etl.ETL_Log WHERE TableName = 'hisprixa'") == [(0,)]
+    assert any("fournis depends on hisprixa, which is not active" in m for m in caplog.messages)
+    # a cycle: each table would wait for the other forever; the error names the rows
+    env.sql("INSERT INTO config.ETL_Dependencies (TableName, DependsOn) VALUES ('lignecli', 'produit'), "
+            "('produit', 'lignecli')")
+    caplog.clear()
+    assert not succeeded(build(LoadTable(table="produit", mode="full", batch_tag="cycle")))
+    assert any("config.ETL_Dependencies has a cycle: produit -> lignecli -> produit" in m for m in caplog.messages)
