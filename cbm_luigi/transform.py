@@ -59,8 +59,8 @@ def canonical_text(expr: str, ctype: ColumnType) -> str:
         return f"strftime({expr}, '%Y-%m-%d %H:%M:%S.%f')"
     if k == "timestamptz":
         return f"(strftime(timezone('UTC', {expr}), '%Y-%m-%d %H:%M:%S.%f') || 'Z')"
-    if k == "bool":
-        return f"(CASE WHEN {expr} THEN '1' ELSE '0' END)"
+    if k == "bool":  # NULL stays NULL (it contributes nothing): `ELSE '0'` made an unknown logical hash as false
+        return f"(CASE WHEN {expr} THEN '1' WHEN NOT {expr} THEN '0' END)"
     if k == "binary":
         return f"hex({expr})"
     raise ValueError(k)
@@ -152,9 +152,16 @@ def transform_sql(plan: TablePlan, source_sql: str) -> str:
                     f"CAST(len({lst}) AS VARCHAR) || {_lit(what)})")
         inner.append(f"{_array_list(c)} AS {lst}")
         if c.array_mode == "split":
+            ref = _q(c.sql_name)
+            # _array_list decodes the escapes through U+0001..U+0003: one of those in the data would come out as
+            # `~`, `;` or `?`, so such a value is refused (kept whole, ArrayMode 'single', it is not decoded)
+            ctl = " OR ".join(f"contains({ref}, chr({n}))" for n in (1, 2, 3))
+            why = (": an element holds a control character U+0001..U+0003, which a split array cannot carry; set "
+                   "ArrayMode = 'single' for the column in config.ETL_Columns")
+            ctl_error = f"error({_lit(f'table {plan.table}, column {c.name}, key ')} || {key_text} || {_lit(why)})"
             for i, (name, _t, _n) in enumerate(c.output_columns(), 1):
-                guard = f"CASE WHEN len({lst}) > {c.extent} THEN {too_many} ELSE {lst}[{i}] END" if i == 1 \
-                    else f"{lst}[{i}]"
+                guard = (f"CASE WHEN len({lst}) > {c.extent} THEN {too_many} WHEN {ctl} THEN {ctl_error} "
+                         f"ELSE {lst}[{i}] END") if i == 1 else f"{lst}[{i}]"
                 outer.append(f"{guard} AS {_q(name)}")
         else:  # kept whole in Progress's own form (`;` between elements, `~;` `~~` `~?` escapes, `?` unknown):
             # joining decoded elements would make ['a;b','c'] and ['a','b;c'] the same value
@@ -244,7 +251,7 @@ def _transform_error(plan: TablePlan, exc: duckdb.Error) -> TransformError:
     if "out of memory" in text.lower():
         text += (". Raise CBM_TRANSFORM_MEMORY_LIMIT (or lower CBM_BATCH_ROWS for this wide table) and rerun "
                  "the table")
-    elif "array elements" not in text:  # the EXTENT check's own message already says what to do
+    elif "array elements" not in text and "ArrayMode" not in text:  # the array checks say what to do
         text += ". The batch file was not written; fix the cause (free space in CBM_CACHE_DIR?) and rerun the table"
     return TransformError(f"table {plan.table}: shaping the batch in DuckDB failed: {text}")
 

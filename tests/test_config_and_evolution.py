@@ -278,3 +278,13 @@ def test_key_and_date_columns_in_config_ignore_case_as_progress_names_do(env):
             "WHERE TableName = 'produit'")
     assert succeeded(build(LoadTable(table="produit", mode="full")))
     assert_ods_equals_source(env, "produit")
+
+
+def test_two_tables_loading_into_one_ods_table_is_a_config_error_naming_both(env):
+    env.sql("INSERT INTO config.ETL_Tables (TableName, DestinationTable, PrimaryKeyCols) "
+            "VALUES ('fournis2', 'FOURNIS', 'cod_fou')")  # fournis loads into ods.fournis already
+    assert not succeeded(build(LoadTable(table="fournis", mode="full")))
+    [(err,)] = env.sql("SELECT ErrorMessage FROM etl.ETL_Log WHERE Status = 'FAILED'")
+    assert "tables fournis and fournis2 both load into ods.fournis" in err and "DestinationTable" in err
+    assert env.sql("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'ods' "
+                   "AND table_name = 'fournis'") == [(0,)]  # refused before anything was written

@@ -179,3 +179,15 @@ def test_dependencies_load_first_an_inactive_one_is_not_loaded_and_a_cycle_is_na
     caplog.clear()
     assert not succeeded(build(LoadTable(table="produit", mode="full", batch_tag="cycle")))
     assert any("config.ETL_Dependencies has a cycle: produit -> lignecli -> produit" in m for m in caplog.messages)
+
+
+def test_more_than_one_worker_on_duckdb_is_refused_without_harming_the_warehouse(env):
+    """Forked Luigi workers inherited the parent's open DuckDB instance (no lock error) and their writes corrupted
+    the file and its WAL for good. Each forked task now stops with the way out; the warehouse stays usable."""
+    r = luigi_cli(env, "LoadAll", "--mode", "full", "--local-scheduler", "--workers", "2")
+    assert r.returncode != 0
+    assert "Run with --workers 1" in r.stderr and "forked worker processes" in r.stderr
+    rerun = luigi_cli(env, "LoadAll", "--mode", "full", "--local-scheduler", "--workers", "1")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    for t in DEMO_TABLES:
+        assert_ods_equals_source(env, t)

@@ -105,6 +105,30 @@ def test_datetime_tz_loads_in_utc_through_every_reader(env, monkeypatch, reader,
     assert bool(said) == (reader != "embedded")
 
 
+@pytest.mark.parametrize("reader", READERS)
+def test_an_unknown_logical_is_not_false(env, monkeypatch, reader):
+    """A NULL logical contributes nothing to the hashdiff: it hashed as `b=0`, like false, so a change between
+    the two was never loaded (and a new all-NULL logical column changed every hash)."""
+    table = TableDef("lg", cols(Col("b", "bit")), ("id",), [(1, None, None), (2, 0, None)])
+    assert load(env, monkeypatch, reader, table) is None
+    assert env.sql("SELECT _etl_hashdiff FROM ods.lg WHERE id = 1")[0][0] == env.sql("SELECT md5('id=1')")[0][0]
+    demo_source.add_table(env.source, TableDef("lg", table.cols, ("id",), [(1, 0, None), (2, None, None)]))
+    readers.release_readers()
+    assert succeeded(build(LoadTable(table="lg", mode="full", batch_tag="swap")))
+    assert ods(env, "lg", "b") == [False, None]
+
+
+def test_a_control_character_in_a_split_array_is_refused_and_a_whole_one_keeps_it(env, monkeypatch):
+    value = demo_source.encode_extent(["a\x01b", "c;d", None])
+    err = load(env, monkeypatch, "embedded", TableDef("ctl", cols(Col("zal", "varchar", 10, extent=3)), ("id",),
+                                                      [(1, value, None)]))
+    assert err and "table ctl, column zal, key id=1: an element holds a control character" in err
+    assert "ArrayMode = 'single'" in err
+    env.sql("UPDATE config.ETL_Columns SET ArrayMode = 'single' WHERE TableName = 'ctl' AND ColumnName = 'zal'")
+    assert succeeded(build(LoadTable(table="ctl", mode="full", batch_tag="whole")))
+    assert ods(env, "ctl", "zal") == [value]
+
+
 def test_a_logical_other_than_0_or_1_is_refused(env, monkeypatch):
     # embedded only: the SQLite ODBC driver itself turns 12 into 1 before any reader sees it
     err = load(env, monkeypatch, "embedded", TableDef("logic", cols(Col("b", "bit")), ("id",), [

@@ -111,6 +111,13 @@ class DuckDbWarehouse(Warehouse):
 
     def _shared(self) -> duckdb.DuckDBPyConnection:
         key = (str(self.path), os.getpid())  # a forked child never reuses its parent's connection
+        if any(p == key[0] and pid != key[1] for p, pid in _SHARED):
+            # a forked Luigi worker (--workers > 1): duckdb.connect would hand it the parent's database instance,
+            # copied by the fork, with no lock error, and its writes would corrupt the file (and its WAL)
+            raise WarehouseBusyError(
+                f"the DuckDB warehouse {self.path} is open in this process's parent: Luigi runs tasks in forked "
+                f"worker processes when --workers is above 1, and DuckDB admits one process per file. Run with "
+                f"--workers 1 (on SQL Server more workers are fine).")
         con = _SHARED.get(key)
         if con is None:
             con = _SHARED[key] = self._connect()
