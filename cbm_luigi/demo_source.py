@@ -49,7 +49,11 @@ def _sqlite_decl(c: Col) -> str:
 
     Decimals wider than a double's 15 exact digits are declared as text, so SQLite keeps them exact (the
     drivers then hand over text, which the pipeline converts exactly, as Progress would hand over a Decimal).
+    An EXTENT field is text whatever its element type, as OpenEdge SQL hands it over (`1.5;2;?`): declared as a
+    number, the SQLite ODBC driver would read `1.5;2;?` as 1.5.
     """
+    if c.extent:
+        return f"VARCHAR({(max(c.width, 30) + 2) * c.extent})"  # room for any element type's text
     if c.coltype == "numeric" and c.width > 15:
         return f"VARCHAR({c.width + 2})"
     return {

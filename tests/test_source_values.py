@@ -178,3 +178,14 @@ def test_arrow_odbc_refuses_a_value_longer_than_its_buffer_and_names_the_column(
     assert load(env, monkeypatch, "pyodbc", TableDef("docs_py", table.cols, ("id",), table.rows)) is None
     assert ods(env, "docs_py", "notes")[1] == "n" * 200
 
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_number_and_date_arrays_arrive_whole_through_every_reader(env, monkeypatch, reader):
+    # OpenEdge hands an EXTENT field over as text (`1.5;2;?`), whatever its element type
+    table = TableDef("arr", cols(Col("qte", "numeric", 10, 2, extent=3), Col("dts", "date", extent=2)), ("id",),
+                     [(1, demo_source.encode_extent(["1.5", "2", None]),
+                       demo_source.encode_extent(["2026-01-31", "2026-02-01"]), None)])
+    assert load(env, monkeypatch, reader, table) is None
+    assert env.sql("SELECT qte_1, qte_2, qte_3, dts_1, dts_2 FROM ods.arr") == [("1.5", "2", None, "2026-01-31",
+                                                                                "2026-02-01")]
