@@ -85,15 +85,19 @@ def dependency_cycle(deps: dict[str, list[str]], table: str) -> list[str] | None
     """A cycle of config.ETL_Dependencies through `table` (`[a, b, a]`), else None. Luigi would only leave
     such tables pending; the caller says which rows make the cycle."""
     path: list[str] = []
+    cleared: set[str] = set()  # walked to the end without coming back to `table`
 
     def walk(t: str) -> list[str] | None:
         if t in path:
-            return path[path.index(t):] + [t] if t == table else None
+            return path + [t] if t == table else None
+        if t in cleared:
+            return None
         path.append(t)
         for d in deps.get(t, []):
             if d != t and (found := walk(d)):
                 return found
         path.pop()
+        cleared.add(t)
         return None
 
     return walk(table)

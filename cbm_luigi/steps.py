@@ -71,21 +71,21 @@ def check_column_count(wh: Warehouse, plan: TablePlan) -> None:
     d = wh.dialect
     tech = tech_columns(d, ods=True, scd2=plan.is_dimension)
     n = len(plan.output_columns()) + len(tech)
-    limit_bytes = getattr(d, "max_row_bytes", None)
-    size = None
-    if limit_bytes:  # fixed-length data, the NULL bitmap and 7 bytes of row overhead (SQL Server's minimum row)
+    too_many = bool(wh.max_columns and n > wh.max_columns)
+    size = 0
+    if d.max_row_bytes:  # fixed-length data, the NULL bitmap and 7 bytes of row overhead (SQL Server's minimum)
         bits = sum(d.fixed_bits(d.column_type(t)) for _n, t, _null in plan.output_columns())
         bits += sum(d.fixed_bits(t) for _n, t, _null in tech)
         size = -(-bits // 8) + -(-n // 8) + 7
-    if (wh.max_columns and n > wh.max_columns) or (size and size > limit_bytes):
+    if too_many or (d.max_row_bytes and size > d.max_row_bytes):
         arrays = sorted(((c.extent, c.name) for c in plan.columns if c.extent and c.array_mode == "split"),
                         reverse=True)[:5]
         hint = (f"keep the largest arrays whole (ArrayMode = 'single' in config.ETL_Columns: "
                 f"{', '.join(f'{name} ({extent})' for extent, name in arrays)})" if arrays else
                 "exclude columns (IsExcluded = 1 in config.ETL_Columns)")
-        what = (f"{n} columns, more than the {wh.max_columns} the warehouse admits" if n > (wh.max_columns or n)
-                else f"rows of at least {size:,} bytes of fixed-length data, more than the {limit_bytes:,} the "
-                     f"warehouse admits")
+        what = (f"{n} columns, more than the {wh.max_columns} the warehouse admits" if too_many
+                else f"rows of at least {size:,} bytes of fixed-length data, more than the {d.max_row_bytes:,} "
+                     f"the warehouse admits")
         raise ConfigError(f"table {plan.table}: ods.{plan.destination} would have {what}. Nothing was staged: "
                           f"{hint}, then rerun the table.")
 

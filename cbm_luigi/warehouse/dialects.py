@@ -57,6 +57,13 @@ class WarehouseDialect:
     text_type = "VARCHAR"
     int_type = "BIGINT"
 
+    max_row_bytes: int | None = None  # fixed-length data a row may hold (None: no practical limit)
+
+    @staticmethod
+    def fixed_bits(type_text: str) -> int:
+        """Bits a value of `type_text` takes in a row's fixed-length part (where max_row_bytes applies)."""
+        return 0
+
 
 class DuckDbDialect(WarehouseDialect):
     name = "duckdb"
