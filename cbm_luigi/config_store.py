@@ -122,34 +122,59 @@ def advance_last_success(s: Session, table: str, ts: datetime) -> None:
               "AND (LastSuccessTs IS NULL OR LastSuccessTs < ?)", [ts, table, ts])
 
 
-def _csv_value(field: str, v: str):
+_TRUE, _FALSE = ("1", "true", "yes", "y", "oui", "o", "vrai"), ("0", "false", "no", "n", "non", "faux")
+
+
+def _csv_value(field: str, v: str, where: str):
     v = v.strip()
     if v == "":
         return None
-    if field in _BOOL:
-        return v.lower() in ("1", "true", "yes", "y", "oui")
-    if field == "Priority":
-        return int(v)
-    if field == "SLAHours":
-        return float(v)
+    try:
+        if field in _BOOL:
+            if v.lower() not in _TRUE + _FALSE:
+                raise ValueError("1/0, true/false, yes/no or oui/non")
+            return v.lower() in _TRUE
+        if field == "Priority":
+            return int(v)
+        if field == "SLAHours":
+            return float(v)
+    except ValueError as exc:
+        what = exc.args[0] if field in _BOOL else "a number"
+        raise ConfigError(f"{where}, column {field}: {v!r} is not {what}") from None
     return v
 
 
 def load_tables_csv(s: Session, path: Path) -> int:
-    """Insert the tables of a CSV (header = ETL_Tables column names) that are not configured yet."""
-    added = 0
-    with open(path, newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            values = {k: _csv_value(k, v or "") for k, v in row.items() if k in TABLE_FIELDS}
-            if not values.get("TableName"):
-                continue
-            if s.scalar("SELECT COUNT(*) FROM config.ETL_Tables WHERE TableName = ?", [values["TableName"]]):
-                continue
-            values = {k: v for k, v in values.items() if v is not None}
-            cols = ", ".join(values)
-            s.execute(f"INSERT INTO config.ETL_Tables ({cols}) VALUES ({', '.join('?' * len(values))})",
-                      list(values.values()))
-            added += 1
+    """Insert the tables of a CSV (header = ETL_Tables column names) that are not configured yet. Excel's ways
+    of saving one are taken (a UTF-8 BOM, `;` between fields, spaces around names); anything else it cannot
+    read as written is an error naming the line: a table left out or switched off silently is worse."""
+    added, seen = 0, set()
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        text = f.read()
+    dialect = csv.Sniffer().sniff(text.splitlines()[0] if text.strip() else ",", delimiters=",;")
+    reader = csv.DictReader(text.splitlines(), dialect=dialect)
+    header = [h.strip() for h in reader.fieldnames or []]
+    unknown = [h for h in header if h and h not in TABLE_FIELDS]
+    if unknown or "TableName" not in header:
+        raise ConfigError(f"{path}: header columns {unknown or header} are not config.ETL_Tables columns "
+                          f"({', '.join(TABLE_FIELDS)}; TableName is required)")
+    for line, row in enumerate(reader, 2):
+        if None in row:
+            raise ConfigError(f"{path} line {line}: more fields than the header (a '{dialect.delimiter}' inside a "
+                              f"value? put the value in double quotes)")
+        values = {k.strip(): _csv_value(k.strip(), v or "", f"{path} line {line}") for k, v in row.items()}
+        if not values.get("TableName"):
+            continue
+        if values["TableName"].lower() in seen:
+            raise ConfigError(f"{path} line {line}: table {values['TableName']} appears twice")
+        seen.add(values["TableName"].lower())
+        if s.scalar("SELECT COUNT(*) FROM config.ETL_Tables WHERE TableName = ?", [values["TableName"]]):
+            continue
+        values = {k: v for k, v in values.items() if v is not None}
+        cols = ", ".join(values)
+        s.execute(f"INSERT INTO config.ETL_Tables ({cols}) VALUES ({', '.join('?' * len(values))})",
+                  list(values.values()))
+        added += 1
     return added
 
 

@@ -145,6 +145,14 @@ def build_plan(table_row: dict, column_rows: list[dict]) -> TablePlan:
         raise ConfigError(f"table {t}: no active column in config.ETL_Columns; run `cbm-etl sync-columns {t}`")
     owner: dict[str, str] = {}
     for c in cols:  # an override can give two columns one name: say so, not the driver's puzzled error later
+        if c.sql_name.lower().startswith("_etl_") or c.sql_name != c.sql_name.strip() or not c.sql_name:
+            raise ConfigError(f"config.ETL_Columns[{t}.{c.name}].SqlName = {c.sql_name!r}: names starting with "
+                              f"_etl_ are the pipeline's own columns, and a name needs no surrounding spaces: "
+                              f"choose another SqlName (and the SourceExpression's alias), then rerun the table")
+        unquoted = re.sub(r"'(?:[^']|'')*'", "''", c.expression or "")  # a `--` inside a string literal is fine
+        if c.expression and (unquoted.rstrip().endswith(";") or "--" in unquoted):
+            raise ConfigError(f"config.ETL_Columns[{t}.{c.name}].SourceExpression = {c.expression!r}: one "
+                              f"expression, without ';' or a '--' comment (it is placed inside the SELECT)")
         for name, _t, _n in c.output_columns():
             other = owner.setdefault(name.lower(), c.name)
             if other != c.name:
@@ -172,6 +180,14 @@ def build_plan(table_row: dict, column_rows: list[dict]) -> TablePlan:
             raise ConfigError(f"table {t}: key column {k} is an array (EXTENT) field")
     if plan.date_col:
         kind = plan.by_name(plan.date_col).ctype.kind
+        if kind not in ("date", "timestamp", "timestamptz"):
+            raise ConfigError(f"config.ETL_Tables[{t}].DateModifCol = {plan.date_col!r} is a {kind} column: name "
+                              f"the DATE or TIMESTAMP column that records when a row changed (`cbm-etl discover` "
+                              f"proposes one), or leave it empty (loads are then full)")
+        if plan.time_of_day_col and plan.by_name(plan.time_of_day_col).ctype.kind not in ("int32", "int64"):
+            raise ConfigError(f"config.ETL_Tables[{t}].TimeOfDayCol = {plan.time_of_day_col!r} is not an INTEGER "
+                              f"column: name the one that holds the seconds since midnight (Progress's usual "
+                              f"`heure`), or leave it empty")
         if plan.has_timestamps and kind == "date" and plan.date_precision == "datetime":
             # `dat_mod >= 'D hh:mm'` skips the rows stamped D (they compare as midnight): same-day changes
             # would be missed without a word

@@ -83,8 +83,45 @@ class Settings:
         return f"source={self.source_kind}:{src} warehouse={self.warehouse_kind}:{wh}"
 
 
+_ISOLATIONS = ("READ_UNCOMMITTED", "DEFAULT")  # DEFAULT: the connection's own (DefaultIsolationLevel)
+
+
 def _env(name: str, default: str = "") -> str:
     return os.environ.get(name, default).strip()
+
+
+class SettingError(ValueError):
+    """A CBM_* setting holds a value the product cannot use: the message names it and what it takes."""
+
+
+def _int(name: str, default: int, minimum: int) -> int:
+    text = _env(name, str(default))
+    try:
+        value = int(text)
+    except ValueError:
+        raise SettingError(f"{name}={text!r}: a whole number is expected (default {default})") from None
+    if value < minimum:
+        raise SettingError(f"{name}={text!r}: at least {minimum} (default {default})")
+    return value
+
+
+def _choice(name: str, default: str, choices: tuple[str, ...], *, upper: bool = False) -> str:
+    text = _env(name, default)
+    value = "_".join(text.upper().split()) if upper else text.lower()  # `READ UNCOMMITTED` as in ODBC
+    if value not in choices:
+        raise SettingError(f"{name}={text!r}: one of {', '.join(choices)} (default {default})")
+    return value
+
+
+_SIZE = re.compile(r"\s*(\d+(\.\d+)?\s*([KMGT]i?B|[KMGT])|\d+(\.\d+)?\s*%|-1|none)\s*", re.I)
+
+
+def _size(name: str, default: str) -> str:
+    """A DuckDB memory limit: `256MB`, `1.5GB`, `2GiB`, `80%`, `-1` or `none` (no limit)."""
+    text = _env(name, default)
+    if not _SIZE.fullmatch(text):
+        raise SettingError(f"{name}={text!r}: a size such as 256MB, 1.5GB or 80% (default {default})")
+    return text
 
 
 def load_settings() -> Settings:
@@ -107,19 +144,19 @@ def load_settings() -> Settings:
         source_path=path("CBM_DEMO_SOURCE", var / "demo_source.sqlite"),
         source_odbc=_env("CBM_SOURCE_ODBC"),
         source_init_sql=tuple(s.strip() for s in init.split(";;") if s.strip()),
-        source_isolation=_env("CBM_SOURCE_ISOLATION", "READ_UNCOMMITTED").upper(),
-        source_dialect=_env("CBM_SOURCE_DIALECT", "openedge").lower(),
-        odbc_reader=_env("CBM_ODBC_READER", "auto").lower(),
+        source_isolation=_choice("CBM_SOURCE_ISOLATION", "READ_UNCOMMITTED", _ISOLATIONS, upper=True),
+        source_dialect=_choice("CBM_SOURCE_DIALECT", "openedge", ("openedge", "sqlite-standin")),
+        odbc_reader=_choice("CBM_ODBC_READER", "auto", ("auto", "arrow-odbc", "pyodbc")),
         warehouse_kind=_env("CBM_WAREHOUSE_KIND", "duckdb").lower(),
         duckdb_path=path("CBM_DUCKDB_PATH", var / "warehouse.duckdb"),
         mssql_odbc=_env("CBM_MSSQL_ODBC"),
         cache_dir=path("CBM_CACHE_DIR", var / "cache"),
-        batch_rows=int(_env("CBM_BATCH_ROWS", "50000")),
-        duckdb_memory_limit=_env("CBM_DUCKDB_MEMORY_LIMIT", "256MB"),
-        transform_memory_limit=_env("CBM_TRANSFORM_MEMORY_LIMIT", "256MB"),
-        duckdb_threads=int(_env("CBM_DUCKDB_THREADS", "2")),
-        query_timeout_s=int(_env("CBM_QUERY_TIMEOUT_S", "0")),
-        connect_retries=int(_env("CBM_CONNECT_RETRIES", "3")),
+        batch_rows=_int("CBM_BATCH_ROWS", 50000, 1),
+        duckdb_memory_limit=_size("CBM_DUCKDB_MEMORY_LIMIT", "256MB"),
+        transform_memory_limit=_size("CBM_TRANSFORM_MEMORY_LIMIT", "256MB"),
+        duckdb_threads=_int("CBM_DUCKDB_THREADS", 2, 1),
+        query_timeout_s=_int("CBM_QUERY_TIMEOUT_S", 0, 0),
+        connect_retries=_int("CBM_CONNECT_RETRIES", 3, 0),
         allow_empty_full=tuple(t.strip().lower() for t in _env("CBM_ALLOW_EMPTY_FULL").split(",") if t.strip()),
-        mssql_bulk_timeout_s=int(_env("CBM_MSSQL_BULK_TIMEOUT_S", "86400")),
+        mssql_bulk_timeout_s=_int("CBM_MSSQL_BULK_TIMEOUT_S", 86400, 1),
     )

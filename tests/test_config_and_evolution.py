@@ -288,3 +288,51 @@ def test_two_tables_loading_into_one_ods_table_is_a_config_error_naming_both(env
     assert "tables fournis and fournis2 both load into ods.fournis" in err and "DestinationTable" in err
     assert env.sql("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'ods' "
                    "AND table_name = 'fournis'") == [(0,)]  # refused before anything was written
+
+
+@pytest.mark.parametrize("table,sql,says", [
+    ("produit", "UPDATE config.ETL_Tables SET DateModifCol = 'libelle' WHERE TableName = 'produit'",
+     "DateModifCol = 'libelle' is a string column"),
+    ("produit", "UPDATE config.ETL_Tables SET TimeOfDayCol = 'libelle' WHERE TableName = 'produit'",
+     "TimeOfDayCol = 'libelle' is not an INTEGER column"),
+    ("client", "UPDATE config.ETL_Columns SET SqlName = '_etl_hashdiff', IsOverride = TRUE "
+               "WHERE TableName = 'client' AND ColumnName = 'ville'", "names starting with _etl_ are the pipeline"),
+    ("client", "UPDATE config.ETL_Columns SET SourceExpression = 'UPPER(\"ville\") AS ville;', IsOverride = TRUE "
+               "WHERE TableName = 'client' AND ColumnName = 'ville'", "without ';' or a '--' comment"),
+])
+def test_config_a_load_cannot_use_is_named_before_anything_runs(env, table, sql, says):
+    assert cbm_etl(["sync-columns", table]) == 0
+    env.sql(sql)
+    assert not succeeded(build(LoadTable(table=table, mode="full")))
+    [(err,)] = env.sql("SELECT ErrorMessage FROM etl.ETL_Log WHERE Status = 'FAILED'")
+    assert says in err and "ConfigError" in err
+    assert env.sql(f"SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'ods' "
+                   f"AND table_name = '{table}'") == [(0,)]
+
+
+def test_a_double_dash_inside_a_string_literal_is_not_a_comment(env):
+    assert cbm_etl(["sync-columns", "client"]) == 0
+    env.sql("""UPDATE config.ETL_Columns SET SourceExpression = 'REPLACE("ville", ''--'', ''-'') AS ville',
+               IsOverride = TRUE WHERE TableName = 'client' AND ColumnName = 'ville'""")
+    assert succeeded(build(LoadTable(table="client", mode="full")))
+
+
+def test_tables_csv_as_excel_saves_it_loads_and_what_it_cannot_read_is_refused_by_line(env, tmp_path, capsys):
+    good = tmp_path / "excel.csv"  # a French Excel: UTF-8 with BOM, ';' between fields, spaces, oui/non
+    good.write_text("\ufeffTableName ; PrimaryKeyCols ; IsActive ; IsCritical ; Priority\n"
+                    "xa ; id ; oui ; non ; 5\nxb;id;O;1;7\n", encoding="utf-8")
+    assert cbm_etl(["init-db", "--tables-csv", str(good)]) == 0
+    assert env.sql("SELECT TableName, PrimaryKeyCols, IsActive, IsCritical, Priority FROM config.ETL_Tables "
+                   "WHERE TableName IN ('xa', 'xb') ORDER BY 1") == [("xa", "id", True, False, 5),
+                                                                     ("xb", "id", True, True, 7)]
+    for text, says in (("TableName,PrimaryKeyCol\nxc,id\n", "PrimaryKeyCol"),
+                       ("TableName,IsActive\nxc,maybe\n", "line 2, column IsActive: 'maybe' is not 1/0"),
+                       ("TableName,Priority\nxc,10.0\n", "line 2, column Priority: '10.0' is not a number"),
+                       ("TableName,Priority\nxc,1\nxc,2\n", "line 3: table xc appears twice"),
+                       ("TableName,Notes\nxc,a,b\n", "line 2: more fields than the header")):
+        bad = tmp_path / "bad.csv"
+        bad.write_text(text, encoding="utf-8")
+        capsys.readouterr()
+        assert cbm_etl(["init-db", "--tables-csv", str(bad)]) == 1
+        assert says in capsys.readouterr().err
+    assert env.sql("SELECT COUNT(*) FROM config.ETL_Tables WHERE TableName = 'xc'") == [(0,)]

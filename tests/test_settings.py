@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import logging
+import re
+
+import pytest
 
 import cbm_luigi  # noqa: F401 — installs the log masking, as `luigi --module cbm_luigi` does
-from cbm_luigi.settings import mask_secrets
+from cbm_luigi.settings import SettingError, load_settings, mask_secrets
 
 
 def test_mask_secrets_handles_braces_quotes_and_escapes():
@@ -39,3 +42,27 @@ def test_masking_stops_at_the_line_end():
     """A masked value ends at `;` or the end of its line: the rest of a traceback stays readable."""
     assert mask_secrets("UID=u;PWD=x\nTraceback (most recent call last):") == \
         "UID=u;PWD=***\nTraceback (most recent call last):"
+
+
+@pytest.mark.parametrize("name,value,says", [
+    ("CBM_BATCH_ROWS", "50k", "a whole number"), ("CBM_BATCH_ROWS", "0", "at least 1"),
+    ("CBM_DUCKDB_THREADS", "0", "at least 1"), ("CBM_CONNECT_RETRIES", "-1", "at least 0"),
+    ("CBM_QUERY_TIMEOUT_S", "-1", "at least 0"), ("CBM_MSSQL_BULK_TIMEOUT_S", "1h", "a whole number"),
+    ("CBM_DUCKDB_MEMORY_LIMIT", "lots", "a size such as"), ("CBM_TRANSFORM_MEMORY_LIMIT", "256 MBs", "a size"),
+    ("CBM_SOURCE_DIALECT", "progress", "one of openedge, sqlite-standin"),
+    ("CBM_ODBC_READER", "arrow_odbc", "one of auto, arrow-odbc, pyodbc"),
+    ("CBM_SOURCE_ISOLATION", "dirty", "one of READ_UNCOMMITTED, DEFAULT")])
+def test_a_setting_the_product_cannot_use_is_named(monkeypatch, name, value, says):
+    monkeypatch.setenv("CBM_ENV_FILE", "/nonexistent")
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingError, match=rf"^{name}={re.escape(repr(value))}: {says}"):
+        load_settings()
+
+
+def test_settings_take_the_spellings_operators_use(monkeypatch):
+    monkeypatch.setenv("CBM_ENV_FILE", "/nonexistent")
+    for limit in ("1.5GB", "80%", "256 MB", "2GiB", "-1"):
+        monkeypatch.setenv("CBM_DUCKDB_MEMORY_LIMIT", limit)
+        assert load_settings().duckdb_memory_limit == limit
+    monkeypatch.setenv("CBM_SOURCE_ISOLATION", "read uncommitted")  # as in the ODBC connection string
+    assert load_settings().source_isolation == "READ_UNCOMMITTED"
