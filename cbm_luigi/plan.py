@@ -184,6 +184,11 @@ def build_plan(table_row: dict, column_rows: list[dict]) -> TablePlan:
             raise ConfigError(f"config.ETL_Tables[{t}].DateModifCol = {plan.date_col!r} is a {kind} column: name "
                               f"the DATE or TIMESTAMP column that records when a row changed (`cbm-etl discover` "
                               f"proposes one), or leave it empty (loads are then full)")
+        if kind != "date" and (plan.date_precision == "date" or plan.time_of_day_col):
+            # a TIMESTAMP compared with a DATE parameter (OpenEdge may refuse it), and its own time of day counted
+            # twice in _etl_source_ts when a TimeOfDayCol is added
+            raise ConfigError(f"config.ETL_Tables[{t}]: DateModifCol {plan.date_col!r} is a TIMESTAMP, which carries "
+                              f"its own time: set DateModifPrecision = 'datetime' and leave TimeOfDayCol empty")
         if plan.time_of_day_col and plan.by_name(plan.time_of_day_col).ctype.kind not in ("int32", "int64"):
             raise ConfigError(f"config.ETL_Tables[{t}].TimeOfDayCol = {plan.time_of_day_col!r} is not an INTEGER "
                               f"column: name the one that holds the seconds since midnight (Progress's usual "

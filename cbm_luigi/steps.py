@@ -159,7 +159,9 @@ def _check_keys(s: Session, wh: Warehouse, plan: TablePlan, spec: MergeSpec) -> 
         raise DuplicateKeyError(
             f"table {plan.table}: the batch has duplicate keys ({', '.join(plan.keys)}); first: {shown(dups, True)}. "
             f"Nothing was merged. Check PrimaryKeyCols in config.ETL_Tables (`cbm-etl discover` proposes "
-            f"the unique index) or fix the rows in Progress.")
+            f"the unique index) or fix the rows in Progress. If the key is right, a row updated in Progress "
+            f"while it was read can come twice (READ UNCOMMITTED reads follow a row that moves in the index): "
+            f"rerun the table.")
 
 
 def _refuse_ods_duplicates(s: Session, wh: Warehouse, plan: TablePlan, spec: MergeSpec) -> None:

@@ -336,3 +336,18 @@ def test_tables_csv_as_excel_saves_it_loads_and_what_it_cannot_read_is_refused_b
         assert cbm_etl(["init-db", "--tables-csv", str(bad)]) == 1
         assert says in capsys.readouterr().err
     assert env.sql("SELECT COUNT(*) FROM config.ETL_Tables WHERE TableName = 'xc'") == [(0,)]
+
+
+def test_a_timestamp_modification_column_needs_datetime_precision_and_a_commented_filter_loads(env):
+    demo_source.add_table(env.source, demo_source.TableDef(
+        "tsm", [demo_source.Col("id", "integer", nullable=False), demo_source.Col("ts", "timestamp"),
+                demo_source.Col("heure", "integer")], ("id",), [(1, "2026-01-01 10:00:00", 0)]))
+    env.sql("INSERT INTO config.ETL_Tables (TableName, PrimaryKeyCols, DateModifCol, TimeOfDayCol, FilterClause) "
+            "VALUES ('tsm', 'id', 'ts', 'heure', 'id > 0 -- every row')")
+    assert not succeeded(build(LoadTable(table="tsm", mode="full")))
+    [(err,)] = env.sql("SELECT ErrorMessage FROM etl.ETL_Log WHERE Status = 'FAILED'")
+    assert "DateModifCol 'ts' is a TIMESTAMP" in err and "DateModifPrecision = 'datetime'" in err
+    env.sql("UPDATE config.ETL_Tables SET DateModifPrecision = 'datetime', TimeOfDayCol = NULL "
+            "WHERE TableName = 'tsm'")
+    assert succeeded(build(LoadTable(table="tsm", mode="full", batch_tag="fixed")))
+    assert env.sql("SELECT id FROM ods.tsm") == [(1,)]

@@ -36,7 +36,7 @@ def test_extract_sql_for_progress_hyphens_reserved_words_arrays_and_window():
         'SELECT "cod_pro" AS "cod_pro", "gencod-v" AS "gencod_v_2", "order" AS "order_", "zal" AS "zal", '
         '"Mixed-Case" AS "mixed_case", SUBSTRING("desc", 1, 200) AS "desc_" FROM PUB."produit" '
         'WHERE "dat_mod" >= CAST(? AS DATE) AND ("dat_mod" > CAST(? AS DATE) OR "heure" >= 52205 OR "heure" IS NULL)'
-        ' AND ("cod_soc" = 1)')  # the dat_mod range is a top-level AND term: the server can use its index
+        ' AND ("cod_soc" = 1\n)')  # the dat_mod range is a top-level AND term: the server can use its index
     assert params == ["2026-11-26", "2026-11-26"]
     sql, params = OE.extract_sql("lignecli", cols[:1], Window("dat_mod", datetime(2026, 11, 26, 23, 0), "date"))
     assert sql.endswith('FROM PUB."lignecli" WHERE "dat_mod" >= CAST(? AS DATE)') and params == ["2026-11-26"]
@@ -326,3 +326,9 @@ def test_conform_takes_fixed_size_and_large_binaries_into_a_binary_column():
     for arr in (pa.array([b"abcd", None], pa.binary(4)), pa.array([b"abcd", None], pa.large_binary())):
         batch = pa.record_batch([pa.array([1, 2], pa.int32()), arr], names=["k", "v"])
         assert conform_batch(batch, schema, table="t", keys=["k"]).column("v").to_pylist() == [b"abcd", None]
+
+
+def test_a_filter_clause_ending_in_a_comment_keeps_the_parenthesis():
+    cols = [SourceColumn("cod", "cod")]
+    sql, _ = OE.extract_sql("t", cols, None, '"x" = 1 -- only company 1')
+    assert sql.endswith('WHERE ("x" = 1 -- only company 1\n)')

@@ -100,7 +100,7 @@ class OpenEdgeDialect:
             pred, params = self.window_predicate(window)
             where.append(pred)
         if filter_clause and filter_clause.strip():
-            where.append(f"({filter_clause.strip()})")
+            where.append(f"({filter_clause.strip()}\n)")  # a trailing `-- comment` ends at the line end
         sql = "SELECT " + ", ".join(c.select_item() for c in columns) + " FROM " + self.table_ref(table)
         if where:
             sql += " WHERE " + " AND ".join(where)
