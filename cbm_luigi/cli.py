@@ -82,27 +82,22 @@ def cmd_demo_change(args) -> int:
 def cmd_invalidate(args) -> int:
     """Forget a table's completed steps (one batch or all) so the next run reloads it."""
     from .naming import cache_file_stem
-    from .tasks import check_batch_tag
+    from .tasks import check_batch_id
 
     settings = load_settings()
-    if args.batch is not None:  # a batch id is the batch date, then `-<tag>`: never a pattern of several
-        m = re.fullmatch(r"(\d{4}-\d{2}-\d{2})(?:-(.+))?", args.batch)
+    if args.batch is not None:  # one batch, never a pattern of several (the cache glob would take it as one)
         try:
-            if not m:
-                raise ValueError(args.batch)
-            datetime.strptime(m.group(1), "%Y-%m-%d")
-            check_batch_tag(m.group(2) or "")
-        except ValueError:
-            print(f"invalidate: --batch {args.batch!r} is not a batch id (YYYY-MM-DD or YYYY-MM-DD-<tag>)",
-                  file=sys.stderr)
+            check_batch_id(args.batch)
+        except ValueError as exc:
+            print(f"invalidate: --batch {exc}", file=sys.stderr)
             return 2
     wh = open_warehouse(settings)
     with wh.session() as s, s.transaction():
-        known = s.scalar("SELECT COUNT(*) FROM config.ETL_Tables WHERE TableName = ?", [args.table])
+        if not s.scalar("SELECT COUNT(*) FROM config.ETL_Tables WHERE TableName = ?", [args.table]):
+            print(f"invalidate: no table {args.table!r} in config.ETL_Tables (names as in Progress)",
+                  file=sys.stderr)
+            return 1
         n = remove_markers(s, table=args.table, batch_id=args.batch)
-    if not known:
-        print(f"invalidate: no table {args.table!r} in config.ETL_Tables (names as in Progress)", file=sys.stderr)
-        return 1
     removed = 0
     if args.from_step == "extract":
         for p in settings.cache_dir.glob(f"{args.batch or '*'}/*/{cache_file_stem(args.table)}.*.parquet"):

@@ -78,6 +78,18 @@ def check_batch_tag(tag: str) -> None:
                          "(batch ids are stored in 64-character columns): use a shorter tag")
 
 
+def check_batch_id(batch_id: str) -> None:
+    """A batch id as CbmTask.batch_id spells it: the batch date, then `-<tag>` (a valid tag) when there is one."""
+    day, tag = batch_id[:10], batch_id[11:]
+    try:
+        sep = batch_id[10:11]
+        if date.fromisoformat(day).isoformat() != day or sep not in ("", "-") or (sep == "-" and not tag):
+            raise ValueError(batch_id)
+        check_batch_tag(tag)
+    except ValueError:
+        raise ValueError(f"{batch_id!r} is not a batch id (YYYY-MM-DD or YYYY-MM-DD-<tag>)") from None
+
+
 class CbmTask(luigi.Task):
     table = luigi.Parameter(description="source table name as in Progress (PUB.<table>)")
     mode = luigi.ChoiceParameter(choices=["full", "incremental"], default="incremental")
