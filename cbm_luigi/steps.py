@@ -17,7 +17,8 @@ from .targets import MarkerTarget, StageTarget, record_merged, staged_batch
 from .transform import SHAPED_TECH, TechnicalValues
 from .warehouse.base import Session, Warehouse
 from .warehouse.statements import (Column, MergeSpec, alters_column, create_table, duplicate_keys, evolve,
-                                   merge_counts, merge_statements, null_keys, tech_columns, validation_counts)
+                                   merge_counts, merge_statements, null_keys, tech_columns, unread_columns,
+                                   validation_counts)
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +228,15 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
             s.execute(stmt)
         for c in changes:
             log.warning("schema change: %s", c)
+        unread = unread_columns(existing, wanted)
+        if unread:
+            kept = ("new versions get NULL, older ones keep their values" if plan.is_dimension else
+                    "rows keep the values loaded before, new rows get NULL")
+            note = (f"ods.{plan.destination} columns no longer loaded (excluded, gone from the source, or an array "
+                    f"now kept whole): {', '.join(unread)}; they are no longer written ({kept}). Drop them from ods "
+                    f"if they are not wanted")
+            log.warning("table %s: %s", plan.table, note)
+            changes.append(note)
         record.detail = "; ".join(changes) or None
         wh.before_merge(s, len(spec.columns))
         inserted, updated, unchanged, deleted, batch_rows = s.query(merge_counts(d, spec))[0]

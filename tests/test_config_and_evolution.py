@@ -36,6 +36,27 @@ def test_sync_keeps_operator_choices_and_overrides_apply(env):
         assert villes == {r[0] for r in con.execute("SELECT UPPER(ville) FROM client")}  # the override ran
 
 
+@pytest.mark.parametrize("table, key, column", [("produit", "cod_pro", "libelle"), ("client", "cod_cli", "email")])
+def test_a_column_no_longer_loaded_is_kept_and_said_at_every_merge(env, table, key, column):
+    """produit is type 1 (rows keep the value), client SCD2 (its history keeps it; new versions, opened because
+    the hashdiff no longer holds the column, have NULL)."""
+    assert succeeded(build(LoadTable(table=table, mode="full", batch_tag="a")))
+    before = dict(env.sql(f"SELECT {key}, {column} FROM ods.{table}"))
+    env.sql("UPDATE config.ETL_Columns SET IsExcluded = TRUE WHERE TableName = ? AND ColumnName = ?", [table, column])
+    for tag in ("b", "c"):
+        assert succeeded(build(LoadTable(table=table, mode="full", batch_tag=tag)))
+        detail = env.sql("SELECT Detail FROM etl.ETL_Log WHERE Step = 'merge' AND BatchId LIKE ?", [f"%-{tag}"])[0][0]
+        assert f"columns no longer loaded (excluded, gone from the source, or an array now kept whole): {column};" \
+            in detail, detail
+    if table == "produit":
+        assert dict(env.sql(f"SELECT {key}, {column} FROM ods.{table}")) == before  # nothing dropped or blanked
+        assert "rows keep the values loaded before" in detail
+    else:
+        assert dict(env.sql(f"SELECT {key}, {column} FROM ods.{table} WHERE _etl_batch_id LIKE '%-a'")) == before
+        assert env.sql(f"SELECT COUNT({column}) FROM ods.{table} WHERE _etl_is_current")[0][0] == 0
+        assert "new versions get NULL, older ones keep their values" in detail
+
+
 def test_names_are_made_sql_safe_once(env):
     assert cbm_etl(["sync-columns", "produit"]) == 0
     names = dict(env.sql("SELECT ColumnName, SqlName FROM config.ETL_Columns WHERE TableName = 'produit'"))

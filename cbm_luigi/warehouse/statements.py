@@ -181,6 +181,14 @@ def evolve(d: WarehouseDialect, schema: str, table: str, wanted: list[Column],
     return stmts, changes
 
 
+def unread_columns(existing: dict[str, tuple[str, bool]], wanted: list[Column]) -> list[str]:
+    """Business columns of the existing table that the plan no longer loads (excluded, gone from the source, an
+    array now kept whole): they keep what was loaded before, and rows merged from now on leave them as they
+    are (NULL in new rows). Nothing is dropped; the merge says so every time, until an operator decides."""
+    read = {c.name.lower() for c in wanted}
+    return sorted(n for n in existing if n.lower() not in read and n not in TECH_COLUMNS)
+
+
 def _base(type_text: str) -> str:
     return type_text.upper().split("(")[0].strip()
 
