@@ -185,6 +185,22 @@ def _ods_columns(wh: Warehouse, s: Session, plan: TablePlan) -> dict[str, tuple[
     return wh.table_columns(s, "ods", plan.destination)
 
 
+def _check_history_kind(plan: TablePlan, existing: dict[str, tuple[str, bool]]) -> None:
+    """ods.<t> must be of the kind the plan merges (SCD2 history or type 1): IsDimension switched after ods was
+    built failed inside the MERGE (a missing column), or as a duplicate key for history that became type 1."""
+    if not existing:
+        return
+    built_scd2 = "_etl_is_current" in existing
+    if built_scd2 == plan.is_dimension:
+        return
+    was, now = ("an SCD2 dimension (history)", "type 1") if built_scd2 else ("type 1", "an SCD2 dimension")
+    raise ConfigError(
+        f"table {plan.table}: ods.{plan.destination} was built as {was}, and config.ETL_Tables now says "
+        f"IsDimension = {int(plan.is_dimension)} ({now}). Nothing was merged. Set IsDimension back to "
+        f"{int(built_scd2)}; or, to change the kind, keep a copy of ods.{plan.destination} (its history or "
+        f"soft deletes), drop it and rerun the table in full mode (`--mode full`).")
+
+
 def stage_lengths(s: Session, wh: Warehouse, plan: TablePlan) -> dict[str, int]:
     """Longest value of each string and binary column in stg (sizes NVARCHAR(n) / VARBINARY(n) on SQL Server,
     where a value longer than the ods column fails the MERGE; DuckDB needs none)."""
@@ -216,6 +232,7 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
         _check_keys(s, wh, plan, spec)
         wanted = stage_columns(plan, stage_lengths(s, wh, plan))
         existing = _ods_columns(wh, s, plan)
+        _check_history_kind(plan, existing)
         if not existing:
             stmts, changes = [create_table(d, "ods", plan.destination, wanted, ods=True, scd2=plan.is_dimension)], []
         else:

@@ -372,3 +372,15 @@ def test_a_timestamp_modification_column_needs_datetime_precision_and_a_commente
             "WHERE TableName = 'tsm'")
     assert succeeded(build(LoadTable(table="tsm", mode="full", batch_tag="fixed")))
     assert env.sql("SELECT id FROM ods.tsm") == [(1,)]
+
+
+@pytest.mark.parametrize("table, was", [("produit", "type 1"), ("client", "an SCD2 dimension (history)")])
+def test_switching_is_dimension_after_ods_is_built_is_a_config_error_with_the_way_out(env, table, was):
+    assert succeeded(build(LoadTable(table=table, mode="full", batch_tag="a")))
+    before = env.sql(f"SELECT COUNT(*), MAX(_etl_batch_id) FROM ods.{table}")
+    env.sql("UPDATE config.ETL_Tables SET IsDimension = NOT IsDimension WHERE TableName = ?", [table])
+    assert not succeeded(build(LoadTable(table=table, mode="full", batch_tag="b")))
+    [(step, err)] = env.sql("SELECT Step, ErrorMessage FROM etl.ETL_Log WHERE Status = 'FAILED'")
+    assert step == "merge" and err.startswith(f"ConfigError: table {table}: ods.{table} was built as {was}")
+    assert "Nothing was merged" in err and "drop it and rerun the table in full mode" in err
+    assert env.sql(f"SELECT COUNT(*), MAX(_etl_batch_id) FROM ods.{table}") == before

@@ -128,3 +128,29 @@ def test_a_batch_of_new_keys_only_is_inserted_without_touching_the_rest(env):
     versions = env.sql("SELECT _etl_is_current, _etl_valid_to IS NULL, _etl_valid_from IS NOT NULL FROM ods.client "
                        "WHERE cod_cli = ?", [added["client"][0]])
     assert versions == [(True, True, True)]
+
+
+def test_a_dimension_member_deleted_then_back_unchanged_keeps_its_deletion_in_the_history(env):
+    """famille is SCD2 without a modification date (read in full): a key deleted at the source is flagged on its
+    current version; when it comes back as it was, that version is closed with its deletion kept and a new one
+    opens (reviving it in place erased the period the member did not exist)."""
+    assert succeeded(build(LoadTable(table="famille", mode="full", batch_tag="a")))
+    with sqlite3.connect(env.source) as con:
+        row = con.execute("SELECT * FROM famille ORDER BY cod_fam LIMIT 1").fetchone()
+        key = row[0]
+        con.execute("DELETE FROM famille WHERE cod_fam = ?", [key])
+    con.close()
+    assert succeeded(build(LoadTable(table="famille", mode="full", batch_tag="b")))
+    with sqlite3.connect(env.source) as con:
+        con.execute(f"INSERT INTO famille VALUES ({', '.join('?' * len(row))})", row)
+    con.close()
+    assert succeeded(build(LoadTable(table="famille", mode="full", batch_tag="c")))
+    versions = env.sql("SELECT _etl_is_current, _etl_is_deleted, _etl_deleted_at IS NOT NULL, "
+                       "_etl_valid_to IS NOT NULL, _etl_batch_id FROM ods.famille WHERE cod_fam = ? "
+                       "ORDER BY _etl_valid_from", [key])
+    assert versions == [(False, True, True, True, f"{DAY}-a"), (True, False, False, False, f"{DAY}-c")]
+    assert_ods_equals_source(env, "famille")
+    merge = env.sql("SELECT RowsInserted, RowsUpdated, RowsDeleted FROM etl.ETL_Log WHERE Step = 'merge' "
+                    "AND BatchId = ?", [f"{DAY}-c"])
+    assert merge == [(0, 1, 0)]
+    assert env.sql("SELECT COUNT(*) FROM etl.ETL_Validation WHERE NOT Passed")[0][0] == 0

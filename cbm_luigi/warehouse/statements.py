@@ -280,16 +280,12 @@ def merge_type1(d: WarehouseDialect, spec: MergeSpec) -> tuple[str, int]:
 
 
 def scd2_close(d: WarehouseDialect, spec: MergeSpec) -> tuple[str, int]:
-    """SCD2 step 1: close the current version of changed keys, revive unchanged soft-deleted ones, and (full
-    mode) flag the current version of absent keys as deleted. One WHEN MATCHED clause (SQL Server allows only
-    one UPDATE clause per MERGE), the change decided per row."""
-    changed = "t._etl_hashdiff <> s._etl_hashdiff"
+    """SCD2 step 1: close the current version of changed keys and of soft-deleted keys that came back (their
+    deletion stays in the history: the closed version keeps `_etl_is_deleted` and `_etl_deleted_at`), and (full
+    mode) flag the current version of absent keys as deleted. scd2_insert then opens the new versions."""
     sql = (f"{_merge_head(d, spec, ' AND ' + d.is_true('t._etl_is_current'))}\n"
-           f"WHEN MATCHED AND ({changed} OR {d.is_true('t._etl_is_deleted')}) THEN UPDATE SET "
-           f"_etl_valid_to = CASE WHEN {changed} THEN ? ELSE t._etl_valid_to END, "
-           f"_etl_is_current = CASE WHEN {changed} THEN {d.false} ELSE {d.true} END, "
-           f"_etl_is_deleted = CASE WHEN {changed} THEN t._etl_is_deleted ELSE {d.false} END, "
-           f"_etl_deleted_at = CASE WHEN {changed} THEN t._etl_deleted_at ELSE NULL END"
+           f"WHEN MATCHED AND (t._etl_hashdiff <> s._etl_hashdiff OR {d.is_true('t._etl_is_deleted')}) THEN "
+           f"UPDATE SET _etl_valid_to = ?, _etl_is_current = {d.false}"
            f"{_soft_delete_clause(d, spec)}{_tail(d)}")
     return sql, sql.count("?")
 
