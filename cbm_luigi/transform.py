@@ -146,7 +146,7 @@ def transform_sql(plan: TablePlan, source_sql: str) -> str:
         if not c.extent:
             outer.append(_q(c.sql_name))
             continue
-        lst = f"_l_{len(inner)}"
+        lst = f"_etl_l_{len(inner)}"  # the reserved prefix: no business column can be named so
         what = f" array elements but the catalog says EXTENT {c.extent}; run cbm-etl sync-columns {plan.table}"
         too_many = (f"error({_lit(f'table {plan.table}, column {c.name}, key ')} || {key_text} || ': ' || "
                     f"CAST(len({lst}) AS VARCHAR) || {_lit(what)})")

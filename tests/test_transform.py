@@ -72,6 +72,17 @@ def test_extent_arrays_split_with_escapes_and_unknown(tmp_path):
     assert two[0]["zta"] != two[1]["zta"] and two[0]["_etl_hashdiff"] != two[1]["_etl_hashdiff"]
 
 
+def test_a_column_named_like_an_internal_alias_does_not_replace_the_array(tmp_path):
+    """Progress `øl-0` becomes `_l_0` (ø has no decomposition): the transform's list aliases used that name, and
+    the array was split from the other column's text ('pq' -> 'p', 'q')."""
+    cols = [PlanColumn("id", "id", I, False), PlanColumn("zal", "zal", S, extent=2),
+            PlanColumn("øl-0", "_l_0", S), PlanColumn("zta", "zta", S, extent=2, array_mode="single"),
+            PlanColumn("l1", "_l_1", S)]
+    rows = run(tmp_path, cols, {"id": [1], "zal": ["alpha;beta"], "_l_0": ["pq"], "zta": ["a;b"], "_l_1": ["xyz"]})
+    assert [(r["zal_1"], r["zal_2"], r["_l_0"], r["zta"], r["_l_1"]) for r in rows] == [
+        ("alpha", "beta", "pq", "a;b", "xyz")]
+
+
 def test_too_many_elements_in_a_kept_whole_array_is_an_error_too(tmp_path):
     cols = [PlanColumn("id", "id", I, False), PlanColumn("zta", "zta", S, extent=2, array_mode="single")]
     with pytest.raises(Exception, match=r"table t, column zta, key id=2: 3 array elements but the catalog says "
