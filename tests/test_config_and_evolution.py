@@ -301,9 +301,11 @@ def test_key_and_date_columns_in_config_ignore_case_as_progress_names_do(env):
     assert_ods_equals_source(env, "produit")
 
 
-def test_two_tables_loading_into_one_ods_table_is_a_config_error_naming_both(env):
+@pytest.mark.parametrize("destination", ["FOURNIS", "fôurnis", " Fournis "])
+def test_two_tables_loading_into_one_ods_table_is_a_config_error_naming_both(env, destination):
+    """Whatever makes the two names one: case, an accent or blanks around it (dropped by the naming rules)."""
     env.sql("INSERT INTO config.ETL_Tables (TableName, DestinationTable, PrimaryKeyCols) "
-            "VALUES ('fournis2', 'FOURNIS', 'cod_fou')")  # fournis loads into ods.fournis already
+            "VALUES ('fournis2', ?, 'cod_fou')", [destination])  # fournis loads into ods.fournis already
     assert not succeeded(build(LoadTable(table="fournis", mode="full")))
     [(err,)] = env.sql("SELECT ErrorMessage FROM etl.ETL_Log WHERE Status = 'FAILED'")
     assert "tables fournis and fournis2 both load into ods.fournis" in err and "DestinationTable" in err
