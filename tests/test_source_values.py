@@ -189,3 +189,17 @@ def test_number_and_date_arrays_arrive_whole_through_every_reader(env, monkeypat
     assert load(env, monkeypatch, reader, table) is None
     assert env.sql("SELECT qte_1, qte_2, qte_3, dts_1, dts_2 FROM ods.arr") == [("1.5", "2", None, "2026-01-31",
                                                                                 "2026-02-01")]
+
+
+def test_a_time_zone_timestamp_pushed_past_year_9999_by_its_offset_is_refused_in_utc():
+    """DATETIME-TZ lands in UTC: 9999-12-31 23:30-01:00 is year 10000 there, which no warehouse column holds."""
+    import pyarrow as pa
+
+    schema = pa.schema([pa.field("id", pa.int32()), pa.field("t", pa.timestamp("us", "UTC"))])
+    batch = pa.record_batch([pa.array([1, 2], pa.int32()),
+                             pa.array(["0001-01-01 00:30:00+00:00", "9999-12-31 23:30:00-01:00"])], names=["id", "t"])
+    with pytest.raises(conform.SourceValueError, match=r"table x, column t, key id=2: value '10000-01-01 00:30:00"
+                                                       r".*outside years 1 to 9999.*\(in UTC\)"):
+        conform.conform_batch(batch, schema, table="x", keys=["id"])
+    ok = conform.conform_batch(batch.slice(0, 1), schema, table="x", keys=["id"])
+    assert ok.column("t")[0].as_py() == datetime(1, 1, 1, 0, 30, tzinfo=ok.column("t")[0].as_py().tzinfo)

@@ -509,6 +509,9 @@ def stage_table(plan: TablePlan, rows: int = 7) -> pa.Table:
 def _canned(batch_id="2024-01-01", plan=None, ods_exists=False, mode="full"):
     names = [n for n, t, _ in plan.output_columns() if t.kind == "string"] if plan else []
     info = [(n, "nvarchar", 4, None, None, None, "YES") for n in names[:1]] if ods_exists else []
+    if ods_exists and plan:  # the technical column that tells which kind ods was built as
+        info.append(("_etl_is_current", "bit", None, None, None, None, "NO") if plan.is_dimension else
+                    ("_etl_inserted_at", "datetime2", None, None, None, 3, "NO"))
     return [
         (r"SELECT t\.LastSuccessTs, st\.MergedExtractStartedAt", [(None, None)]),
         (r"FROM etl\.ETL_TableState", [{"BatchId": batch_id, "Mode": mode, "RunId": "run-0", "Rows": 7,

@@ -10,10 +10,12 @@ logical column (made True) and a logical in a non-logical column (made 1).
 from __future__ import annotations
 
 import logging
+from datetime import date
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..types import MAX_DATE, MIN_DATE
 from .errors import SourceValueError
 
 log = logging.getLogger(__name__)
@@ -37,8 +39,40 @@ def _first_bad(src: pa.Array, target: pa.DataType) -> int | None:
 
 
 def _key_text(batch: pa.RecordBatch, keys: list[str], i: int) -> str:
-    parts = [f"{k}={batch.column(k)[i].as_py()!r}" for k in keys if k in batch.schema.names]
+    parts = [f"{k}={_shown(batch.column(k), i)}" for k in keys if k in batch.schema.names]
     return ", ".join(parts) or f"row {i} of the batch"
+
+
+def _shown(arr: pa.Array, i: int) -> str:
+    """Value `i` for a message; as Arrow prints it when Python cannot hold it (a date of year 0 or 10000)."""
+    try:
+        return repr(arr[i].as_py())
+    except (ValueError, OverflowError):
+        return repr(pc.cast(arr.slice(i, 1), pa.string())[0].as_py())
+
+
+_EPOCH = date(1970, 1, 1).toordinal()
+_EPOCH_DAYS = (MIN_DATE.toordinal() - _EPOCH, MAX_DATE.toordinal() - _EPOCH)  # date32's own unit
+_PER_SECOND = {"s": 1, "ms": 1000, "us": 10**6, "ns": 10**9}
+
+
+def _out_of_range(arr: pa.Array) -> int | None:
+    """Index of the first date or timestamp outside years 1..9999 (what OpenEdge SQL, DuckDB and SQL Server
+    hold; Arrow takes year 0 or 10000 from the driver's text or struct without a word), else None. Time-zone
+    timestamps are checked in UTC, as they are stored."""
+    t = arr.type
+    if pa.types.is_date32(t):
+        lo, hi, raw = *_EPOCH_DAYS, arr.view(pa.int32())
+    elif pa.types.is_timestamp(t):
+        per = _PER_SECOND[t.unit]
+        lo, hi = _EPOCH_DAYS[0] * 86400 * per, (_EPOCH_DAYS[1] + 1) * 86400 * per - 1
+        raw = arr.view(pa.int64())
+    else:
+        return None
+    low, high = pc.min_max(raw).values()
+    if low.as_py() is None or (low.as_py() >= lo and high.as_py() <= hi):
+        return None
+    return pc.index(pc.or_(pc.less(raw, lo), pc.greater(raw, hi)), True).as_py()
 
 
 def _all(mask: pa.Array) -> bool:
@@ -175,6 +209,12 @@ def conform_batch(batch: pa.RecordBatch, schema: pa.Schema, *, table: str, keys:
             raise SourceValueError(
                 f"table {table}, column {field.name}, key {where}: value {value!r} does not fit "
                 f"{field.type} without loss ({exc}). To carry it over: {_FIX}.") from None
+        bad = _out_of_range(arrays[-1])
+        if bad is not None:
+            raise SourceValueError(
+                f"table {table}, column {field.name}, key {_key_text(batch, keys, bad)}: value "
+                f"{_shown(arrays[-1], bad)} is outside years 1 to 9999, which the warehouse cannot hold"
+                f"{' (in UTC)' if getattr(field.type, 'tz', None) else ''}. To carry it over: {_FIX}.")
         if not field.nullable and arrays[-1].null_count:
             i = pc.index(pc.is_null(arrays[-1]), True).as_py()
             raise SourceValueError(f"table {table}, column {field.name}, key {_key_text(batch, keys, i)}: NULL "

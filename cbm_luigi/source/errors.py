@@ -30,6 +30,12 @@ _RULES: list[tuple[re.Pattern, str, bool]] = [
      "a text or binary value is longer than the arrow-odbc reader's buffer for its column (nothing was cut). "
      "Exclude the column (IsExcluded = 1), read part of it with a SourceExpression override (e.g. SUBSTRING), "
      "or read the source with CBM_ODBC_READER=pyodbc, which fetches long values whole", False),
+    (re.compile(r"year -?\d+ is out of range", re.I),
+     "a DATE or TIMESTAMP value is outside years 1 to 9999, which the warehouse cannot hold (pyodbc cannot even "
+     "read it into Python). The arrow-odbc reader (CBM_ODBC_READER=arrow-odbc) names its column and key; or find "
+     "it with `SELECT ... FROM PUB.<table> WHERE <column> < '0001-01-01' OR <column> > '9999-12-31'` for each "
+     "date column. Then fix the row in Progress, or give the column a SourceExpression override (e.g. CASE) or "
+     "exclude it (IsExcluded = 1), and rerun the table", False),
     (re.compile(r"\(7512\)|access denied|authorization failed", re.I),
      "the ODBC user may not read this table: GRANT SELECT ON PUB.<table> TO <etl user> in OpenEdge SQL", False),
     (re.compile(r"IM003|\b193\b", re.I),
