@@ -73,10 +73,27 @@ def _safe(name: str) -> str:
 
 
 def dependencies(s: Session) -> dict[str, list[str]]:
+    """config.ETL_Dependencies as {table: [tables it waits for]}, each name spelled as in config.ETL_Tables
+    (Progress names ignore case: `Fournis` is `fournis`); a name not configured stays as written."""
+    spelled = {r[0].lower(): r[0] for r in s.query("SELECT TableName FROM config.ETL_Tables")}
     deps: dict[str, list[str]] = {}
     for t, d in s.query("SELECT TableName, DependsOn FROM config.ETL_Dependencies ORDER BY TableName, DependsOn"):
-        deps.setdefault(t, []).append(d)
+        t, d = spelled.get(t.lower(), t), spelled.get(d.lower(), d)
+        if d not in deps.setdefault(t, []):
+            deps[t].append(d)
     return deps
+
+
+def needed_by(deps: dict[str, list[str]], tables: Iterable[str]) -> set[str]:
+    """Every table that one of `tables` waits for through config.ETL_Dependencies, directly or not."""
+    seen: set[str] = set()
+    todo = [d for t in tables for d in deps.get(t, [])]
+    while todo:
+        t = todo.pop()
+        if t not in seen:
+            seen.add(t)
+            todo.extend(deps.get(t, []))
+    return seen
 
 
 def dependency_cycle(deps: dict[str, list[str]], table: str) -> list[str] | None:

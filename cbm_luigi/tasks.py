@@ -218,11 +218,14 @@ class ExtractParquet(CbmTask):
         need = []
         for d in deps.get(self.table, []):
             if d != self.table and d not in active:
-                _say_once(f"table {self.table} depends on {d}, which is not active in config.ETL_Tables: not "
-                          f"waited for (activate it, or delete the config.ETL_Dependencies row)")
+                _say_once(f"table {self.table} depends on {d}, which is not an active table of config.ETL_Tables: "
+                          f"not waited for (add or activate it, or delete the config.ETL_Dependencies row)")
             elif d != self.table:
                 need.append(d)
-        if self.in_batch and not self.continue_on_error:
+        critical = [t["TableName"] for t in tables if t["IsCritical"]]
+        # a table a critical table waits for (ETL_Dependencies, directly or not) loads whatever the critical
+        # tables do: waiting for one of them could wait for itself, and Luigi would leave the run pending
+        if self.in_batch and not self.continue_on_error and self.table not in config_store.needed_by(deps, critical):
             mine = next((t["Priority"] for t in tables if t["TableName"] == self.table), None)
             if mine is not None:
                 need += [t["TableName"] for t in tables

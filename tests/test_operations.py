@@ -172,13 +172,29 @@ def test_dependencies_load_first_an_inactive_one_is_not_loaded_and_a_cycle_is_na
     env.sql("INSERT INTO config.ETL_Dependencies (TableName, DependsOn) VALUES ('fournis', 'hisprixa')")
     assert succeeded(build(LoadTable(table="fournis", mode="full")))
     assert env.sql("SELECT COUNT(*) FROM etl.ETL_Log WHERE TableName = 'hisprixa'") == [(0,)]
-    assert any("fournis depends on hisprixa, which is not active" in m for m in caplog.messages)
+    assert any("fournis depends on hisprixa, which is not an active table" in m for m in caplog.messages)
     # a cycle: each table would wait for the other forever; the error names the rows
     env.sql("INSERT INTO config.ETL_Dependencies (TableName, DependsOn) VALUES ('lignecli', 'produit'), "
             "('produit', 'lignecli')")
     caplog.clear()
     assert not succeeded(build(LoadTable(table="produit", mode="full", batch_tag="cycle")))
     assert any("config.ETL_Dependencies has a cycle: produit -> lignecli -> produit" in m for m in caplog.messages)
+
+
+def test_a_critical_table_waiting_for_a_later_table_does_not_stall_the_batch(env, caplog):
+    """client (critical, priority 30) waits for lignecli (priority 50), spelled in another case: lignecli must not
+    wait for client in turn (critical tables stop the later ones), or Luigi leaves the whole run pending."""
+    env.sql("INSERT INTO config.ETL_Dependencies (TableName, DependsOn) VALUES ('client', 'LigneCli')")
+    assert succeeded(build(LoadAll(mode="full")))
+    order = [r[0] for r in env.sql("SELECT TableName FROM etl.ETL_Log WHERE Step = 'validate' ORDER BY LogId")]
+    assert sorted(order) == sorted(DEMO_TABLES) and order.index("lignecli") < order.index("client")
+    assert not any("not an active table" in m for m in caplog.messages)
+    # client failing still stops the later tables that do not feed it
+    env.sql("UPDATE config.ETL_Tables SET FilterClause = 'no_such_column = 1' WHERE TableName = 'client'")
+    assert not succeeded(build(LoadAll(mode="full", batch_tag="b")))
+    loaded = {r[0] for r in env.sql("SELECT TableName FROM etl.ETL_Log WHERE Step = 'validate' AND Status = 'SUCCESS' "
+                                    "AND BatchId LIKE '%-b'")}
+    assert loaded == {"famille", "fournis", "lignecli"}
 
 
 def test_more_than_one_worker_on_duckdb_is_refused_without_harming_the_warehouse(env):
