@@ -17,7 +17,10 @@ from dotenv import load_dotenv
 # anything up to the next `;` or line end
 # The key is one of the words, or a keyword ending with one (KeyStoreSecret, TrustStorePassword, Passwd): letters
 # only before it, so `sort_key=5` in a message naming a key column keeps its value.
+# A value already masked (`PWD=***`) is left alone: messages are masked again on their way to the log, and the
+# unquoted form would take everything after it up to the line end (the driver's reason for failing, typically).
 _SECRET_KEYS = re.compile(r"""(?i)\b([A-Z]*(?:PWD|PASSWORD|PASSWD|PASS|SECRET|TOKEN|KEY))[ \t]*=[ \t]*"""
+                          r"""(?!\*\*\*(?:[;\s)\]:,.'"]|$))"""
                           r"""(\{(?:[^}]|\}\})*\}|"(?:[^"]|"")*"|'(?:[^']|'')*'|[^;\r\n]*)""")
 
 

@@ -66,3 +66,13 @@ def test_settings_take_the_spellings_operators_use(monkeypatch):
         assert load_settings().duckdb_memory_limit == limit
     monkeypatch.setenv("CBM_SOURCE_ISOLATION", "read uncommitted")  # as in the ODBC connection string
     assert load_settings().source_isolation == "READ_UNCOMMITTED"
+
+
+def test_masking_twice_keeps_what_follows_a_masked_value():
+    """A message is masked where it is made and again on its way to the log: a connection string ending with
+    `PWD=secret` came out as `PWD=***` with the driver's reason after it gone."""
+    once = mask_secrets("DRIVER={X};UID=etl;PWD=Hunter2") + ": [unixODBC] Can't open lib 'X' : file not found"
+    assert mask_secrets(once) == once == "DRIVER={X};UID=etl;PWD=***: [unixODBC] Can't open lib 'X' : file not found"
+    wrapped = f"cannot connect (mssql:{mask_secrets('UID=etl;PWD=Hunter2')}): Can't open lib"
+    assert mask_secrets(mask_secrets(wrapped)) == "cannot connect (mssql:UID=etl;PWD=***): Can't open lib"
+    assert mask_secrets("PWD=***abc;UID=x") == "PWD=***;UID=x"  # a password that starts like a mask is masked
