@@ -26,6 +26,9 @@ def cmd_init_db(args) -> int:
     n = wh.init_db()
     added = 0
     csv_path = Path(args.tables_csv) if args.tables_csv else CONFIG_DIR / "tables.csv"
+    if args.tables_csv and not csv_path.is_file():
+        print(f"init-db: --tables-csv {csv_path}: no such file", file=sys.stderr)
+        return 2
     if csv_path.is_file() and not args.no_tables:
         with wh.session() as s, s.transaction():
             added = config_store.load_tables_csv(s, csv_path)
@@ -36,16 +39,26 @@ def cmd_init_db(args) -> int:
 def cmd_sync_columns(args) -> int:
     settings = load_settings()
     wh = open_warehouse(settings)
+    failed = []
     with wh.session() as s:
-        tables = [r["TableName"] for r in config_store.table_rows(s, active_only=False)] if args.all else args.table
+        tables = [r["TableName"] for r in config_store.table_rows(s)] if args.all else args.table
         if not tables:
-            print("sync-columns: name a TABLE or use --all", file=sys.stderr)
+            print("sync-columns: name a TABLE or use --all (the active tables)", file=sys.stderr)
             return 2
         with open_reader(settings) as reader:
-            for t in tables:
-                with s.transaction():
-                    stats = config_store.sync_columns(s, reader, t)
+            for t in tables:  # one table's failure (gone from the source?) does not keep the others from syncing
+                try:
+                    with s.transaction():
+                        stats = config_store.sync_columns(s, reader, t)
+                except Exception as exc:  # noqa: BLE001 — said, counted, and the exit code tells
+                    failed.append(t)
+                    print(f"sync-columns {t}: FAILED: {type(exc).__name__}: {mask_secrets(str(exc))}",
+                          file=sys.stderr)
+                    continue
                 print(f"sync-columns {t}: {stats}")
+    if failed:
+        print(f"sync-columns: {len(failed)} of {len(tables)} table(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -98,6 +111,12 @@ def cmd_invalidate(args) -> int:
                   file=sys.stderr)
             return 1
         n = remove_markers(s, table=args.table, batch_id=args.batch)
+        if args.batch is not None and not n:
+            batches = [r[0] for r in s.query("SELECT DISTINCT BatchId FROM etl.ETL_Markers WHERE TableName = ? "
+                                             "ORDER BY BatchId DESC", [args.table])]
+            print(f"invalidate: table {args.table} has no completed step in batch {args.batch}; nothing was "
+                  f"removed. Its batches: {', '.join(batches[:10]) or 'none'}", file=sys.stderr)
+            return 1
     removed = 0
     if args.from_step == "extract":
         for p in settings.cache_dir.glob(f"{args.batch or '*'}/*/{cache_file_stem(args.table)}.*.parquet"):
@@ -126,19 +145,21 @@ def cmd_summary(args) -> int:
     for r in rows:
         if r["TableName"] in by_table:  # a deactivated table's history stays in the log, not in the summary
             by_table[r["TableName"]][r["Step"]] = r  # the step's last attempt in that batch
-    print(f"{'table':<14} {'status':<8} {'rows':>8} {'ins':>6} {'upd':>6} {'same':>7} {'del':>5} {'seconds':>8}  "
+    print(f"{'table':<14} {'status':<10} {'rows':>8} {'ins':>6} {'upd':>6} {'same':>7} {'del':>5} {'seconds':>8}  "
           f"{'SLA':<12} batch/mode")
     status = {r["TableName"]: r for r in sla}
     for t, st in sorted(by_table.items()):
         if not st:
-            print(f"{t:<14} {'-':<8} {'never run':>8}{'':>37}  {status.get(t, {}).get('SLAStatus', '-'):<12}")
+            print(f"{t:<14} {'-':<10} {'never run':>8}{'':>37}  {status.get(t, {}).get('SLAStatus', '-'):<12}")
             continue
         last = max(st.values(), key=lambda r: ("extract", "stage", "merge", "validate").index(r["Step"])
                    if r["Step"] in ("extract", "stage", "merge", "validate") else -1)
         m = st.get("merge", {})
         secs = sum((r["DurationMs"] or 0) for r in st.values()) / 1000
         ok = "FAILED" if any(r["Status"] == "FAILED" for r in st.values()) else last["Status"]
-        print(f"{t:<14} {ok:<8} {st.get('extract', {}).get('Rows') or 0:>8} {m.get('RowsInserted') or 0:>6} "
+        if ok != "FAILED" and "validate" not in st:  # killed (OOM, SIGKILL) or still running: not loaded yet
+            ok = "INCOMPLETE"
+        print(f"{t:<14} {ok:<10} {st.get('extract', {}).get('Rows') or 0:>8} {m.get('RowsInserted') or 0:>6} "
               f"{m.get('RowsUpdated') or 0:>6} {m.get('RowsUnchanged') or 0:>7} {m.get('RowsDeleted') or 0:>5} "
               f"{secs:>8.2f}  {status.get(t, {}).get('SLAStatus', '-'):<12} {last['BatchId']}/{last['Mode']}")
         for r in st.values():
@@ -186,6 +207,13 @@ def cmd_clean_cache(args) -> int:
     return 0
 
 
+def _not_negative(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{n}: the number of batches to keep is 0 or more")
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     p = argparse.ArgumentParser(prog="cbm-etl", description=__doc__)
@@ -218,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     a = sub.add_parser("summary", help="per-table summary of the last runs")
     a.set_defaults(fn=cmd_summary)
     a = sub.add_parser("clean-cache", help="remove cached batches, keeping the newest N")
-    a.add_argument("--keep", type=int, default=3)
+    a.add_argument("--keep", type=_not_negative, default=3)
     a.set_defaults(fn=cmd_clean_cache)
     args = p.parse_args(argv)
     try:

@@ -183,7 +183,8 @@ def load_tables_csv(s: Session, path: Path) -> int:
         if values["TableName"].lower() in seen:
             raise ConfigError(f"{path} line {line}: table {values['TableName']} appears twice")
         seen.add(values["TableName"].lower())
-        if s.scalar("SELECT COUNT(*) FROM config.ETL_Tables WHERE TableName = ?", [values["TableName"]]):
+        if s.scalar("SELECT COUNT(*) FROM config.ETL_Tables WHERE LOWER(TableName) = LOWER(?)",
+                    [values["TableName"]]):  # Progress names ignore case: `Produit` is the configured `produit`
             continue
         values = {k: v for k, v in values.items() if v is not None}
         cols = ", ".join(values)

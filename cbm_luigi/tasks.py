@@ -186,11 +186,18 @@ def _log_success(task):
         task._log([])
 
 
+@CbmTask.event_handler(luigi.Event.START)
+def _note_start(task):
+    if isinstance(task, CbmTask):
+        task._started = time.monotonic()
+
+
 @CbmTask.event_handler(luigi.Event.FAILURE)
 def _log_failure(task, exception):
     if isinstance(task, CbmTask) and task.step:
-        task._log([StepRecord(task.step, status="FAILED",
-                              error=f"{type(exception).__name__}: {exception}")])
+        started = getattr(task, "_started", None)  # a failure in requires() or complete() has no start
+        task._log([StepRecord(task.step, status="FAILED", error=f"{type(exception).__name__}: {exception}",
+                              duration_ms=int((time.monotonic() - started) * 1000) if started else None)])
 
 
 class BatchFileTarget(luigi.LocalTarget):

@@ -1,6 +1,10 @@
 """The operator's commands (cbm-etl), on the demo source and a real DuckDB file."""
 from __future__ import annotations
 
+from datetime import date
+
+import pytest
+
 from cbm_luigi.cli import main as cbm_etl
 from cbm_luigi.tasks import LoadAll, LoadTable
 
@@ -125,6 +129,10 @@ def test_invalidate_refuses_what_names_no_table_or_no_batch(env, capsys):
     for bad in ("*", "2026-13-01", "2026-11-27-Bad Tag!", "2026-11-27-"):
         assert cbm_etl(["invalidate", "famille", "--batch", bad]) == 2
         assert "is not a batch id" in capsys.readouterr().err
+    # a batch the table never had (the run was tagged): said, with the table's batches, instead of "0 markers"
+    assert cbm_etl(["invalidate", "famille", "--batch", "2001-01-01"]) == 1
+    err = capsys.readouterr().err
+    assert "no completed step in batch 2001-01-01" in err and f"Its batches: {date.today().isoformat()}" in err
     assert len(list(env.cache.glob("*/*/famille.extract.parquet"))) == 1  # nothing was removed
     assert env.sql("SELECT COUNT(*) FROM etl.ETL_Markers WHERE TableName = 'famille'")[0][0] > 0
 
@@ -164,3 +172,42 @@ def test_a_command_on_a_held_or_uninitialised_warehouse_says_what_to_do(env, cap
     assert cbm_etl(["summary"]) == 1
     err = capsys.readouterr().err
     assert "run `cbm-etl init-db`" in err and len(err.strip().splitlines()) == 1
+
+
+def test_init_db_with_a_tables_csv_that_is_not_there_says_so(env, capsys, tmp_path):
+    assert cbm_etl(["init-db", "--tables-csv", str(tmp_path / "tabels.csv")]) == 2
+    assert "tabels.csv: no such file" in capsys.readouterr().err
+
+
+def test_clean_cache_refuses_a_negative_keep(env, capsys):
+    assert succeeded(build(LoadTable(table="famille", mode="full")))
+    with pytest.raises(SystemExit):
+        cbm_etl(["clean-cache", "--keep", "-1"])
+    assert "0 or more" in capsys.readouterr().err
+    assert len(list(env.cache.glob("*/*/famille.extract.parquet"))) == 1
+
+
+def test_sync_all_goes_on_past_a_table_that_fails_and_says_which(env, capsys):
+    env.sql("INSERT INTO config.ETL_Tables (TableName, PrimaryKeyCols, Priority) VALUES ('ancienne', 'id', 15)")
+    env.sql("INSERT INTO config.ETL_Tables (TableName, PrimaryKeyCols, Priority, IsActive) "
+            "VALUES ('retiree', 'id', 16, FALSE)")
+    assert cbm_etl(["sync-columns", "--all"]) == 1
+    out, err = capsys.readouterr()
+    assert "sync-columns ancienne: FAILED" in err and "1 of 7 table(s) failed: ancienne" in err
+    assert "retiree" not in out + err  # --all: the active tables
+    synced = {r[0] for r in env.sql("SELECT DISTINCT TableName FROM config.ETL_Columns")}
+    assert synced == {"famille", "fournis", "client", "produit", "lignecli", "hisprixa"}
+
+
+def test_summary_says_incomplete_for_a_batch_killed_before_validation_and_logs_a_failed_steps_time(env, capsys):
+    from cbm_luigi.tasks import MergeOds
+
+    assert succeeded(build(MergeOds(table="famille", mode="full")))  # as a run killed after its merge leaves it
+    env.sql("UPDATE config.ETL_Tables SET FilterClause = 'no_such_col = 1' WHERE TableName = 'fournis'")
+    assert not succeeded(build(LoadTable(table="fournis", mode="full")))
+    capsys.readouterr()
+    assert cbm_etl(["summary"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:] if line.strip()}
+    assert lines["famille"].split()[1] == "INCOMPLETE" and lines["fournis"].split()[1] == "FAILED"
+    [(ms,)] = env.sql("SELECT DurationMs FROM etl.ETL_Log WHERE Status = 'FAILED'")
+    assert ms is not None and ms >= 0

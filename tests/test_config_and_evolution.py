@@ -386,3 +386,15 @@ def test_switching_is_dimension_after_ods_is_built_is_a_config_error_with_the_wa
     assert step == "merge" and err.startswith(f"ConfigError: table {table}: ods.{table} was built as {was}")
     assert "Nothing was merged" in err and "drop it and rerun the table in full mode" in err
     assert env.sql(f"SELECT COUNT(*), MAX(_etl_batch_id) FROM ods.{table}") == before
+
+
+def test_tables_csv_does_not_add_a_configured_table_again_in_another_case(env, tmp_path, capsys):
+    """`Produit` is the configured `produit` (Progress names ignore case): adding it made two tables that load
+    into ods.produit, and the critical produit failed every night."""
+    path = tmp_path / "tables.csv"
+    path.write_text("TableName,PrimaryKeyCols\nProduit,cod_pro\nnouvelle,id\n", encoding="utf-8")
+    capsys.readouterr()
+    assert cbm_etl(["init-db", "--tables-csv", str(path)]) == 0
+    assert "1 table(s) added" in capsys.readouterr().out
+    assert env.sql("SELECT TableName FROM config.ETL_Tables WHERE LOWER(TableName) IN ('produit', 'nouvelle') "
+                   "ORDER BY 1") == [("nouvelle",), ("produit",)]

@@ -576,7 +576,8 @@ def test_failed_step_rolls_back_under_xact_abort(stage_file):
 
 
 def test_marker_runlog_config_statements_parse(tmp_path):
-    rec = RecordingSession([(r"SELECT \* FROM config\.ETL_Tables WHERE TableName = \?", [{"TableName": "famille"}]),
+    rec = RecordingSession([(r"SELECT TableName FROM config\.ETL_Tables$", [("Client",), ("famille",)]),
+                            (r"SELECT \* FROM config\.ETL_Tables WHERE TableName = \?", [{"TableName": "famille"}]),
                             (r"SELECT \* FROM config\.ETL_Tables", [{"TableName": "famille"}]),
                             (r"COUNT\(\*\) FROM etl\.ETL_Markers", [(2,)]),
                             (r"FROM config\.ETL_Dependencies", [("client", "famille")])])
@@ -596,7 +597,7 @@ def test_marker_runlog_config_statements_parse(tmp_path):
     config_store.table_rows(rec, active_only=False)
     config_store.table_row(rec, "famille")
     config_store.column_rows(rec, "famille")
-    assert config_store.dependencies(rec) == {"client": ["famille"]}
+    assert config_store.dependencies(rec) == {"Client": ["famille"]}  # spelled as configured
     config_store.load_tables_csv(rec, REPO / "config" / "tables.csv")
     stmts = rec.statements
     assert "INSERT INTO etl.ETL_Markers (MarkerId, TableName, Step, BatchId, Mode, RunId, Rows) " \
