@@ -111,17 +111,21 @@ def cmd_invalidate(args) -> int:
                   file=sys.stderr)
             return 1
         n = remove_markers(s, table=args.table, batch_id=args.batch)
-        if args.batch is not None and not n:
-            batches = [r[0] for r in s.query("SELECT DISTINCT BatchId FROM etl.ETL_Markers WHERE TableName = ? "
-                                             "ORDER BY BatchId DESC", [args.table])]
-            print(f"invalidate: table {args.table} has no completed step in batch {args.batch}; nothing was "
-                  f"removed. Its batches: {', '.join(batches[:10]) or 'none'}", file=sys.stderr)
-            return 1
+        marked = {r[0] for r in s.query("SELECT DISTINCT BatchId FROM etl.ETL_Markers WHERE TableName = ?",
+                                        [args.table])}
+    files = f"*/{cache_file_stem(args.table)}.*.parquet"
     removed = 0
-    if args.from_step == "extract":
-        for p in settings.cache_dir.glob(f"{args.batch or '*'}/*/{cache_file_stem(args.table)}.*.parquet"):
+    if args.from_step == "extract":  # an extract is a file, not a marker: a batch whose stage failed has only that
+        for p in settings.cache_dir.glob(f"{args.batch or '*'}/{files}"):
             p.unlink()
             removed += 1
+    if args.batch is not None and not n and not removed:
+        cached = {p.parent.parent.name for p in settings.cache_dir.glob(f"*/{files}")}
+        hint = "" if args.from_step == "extract" else " (with --from stage its cached extract is kept)"
+        print(f"invalidate: table {args.table} has nothing to forget in batch {args.batch}{hint}; nothing was "
+              f"removed. Its batches: {', '.join(sorted(marked | cached, reverse=True)[:10]) or 'none'}",
+              file=sys.stderr)
+        return 1
     print(f"invalidate {args.table}: {n} marker(s) and {removed} cached file(s) removed")
     return 0
 

@@ -84,15 +84,17 @@ def dependencies(s: Session) -> dict[str, list[str]]:
     return deps
 
 
-def needed_by(deps: dict[str, list[str]], tables: Iterable[str]) -> set[str]:
-    """Every table that one of `tables` waits for through config.ETL_Dependencies, directly or not."""
+def needed_by(deps: dict[str, list[str]], tables: Iterable[str], active: set[str]) -> set[str]:
+    """Every table that one of `tables` waits for, directly or not: the config.ETL_Dependencies edges a load
+    follows (to an active table other than itself)."""
     seen: set[str] = set()
-    todo = [d for t in tables for d in deps.get(t, [])]
+    todo = list(tables)
     while todo:
         t = todo.pop()
-        if t not in seen:
-            seen.add(t)
-            todo.extend(deps.get(t, []))
+        for d in deps.get(t, []):
+            if d != t and d in active and d not in seen:
+                seen.add(d)
+                todo.append(d)
     return seen
 
 

@@ -17,16 +17,16 @@ from dotenv import load_dotenv
 # anything up to the next `;` or line end
 # The key is one of the words, or a keyword ending with one (KeyStoreSecret, TrustStorePassword, Passwd): letters
 # only before it, so `sort_key=5` in a message naming a key column keeps its value.
-# A value already masked (`PWD=***`) is left alone: messages are masked again on their way to the log, and the
-# unquoted form would take everything after it up to the line end (the driver's reason for failing, typically).
+# The mask is a braced value, `PWD={***}`: masking the text again (messages are masked where they are made and
+# again on their way to the log) matches exactly that, instead of taking everything after it up to the line end.
 _SECRET_KEYS = re.compile(r"""(?i)\b([A-Z]*(?:PWD|PASSWORD|PASSWD|PASS|SECRET|TOKEN|KEY))[ \t]*=[ \t]*"""
-                          r"""(?!\*\*\*(?:[;\s)\]:,.'"]|$))"""
                           r"""(\{(?:[^}]|\}\})*\}|"(?:[^"]|"")*"|'(?:[^']|'')*'|[^;\r\n]*)""")
+MASK = "{***}"
 
 
 def mask_secrets(text: str) -> str:
     """Mask password-like values in a connection string or any message that may quote one."""
-    return _SECRET_KEYS.sub(lambda m: f"{m.group(1)}=***", text or "")
+    return _SECRET_KEYS.sub(lambda m: f"{m.group(1)}={MASK}", text or "")
 
 
 class _MaskedRecord(logging.LogRecord):

@@ -182,8 +182,10 @@ class CbmTask(luigi.Task):
 
 @CbmTask.event_handler(luigi.Event.SUCCESS)
 def _log_success(task):
-    if isinstance(task, CbmTask) and task.step:
-        task._log([])
+    if isinstance(task, CbmTask):
+        task.__dict__.pop("_started", None)  # Luigi reuses the instance: a later attempt must not inherit it
+        if task.step:
+            task._log([])
 
 
 @CbmTask.event_handler(luigi.Event.START)
@@ -195,7 +197,7 @@ def _note_start(task):
 @CbmTask.event_handler(luigi.Event.FAILURE)
 def _log_failure(task, exception):
     if isinstance(task, CbmTask) and task.step:
-        started = getattr(task, "_started", None)  # a failure in requires() or complete() has no start
+        started = task.__dict__.pop("_started", None)  # a failure before run() started has none
         task._log([StepRecord(task.step, status="FAILED", error=f"{type(exception).__name__}: {exception}",
                               duration_ms=int((time.monotonic() - started) * 1000) if started else None)])
 
@@ -232,7 +234,7 @@ class ExtractParquet(CbmTask):
         critical = [t["TableName"] for t in tables if t["IsCritical"]]
         # a table a critical table waits for (ETL_Dependencies, directly or not) loads whatever the critical
         # tables do: waiting for one of them could wait for itself, and Luigi would leave the run pending
-        if self.in_batch and not self.continue_on_error and self.table not in config_store.needed_by(deps, critical):
+        if self.in_batch and not self.continue_on_error and self.table not in config_store.needed_by(deps, critical, active):
             mine = next((t["Priority"] for t in tables if t["TableName"] == self.table), None)
             if mine is not None:
                 need += [t["TableName"] for t in tables

@@ -132,7 +132,7 @@ def test_invalidate_refuses_what_names_no_table_or_no_batch(env, capsys):
     # a batch the table never had (the run was tagged): said, with the table's batches, instead of "0 markers"
     assert cbm_etl(["invalidate", "famille", "--batch", "2001-01-01"]) == 1
     err = capsys.readouterr().err
-    assert "no completed step in batch 2001-01-01" in err and f"Its batches: {date.today().isoformat()}" in err
+    assert "nothing to forget in batch 2001-01-01" in err and f"Its batches: {date.today().isoformat()}" in err
     assert len(list(env.cache.glob("*/*/famille.extract.parquet"))) == 1  # nothing was removed
     assert env.sql("SELECT COUNT(*) FROM etl.ETL_Markers WHERE TableName = 'famille'")[0][0] > 0
 
@@ -211,3 +211,21 @@ def test_summary_says_incomplete_for_a_batch_killed_before_validation_and_logs_a
     assert lines["famille"].split()[1] == "INCOMPLETE" and lines["fournis"].split()[1] == "FAILED"
     [(ms,)] = env.sql("SELECT DurationMs FROM etl.ETL_Log WHERE Status = 'FAILED'")
     assert ms is not None and ms >= 0
+
+
+def test_invalidate_from_extract_works_for_a_batch_whose_stage_failed(env, capsys):
+    """The stage's StaleStageError says to run `cbm-etl invalidate T --batch B --from extract`: that batch has no
+    marker (an extract is a file), and the command must still drop the file."""
+    import re
+
+    from cbm_luigi.tasks import ExtractParquet
+
+    assert succeeded(build(ExtractParquet(table="client", mode="full", batch_tag="x")))
+    env.sql("UPDATE config.ETL_Columns SET IsExcluded = TRUE WHERE TableName = 'client' AND ColumnName = 'email'")
+    assert not succeeded(build(LoadTable(table="client", mode="full", batch_tag="x")))
+    err = env.sql("SELECT ErrorMessage FROM etl.ETL_Log WHERE Status = 'FAILED'")[0][0]
+    command = re.search(r"`cbm-etl (invalidate [^`]+)`", err).group(1).split()
+    assert cbm_etl(command) == 0
+    assert "0 marker(s) and 1 cached file(s) removed" in capsys.readouterr().out
+    assert not list(env.cache.glob("*/full/client.extract.parquet"))
+    assert succeeded(build(LoadTable(table="client", mode="full", batch_tag="x")))

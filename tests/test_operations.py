@@ -197,6 +197,18 @@ def test_a_critical_table_waiting_for_a_later_table_does_not_stall_the_batch(env
     assert loaded == {"famille", "fournis", "lignecli"}
 
 
+def test_only_the_dependencies_a_critical_table_really_waits_for_escape_the_critical_rule(env):
+    """A self row (produit -> Produit) and a link through an inactive table (client -> hisprixa -> lignecli) are
+    not waited for: they must not exempt produit or lignecli from waiting for the critical tables before them."""
+    env.sql("UPDATE config.ETL_Tables SET IsActive = FALSE WHERE TableName = 'hisprixa'")
+    env.sql("INSERT INTO config.ETL_Dependencies (TableName, DependsOn) VALUES ('produit', 'Produit'), "
+            "('client', 'hisprixa'), ('hisprixa', 'lignecli')")
+    env.sql("UPDATE config.ETL_Tables SET FilterClause = 'no_such_column = 1' WHERE TableName = 'client'")
+    assert not succeeded(build(LoadAll(mode="full")))
+    loaded = {r[0] for r in env.sql("SELECT TableName FROM etl.ETL_Log WHERE Step = 'validate' AND Status = 'SUCCESS'")}
+    assert loaded == {"famille", "fournis"}  # produit and lignecli wait for client, which failed
+
+
 def test_more_than_one_worker_on_duckdb_is_refused_without_harming_the_warehouse(env):
     """Forked Luigi workers inherited the parent's open DuckDB instance (no lock error) and their writes corrupted
     the file and its WAL for good. Each forked task now stops with the way out; the warehouse stays usable."""

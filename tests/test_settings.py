@@ -11,14 +11,14 @@ from cbm_luigi.settings import SettingError, load_settings, mask_secrets
 
 
 def test_mask_secrets_handles_braces_quotes_and_escapes():
-    cases = {"DRIVER={d};UID=etl;PWD={ab}}c;d};DB=x": "DRIVER={d};UID=etl;PWD=***;DB=x",
-             'HostName=h;Password="p;w";Port=1': "HostName=h;Password=***;Port=1",
-             "PWD='a;''b';X=1": "PWD=***;X=1",
-             "UID=u;pwd = plain;DB=x": "UID=u;pwd=***;DB=x",
-             "Password=secret": "Password=***",
+    cases = {"DRIVER={d};UID=etl;PWD={ab}}c;d};DB=x": "DRIVER={d};UID=etl;PWD={***};DB=x",
+             'HostName=h;Password="p;w";Port=1': "HostName=h;Password={***};Port=1",
+             "PWD='a;''b';X=1": "PWD={***};X=1",
+             "UID=u;pwd = plain;DB=x": "UID=u;pwd={***};DB=x",
+             "Password=secret": "Password={***}",
              # compound keywords of the DataDirect and Microsoft drivers
              "UID=a;KeyStoreSecret=hunter2;TrustStorePassword=ts;KeyStorePassword=ks;KeyPassword=kp;Passwd=pw;X=1":
-                 "UID=a;KeyStoreSecret=***;TrustStorePassword=***;KeyStorePassword=***;KeyPassword=***;Passwd=***;X=1",
+                 "UID=a;KeyStoreSecret={***};TrustStorePassword={***};KeyStorePassword={***};KeyPassword={***};Passwd={***};X=1",
              # a key column named in a message keeps its value: only letters may come before the keyword
              "table t, column c, key sort_key=5: value 'x'": "table t, column c, key sort_key=5: value 'x'"}
     for text, masked in cases.items():
@@ -35,13 +35,13 @@ def test_every_log_record_is_masked_traceback_included(caplog):
         with caplog.at_level(logging.ERROR):
             log.exception("task failed: %s", "Password=hunter2")
     text = caplog.text
-    assert "task failed: Password=***" in text and "PWD=***;HOST=h" in text and "hunter2" not in text
+    assert "task failed: Password={***}" in text and "PWD={***};HOST=h" in text and "hunter2" not in text
 
 
 def test_masking_stops_at_the_line_end():
     """A masked value ends at `;` or the end of its line: the rest of a traceback stays readable."""
     assert mask_secrets("UID=u;PWD=x\nTraceback (most recent call last):") == \
-        "UID=u;PWD=***\nTraceback (most recent call last):"
+        "UID=u;PWD={***}\nTraceback (most recent call last):"
 
 
 @pytest.mark.parametrize("name,value,says", [
@@ -70,9 +70,10 @@ def test_settings_take_the_spellings_operators_use(monkeypatch):
 
 def test_masking_twice_keeps_what_follows_a_masked_value():
     """A message is masked where it is made and again on its way to the log: a connection string ending with
-    `PWD=secret` came out as `PWD=***` with the driver's reason after it gone."""
+    `PWD=secret` came out as `PWD={***}` with the driver's reason after it gone."""
     once = mask_secrets("DRIVER={X};UID=etl;PWD=Hunter2") + ": [unixODBC] Can't open lib 'X' : file not found"
-    assert mask_secrets(once) == once == "DRIVER={X};UID=etl;PWD=***: [unixODBC] Can't open lib 'X' : file not found"
+    assert mask_secrets(once) == once == "DRIVER={X};UID=etl;PWD={***}: [unixODBC] Can't open lib 'X' : file not found"
     wrapped = f"cannot connect (mssql:{mask_secrets('UID=etl;PWD=Hunter2')}): Can't open lib"
-    assert mask_secrets(mask_secrets(wrapped)) == "cannot connect (mssql:UID=etl;PWD=***): Can't open lib"
-    assert mask_secrets("PWD=***abc;UID=x") == "PWD=***;UID=x"  # a password that starts like a mask is masked
+    assert mask_secrets(mask_secrets(wrapped)) == "cannot connect (mssql:UID=etl;PWD={***}): Can't open lib"
+    for raw in ("PWD=***.Winter2026;HOST=h", "PWD=*** hunter2;HOST=h", "PWD=***,x;HOST=h", "PWD=***:x;HOST=h"):
+        assert mask_secrets(raw) == "PWD={***};HOST=h"  # a password that starts like the old mask is masked

@@ -265,7 +265,7 @@ def test_arrow_odbc_warns_once_when_the_connection_string_does_not_set_the_isola
 
 
 def test_mask_secrets():
-    assert mask_secrets("DRIVER={d};HOST=h;UID=etl;PWD={a;b};Password=x") == "DRIVER={d};HOST=h;UID=etl;PWD=***;Password=***"
+    assert mask_secrets("DRIVER={d};HOST=h;UID=etl;PWD={a;b};Password=x") == "DRIVER={d};HOST=h;UID=etl;PWD={***};Password={***}"
 
 
 def test_retries_transient_errors_only(monkeypatch):

@@ -952,7 +952,7 @@ def test_session_transaction_uses_xact_abort():
 def test_warehouse_settings_and_helpers(monkeypatch):
     wh = MssqlWarehouse(_settings())
     assert wh.kind == "mssql" and wh.needs_string_lengths and isinstance(wh.dialect, TsqlDialect)
-    assert "s3cr" not in wh.describe() and "PWD=***" in wh.describe()
+    assert "s3cr" not in wh.describe() and "PWD={***}" in wh.describe()
     assert mssql_wh._without_driver("Driver={ODBC Driver 18 for SQL Server};Server=h;PWD={a;b}") == \
         "Server=h;PWD={a;b}"
     monkeypatch.setenv("CBM_MSSQL_BULK", "nope")
