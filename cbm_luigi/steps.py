@@ -4,6 +4,7 @@ Each runs in one warehouse transaction and touches its marker inside it.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from datetime import datetime
 from pathlib import Path
@@ -13,6 +14,7 @@ import pyarrow.parquet as pq
 from . import config_store
 from .plan import ConfigError, TablePlan
 from .runlog import StepRecord
+from .settings import mask_secrets
 from .targets import MarkerTarget, StageTarget, record_merged, staged_batch
 from .transform import SHAPED_TECH, TechnicalValues
 from .warehouse.base import Session, Warehouse
@@ -79,16 +81,36 @@ def check_column_count(wh: Warehouse, plan: TablePlan) -> None:
         bits += sum(d.fixed_bits(t) for _n, t, _null in tech)
         size = -(-bits // 8) + -(-n // 8) + 7
     if too_many or (d.max_row_bytes and size > d.max_row_bytes):
-        arrays = sorted(((c.extent, c.name) for c in plan.columns if c.extent and c.array_mode == "split"),
-                        reverse=True)[:5]
-        hint = (f"keep the largest arrays whole (ArrayMode = 'single' in config.ETL_Columns: "
-                f"{', '.join(f'{name} ({extent})' for extent, name in arrays)})" if arrays else
-                "exclude columns (IsExcluded = 1 in config.ETL_Columns)")
         what = (f"{n} columns, more than the {wh.max_columns} the warehouse admits" if too_many
                 else f"rows of at least {size:,} bytes of fixed-length data, more than the {d.max_row_bytes:,} "
                      f"the warehouse admits")
         raise ConfigError(f"table {plan.table}: ods.{plan.destination} would have {what}. Nothing was staged: "
-                          f"{hint}, then rerun the table.")
+                          f"{_narrower(plan)}, then rerun the table.")
+
+
+def _narrower(plan: TablePlan) -> str:
+    """How to make a table's rows narrower: keep its largest split arrays whole, else exclude columns."""
+    arrays = sorted(((c.extent, c.name) for c in plan.columns if c.extent and c.array_mode == "split"),
+                    reverse=True)[:5]
+    return (f"keep the largest arrays whole (ArrayMode = 'single' in config.ETL_Columns: "
+            f"{', '.join(f'{name} ({extent})' for extent, name in arrays)})" if arrays else
+            "exclude columns (IsExcluded = 1 in config.ETL_Columns)")
+
+
+@contextlib.contextmanager
+def _rows_too_wide_named(plan: TablePlan, step: str):
+    """SQL Server refuses a row whose in-row part passes 8,060 bytes when it is written (Msg 511), not when the
+    table is made: variable-length values of 24 bytes or less cannot move off the row. Which rows do depends
+    on the data (split array elements, short texts), so it is told here, with the way out."""
+    try:
+        yield
+    except Exception as exc:
+        text = str(exc)
+        if "maximum row size" not in text and "(511)" not in text:
+            raise
+        raise ConfigError(f"table {plan.table}: a row is too wide for SQL Server (its in-row part passes 8,060 "
+                          f"bytes). Nothing was {step}d: {_narrower(plan)}, then rerun the table. SQL Server said: "
+                          f"{mask_secrets(text)[:500]}") from None
 
 
 def stage(wh: Warehouse, plan: TablePlan, batch_path: Path, tech: TechnicalValues, *, marker: StageTarget,
@@ -99,7 +121,8 @@ def stage(wh: Warehouse, plan: TablePlan, batch_path: Path, tech: TechnicalValue
     check_column_count(wh, plan)
     with wh.session() as s, s.transaction():
         marker.forget_staged(s)
-        rows = wh.replace_stage(s, plan.destination, batch_path, stage_columns(plan), tech)
+        with _rows_too_wide_named(plan, "stage"):
+            rows = wh.replace_stage(s, plan.destination, batch_path, stage_columns(plan), tech)
         if checkpoint:
             checkpoint("stage")  # a kill here leaves stg replaced but uncommitted, its record not yet written
         marker.touch(s, run_id=run_id, rows=rows, extract_started_at=extract_started_at)
@@ -268,7 +291,8 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
         if inserted or updated or deleted:  # else the MERGE would change nothing: skip its join of every column
             all_new = not (updated or unchanged or deleted)
             for sql, n in merge_statements(d, spec, all_new=all_new):
-                s.execute(sql, [now] * n)
+                with _rows_too_wide_named(plan, "merge"):
+                    s.execute(sql, [now] * n)
                 if checkpoint:
                     checkpoint("merge")  # a kill here leaves a written, uncommitted merge
         else:

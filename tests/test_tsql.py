@@ -317,7 +317,9 @@ def test_merge_semantics_on_text():
         assert banned not in every, banned
     assert "t._etl_is_deleted = 1" in every and "t._etl_is_deleted = 0" in every
     assert "t._etl_is_current = 1" in every
-    assert "SELECT TOP (5) [code], COUNT(*) AS n FROM [stg].[all_kinds]" in every
+    assert "SELECT TOP (5) [code], COUNT_BIG(*) AS n FROM [stg].[all_kinds]" in every
+    # every count is a COUNT_BIG: COUNT and SUM of an int overflow past 2,147,483,647 rows (Msg 8115)
+    assert "COUNT(" not in every.replace("COUNT_BIG(", "") and "SUM(" not in every
 
 
 def test_alter_column_restates_nullability():
@@ -560,6 +562,33 @@ def test_step_statements_parse(dimension, mode, ods_exists, stage_file):
     assert any(s.startswith("ALTER TABLE [ods]") for s in stmts) == ods_exists
     assert any(s.startswith("CREATE TABLE [ods]") for s in stmts) != ods_exists
     assert_all_parse(stmts, f"steps ({'scd2' if dimension else 'type1'}, {mode})")
+
+
+class _RowTooWide(RecordingSession):
+    """Mock (no SQL Server here): the data statements fail as SQL Server fails a row past 8,060 bytes in-row."""
+
+    def execute(self, sql, params=None):
+        super().execute(sql, params)
+        if sql.startswith(("MERGE INTO [ods]", "INSERT INTO [ods]")):
+            raise RuntimeError("('42000', '[42000] [Microsoft][ODBC Driver 18 for SQL Server][SQL Server]Cannot "
+                               "create a row of size 9912 which is greater than the allowable maximum row size of "
+                               "8060. (511) (SQLExecDirectW)')")
+
+
+def test_a_row_sql_server_finds_too_wide_when_written_is_named_with_the_way_out(stage_file):
+    """Split array elements are NVARCHAR: their bytes are not fixed-length, so only the write can tell (Msg 511).
+    The merge stops with the table and the arrays to keep whole, and rolls back."""
+    plan = all_kind_plan(dimension=False)
+    rec = _RowTooWide(_canned(plan=plan))
+    wh = StubWarehouse(rec)
+    marker = StageTarget(wh, "StageTable_all_kinds_2024_01_01_abc", table="all-kinds", step="stage",
+                         batch_id="2024-01-01", mode="full")
+    steps.stage(wh, plan, stage_file(plan), TECH, marker=marker, run_id="r", extract_started_at=datetime(2024, 1, 1))
+    with pytest.raises(ConfigError, match=r"^table all-kinds: a row is too wide for SQL Server .* Nothing was "
+                                          r"merged: keep the largest arrays whole \(ArrayMode = 'single' .*\), then "
+                                          r"rerun the table. SQL Server said: .*Cannot create a row of size 9912"):
+        steps.merge(wh, plan, mode="full", batch_id="2024-01-01", marker=marker, run_id="r")
+    assert rec.statements[-1] == "IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION"
 
 
 def test_failed_step_rolls_back_under_xact_abort(stage_file):

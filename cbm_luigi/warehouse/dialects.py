@@ -16,6 +16,7 @@ class WarehouseDialect:
     true = "TRUE"
     false = "FALSE"
     max_identifier = 128
+    count = "COUNT"  # a row count that holds more than 2^31 rows (DuckDB's COUNT is a BIGINT)
 
     def quote(self, name: str) -> str:
         raise NotImplementedError
@@ -82,6 +83,7 @@ class TsqlDialect(WarehouseDialect):
     name = "mssql"
     true = "1"
     false = "0"
+    count = "COUNT_BIG"  # COUNT and SUM of an int are int: Msg 8115 past 2,147,483,647 rows
     hash_type = "CHAR(32)"
     id_type = "NVARCHAR(64)"
     ts_type = "DATETIME2(3)"

@@ -197,8 +197,8 @@ def _base(type_text: str) -> str:
 
 def duplicate_keys(d: WarehouseDialect, relation: str, keys: list[str], where: str = "", n: int = 5) -> str:
     k = ", ".join(d.quote(c) for c in keys)
-    return d.limit(f"{k}, COUNT(*) AS n FROM {relation}{' WHERE ' + where if where else ''} "
-                   f"GROUP BY {k} HAVING COUNT(*) > 1 ORDER BY {k}", n)
+    return d.limit(f"{k}, {d.count}(*) AS n FROM {relation}{' WHERE ' + where if where else ''} "
+                   f"GROUP BY {k} HAVING {d.count}(*) > 1 ORDER BY {k}", n)
 
 
 def null_keys(d: WarehouseDialect, relation: str, keys: list[str], n: int = 5) -> str:
@@ -206,7 +206,7 @@ def null_keys(d: WarehouseDialect, relation: str, keys: list[str], n: int = 5) -
     would be inserted again by every MERGE (Progress unique indexes admit the unknown value `?`)."""
     k = ", ".join(d.quote(c) for c in keys)
     cond = " OR ".join(f"{d.quote(c)} IS NULL" for c in keys)
-    return d.limit(f"{k}, COUNT(*) OVER () AS n FROM {relation} WHERE {cond} ORDER BY {k}", n)
+    return d.limit(f"{k}, {d.count}(*) OVER () AS n FROM {relation} WHERE {cond} ORDER BY {k}", n)
 
 
 def _on(d: WarehouseDialect, keys: list[str], left: str = "t", right: str = "s") -> str:
@@ -234,13 +234,13 @@ def merge_counts(d: WarehouseDialect, spec: MergeSpec) -> str:
     k0 = d.quote(spec.keys[0])
     deleted = "0"
     if spec.full:
-        deleted = (f"(SELECT COUNT(*) FROM {spec.ods(d)} AS t{_hold(d)} WHERE {_live(d, spec)} AND "
+        deleted = (f"(SELECT {d.count}(*) FROM {spec.ods(d)} AS t{_hold(d)} WHERE {_live(d, spec)} AND "
                    f"{d.is_false('t._etl_is_deleted')} AND NOT EXISTS "
                    f"(SELECT 1 FROM {spec.stg(d)} AS s WHERE {_on(d, spec.keys)}))")
-    return (f"SELECT COALESCE(SUM(CASE WHEN t.{k0} IS NULL THEN 1 ELSE 0 END), 0) AS inserted, "
-            f"COALESCE(SUM(CASE WHEN t.{k0} IS NOT NULL AND {changed} THEN 1 ELSE 0 END), 0) AS updated, "
-            f"COALESCE(SUM(CASE WHEN t.{k0} IS NOT NULL AND NOT {changed} THEN 1 ELSE 0 END), 0) AS unchanged, "
-            f"{deleted} AS deleted, (SELECT COUNT(*) FROM {spec.stg(d)}) AS staged "
+    return (f"SELECT {d.count}(CASE WHEN t.{k0} IS NULL THEN 1 END) AS inserted, "
+            f"{d.count}(CASE WHEN t.{k0} IS NOT NULL AND {changed} THEN 1 END) AS updated, "
+            f"{d.count}(CASE WHEN t.{k0} IS NOT NULL AND NOT {changed} THEN 1 END) AS unchanged, "
+            f"{deleted} AS deleted, (SELECT {d.count}(*) FROM {spec.stg(d)}) AS staged "
             f"FROM {spec.stg(d)} AS s LEFT JOIN {spec.ods(d)} AS t{_hold(d)} ON {_on(d, spec.keys)} AND "
             f"{_live(d, spec)}")
 
@@ -325,13 +325,13 @@ def validation_queries(d: WarehouseDialect, spec: MergeSpec) -> dict[str, str]:
     live = _live(d, spec)
     return {
         "batch_keys_current_with_same_hash": (
-            f"SELECT COUNT(*) FROM {stg} AS s WHERE NOT EXISTS (SELECT 1 FROM {ods} AS t WHERE {_on(d, spec.keys)} "
-            f"AND {live} AND {d.is_false('t._etl_is_deleted')} AND t._etl_hashdiff = s._etl_hashdiff)"),
+            f"SELECT {d.count}(*) FROM {stg} AS s WHERE NOT EXISTS (SELECT 1 FROM {ods} AS t "
+            f"WHERE {_on(d, spec.keys)} AND {live} AND {d.is_false('t._etl_is_deleted')} AND t._etl_hashdiff = s._etl_hashdiff)"),
         "duplicate_current_keys": (
-            f"SELECT COUNT(*) FROM (SELECT {', '.join(d.quote(k) for k in spec.keys)} FROM {ods} AS t "
-            f"WHERE {live} GROUP BY {', '.join(d.quote(k) for k in spec.keys)} HAVING COUNT(*) > 1) AS dup"),
-        "ods_live_rows": f"SELECT COUNT(*) FROM {ods} AS t WHERE {live} AND {d.is_false('t._etl_is_deleted')}",
-        "stg_rows": f"SELECT COUNT(*) FROM {stg}",
+            f"SELECT {d.count}(*) FROM (SELECT {', '.join(d.quote(k) for k in spec.keys)} FROM {ods} AS t "
+            f"WHERE {live} GROUP BY {', '.join(d.quote(k) for k in spec.keys)} HAVING {d.count}(*) > 1) AS dup"),
+        "ods_live_rows": f"SELECT {d.count}(*) FROM {ods} AS t WHERE {live} AND {d.is_false('t._etl_is_deleted')}",
+        "stg_rows": f"SELECT {d.count}(*) FROM {stg}",
     }
 
 
