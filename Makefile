@@ -51,5 +51,6 @@ bench: setup
 lint: setup
 	for f in sql/mssql/*.sql; do $(PY) -m sqlfluff parse --dialect tsql "$$f" >/dev/null || exit 1; done
 
+# the demo's home and the build only: var/ may hold a real warehouse and cache (CBM_HOME defaults to here)
 clean:
-	rm -rf var .venv build *.egg-info
+	rm -rf var/demo .venv build *.egg-info

@@ -382,7 +382,7 @@ def markdown(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="small sizes (under two minutes in all)")
+    ap.add_argument("--quick", action="store_true", help="small sizes (about a minute in all on 2 cores)")
     ap.add_argument("--out", type=Path, help="results directory (default bench/results/<timestamp>)")
     ap.add_argument("--readers", default=",".join(READERS), help="odbc,embedded (scenarios 1-3)")
     ap.add_argument("--only", default=",".join(GROUPS), help="scenario groups: " + ",".join(GROUPS))

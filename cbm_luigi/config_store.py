@@ -153,8 +153,8 @@ def _csv_value(field: str, v: str, where: str):
             return v.lower() in _TRUE
         if field == "Priority":
             return int(v)
-        if field == "SLAHours":
-            return float(v)
+        if field == "SLAHours":  # a French Excel writes 26,5
+            return float(v.replace(",", ".", 1) if v.count(",") == 1 and "." not in v else v)
     except ValueError as exc:
         what = exc.args[0] if field in _BOOL else "a number"
         raise ConfigError(f"{where}, column {field}: {v!r} is not {what}") from None

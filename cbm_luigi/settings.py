@@ -143,18 +143,18 @@ def load_settings() -> Settings:
     init = _env("CBM_SOURCE_INIT_SQL")
     return Settings(
         home=home,
-        source_kind=_env("CBM_SOURCE_KIND", "demo").lower(),
+        source_kind=_choice("CBM_SOURCE_KIND", "demo", ("demo", "odbc")),
         source_path=path("CBM_DEMO_SOURCE", var / "demo_source.sqlite"),
         source_odbc=_env("CBM_SOURCE_ODBC"),
         source_init_sql=tuple(s.strip() for s in init.split(";;") if s.strip()),
         source_isolation=_choice("CBM_SOURCE_ISOLATION", "READ_UNCOMMITTED", _ISOLATIONS, upper=True),
         source_dialect=_choice("CBM_SOURCE_DIALECT", "openedge", ("openedge", "sqlite-standin")),
         odbc_reader=_choice("CBM_ODBC_READER", "auto", ("auto", "arrow-odbc", "pyodbc")),
-        warehouse_kind=_env("CBM_WAREHOUSE_KIND", "duckdb").lower(),
+        warehouse_kind=_choice("CBM_WAREHOUSE_KIND", "duckdb", ("duckdb", "mssql")),
         duckdb_path=path("CBM_DUCKDB_PATH", var / "warehouse.duckdb"),
         mssql_odbc=_env("CBM_MSSQL_ODBC"),
         cache_dir=path("CBM_CACHE_DIR", var / "cache"),
-        batch_rows=_int("CBM_BATCH_ROWS", 50000, 1),
+        batch_rows=_int("CBM_BATCH_ROWS", 50000, 1000),  # extract.batch_rows_for: never below 1,000
         duckdb_memory_limit=_size("CBM_DUCKDB_MEMORY_LIMIT", "256MB"),
         transform_memory_limit=_size("CBM_TRANSFORM_MEMORY_LIMIT", "256MB"),
         duckdb_threads=_int("CBM_DUCKDB_THREADS", 2, 1),

@@ -71,8 +71,8 @@ def check_batch_tag(tag: str) -> None:
     """A tag is used as given in the batch id and the cache folder: one spelling per batch (a normalised
     `Rerun` and `rerun` would share a batch, and the second run would reuse the first one's extract)."""
     if tag and not _BATCH_TAG.fullmatch(tag):
-        raise ValueError(f"--batch-tag {tag!r}: use lower-case letters, digits, '-' and '_' (it names the batch "
-                         "and its cache folder)")
+        raise ValueError(f"--batch-tag {tag!r}: use lower-case letters, digits, '-' and '_', starting with a "
+                         "letter or digit (it names the batch and its cache folder)")
     if len(tag) > MAX_BATCH_TAG:
         raise ValueError(f"--batch-tag {tag!r} is longer than {MAX_BATCH_TAG} characters "
                          "(batch ids are stored in 64-character columns): use a shorter tag")
@@ -94,7 +94,8 @@ class CbmTask(luigi.Task):
     table = luigi.Parameter(description="source table name as in Progress (PUB.<table>)")
     mode = luigi.ChoiceParameter(choices=["full", "incremental"], default="incremental")
     batch_date = luigi.DateParameter(default=date.today(), description="the batch (default: today)")
-    batch_tag = luigi.Parameter(default="", description="start a fresh batch the same day: any short tag")
+    batch_tag = luigi.Parameter(default="", description="start a fresh batch the same day: up to 40 lower-case "
+                                                        "letters, digits, - and _, starting with a letter or digit")
     run_id = luigi.Parameter(default=PROCESS_RUN_ID, significant=False, visibility=ParameterVisibility.HIDDEN)
     continue_on_error = luigi.BoolParameter(default=False, significant=False,
                                             description="load the tables after a failed critical one")
@@ -234,7 +235,8 @@ class ExtractParquet(CbmTask):
         critical = [t["TableName"] for t in tables if t["IsCritical"]]
         # a table a critical table waits for (ETL_Dependencies, directly or not) loads whatever the critical
         # tables do: waiting for one of them could wait for itself, and Luigi would leave the run pending
-        if self.in_batch and not self.continue_on_error and self.table not in config_store.needed_by(deps, critical, active):
+        exempt = config_store.needed_by(deps, critical, active)
+        if self.in_batch and not self.continue_on_error and self.table not in exempt:
             mine = next((t["Priority"] for t in tables if t["TableName"] == self.table), None)
             if mine is not None:
                 need += [t["TableName"] for t in tables

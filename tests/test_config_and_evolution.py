@@ -342,12 +342,13 @@ def test_a_double_dash_inside_a_string_literal_is_not_a_comment(env):
 
 def test_tables_csv_as_excel_saves_it_loads_and_what_it_cannot_read_is_refused_by_line(env, tmp_path, capsys):
     good = tmp_path / "excel.csv"  # a French Excel: UTF-8 with BOM, ';' between fields, spaces, oui/non
-    good.write_text("\ufeffTableName ; PrimaryKeyCols ; IsActive ; IsCritical ; Priority\n"
-                    "xa ; id ; oui ; non ; 5\nxb;id;O;1;7\n", encoding="utf-8")
+    good.write_text("\ufeffTableName ; PrimaryKeyCols ; IsActive ; IsCritical ; Priority ; SLAHours\n"
+                    "xa ; id ; oui ; non ; 5 ; 26,5\nxb;id;O;1;7;\n", encoding="utf-8")
     assert cbm_etl(["init-db", "--tables-csv", str(good)]) == 0
     assert env.sql("SELECT TableName, PrimaryKeyCols, IsActive, IsCritical, Priority FROM config.ETL_Tables "
                    "WHERE TableName IN ('xa', 'xb') ORDER BY 1") == [("xa", "id", True, False, 5),
                                                                      ("xb", "id", True, True, 7)]
+    assert env.sql("SELECT SLAHours FROM config.ETL_Tables WHERE TableName = 'xa'")[0][0] == 26.5  # decimal comma
     for text, says in (("TableName,PrimaryKeyCol\nxc,id\n", "PrimaryKeyCol"),
                        ("TableName,IsActive\nxc,maybe\n", "line 2, column IsActive: 'maybe' is not 1/0"),
                        ("TableName,Priority\nxc,10.0\n", "line 2, column Priority: '10.0' is not a number"),

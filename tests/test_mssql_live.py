@@ -151,8 +151,9 @@ def test_full_then_incremental_load_on_sql_server(mssql_env):
 def test_sync_procedure_keeps_operator_choices(mssql_env):
     assert cbm_etl(["sync-columns", "famille"]) == 0
     _sql("UPDATE config.ETL_Columns SET IsExcluded = 1 WHERE TableName = 'famille' AND ColumnName = 'libelle'")
-    _sql("UPDATE config.ETL_Columns SET IsOverride = 1, SqlName = 'lib', "
-         "SourceExpression = 'UPPER(\"libelle\") AS lib' WHERE TableName = 'famille' AND ColumnName = 'libelle'")
+    _sql("UPDATE config.ETL_Columns SET IsOverride = 1, SqlName = 'lib', DataType = 'varchar', Width = 7, "
+         "SourceExpression = 'SUBSTRING(\"libelle\", 1, 7) AS lib' "
+         "WHERE TableName = 'famille' AND ColumnName = 'libelle'")
     _sql("INSERT INTO meta.SYSCOLUMNS_FULL (tbl, col, coltype, width, scale, nullflag, array_extent, display_order) "
          "VALUES ('famille', 'new-col', 'varchar', 10, 0, 'Y', 0, 99)")
     _sql("DELETE FROM meta.SYSCOLUMNS_FULL WHERE tbl = 'famille' AND col = 'actif'")
@@ -161,6 +162,8 @@ def test_sync_procedure_keeps_operator_choices(mssql_env):
     rows = {r[0]: r[1:] for r in _sql("SELECT ColumnName, SqlName, IsExcluded, IsOverride, IsMissingAtSource "
                                       "FROM config.ETL_Columns WHERE TableName = 'famille'")}
     assert rows["libelle"] == ("lib", True, True, False)
+    assert _sql("SELECT Width FROM config.ETL_Columns WHERE TableName = 'famille' AND ColumnName = 'libelle'") == [
+        (7,)]  # the override's declared type is kept
     assert rows["new-col"] == ("new_col", False, False, False)
     assert rows["actif"][-1] is True
     _sql("INSERT INTO meta.SYSCOLUMNS_FULL (tbl, col, coltype, width, scale, nullflag, array_extent, display_order) "

@@ -45,13 +45,14 @@ def test_masking_stops_at_the_line_end():
 
 
 @pytest.mark.parametrize("name,value,says", [
-    ("CBM_BATCH_ROWS", "50k", "a whole number"), ("CBM_BATCH_ROWS", "0", "at least 1"),
+    ("CBM_BATCH_ROWS", "50k", "a whole number"), ("CBM_BATCH_ROWS", "500", "at least 1000"),
     ("CBM_DUCKDB_THREADS", "0", "at least 1"), ("CBM_CONNECT_RETRIES", "-1", "at least 0"),
     ("CBM_QUERY_TIMEOUT_S", "-1", "at least 0"), ("CBM_MSSQL_BULK_TIMEOUT_S", "1h", "a whole number"),
     ("CBM_DUCKDB_MEMORY_LIMIT", "lots", "a size such as"), ("CBM_TRANSFORM_MEMORY_LIMIT", "256 MBs", "a size"),
     ("CBM_SOURCE_DIALECT", "progress", "one of openedge, sqlite-standin"),
     ("CBM_ODBC_READER", "arrow_odbc", "one of auto, arrow-odbc, pyodbc"),
-    ("CBM_SOURCE_ISOLATION", "dirty", "one of READ_UNCOMMITTED, DEFAULT")])
+    ("CBM_SOURCE_ISOLATION", "dirty", "one of READ_UNCOMMITTED, DEFAULT"),
+    ("CBM_SOURCE_KIND", "progress", "one of demo, odbc"), ("CBM_WAREHOUSE_KIND", "sqlserver", "one of duckdb, mssql")])
 def test_a_setting_the_product_cannot_use_is_named(monkeypatch, name, value, says):
     monkeypatch.setenv("CBM_ENV_FILE", "/nonexistent")
     monkeypatch.setenv(name, value)

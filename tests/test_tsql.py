@@ -193,8 +193,13 @@ def test_sync_procedure_shape():
         assert needle in proc, needle
     # operator choices are never written: IsExcluded / ArrayMode only appear in the INSERT of new columns
     update_existing = proc[proc.index("UPDATE c\n"):proc.index("SET @updated")]
-    for kept in ("IsExcluded", "ArrayMode", "SqlName", "SourceExpression", "IsOverride"):
+    for kept in ("IsExcluded", "ArrayMode", "SqlName", "SourceExpression"):
         assert kept not in update_existing
+    # IsOverride is only read: an override keeps the type its expression returns
+    assert update_existing.count("c.IsOverride = 1") == 3 and "IsOverride" not in update_existing.replace(
+        "c.IsOverride = 1", "")
+    for col in ("DataType", "Width", "Scale"):
+        assert f"{col} = CASE WHEN c.IsOverride = 1 THEN c.{col} ELSE k.{col} END" in update_existing
 
 
 # -- a plan with every column kind ------------------------------------------------------------------------------
@@ -1129,3 +1134,14 @@ def test_summary_queries_parse_as_tsql(monkeypatch, capsys):
     assert cli.main(["summary"]) == 0
     assert any("row_number() OVER" in x for x in rec.statements)
     assert_all_parse(rec.statements, "cbm-etl summary")
+
+
+def test_a_missing_sql_server_driver_is_named_with_the_way_out():
+    """Real pyodbc and unixODBC (no SQL Server needed): the driver named in CBM_MSSQL_ODBC is not installed."""
+    wh = MssqlWarehouse(_settings(mssql_odbc="Driver={No Such Driver 99};Server=db,1433;UID=etl;PWD=s3cr;et;",
+                                  connect_retries=1))
+    with pytest.raises(RuntimeError) as err:
+        wh._connect()
+    text = str(err.value)
+    assert text.startswith("cannot connect to SQL Server") and "odbcinst -q -d" in text and "docs/mssql.md" in text
+    assert "s3cr" not in text and "PWD={***}" in text

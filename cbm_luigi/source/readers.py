@@ -146,7 +146,8 @@ class EmbeddedReader(_DbApiReader):
     def __init__(self, path):
         self.dialect = SqliteStandInDialect()
         if not path.exists():
-            raise SourceError(f"demo source {path} does not exist: run `cbm-etl demo-source` (or `make demo`)")
+            raise SourceError(f"demo source {path} does not exist: run `cbm-etl demo-source` (`make demo` keeps its "
+                              f"own source and warehouse under var/demo), or set CBM_DEMO_SOURCE")
         self.con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
         for alias in ("PUB", "SYSPROGRESS"):
             self.con.execute(f"ATTACH DATABASE ? AS {alias}", (f"file:{path}?mode=ro",))

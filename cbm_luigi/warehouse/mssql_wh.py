@@ -516,8 +516,11 @@ class MssqlWarehouse(Warehouse):
                 # OperationalError: network / timeout / server starting, worth a retry; anything else
                 # (driver not found, login failed) is a configuration error
                 if attempt >= attempts or not isinstance(exc, pyodbc.OperationalError):
-                    raise RuntimeError(f"cannot connect to SQL Server ({self.describe()}): "
-                                       f"{mask_secrets(str(exc))}") from None
+                    text = mask_secrets(str(exc))
+                    hint = ("; no such ODBC driver: check `odbcinst -q -d` and DRIVER= in CBM_MSSQL_ODBC (Microsoft's "
+                            "ODBC Driver 18 for SQL Server, see docs/mssql.md)"
+                            if re.search(r"IM002|can't open lib|data source name not found", text, re.I) else "")
+                    raise RuntimeError(f"cannot connect to SQL Server ({self.describe()}): {text}{hint}") from None
                 time.sleep(min(2 ** attempt, 30))
         if self.settings.query_timeout_s:
             con.timeout = int(self.settings.query_timeout_s)

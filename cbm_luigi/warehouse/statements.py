@@ -326,7 +326,8 @@ def validation_queries(d: WarehouseDialect, spec: MergeSpec) -> dict[str, str]:
     return {
         "batch_keys_current_with_same_hash": (
             f"SELECT {d.count}(*) FROM {stg} AS s WHERE NOT EXISTS (SELECT 1 FROM {ods} AS t "
-            f"WHERE {_on(d, spec.keys)} AND {live} AND {d.is_false('t._etl_is_deleted')} AND t._etl_hashdiff = s._etl_hashdiff)"),
+            f"WHERE {_on(d, spec.keys)} AND {live} AND {d.is_false('t._etl_is_deleted')} "
+            f"AND t._etl_hashdiff = s._etl_hashdiff)"),
         "duplicate_current_keys": (
             f"SELECT {d.count}(*) FROM (SELECT {', '.join(d.quote(k) for k in spec.keys)} FROM {ods} AS t "
             f"WHERE {live} GROUP BY {', '.join(d.quote(k) for k in spec.keys)} HAVING {d.count}(*) > 1) AS dup"),

@@ -11,7 +11,7 @@
 --
 -- Operator choices survive: IsExcluded and ArrayMode are never touched; SqlName and SourceExpression are kept
 -- on every existing row (an existing name never changes here, whatever set it, so IsOverride = 1 rows keep
--- theirs). Columns no longer in the catalog copy get IsMissingAtSource = 1 (kept in ods, no longer read);
+-- theirs), and IsOverride = 1 rows keep DataType, Width and Scale (the type their expression returns). Columns no longer in the catalog copy get IsMissingAtSource = 1 (kept in ods, no longer read);
 -- a column that comes back gets IsMissingAtSource = 0. Only tables present in meta.SYSCOLUMNS_FULL are
 -- touched (a table absent from the copy is not marked missing). One transaction, XACT_ABORT ON: any error
 -- rolls everything back and is re-thrown. Returns one row: added, updated, missing. Call it outside any open
@@ -120,7 +120,10 @@ BEGIN
         END;
 
         UPDATE c
-        SET DataType = k.DataType, Width = k.Width, Scale = k.Scale, NullFlag = k.NullFlag,
+        -- an override declares the type its SourceExpression returns: its DataType, Width and Scale stay
+        SET DataType = CASE WHEN c.IsOverride = 1 THEN c.DataType ELSE k.DataType END,
+            Width = CASE WHEN c.IsOverride = 1 THEN c.Width ELSE k.Width END,
+            Scale = CASE WHEN c.IsOverride = 1 THEN c.Scale ELSE k.Scale END, NullFlag = k.NullFlag,
             ArrayExtent = k.ArrayExtent, OrdinalPosition = k.OrdinalPosition, Label = k.Label,
             Description = k.Description, IsMissingAtSource = 0, SyncedAt = @now
         FROM config.ETL_Columns AS c
