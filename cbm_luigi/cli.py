@@ -144,6 +144,12 @@ def cmd_summary(args) -> int:
             ") AS b ON b.TableName = l.TableName AND b.BatchId = l.BatchId AND b.Mode = l.Mode "
             "ORDER BY l.TableName, l.LogTs, l.LogId")
         sla = s.query_dicts("SELECT TableName, SLAStatus, LastSuccessTs FROM etl.vw_SLABreach ORDER BY TableName")
+        # what the warehouse holds: a step's marker commits with its data, its log row just after (a kill in
+        # between leaves the marker without the row, and a rerun rightly skips the step)
+        batches = sorted({r["BatchId"] for r in rows})
+        marks = {tuple(m) for m in s.query(
+            "SELECT TableName, BatchId, Mode, Step FROM etl.ETL_Markers WHERE BatchId IN "
+            f"({', '.join('?' * len(batches))})", batches)} if batches else set()
     print(f"warehouse: {wh.describe()}")
     by_table: dict[str, dict] = {r["TableName"]: {} for r in sla}  # the active tables; those never run show too
     for r in rows:
@@ -158,14 +164,22 @@ def cmd_summary(args) -> int:
             continue
         last = max(st.values(), key=lambda r: ("extract", "stage", "merge", "validate").index(r["Step"])
                    if r["Step"] in ("extract", "stage", "merge", "validate") else -1)
-        m = st.get("merge", {})
+        batch = (t, last["BatchId"], last["Mode"])
+        unlogged = [step for step in ("stage", "merge", "validate") if step not in st and (*batch, step) in marks]
         secs = sum((r["DurationMs"] or 0) for r in st.values()) / 1000
         ok = "FAILED" if any(r["Status"] == "FAILED" for r in st.values()) else last["Status"]
-        if ok != "FAILED" and "validate" not in st:  # killed (OOM, SIGKILL) or still running: not loaded yet
-            ok = "INCOMPLETE"
-        print(f"{t:<14} {ok:<10} {st.get('extract', {}).get('Rows') or 0:>8} {m.get('RowsInserted') or 0:>6} "
-              f"{m.get('RowsUpdated') or 0:>6} {m.get('RowsUnchanged') or 0:>7} {m.get('RowsDeleted') or 0:>5} "
+        if ok != "FAILED" and "validate" not in st and (*batch, "validate") not in marks:
+            ok = "INCOMPLETE"  # killed (OOM, SIGKILL) or still running: not loaded yet
+        m = st.get("merge", {})
+
+        def n(key):
+            return "?" if "merge" in unlogged else m.get(key) or 0
+        print(f"{t:<14} {ok:<10} {st.get('extract', {}).get('Rows') or 0:>8} {n('RowsInserted'):>6} "
+              f"{n('RowsUpdated'):>6} {n('RowsUnchanged'):>7} {n('RowsDeleted'):>5} "
               f"{secs:>8.2f}  {status.get(t, {}).get('SLAStatus', '-'):<12} {last['BatchId']}/{last['Mode']}")
+        if unlogged:
+            print(f"    {', '.join(unlogged)}: done (marker committed) but not in etl.ETL_Log: the run was killed "
+                  f"between the two; its counts are not known here")
         for r in st.values():
             if r["Status"] == "FAILED" and r["ErrorMessage"]:
                 print(f"    {r['Step']}: {r['ErrorMessage'][:300]}")

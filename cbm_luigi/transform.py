@@ -256,6 +256,21 @@ def _transform_error(plan: TablePlan, exc: duckdb.Error) -> TransformError:
     return TransformError(f"table {plan.table}: shaping the batch in DuckDB failed: {text}")
 
 
+def _drop_orphans(out_path: Path) -> None:
+    """Half-written files of `out_path` left by a killed process (its pid is in the name and no longer runs):
+    as large as the extract, and no later run would touch them."""
+    for p in out_path.parent.glob(f"{out_path.name}.*-*.tmp"):
+        pid = p.name[len(out_path.name) + 1:].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            p.unlink(missing_ok=True)
+        except PermissionError:  # another user's live process
+            pass
+
+
 def shape_batches(plan: TablePlan, schema: pa.Schema, batches: Iterable[pa.RecordBatch], out_path: Path, *,
                   metadata: dict[str, str] | None = None, memory_limit: str = "256MB", threads: int = 2) -> int:
     """Shape `batches` (the extract schema) into `out_path`, atomically; returns the rows written.
@@ -265,6 +280,7 @@ def shape_batches(plan: TablePlan, schema: pa.Schema, batches: Iterable[pa.Recor
     # a name of its own: two processes extracting the same batch never rename each other's half-written file
     tmp = out_path.with_name(f"{out_path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    _drop_orphans(out_path)
     con = compute_engine(memory_limit, threads, out_path.parent)
     src = _Batches(schema, batches)
     view = f"_cbm_src_{uuid.uuid4().hex}"

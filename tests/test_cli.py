@@ -229,3 +229,18 @@ def test_invalidate_from_extract_works_for_a_batch_whose_stage_failed(env, capsy
     assert "0 marker(s) and 1 cached file(s) removed" in capsys.readouterr().out
     assert not list(env.cache.glob("*/full/client.extract.parquet"))
     assert succeeded(build(LoadTable(table="client", mode="full", batch_tag="x")))
+
+
+def test_summary_goes_by_the_markers_when_a_kill_fell_between_a_commit_and_its_log_row(env, capsys):
+    """A step's marker commits with its data and its etl.ETL_Log row just after: a kill in between (the state is
+    made here by deleting the rows) leaves a loaded table that the rerun rightly skips. The summary must not
+    call it INCOMPLETE, nor show 0 inserted."""
+    assert succeeded(build(LoadTable(table="famille", mode="full")))
+    env.sql("DELETE FROM etl.ETL_Log WHERE TableName = 'famille' AND Step IN ('merge', 'validate')")
+    capsys.readouterr()
+    assert cbm_etl(["summary"]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("famille"))
+    assert line.split()[1:7] == ["SUCCESS", str(env.sql("SELECT COUNT(*) FROM ods.famille")[0][0]), "?", "?", "?",
+                                 "?"]
+    assert "merge, validate: done (marker committed) but not in etl.ETL_Log" in out

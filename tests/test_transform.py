@@ -166,3 +166,29 @@ def test_a_duckdb_failure_names_the_table_and_ends_the_source_stream(tmp_path):
         shape_batches(plan, schema, batches(), tmp_path / "t.parquet")
     assert state["closed"] and state["sent"] < 10_000  # stopped early, and released
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_half_written_file_of_a_killed_process_is_dropped_by_the_next_write(tmp_path):
+    """A kill during the extract leaves `<file>.<pid>-<id>.tmp`: no later run would touch it (the pid is in the
+    name), so the next write of the same file removes those whose process is gone, and only those."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()  # a process that has ended
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        out = tmp_path / "t.stage.parquet"
+        orphan = tmp_path / f"t.stage.parquet.{dead}-abcd1234.tmp"
+        running = tmp_path / f"t.stage.parquet.{live.pid}-abcd1234.tmp"
+        other = tmp_path / f"u.stage.parquet.{dead}-abcd1234.tmp"
+        for p in (orphan, running, other):
+            p.write_bytes(b"PAR1 half")
+        plan = TablePlan("t", "t", ["id"], [PlanColumn("id", "id", I, False)])
+        src = tmp_path / "src.parquet"
+        pq.write_table(pa.table({"id": [1, 2]}, schema=plan.extract_schema()), src)
+        assert shape_file(plan, src, out) == 2
+        assert not orphan.exists() and running.exists() and other.exists()
+    finally:
+        live.kill()
+        live.wait()
