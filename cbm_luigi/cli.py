@@ -130,6 +130,11 @@ def cmd_invalidate(args) -> int:
     return 0
 
 
+_LATEST_BATCH = ("SELECT TableName, BatchId, Mode FROM (SELECT TableName, BatchId, Mode, row_number() OVER "
+                 "(PARTITION BY TableName ORDER BY LogTs DESC, LogId DESC) AS rn FROM etl.ETL_Log) AS x WHERE rn = 1")
+_STEPS = ("extract", "stage", "merge", "validate")
+
+
 def cmd_summary(args) -> int:
     settings = load_settings()
     wh = open_warehouse(settings)
@@ -138,18 +143,16 @@ def cmd_summary(args) -> int:
         # not stand next to a newer batch's failure
         rows = s.query_dicts(
             "SELECT l.TableName, l.Step, l.Status, l.Rows, l.RowsInserted, l.RowsUpdated, l.RowsUnchanged, "
-            "l.RowsDeleted, l.DurationMs, l.BatchId, l.Mode, l.ErrorMessage FROM etl.ETL_Log AS l JOIN ("
-            "SELECT TableName, BatchId, Mode FROM (SELECT TableName, BatchId, Mode, row_number() OVER "
-            "(PARTITION BY TableName ORDER BY LogTs DESC, LogId DESC) AS rn FROM etl.ETL_Log) AS x WHERE rn = 1"
-            ") AS b ON b.TableName = l.TableName AND b.BatchId = l.BatchId AND b.Mode = l.Mode "
-            "ORDER BY l.TableName, l.LogTs, l.LogId")
+            "l.RowsDeleted, l.DurationMs, l.BatchId, l.Mode, l.ErrorMessage, l.LogTs FROM etl.ETL_Log AS l "
+            f"JOIN ({_LATEST_BATCH}) AS b ON b.TableName = l.TableName AND b.BatchId = l.BatchId "
+            "AND b.Mode = l.Mode ORDER BY l.TableName, l.LogTs, l.LogId")
         sla = s.query_dicts("SELECT TableName, SLAStatus, LastSuccessTs FROM etl.vw_SLABreach ORDER BY TableName")
         # what the warehouse holds: a step's marker commits with its data, its log row just after (a kill in
         # between leaves the marker without the row, and a rerun rightly skips the step)
-        batches = sorted({r["BatchId"] for r in rows})
-        marks = {tuple(m) for m in s.query(
-            "SELECT TableName, BatchId, Mode, Step FROM etl.ETL_Markers WHERE BatchId IN "
-            f"({', '.join('?' * len(batches))})", batches)} if batches else set()
+        marks = {(t, b, m, step): at for t, b, m, step, at in s.query(
+            "SELECT m.TableName, m.BatchId, m.Mode, m.Step, m.CreatedAt FROM etl.ETL_Markers AS m "
+            f"JOIN ({_LATEST_BATCH}) AS b ON b.TableName = m.TableName AND b.BatchId = m.BatchId "
+            "AND b.Mode = m.Mode")}
     print(f"warehouse: {wh.describe()}")
     by_table: dict[str, dict] = {r["TableName"]: {} for r in sla}  # the active tables; those never run show too
     for r in rows:
@@ -162,26 +165,30 @@ def cmd_summary(args) -> int:
         if not st:
             print(f"{t:<14} {'-':<10} {'never run':>8}{'':>37}  {status.get(t, {}).get('SLAStatus', '-'):<12}")
             continue
-        last = max(st.values(), key=lambda r: ("extract", "stage", "merge", "validate").index(r["Step"])
-                   if r["Step"] in ("extract", "stage", "merge", "validate") else -1)
+        last = max(st.values(), key=lambda r: _STEPS.index(r["Step"]) if r["Step"] in _STEPS else -1)
         batch = (t, last["BatchId"], last["Mode"])
-        unlogged = [step for step in ("stage", "merge", "validate") if step not in st and (*batch, step) in marks]
-        secs = sum((r["DurationMs"] or 0) for r in st.values()) / 1000
-        ok = "FAILED" if any(r["Status"] == "FAILED" for r in st.values()) else last["Status"]
-        if ok != "FAILED" and "validate" not in st and (*batch, "validate") not in marks:
-            ok = "INCOMPLETE"  # killed (OOM, SIGKILL) or still running: not loaded yet
+        # a step committed after its last log row (none, or an earlier attempt's failure) is done, unlogged
+        unlogged = [step for step in _STEPS[1:] if (*batch, step) in marks and
+                    (step not in st or st[step]["LogTs"] < marks[(*batch, step)])]
+        logged = {step: r for step, r in st.items() if step not in unlogged}
+        failed = [r for r in logged.values() if r["Status"] == "FAILED"]
+        validated = "validate" in unlogged or logged.get("validate", {}).get("Status") == "SUCCESS"
+        # INCOMPLETE: no validation and no failure, so killed (OOM, SIGKILL) or still running
+        ok = "FAILED" if failed else "SUCCESS" if validated else "INCOMPLETE"
+        secs = sum((r["DurationMs"] or 0) for r in logged.values()) / 1000
         m = st.get("merge", {})
 
         def n(key):
             return "?" if "merge" in unlogged else m.get(key) or 0
-        print(f"{t:<14} {ok:<10} {st.get('extract', {}).get('Rows') or 0:>8} {n('RowsInserted'):>6} "
+        read = st["extract"]["Rows"] or 0 if "extract" in st else "?"  # its log row is written after the rename
+        print(f"{t:<14} {ok:<10} {read:>8} {n('RowsInserted'):>6} "
               f"{n('RowsUpdated'):>6} {n('RowsUnchanged'):>7} {n('RowsDeleted'):>5} "
               f"{secs:>8.2f}  {status.get(t, {}).get('SLAStatus', '-'):<12} {last['BatchId']}/{last['Mode']}")
         if unlogged:
             print(f"    {', '.join(unlogged)}: done (marker committed) but not in etl.ETL_Log: the run was killed "
                   f"between the two; its counts are not known here")
-        for r in st.values():
-            if r["Status"] == "FAILED" and r["ErrorMessage"]:
+        for r in failed:
+            if r["ErrorMessage"]:
                 print(f"    {r['Step']}: {r['ErrorMessage'][:300]}")
     return 0
 

@@ -10,6 +10,7 @@ import dataclasses
 import functools
 from collections.abc import Iterable
 import logging
+import re
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -153,8 +154,8 @@ def _csv_value(field: str, v: str, where: str):
             return v.lower() in _TRUE
         if field == "Priority":
             return int(v)
-        if field == "SLAHours":  # a French Excel writes 26,5
-            return float(v.replace(",", ".", 1) if v.count(",") == 1 and "." not in v else v)
+        if field == "SLAHours":  # a French Excel writes 26,5 (but 1,000 is no number of hours to guess at)
+            return float(v.replace(",", ".") if re.fullmatch(r"\d+,\d{1,2}", v) else v)
     except ValueError as exc:
         what = exc.args[0] if field in _BOOL else "a number"
         raise ConfigError(f"{where}, column {field}: {v!r} is not {what}") from None

@@ -23,7 +23,9 @@ Canonical form hashed into `_etl_hashdiff` (md5, 32 hex chars):
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import socket
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -256,19 +258,25 @@ def _transform_error(plan: TablePlan, exc: duckdb.Error) -> TransformError:
     return TransformError(f"table {plan.table}: shaping the batch in DuckDB failed: {text}")
 
 
+_HOST = hashlib.md5(socket.gethostname().encode()).hexdigest()[:8]  # a cache shared by hosts: pids are per host
+
+
 def _drop_orphans(out_path: Path) -> None:
-    """Half-written files of `out_path` left by a killed process (its pid is in the name and no longer runs):
-    as large as the extract, and no later run would touch them."""
-    for p in out_path.parent.glob(f"{out_path.name}.*-*.tmp"):
+    """Half-written files of `out_path` left by a killed process of this host (`<name>.<pid>-<id>-<host>.tmp`,
+    the pid no longer runs): as large as the extract, and no later run would touch them. Best effort."""
+    for p in out_path.parent.glob(f"{out_path.name}.*-*-{_HOST}.tmp"):
         pid = p.name[len(out_path.name) + 1:].split("-", 1)[0]
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:
             os.kill(int(pid), 0)
+            continue  # running (this user's)
+        except PermissionError:
+            continue  # running (another user's)
         except ProcessLookupError:
-            p.unlink(missing_ok=True)
-        except PermissionError:  # another user's live process
             pass
+        with contextlib.suppress(OSError):
+            p.unlink()
 
 
 def shape_batches(plan: TablePlan, schema: pa.Schema, batches: Iterable[pa.RecordBatch], out_path: Path, *,
@@ -278,7 +286,7 @@ def shape_batches(plan: TablePlan, schema: pa.Schema, batches: Iterable[pa.Recor
     Row groups are kept small (ROW_GROUP_BYTES) so they are written while the source is still read, and a
     later step can read them in parallel."""
     # a name of its own: two processes extracting the same batch never rename each other's half-written file
-    tmp = out_path.with_name(f"{out_path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    tmp = out_path.with_name(f"{out_path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}-{_HOST}.tmp")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _drop_orphans(out_path)
     con = compute_engine(memory_limit, threads, out_path.parent)

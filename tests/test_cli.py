@@ -244,3 +244,21 @@ def test_summary_goes_by_the_markers_when_a_kill_fell_between_a_commit_and_its_l
     assert line.split()[1:7] == ["SUCCESS", str(env.sql("SELECT COUNT(*) FROM ods.famille")[0][0]), "?", "?", "?",
                                  "?"]
     assert "merge, validate: done (marker committed) but not in etl.ETL_Log" in out
+
+
+def test_summary_prefers_a_committed_step_over_its_earlier_failed_attempt_and_a_lost_extract_row(env, capsys):
+    """merge fails (IsDimension switched), is fixed and rerun, and the run is killed between the merge's commit
+    and its log row (made here by deleting that row): the step is done, and its earlier failure is history."""
+    assert succeeded(build(LoadTable(table="famille", mode="full", batch_tag="a")))
+    env.sql("UPDATE config.ETL_Tables SET IsDimension = NOT IsDimension WHERE TableName = 'famille'")
+    assert not succeeded(build(LoadTable(table="famille", mode="full", batch_tag="b")))
+    env.sql("UPDATE config.ETL_Tables SET IsDimension = NOT IsDimension WHERE TableName = 'famille'")
+    assert succeeded(build(LoadTable(table="famille", mode="full", batch_tag="b")))
+    env.sql("DELETE FROM etl.ETL_Log WHERE TableName = 'famille' AND BatchId LIKE '%-b' AND Status = 'SUCCESS' "
+            "AND Step IN ('merge', 'extract')")
+    capsys.readouterr()
+    assert cbm_etl(["summary"]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("famille"))
+    assert line.split()[1:7] == ["SUCCESS", "?", "?", "?", "?", "?"], line
+    assert "merge: done (marker committed) but not in etl.ETL_Log" in out and "ConfigError" not in out

@@ -349,6 +349,10 @@ def test_tables_csv_as_excel_saves_it_loads_and_what_it_cannot_read_is_refused_b
                    "WHERE TableName IN ('xa', 'xb') ORDER BY 1") == [("xa", "id", True, False, 5),
                                                                      ("xb", "id", True, True, 7)]
     assert env.sql("SELECT SLAHours FROM config.ETL_Tables WHERE TableName = 'xa'")[0][0] == 26.5  # decimal comma
+    thousands = tmp_path / "thousands.csv"  # 1,000 is not 1 hour: refused rather than guessed
+    thousands.write_text("TableName;SLAHours\nxc;1,000\n", encoding="utf-8")
+    assert cbm_etl(["init-db", "--tables-csv", str(thousands)]) == 1
+    assert "column SLAHours: '1,000' is not a number" in capsys.readouterr().err
     for text, says in (("TableName,PrimaryKeyCol\nxc,id\n", "PrimaryKeyCol"),
                        ("TableName,IsActive\nxc,maybe\n", "line 2, column IsActive: 'maybe' is not 1/0"),
                        ("TableName,Priority\nxc,10.0\n", "line 2, column Priority: '10.0' is not a number"),

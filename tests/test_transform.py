@@ -179,16 +179,19 @@ def test_a_half_written_file_of_a_killed_process_is_dropped_by_the_next_write(tm
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         out = tmp_path / "t.stage.parquet"
-        orphan = tmp_path / f"t.stage.parquet.{dead}-abcd1234.tmp"
-        running = tmp_path / f"t.stage.parquet.{live.pid}-abcd1234.tmp"
-        other = tmp_path / f"u.stage.parquet.{dead}-abcd1234.tmp"
-        for p in (orphan, running, other):
+        from cbm_luigi.transform import _HOST
+
+        orphan = tmp_path / f"t.stage.parquet.{dead}-abcd1234-{_HOST}.tmp"
+        running = tmp_path / f"t.stage.parquet.{live.pid}-abcd1234-{_HOST}.tmp"
+        other = tmp_path / f"u.stage.parquet.{dead}-abcd1234-{_HOST}.tmp"
+        elsewhere = tmp_path / f"t.stage.parquet.{dead}-abcd1234-0badf00d.tmp"  # another host's pid: unknown here
+        for p in (orphan, running, other, elsewhere):
             p.write_bytes(b"PAR1 half")
         plan = TablePlan("t", "t", ["id"], [PlanColumn("id", "id", I, False)])
         src = tmp_path / "src.parquet"
         pq.write_table(pa.table({"id": [1, 2]}, schema=plan.extract_schema()), src)
         assert shape_file(plan, src, out) == 2
-        assert not orphan.exists() and running.exists() and other.exists()
+        assert not orphan.exists() and running.exists() and other.exists() and elsewhere.exists()
     finally:
         live.kill()
         live.wait()

@@ -682,6 +682,7 @@ def test_cli_statements_parse(monkeypatch, tmp_path):
                             (r"etl\.vw_SLABreach", [{"TableName": "famille", "SLAStatus": "OK",
                                                      "LastSuccessTs": None}]),
                             (r"COUNT\(\*\) FROM etl\.ETL_Markers", [(0,)]),
+                            (r"FROM etl\.ETL_Markers AS m", [("famille", "b", "full", "merge", datetime(2024, 1, 1))]),
                             (r"COUNT\(\*\) FROM config\.ETL_Tables", [(1,)])])
     wh = StubWarehouse(rec)
     monkeypatch.setattr(cli, "open_warehouse", lambda settings: wh)
@@ -1129,10 +1130,11 @@ def test_merge_widening_a_key_column_drops_and_recreates_the_index(stage_file):
 def test_summary_queries_parse_as_tsql(monkeypatch, capsys):
     from cbm_luigi import cli
 
-    rec = RecordingSession()
+    rec = RecordingSession([(r"FROM etl\.ETL_Markers AS m", [])])
     monkeypatch.setattr(cli, "open_warehouse", lambda settings: StubWarehouse(rec))
     assert cli.main(["summary"]) == 0
     assert any("row_number() OVER" in x for x in rec.statements)
+    assert any("FROM etl.ETL_Markers AS m JOIN" in x for x in rec.statements)  # the markers' query parses too
     assert_all_parse(rec.statements, "cbm-etl summary")
 
 
