@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from .plan import TablePlan
 from .source.conform import conform_batch
 from .source.errors import SourceError, translate
+from .source import readers
 from .source.readers import Reader
 from .transform import shape_batches
 
@@ -32,18 +33,20 @@ META_KEY = "cbm_luigi.extract"
 FORMAT = 4
 # aim for record batches of about this size whatever the width (measured on 40,000 x 350: 8 MB batches keep the
 # fetch and the hashing in step and use 200 MB less than 32 MB ones)
-BATCH_BYTES = 8 * 1024 * 1024
+BATCH_BYTES = readers.BATCH_BYTES
 PROGRESS_EVERY_S = 2.0  # a status message is an RPC to the central scheduler: not one per batch
 
 
 def estimated_row_bytes(plan: TablePlan) -> int:
     """An estimate of one row in the driver's buffers: strings at their declared width (UTF-8, 2 bytes a
-    character on average; 128 characters when unbounded), decimals as text, the rest at their width."""
+    character on average; 128 characters when unbounded; an EXTENT array is read whole, its width an element's
+    or the whole array's, so counted as a whole array of elements of that width), decimals as text, the rest at
+    their width. The readers also bound a batch by its real bytes (BATCH_BYTES)."""
     total = 0
     for c in plan.columns:
         t = c.extract_type()
         if pa.types.is_string(t) or pa.types.is_binary(t):
-            total += 2 * (c.ctype.width or 128) + 8
+            total += (2 * (c.ctype.width or 128) + 1) * max(1, c.extent or 0) + 8
         elif pa.types.is_decimal(t):
             total += t.precision + 3
         else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from datetime import datetime
 from pathlib import Path
 
@@ -98,19 +99,28 @@ def _narrower(plan: TablePlan) -> str:
 
 
 @contextlib.contextmanager
-def _rows_too_wide_named(plan: TablePlan, step: str):
-    """SQL Server refuses a row whose in-row part passes 8,060 bytes when it is written (Msg 511), not when the
-    table is made: variable-length values of 24 bytes or less cannot move off the row. Which rows do depends
-    on the data (split array elements, short texts), so it is told here, with the way out."""
+def _limits_named(wh: Warehouse, plan: TablePlan, step: str):
+    """A warehouse limit hit while a step writes, said with the table and the way out (the step's transaction
+    has rolled back: nothing was written):
+    - SQL Server refuses a row whose in-row part passes 8,060 bytes when it is written (Msg 511), not when the
+      table is made: variable-length values of 24 bytes or less cannot move off the row, so it depends on the
+      data (split array elements, short texts);
+    - DuckDB runs out of its memory cap (a MERGE carries every column of stg and ods; long texts)."""
     try:
         yield
     except Exception as exc:
         text = str(exc)
-        if "allowable maximum row size" not in text:  # Msg 511's own words
-            raise
-        raise ConfigError(f"table {plan.table}: a row is too wide for SQL Server (its in-row part passes 8,060 "
-                          f"bytes). Nothing was {step}d: {_narrower(plan)}, then rerun the table. SQL Server said: "
-                          f"{mask_secrets(text)[:500]}") from None
+        if "allowable maximum row size" in text:  # Msg 511's own words
+            raise ConfigError(f"table {plan.table}: a row is too wide for SQL Server (its in-row part passes 8,060 "
+                              f"bytes). Nothing was {step}d: {_narrower(plan)}, then rerun the table. SQL Server "
+                              f"said: {mask_secrets(text)[:500]}") from None
+        if wh.kind == "duckdb" and re.search(r"Out of Memory|failed to (pin|allocate)", text, re.I):
+            raise MemoryError(f"table {plan.table}: the DuckDB warehouse ran out of memory in the {step} "
+                              f"(CBM_DUCKDB_MEMORY_LIMIT={wh.settings.duckdb_memory_limit}, raised for wide tables). "
+                              f"Nothing was {step}d. Raise CBM_DUCKDB_MEMORY_LIMIT (a full reload with changes of "
+                              f"1 M rows x 120 columns needs about 1GB) within the machine's memory, and rerun the "
+                              f"table. DuckDB said: {text[:300]}") from None
+        raise
 
 
 def stage(wh: Warehouse, plan: TablePlan, batch_path: Path, tech: TechnicalValues, *, marker: StageTarget,
@@ -119,10 +129,9 @@ def stage(wh: Warehouse, plan: TablePlan, batch_path: Path, tech: TechnicalValue
     stg holds now) in the same transaction."""
     check_batch_file(plan, batch_path, tech.batch_id)
     check_column_count(wh, plan)
-    with wh.session() as s, s.transaction():
+    with _limits_named(wh, plan, "stage"), wh.session() as s, s.transaction():
         marker.forget_staged(s)
-        with _rows_too_wide_named(plan, "stage"):
-            rows = wh.replace_stage(s, plan.destination, batch_path, stage_columns(plan), tech)
+        rows = wh.replace_stage(s, plan.destination, batch_path, stage_columns(plan), tech)
         if checkpoint:
             checkpoint("stage")  # a kill here leaves stg replaced but uncommitted, its record not yet written
         marker.touch(s, run_id=run_id, rows=rows, extract_started_at=extract_started_at)
@@ -249,7 +258,7 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
     spec = _spec(plan, full=(mode == "full"))
     now = datetime.now()
     record = StepRecord("merge")
-    with wh.session() as s, s.transaction():
+    with _limits_named(wh, plan, "merge"), wh.session() as s, s.transaction():
         staged = _check_staged(s, plan, marker, "merge")
         _check_not_outdated(s, plan, marker, staged)
         _check_keys(s, wh, plan, spec)
@@ -291,8 +300,7 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
         if inserted or updated or deleted:  # else the MERGE would change nothing: skip its join of every column
             all_new = not (updated or unchanged or deleted)
             for sql, n in merge_statements(d, spec, all_new=all_new):
-                with _rows_too_wide_named(plan, "merge"):
-                    s.execute(sql, [now] * n)
+                s.execute(sql, [now] * n)
                 if checkpoint:
                     checkpoint("merge")  # a kill here leaves a written, uncommitted merge
         else:
@@ -311,7 +319,7 @@ def validate(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker
     d = wh.dialect
     spec = _spec(plan, full=(mode == "full"))
     sql, names = validation_counts(d, spec)
-    with wh.session() as s:
+    with _limits_named(wh, plan, "validate"), wh.session() as s:
         with s.transaction():
             _check_staged(s, plan, marker, "validate")
             got = dict(zip(names, (int(v) for v in s.query(sql)[0])))

@@ -13,8 +13,10 @@ import time
 import urllib.parse
 import urllib.request
 
+import luigi
 import pytest
 
+from cbm_luigi import demo_source
 from cbm_luigi.cli import main as cbm_etl
 from cbm_luigi.tasks import LoadAll, LoadTable
 
@@ -219,3 +221,25 @@ def test_more_than_one_worker_on_duckdb_is_refused_without_harming_the_warehouse
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     for t in DEMO_TABLES:
         assert_ods_equals_source(env, t)
+
+
+def test_the_warehouse_running_out_of_memory_is_named_with_the_setting_and_a_rerun_loads(env, monkeypatch):
+    """3,000 rows of 28 KB text under an 8 MB cap: DuckDB's own error said neither the table nor the setting."""
+    from cbm_luigi.demo_source import Col, TableDef
+
+    demo_source.add_table(env.source, TableDef(
+        "gros", [Col("id", "integer", nullable=False), Col("txt", "varchar", 30), Col("dat_mod", "date")], ("id",),
+        [(i, f"x{i:06d}" * 4000, None) for i in range(3000)]))
+    env.sql("INSERT INTO config.ETL_Tables (TableName, PrimaryKeyCols) VALUES ('gros', 'id')")
+    monkeypatch.setenv("CBM_DUCKDB_MEMORY_LIMIT", "8MB")
+    assert not succeeded(build(LoadTable(table="gros", mode="full")))
+    [(step, err)] = env.sql("SELECT Step, ErrorMessage FROM etl.ETL_Log WHERE Status = 'FAILED'")
+    assert step == "merge" and err.startswith("MemoryError: table gros: the DuckDB warehouse ran out of memory in "
+                                              "the merge (CBM_DUCKDB_MEMORY_LIMIT=8MB")
+    assert "Raise CBM_DUCKDB_MEMORY_LIMIT" in err and "Nothing was merged" in err
+    assert env.sql("SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'gros' "
+                   "AND table_schema = 'ods'") == [(0,)]
+    monkeypatch.setenv("CBM_DUCKDB_MEMORY_LIMIT", "256MB")
+    luigi.task_register.Register.clear_instance_cache()  # Luigi keeps task instances, and their settings
+    assert succeeded(build(LoadTable(table="gros", mode="full")))
+    assert env.sql("SELECT COUNT(*), MIN(length(txt)) FROM ods.gros") == [(3000, 28000)]

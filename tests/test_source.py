@@ -332,3 +332,20 @@ def test_a_filter_clause_ending_in_a_comment_keeps_the_parenthesis():
     cols = [SourceColumn("cod", "cod")]
     sql, _ = OE.extract_sql("t", cols, None, '"x" = 1 -- only company 1')
     assert sql.endswith('WHERE ("x" = 1 -- only company 1\n)')
+
+
+def test_dbapi_batches_are_bounded_by_their_bytes_whatever_the_declared_widths(tmp_path):
+    """A CLOB declared as 128 characters holding 200 KB values: batches of `batch_rows` rows were gigabytes
+    (fetchmany of 24,000 such rows). Each fetch is now sized from the bytes of the rows before it."""
+    con = sqlite3.connect(tmp_path / "big.sqlite")
+    con.execute("CREATE TABLE t (id INTEGER, txt TEXT)")
+    con.executemany("INSERT INTO t VALUES (?, ?)", [(i, f"{i:08d}" * 25_000) for i in range(300)])  # 200 KB each
+    con.executemany("INSERT INTO t VALUES (?, ?)", [(i, "short") for i in range(300, 20_300)])
+    con.commit()
+    batches = list(readers._DbApiReader._batches(con.execute("SELECT id, txt FROM t ORDER BY id"), ["id", "txt"],
+                                                 24_000))
+    con.close()
+    assert sum(b.num_rows for b in batches) == 20_300
+    assert [r for b in batches for r in b.column("id").to_pylist()] == list(range(20_300))  # every row, in order
+    assert max(b.nbytes for b in batches) <= readers.BATCH_BYTES + 400_016  # about 8 MB, never gigabytes
+    assert max(b.num_rows for b in batches) > 10_000  # short rows still come in long batches

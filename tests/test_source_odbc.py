@@ -86,7 +86,9 @@ def test_a_stream_runs_its_statement_when_called_and_reads_when_iterated(env, mo
             r.stream("SELECT id FROM PUB.no_such_table", [], None, 10)
         stream = r.stream('SELECT "cod_cli" FROM PUB."client" ORDER BY 1', [], None, 40)
         batches = list(stream)
-        assert [b.num_rows for b in batches] == [40, 40, 40, 30]
+        # at most 40 rows a batch; the DB-API readers fetch a few rows first to learn their size in bytes
+        sizes = [b.num_rows for b in batches]
+        assert sum(sizes) == 150 and max(sizes) == 40 and sizes[1:-1] == [40] * (len(sizes) - 2)
         assert batches[0].column(0)[0].as_py() == min(row[0] for row in r.query('SELECT "cod_cli" FROM PUB."client"'))
 
 

@@ -31,6 +31,10 @@ MAX_TEXT_BYTES = 31_995 * 4
 MAX_BINARY_BYTES = 4 * 1024 * 1024
 
 
+BATCH_BYTES = 8 * 1024 * 1024  # a batch's size in memory the readers aim at, whatever the declared widths say
+_PROBE_ROWS = 10  # the first fetch of a statement: a few rows to learn their real size
+
+
 def _rows_to_batch(rows: list[tuple], names: list[str]) -> pa.RecordBatch:
     """Arrays of the driver's own types: building them in the catalog type would convert silently (microseconds
     cut to milliseconds, a datetime to its date, 12 to True, True to 1); conform.py casts them exactly."""
@@ -126,11 +130,18 @@ class _DbApiReader(Reader):
 
     @staticmethod
     def _batches(cur, names: list[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
+        """Batches of at most `batch_rows` rows and about BATCH_BYTES: each fetch is sized from the bytes of the
+        rows of the one before (a CLOB of 200 KB declared as 128 characters, or a burst of long values, would
+        otherwise make one batch of gigabytes). The first fetch takes a few rows to learn their size."""
+        step = min(batch_rows, _PROBE_ROWS)
         while True:
-            rows = cur.fetchmany(batch_rows)
+            rows = cur.fetchmany(step)
             if not rows:
                 break
-            yield _rows_to_batch([tuple(r) for r in rows], names)
+            batch = _rows_to_batch([tuple(r) for r in rows], names)
+            yield batch
+            per_row = max(1, batch.nbytes // batch.num_rows)
+            step = max(1, min(batch_rows, BATCH_BYTES // per_row))
 
     def close(self):
         if self.con is not None:
