@@ -116,8 +116,8 @@ def _limits_named(wh: Warehouse, plan: TablePlan, step: str):
                               f"said: {mask_secrets(text)[:500]}") from None
         if wh.kind == "duckdb" and re.search(r"Out of Memory|failed to (pin|allocate)", text, re.I):
             raise MemoryError(f"table {plan.table}: the DuckDB warehouse ran out of memory in the {step} "
-                              f"(CBM_DUCKDB_MEMORY_LIMIT={wh.settings.duckdb_memory_limit}, raised for wide tables). "
-                              f"Nothing was {step}d. Raise CBM_DUCKDB_MEMORY_LIMIT (a full reload with changes of "
+                              f"(CBM_DUCKDB_MEMORY_LIMIT={wh.settings.duckdb_memory_limit}, raised for wide tables "
+                              f"and large merges). Nothing was {step}d. Raise CBM_DUCKDB_MEMORY_LIMIT (a full reload with changes of "
                               f"1 M rows x 120 columns needs about 1GB) within the machine's memory, and rerun the "
                               f"table. DuckDB said: {text[:300]}") from None
         raise
@@ -299,6 +299,8 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
                 f"empty now, rerun with CBM_ALLOW_EMPTY_FULL={plan.table} in the environment.")
         if inserted or updated or deleted:  # else the MERGE would change nothing: skip its join of every column
             all_new = not (updated or unchanged or deleted)
+            if not all_new:
+                wh.before_merge(s, len(spec.columns), rows=int(batch_rows))
             for sql, n in merge_statements(d, spec, all_new=all_new):
                 s.execute(sql, [now] * n)
                 if checkpoint:

@@ -87,8 +87,9 @@ class Warehouse:
     needs_string_lengths = False
     max_columns: int | None = None  # columns per table the warehouse admits (None: no practical limit)
 
-    def before_merge(self, s: Session, n_columns: int) -> None:
-        """Hook run in the merge's session before the MERGE (resource tuning); nothing by default."""
+    def before_merge(self, s: Session, n_columns: int, rows: int = 0) -> None:
+        """Hook run in the merge's session before its statements (resource tuning), and again with the batch's
+        `rows` before a MERGE that joins them with ods; nothing by default."""
 
     def key_index_ddl(self, s: Session, table: str, keys: list[str], altering_keys: bool):
         """Keeps an index on ods's key columns where the warehouse needs one to merge without scanning:

@@ -143,10 +143,14 @@ class DuckDbWarehouse(Warehouse):
             out[name] = (type_text, nullable == "YES")
         return out
 
-    def before_merge(self, s, n_columns):
+    def before_merge(self, s, n_columns, rows=0):
         """A MERGE joins stg and ods carrying every column, and DuckDB cannot spill all of it: give wide tables
-        about 1.5 MB a column (350 columns: 525 MB), never less than the configured cap."""
-        want = max(_bytes(self.settings.duckdb_memory_limit) or 0, 1.5e6 * n_columns)
+        about 1.5 MB a column (350 columns: 525 MB), and a MERGE of `rows` rows about 8 bytes a value (1 M rows x
+        120 columns: 960 MB; at 256 MB it failed), never less than the configured cap nor more than 80 % of the
+        machine's memory (DuckDB's own default)."""
+        want = max(_bytes(self.settings.duckdb_memory_limit) or 0, 1.5e6 * n_columns, 8.0 * rows * n_columns)
+        with contextlib.suppress(ValueError, OSError, AttributeError):
+            want = min(want, 0.8 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
         have = _bytes(s.scalar("SELECT current_setting('memory_limit')"))
         if have is not None and want > have * 1.01:  # DuckDB reports the limit rounded to 0.1 MiB
             s.execute(f"SET memory_limit = '{int(want / 1e6)}MB'")
