@@ -347,5 +347,5 @@ def test_dbapi_batches_are_bounded_by_their_bytes_whatever_the_declared_widths(t
     con.close()
     assert sum(b.num_rows for b in batches) == 20_300
     assert [r for b in batches for r in b.column("id").to_pylist()] == list(range(20_300))  # every row, in order
-    assert max(b.nbytes for b in batches) <= readers.BATCH_BYTES + 400_016  # about 8 MB, never gigabytes
+    assert max(b.nbytes for b in batches) <= readers.MAX_BATCH_BYTES + 400_016  # 32 MB at most, never gigabytes
     assert max(b.num_rows for b in batches) > 10_000  # short rows still come in long batches

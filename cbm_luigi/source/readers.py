@@ -31,7 +31,8 @@ MAX_TEXT_BYTES = 31_995 * 4
 MAX_BINARY_BYTES = 4 * 1024 * 1024
 
 
-BATCH_BYTES = 8 * 1024 * 1024  # a batch's size in memory the readers aim at, whatever the declared widths say
+BATCH_BYTES = 8 * 1024 * 1024  # a batch's size the extract aims at, from the declared widths
+MAX_BATCH_BYTES = 4 * BATCH_BYTES  # the most a batch may hold as measured: past it the values outgrew their widths
 _PROBE_ROWS = 10  # the first fetch of a statement: a few rows to learn their real size
 
 
@@ -130,9 +131,9 @@ class _DbApiReader(Reader):
 
     @staticmethod
     def _batches(cur, names: list[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
-        """Batches of at most `batch_rows` rows and about BATCH_BYTES: each fetch is sized from the bytes of the
-        rows of the one before (a CLOB of 200 KB declared as 128 characters, or a burst of long values, would
-        otherwise make one batch of gigabytes). The first fetch takes a few rows to learn their size."""
+        """Batches of at most `batch_rows` rows (sized by the caller from the declared widths) and MAX_BATCH_BYTES
+        as measured: each fetch is sized from the bytes of the rows of the one before (a CLOB of 200 KB declared
+        as 128 characters made one batch of gigabytes). The first fetch takes a few rows to learn their size."""
         step = min(batch_rows, _PROBE_ROWS)
         while True:
             rows = cur.fetchmany(step)
@@ -141,7 +142,7 @@ class _DbApiReader(Reader):
             batch = _rows_to_batch([tuple(r) for r in rows], names)
             yield batch
             per_row = max(1, batch.nbytes // batch.num_rows)
-            step = max(1, min(batch_rows, BATCH_BYTES // per_row))
+            step = max(1, min(batch_rows, MAX_BATCH_BYTES // per_row))
 
     def close(self):
         if self.con is not None:
