@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 from datetime import datetime
 from pathlib import Path
 
@@ -101,25 +100,22 @@ def _narrower(plan: TablePlan) -> str:
 @contextlib.contextmanager
 def _limits_named(wh: Warehouse, plan: TablePlan, step: str):
     """A warehouse limit hit while a step writes, said with the table and the way out (the step's transaction
-    has rolled back: nothing was written):
-    - SQL Server refuses a row whose in-row part passes 8,060 bytes when it is written (Msg 511), not when the
-      table is made: variable-length values of 24 bytes or less cannot move off the row, so it depends on the
-      data (split array elements, short texts);
-    - DuckDB runs out of its memory cap (a MERGE carries every column of stg and ods; long texts)."""
+    has rolled back: nothing was written): a row wider than the warehouse admits (SQL Server), or the memory it
+    is given spent (DuckDB: a MERGE carries every column of stg and ods; long texts)."""
     try:
         yield
     except Exception as exc:
         text = str(exc)
-        if "allowable maximum row size" in text:  # Msg 511's own words
+        if wh.row_too_wide(text):
             raise ConfigError(f"table {plan.table}: a row is too wide for SQL Server (its in-row part passes 8,060 "
                               f"bytes). Nothing was {step}d: {_narrower(plan)}, then rerun the table. SQL Server "
                               f"said: {mask_secrets(text)[:500]}") from None
-        if wh.kind == "duckdb" and re.search(r"Out of Memory|failed to (pin|allocate)", text, re.I):
+        if wh.out_of_memory(text):
             raise MemoryError(f"table {plan.table}: the DuckDB warehouse ran out of memory in the {step} "
                               f"(CBM_DUCKDB_MEMORY_LIMIT={wh.settings.duckdb_memory_limit}, raised for wide tables "
-                              f"and large merges). Nothing was {step}d. Raise CBM_DUCKDB_MEMORY_LIMIT (a full reload with changes of "
-                              f"1 M rows x 120 columns needs about 1GB) within the machine's memory, and rerun the "
-                              f"table. DuckDB said: {text[:300]}") from None
+                              f"and large merges). Nothing was {step}d. Raise CBM_DUCKDB_MEMORY_LIMIT (a full "
+                              f"reload with changes of 1 M rows x 120 columns needs about 1GB) within the "
+                              f"machine's memory, and rerun the table. DuckDB said: {text[:300]}") from None
         raise
 
 

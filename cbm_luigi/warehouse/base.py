@@ -87,6 +87,14 @@ class Warehouse:
     needs_string_lengths = False
     max_columns: int | None = None  # columns per table the warehouse admits (None: no practical limit)
 
+    def row_too_wide(self, error: str) -> bool:
+        """Whether a write failed because a row is wider than the warehouse admits (only known when written)."""
+        return False
+
+    def out_of_memory(self, error: str) -> bool:
+        """Whether a statement failed because the warehouse ran out of the memory it is given."""
+        return False
+
     def before_merge(self, s: Session, n_columns: int, rows: int = 0) -> None:
         """Hook run in the merge's session before its statements (resource tuning), and again with the batch's
         `rows` before a MERGE that joins them with ods; nothing by default."""

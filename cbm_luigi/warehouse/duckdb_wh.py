@@ -143,6 +143,9 @@ class DuckDbWarehouse(Warehouse):
             out[name] = (type_text, nullable == "YES")
         return out
 
+    def out_of_memory(self, error):
+        return bool(re.search(r"Out of Memory|failed to (pin|allocate)", error, re.I))
+
     def before_merge(self, s, n_columns, rows=0):
         """A MERGE joins stg and ods carrying every column, and DuckDB cannot spill all of it: give wide tables
         about 1.5 MB a column (350 columns: 525 MB), and a MERGE of `rows` rows about 8 bytes a value (1 M rows x

@@ -501,6 +501,11 @@ class MssqlWarehouse(Warehouse):
     def describe(self) -> str:
         return "mssql:" + mask_secrets(self.odbc)
 
+    def row_too_wide(self, error):
+        """Msg 511: a row's in-row part passes 8,060 bytes. Variable-length values of 24 bytes or less cannot move
+        off the row, so it depends on the data (split array elements, short texts), not on CREATE TABLE."""
+        return "allowable maximum row size" in error
+
     def _connect(self):
         import pyodbc
 
