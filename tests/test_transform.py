@@ -195,3 +195,19 @@ def test_a_half_written_file_of_a_killed_process_is_dropped_by_the_next_write(tm
     finally:
         live.kill()
         live.wait()
+
+
+def test_hashdiff_text_of_logicals_binary_timestamps_and_null_rows(tmp_path):
+    """The other kinds, pinned the same way: a NULL of any kind contributes nothing (no `name=`, no separator),
+    a row NULL everywhere but its key hashes as the key alone, binary as upper-case hex with its length."""
+    import hashlib
+
+    cols = [PlanColumn("id", "id", I, False), PlanColumn("actif", "actif", ColumnType("bool")),
+            PlanColumn("blob", "blob", ColumnType("binary", width=8)),
+            PlanColumn("maj", "maj", ColumnType("timestamp")), PlanColumn("n64", "n64", ColumnType("int64"))]
+    rows = run(tmp_path, cols, {"id": [1, 2, 3], "actif": [True, False, None], "blob": [b"\x00\xff", b"", None],
+                                "maj": [datetime(2026, 11, 29, 3, 4, 5, 6000), None, None],
+                                "n64": [-(2 ** 63), None, None]})
+    texts = ["actif=1\x1fblob=4:00FF\x1fid=1\x1fmaj=2026-11-29 03:04:05.006000\x1fn64=-9223372036854775808",
+             "actif=0\x1fblob=0:\x1fid=2", "id=3"]
+    assert hashes(rows) == [hashlib.md5(t.encode()).hexdigest() for t in texts]
