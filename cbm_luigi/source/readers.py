@@ -91,6 +91,9 @@ class Stream:
 class Reader:
     dialect: OpenEdgeDialect
     name = "reader"
+    # whether batches are fetched on a thread of the reader's own while the caller works on the previous one
+    # (else the fetch runs in the thread that asks for the next batch)
+    fetches_on_own_thread = False
 
     def query(self, sql: str, params: list | None = None) -> list[tuple]:
         raise NotImplementedError
@@ -203,6 +206,7 @@ class ArrowOdbcReader(Reader):
     driver's text), then conform.py casts it exactly to the catalog type."""
 
     name = "arrow-odbc"
+    fetches_on_own_thread = True  # fetch_concurrently, arrow-odbc's default
 
     def __init__(self, settings: Settings, dialect: OpenEdgeDialect):
         import arrow_odbc
