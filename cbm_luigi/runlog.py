@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from .faults import checkpoint
 from .settings import mask_secrets
 from .warehouse.base import Warehouse
 
@@ -31,6 +32,7 @@ def write_steps(wh: Warehouse, *, run_id: str, batch_id: str, table: str, mode: 
     if not records:
         return
     with wh.session() as s:
+        checkpoint("log")  # a Ctrl-C here lands in a Luigi event callback (tasks._interrupt_raised_again)
         for r in records:
             err = mask_secrets(r.error)[:MAX_ERROR] if r.error else None
             s.execute("INSERT INTO etl.ETL_Log (RunId, BatchId, TableName, Step, Status, Mode, Rows, RowsInserted, "

@@ -5,6 +5,7 @@ every active table. Outputs are named from (table, mode, batch); the warehouse s
 """
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -176,12 +177,35 @@ class CbmTask(luigi.Task):
             log.error("could not write etl.ETL_Log for %s: %s", self.task_id, traceback.format_exc())
         self._records = []
 
+    def trigger_event(self, event, *args, **kwargs):
+        """Luigi's, then the Ctrl-C that interrupted one of our callbacks (Luigi's returns without a word on
+        it), so the worker stops as on any other Ctrl-C."""
+        self._interrupted = False
+        super().trigger_event(event, *args, **kwargs)
+        if self.__dict__.pop("_interrupted", False):
+            raise KeyboardInterrupt
+
     def on_failure(self, exception):
         text = mask_secrets(f"{type(exception).__name__}: {exception}")
         return f"{self.table} [{self.step}, batch {self.batch_id}, {self.mode}]: {text}"
 
 
+def _interrupt_raised_again(handler):
+    """Luigi returns quietly from an event callback that Ctrl-C interrupted (its callbacks are 'protected'), and
+    the run would go on: the task notes it, and CbmTask.trigger_event raises it again once Luigi is done."""
+    @functools.wraps(handler)
+    def guarded(task, *args):
+        try:
+            handler(task, *args)
+        except KeyboardInterrupt:
+            if isinstance(task, CbmTask):
+                task._interrupted = True
+            raise
+    return guarded
+
+
 @CbmTask.event_handler(luigi.Event.SUCCESS)
+@_interrupt_raised_again
 def _log_success(task):
     if isinstance(task, CbmTask):
         task.__dict__.pop("_started", None)  # Luigi reuses the instance: a later attempt must not inherit it
@@ -190,12 +214,14 @@ def _log_success(task):
 
 
 @CbmTask.event_handler(luigi.Event.START)
+@_interrupt_raised_again
 def _note_start(task):
     if isinstance(task, CbmTask):
         task._started = time.monotonic()
 
 
 @CbmTask.event_handler(luigi.Event.FAILURE)
+@_interrupt_raised_again
 def _log_failure(task, exception):
     if isinstance(task, CbmTask) and task.step:
         started = task.__dict__.pop("_started", None)  # a failure before run() started has none

@@ -243,3 +243,32 @@ def test_the_warehouse_running_out_of_memory_is_named_with_the_setting_and_a_rer
     luigi.task_register.Register.clear_instance_cache()  # Luigi keeps task instances, and their settings
     assert succeeded(build(LoadTable(table="gros", mode="full")))
     assert env.sql("SELECT COUNT(*), MIN(length(txt)) FROM ods.gros") == [(3000, 28000)]
+
+
+def test_ctrl_c_during_a_log_write_stops_the_run(env, tmp_path):
+    """The log is written from Luigi event callbacks, which return quietly on a KeyboardInterrupt: a Ctrl-C that
+    lands there stopped nothing (found in review). It now stops the run as anywhere else, before any later step."""
+    pause = tmp_path / "paused"
+    proc = subprocess.Popen(["luigi", "--module", "cbm_luigi", "LoadAll", "--mode", "full", "--local-scheduler"],
+                            cwd=env.home, env=subprocess_env(env, CBM_PAUSE_AT="log", CBM_PAUSE_FILE=str(pause)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):
+            if pause.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert pause.exists(), "the run never wrote its log"
+        os.kill(proc.pid, signal.SIGINT)  # the operator's Ctrl-C, inside the first log write (famille's extract)
+        try:
+            code = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            code = None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code is not None and code != 0, "the run went on after Ctrl-C"
+    # nothing after the interrupted extract's log write ran: no table was staged
+    assert env.sql("SELECT COUNT(*) FROM etl.ETL_Markers WHERE Step <> 'extract'")[0][0] == 0
+    rerun = luigi_cli(env, "LoadAll", "--mode", "full", "--local-scheduler")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert env.sql("SELECT COUNT(*) FROM etl.ETL_Markers WHERE Step = 'validate'")[0][0] == len(DEMO_TABLES)
