@@ -130,8 +130,9 @@ def cmd_invalidate(args) -> int:
     return 0
 
 
+# latest by LogId, the order rows were written (LogTs is local wall-clock time, which repeats an hour in autumn)
 _LATEST_BATCH = ("SELECT TableName, BatchId, Mode FROM (SELECT TableName, BatchId, Mode, row_number() OVER "
-                 "(PARTITION BY TableName ORDER BY LogTs DESC, LogId DESC) AS rn FROM etl.ETL_Log) AS x WHERE rn = 1")
+                 "(PARTITION BY TableName ORDER BY LogId DESC) AS rn FROM etl.ETL_Log) AS x WHERE rn = 1")
 _STEPS = ("extract", "stage", "merge", "validate")
 
 
@@ -145,7 +146,7 @@ def cmd_summary(args) -> int:
             "SELECT l.TableName, l.Step, l.Status, l.Rows, l.RowsInserted, l.RowsUpdated, l.RowsUnchanged, "
             "l.RowsDeleted, l.DurationMs, l.BatchId, l.Mode, l.ErrorMessage, l.LogTs FROM etl.ETL_Log AS l "
             f"JOIN ({_LATEST_BATCH}) AS b ON b.TableName = l.TableName AND b.BatchId = l.BatchId "
-            "AND b.Mode = l.Mode ORDER BY l.TableName, l.LogTs, l.LogId")
+            "AND b.Mode = l.Mode ORDER BY l.TableName, l.LogId")
         sla = s.query_dicts("SELECT TableName, SLAStatus, LastSuccessTs FROM etl.vw_SLABreach ORDER BY TableName")
         # what the warehouse holds: a step's marker commits with its data, its log row just after (a kill in
         # between leaves the marker without the row, and a rerun rightly skips the step)
@@ -180,7 +181,8 @@ def cmd_summary(args) -> int:
 
         def n(key):
             return "?" if "merge" in unlogged else m.get(key) or 0
-        read = st["extract"]["Rows"] or 0 if "extract" in st else "?"  # its log row is written after the rename
+        x = st.get("extract")  # its log row is written after the rename; a failed extract read nothing usable
+        read = "?" if x is None else "-" if x["Status"] == "FAILED" else x["Rows"] or 0
         print(f"{t:<14} {ok:<10} {read:>8} {n('RowsInserted'):>6} "
               f"{n('RowsUpdated'):>6} {n('RowsUnchanged'):>7} {n('RowsDeleted'):>5} "
               f"{secs:>8.2f}  {status.get(t, {}).get('SLAStatus', '-'):<12} {last['BatchId']}/{last['Mode']}")

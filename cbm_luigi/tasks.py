@@ -229,6 +229,16 @@ def _log_failure(task, exception):
                               duration_ms=int((time.monotonic() - started) * 1000) if started else None)])
 
 
+@CbmTask.event_handler(luigi.Event.BROKEN_TASK)
+@_interrupt_raised_again
+def _log_broken(task, exception):
+    """A step that could not even be scheduled (its requires() or complete() raised: a dependency cycle, a table
+    missing from config) never runs, so without this row the monitoring views showed the table as OK."""
+    if isinstance(task, CbmTask) and task.step:
+        task._log([StepRecord(task.step, status="FAILED", error=f"{type(exception).__name__}: {exception}",
+                              detail="failed while scheduling: the step did not run")])
+
+
 class BatchFileTarget(luigi.LocalTarget):
     """The batch parquet: exists when the file is complete (atomic rename) and in this version's format (a
     file left in the cache by an older version is extracted again, not staged in a shape it does not have)."""

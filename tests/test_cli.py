@@ -50,7 +50,7 @@ def test_summary_shows_each_tables_latest_batch_only(env, capsys):
     out = capsys.readouterr().out.splitlines()
     lignecli = next(i for i, line in enumerate(out) if line.startswith("lignecli"))
     fields = out[lignecli].split()
-    assert fields[1:3] == ["FAILED", "0"] and fields[-1].endswith("-bad/incremental")
+    assert fields[1:3] == ["FAILED", "-"] and fields[-1].endswith("-bad/incremental")
     assert out[lignecli + 1].lstrip().startswith("extract: ") and "no_such_column" in out[lignecli + 1]
     assert next(line for line in out if line.startswith("produit")).split()[-1].endswith("-good/full")
     assert next(line for line in out if line.startswith("neuf")).split()[1:4] == ["-", "never", "run"]
@@ -147,7 +147,40 @@ def test_summary_lists_active_tables_only_and_a_failed_first_run_is_failing(env,
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:] if line.strip()}
     assert "famille" not in lines  # deactivated: its history stays in etl.ETL_Log only
     assert "FAILED" in lines["fournis"] and "FAILING" in lines["fournis"]
+    assert lines["fournis"].split()[2] == "-"  # the failed extract read nothing: not "0 rows"
     assert env.sql("SELECT SLAStatus FROM etl.vw_SLABreach WHERE TableName = 'fournis'") == [("FAILING",)]
+
+
+def test_the_monitoring_views_take_the_last_row_written_and_a_validated_batch_ends_its_failure(env, capsys):
+    """Found in review: rows ordered by LogTs, local wall-clock time, which repeats an hour in autumn (a failure
+    at the second 02:10 sorted before a success at the first 02:40); a failed batch rerun to validation, killed
+    before its log rows, paged forever; failed runs pulled vw_TablePerformance's median down."""
+    assert succeeded(build(LoadTable(table="famille", mode="full")))
+    # the clocks went back: another batch's failure, written after the success, carries an earlier local time
+    env.sql("INSERT INTO etl.ETL_Log (RunId, BatchId, TableName, Step, Status, Mode, DurationMs, ErrorMessage, LogTs) "
+            "SELECT 'r2', BatchId || '-later', TableName, 'extract', 'FAILED', Mode, 1, 'the source went away', "
+            "LogTs - INTERVAL 50 MINUTE FROM etl.ETL_Log WHERE TableName = 'famille' ORDER BY LogId DESC LIMIT 1")
+    assert env.sql("SELECT SLAStatus, LastError FROM etl.vw_SLABreach WHERE TableName = 'famille'") == [
+        ("FAILING", "the source went away")]
+    assert env.sql("SELECT Status FROM etl.vw_LastRuns WHERE TableName = 'famille' AND Step = 'extract'") == [
+        ("FAILED",)]
+    capsys.readouterr()
+    assert cbm_etl(["summary"]) == 0
+    assert "FAILING" in next(x for x in capsys.readouterr().out.splitlines() if x.startswith("famille"))
+    # the failure's duration is not a run's: median and rows of the successful extract only
+    ok_ms, ok_rows = env.sql("SELECT DurationMs, Rows FROM etl.ETL_Log WHERE TableName = 'famille' "
+                             "AND Step = 'extract' AND Status = 'SUCCESS'")[0]
+    perf = env.sql("SELECT Runs, Failures, MedianDurationMs, TotalRows FROM etl.vw_TablePerformance "
+                   "WHERE TableName = 'famille' AND Step = 'extract'")
+    assert perf == [(2, 1, float(ok_ms), ok_rows)]
+    # a batch fails, is rerun to validation, and each of the rerun's log rows is lost to a kill: it is over
+    env.sql("UPDATE config.ETL_Tables SET FilterClause = 'no_such_col = 1' WHERE TableName = 'famille'")
+    assert not succeeded(build(LoadTable(table="famille", mode="full", batch_tag="bad")))
+    env.sql("UPDATE config.ETL_Tables SET FilterClause = NULL WHERE TableName = 'famille'")
+    assert env.sql("SELECT SLAStatus FROM etl.vw_SLABreach WHERE TableName = 'famille'") == [("FAILING",)]
+    assert succeeded(build(LoadTable(table="famille", mode="full", batch_tag="bad")))
+    env.sql("DELETE FROM etl.ETL_Log WHERE TableName = 'famille' AND BatchId LIKE '%-bad' AND Status = 'SUCCESS'")
+    assert env.sql("SELECT SLAStatus FROM etl.vw_SLABreach WHERE TableName = 'famille'") == [("OK",)]
 
 
 def test_a_command_on_a_held_or_uninitialised_warehouse_says_what_to_do(env, capsys, monkeypatch, tmp_path):

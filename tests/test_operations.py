@@ -181,6 +181,12 @@ def test_dependencies_load_first_an_inactive_one_is_not_loaded_and_a_cycle_is_na
     caplog.clear()
     assert not succeeded(build(LoadTable(table="produit", mode="full", batch_tag="cycle")))
     assert any("config.ETL_Dependencies has a cycle: produit -> lignecli -> produit" in m for m in caplog.messages)
+    # the step never ran, yet the table must page: a FAILED row says it could not be scheduled (found in review:
+    # the views showed produit OK)
+    row = env.sql("SELECT Step, Status, Detail, ErrorMessage FROM etl.ETL_Log WHERE TableName = 'produit' "
+                  "ORDER BY LogId DESC LIMIT 1")[0]
+    assert row[:3] == ("extract", "FAILED", "failed while scheduling: the step did not run") and "cycle" in row[3]
+    assert env.sql("SELECT SLAStatus FROM etl.vw_SLABreach WHERE TableName = 'produit'") == [("FAILING",)]
 
 
 def test_a_critical_table_waiting_for_a_later_table_does_not_stall_the_batch(env, caplog):

@@ -1,12 +1,14 @@
 -- Monitoring views: same names and columns as sql/duckdb/04_views.sql.
 -- CREATE OR ALTER VIEW (SQL Server 2016 SP1+) must be the first statement of its batch: one view per batch.
+-- "Latest" is by LogId (the order rows were written), never by LogTs: a local wall-clock time repeats an hour
+-- when the clocks go back, and a failure logged in the first 02:10 sorted before a success of the second 02:40.
 CREATE OR ALTER VIEW etl.vw_LastRuns AS
 SELECT x.TableName, x.Step, x.BatchId, x.RunId, x.Status, x.Mode, x.[Rows], x.RowsInserted, x.RowsUpdated,
        x.RowsUnchanged, x.RowsDeleted, x.DurationMs, x.ErrorMessage, x.LogTs
 FROM (
     SELECT l.TableName, l.Step, l.BatchId, l.RunId, l.Status, l.Mode, l.[Rows], l.RowsInserted, l.RowsUpdated,
            l.RowsUnchanged, l.RowsDeleted, l.DurationMs, l.ErrorMessage, l.LogTs,
-           ROW_NUMBER() OVER (PARTITION BY l.TableName, l.Step ORDER BY l.LogTs DESC, l.LogId DESC) AS rn
+           ROW_NUMBER() OVER (PARTITION BY l.TableName, l.Step ORDER BY l.LogId DESC) AS rn
     FROM etl.ETL_Log AS l
 ) AS x
 WHERE x.rn = 1;
@@ -16,7 +18,8 @@ GO
 CREATE OR ALTER VIEW etl.vw_TablePerformance AS
 WITH recent AS (
     SELECT l.TableName, l.Step, l.Status, l.[Rows], l.DurationMs,
-           PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY l.DurationMs)
+           -- durations and rows of the successful runs only (PERCENTILE_CONT skips the NULLs of failed ones)
+           PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY CASE WHEN l.Status = 'SUCCESS' THEN l.DurationMs END)
                OVER (PARTITION BY l.TableName, l.Step) AS MedianDurationMs
     FROM etl.ETL_Log AS l
     WHERE l.LogTs >= DATEADD(DAY, -7, SYSDATETIME())
@@ -25,9 +28,11 @@ SELECT r.TableName, r.Step,
        COUNT(*) AS Runs,
        SUM(CASE WHEN r.Status = 'FAILED' THEN 1 ELSE 0 END) AS Failures,
        CAST(MAX(r.MedianDurationMs) AS FLOAT) AS MedianDurationMs,
-       MAX(r.DurationMs) AS MaxDurationMs,
-       SUM(r.[Rows]) AS TotalRows,
-       CASE WHEN SUM(r.DurationMs) > 0 THEN CAST(SUM(r.[Rows]) AS FLOAT) * 1000.0 / SUM(r.DurationMs) END
+       MAX(CASE WHEN r.Status = 'SUCCESS' THEN r.DurationMs END) AS MaxDurationMs,
+       SUM(CASE WHEN r.Status = 'SUCCESS' THEN r.[Rows] END) AS TotalRows,
+       CASE WHEN SUM(CASE WHEN r.Status = 'SUCCESS' AND r.[Rows] IS NOT NULL THEN r.DurationMs END) > 0
+            THEN CAST(SUM(CASE WHEN r.Status = 'SUCCESS' THEN r.[Rows] END) AS FLOAT) * 1000.0
+                 / SUM(CASE WHEN r.Status = 'SUCCESS' AND r.[Rows] IS NOT NULL THEN r.DurationMs END) END
            AS RowsPerSecond
 FROM recent AS r
 GROUP BY r.TableName, r.Step;
@@ -36,7 +41,12 @@ CREATE OR ALTER VIEW etl.vw_SLABreach AS
 SELECT t.TableName, t.IsCritical, t.SLAHours, t.LastSuccessTs,
        CAST(DATEDIFF_BIG(SECOND, t.LastSuccessTs, SYSDATETIME()) AS FLOAT) / 3600.0 AS HoursSinceSuccess,
        f.LastStatus, f.LastError, f.LastRunTs,
-       CASE WHEN f.LastStatus = 'FAILED' THEN 'FAILING'
+       -- a failure is over once its batch validated (a rerun killed between that commit and its log rows)
+       CASE WHEN f.LastStatus = 'FAILED' AND NOT EXISTS (
+                SELECT 1 FROM etl.ETL_Markers AS m
+                WHERE m.TableName = t.TableName AND m.Step = 'validate' AND m.BatchId = f.LastBatchId
+                  AND m.Mode = f.LastMode)
+                THEN 'FAILING'
             WHEN t.LastSuccessTs IS NULL THEN 'NEVER_LOADED'
             WHEN t.SLAHours IS NOT NULL
                  AND DATEDIFF_BIG(SECOND, t.LastSuccessTs, SYSDATETIME()) > t.SLAHours * 3600
@@ -44,9 +54,10 @@ SELECT t.TableName, t.IsCritical, t.SLAHours, t.LastSuccessTs,
             ELSE 'OK' END AS SLAStatus
 FROM config.ETL_Tables AS t
 LEFT JOIN (
-    SELECT x.TableName, x.Status AS LastStatus, x.ErrorMessage AS LastError, x.LogTs AS LastRunTs
-    FROM (SELECT l.TableName, l.Status, l.ErrorMessage, l.LogTs,
-                 ROW_NUMBER() OVER (PARTITION BY l.TableName ORDER BY l.LogTs DESC, l.LogId DESC) AS rn
+    SELECT x.TableName, x.Status AS LastStatus, x.ErrorMessage AS LastError, x.LogTs AS LastRunTs,
+           x.BatchId AS LastBatchId, x.Mode AS LastMode
+    FROM (SELECT l.TableName, l.Status, l.ErrorMessage, l.LogTs, l.BatchId, l.Mode,
+                 ROW_NUMBER() OVER (PARTITION BY l.TableName ORDER BY l.LogId DESC) AS rn
           FROM etl.ETL_Log AS l) AS x
     WHERE x.rn = 1
 ) AS f ON f.TableName = t.TableName
