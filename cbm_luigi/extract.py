@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -60,17 +59,6 @@ def batch_rows_for(plan: TablePlan, ceiling: int) -> int:
     return max(1000, min(ceiling, BATCH_BYTES // estimated_row_bytes(plan)))
 
 
-def transform_threads(reader: Reader, threads: int, cpus: int | None = None) -> int:
-    """DuckDB threads for the shaping: `threads`, but a core is left to a reader that fetches on a thread of its
-    own, since the fetch is what the extract waits for. Measured on 2 cores (arrow-odbc, 40,000 x 350): two
-    DuckDB threads next to the fetch thread slowed the read and left 0.12 s of work after its last batch, one
-    left 0.04 s. A reader fetching in the asking thread keeps them all (one of them is its fetch)."""
-    cpus = cpus or os.cpu_count() or 1
-    if reader.fetches_on_own_thread:
-        return max(1, min(threads, cpus - 1))
-    return max(1, threads)
-
-
 def extract_to_parquet(reader: Reader, plan: TablePlan, mode: str, out_path: Path, *, batch_rows: int = 50_000,
                        progress: Callable[[int], None] | None = None, memory_limit: str = "256MB",
                        threads: int = 2, run_id: str | None = None) -> dict:
@@ -104,7 +92,7 @@ def extract_to_parquet(reader: Reader, plan: TablePlan, mode: str, out_path: Pat
 
     try:
         rows = shape_batches(plan, schema, conformed(), out_path, metadata={META_KEY: json.dumps(meta)},
-                             memory_limit=memory_limit, threads=transform_threads(reader, threads))
+                             memory_limit=memory_limit, threads=threads)
     finally:
         stream.close()  # the driver's cursor, also when DuckDB stopped before reading it all
     meta.update(rows=rows, seconds=round(time.monotonic() - t0, 3))

@@ -350,16 +350,3 @@ def test_dbapi_batches_are_bounded_by_their_bytes_whatever_the_declared_widths(t
     assert max(b.nbytes for b in batches) <= readers.MAX_BATCH_BYTES + 400_016  # 32 MB at most, never gigabytes
     assert max(b.num_rows for b in batches) > 10_000  # short rows still come in long batches
 
-
-def test_shaping_leaves_a_core_to_a_reader_fetching_on_its_own_thread():
-    """arrow-odbc fetches on a thread of its own: on 2 cores the shaping gets 1 DuckDB thread, on 8 the
-    configured 2; a DB-API reader fetches in the thread that pulls, so the shaping keeps every thread."""
-    from cbm_luigi.extract import transform_threads
-
-    assert readers.ArrowOdbcReader.fetches_on_own_thread and not readers.EmbeddedReader.fetches_on_own_thread
-    assert not readers.PyodbcReader.fetches_on_own_thread
-    own, dbapi = readers.ArrowOdbcReader.__new__(readers.ArrowOdbcReader), readers.EmbeddedReader.__new__(
-        readers.EmbeddedReader)
-    assert [transform_threads(own, 2, cpus) for cpus in (1, 2, 8)] == [1, 1, 2]
-    assert [transform_threads(dbapi, 2, cpus) for cpus in (1, 2, 8)] == [2, 2, 2]
-    assert transform_threads(own, 4, 3) == 2

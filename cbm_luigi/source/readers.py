@@ -91,9 +91,6 @@ class Stream:
 class Reader:
     dialect: OpenEdgeDialect
     name = "reader"
-    # whether batches are fetched on a thread of the reader's own while the caller works on the previous one
-    # (else the fetch runs in the thread that asks for the next batch)
-    fetches_on_own_thread = False
 
     def query(self, sql: str, params: list | None = None) -> list[tuple]:
         raise NotImplementedError
@@ -206,7 +203,6 @@ class ArrowOdbcReader(Reader):
     driver's text), then conform.py casts it exactly to the catalog type."""
 
     name = "arrow-odbc"
-    fetches_on_own_thread = True  # fetch_concurrently, arrow-odbc's default
 
     def __init__(self, settings: Settings, dialect: OpenEdgeDialect):
         import arrow_odbc
@@ -229,13 +225,14 @@ class ArrowOdbcReader(Reader):
         return [tuple(r.values()) for b in reader for r in b.to_pylist()]
 
     def stream(self, sql, params, schema, batch_rows):
-        """arrow-odbc fetches on a thread of its own (fetch_concurrently, its default): from this call on, the
+        """arrow-odbc fetches on a thread of its own (fetch_concurrently, asked for explicitly): from this call on, the
         first batch is on its way."""
         with self._overflow_named(sql, params, schema):
             reader = self.con.read_arrow_batches(
                 sql, batch_size=batch_rows, parameters=[str(p) for p in params or []],
                 max_bytes_per_batch=64 * 1024 * 1024, max_text_size=MAX_TEXT_BYTES,
                 max_binary_size=MAX_BINARY_BYTES, query_timeout_sec=self.settings.query_timeout_s or None,
+                fetch_concurrently=True,  # its default today; the extract overlaps fetch and shaping on it
                 map_schema=(lambda s: _prefer(s, schema)) if schema is not None else None)
         # arrow-odbc's reader has no close: the statement ends when the generator holding it is closed
         return Stream(self._batches(reader, schema, sql, params))
