@@ -35,8 +35,9 @@ def write_steps(wh: Warehouse, *, run_id: str, batch_id: str, table: str, mode: 
         checkpoint("log")  # a Ctrl-C here lands in a Luigi event callback (tasks._interrupt_raised_again)
         for r in records:
             err = mask_secrets(r.error)[:MAX_ERROR] if r.error else None
+            detail = mask_secrets(r.detail) if r.detail else None  # a window or scheduling text: masked as well
             s.execute("INSERT INTO etl.ETL_Log (RunId, BatchId, TableName, Step, Status, Mode, Rows, RowsInserted, "
                       "RowsUpdated, RowsUnchanged, RowsDeleted, DurationMs, ErrorMessage, Detail, TaskId) "
                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                       [run_id, batch_id, table, r.step, r.status, mode, r.rows, r.inserted, r.updated, r.unchanged,
-                       r.deleted, r.duration_ms, err, r.detail, task_id])
+                       r.deleted, r.duration_ms, err, detail, task_id])

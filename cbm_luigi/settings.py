@@ -13,14 +13,17 @@ from pathlib import Path
 
 from dotenv import load_dotenv
 
-# a value is `{...}` (ODBC braces, `}}` inside is an escaped `}`), "..." or '...' (doubled quote inside), or
-# anything up to the next `;` or line end
-# The key is one of the words, or a keyword ending with one (KeyStoreSecret, TrustStorePassword, Passwd): letters
-# only before it, so `sort_key=5` in a message naming a key column keeps its value.
+# The key is a connection-string keyword for a secret: PWD, PASSWORD, PASSWD, SECRET or a keyword ending with one
+# (KeyStoreSecret, TrustStorePassword, KeyPassword: letters only before it), or the whole word KEY, PASS, TOKEN or
+# ACCESSTOKEN. A key column named in a message keeps its value: `sort_key=5`, `hkey=7`, `monkey=1` (an ending
+# KEY, PASS or TOKEN masked them, and with them the rest of the message: found in review).
+# The value is `{...}` (ODBC braces, `}}` inside is an escaped `}`), "..." or '...' (doubled quote inside), each
+# with whatever follows up to the next `;` (ODBC does not quote: `PWD="ab"cd` is one password, and its tail
+# leaked), or anything up to the next `;` or line end.
 # The mask is a braced value, `PWD={***}`: masking the text again (messages are masked where they are made and
 # again on their way to the log) matches exactly that, instead of taking everything after it up to the line end.
-_SECRET_KEYS = re.compile(r"""(?i)\b([A-Z]*(?:PWD|PASSWORD|PASSWD|PASS|SECRET|TOKEN|KEY))[ \t]*=[ \t]*"""
-                          r"""(\{(?:[^}]|\}\})*\}|"(?:[^"]|"")*"|'(?:[^']|'')*'|[^;\r\n]*)""")
+_SECRET_KEYS = re.compile(r"""(?i)\b([A-Z]*(?:PWD|PASSWORD|PASSWD|SECRET)|KEY|PASS|TOKEN|ACCESSTOKEN)[ \t]*=[ \t]*"""
+                          r"""(\{\*\*\*\}|(?:\{(?:[^}]|\}\})*\}|"(?:[^"]|"")*"|'(?:[^']|'')*')[^;\r\n]*|[^;\r\n]*)""")
 MASK = "{***}"
 
 

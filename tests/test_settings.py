@@ -20,7 +20,18 @@ def test_mask_secrets_handles_braces_quotes_and_escapes():
              "UID=a;KeyStoreSecret=hunter2;TrustStorePassword=ts;KeyStorePassword=ks;KeyPassword=kp;Passwd=pw;X=1":
                  "UID=a;KeyStoreSecret={***};TrustStorePassword={***};KeyStorePassword={***};KeyPassword={***};Passwd={***};X=1",
              # a key column named in a message keeps its value: only letters may come before the keyword
-             "table t, column c, key sort_key=5: value 'x'": "table t, column c, key sort_key=5: value 'x'"}
+             "table t, column c, key sort_key=5: value 'x'": "table t, column c, key sort_key=5: value 'x'",
+             # ... and a name merely ending like a keyword keeps it too, with the rest of the message (found in
+             # review: `hkey={***}` swallowed the advice after it)
+             "duplicate keys (hkey); first: hkey=7 (3 rows). Nothing was merged; fix PrimaryKeyCols":
+                 "duplicate keys (hkey); first: hkey=7 (3 rows). Nothing was merged; fix PrimaryKeyCols",
+             "monkey=1; bypass=1 AND PrimaryKey=cod_cli": "monkey=1; bypass=1 AND PrimaryKey=cod_cli",
+             "Key=hunter2;Token=hunter2;AccessToken=hunter2;Pass=hunter2;X=1":
+                 "Key={***};Token={***};AccessToken={***};Pass={***};X=1",
+             # ODBC does not quote: what follows a closing quote or brace is still the password (its tail leaked)
+             "UID=cbm;PWD='S3cr3t'hunter2;Encrypt=yes": "UID=cbm;PWD={***};Encrypt=yes",
+             'UID=cbm;PWD="S3cr3t"hunter2;Encrypt=yes': "UID=cbm;PWD={***};Encrypt=yes",
+             "UID=cbm;PWD={S3cr3t}hunter2;Encrypt=yes": "UID=cbm;PWD={***};Encrypt=yes"}
     for text, masked in cases.items():
         assert mask_secrets(text) == masked
         assert "secret" not in mask_secrets(text) and "plain" not in mask_secrets(text)
