@@ -232,9 +232,11 @@ def _log_failure(task, exception):
 @CbmTask.event_handler(luigi.Event.BROKEN_TASK)
 @_interrupt_raised_again
 def _log_broken(task, exception):
-    """A step that could not even be scheduled (its requires() or complete() raised: a dependency cycle, a table
-    missing from config) never runs, so without this row the monitoring views showed the table as OK."""
-    if isinstance(task, CbmTask) and task.step:
+    """A step that could not even be scheduled for its configuration (a dependency cycle, a table missing from
+    config) never runs, so without this row the monitoring views showed the table as OK. Other errors while
+    scheduling (the warehouse unreachable, mostly) are not written to that warehouse: each try would wait out
+    the connection retries again, for every task."""
+    if isinstance(task, CbmTask) and task.step and isinstance(exception, ConfigError):
         task._log([StepRecord(task.step, status="FAILED", error=f"{type(exception).__name__}: {exception}",
                               detail="failed while scheduling: the step did not run")])
 
