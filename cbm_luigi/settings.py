@@ -14,16 +14,20 @@ from pathlib import Path
 from dotenv import load_dotenv
 
 # The key is a connection-string keyword for a secret: PWD, PASSWORD, PASSWD, SECRET or a keyword ending with one
-# (KeyStoreSecret, TrustStorePassword, KeyPassword: letters only before it), or the whole word KEY, PASS, TOKEN or
-# ACCESSTOKEN. A key column named in a message keeps its value: `sort_key=5`, `hkey=7`, `monkey=1` (an ending
-# KEY, PASS or TOKEN masked them, and with them the rest of the message: found in review).
+# (KeyStoreSecret, TrustStorePassword, KeyPassword: letters only before it), or one of the whole words KEY, PASS,
+# TOKEN, ACCESSTOKEN, Microsoft's CLIENTKEY and CLIENTCERTIFICATE (`file:<path>,password:<pwd>`) and DataDirect's
+# short KP, KSP, TSP (KeyPassword, KeystorePassword, TruststorePassword). A key column named in a message keeps
+# its value: `sort_key=5`, `hkey=7`, `monkey=1` (any ending KEY, PASS or TOKEN masked them, and with them the
+# rest of the message: found in review).
 # The value is `{...}` (ODBC braces, `}}` inside is an escaped `}`), "..." or '...' (doubled quote inside), each
 # with whatever follows up to the next `;` (ODBC does not quote: `PWD="ab"cd` is one password, and its tail
 # leaked), or anything up to the next `;` or line end.
 # The mask is a braced value, `PWD={***}`: masking the text again (messages are masked where they are made and
 # again on their way to the log) matches exactly that, instead of taking everything after it up to the line end.
-_SECRET_KEYS = re.compile(r"""(?i)\b([A-Z]*(?:PWD|PASSWORD|PASSWD|SECRET)|KEY|PASS|TOKEN|ACCESSTOKEN)[ \t]*=[ \t]*"""
-                          r"""(\{\*\*\*\}|(?:\{(?:[^}]|\}\})*\}|"(?:[^"]|"")*"|'(?:[^']|'')*')[^;\r\n]*|[^;\r\n]*)""")
+_SECRET_KEYS = re.compile(r"""(?i)\b([A-Z]*(?:PWD|PASSWORD|PASSWD|SECRET)|KEY|PASS|TOKEN|ACCESSTOKEN|CLIENTKEY"""
+                          r"""|CLIENTCERTIFICATE|KP|KSP|TSP)[ \t]*=[ \t]*"""
+                          r"""(\{\*\*\*\}(?!\})|(?:\{(?:[^}]|\}\})*\}|"(?:[^"]|"")*"|'(?:[^']|'')*')[^;\r\n]*"""
+                          r"""|[^;\r\n]*)""")
 MASK = "{***}"
 
 

@@ -31,7 +31,12 @@ def test_mask_secrets_handles_braces_quotes_and_escapes():
              # ODBC does not quote: what follows a closing quote or brace is still the password (its tail leaked)
              "UID=cbm;PWD='S3cr3t'hunter2;Encrypt=yes": "UID=cbm;PWD={***};Encrypt=yes",
              'UID=cbm;PWD="S3cr3t"hunter2;Encrypt=yes': "UID=cbm;PWD={***};Encrypt=yes",
-             "UID=cbm;PWD={S3cr3t}hunter2;Encrypt=yes": "UID=cbm;PWD={***};Encrypt=yes"}
+             "UID=cbm;PWD={S3cr3t}hunter2;Encrypt=yes": "UID=cbm;PWD={***};Encrypt=yes",
+             "UID=cbm;PWD={***}}hunter2};Encrypt=yes": "UID=cbm;PWD={***};Encrypt=yes",  # not the mask itself
+             # Microsoft's client certificate keywords and DataDirect's short names
+             "ClientCertificate=file:/c.pem;ClientKey=file:/k.pem,password:hunter2;X=1":
+                 "ClientCertificate={***};ClientKey={***};X=1",
+             "TSP=hunter2;KSP=hunter2;KP=hunter2;X=1": "TSP={***};KSP={***};KP={***};X=1"}
     for text, masked in cases.items():
         assert mask_secrets(text) == masked
         assert "secret" not in mask_secrets(text) and "plain" not in mask_secrets(text)

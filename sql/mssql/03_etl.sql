@@ -21,10 +21,16 @@ CREATE TABLE etl.ETL_Log (
     LogTs           DATETIME2(3) NOT NULL CONSTRAINT DF_ETL_Log_LogTs DEFAULT SYSDATETIME()
 )
 GO
--- the monitoring views read the latest rows per table and step
+-- vw_TablePerformance reads the last 7 days per table and step
 IF NOT EXISTS (SELECT 1 FROM sys.indexes WHERE name = N'IX_ETL_Log_Table_Step_LogTs'
                AND object_id = OBJECT_ID(N'etl.ETL_Log'))
 CREATE INDEX IX_ETL_Log_Table_Step_LogTs ON etl.ETL_Log (TableName, Step, LogTs)
+GO
+-- vw_LastRuns, vw_SLABreach and `cbm-etl summary` read each table's last rows by LogId (the order they were written)
+IF NOT EXISTS (SELECT 1 FROM sys.indexes WHERE name = N'IX_ETL_Log_Table_LogId'
+               AND object_id = OBJECT_ID(N'etl.ETL_Log'))
+CREATE INDEX IX_ETL_Log_Table_LogId ON etl.ETL_Log (TableName, LogId DESC)
+    INCLUDE (Step, Status, BatchId, Mode, LogTs)
 GO
 IF OBJECT_ID(N'etl.ETL_Markers', N'U') IS NULL
 CREATE TABLE etl.ETL_Markers (
