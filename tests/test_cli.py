@@ -295,3 +295,34 @@ def test_summary_prefers_a_committed_step_over_its_earlier_failed_attempt_and_a_
     line = next(x for x in out.splitlines() if x.startswith("famille"))
     assert line.split()[1:7] == ["SUCCESS", "?", "?", "?", "?", "?"], line
     assert "merge: done (marker committed) but not in etl.ETL_Log" in out and "ConfigError" not in out
+
+
+def test_sla_hours_are_counted_in_utc_and_an_older_warehouse_keeps_loading(env, caplog):
+    """Found in review: the hours since success were local wall-clock times, an hour off for a day after each
+    daylight-saving change (a late table paged an hour late in spring). LastSuccessUtc, written with
+    LastSuccessTs, is what the view counts from; a warehouse without it (not upgraded yet) still loads."""
+    from datetime import datetime, timezone
+
+    assert succeeded(build(LoadTable(table="famille", mode="full")))
+    local, utc = env.sql("SELECT LastSuccessTs, LastSuccessUtc FROM config.ETL_Tables WHERE TableName = 'famille'")[0]
+    assert utc == local.astimezone(timezone.utc).replace(tzinfo=None)
+    # spring forward: 25 h on the local clocks, 27 h in fact, for a 26 h SLA
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    env.sql("UPDATE config.ETL_Tables SET SLAHours = 26, LastSuccessTs = CAST(current_timestamp AS TIMESTAMP) - "
+            "INTERVAL 25 HOUR, LastSuccessUtc = ? WHERE TableName = 'famille'", [now.replace(microsecond=0)])
+    env.sql("UPDATE config.ETL_Tables SET LastSuccessUtc = LastSuccessUtc - INTERVAL 27 HOUR "
+            "WHERE TableName = 'famille'")
+    status, hours = env.sql("SELECT SLAStatus, HoursSinceSuccess FROM etl.vw_SLABreach WHERE TableName = 'famille'")[0]
+    assert status == "LATE" and 26.9 < hours < 27.2
+    # a load validated before the column existed: the local times, as before
+    env.sql("UPDATE config.ETL_Tables SET LastSuccessUtc = NULL WHERE TableName = 'famille'")
+    status, hours = env.sql("SELECT SLAStatus, HoursSinceSuccess FROM etl.vw_SLABreach WHERE TableName = 'famille'")[0]
+    assert status == "OK" and 24.9 < hours < 25.2
+    # a warehouse not upgraded yet: the load still validates (and says what to run), init-db adds the column
+    env.sql("DROP VIEW etl.vw_SLABreach")
+    env.sql("ALTER TABLE config.ETL_Tables DROP COLUMN LastSuccessUtc")
+    assert succeeded(build(LoadTable(table="famille", mode="full", batch_tag="older")))
+    assert any("has no LastSuccessUtc column" in m for m in caplog.messages)
+    assert cbm_etl(["init-db", "--no-tables"]) == 0
+    assert env.sql("SELECT LastSuccessUtc FROM config.ETL_Tables WHERE TableName = 'famille'") == [(None,)]
+    assert env.sql("SELECT SLAStatus FROM etl.vw_SLABreach WHERE TableName = 'famille'") == [("OK",)]

@@ -524,6 +524,7 @@ def _canned(batch_id="2024-01-01", plan=None, ods_exists=False, mode="full"):
         (r"FROM etl\.ETL_TableState", [{"BatchId": batch_id, "Mode": mode, "RunId": "run-0", "Rows": 7,
                                          "ExtractStartedAt": datetime(2024, 1, 1)}]),
         (r"AS \[stg_rows\]", [(0, 0, 7, 7)]),  # the validation counts: all passed
+        (r"COLUMN_NAME = 'LastSuccessUtc'", [(1,)]),  # an upgraded warehouse
         (r"INFORMATION_SCHEMA\.COLUMNS", info),
         (r"SELECT TOP \(5\)", []),
         (r"MAX\(0\.5 \* DATALENGTH", [tuple(Decimal("12.0") for _ in names)]),

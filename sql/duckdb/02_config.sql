@@ -15,9 +15,12 @@ CREATE TABLE IF NOT EXISTS config.ETL_Tables (
     Priority            INTEGER NOT NULL DEFAULT 100,   -- lower loads first
     SLAHours            DOUBLE,
     IsActive            BOOLEAN NOT NULL DEFAULT TRUE,
-    LastSuccessTs       TIMESTAMP,                      -- start of the last validated extract
-    Notes               VARCHAR
+    LastSuccessTs       TIMESTAMP,                      -- start of the last validated extract (local, as the source)
+    Notes               VARCHAR,
+    LastSuccessUtc      TIMESTAMP                       -- the same instant in UTC: vw_SLABreach's hours
 );
+-- added after the first release: an older warehouse gets it here (init-db)
+ALTER TABLE config.ETL_Tables ADD COLUMN IF NOT EXISTS LastSuccessUtc TIMESTAMP;
 CREATE TABLE IF NOT EXISTS config.ETL_Columns (
     TableName           VARCHAR NOT NULL,
     ColumnName          VARCHAR NOT NULL,              -- as in Progress

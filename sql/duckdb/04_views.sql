@@ -26,8 +26,11 @@ WHERE LogTs >= current_timestamp - INTERVAL 7 DAY
 GROUP BY TableName, Step;
 
 CREATE OR REPLACE VIEW etl.vw_SLABreach AS
+-- hours in UTC (LastSuccessUtc), so a daylight-saving change does not move them; a load validated before that
+-- column existed falls back to the local times
 SELECT t.TableName, t.IsCritical, t.SLAHours, t.LastSuccessTs,
-       CAST(date_diff('second', t.LastSuccessTs, CAST(current_timestamp AS TIMESTAMP)) AS DOUBLE) / 3600.0
+       CAST(coalesce(date_diff('second', t.LastSuccessUtc, CAST(timezone('UTC', current_timestamp) AS TIMESTAMP)),
+                     date_diff('second', t.LastSuccessTs, CAST(current_timestamp AS TIMESTAMP))) AS DOUBLE) / 3600.0
            AS HoursSinceSuccess,
        f.LastStatus, f.LastError, f.LastRunTs,
        -- a failure is over once its batch validated (a rerun killed between that commit and its log rows
@@ -39,7 +42,9 @@ SELECT t.TableName, t.IsCritical, t.SLAHours, t.LastSuccessTs,
                 THEN 'FAILING'
             WHEN t.LastSuccessTs IS NULL THEN 'NEVER_LOADED'
             WHEN t.SLAHours IS NOT NULL
-                 AND date_diff('second', t.LastSuccessTs, CAST(current_timestamp AS TIMESTAMP)) > t.SLAHours * 3600
+                 AND coalesce(date_diff('second', t.LastSuccessUtc, CAST(timezone('UTC', current_timestamp) AS TIMESTAMP)),
+                              date_diff('second', t.LastSuccessTs, CAST(current_timestamp AS TIMESTAMP)))
+                     > t.SLAHours * 3600
                 THEN 'LATE'
             ELSE 'OK' END AS SLAStatus
 FROM config.ETL_Tables AS t

@@ -1,6 +1,6 @@
 -- What to load: one row per source table, one row per source column, and the order between tables.
 -- T-SQL mirror of sql/duckdb/02_config.sql: same tables, same column names. Idempotent (created when missing;
--- an existing table is never altered here).
+-- an existing table only gets the columns added since, never changed).
 IF OBJECT_ID(N'config.ETL_Tables', N'U') IS NULL
 CREATE TABLE config.ETL_Tables (
     TableName           NVARCHAR(128) NOT NULL CONSTRAINT PK_ETL_Tables PRIMARY KEY, -- as in Progress
@@ -18,9 +18,14 @@ CREATE TABLE config.ETL_Tables (
     Priority            INT NOT NULL CONSTRAINT DF_ETL_Tables_Priority DEFAULT 100, -- lower loads first
     SLAHours            FLOAT NULL,
     IsActive            BIT NOT NULL CONSTRAINT DF_ETL_Tables_IsActive DEFAULT 1,
-    LastSuccessTs       DATETIME2(3) NULL,             -- start of the last validated extract
-    Notes               NVARCHAR(MAX) NULL
+    LastSuccessTs       DATETIME2(3) NULL,             -- start of the last validated extract (local, as the source)
+    Notes               NVARCHAR(MAX) NULL,
+    LastSuccessUtc      DATETIME2(3) NULL              -- the same instant in UTC: vw_SLABreach's hours
 )
+GO
+-- added after the first release: an older warehouse gets it here (init-db)
+IF COL_LENGTH(N'config.ETL_Tables', N'LastSuccessUtc') IS NULL
+ALTER TABLE config.ETL_Tables ADD LastSuccessUtc DATETIME2(3) NULL
 GO
 IF OBJECT_ID(N'config.ETL_Columns', N'U') IS NULL
 CREATE TABLE config.ETL_Columns (

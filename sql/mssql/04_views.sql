@@ -38,8 +38,11 @@ FROM recent AS r
 GROUP BY r.TableName, r.Step;
 GO
 CREATE OR ALTER VIEW etl.vw_SLABreach AS
+-- hours in UTC (LastSuccessUtc), so a daylight-saving change does not move them; a load validated before that
+-- column existed falls back to the local times
 SELECT t.TableName, t.IsCritical, t.SLAHours, t.LastSuccessTs,
-       CAST(DATEDIFF_BIG(SECOND, t.LastSuccessTs, SYSDATETIME()) AS FLOAT) / 3600.0 AS HoursSinceSuccess,
+       CAST(COALESCE(DATEDIFF_BIG(SECOND, t.LastSuccessUtc, SYSUTCDATETIME()),
+                     DATEDIFF_BIG(SECOND, t.LastSuccessTs, SYSDATETIME())) AS FLOAT) / 3600.0 AS HoursSinceSuccess,
        f.LastStatus, f.LastError, f.LastRunTs,
        -- a failure is over once its batch validated (a rerun killed between that commit and its log rows)
        CASE WHEN f.LastStatus = 'FAILED' AND NOT EXISTS (
@@ -49,7 +52,8 @@ SELECT t.TableName, t.IsCritical, t.SLAHours, t.LastSuccessTs,
                 THEN 'FAILING'
             WHEN t.LastSuccessTs IS NULL THEN 'NEVER_LOADED'
             WHEN t.SLAHours IS NOT NULL
-                 AND DATEDIFF_BIG(SECOND, t.LastSuccessTs, SYSDATETIME()) > t.SLAHours * 3600
+                 AND COALESCE(DATEDIFF_BIG(SECOND, t.LastSuccessUtc, SYSUTCDATETIME()),
+                              DATEDIFF_BIG(SECOND, t.LastSuccessTs, SYSDATETIME())) > t.SLAHours * 3600
                 THEN 'LATE'
             ELSE 'OK' END AS SLAStatus
 FROM config.ETL_Tables AS t
