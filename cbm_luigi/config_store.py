@@ -134,20 +134,27 @@ def newer_load_than(s: Session, table: str, extract_started_at):
     return last
 
 
-def advance_last_success(s: Session, table: str, ts: datetime) -> None:
+_SAID_NO_UTC: set[str] = set()
+
+
+def advance_last_success(s: Session, table: str, ts: datetime, utc: datetime | None = None) -> None:
     """Move LastSuccessTs (this host's local time, the source's clock for the incremental window) forward only
     (rerunning an older batch never moves it back), and LastSuccessUtc with it: the same instant in UTC, which
-    vw_SLABreach counts its hours from (local times are an hour off across a daylight-saving change). A
-    warehouse not upgraded yet (`cbm-etl init-db` adds the column) keeps working without it."""
+    vw_SLABreach counts its hours from (local times are an hour off across a daylight-saving change): `utc` as
+    the extract recorded it, else `ts` converted here. A warehouse not upgraded yet (`cbm-etl init-db` adds the
+    column) keeps working without it."""
     has_utc = s.scalar("SELECT COUNT(*) FROM INFORMATION_SCHEMA.COLUMNS WHERE TABLE_SCHEMA = 'config' AND "
                        "TABLE_NAME = 'ETL_Tables' AND COLUMN_NAME = 'LastSuccessUtc'")
     if not has_utc:
-        log.warning("config.ETL_Tables has no LastSuccessUtc column: run `cbm-etl init-db --no-tables` once "
-                    "(vw_SLABreach counts hours in local time until then)")
+        if "warned" not in _SAID_NO_UTC:  # once a process, not once a table
+            _SAID_NO_UTC.add("warned")
+            log.warning("config.ETL_Tables has no LastSuccessUtc column: run `cbm-etl init-db --no-tables` once "
+                        "(vw_SLABreach counts hours in local time until then)")
         s.execute("UPDATE config.ETL_Tables SET LastSuccessTs = ? WHERE TableName = ? "
                   "AND (LastSuccessTs IS NULL OR LastSuccessTs < ?)", [ts, table, ts])
         return
-    utc = ts.astimezone(timezone.utc).replace(tzinfo=None)  # a naive `ts` is this process's local time
+    if utc is None:
+        utc = ts.astimezone(timezone.utc).replace(tzinfo=None)  # a naive `ts` is this process's local time
     s.execute("UPDATE config.ETL_Tables SET LastSuccessTs = ?, LastSuccessUtc = ? WHERE TableName = ? "
               "AND (LastSuccessTs IS NULL OR LastSuccessTs < ?)", [ts, utc, table, ts])
 

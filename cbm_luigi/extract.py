@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
@@ -64,13 +64,15 @@ def extract_to_parquet(reader: Reader, plan: TablePlan, mode: str, out_path: Pat
                        threads: int = 2, run_id: str | None = None) -> dict:
     """Read `plan.table` and write the batch's parquet at `out_path` (shaped and hashed on the way, see
     transform.py); returns the metadata written into the file."""
-    started = datetime.now()
+    started_utc = datetime.now(timezone.utc)  # the instant, then its local time: the same even in the repeated hour
+    started = started_utc.astimezone().replace(tzinfo=None)
     window, why = plan.window(mode)
     sql, params = reader.dialect.extract_sql(plan.table, plan.source_columns(), window, plan.filter_clause)
     log.info("extract %s (%s): %s", plan.table, why, sql)
     schema = plan.extract_schema()
     meta = {"format": FORMAT, "table": plan.table, "mode": mode,
             "effective_mode": "incremental" if window else "full", "window": why, "started_at": started.isoformat(),
+            "started_at_utc": started_utc.replace(tzinfo=None).isoformat(),
             "sql": sql, "params": params, "reader": reader.name, "run_id": run_id}
     batch_rows = batch_rows_for(plan, batch_rows)
     t0 = time.monotonic()

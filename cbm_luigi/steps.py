@@ -312,7 +312,7 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
 
 
 def validate(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: MarkerTarget, run_id: str,
-             extract_started_at: datetime) -> StepRecord:
+             extract_started_at: datetime, extract_started_utc: datetime | None = None) -> StepRecord:
     """Check the merge against the batch, record the checks, advance LastSuccessTs with the marker."""
     d = wh.dialect
     spec = _spec(plan, full=(mode == "full"))
@@ -333,7 +333,7 @@ def validate(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker
                           [[run_id, batch_id, plan.table, name, passed, expected, actual]
                            for name, passed, expected, actual in checks])
             if not failed:
-                config_store.advance_last_success(s, plan.table, extract_started_at)
+                config_store.advance_last_success(s, plan.table, extract_started_at, extract_started_utc)
                 marker.touch(s, run_id=run_id, rows=stg_rows)
         if failed:
             raise ValidationError(

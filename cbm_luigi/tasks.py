@@ -190,6 +190,12 @@ class CbmTask(luigi.Task):
         return f"{self.table} [{self.step}, batch {self.batch_id}, {self.mode}]: {text}"
 
 
+def _utc_start(meta: dict) -> datetime | None:
+    """The extract's start in UTC as its own process saw it (a cache file written before it was recorded: None,
+    and the local start is converted where it is used)."""
+    return datetime.fromisoformat(meta["started_at_utc"]) if meta.get("started_at_utc") else None
+
+
 def _interrupt_raised_again(handler):
     """Luigi returns quietly from an event callback that Ctrl-C interrupted (its callbacks are 'protected'), and
     the run would go on: the task notes it, and CbmTask.trigger_event raises it again once Luigi is done."""
@@ -375,7 +381,8 @@ class ValidateTable(WarehouseStep):
         meta = self.extract_meta()
         self.record(steps.validate(self.warehouse, plan, mode=meta.get("effective_mode", self.mode),
                                    batch_id=self.batch_id, marker=self.output(), run_id=self.run_id,
-                                   extract_started_at=datetime.fromisoformat(meta["started_at"])), t0)
+                                   extract_started_at=datetime.fromisoformat(meta["started_at"]),
+                                   extract_started_utc=_utc_start(meta)), t0)
 
 
 class LoadTable(CbmTask, luigi.WrapperTask):

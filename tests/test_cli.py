@@ -303,8 +303,13 @@ def test_sla_hours_are_counted_in_utc_and_an_older_warehouse_keeps_loading(env, 
     LastSuccessTs, is what the view counts from; a warehouse without it (not upgraded yet) still loads."""
     from datetime import datetime, timezone
 
+    from cbm_luigi.extract import read_extract_meta
+
     assert succeeded(build(LoadTable(table="famille", mode="full")))
     local, utc = env.sql("SELECT LastSuccessTs, LastSuccessUtc FROM config.ETL_Tables WHERE TableName = 'famille'")[0]
+    # the instant the extract recorded (its own clock, right even in the hour repeated in autumn)
+    meta = read_extract_meta(next(env.cache.glob("*/*/famille.extract.parquet")))
+    assert utc == datetime.fromisoformat(meta["started_at_utc"])
     assert utc == local.astimezone(timezone.utc).replace(tzinfo=None)
     # spring forward: 25 h on the local clocks, 27 h in fact, for a 26 h SLA
     now = datetime.now(timezone.utc).replace(tzinfo=None)
@@ -314,11 +319,17 @@ def test_sla_hours_are_counted_in_utc_and_an_older_warehouse_keeps_loading(env, 
             "WHERE TableName = 'famille'")
     status, hours = env.sql("SELECT SLAStatus, HoursSinceSuccess FROM etl.vw_SLABreach WHERE TableName = 'famille'")[0]
     assert status == "LATE" and 26.9 < hours < 27.2
-    # a load validated before the column existed: the local times, as before
-    env.sql("UPDATE config.ETL_Tables SET LastSuccessUtc = NULL WHERE TableName = 'famille'")
-    status, hours = env.sql("SELECT SLAStatus, HoursSinceSuccess FROM etl.vw_SLABreach WHERE TableName = 'famille'")[0]
-    assert status == "OK" and 24.9 < hours < 25.2
+    # a load validated before the column existed, or by an older version after the upgrade (LastSuccessUtc lags
+    # by more than any UTC offset): the local times, as before
+    for stale in ("NULL", "LastSuccessTs - INTERVAL 20 HOUR"):
+        env.sql(f"UPDATE config.ETL_Tables SET LastSuccessUtc = {stale} WHERE TableName = 'famille'")
+        status, hours = env.sql("SELECT SLAStatus, HoursSinceSuccess FROM etl.vw_SLABreach "
+                                "WHERE TableName = 'famille'")[0]
+        assert status == "OK" and 24.9 < hours < 25.2
     # a warehouse not upgraded yet: the load still validates (and says what to run), init-db adds the column
+    from cbm_luigi import config_store
+
+    config_store._SAID_NO_UTC.clear()  # said once a process
     env.sql("DROP VIEW etl.vw_SLABreach")
     env.sql("ALTER TABLE config.ETL_Tables DROP COLUMN LastSuccessUtc")
     assert succeeded(build(LoadTable(table="famille", mode="full", batch_tag="older")))

@@ -26,12 +26,8 @@ WHERE LogTs >= current_timestamp - INTERVAL 7 DAY
 GROUP BY TableName, Step;
 
 CREATE OR REPLACE VIEW etl.vw_SLABreach AS
--- hours in UTC (LastSuccessUtc), so a daylight-saving change does not move them; a load validated before that
--- column existed falls back to the local times
 SELECT t.TableName, t.IsCritical, t.SLAHours, t.LastSuccessTs,
-       CAST(coalesce(date_diff('second', t.LastSuccessUtc, CAST(timezone('UTC', current_timestamp) AS TIMESTAMP)),
-                     date_diff('second', t.LastSuccessTs, CAST(current_timestamp AS TIMESTAMP))) AS DOUBLE) / 3600.0
-           AS HoursSinceSuccess,
+       CAST(t.SecondsSinceSuccess AS DOUBLE) / 3600.0 AS HoursSinceSuccess,
        f.LastStatus, f.LastError, f.LastRunTs,
        -- a failure is over once its batch validated (a rerun killed between that commit and its log rows
        -- leaves the failure as the table's last row, and the next rerun rightly finds nothing left to do)
@@ -41,13 +37,21 @@ SELECT t.TableName, t.IsCritical, t.SLAHours, t.LastSuccessTs,
                   AND m.Mode = f.LastMode)
                 THEN 'FAILING'
             WHEN t.LastSuccessTs IS NULL THEN 'NEVER_LOADED'
-            WHEN t.SLAHours IS NOT NULL
-                 AND coalesce(date_diff('second', t.LastSuccessUtc, CAST(timezone('UTC', current_timestamp) AS TIMESTAMP)),
-                              date_diff('second', t.LastSuccessTs, CAST(current_timestamp AS TIMESTAMP)))
-                     > t.SLAHours * 3600
-                THEN 'LATE'
+            WHEN t.SLAHours IS NOT NULL AND t.SecondsSinceSuccess > t.SLAHours * 3600 THEN 'LATE'
             ELSE 'OK' END AS SLAStatus
-FROM config.ETL_Tables AS t
+FROM (
+    -- seconds in UTC (LastSuccessUtc), so a daylight-saving change does not move them; local times for a load
+    -- validated before that column existed, or when it lags LastSuccessTs by more than any UTC offset (15 h:
+    -- written by an older version of cbm_luigi after the upgrade)
+    SELECT c.*,
+           CASE WHEN c.LastSuccessTs IS NULL THEN NULL
+                WHEN c.LastSuccessUtc IS NOT NULL
+                     AND abs(date_diff('second', c.LastSuccessUtc, c.LastSuccessTs)) <= 54000
+                    THEN date_diff('second', c.LastSuccessUtc, CAST(timezone('UTC', current_timestamp) AS TIMESTAMP))
+                ELSE date_diff('second', c.LastSuccessTs, CAST(current_timestamp AS TIMESTAMP)) END
+               AS SecondsSinceSuccess
+    FROM config.ETL_Tables AS c
+) AS t
 LEFT JOIN (
     SELECT TableName, Status AS LastStatus, ErrorMessage AS LastError, LogTs AS LastRunTs,
            BatchId AS LastBatchId, Mode AS LastMode

@@ -38,11 +38,8 @@ FROM recent AS r
 GROUP BY r.TableName, r.Step;
 GO
 CREATE OR ALTER VIEW etl.vw_SLABreach AS
--- hours in UTC (LastSuccessUtc), so a daylight-saving change does not move them; a load validated before that
--- column existed falls back to the local times
 SELECT t.TableName, t.IsCritical, t.SLAHours, t.LastSuccessTs,
-       CAST(COALESCE(DATEDIFF_BIG(SECOND, t.LastSuccessUtc, SYSUTCDATETIME()),
-                     DATEDIFF_BIG(SECOND, t.LastSuccessTs, SYSDATETIME())) AS FLOAT) / 3600.0 AS HoursSinceSuccess,
+       CAST(t.SecondsSinceSuccess AS FLOAT) / 3600.0 AS HoursSinceSuccess,
        f.LastStatus, f.LastError, f.LastRunTs,
        -- a failure is over once its batch validated (a rerun killed between that commit and its log rows)
        CASE WHEN f.LastStatus = 'FAILED' AND NOT EXISTS (
@@ -51,12 +48,20 @@ SELECT t.TableName, t.IsCritical, t.SLAHours, t.LastSuccessTs,
                   AND m.Mode = f.LastMode)
                 THEN 'FAILING'
             WHEN t.LastSuccessTs IS NULL THEN 'NEVER_LOADED'
-            WHEN t.SLAHours IS NOT NULL
-                 AND COALESCE(DATEDIFF_BIG(SECOND, t.LastSuccessUtc, SYSUTCDATETIME()),
-                              DATEDIFF_BIG(SECOND, t.LastSuccessTs, SYSDATETIME())) > t.SLAHours * 3600
-                THEN 'LATE'
+            WHEN t.SLAHours IS NOT NULL AND t.SecondsSinceSuccess > t.SLAHours * 3600 THEN 'LATE'
             ELSE 'OK' END AS SLAStatus
-FROM config.ETL_Tables AS t
+FROM (
+    -- seconds in UTC (LastSuccessUtc), so a daylight-saving change does not move them; local times for a load
+    -- validated before that column existed, or when it lags LastSuccessTs by more than any UTC offset (15 h:
+    -- written by an older version of cbm_luigi after the upgrade)
+    SELECT c.TableName, c.IsCritical, c.SLAHours, c.LastSuccessTs, c.IsActive,
+           CASE WHEN c.LastSuccessTs IS NULL THEN NULL
+                WHEN c.LastSuccessUtc IS NOT NULL
+                     AND ABS(DATEDIFF_BIG(SECOND, c.LastSuccessUtc, c.LastSuccessTs)) <= 54000
+                    THEN DATEDIFF_BIG(SECOND, c.LastSuccessUtc, SYSUTCDATETIME())
+                ELSE DATEDIFF_BIG(SECOND, c.LastSuccessTs, SYSDATETIME()) END AS SecondsSinceSuccess
+    FROM config.ETL_Tables AS c
+) AS t
 LEFT JOIN (
     SELECT x.TableName, x.Status AS LastStatus, x.ErrorMessage AS LastError, x.LogTs AS LastRunTs,
            x.BatchId AS LastBatchId, x.Mode AS LastMode
