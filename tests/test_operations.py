@@ -96,23 +96,34 @@ def _business_snapshot(env) -> dict[str, list[tuple]]:
     return snap
 
 
-@pytest.mark.parametrize("step", ["stage", "merge"])
-def test_kill_in_the_middle_of_a_step_then_rerun(env, tmp_path, monkeypatch, step):
+def _load_all_signalled_at(env, tmp_path, checkpoint: str, sig: int, wait_s: float) -> int | None:
+    """`luigi ... LoadAll --mode full` in a process of its own, sent `sig` once it reaches fault checkpoint
+    `checkpoint` (faults.py); its exit code, or None if it still ran `wait_s` seconds later (then killed)."""
     pause = tmp_path / "paused"
     proc = subprocess.Popen(["luigi", "--module", "cbm_luigi", "LoadAll", "--mode", "full", "--local-scheduler"],
-                            cwd=env.home, env=subprocess_env(env, CBM_PAUSE_AT=step, CBM_PAUSE_FILE=str(pause)),
+                            cwd=env.home, env=subprocess_env(env, CBM_PAUSE_AT=checkpoint, CBM_PAUSE_FILE=str(pause)),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(600):
             if pause.exists() or proc.poll() is not None:
                 break
             time.sleep(0.1)
-        assert pause.exists(), f"the run never reached the {step}"
-        os.kill(proc.pid, signal.SIGKILL)  # inside the step's open transaction
-        proc.wait(10)
+        assert pause.exists(), f"the run never reached checkpoint {checkpoint}"
+        os.kill(proc.pid, sig)
+        try:
+            return proc.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            return None
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait(10)
+
+
+@pytest.mark.parametrize("step", ["stage", "merge"])
+def test_kill_in_the_middle_of_a_step_then_rerun(env, tmp_path, monkeypatch, step):
+    # SIGKILL inside the step's open transaction
+    assert _load_all_signalled_at(env, tmp_path, step, signal.SIGKILL, 10) is not None
     # the killed step left nothing: no marker for it (nor, for a stage, a record of what stg holds)
     assert env.sql("SELECT COUNT(*) FROM etl.ETL_Markers WHERE Step = ?", [step])[0][0] == 0
     if step == "stage":
@@ -254,24 +265,8 @@ def test_the_warehouse_running_out_of_memory_is_named_with_the_setting_and_a_rer
 def test_ctrl_c_during_a_log_write_stops_the_run(env, tmp_path):
     """The log is written from Luigi event callbacks, which return quietly on a KeyboardInterrupt: a Ctrl-C that
     lands there stopped nothing (found in review). It now stops the run as anywhere else, before any later step."""
-    pause = tmp_path / "paused"
-    proc = subprocess.Popen(["luigi", "--module", "cbm_luigi", "LoadAll", "--mode", "full", "--local-scheduler"],
-                            cwd=env.home, env=subprocess_env(env, CBM_PAUSE_AT="log", CBM_PAUSE_FILE=str(pause)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(600):
-            if pause.exists() or proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        assert pause.exists(), "the run never wrote its log"
-        os.kill(proc.pid, signal.SIGINT)  # the operator's Ctrl-C, inside the first log write (famille's extract)
-        try:
-            code = proc.wait(30)
-        except subprocess.TimeoutExpired:
-            code = None
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    # the operator's Ctrl-C, inside the first log write (famille's extract)
+    code = _load_all_signalled_at(env, tmp_path, "log", signal.SIGINT, 30)
     assert code is not None and code != 0, "the run went on after Ctrl-C"
     # nothing after the interrupted extract's log write ran: no table was staged
     assert env.sql("SELECT COUNT(*) FROM etl.ETL_Markers WHERE Step <> 'extract'")[0][0] == 0
