@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .naming import array_element_names, free_array_name, resolve_column_names, sql_safe_name
 from .plan import ConfigError, TablePlan, build_plan
+from .settings import warn_once
 from .source import catalog
 from .source.dialect import quote as oe_quote
 from .source.readers import Reader
@@ -134,9 +135,6 @@ def newer_load_than(s: Session, table: str, extract_started_at):
     return last
 
 
-_SAID_NO_UTC: set[str] = set()
-
-
 def advance_last_success(s: Session, table: str, ts: datetime, utc: datetime | None = None) -> None:
     """Move LastSuccessTs (this host's local time, the source's clock for the incremental window) forward only
     (rerunning an older batch never moves it back), and LastSuccessUtc with it: the same instant in UTC, which
@@ -146,10 +144,8 @@ def advance_last_success(s: Session, table: str, ts: datetime, utc: datetime | N
     has_utc = s.scalar("SELECT COUNT(*) FROM INFORMATION_SCHEMA.COLUMNS WHERE TABLE_SCHEMA = 'config' AND "
                        "TABLE_NAME = 'ETL_Tables' AND COLUMN_NAME = 'LastSuccessUtc'")
     if not has_utc:
-        if "warned" not in _SAID_NO_UTC:  # once a process, not once a table
-            _SAID_NO_UTC.add("warned")
-            log.warning("config.ETL_Tables has no LastSuccessUtc column: run `cbm-etl init-db --no-tables` once "
-                        "(vw_SLABreach counts hours in local time until then)")
+        warn_once(log, "config.ETL_Tables has no LastSuccessUtc column: run `cbm-etl init-db --no-tables` once "
+                       "(vw_SLABreach counts hours in local time until then)")
         s.execute("UPDATE config.ETL_Tables SET LastSuccessTs = ? WHERE TableName = ? "
                   "AND (LastSuccessTs IS NULL OR LastSuccessTs < ?)", [ts, table, ts])
         return

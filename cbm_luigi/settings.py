@@ -41,6 +41,17 @@ class _MaskedRecord(logging.LogRecord):
         return mask_secrets(super().getMessage())
 
 
+_WARNED: set[str] = set()
+
+
+def warn_once(logger: logging.Logger, message: str) -> None:
+    """A warning said once per process: Luigi asks requires() on every scheduling pass, and a run loads each of
+    hundreds of tables with the same configuration."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logger.warning("%s", message)
+
+
 def install_log_masking() -> None:
     """Mask secrets in every log record of the process, tracebacks included (idempotent). Luigi's worker logs a
     failed task's exception itself, so a driver message quoting a connection string is masked on the way out

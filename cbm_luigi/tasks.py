@@ -24,7 +24,7 @@ from .faults import checkpoint
 from .naming import cache_file_stem, sql_safe_name
 from .plan import ConfigError, TablePlan
 from .runlog import StepRecord, write_steps
-from .settings import Settings, load_settings, mask_secrets
+from .settings import Settings, load_settings, mask_secrets, warn_once
 from .source.readers import pooled_reader
 from .targets import MarkerTarget, StagedBatchTarget, StageTarget
 from .transform import TechnicalValues
@@ -48,16 +48,6 @@ def _config(settings: Settings) -> tuple[list[dict], dict[str, list[str]]]:
         tables, deps = config_store.table_rows(s), config_store.dependencies(s)
     _CONFIG_CACHE[key] = (time.monotonic(), tables, deps)
     return tables, deps
-
-
-_SAID: set[str] = set()
-
-
-def _say_once(message: str) -> None:
-    """A configuration warning, once per process (requires() is called for every scheduling pass)."""
-    if message not in _SAID:
-        _SAID.add(message)
-        log.warning("%s", message)
 
 
 def clear_config_cache() -> None:
@@ -272,7 +262,7 @@ class ExtractParquet(CbmTask):
         need = []
         for d in deps.get(self.table, []):
             if d != self.table and d not in active:
-                _say_once(f"table {self.table} depends on {d}, which is not an active table of config.ETL_Tables: "
+                warn_once(log, f"table {self.table} depends on {d}, which is not an active table of config.ETL_Tables: "
                           f"not waited for (add or activate it, or delete the config.ETL_Dependencies row)")
             elif d != self.table:
                 need.append(d)

@@ -297,7 +297,7 @@ def test_summary_prefers_a_committed_step_over_its_earlier_failed_attempt_and_a_
     assert "merge: done (marker committed) but not in etl.ETL_Log" in out and "ConfigError" not in out
 
 
-def test_sla_hours_are_counted_in_utc_and_an_older_warehouse_keeps_loading(env, caplog):
+def test_sla_hours_are_counted_in_utc_and_an_older_warehouse_keeps_loading(env, caplog, monkeypatch):
     """Found in review: the hours since success were local wall-clock times, an hour off for a day after each
     daylight-saving change (a late table paged an hour late in spring). LastSuccessUtc, written with
     LastSuccessTs, is what the view counts from; a warehouse without it (not upgraded yet) still loads."""
@@ -327,9 +327,9 @@ def test_sla_hours_are_counted_in_utc_and_an_older_warehouse_keeps_loading(env, 
                                 "WHERE TableName = 'famille'")[0]
         assert status == "OK" and 24.9 < hours < 25.2
     # a warehouse not upgraded yet: the load still validates (and says what to run), init-db adds the column
-    from cbm_luigi import config_store
+    from cbm_luigi import settings
 
-    config_store._SAID_NO_UTC.clear()  # said once a process
+    monkeypatch.setattr(settings, "_WARNED", set())  # said once a process
     env.sql("DROP VIEW etl.vw_SLABreach")
     env.sql("ALTER TABLE config.ETL_Tables DROP COLUMN LastSuccessUtc")
     assert succeeded(build(LoadTable(table="famille", mode="full", batch_tag="older")))

@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import pytest
 
-from cbm_luigi import demo_source
+from cbm_luigi import demo_source, settings
 from cbm_luigi.demo_source import Col, TableDef
 from cbm_luigi.extract import read_extract_meta
 from cbm_luigi.source import conform, readers
@@ -89,7 +89,7 @@ def test_datetime_tz_loads_in_utc_through_every_reader(env, monkeypatch, reader,
     # The stand-in's DATETIME-TZ is text with its offset that the SQLite ODBC driver reports as TIMESTAMP and
     # hands over in UTC without the offset. arrow-odbc, asked for a timestamp with a zone, used to abort the
     # whole process (a Rust panic).
-    monkeypatch.setattr(conform, "_ZONELESS_SAID", set())  # said once per table and column in a process
+    monkeypatch.setattr(settings, "_WARNED", set())  # said once per table and column in a process
     values = ["2020-01-01 10:00:00.123+02:00", "2020-01-01 10:00:00.123-05:30", "2020-06-30T23:59:59Z", None]
     table = TableDef("tz", cols(Col("t", "timestamp_timezone")), ("id",),
                      [(i, v, None) for i, v in enumerate(values, 1)])

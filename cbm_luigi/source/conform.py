@@ -15,6 +15,7 @@ from datetime import date
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..settings import warn_once
 from ..types import MAX_DATE, MIN_DATE
 from .errors import SourceValueError
 
@@ -171,20 +172,14 @@ def _cast_alike(batch: pa.RecordBatch, schema: pa.Schema, position: dict[str, in
     return done
 
 
-_ZONELESS_SAID: set[tuple[str, str]] = set()
-
-
 def _say_zoneless(table: str, column: str) -> None:
     """A DATETIME-TZ the driver hands over as a zone-less timestamp is taken as UTC: the SQLite ODBC driver
     converts the stored offset to UTC first. That is the driver's choice, not a fact of the data, so it is said
     (once per table and column in a process)."""
-    if (table, column) in _ZONELESS_SAID:
-        return
-    _ZONELESS_SAID.add((table, column))
-    log.warning("table %s, column %s: DATETIME-TZ values arrive without their offset (the driver reports the "
-                "column as TIMESTAMP); they are taken as UTC. Check one row against Progress: if the hours are "
-                "off, give the column a SourceExpression that hands over its text with the offset (OPERATIONS.md, "
-                "DATETIME-TZ)", table, column)
+    warn_once(log, f"table {table}, column {column}: DATETIME-TZ values arrive without their offset (the driver "
+                   f"reports the column as TIMESTAMP); they are taken as UTC. Check one row against Progress: if "
+                   f"the hours are off, give the column a SourceExpression that hands over its text with the offset "
+                   f"(OPERATIONS.md, DATETIME-TZ)")
 
 
 def conform_batch(batch: pa.RecordBatch, schema: pa.Schema, *, table: str, keys: list[str]) -> pa.RecordBatch:
