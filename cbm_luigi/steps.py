@@ -333,7 +333,8 @@ def validate(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker
                           [[run_id, batch_id, plan.table, name, passed, expected, actual]
                            for name, passed, expected, actual in checks])
             if not failed:
-                config_store.advance_last_success(s, plan.table, extract_started_at, extract_started_utc)
+                config_store.advance_last_success(s, plan.table, extract_started_at, extract_started_utc,
+                                                  warehouse=wh.describe())
                 marker.touch(s, run_id=run_id, rows=stg_rows)
         if failed:
             raise ValidationError(

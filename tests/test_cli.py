@@ -297,6 +297,30 @@ def test_summary_prefers_a_committed_step_over_its_earlier_failed_attempt_and_a_
     assert "merge: done (marker committed) but not in etl.ETL_Log" in out and "ConfigError" not in out
 
 
+def test_the_utc_column_is_looked_up_once_a_process(env, monkeypatch):
+    """Validation asked INFORMATION_SCHEMA for LastSuccessUtc every time: on DuckDB that view is built from the
+    whole catalog (1-3 ms a table at 1,000 tables). A yes is remembered for the process and warehouse."""
+    from cbm_luigi import config_store
+    from cbm_luigi.warehouse.duckdb_wh import DuckDbSession
+
+    monkeypatch.setattr(config_store, "_HAS_UTC", set())
+    asked = []
+    real = DuckDbSession.scalar
+
+    def spy(self, sql, params=None):
+        if "LastSuccessUtc" in sql:
+            asked.append(sql)
+        return real(self, sql, params)
+
+    monkeypatch.setattr(DuckDbSession, "scalar", spy)
+    assert succeeded(build(LoadTable(table="famille", mode="full"), LoadTable(table="client", mode="full")))
+    assert succeeded(build(LoadTable(table="famille", mode="full", batch_tag="again")))
+    assert len(asked) == 1
+    rows = env.sql("SELECT TableName, LastSuccessUtc IS NOT NULL FROM config.ETL_Tables "
+                   "WHERE TableName IN ('famille', 'client') ORDER BY 1")
+    assert rows == [("client", True), ("famille", True)]
+
+
 def test_sla_hours_are_counted_in_utc_and_an_older_warehouse_keeps_loading(env, caplog, monkeypatch):
     """Found in review: the hours since success were local wall-clock times, an hour off for a day after each
     daylight-saving change (a late table paged an hour late in spring). LastSuccessUtc, written with
@@ -327,9 +351,10 @@ def test_sla_hours_are_counted_in_utc_and_an_older_warehouse_keeps_loading(env, 
                                 "WHERE TableName = 'famille'")[0]
         assert status == "OK" and 24.9 < hours < 25.2
     # a warehouse not upgraded yet: the load still validates (and says what to run), init-db adds the column
-    from cbm_luigi import settings
+    from cbm_luigi import config_store, settings
 
     monkeypatch.setattr(settings, "_WARNED", set())  # said once a process
+    monkeypatch.setattr(config_store, "_HAS_UTC", set())  # a column found is remembered: no step drops it
     env.sql("DROP VIEW etl.vw_SLABreach")
     env.sql("ALTER TABLE config.ETL_Tables DROP COLUMN LastSuccessUtc")
     assert succeeded(build(LoadTable(table="famille", mode="full", batch_tag="older")))

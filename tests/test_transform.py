@@ -211,3 +211,14 @@ def test_hashdiff_text_of_logicals_binary_timestamps_and_null_rows(tmp_path):
     texts = ["actif=1\x1fblob=4:00FF\x1fid=1\x1fmaj=2026-11-29 03:04:05.006000\x1fn64=-9223372036854775808",
              "actif=0\x1fblob=0:\x1fid=2", "id=3"]
     assert hashes(rows) == [hashlib.md5(t.encode()).hexdigest() for t in texts]
+
+
+def test_hashdiff_text_starting_with_the_separator_in_a_value(tmp_path):
+    """Only the leading separator of the text is cut: a value that itself starts with U+001F, in the first column
+    of the form, keeps it (the text always starts `<U+001F><name>=`, never with a value)."""
+    import hashlib
+
+    cols = [PlanColumn("id", "id", I, False), PlanColumn("a", "a", S), PlanColumn("b", "b", S)]
+    rows = run(tmp_path, cols, {"id": [1, 2, 3], "a": ["\x1f\x1fz", None, None], "b": [None, "\x1f", None]})
+    texts = ["a=3:\x1f\x1fz\x1fid=1", "b=1:\x1f\x1fid=2", "id=3"]
+    assert hashes(rows) == [hashlib.md5(t.encode()).hexdigest() for t in texts]
