@@ -96,8 +96,8 @@ class Warehouse:
         return False
 
     def before_merge(self, s: Session, n_columns: int, rows: int = 0) -> None:
-        """Hook run in the merge's session before its statements (resource tuning), and again with the batch's
-        `rows` before a MERGE that joins them with ods; nothing by default."""
+        """Hook run in the merge's session before the statements that write ods (resource tuning), with the
+        batch's `rows` when the MERGE joins them with ods (0 when every row is new); nothing by default."""
 
     def key_index_ddl(self, s: Session, table: str, keys: list[str], altering_keys: bool):
         """Keeps an index on ods's key columns where the warehouse needs one to merge without scanning:
