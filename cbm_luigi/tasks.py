@@ -262,8 +262,9 @@ class ExtractParquet(CbmTask):
         need = []
         for d in deps.get(self.table, []):
             if d != self.table and d not in active:
-                warn_once(log, f"table {self.table} depends on {d}, which is not an active table of config.ETL_Tables: "
-                          f"not waited for (add or activate it, or delete the config.ETL_Dependencies row)")
+                warn_once(log, f"table {self.table} depends on {d}, which is not an active table of "
+                               f"config.ETL_Tables: not waited for (add or activate it, or delete the "
+                               f"config.ETL_Dependencies row)")
             elif d != self.table:
                 need.append(d)
         critical = [t["TableName"] for t in tables if t["IsCritical"]]
