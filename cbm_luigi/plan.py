@@ -5,6 +5,8 @@ into DDL and MERGE.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -104,6 +106,17 @@ class TablePlan:
 
     def output_columns(self) -> list[tuple[str, ColumnType, bool]]:
         return [oc for c in self.columns for oc in c.output_columns()]
+
+    def extract_shape(self) -> str:
+        """A fingerprint of the configuration a batch file is made under: the columns read (names, types,
+        arrays, expressions), the filter, the modification columns (`_etl_source_ts`). The file's hashdiff covers
+        exactly those columns, so a batch extracted or staged under another shape is stale: merged after a
+        config change (a column excluded, a type overridden) it would write hashes over columns it does not
+        write, and ods would never see the difference again (found in review)."""
+        parts = {"columns": [[c.name, c.sql_name, c.ctype.kind, c.ctype.precision, c.ctype.scale, c.ctype.width,
+                              c.nullable, c.extent, c.array_mode, c.expression] for c in self.columns],
+                 "filter": self.filter_clause, "modified": [self.date_col, self.date_precision, self.time_of_day_col]}
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
     def window(self, mode: str) -> tuple[Window | None, str]:
         """The incremental window for `mode`, and why there is none when there is none (for the log)."""

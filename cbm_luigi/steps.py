@@ -12,6 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from . import config_store
+from .extract import read_extract_meta
 from .plan import ConfigError, TablePlan
 from .runlog import StepRecord
 from .settings import mask_secrets
@@ -55,17 +56,21 @@ def stage_columns(plan: TablePlan, max_lengths: dict[str, int] | None = None) ->
 
 
 def check_batch_file(plan: TablePlan, path: Path, batch_id: str) -> None:
-    """The batch file must hold the columns the plan stages now: a config change since the extract (a column
-    excluded or added, an array mode switched) would otherwise stage a stale shape."""
+    """The batch file must have been made under the table's configuration now (TablePlan.extract_shape): a
+    change since the extract (a column excluded or added, a type overridden, an array mode switched) would
+    otherwise stage a stale shape, or hashes over other columns than those written."""
+    if read_extract_meta(path).get("shape") == plan.extract_shape():
+        return
     have = pq.read_schema(path).names
     want = [n for n, _t, _ in plan.output_columns()] + SHAPED_TECH
-    if sorted(have) != sorted(want):
-        missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
-        raise StaleStageError(
-            f"table {plan.table}: the extract of batch {batch_id} ({path}) does not have the columns the "
-            f"configuration stages now (missing: {', '.join(missing) or '-'}; not configured: "
-            f"{', '.join(extra) or '-'}); the configuration changed after the extract. Extract again: "
-            f"`cbm-etl invalidate {plan.table} --batch {batch_id} --from extract`.")
+    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    what = (f"missing: {', '.join(missing) or '-'}; not configured: {', '.join(extra) or '-'}" if missing or extra
+            else "the same columns, but a type, an expression, an array mode, the filter or the modification "
+                 "columns differ")
+    raise StaleStageError(
+        f"table {plan.table}: the extract of batch {batch_id} ({path}) was made under another configuration than "
+        f"the table's now ({what}): the configuration changed after the extract. Nothing was staged. Run the "
+        f"same command again: it reads the source again.")
 
 
 def check_column_count(wh: Warehouse, plan: TablePlan) -> None:
@@ -148,6 +153,12 @@ def _check_staged(s: Session, plan: TablePlan, marker: MarkerTarget, step: str) 
             f"table {plan.table}: stg.{plan.destination} holds {held}, not batch {marker.batch_id} "
             f"({marker.mode}): another run staged the table since. Nothing was {step}d. Run the same command "
             f"again: it stages (and merges) batch {marker.batch_id} again first.")
+    if st.get("ExtractShape") != plan.extract_shape():
+        raise StaleStageError(
+            f"table {plan.table}: stg.{plan.destination} holds batch {marker.batch_id} staged under another "
+            f"configuration than the table's now (a column excluded or added, a type or expression changed since "
+            f"in config.ETL_Columns or config.ETL_Tables). Nothing was {step}d. Run the same command again: it "
+            f"extracts and stages batch {marker.batch_id} again under the configuration now.")
     return st
 
 

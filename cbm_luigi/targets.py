@@ -6,6 +6,7 @@ it vouches for (`touch`), so a kill at any moment leaves either both or neither.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime
 
 import luigi
@@ -27,9 +28,13 @@ class MarkerTarget(luigi.Target):
         return self._count("SELECT COUNT(*) FROM etl.ETL_Markers WHERE MarkerId = ?", [self.marker_id]) > 0
 
     def _count(self, sql: str, params: list) -> int:
+        rows = self._query(sql, params)
+        return int(rows[0][0] or 0) if rows else 0
+
+    def _query(self, sql: str, params: list) -> list[tuple]:
         with self.warehouse.session() as s:
             try:
-                return int(s.scalar(sql, params) or 0)
+                return s.query(sql, params)
             except Exception as exc:  # noqa: BLE001
                 text = str(exc)
                 used = [t for t in ("ETL_Markers", "ETL_TableState") if t in sql]
@@ -40,6 +45,13 @@ class MarkerTarget(luigi.Target):
                     which = " / ".join(f"etl.{t}" for t in named or used)
                     raise RuntimeError(f"the warehouse lacks {which}: run `cbm-etl init-db` (it adds what is "
                                        f"missing and changes nothing else; {self.warehouse.describe()})") from exc
+                # a warehouse made before the column (DuckDB: Table "st" does not have a column named "X"; SQL
+                # Server: Invalid column name 'X')
+                if "extractshape" in text.lower() and re.search(r"does not have a column|not found|invalid column "
+                                                                r"name", text, re.I):
+                    raise RuntimeError(f"the warehouse lacks etl.ETL_TableState.ExtractShape, which this version "
+                                       f"uses: run `cbm-etl init-db --no-tables` once (it adds what is missing and "
+                                       f"changes nothing else; {self.warehouse.describe()})") from exc
                 raise
 
     def touch(self, s: Session, *, run_id: str, rows: int | None) -> None:
@@ -70,12 +82,27 @@ class StagedBatchTarget(MarkerTarget):
     now; when it is not this batch and mode the step is incomplete again, and rerunning the command stages and
     merges this batch again (both are safe to repeat) instead of merging or validating another batch's rows (a
     full merge of an empty incremental batch would soft-delete the whole table). Once the batch is validated
-    these targets are not asked any more."""
+    these targets are not asked any more.
+
+    `shape` is the table's configuration now (TablePlan.extract_shape, or a function that gives it: asked only
+    when the marker is there, so a first run does not build the plan while scheduling): stg staged under
+    another one (a column excluded or a type overridden since) is stale too, and the rerun extracts and stages
+    the batch again."""
+
+    def __init__(self, warehouse: Warehouse, marker_id: str, *, table: str, step: str, batch_id: str, mode: str,
+                 shape: str | Callable[[], str | None] | None = ""):
+        super().__init__(warehouse, marker_id, table=table, step=step, batch_id=batch_id, mode=mode)
+        self._shape = shape
+
+    @property
+    def shape(self) -> str | None:
+        return self._shape() if callable(self._shape) else self._shape
 
     def exists(self) -> bool:
-        return self._count("SELECT COUNT(*) FROM etl.ETL_Markers m JOIN etl.ETL_TableState st "
+        rows = self._query("SELECT st.ExtractShape FROM etl.ETL_Markers m JOIN etl.ETL_TableState st "
                            "ON st.TableName = m.TableName WHERE m.MarkerId = ? AND st.BatchId = ? AND st.Mode = ?",
-                           [self.marker_id, self.batch_id, self.mode]) > 0
+                           [self.marker_id, self.batch_id, self.mode])
+        return bool(rows) and rows[0][0] is not None and rows[0][0] == self.shape
 
 
 class StageTarget(StagedBatchTarget):
@@ -86,14 +113,15 @@ class StageTarget(StagedBatchTarget):
         leave the record naming the batch stg held before. The table's merge watermark is kept."""
         _ensure_state_row(s, self.table)
         s.execute("UPDATE etl.ETL_TableState SET BatchId = '', Mode = '', RunId = NULL, Rows = NULL, "
-                  "ExtractStartedAt = NULL, StagedAt = NULL WHERE TableName = ?", [self.table])
+                  "ExtractStartedAt = NULL, StagedAt = NULL, ExtractShape = NULL WHERE TableName = ?", [self.table])
 
     def touch(self, s: Session, *, run_id: str, rows: int | None, extract_started_at=None) -> None:
         super().touch(s, run_id=run_id, rows=rows)
         _ensure_state_row(s, self.table)
         s.execute("UPDATE etl.ETL_TableState SET BatchId = ?, Mode = ?, RunId = ?, Rows = ?, ExtractStartedAt = ?, "
-                  "StagedAt = ? WHERE TableName = ?", [self.batch_id, self.mode, run_id, rows, extract_started_at,
-                                                      datetime.now(), self.table])
+                  "StagedAt = ?, ExtractShape = ? WHERE TableName = ?",
+                  [self.batch_id, self.mode, run_id, rows, extract_started_at, datetime.now(), self.shape,
+                   self.table])
 
 
 def _ensure_state_row(s: Session, table: str) -> None:
@@ -103,7 +131,7 @@ def _ensure_state_row(s: Session, table: str) -> None:
 
 def staged_batch(s: Session, table: str) -> dict | None:
     """What stg.<table> holds now (etl.ETL_TableState), or None if nothing usable was staged."""
-    rows = s.query_dicts("SELECT BatchId, Mode, RunId, Rows, ExtractStartedAt FROM etl.ETL_TableState "
+    rows = s.query_dicts("SELECT BatchId, Mode, RunId, Rows, ExtractStartedAt, ExtractShape FROM etl.ETL_TableState "
                          "WHERE TableName = ? AND BatchId <> ''", [table])
     return rows[0] if rows else None
 

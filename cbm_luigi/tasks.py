@@ -135,9 +135,20 @@ class CbmTask(luigi.Task):
 
     marker_class: type[MarkerTarget] = MarkerTarget
 
+    def shape_now(self) -> str | None:
+        """The table's extract shape now (TablePlan.extract_shape); None when its configuration cannot make a
+        plan: what asks is then incomplete, and running the step raises the ConfigError, which Luigi logs for
+        a run() but not for a complete()."""
+        try:
+            return self.plan().extract_shape()
+        except ConfigError:
+            return None
+
     def marker(self) -> MarkerTarget:
+        # a step on stg is also incomplete when stg was staged under another configuration than the table's now
+        shape = {"shape": self.shape_now} if issubclass(self.marker_class, StagedBatchTarget) else {}
         return self.marker_class(self.warehouse, self.task_id, table=self.table, step=self.step,
-                                 batch_id=self.batch_id, mode=self.mode)
+                                 batch_id=self.batch_id, mode=self.mode, **shape)
 
     def params_for(self, cls):
         return cls(table=self.table, mode=self.mode, batch_date=self.batch_date, batch_tag=self.batch_tag,
@@ -284,7 +295,8 @@ class ExtractParquet(CbmTask):
         return BatchFileTarget(str(self.cache_path("extract")), format=luigi.format.Nop)
 
     def complete(self) -> bool:
-        """The batch file is there, and it was not read before the table's last validated load: a batch left
+        """The batch file is there, made under the table's configuration now (a column excluded or a type
+        overridden since: read again), and it was not read before the table's last validated load: a batch left
         unmerged while a later one loaded the table reads the source again when rerun (merging its older rows
         would undo newer ones; steps.merge refuses it). A file this run wrote stays complete whatever happens
         meanwhile (another run loading the table, the clock set back): the merge is where that is refused."""
@@ -292,6 +304,8 @@ class ExtractParquet(CbmTask):
             return False
         meta = read_extract_meta(Path(self.output().path))
         if meta.get("table") != self.table:  # not this table's extract (the cache names files per table): read again
+            return False
+        if meta.get("shape") != self.shape_now():  # extracted under another configuration: read again
             return False
         if meta.get("run_id") == self.run_id:
             return True

@@ -234,3 +234,71 @@ def test_a_restage_by_another_run_between_merge_and_validate_fails_the_run_clean
     finally:
         MergeOds._event_callbacks[MergeOds][luigi.Event.SUCCESS].discard(other_run_restages)
     assert str(MergeOds(table="famille", mode="full", batch_tag="b").output()).startswith("marker MergeOds_")
+
+
+def test_a_column_excluded_between_stage_and_merge_is_read_again_and_leaves_no_stale_value(env):
+    """Batch b is staged, the run stops, the operator excludes a column (as several errors advise) and reruns the
+    same command. Merging that stage would write hashes over the excluded column's new value without the value
+    itself, and no later load would ever see the difference (found in review): the batch is read again."""
+    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="a")))
+    touch_source(env, "UPDATE produit SET libelle = 'NEW LABEL' WHERE cod_pro = 'P00001'")
+    assert succeeded(build(StageTable(table="produit", mode="full", batch_tag="b", run_id="run1")))
+    env.sql("UPDATE config.ETL_Columns SET IsExcluded = TRUE WHERE TableName = 'produit' AND ColumnName = 'libelle'")
+    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="b", run_id="run2")))
+    assert steps_run(env, f"{DAY}-b", "extract") == 2 and steps_run(env, f"{DAY}-b", "stage") == 2
+    env.sql("UPDATE config.ETL_Columns SET IsExcluded = FALSE WHERE TableName = 'produit' AND ColumnName = 'libelle'")
+    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="c", run_id="run3")))
+    assert env.sql("SELECT libelle FROM ods.produit WHERE cod_pro = 'P00001'") == [("NEW LABEL",)]
+    assert_ods_equals_source(env, "produit")
+
+
+def test_the_override_a_type_change_asks_for_then_the_same_command_opens_only_the_real_versions(env):
+    """A source column changes type, the merge refuses it, the operator applies the advised override (the old
+    type and a CAST) and reruns the same command: the stage made under the new type (text values, text hashes)
+    must not be merged through a silent cast, which opened a new version of every member, twice."""
+    env.sql("UPDATE config.ETL_Tables SET IsDimension = TRUE WHERE TableName = 'produit'")
+    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="a")))
+    members = env.sql("SELECT COUNT(*) FROM ods.produit")[0][0]
+    touch_source(env, "UPDATE SYSCOLUMNS_FULL SET coltype = 'varchar', width = 20 WHERE tbl = 'produit' "
+                      "AND col = 'stock'")
+    touch_source(env, "UPDATE produit SET stock = '0042' WHERE cod_pro = 'P00001'")
+    assert cbm_etl(["sync-columns", "produit"]) == 0
+    assert not succeeded(build(LoadTable(table="produit", mode="full", batch_tag="b")))
+    assert errors(env, "merge")[0].startswith("SchemaChangeError")
+    env.sql("""UPDATE config.ETL_Columns SET IsOverride = TRUE, DataType = 'integer', Width = 4, Scale = 0,
+               SourceExpression = 'CAST("stock" AS INTEGER) AS stock' WHERE TableName = 'produit'
+               AND ColumnName = 'stock'""")
+    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="b")))
+    assert env.sql("SELECT COUNT(*) FROM ods.produit")[0][0] == members + 1  # P00001's stock changed, only it
+    assert env.sql("SELECT stock FROM ods.produit WHERE cod_pro = 'P00001' AND _etl_is_current") == [(42,)]
+    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="c")))  # nothing changed since
+    assert env.sql("SELECT COUNT(*) FROM ods.produit")[0][0] == members + 1
+
+
+def test_merge_refuses_stg_staged_under_another_configuration(env):
+    """The safety net in steps.merge itself (the targets normally make the rerun extract and stage again)."""
+    from cbm_luigi import steps
+
+    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="a")))
+    assert succeeded(build(StageTable(table="produit", mode="full", batch_tag="b")))
+    env.sql("UPDATE config.ETL_Columns SET IsExcluded = TRUE WHERE TableName = 'produit' AND ColumnName = 'libelle'")
+    task = MergeOds(table="produit", mode="full", batch_tag="b")
+    before = env.sql("SELECT * FROM ods.produit ORDER BY ALL")
+    with pytest.raises(steps.StaleStageError, match=rf"^table produit: stg\.produit holds batch {DAY}-b staged "
+                                                     r"under another configuration than the table's now .* Nothing "
+                                                     r"was merged\. Run the same command again"):
+        steps.merge(task.warehouse, task.plan(fresh=True), mode="full", batch_id=task.batch_id,
+                    marker=task.output(), run_id="r")
+    assert env.sql("SELECT * FROM ods.produit ORDER BY ALL") == before
+
+
+def test_a_warehouse_made_before_the_extract_shape_is_told_to_run_init_db(env):
+    assert succeeded(build(LoadTable(table="famille", mode="full", batch_tag="a")))
+    env.sql("ALTER TABLE etl.ETL_TableState DROP COLUMN ExtractShape")
+    with pytest.raises(RuntimeError, match=r"^the warehouse lacks etl\.ETL_TableState\.ExtractShape, which this "
+                                           r"version uses: run `cbm-etl init-db --no-tables` once"):
+        StageTable(table="famille", mode="full", batch_tag="b").output().exists()
+    release_connections()
+    assert cbm_etl(["init-db", "--no-tables"]) == 0
+    assert succeeded(build(LoadTable(table="famille", mode="full", batch_tag="b")))
+    assert_ods_equals_source(env, "famille")

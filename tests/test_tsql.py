@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import json
 import re
 import sys
 import types
@@ -27,6 +28,7 @@ import sqlfluff
 from sqlfluff.api.simple import APIParsingError
 
 from cbm_luigi import config_store, runlog, steps
+from cbm_luigi.extract import META_KEY
 from cbm_luigi.plan import ConfigError, PlanColumn, TablePlan
 from cbm_luigi.settings import Settings
 from cbm_luigi.targets import MarkerTarget, StageTarget, remove_markers
@@ -522,7 +524,8 @@ def _canned(batch_id="2024-01-01", plan=None, ods_exists=False, mode="full"):
     return [
         (r"SELECT t\.LastSuccessTs, st\.MergedExtractStartedAt", [(None, None)]),
         (r"FROM etl\.ETL_TableState", [{"BatchId": batch_id, "Mode": mode, "RunId": "run-0", "Rows": 7,
-                                         "ExtractStartedAt": datetime(2024, 1, 1)}]),
+                                         "ExtractStartedAt": datetime(2024, 1, 1),
+                                         "ExtractShape": plan and plan.extract_shape()}]),
         (r"AS \[stg_rows\]", [(0, 0, 7, 7)]),  # the validation counts: all passed
         (r"COLUMN_NAME = 'LastSuccessUtc'", [(1,)]),  # an upgraded warehouse
         (r"INFORMATION_SCHEMA\.COLUMNS", info),
@@ -539,7 +542,8 @@ def _canned(batch_id="2024-01-01", plan=None, ods_exists=False, mode="full"):
 def stage_file(tmp_path):
     def make(plan, rows=7):
         path = tmp_path / f"{plan.destination}.stage.parquet"
-        pq.write_table(stage_table(plan, rows), path)
+        table = stage_table(plan, rows)  # made under this plan, as the extract records it
+        pq.write_table(table.replace_schema_metadata({META_KEY: json.dumps({"shape": plan.extract_shape()})}), path)
         return path
     return make
 
@@ -552,7 +556,7 @@ def test_step_statements_parse(dimension, mode, ods_exists, stage_file):
     rec = RecordingSession(_canned(plan=plan, ods_exists=ods_exists, mode=mode))
     wh = StubWarehouse(rec)
     marker = StageTarget(wh, "StageTable_all_kinds_2024_01_01_abc", table="all-kinds", step="stage",
-                         batch_id="2024-01-01", mode=mode)
+                         batch_id="2024-01-01", mode=mode, shape=plan.extract_shape())
     path = stage_file(plan)
     steps.stage(wh, plan, path, TECH, marker=marker, run_id="run-1", extract_started_at=datetime(2024, 1, 1))
     steps.merge(wh, plan, mode=mode, batch_id="2024-01-01", marker=marker, run_id="run-1")
@@ -588,7 +592,7 @@ def test_a_row_sql_server_finds_too_wide_when_written_is_named_with_the_way_out(
     rec = _RowTooWide(_canned(plan=plan))
     wh = StubWarehouse(rec)
     marker = StageTarget(wh, "StageTable_all_kinds_2024_01_01_abc", table="all-kinds", step="stage",
-                         batch_id="2024-01-01", mode="full")
+                         batch_id="2024-01-01", mode="full", shape=plan.extract_shape())
     steps.stage(wh, plan, stage_file(plan), TECH, marker=marker, run_id="r", extract_started_at=datetime(2024, 1, 1))
     with pytest.raises(ConfigError, match=r"^table all-kinds: a row is too wide for SQL Server .* Nothing was "
                                           r"merged: keep the largest arrays whole \(ArrayMode = 'single' .*\), then "
@@ -902,7 +906,7 @@ def test_replace_stage_bulkcopy_path_commits_ddl_first(stage_file, monkeypatch):
     plan = all_kind_plan(dimension=True)
     rec = RecordingSession([(r"SELECT @@TRANCOUNT", [(1,)]), (r"COUNT_BIG", [(7,)])])
     wh = StubWarehouse(rec, bulk="auto")
-    marker = StageTarget(wh, "m", table="all-kinds", step="stage", batch_id="2024-01-01", mode="full")
+    marker = StageTarget(wh, "m", table="all-kinds", step="stage", batch_id="2024-01-01", mode="full", shape=plan.extract_shape())
     steps.stage(wh, plan, stage_file(plan), TECH, marker=marker, run_id="run-1")
     st = rec.statements
     create = next(i for i, s in enumerate(st) if s.startswith("CREATE TABLE [stg]"))
@@ -1112,7 +1116,8 @@ def test_merge_widening_a_key_column_drops_and_recreates_the_index(stage_file):
     info = [("code", "nvarchar", 2, None, None, None, "NO")]  # ods.code is NVARCHAR(2); stg holds longer codes
     rec = RecordingSession([(r"SELECT t\.LastSuccessTs, st\.MergedExtractStartedAt", [(None, None)]),
                             (r"FROM etl\.ETL_TableState", [{"BatchId": "2024-01-01", "Mode": "full", "RunId": "r",
-                                                            "Rows": 7, "ExtractStartedAt": datetime(2024, 1, 1)}]),
+                                                            "Rows": 7, "ExtractStartedAt": datetime(2024, 1, 1),
+                                                            "ExtractShape": plan.extract_shape()}]),
                             (r"INFORMATION_SCHEMA\.COLUMNS", info), (r"SELECT TOP \(5\)", []),
                             (r"MAX\(0\.5 \* DATALENGTH", [tuple(Decimal("12.0") for _ in names)]),
                             (r"FROM sys\.indexes", [(1,)]), (r"AS inserted", [(1, 0, 0, 0, 1)]),

@@ -40,8 +40,11 @@ CREATE TABLE IF NOT EXISTS etl.ETL_TableState (
     Rows            BIGINT,
     ExtractStartedAt TIMESTAMP,
     StagedAt        TIMESTAMP,
-    MergedExtractStartedAt TIMESTAMP
+    MergedExtractStartedAt TIMESTAMP,
+    ExtractShape    VARCHAR         -- the table's configuration stg was staged under (TablePlan.extract_shape)
 );
+-- added after the first release: an older warehouse gets it here (init-db)
+ALTER TABLE etl.ETL_TableState ADD COLUMN IF NOT EXISTS ExtractShape VARCHAR;
 CREATE TABLE IF NOT EXISTS etl.ETL_Validation (
     RunId           VARCHAR NOT NULL,
     BatchId         VARCHAR NOT NULL,
