@@ -154,8 +154,9 @@ def raw_read_main(table: str, mode: str) -> None:
     from cbm_luigi.warehouse import open_warehouse
 
     settings = load_settings()
-    with open_warehouse(settings).session() as s:
-        plan = config_store.load_plan(s, table)
+    wh = open_warehouse(settings)
+    with wh.session() as s:
+        plan = config_store.load_plan(s, table, wh)
     window, _why = plan.window(mode)
     schema = plan.extract_schema()
     # about a million values a batch: the reader's buffers stay small whatever the width (the harness's own

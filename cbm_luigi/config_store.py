@@ -21,7 +21,8 @@ from .source import catalog
 from .source.dialect import quote as oe_quote
 from .source.readers import Reader
 from .types import UnsupportedTypeError, map_openedge_type
-from .warehouse.base import Session
+from .targets import validated_shape
+from .warehouse.base import Session, Warehouse
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +54,10 @@ def column_rows(s: Session, table: str) -> list[dict]:
                          "ORDER BY OrdinalPosition", [table, False])
 
 
-def load_plan(s: Session, table: str) -> TablePlan:
+def load_plan(s: Session, table: str, warehouse: Warehouse) -> TablePlan:
     plan = build_plan(table_row(s, table), column_rows(s, table))
     plan.destination = sql_safe_name(plan.destination)
+    plan.last_success_shape = validated_shape(s, warehouse, table)
     # two tables loading into one ods table would overwrite (and, in full mode, soft-delete) each other's rows.
     # Every other table's destination goes through the naming rules here: `café` and `cafe`, `1x` and `c_1x`
     # meet only there (a SQL pre-filter on case and punctuation missed them). 1,000 tables: about 2 ms.

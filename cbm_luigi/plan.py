@@ -85,6 +85,7 @@ class TablePlan:
     priority: int = 100
     sla_hours: float | None = None
     last_success_ts: datetime | None = None
+    last_success_shape: str | None = None  # extract_shape of the last validated batch (etl.ETL_TableState)
 
     def by_name(self, name: str) -> PlanColumn:
         """The column named `name` in Progress or by its SQL name; Progress names ignore case, and so does this
@@ -126,6 +127,12 @@ class TablePlan:
             return None, "no modification date configured (HasTimestamps = 0): incremental falls back to full"
         if self.last_success_ts is None:
             return None, "never loaded successfully: incremental falls back to full"
+        if self.last_success_shape is not None and self.last_success_shape != self.extract_shape():
+            # a column added to ods would stay NULL (or an excluded one keep its old hash) in every row outside the
+            # window, until a full load saw them all changed at once: SCD2 would version every member then
+            return None, ("the configuration changed since the last validated load (a column added or excluded, "
+                          "a type, an expression, the filter): incremental reads in full once, so every row is "
+                          "loaded under it")
         since = self.last_success_ts - self.lookback
         tod = self.by_name(self.time_of_day_col).name if self.time_of_day_col else None
         return Window(self.by_name(self.date_col).name, since, self.date_precision, tod), (

@@ -16,7 +16,7 @@ from .extract import read_extract_meta
 from .plan import ConfigError, TablePlan
 from .runlog import StepRecord
 from .settings import mask_secrets
-from .targets import MarkerTarget, StageTarget, record_merged, staged_batch
+from .targets import MarkerTarget, StageTarget, record_merged, record_validated, staged_batch
 from .transform import SHAPED_TECH, TechnicalValues
 from .warehouse.base import Session, Warehouse
 from .warehouse.statements import (Column, MergeSpec, alters_column, create_table, duplicate_keys, evolve,
@@ -308,7 +308,15 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
             # only the MERGE carries every column (the counts join keys and hashes): raising DuckDB's memory
             # limit cost 15 ms, which a batch with no change does not pay
             wh.before_merge(s, len(spec.columns), rows=0 if all_new else int(batch_rows))
-            for sql, n in merge_statements(d, spec, all_new=all_new):
+            refresh = None
+            if existing and plan.last_success_shape not in (None, plan.extract_shape()):
+                held = {n.lower() for n in existing}  # before this merge: a column it added holds no value yet
+                refresh = [c for c in spec.columns if c.lower() in held]
+                record.detail = "; ".join(filter(None, [record.detail, (
+                    "configuration changed since the last validated load" + (
+                        ": current versions whose values did not change were refreshed in place, not versioned"
+                        if plan.is_dimension else ""))]))
+            for sql, n in merge_statements(d, spec, all_new=all_new, refresh=refresh):
                 s.execute(sql, [now] * n)
                 if checkpoint:
                     checkpoint("merge")  # a kill here leaves a written, uncommitted merge
@@ -346,6 +354,7 @@ def validate(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker
             if not failed:
                 config_store.advance_last_success(s, plan.table, extract_started_at, extract_started_utc,
                                                   warehouse=wh.describe())
+                record_validated(s, plan.table, plan.extract_shape())
                 marker.touch(s, run_id=run_id, rows=stg_rows)
         if failed:
             raise ValidationError(

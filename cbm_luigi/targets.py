@@ -33,26 +33,7 @@ class MarkerTarget(luigi.Target):
 
     def _query(self, sql: str, params: list) -> list[tuple]:
         with self.warehouse.session() as s:
-            try:
-                return s.query(sql, params)
-            except Exception as exc:  # noqa: BLE001
-                text = str(exc)
-                used = [t for t in ("ETL_Markers", "ETL_TableState") if t in sql]
-                # DuckDB: "Table with name X does not exist! Did you mean ...", SQL Server: "Invalid object name"
-                m = re.search(r"(?:with name|object name)\s+'?(?:etl\.)?(\w+)", text, re.I)
-                named = [t for t in used if m and m.group(1).lower() == t.lower()]
-                if named or "does not exist" in text.lower() or "invalid object name" in text.lower():
-                    which = " / ".join(f"etl.{t}" for t in named or used)
-                    raise RuntimeError(f"the warehouse lacks {which}: run `cbm-etl init-db` (it adds what is "
-                                       f"missing and changes nothing else; {self.warehouse.describe()})") from exc
-                # a warehouse made before the column (DuckDB: Table "st" does not have a column named "X"; SQL
-                # Server: Invalid column name 'X')
-                if "extractshape" in text.lower() and re.search(r"does not have a column|not found|invalid column "
-                                                                r"name", text, re.I):
-                    raise RuntimeError(f"the warehouse lacks etl.ETL_TableState.ExtractShape, which this version "
-                                       f"uses: run `cbm-etl init-db --no-tables` once (it adds what is missing and "
-                                       f"changes nothing else; {self.warehouse.describe()})") from exc
-                raise
+            return state_query(s, self.warehouse, sql, params)
 
     def touch(self, s: Session, *, run_id: str, rows: int | None) -> None:
         """Write the marker inside the caller's open transaction."""
@@ -71,6 +52,34 @@ def remove_markers(s: Session, *, table: str, batch_id: str | None = None) -> in
     n = int(s.scalar(f"SELECT COUNT(*) FROM etl.ETL_Markers WHERE {where}", params) or 0)
     s.execute(f"DELETE FROM etl.ETL_Markers WHERE {where}", params)
     return n
+
+
+# columns of the state tables added after the first release: a warehouse made before lacks them until init-db
+_LATER_COLUMNS = ("ExtractShape", "ValidatedShape")
+
+
+def state_query(s: Session, warehouse: Warehouse, sql: str, params: list) -> list[tuple]:
+    """A query on the pipeline's state tables; a warehouse made before them (or before a column of theirs) is
+    told to run init-db, not shown the database's puzzled error."""
+    try:
+        return s.query(sql, params)
+    except Exception as exc:  # noqa: BLE001 — re-raised, with the way out when it is a missing table or column
+        text = str(exc)
+        used = [t for t in ("ETL_Markers", "ETL_TableState") if t in sql]
+        # DuckDB: "Table with name X does not exist! Did you mean ...", SQL Server: "Invalid object name"
+        m = re.search(r"(?:with name|object name)\s+'?(?:etl\.)?(\w+)", text, re.I)
+        named = [t for t in used if m and m.group(1).lower() == t.lower()]
+        if named or "does not exist" in text.lower() or "invalid object name" in text.lower():
+            which = " / ".join(f"etl.{t}" for t in named or used)
+            raise RuntimeError(f"the warehouse lacks {which}: run `cbm-etl init-db` (it adds what is missing and "
+                               f"changes nothing else; {warehouse.describe()})") from exc
+        # DuckDB: Table "st" does not have a column named "X"; SQL Server: Invalid column name 'X'
+        later = [c for c in _LATER_COLUMNS if c.lower() in text.lower()]
+        if later and re.search(r"does not have a column|not found|invalid column name", text, re.I):
+            raise RuntimeError(f"the warehouse lacks etl.ETL_TableState.{later[0]}, which this version uses: run "
+                               f"`cbm-etl init-db --no-tables` once (it adds what is missing and changes nothing "
+                               f"else; {warehouse.describe()})") from exc
+        raise
 
 
 class StagedBatchTarget(MarkerTarget):
@@ -134,6 +143,20 @@ def staged_batch(s: Session, table: str) -> dict | None:
     rows = s.query_dicts("SELECT BatchId, Mode, RunId, Rows, ExtractStartedAt, ExtractShape FROM etl.ETL_TableState "
                          "WHERE TableName = ? AND BatchId <> ''", [table])
     return rows[0] if rows else None
+
+
+def validated_shape(s: Session, warehouse: Warehouse, table: str) -> str | None:
+    """The configuration (TablePlan.extract_shape) the table's last validated batch was made under; None before
+    the first, or for a load validated before this was recorded."""
+    rows = state_query(s, warehouse, "SELECT ValidatedShape FROM etl.ETL_TableState WHERE TableName = ?", [table])
+    return rows[0][0] if rows else None
+
+
+def record_validated(s: Session, table: str, shape: str) -> None:
+    """In the validation's transaction: the configuration ods now holds every row under (as far as the batch
+    went: a full read, or an incremental one under the same configuration)."""
+    _ensure_state_row(s, table)
+    s.execute("UPDATE etl.ETL_TableState SET ValidatedShape = ? WHERE TableName = ?", [shape, table])
 
 
 def record_merged(s: Session, table: str, extract_started_at) -> None:

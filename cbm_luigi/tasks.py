@@ -129,7 +129,7 @@ class CbmTask(luigi.Task):
             return hit[1]
         with self.warehouse.session() as s:
             config_store.ensure_columns(s, lambda: pooled_reader(self.settings), self.table)
-            plan = config_store.load_plan(s, self.table)
+            plan = config_store.load_plan(s, self.table, self.warehouse)
         _PLAN_CACHE[key] = (time.monotonic(), plan)
         return plan
 

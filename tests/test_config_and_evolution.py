@@ -13,7 +13,7 @@ from cbm_luigi.warehouse import open_warehouse
 from cbm_luigi.warehouse.duckdb_wh import _bytes, release_connections
 from cbm_luigi.tasks import LoadTable, MergeOds, ValidateTable
 
-from .conftest import assert_ods_equals_source, build, succeeded
+from .conftest import assert_ods_equals_source, build, source_rows, succeeded
 
 
 def test_sync_keeps_operator_choices_and_overrides_apply(env):
@@ -38,10 +38,11 @@ def test_sync_keeps_operator_choices_and_overrides_apply(env):
 
 @pytest.mark.parametrize("table, key, column", [("produit", "cod_pro", "libelle"), ("client", "cod_cli", "email")])
 def test_a_column_no_longer_loaded_is_kept_and_said_at_every_merge(env, table, key, column):
-    """produit is type 1 (rows keep the value), client SCD2 (its history keeps it; new versions, opened because
-    the hashdiff no longer holds the column, have NULL)."""
+    """produit is type 1 (rows keep the value), client SCD2 (its versions keep it, and leaving the hashdiff it
+    opens none: a member gets a new version, with NULL in the column, when it really changes)."""
     assert succeeded(build(LoadTable(table=table, mode="full", batch_tag="a")))
     before = dict(env.sql(f"SELECT {key}, {column} FROM ods.{table}"))
+    versions = env.sql(f"SELECT COUNT(*) FROM ods.{table}")[0][0]
     env.sql("UPDATE config.ETL_Columns SET IsExcluded = TRUE WHERE TableName = ? AND ColumnName = ?", [table, column])
     for tag in ("b", "c"):
         assert succeeded(build(LoadTable(table=table, mode="full", batch_tag=tag)))
@@ -52,9 +53,18 @@ def test_a_column_no_longer_loaded_is_kept_and_said_at_every_merge(env, table, k
         assert dict(env.sql(f"SELECT {key}, {column} FROM ods.{table}")) == before  # nothing dropped or blanked
         assert "rows keep the values loaded before" in detail
     else:
-        assert dict(env.sql(f"SELECT {key}, {column} FROM ods.{table} WHERE _etl_batch_id LIKE '%-a'")) == before
-        assert env.sql(f"SELECT COUNT({column}) FROM ods.{table} WHERE _etl_is_current")[0][0] == 0
+        assert dict(env.sql(f"SELECT {key}, {column} FROM ods.{table} WHERE _etl_is_current")) == before
+        assert env.sql(f"SELECT COUNT(*) FROM ods.{table}")[0][0] == versions  # refreshed in place, not versioned
         assert "new versions get NULL, older ones keep their values" in detail
+        assert "current versions whose values did not change were refreshed in place" in env.sql(
+            "SELECT Detail FROM etl.ETL_Log WHERE Step = 'merge' AND BatchId LIKE '%-b'")[0][0]
+        touch = f"UPDATE {table} SET nom = 'Renamed' WHERE {key} = 1"
+        with sqlite3.connect(env.source) as con:
+            con.execute(touch)
+        assert succeeded(build(LoadTable(table=table, mode="full", batch_tag="d")))
+        assert env.sql(f"SELECT nom, {column} FROM ods.{table} WHERE {key} = 1 AND _etl_is_current") == [
+            ("Renamed", None)]
+        assert env.sql(f"SELECT COUNT(*) FROM ods.{table}")[0][0] == versions + 1
 
 
 def test_names_are_made_sql_safe_once(env):
@@ -92,6 +102,39 @@ def test_new_source_column_is_added_without_new_versions(env):
     assert env.sql("SELECT code_naf FROM ods.client WHERE cod_cli = 1 AND _etl_is_current")[0][0] == "1071C"
     assert env.sql("SELECT COUNT(*) FROM ods.client")[0][0] == versions + 1
     assert_ods_equals_source(env, "client")
+
+
+@pytest.mark.parametrize("table, key, one", [("client", "cod_cli", "1"), ("produit", "cod_pro", "'P00001'")])
+def test_a_new_field_with_an_initial_value_reaches_every_row_at_the_next_incremental_without_versions(env, table,
+                                                                                                     key, one):
+    """Progress gives a field added to a table its INITIAL value ('' here) in every existing record. An
+    incremental window would fill only the rows changed since the last load, leave the rest NULL, and the next
+    full would see every row changed at once (SCD2: a new version of every member, for nothing; found in
+    review). The first load after the change reads in full, and SCD2 refreshes unchanged versions in place."""
+    assert succeeded(build(LoadTable(table=table, mode="full", batch_tag="a")))
+    versions = env.sql(f"SELECT COUNT(*) FROM ods.{table}")[0][0]
+    _source(env, f'ALTER TABLE {table} ADD COLUMN "code-naf" VARCHAR(10) NOT NULL DEFAULT \'\'',
+            "INSERT INTO SYSCOLUMNS_FULL (id, col, tbl, owner, coltype, width, scale, nullflag, array_extent, "
+            f"display_order) VALUES ('99', 'code-naf', '{table}', 'PUB', 'varchar', 10, 0, 'N', 0, 99)",
+            f"UPDATE {table} SET \"code-naf\" = '1071C' WHERE {key} = {one}")  # dat_mod untouched
+    assert cbm_etl(["sync-columns", table]) == 0
+    assert succeeded(build(LoadTable(table=table, mode="incremental", batch_tag="b")))
+    extract = env.sql("SELECT Rows, Detail FROM etl.ETL_Log WHERE Step = 'extract' AND BatchId LIKE '%-b'")[0]
+    assert extract[1].startswith("the configuration changed since the last validated load") and \
+        extract[0] == len(source_rows(env.source, table))
+    assert env.sql(f"SELECT COUNT(*) FROM ods.{table} WHERE code_naf IS NULL")[0][0] == 0
+    assert env.sql(f"SELECT code_naf FROM ods.{table} WHERE {key} = {one}" + (
+        " AND _etl_is_current" if table == "client" else "")) == [("1071C",)]
+    # SCD2: no new version, not even for the member whose value differs from the initial one: what a field
+    # holds when it first arrives is where its history starts
+    assert env.sql(f"SELECT COUNT(*) FROM ods.{table}")[0][0] == versions
+    assert_ods_equals_source(env, table)
+    assert succeeded(build(LoadTable(table=table, mode="incremental", batch_tag="c")))  # a window again
+    assert env.sql("SELECT Detail FROM etl.ETL_Log WHERE Step = 'extract' AND BatchId LIKE '%-c'")[0][0].startswith(
+        "rows with dat_mod >= ")
+    assert succeeded(build(LoadTable(table=table, mode="full", batch_tag="d")))
+    assert env.sql("SELECT RowsUpdated FROM etl.ETL_Log WHERE Step = 'merge' AND BatchId LIKE '%-d'") == [(0,)]
+    assert env.sql(f"SELECT COUNT(*) FROM ods.{table}")[0][0] == versions
 
 
 def test_changed_type_is_an_error_never_a_cast(env):
@@ -163,11 +206,12 @@ def test_a_mandatory_column_gone_from_the_source_accepts_null_in_ods(env, dimens
     assert cbm_etl(["sync-columns", "gone"]) == 0
     assert succeeded(build(LoadTable(table="gone", mode="full", batch_tag="b")))
     live = "_etl_is_current" if dimension else "TRUE"
-    # type 1 keeps the last value read in the column; SCD2 opens a new version of every row (its hashdiff no
-    # longer holds the column), without it
+    # type 1 keeps the last value read in the column; SCD2 too in the versions it had (the unchanged row 1 is
+    # refreshed in place: its hashdiff no longer holds the column), and the new version of row 2 has NULL
     assert env.sql(f"SELECT id, code, v FROM ods.gone WHERE {live} ORDER BY id") == (
-        [(1, None, "x"), (2, None, "y2"), (3, None, "z")] if dimension else
+        [(1, "a", "x"), (2, None, "y2"), (3, None, "z")] if dimension else
         [(1, "a", "x"), (2, "b", "y2"), (3, None, "z")])
+    assert env.sql("SELECT COUNT(*) FROM ods.gone")[0][0] == (4 if dimension else 3)
     detail = env.sql("SELECT Detail FROM etl.ETL_Log WHERE Step = 'merge' AND BatchId LIKE '%-b'")[0][0]
     assert "code is no longer read" in detail
 

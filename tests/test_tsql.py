@@ -263,6 +263,9 @@ def statement_module_outputs() -> list[tuple[str, str]]:
             for i, (sql, _n) in enumerate(merge_statements(D, spec), 1):
                 out.append((f"merge {label} {keys} #{i}", sql))
             out += [(f"merge {label} {keys} all new", sql) for sql, _n in merge_statements(D, spec, all_new=True)]
+            refreshed = merge_statements(D, spec, refresh=[c for c in spec.columns if c != "label"])
+            out += [(f"merge {label} {keys} after a config change #{i}", sql)
+                    for i, (sql, _n) in enumerate(refreshed, 1)]
             for name, sql in validation_queries(D, spec).items():
                 out.append((f"validation {label} {keys} {name}", sql))
             out.append((f"validation {label} {keys} as one statement", validation_counts(D, spec)[0]))
@@ -312,6 +315,13 @@ def test_merge_semantics_on_text():
         assert "OUTPUT" not in m and "@" not in m, label
         assert len(re.findall(r"WHEN MATCHED\b", m)) == 1, f"{label}: T-SQL allows one WHEN MATCHED ... UPDATE"
         assert ("WHEN NOT MATCHED BY SOURCE" in m) == spec.full, label
+        if spec.scd2:  # after a configuration change: a refresh in place first, NULL-safe on every column held
+            first, _n = merge_statements(D, spec, refresh=["code", "label"])[0]
+            assert first.startswith("MERGE INTO [ods].[all_kinds] WITH (HOLDLOCK) AS t USING [stg].[all_kinds] AS s")
+            assert "(t.[label] = s.[label] OR (t.[label] IS NULL AND s.[label] IS NULL))" in first
+            assert "[_etl_hashdiff] = s.[_etl_hashdiff]" in first and first.endswith(";")
+        else:
+            assert merge_statements(D, spec, refresh=["code"]) == stmts  # type 1 updates in place anyway
         if spec.scd2:
             assert "ON ([t].[code] = [s].[code] AND t._etl_is_current = 1)".replace("[t].", "t.").replace(
                 "[s].", "s.") in m

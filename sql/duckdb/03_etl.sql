@@ -41,10 +41,12 @@ CREATE TABLE IF NOT EXISTS etl.ETL_TableState (
     ExtractStartedAt TIMESTAMP,
     StagedAt        TIMESTAMP,
     MergedExtractStartedAt TIMESTAMP,
-    ExtractShape    VARCHAR         -- the table's configuration stg was staged under (TablePlan.extract_shape)
+    ExtractShape    VARCHAR,        -- the table's configuration stg was staged under (TablePlan.extract_shape)
+    ValidatedShape  VARCHAR         -- ... and the one its last validated batch was made under
 );
--- added after the first release: an older warehouse gets it here (init-db)
+-- added after the first release: an older warehouse gets them here (init-db)
 ALTER TABLE etl.ETL_TableState ADD COLUMN IF NOT EXISTS ExtractShape VARCHAR;
+ALTER TABLE etl.ETL_TableState ADD COLUMN IF NOT EXISTS ValidatedShape VARCHAR;
 CREATE TABLE IF NOT EXISTS etl.ETL_Validation (
     RunId           VARCHAR NOT NULL,
     BatchId         VARCHAR NOT NULL,

@@ -57,12 +57,16 @@ CREATE TABLE etl.ETL_TableState (
     ExtractStartedAt DATETIME2(6) NULL,
     StagedAt        DATETIME2(3) NULL,
     MergedExtractStartedAt DATETIME2(6) NULL,
-    ExtractShape    NVARCHAR(64) NULL   -- the table's configuration stg was staged under (TablePlan.extract_shape)
+    ExtractShape    NVARCHAR(64) NULL,  -- the table's configuration stg was staged under (TablePlan.extract_shape)
+    ValidatedShape  NVARCHAR(64) NULL   -- ... and the one its last validated batch was made under
 )
 GO
--- added after the first release: an older warehouse gets it here (init-db)
+-- added after the first release: an older warehouse gets them here (init-db)
 IF COL_LENGTH(N'etl.ETL_TableState', N'ExtractShape') IS NULL
 ALTER TABLE etl.ETL_TableState ADD ExtractShape NVARCHAR(64) NULL
+GO
+IF COL_LENGTH(N'etl.ETL_TableState', N'ValidatedShape') IS NULL
+ALTER TABLE etl.ETL_TableState ADD ValidatedShape NVARCHAR(64) NULL
 GO
 IF OBJECT_ID(N'etl.ETL_Validation', N'U') IS NULL
 CREATE TABLE etl.ETL_Validation (
