@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
-import re
 import shutil
 import sys
 from datetime import datetime
 from pathlib import Path
 
 from . import config_store, demo_source
-from .settings import load_settings, mask_secrets
+from .settings import SettingError, load_settings, mask_secrets
 from .source import catalog
 from .source.readers import open_reader
 from .targets import remove_markers
@@ -281,8 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except Exception as exc:  # noqa: BLE001 — one readable line for the operator, masked
         text = mask_secrets(str(exc))
-        if re.search(r"does not exist|Invalid object name", text) and re.search(r"ETL_|\b(etl|config|meta)\.", text):
-            text = f"{text.splitlines()[0]} (is the warehouse initialised? run `cbm-etl init-db`)"
+        with contextlib.suppress(SettingError):  # a settings error is the message itself
+            text = config_store.uninitialised_hint(text, load_settings().describe_warehouse()) or text
         print(f"cbm-etl {args.cmd}: {type(exc).__name__}: {text}", file=sys.stderr)
         return 1
     finally:

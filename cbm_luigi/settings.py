@@ -5,6 +5,7 @@ With no `.env` at all every setting points at the embedded demo (SQLite source, 
 """
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import re
@@ -34,6 +35,25 @@ MASK = "{***}"
 def mask_secrets(text: str) -> str:
     """Mask password-like values in a connection string or any message that may quote one."""
     return _SECRET_KEYS.sub(lambda m: f"{m.group(1)}={MASK}", text or "")
+
+
+# connection-string keys whose values are shown where the pipeline names its connections (init-db, summary,
+# messages): every other value is masked, whatever its key is called
+_SHOWN_KEYS = frozenset({"DRIVER", "DSN", "SERVER", "HOST", "HOSTNAME", "PORT", "PORTNUMBER", "DATABASE", "DB",
+                         "DATABASENAME", "UID", "USER", "USER ID", "USERNAME", "LOGONID", "ENCRYPT",
+                         "TRUSTSERVERCERTIFICATE", "APP", "APPLICATION NAME", "STEPAPI"})
+_PAIR = re.compile(r"\s*([^=;]+?)\s*=\s*(\{(?:[^}]|\}\})*\}|[^;]*)")
+
+
+def connection_summary(text: str) -> str:
+    """An ODBC connection string with only the values of _SHOWN_KEYS shown (driver, server, database, user):
+    mask_secrets goes by the names passwords have, so a mistyped keyword (`PDW=`, `Pasword=`) passed it whole
+    (found in review); here any other value is masked, and text that is not `key=value` is left out."""
+    out = []
+    for m in _PAIR.finditer(text or ""):
+        key, value = m.group(1), m.group(2).strip()
+        out.append(f"{key}={value if key.upper() in _SHOWN_KEYS else MASK}")
+    return ";".join(out)
 
 
 class _MaskedRecord(logging.LogRecord):
@@ -99,9 +119,12 @@ class Settings:
         return "*" in self.allow_empty_full or table.lower() in self.allow_empty_full
 
     def describe(self) -> str:
-        src = str(self.source_path) if self.source_kind == "demo" else mask_secrets(self.source_odbc)
-        wh = str(self.duckdb_path) if self.warehouse_kind == "duckdb" else mask_secrets(self.mssql_odbc)
-        return f"source={self.source_kind}:{src} warehouse={self.warehouse_kind}:{wh}"
+        src = str(self.source_path) if self.source_kind == "demo" else connection_summary(self.source_odbc)
+        return f"source={self.source_kind}:{src} warehouse={self.describe_warehouse()}"
+
+    def describe_warehouse(self) -> str:
+        wh = str(self.duckdb_path) if self.warehouse_kind == "duckdb" else connection_summary(self.mssql_odbc)
+        return f"{self.warehouse_kind}:{wh}"
 
 
 _ISOLATIONS = ("READ_UNCOMMITTED", "DEFAULT")  # DEFAULT: the connection's own (DefaultIsolationLevel)
@@ -145,12 +168,34 @@ def _size(name: str, default: str) -> str:
     return text
 
 
+# every CBM_* name the product reads (Settings below, the fault points of faults.py, the bulk copy switch of
+# mssql_wh.py, the live SQL Server tests)
+KNOWN_NAMES = frozenset({
+    "CBM_HOME", "CBM_ENV_FILE", "CBM_SOURCE_KIND", "CBM_DEMO_SOURCE", "CBM_SOURCE_ODBC", "CBM_SOURCE_INIT_SQL",
+    "CBM_SOURCE_ISOLATION", "CBM_SOURCE_DIALECT", "CBM_ODBC_READER", "CBM_WAREHOUSE_KIND", "CBM_DUCKDB_PATH",
+    "CBM_MSSQL_ODBC", "CBM_CACHE_DIR", "CBM_BATCH_ROWS", "CBM_DUCKDB_MEMORY_LIMIT", "CBM_TRANSFORM_MEMORY_LIMIT",
+    "CBM_DUCKDB_THREADS", "CBM_QUERY_TIMEOUT_S", "CBM_CONNECT_RETRIES", "CBM_ALLOW_EMPTY_FULL",
+    "CBM_MSSQL_BULK_TIMEOUT_S", "CBM_MSSQL_BULK", "CBM_PAUSE_AT", "CBM_PAUSE_FILE", "CBM_TEST_MSSQL"})
+
+
+def check_names(names) -> None:
+    """A CBM_* name the product does not read is a typo until shown otherwise: `CBM_WAREHOUSE_KND=mssql` left
+    the default DuckDB warehouse in use, and init-db's advice built one (found in review)."""
+    unknown = sorted(n for n in names if n.startswith("CBM_") and n not in KNOWN_NAMES)
+    if unknown:
+        said = [f"{n} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(n, KNOWN_NAMES, 1, 0.75))
+                else n for n in unknown]
+        raise SettingError(f"unknown setting {', '.join(said)}: correct or remove it (in .env or the environment); "
+                           f"the settings are listed in config/.env.template")
+
+
 def load_settings() -> Settings:
     """Read `.env` (the one in CBM_HOME or the current directory) then the process environment."""
     home = Path(_env("CBM_HOME", os.getcwd())).resolve()
     env_file = Path(_env("CBM_ENV_FILE", str(home / ".env")))
     if env_file.is_file():
         load_dotenv(env_file, override=False)
+    check_names(os.environ)
     var = home / "var"
 
     def path(name: str, default: Path) -> Path:

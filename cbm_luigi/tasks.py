@@ -45,7 +45,13 @@ def _config(settings: Settings) -> tuple[list[dict], dict[str, list[str]]]:
     if hit and time.monotonic() - hit[0] < CONFIG_TTL_S:
         return hit[1], hit[2]
     with open_warehouse(settings).session() as s:
-        tables, deps = config_store.table_rows(s), config_store.dependencies(s)
+        try:
+            tables, deps = config_store.table_rows(s), config_store.dependencies(s)
+        except Exception as exc:  # noqa: BLE001 — re-raised, with the warehouse named when it is not set up
+            hint = config_store.uninitialised_hint(str(exc), settings.describe_warehouse())
+            if hint:
+                raise RuntimeError(hint) from exc
+            raise
     _CONFIG_CACHE[key] = (time.monotonic(), tables, deps)
     return tables, deps
 

@@ -205,6 +205,8 @@ def test_a_command_on_a_held_or_uninitialised_warehouse_says_what_to_do(env, cap
     assert cbm_etl(["summary"]) == 1
     err = capsys.readouterr().err
     assert "run `cbm-etl init-db`" in err and len(err.strip().splitlines()) == 1
+    # the warehouse opened is named: a settings mistake opens the embedded default instead of SQL Server
+    assert f"the warehouse opened is duckdb:{tmp_path / 'empty.duckdb'}" in err and "CBM_WAREHOUSE_KIND" in err
 
 
 def test_init_db_with_a_tables_csv_that_is_not_there_says_so(env, capsys, tmp_path):

@@ -7,7 +7,7 @@ import re
 import pytest
 
 import cbm_luigi  # noqa: F401 — installs the log masking, as `luigi --module cbm_luigi` does
-from cbm_luigi.settings import SettingError, load_settings, mask_secrets
+from cbm_luigi.settings import SettingError, connection_summary, load_settings, mask_secrets
 
 
 def test_mask_secrets_handles_braces_quotes_and_escapes():
@@ -41,6 +41,51 @@ def test_mask_secrets_handles_braces_quotes_and_escapes():
         assert mask_secrets(text) == masked
         assert "secret" not in mask_secrets(text) and "plain" not in mask_secrets(text)
         assert "hunter2" not in mask_secrets(text)
+
+
+def test_a_connection_is_named_with_its_harmless_values_only_whatever_the_password_key_is_called(monkeypatch):
+    """A mistyped password keyword passes mask_secrets, which goes by the names passwords have: where the
+    pipeline names a connection (init-db, summary, messages) only known-harmless values are shown."""
+    from cbm_luigi.warehouse.mssql_wh import MssqlWarehouse
+
+    text = "DRIVER={ODBC Driver 18 for SQL Server};SERVER=dwh,1433;Database=cbm;UID=etl;PDW=Pa55w0rd;Pasword=x1;PW=y2"
+    assert connection_summary(text) == ("DRIVER={ODBC Driver 18 for SQL Server};SERVER=dwh,1433;Database=cbm;"
+                                        "UID=etl;PDW={***};Pasword={***};PW={***}")
+    assert connection_summary("DSN=progress;PWD={a;b}}c};HOST=h") == "DSN=progress;PWD={***};HOST=h"
+    monkeypatch.setenv("CBM_ENV_FILE", "/nonexistent")
+    monkeypatch.setenv("CBM_WAREHOUSE_KIND", "mssql")
+    monkeypatch.setenv("CBM_MSSQL_ODBC", text)
+    monkeypatch.setenv("CBM_SOURCE_KIND", "odbc")
+    monkeypatch.setenv("CBM_SOURCE_ODBC", "DSN=progress;UID=etl;PDW=Pa55w0rd")
+    settings = load_settings()
+    for shown in (settings.describe(), MssqlWarehouse(settings).describe()):
+        assert "Pa55w0rd" not in shown and "x1" not in shown and "y2" not in shown and "SERVER=dwh,1433" in shown
+
+
+def test_a_setting_name_the_product_does_not_read_stops_it_with_the_name_meant(env, monkeypatch, tmp_path, capsys):
+    """`CBM_WAREHOUSE_KND=mssql` in .env left the embedded warehouse in use, and init-db's advice built one
+    (found in review)."""
+    from cbm_luigi.cli import main as cbm_etl
+    from cbm_luigi.tasks import LoadAll
+
+    from .conftest import build
+
+    monkeypatch.setenv("CBM_WAREHOUSE_KND", "mssql")
+    with pytest.raises(SettingError, match=r"^unknown setting CBM_WAREHOUSE_KND \(did you mean CBM_WAREHOUSE_KIND\?\)"):
+        load_settings()
+    assert cbm_etl(["summary"]) == 1
+    assert "unknown setting CBM_WAREHOUSE_KND (did you mean CBM_WAREHOUSE_KIND?)" in capsys.readouterr().err
+    assert not build(LoadAll(mode="incremental")).scheduling_succeeded
+    monkeypatch.delenv("CBM_WAREHOUSE_KND")
+    monkeypatch.setenv("CBM_SOMETHING_ELSE", "1")
+    with pytest.raises(SettingError, match=r"^unknown setting CBM_SOMETHING_ELSE: correct or remove it"):
+        load_settings()
+    for name in ("CBM_SOMETHING_ELSE", "CBM_TEST_MSSQL", "CBM_PAUSE_AT", "CBM_MSSQL_BULK"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings()
+    with open(__import__("cbm_luigi.settings").settings.__file__) as f:  # every name read is a known one
+        read = set(re.findall(r'"(CBM_[A-Z_]+)"', f.read()))
+    assert read <= __import__("cbm_luigi.settings").settings.KNOWN_NAMES and settings
 
 
 def test_every_log_record_is_masked_traceback_included(caplog):

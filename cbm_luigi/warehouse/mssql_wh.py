@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..settings import mask_secrets
+from ..settings import connection_summary, mask_secrets
 from ..types import check_decimal_fits
 from .base import Session, Warehouse
 from .dialects import TsqlDialect
@@ -499,7 +499,7 @@ class MssqlWarehouse(Warehouse):
             raise ValueError(f"CBM_MSSQL_BULK={self.bulk_mode!r}: expected auto, bulkcopy or executemany")
 
     def describe(self) -> str:
-        return "mssql:" + mask_secrets(self.odbc)
+        return "mssql:" + connection_summary(self.odbc)
 
     def row_too_wide(self, error):
         """Msg 511: a row's in-row part passes 8,060 bytes. Variable-length values of 24 bytes or less cannot move
