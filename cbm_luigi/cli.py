@@ -191,7 +191,8 @@ def cmd_summary(args) -> int:
                   f"between the two; its counts are not known here")
         for r in failed:
             if r["ErrorMessage"]:
-                print(f"    {r['Step']}: {r['ErrorMessage'][:300]}")
+                # whole: the way out is at the end of each message (etl.ETL_Log keeps up to runlog.MAX_ERROR)
+                print(f"    {r['Step']}: {r['ErrorMessage']}")
     return 0
 
 

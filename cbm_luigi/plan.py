@@ -194,12 +194,24 @@ def build_plan(table_row: dict, column_rows: list[dict]) -> TablePlan:
     if not keys:
         raise ConfigError(f"config.ETL_Tables[{t}].PrimaryKeyCols is empty: set the key columns "
                           f"(`cbm-etl discover` proposes them from unique indexes)")
-    plan.keys = [plan.by_name(k).sql_name for k in keys]
+
+    def named(field: str, name: str) -> PlanColumn:
+        """The column a config.ETL_Tables field names; if none, the error names the field (sync-columns, which
+        by_name suggests, cannot fix a misspelt name there)."""
+        try:
+            return plan.by_name(name)
+        except ConfigError:
+            raise ConfigError(f"config.ETL_Tables[{t}].{field} names {name!r}, which is not an active column of "
+                              f"the table in config.ETL_Columns: correct {field} (`cbm-etl discover` proposes "
+                              f"one); if the column is new at the source run `cbm-etl sync-columns {t}`, if it is "
+                              f"excluded set IsExcluded = 0") from None
+
+    plan.keys = [named("PrimaryKeyCols", k).sql_name for k in keys]
     for k in plan.keys:
         if plan.by_name(k).extent:
             raise ConfigError(f"table {t}: key column {k} is an array (EXTENT) field")
     if plan.date_col:
-        kind = plan.by_name(plan.date_col).ctype.kind
+        kind = named("DateModifCol", plan.date_col).ctype.kind
         if kind not in ("date", "timestamp", "timestamptz"):
             raise ConfigError(f"config.ETL_Tables[{t}].DateModifCol = {plan.date_col!r} is a {kind} column: name "
                               f"the DATE or TIMESTAMP column that records when a row changed (`cbm-etl discover` "
@@ -209,7 +221,7 @@ def build_plan(table_row: dict, column_rows: list[dict]) -> TablePlan:
             # twice in _etl_source_ts when a TimeOfDayCol is added
             raise ConfigError(f"config.ETL_Tables[{t}]: DateModifCol {plan.date_col!r} is a TIMESTAMP, which carries "
                               f"its own time: set DateModifPrecision = 'datetime' and leave TimeOfDayCol empty")
-        if plan.time_of_day_col and plan.by_name(plan.time_of_day_col).ctype.kind not in ("int32", "int64"):
+        if plan.time_of_day_col and named("TimeOfDayCol", plan.time_of_day_col).ctype.kind not in ("int32", "int64"):
             raise ConfigError(f"config.ETL_Tables[{t}].TimeOfDayCol = {plan.time_of_day_col!r} is not an INTEGER "
                               f"column: name the one that holds the seconds since midnight (Progress's usual "
                               f"`heure`), or leave it empty")

@@ -361,5 +361,7 @@ def validate(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker
                 f"table {plan.table}, batch {batch_id}: validation failed: " +
                 "; ".join(f"{n} expected {e} got {a}" for n, _p, e, a in failed) +
                 f". ods.{plan.destination} does not match the extract; see etl.ETL_Validation. LastSuccessTs was "
-                "not advanced. Rerun the table in full mode; if it persists, check the key (PrimaryKeyCols).")
+                f"not advanced. Reload the table in full as a new batch (the same command would validate this one "
+                f"again): `luigi --module cbm_luigi LoadTable --table {plan.table} --mode full --batch-tag reload1`; "
+                f"if it persists, check the key (PrimaryKeyCols).")
     return StepRecord("validate", rows=stg_rows, detail=f"ods live rows {live}")

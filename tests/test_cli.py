@@ -144,11 +144,34 @@ def test_summary_lists_active_tables_only_and_a_failed_first_run_is_failing(env,
     assert not succeeded(build(LoadTable(table="fournis", mode="full")))
     capsys.readouterr()
     assert cbm_etl(["summary"]) == 0
-    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:] if line.strip()}
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines()[2:] if line.strip()}
     assert "famille" not in lines  # deactivated: its history stays in etl.ETL_Log only
     assert "FAILED" in lines["fournis"] and "FAILING" in lines["fournis"]
     assert lines["fournis"].split()[2] == "-"  # the failed extract read nothing: not "0 rows"
+    [(err,)] = env.sql("SELECT ErrorMessage FROM etl.ETL_Log WHERE TableName = 'fournis' AND Status = 'FAILED'")
+    assert f"    extract: {err}" in out
     assert env.sql("SELECT SLAStatus FROM etl.vw_SLABreach WHERE TableName = 'fournis'") == [("FAILING",)]
+
+
+def test_summary_shows_an_error_whole_for_its_way_out_is_at_its_end(env, capsys):
+    """It was cut at 300 characters, before the advice (found in review)."""
+    import sqlite3
+
+    from cbm_luigi.source.readers import release_readers
+
+    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="a")))
+    with sqlite3.connect(env.source) as con:
+        con.execute("UPDATE SYSCOLUMNS_FULL SET coltype = 'varchar', width = 20 WHERE tbl = 'produit' "
+                    "AND col = 'stock'")
+    release_readers()
+    assert cbm_etl(["sync-columns", "produit"]) == 0
+    assert not succeeded(build(LoadTable(table="produit", mode="full", batch_tag="b")))
+    capsys.readouterr()
+    assert cbm_etl(["summary"]) == 0
+    [(err,)] = env.sql("SELECT ErrorMessage FROM etl.ETL_Log WHERE TableName = 'produit' AND Status = 'FAILED'")
+    assert len(err) > 300 and err.endswith("and rerun the table.")
+    assert f"    merge: {err}" in capsys.readouterr().out
 
 
 def test_the_monitoring_views_take_the_last_row_written_and_a_validated_batch_ends_its_failure(env, capsys):
