@@ -56,6 +56,22 @@ def _config(settings: Settings) -> tuple[list[dict], dict[str, list[str]]]:
     return tables, deps
 
 
+def _log_where_luigi_logs() -> None:
+    """Under the `luigi` command the pipeline's own lines (each extract's SQL and rows, schema changes, retries)
+    had no handler: INFO was dropped, and warnings came out bare, without time or level (found in review).
+    Luigi sets up its own logger only, once the command line is read, before any of our tasks exists; when
+    nothing handles ours by then (the cli and pytest set up the root logger), they get a handler of their own,
+    on stderr as Luigi's, with the time and the level."""
+    logger = logging.getLogger("cbm_luigi")
+    if logger.hasHandlers():
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+
+
 def clear_config_cache() -> None:
     _CONFIG_CACHE.clear()
     _PLAN_CACHE.clear()
@@ -103,6 +119,7 @@ class CbmTask(luigi.Task):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         check_batch_tag(self.batch_tag)
+        _log_where_luigi_logs()
         self.priority = self.load_priority
         self._records: list[StepRecord] = []
 

@@ -8,6 +8,7 @@ from datetime import date
 import os
 import signal
 import socket
+import re
 import subprocess
 import time
 import urllib.parse
@@ -41,6 +42,13 @@ def test_cli_exit_codes(env):
     assert "duplicate keys" in err[0][0] and "num_cde=1000" in err[0][0] and "(4 rows)" in err[0][0]
     assert env.sql("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'ods' "
                    "AND table_name = 'lignecli'")[0][0] == 0  # nothing merged
+    # the pipeline's own lines reach the run's log with time and level: Luigi sets up only its logger, and they
+    # were dropped (INFO) or bare (warnings) under the `luigi` command (found in review)
+    rows = env.sql("SELECT COUNT(*) FROM ods.produit")[0][0]
+    assert re.search(rf"^\d{{4}}-\d\d-\d\d [\d:,]+ INFO cbm_luigi\.extract: extract produit: {rows} rows in ", ok.stderr,
+                     re.M), ok.stderr[-3000:]
+    assert re.search(r"^\d{4}-\d\d-\d\d [\d:,]+ INFO cbm_luigi\.extract: extract lignecli \(full mode\): SELECT ",
+                     bad.stderr, re.M), bad.stderr[-3000:]
 
 
 def _free_port() -> int:
