@@ -157,7 +157,7 @@ def raw_read_main(table: str, mode: str) -> None:
     wh = open_warehouse(settings)
     with wh.session() as s:
         plan = config_store.load_plan(s, table, wh)
-    window, _why = plan.window(mode)
+    window, _why = plan.window(mode, settings.source_zone())
     schema = plan.extract_schema()
     # about a million values a batch: the reader's buffers stay small whatever the width (the harness's own
     # rule, not the pipeline's, so the floor does not move when the extract's sizing changes)

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timezone, tzinfo
 from pathlib import Path
 
 import pyarrow as pa
@@ -61,12 +61,13 @@ def batch_rows_for(plan: TablePlan, ceiling: int) -> int:
 
 def extract_to_parquet(reader: Reader, plan: TablePlan, mode: str, out_path: Path, *, batch_rows: int = 50_000,
                        progress: Callable[[int], None] | None = None, memory_limit: str = "256MB",
-                       threads: int = 2, run_id: str | None = None) -> dict:
+                       threads: int = 2, run_id: str | None = None, zone: tzinfo | None = None) -> dict:
     """Read `plan.table` and write the batch's parquet at `out_path` (shaped and hashed on the way, see
-    transform.py); returns the metadata written into the file."""
+    transform.py); returns the metadata written into the file. `zone`: the source's clock (None: this
+    process's local time)."""
     started_utc = datetime.now(timezone.utc)  # the instant, then its local time: the same even in the repeated hour
-    started = started_utc.astimezone().replace(tzinfo=None)
-    window, why = plan.window(mode)
+    started = started_utc.astimezone(zone).replace(tzinfo=None)
+    window, why = plan.window(mode, zone)
     sql, params = reader.dialect.extract_sql(plan.table, plan.source_columns(), window, plan.filter_clause)
     log.info("extract %s (%s): %s", plan.table, why, sql)
     schema = plan.extract_schema()

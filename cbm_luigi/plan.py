@@ -9,7 +9,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone, tzinfo
 
 import pyarrow as pa
 
@@ -85,6 +85,7 @@ class TablePlan:
     priority: int = 100
     sla_hours: float | None = None
     last_success_ts: datetime | None = None
+    last_success_utc: datetime | None = None  # the same instant in UTC (None: validated before it was recorded)
     last_success_shape: str | None = None  # extract_shape of the last validated batch (etl.ETL_TableState)
 
     def by_name(self, name: str) -> PlanColumn:
@@ -119,8 +120,11 @@ class TablePlan:
                  "filter": self.filter_clause, "modified": [self.date_col, self.date_precision, self.time_of_day_col]}
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
-    def window(self, mode: str) -> tuple[Window | None, str]:
-        """The incremental window for `mode`, and why there is none when there is none (for the log)."""
+    def window(self, mode: str, zone: tzinfo | None = None) -> tuple[Window | None, str]:
+        """The incremental window for `mode`, and why there is none when there is none (for the log). `zone`:
+        the one this run counts the source's local time in (None: this process's); it must be the one the loads
+        before counted in, whatever the mode (the extract's start is compared with theirs)."""
+        self.check_same_clock(zone)
         if mode == "full":
             return None, "full mode"
         if not self.has_timestamps or not self.date_col:
@@ -137,6 +141,27 @@ class TablePlan:
         tod = self.by_name(self.time_of_day_col).name if self.time_of_day_col else None
         return Window(self.by_name(self.date_col).name, since, self.date_precision, tod), (
             f"rows with {self.date_col} >= {since:%Y-%m-%d %H:%M:%S} (last success minus lookback)")
+
+
+    def check_same_clock(self, zone: tzinfo | None) -> None:
+        """This run must count local time in the zone the loads before it did: LastSuccessTs bounds its window and
+        its own start becomes the next one. The last load's instant (LastSuccessUtc) seen in this run's zone must
+        give LastSuccessTs again (daylight saving included: the zone's rules at that instant). A cron with another
+        TZ refused every table as outdated; a zone ahead would move LastSuccessTs past rows not read yet, and
+        the next window would skip them (found in review)."""
+        if self.last_success_utc is None or self.last_success_ts is None:
+            return
+        seen = self.last_success_utc.replace(tzinfo=timezone.utc).astimezone(zone)
+        gap = seen.replace(tzinfo=None) - self.last_success_ts
+        if abs(gap) >= timedelta(minutes=15):
+            raise ConfigError(
+                f"table {self.table}: this run counts local time {gap.total_seconds() / 3600:+.1f} h from the loads "
+                f"before it: the last validated extract started at {self.last_success_ts:%Y-%m-%d %H:%M} "
+                f"(LastSuccessTs, the source's clock), {seen:%Y-%m-%d %H:%M} in this run's zone ({seen.tzname()}). "
+                f"Nothing was read. The ETL host's time zone differs from the earlier runs' (TZ in cron?): set "
+                f"CBM_SOURCE_TIMEZONE in .env to the ERP's zone (e.g. Europe/Paris), so every run counts in it "
+                f"whatever its TZ, and rerun. To change the zone for good, clear the table's LastSuccessTs and "
+                f"LastSuccessUtc in config.ETL_Tables (its next incremental reads in full).")
 
 
 def source_expression(stored: str | None, name: str) -> str | None:
@@ -187,7 +212,8 @@ def build_plan(table_row: dict, column_rows: list[dict]) -> TablePlan:
         lookback=parse_interval(table_row.get("LookbackInterval"), table=t),
         filter_clause=table_row.get("FilterClause") or None, is_dimension=bool(table_row.get("IsDimension")),
         is_critical=bool(table_row.get("IsCritical")), priority=int(table_row.get("Priority") or 100),
-        sla_hours=table_row.get("SLAHours"), last_success_ts=table_row.get("LastSuccessTs"))
+        sla_hours=table_row.get("SLAHours"), last_success_ts=table_row.get("LastSuccessTs"),
+        last_success_utc=table_row.get("LastSuccessUtc"))
     if plan.date_precision not in ("date", "datetime"):
         raise ConfigError(f"config.ETL_Tables[{t}].DateModifPrecision = {plan.date_precision!r}: 'date' or 'datetime'")
     keys = [k.strip() for k in (table_row.get("PrimaryKeyCols") or "").split(",") if k.strip()]

@@ -10,7 +10,9 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
+from datetime import tzinfo
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dotenv import load_dotenv
 
@@ -114,6 +116,11 @@ class Settings:
     connect_retries: int = 3
     allow_empty_full: tuple[str, ...] = ()  # tables whose full batch may be empty (else refused: see steps.merge)
     mssql_bulk_timeout_s: int = 86_400  # one bulk copy into stg (mssql-python's own default is 30 s)
+    source_timezone: str = ""  # the ERP's clock (IANA name); empty: this process's local time zone
+
+    def source_zone(self) -> tzinfo | None:
+        """The zone the source's local times (dat_mod, LastSuccessTs) are counted in; None: this process's."""
+        return ZoneInfo(self.source_timezone) if self.source_timezone else None
 
     def empty_full_allowed(self, table: str) -> bool:
         return "*" in self.allow_empty_full or table.lower() in self.allow_empty_full
@@ -175,7 +182,8 @@ KNOWN_NAMES = frozenset({
     "CBM_SOURCE_ISOLATION", "CBM_SOURCE_DIALECT", "CBM_ODBC_READER", "CBM_WAREHOUSE_KIND", "CBM_DUCKDB_PATH",
     "CBM_MSSQL_ODBC", "CBM_CACHE_DIR", "CBM_BATCH_ROWS", "CBM_DUCKDB_MEMORY_LIMIT", "CBM_TRANSFORM_MEMORY_LIMIT",
     "CBM_DUCKDB_THREADS", "CBM_QUERY_TIMEOUT_S", "CBM_CONNECT_RETRIES", "CBM_ALLOW_EMPTY_FULL",
-    "CBM_MSSQL_BULK_TIMEOUT_S", "CBM_MSSQL_BULK", "CBM_PAUSE_AT", "CBM_PAUSE_FILE", "CBM_TEST_MSSQL"})
+    "CBM_MSSQL_BULK_TIMEOUT_S", "CBM_MSSQL_BULK", "CBM_PAUSE_AT", "CBM_PAUSE_FILE", "CBM_TEST_MSSQL",
+    "CBM_SOURCE_TIMEZONE"})
 
 
 def check_names(names) -> None:
@@ -187,6 +195,17 @@ def check_names(names) -> None:
                 else n for n in unknown]
         raise SettingError(f"unknown setting {', '.join(said)}: correct or remove it (in .env or the environment); "
                            f"the settings are listed in config/.env.template")
+
+
+def _zone(name: str) -> str:
+    text = _env(name)
+    if text:
+        try:
+            ZoneInfo(text)
+        except (ValueError, ZoneInfoNotFoundError):
+            raise SettingError(f"{name}={text!r}: an IANA time zone such as Europe/Paris (default: the host's "
+                               f"own)") from None
+    return text
 
 
 def load_settings() -> Settings:
@@ -225,4 +244,5 @@ def load_settings() -> Settings:
         connect_retries=_int("CBM_CONNECT_RETRIES", 3, 0),
         allow_empty_full=tuple(t.strip().lower() for t in _env("CBM_ALLOW_EMPTY_FULL").split(",") if t.strip()),
         mssql_bulk_timeout_s=_int("CBM_MSSQL_BULK_TIMEOUT_S", 86400, 1),
+        source_timezone=_zone("CBM_SOURCE_TIMEZONE"),
     )

@@ -344,7 +344,8 @@ class ExtractParquet(CbmTask):
                                       batch_rows=self.settings.batch_rows,
                                       progress=lambda n: self.status(f"extract {self.table}: {n:,} rows"),
                                       memory_limit=self.settings.transform_memory_limit,
-                                      threads=self.settings.duckdb_threads, run_id=self.run_id)
+                                      threads=self.settings.duckdb_threads, run_id=self.run_id,
+                                      zone=self.settings.source_zone())
         if meta["effective_mode"] != self.mode:
             log.info("table %s: %s", self.table, meta["window"])
         self.record(StepRecord("extract", rows=meta["rows"], detail=meta["window"]), t0)

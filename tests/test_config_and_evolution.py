@@ -462,3 +462,27 @@ def test_tables_csv_does_not_add_a_configured_table_again_in_another_case(env, t
     assert "1 table(s) added" in capsys.readouterr().out
     assert env.sql("SELECT TableName FROM config.ETL_Tables WHERE LOWER(TableName) IN ('produit', 'nouvelle') "
                    "ORDER BY 1") == [("nouvelle",), ("produit",)]
+
+
+def test_the_clock_check_follows_daylight_saving_and_stops_another_zone():
+    """LastSuccessUtc seen in the run's zone must give LastSuccessTs again: a daylight-saving change is the
+    zone's own rule at that instant (no false alarm), another zone is stopped (found in review)."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from cbm_luigi.plan import ConfigError, PlanColumn, TablePlan
+    from cbm_luigi.types import ColumnType
+
+    paris, new_york = ZoneInfo("Europe/Paris"), ZoneInfo("America/New_York")
+    plan = TablePlan(table="t", destination="t", keys=["id"], columns=[PlanColumn("id", "id", ColumnType("int32"))])
+    for utc, local in ((datetime(2026, 1, 15, 10), datetime(2026, 1, 15, 11)),   # winter: UTC+1
+                       (datetime(2026, 7, 15, 10), datetime(2026, 7, 15, 12)),   # summer: UTC+2
+                       (datetime(2026, 10, 25, 0, 30), datetime(2026, 10, 25, 2, 30)),  # the repeated hour,
+                       (datetime(2026, 10, 25, 1, 30), datetime(2026, 10, 25, 2, 30))):  # both times
+        plan.last_success_ts, plan.last_success_utc = local, utc
+        assert plan.window("full", paris) == (None, "full mode")
+        with pytest.raises(ConfigError, match=r"^table t: this run counts local time -[56]\.0 h from the loads "
+                                              r"before it: .* \(E[SD]T\)\. Nothing was read\. .*CBM_SOURCE_TIMEZONE"):
+            plan.window("full", new_york)
+    plan.last_success_utc = None  # validated before LastSuccessUtc was recorded: nothing to compare with
+    assert plan.window("full", new_york) == (None, "full mode")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from datetime import date
+from datetime import date, timedelta
 import os
 import signal
 import socket
@@ -281,3 +281,29 @@ def test_ctrl_c_during_a_log_write_stops_the_run(env, tmp_path):
     rerun = luigi_cli(env, "LoadAll", "--mode", "full", "--local-scheduler")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert env.sql("SELECT COUNT(*) FROM etl.ETL_Markers WHERE Step = 'validate'")[0][0] == len(DEMO_TABLES)
+
+
+def test_a_run_with_another_time_zone_is_stopped_before_reading_and_the_source_timezone_setting_fixes_it(env):
+    """cron with another TZ than the runs before (found in review): every table was refused as outdated, and
+    the advised invalidate did not help; a zone ahead would have moved LastSuccessTs past rows not read yet.
+    The run stops before reading and names the setting; with CBM_SOURCE_TIMEZONE every run counts in one zone
+    whatever its TZ."""
+    far = "Pacific/Kiritimati"  # UTC+14 all year
+    ok = luigi_cli(env, "LoadTable", "--table", "famille", "--mode", "full", "--local-scheduler", extra={"TZ": "UTC"})
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    [(ts, utc)] = env.sql("SELECT LastSuccessTs, LastSuccessUtc FROM config.ETL_Tables WHERE TableName = 'famille'")
+    moved = luigi_cli(env, "LoadTable", "--table", "famille", "--mode", "incremental", "--batch-tag", "tz",
+                      "--local-scheduler", extra={"TZ": far})
+    assert moved.returncode == 30, moved.stderr[-3000:]
+    [(err,)] = env.sql("SELECT ErrorMessage FROM etl.ETL_Log WHERE Status = 'FAILED'")
+    assert re.search(r"^ConfigError: table famille: this run counts local time [+-][\d.]+ h from the loads before "
+                     r"it: .* Nothing was read\. .* set CBM_SOURCE_TIMEZONE in \.env to the ERP's zone", err), err
+    assert env.sql("SELECT LastSuccessTs, LastSuccessUtc FROM config.ETL_Tables WHERE TableName = 'famille'") == [
+        (ts, utc)]
+    # the host's zone named once for all: the same run in the far TZ loads, and counts in that zone
+    fixed = luigi_cli(env, "LoadTable", "--table", "famille", "--mode", "incremental", "--batch-tag", "tz",
+                      "--local-scheduler", extra={"TZ": far, "CBM_SOURCE_TIMEZONE": "UTC"})
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+    [(ts2, utc2)] = env.sql("SELECT LastSuccessTs, LastSuccessUtc FROM config.ETL_Tables WHERE TableName = 'famille'")
+    assert ts2 > ts and abs((ts2 - utc2) - (ts - utc)) < timedelta(minutes=1)
+    assert_ods_equals_source(env, "famille")

@@ -88,6 +88,17 @@ def test_a_setting_name_the_product_does_not_read_stops_it_with_the_name_meant(e
     assert read <= __import__("cbm_luigi.settings").settings.KNOWN_NAMES and settings
 
 
+def test_the_source_timezone_is_an_iana_name(monkeypatch):
+    monkeypatch.setenv("CBM_ENV_FILE", "/nonexistent")
+    monkeypatch.setenv("CBM_SOURCE_TIMEZONE", "Europe/Paris")
+    assert str(load_settings().source_zone()) == "Europe/Paris"
+    monkeypatch.setenv("CBM_SOURCE_TIMEZONE", "Paris")
+    with pytest.raises(SettingError, match=r"^CBM_SOURCE_TIMEZONE='Paris': an IANA time zone such as Europe/Paris"):
+        load_settings()
+    monkeypatch.delenv("CBM_SOURCE_TIMEZONE")
+    assert load_settings().source_zone() is None  # this process's own
+
+
 def test_every_log_record_is_masked_traceback_included(caplog):
     log = logging.getLogger("luigi-interface")
     try:
