@@ -142,7 +142,6 @@ class TablePlan:
         return Window(self.by_name(self.date_col).name, since, self.date_precision, tod), (
             f"rows with {self.date_col} >= {since:%Y-%m-%d %H:%M:%S} (last success minus lookback)")
 
-
     def check_same_clock(self, zone: tzinfo | None) -> None:
         """This run must count local time in the zone the loads before it did: LastSuccessTs bounds its window and
         its own start becomes the next one. The last load's instant (LastSuccessUtc) seen in this run's zone must
