@@ -32,7 +32,10 @@ def cmd_init_db(args) -> int:
     if csv_path.is_file() and not args.no_tables:
         with wh.session() as s, s.transaction():
             added = config_store.load_tables_csv(s, csv_path)
-    print(f"init-db: {n} statements run on {wh.describe()}; {added} table(s) added from {csv_path.name}")
+    with wh.session() as s, s.transaction():
+        recorded = config_store.record_loaded_configurations(s, wh)
+    print(f"init-db: {n} statements run on {wh.describe()}; {added} table(s) added from {csv_path.name}" +
+          (f"; the configuration of {recorded} loaded table(s) recorded" if recorded else ""))
     return 0
 
 

@@ -21,7 +21,7 @@ from .source import catalog
 from .source.dialect import quote as oe_quote
 from .source.readers import Reader
 from .types import UnsupportedTypeError, map_openedge_type
-from .targets import validated_shape
+from .targets import record_validated, validated_state
 from .warehouse.base import Session, Warehouse
 
 log = logging.getLogger(__name__)
@@ -63,10 +63,32 @@ def uninitialised_hint(error: str, warehouse: str) -> str | None:
     return None
 
 
+def record_loaded_configurations(s: Session, warehouse: Warehouse) -> int:
+    """Upgrade (init-db): a table validated before etl.ETL_TableState recorded the configuration of its last
+    load gets its configuration now, so the first change after the upgrade reads in full as any other. A table
+    whose configuration cannot make a plan now is left alone (its load says why)."""
+    tables = [r[0] for r in s.query("SELECT t.TableName FROM config.ETL_Tables AS t LEFT JOIN etl.ETL_TableState "
+                                    "AS st ON st.TableName = t.TableName WHERE t.LastSuccessTs IS NOT NULL AND "
+                                    "st.ValidatedShape IS NULL")]
+    done = 0
+    for table in tables:
+        try:
+            plan = load_plan(s, table, warehouse)
+        except ConfigError as exc:
+            log.warning("init-db: table %s: configuration of its last load not recorded: %s", table, exc)
+            continue
+        # the clock it was counted in is not known: the next validation records it
+        record_validated(s, table, shape=plan.extract_shape(), columns=[n for n, _t, _ in plan.output_columns()])
+        done += 1
+    return done
+
+
 def load_plan(s: Session, table: str, warehouse: Warehouse) -> TablePlan:
     plan = build_plan(table_row(s, table), column_rows(s, table))
     plan.destination = sql_safe_name(plan.destination)
-    plan.last_success_shape = validated_shape(s, warehouse, table)
+    state = validated_state(s, warehouse, table)
+    plan.last_success_shape, plan.last_success_columns = state["ValidatedShape"], state["ValidatedColumns"]
+    plan.last_success_clock = (state["ValidatedAtUtc"], state["ValidatedUtcOffset"])
     # two tables loading into one ods table would overwrite (and, in full mode, soft-delete) each other's rows.
     # Every other table's destination goes through the naming rules here: `café` and `cafe`, `1x` and `c_1x`
     # meet only there (a SQL pre-filter on case and punctuation missed them). 1,000 tables: about 2 ms.
@@ -164,8 +186,9 @@ def _has_last_success_utc(s: Session, warehouse: str | None) -> bool:
 
 def advance_last_success(s: Session, table: str, ts: datetime, utc: datetime | None = None, *,
                          warehouse: str | None = None) -> None:
-    """Move LastSuccessTs (this host's local time, the source's clock for the incremental window) forward only
-    (rerunning an older batch never moves it back), and LastSuccessUtc with it: the same instant in UTC, which
+    """Move LastSuccessTs (the source's local time, CBM_SOURCE_TIMEZONE or this host's: the clock of the
+    incremental window) forward only (rerunning an older batch never moves it back), and LastSuccessUtc with
+    it: the same instant in UTC, which
     vw_SLABreach counts its hours from (local times are an hour off across a daylight-saving change): `utc` as
     the extract recorded it, else `ts` converted here. A warehouse not upgraded yet (`cbm-etl init-db` adds the
     column) keeps working without it. `warehouse` (its describe()) lets the column's presence be asked once."""

@@ -85,8 +85,11 @@ class TablePlan:
     priority: int = 100
     sla_hours: float | None = None
     last_success_ts: datetime | None = None
-    last_success_utc: datetime | None = None  # the same instant in UTC (None: validated before it was recorded)
-    last_success_shape: str | None = None  # extract_shape of the last validated batch (etl.ETL_TableState)
+    # the last validated batch (etl.ETL_TableState, None before it was recorded): its extract_shape, the columns
+    # it wrote, and (the instant its extract started in UTC, the source clock's offset from UTC then in minutes)
+    last_success_shape: str | None = None
+    last_success_columns: list[str] | None = None
+    last_success_clock: tuple[datetime | None, int | None] = (None, None)
 
     def by_name(self, name: str) -> PlanColumn:
         """The column named `name` in Progress or by its SQL name; Progress names ignore case, and so does this
@@ -110,13 +113,15 @@ class TablePlan:
         return [oc for c in self.columns for oc in c.output_columns()]
 
     def extract_shape(self) -> str:
-        """A fingerprint of the configuration a batch file is made under: the columns read (names, types,
-        arrays, expressions), the filter, the modification columns (`_etl_source_ts`). The file's hashdiff covers
+        """A fingerprint of the configuration a batch file is made under: the columns read (names, kinds of
+        type, arrays, expressions), the filter, the modification columns (`_etl_source_ts`). The file's hashdiff covers
         exactly those columns, so a batch extracted or staged under another shape is stale: merged after a
         config change (a column excluded, a type overridden) it would write hashes over columns it does not
         write, and ods would never see the difference again (found in review)."""
-        parts = {"columns": [[c.name, c.sql_name, c.ctype.kind, c.ctype.precision, c.ctype.scale, c.ctype.width,
-                              c.nullable, c.extent, c.array_mode, c.expression] for c in self.columns],
+        # not the width, scale or NULL flag that sync-columns refreshes from the catalog (a dbtool SQL-width fix):
+        # they change no value and no hash (decimals hash without trailing zeros), and ods widens by itself
+        parts = {"columns": [[c.name, c.sql_name, c.ctype.kind, c.extent, c.array_mode, c.expression]
+                             for c in self.columns],
                  "filter": self.filter_clause, "modified": [self.date_col, self.date_precision, self.time_of_day_col]}
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
@@ -144,23 +149,25 @@ class TablePlan:
 
     def check_same_clock(self, zone: tzinfo | None) -> None:
         """This run must count local time in the zone the loads before it did: LastSuccessTs bounds its window and
-        its own start becomes the next one. The last load's instant (LastSuccessUtc) seen in this run's zone must
-        give LastSuccessTs again (daylight saving included: the zone's rules at that instant). A cron with another
-        TZ refused every table as outdated; a zone ahead would move LastSuccessTs past rows not read yet, and
-        the next window would skip them (found in review)."""
-        if self.last_success_utc is None or self.last_success_ts is None:
+        its own start becomes the next one. Seen in this run's zone, the last validated extract's start must have
+        the offset from UTC it had then (the zone's rules at that instant: daylight saving is no change). Both are
+        recorded by the validation alone, so LastSuccessTs moved by hand to read a window again is no zone change.
+        A cron with another TZ refused every table as outdated; a zone ahead would move LastSuccessTs past rows
+        not read yet, and the next window would skip them (found in review)."""
+        at, then = self.last_success_clock
+        if at is None or then is None:
             return
-        seen = self.last_success_utc.replace(tzinfo=timezone.utc).astimezone(zone)
-        gap = seen.replace(tzinfo=None) - self.last_success_ts
-        if abs(gap) >= timedelta(minutes=15):
+        now = round(at.replace(tzinfo=timezone.utc).astimezone(zone).utcoffset().total_seconds() / 60)
+        if now != then:
+            def utc(m: int) -> str:
+                return f"UTC{'+' if m >= 0 else '-'}{abs(m) // 60:02d}:{abs(m) % 60:02d}"
             raise ConfigError(
-                f"table {self.table}: this run counts local time {gap.total_seconds() / 3600:+.1f} h from the loads "
-                f"before it: the last validated extract started at {self.last_success_ts:%Y-%m-%d %H:%M} "
-                f"(LastSuccessTs, the source's clock), {seen:%Y-%m-%d %H:%M} in this run's zone ({seen.tzname()}). "
-                f"Nothing was read. The ETL host's time zone differs from the earlier runs' (TZ in cron?): set "
-                f"CBM_SOURCE_TIMEZONE in .env to the ERP's zone (e.g. Europe/Paris), so every run counts in it "
-                f"whatever its TZ, and rerun. To change the zone for good, clear the table's LastSuccessTs and "
-                f"LastSuccessUtc in config.ETL_Tables (its next incremental reads in full).")
+                f"table {self.table}: this run counts local time at {utc(now)}, the loads before it at {utc(then)} "
+                f"(at the last validated extract's start, {at:%Y-%m-%d %H:%M} UTC). Nothing was read. The ETL "
+                f"host's time zone differs from the earlier runs' (TZ in cron?): set CBM_SOURCE_TIMEZONE in .env to "
+                f"the ERP's zone (e.g. Europe/Paris), so every run counts in it whatever its TZ, and rerun. To "
+                f"change the zone for good, clear the table's LastSuccessTs in config.ETL_Tables and its "
+                f"ValidatedUtcOffset in etl.ETL_TableState (its next incremental reads in full).")
 
 
 def source_expression(stored: str | None, name: str) -> str | None:
@@ -211,8 +218,7 @@ def build_plan(table_row: dict, column_rows: list[dict]) -> TablePlan:
         lookback=parse_interval(table_row.get("LookbackInterval"), table=t),
         filter_clause=table_row.get("FilterClause") or None, is_dimension=bool(table_row.get("IsDimension")),
         is_critical=bool(table_row.get("IsCritical")), priority=int(table_row.get("Priority") or 100),
-        sla_hours=table_row.get("SLAHours"), last_success_ts=table_row.get("LastSuccessTs"),
-        last_success_utc=table_row.get("LastSuccessUtc"))
+        sla_hours=table_row.get("SLAHours"), last_success_ts=table_row.get("LastSuccessTs"))
     if plan.date_precision not in ("date", "datetime"):
         raise ConfigError(f"config.ETL_Tables[{t}].DateModifPrecision = {plan.date_precision!r}: 'date' or 'datetime'")
     keys = [k.strip() for k in (table_row.get("PrimaryKeyCols") or "").split(",") if k.strip()]

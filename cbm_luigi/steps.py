@@ -55,12 +55,13 @@ def stage_columns(plan: TablePlan, max_lengths: dict[str, int] | None = None) ->
     return [Column(n, t, nullable, lengths.get(n) or None) for n, t, nullable in plan.output_columns()]
 
 
-def check_batch_file(plan: TablePlan, path: Path, batch_id: str) -> None:
+def check_batch_file(plan: TablePlan, path: Path, batch_id: str) -> str:
     """The batch file must have been made under the table's configuration now (TablePlan.extract_shape): a
     change since the extract (a column excluded or added, a type overridden, an array mode switched) would
-    otherwise stage a stale shape, or hashes over other columns than those written."""
-    if read_extract_meta(path).get("shape") == plan.extract_shape():
-        return
+    otherwise stage a stale shape, or hashes over other columns than those written. Returns that shape."""
+    shape = read_extract_meta(path).get("shape")
+    if shape == plan.extract_shape():
+        return shape
     have = pq.read_schema(path).names
     want = [n for n, _t, _ in plan.output_columns()] + SHAPED_TECH
     missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
@@ -128,14 +129,16 @@ def stage(wh: Warehouse, plan: TablePlan, batch_path: Path, tech: TechnicalValue
           run_id: str, extract_started_at: datetime | None = None, checkpoint=None) -> StepRecord:
     """stg.<table> := the batch file plus the run's technical values; the marker and etl.ETL_TableState (what
     stg holds now) in the same transaction."""
-    check_batch_file(plan, batch_path, tech.batch_id)
+    shape = check_batch_file(plan, batch_path, tech.batch_id)
     check_column_count(wh, plan)
     with _limits_named(wh, plan, "stage"), wh.session() as s, s.transaction():
         marker.forget_staged(s)
         rows = wh.replace_stage(s, plan.destination, batch_path, stage_columns(plan), tech)
         if checkpoint:
             checkpoint("stage")  # a kill here leaves stg replaced but uncommitted, its record not yet written
-        marker.touch(s, run_id=run_id, rows=rows, extract_started_at=extract_started_at)
+        # the file's own shape, not the configuration asked again now: an edit during a long stage must leave
+        # the stage stale (found in review)
+        marker.touch(s, run_id=run_id, rows=rows, extract_started_at=extract_started_at, shape=shape)
     return StepRecord("stage", rows=rows)
 
 
@@ -310,8 +313,10 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
             wh.before_merge(s, len(spec.columns), rows=0 if all_new else int(batch_rows))
             refresh = None
             if existing and plan.last_success_shape not in (None, plan.extract_shape()):
-                held = {n.lower() for n in existing}  # before this merge: a column it added holds no value yet
-                refresh = [c for c in spec.columns if c.lower() in held]
+                # the columns the last validated load wrote (a column ods has but did not load then, excluded
+                # or new, holds no value to compare), else those ods had before this merge
+                held = {n.lower() for n in (plan.last_success_columns or existing)} & {n.lower() for n in existing}
+                refresh = [c for c in wanted if c.name.lower() in held]
                 record.detail = "; ".join(filter(None, [record.detail, (
                     "configuration changed since the last validated load" + (
                         ": current versions whose values did not change were refreshed in place, not versioned"
@@ -338,7 +343,7 @@ def validate(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker
     sql, names = validation_counts(d, spec)
     with _limits_named(wh, plan, "validate"), wh.session() as s:
         with s.transaction():
-            _check_staged(s, plan, marker, "validate")
+            staged = _check_staged(s, plan, marker, "validate")
             got = dict(zip(names, (int(v) for v in s.query(sql)[0])))
             missing, dup = got["batch_keys_current_with_same_hash"], got["duplicate_current_keys"]
             live, stg_rows = got["ods_live_rows"], got["stg_rows"]
@@ -354,7 +359,9 @@ def validate(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker
             if not failed:
                 config_store.advance_last_success(s, plan.table, extract_started_at, extract_started_utc,
                                                   warehouse=wh.describe())
-                record_validated(s, plan.table, plan.extract_shape())
+                record_validated(s, plan.table, shape=staged["ExtractShape"],
+                                 columns=[n for n, _t, _ in plan.output_columns()],
+                                 started_at=extract_started_at, started_utc=extract_started_utc)
                 marker.touch(s, run_id=run_id, rows=stg_rows)
         if failed:
             raise ValidationError(

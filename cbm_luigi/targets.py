@@ -5,6 +5,7 @@ it vouches for (`touch`), so a kill at any moment leaves either both or neither.
 """
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from datetime import datetime
@@ -55,7 +56,7 @@ def remove_markers(s: Session, *, table: str, batch_id: str | None = None) -> in
 
 
 # columns of the state tables added after the first release: a warehouse made before lacks them until init-db
-_LATER_COLUMNS = ("ExtractShape", "ValidatedShape")
+_LATER_COLUMNS = ("ExtractShape", "ValidatedShape", "ValidatedColumns", "ValidatedAtUtc", "ValidatedUtcOffset")
 
 
 def state_query(s: Session, warehouse: Warehouse, sql: str, params: list) -> list[tuple]:
@@ -124,13 +125,14 @@ class StageTarget(StagedBatchTarget):
         s.execute("UPDATE etl.ETL_TableState SET BatchId = '', Mode = '', RunId = NULL, Rows = NULL, "
                   "ExtractStartedAt = NULL, StagedAt = NULL, ExtractShape = NULL WHERE TableName = ?", [self.table])
 
-    def touch(self, s: Session, *, run_id: str, rows: int | None, extract_started_at=None) -> None:
+    def touch(self, s: Session, *, run_id: str, rows: int | None, extract_started_at=None,
+              shape: str | None = None) -> None:
+        """The marker, and what stg holds now: this batch and mode, made under `shape` (the batch file's)."""
         super().touch(s, run_id=run_id, rows=rows)
         _ensure_state_row(s, self.table)
         s.execute("UPDATE etl.ETL_TableState SET BatchId = ?, Mode = ?, RunId = ?, Rows = ?, ExtractStartedAt = ?, "
                   "StagedAt = ?, ExtractShape = ? WHERE TableName = ?",
-                  [self.batch_id, self.mode, run_id, rows, extract_started_at, datetime.now(), self.shape,
-                   self.table])
+                  [self.batch_id, self.mode, run_id, rows, extract_started_at, datetime.now(), shape, self.table])
 
 
 def _ensure_state_row(s: Session, table: str) -> None:
@@ -145,18 +147,28 @@ def staged_batch(s: Session, table: str) -> dict | None:
     return rows[0] if rows else None
 
 
-def validated_shape(s: Session, warehouse: Warehouse, table: str) -> str | None:
-    """The configuration (TablePlan.extract_shape) the table's last validated batch was made under; None before
-    the first, or for a load validated before this was recorded."""
-    rows = state_query(s, warehouse, "SELECT ValidatedShape FROM etl.ETL_TableState WHERE TableName = ?", [table])
-    return rows[0][0] if rows else None
+def validated_state(s: Session, warehouse: Warehouse, table: str) -> dict:
+    """What the table's last validated batch was made under (etl.ETL_TableState): `ValidatedShape`
+    (TablePlan.extract_shape), `ValidatedColumns` (the columns it wrote), `ValidatedAtUtc` and
+    `ValidatedUtcOffset` (when its extract started, and the source clock's offset from UTC then, in minutes).
+    Each None before the first validation, or for a load validated before it was recorded."""
+    rows = state_query(s, warehouse, "SELECT ValidatedShape, ValidatedColumns, ValidatedAtUtc, ValidatedUtcOffset "
+                                     "FROM etl.ETL_TableState WHERE TableName = ?", [table])
+    shape, columns, at_utc, offset = rows[0] if rows else (None, None, None, None)
+    return {"ValidatedShape": shape, "ValidatedColumns": json.loads(columns) if columns else None,
+            "ValidatedAtUtc": at_utc, "ValidatedUtcOffset": offset}
 
 
-def record_validated(s: Session, table: str, shape: str) -> None:
+def record_validated(s: Session, table: str, *, shape: str, columns: list[str], started_at: datetime | None = None,
+                     started_utc: datetime | None = None) -> None:
     """In the validation's transaction: the configuration ods now holds every row under (as far as the batch
-    went: a full read, or an incremental one under the same configuration)."""
+    went: a full read, or an incremental one under the same configuration), and the clock it was counted in
+    (when known: an extract cached by an older version did not record its UTC start)."""
+    offset = round((started_at - started_utc).total_seconds() / 60) if started_at and started_utc else None
     _ensure_state_row(s, table)
-    s.execute("UPDATE etl.ETL_TableState SET ValidatedShape = ? WHERE TableName = ?", [shape, table])
+    s.execute("UPDATE etl.ETL_TableState SET ValidatedShape = ?, ValidatedColumns = ?, ValidatedAtUtc = ?, "
+              "ValidatedUtcOffset = ? WHERE TableName = ?",
+              [shape, json.dumps(columns), started_utc, offset, table])
 
 
 def record_merged(s: Session, table: str, extract_started_at) -> None:

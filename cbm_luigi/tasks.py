@@ -59,9 +59,10 @@ def _config(settings: Settings) -> tuple[list[dict], dict[str, list[str]]]:
 def _log_where_luigi_logs() -> None:
     """Under the `luigi` command the pipeline's own lines (each extract's SQL and rows, schema changes, retries)
     had no handler: INFO was dropped, and warnings came out bare, without time or level (found in review).
-    Luigi sets up its own logger only, once the command line is read, before any of our tasks exists; when
-    nothing handles ours by then (the cli and pytest set up the root logger), they get a handler of their own,
-    on stderr as Luigi's, with the time and the level."""
+    Luigi sets up its own logger only (or the whole logging, from a logging_conf_file), once the command line
+    is read: the task it builds from the command line exists before that, so this runs when a task first asks
+    for the settings. When nothing handles ours by then (the cli, pytest or a logging_conf_file set up the root
+    logger), they get a handler of their own, on stderr as Luigi's, with the time and the level."""
     logger = logging.getLogger("cbm_luigi")
     if logger.hasHandlers():
         return
@@ -119,13 +120,13 @@ class CbmTask(luigi.Task):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         check_batch_tag(self.batch_tag)
-        _log_where_luigi_logs()
         self.priority = self.load_priority
         self._records: list[StepRecord] = []
 
     # -- shared plumbing (one place) --------------------------------------------------------------------------
     @cached_property
     def settings(self) -> Settings:
+        _log_where_luigi_logs()  # asked first while Luigi schedules or runs: its logging is set up by then
         return load_settings()
 
     @cached_property
@@ -319,7 +320,8 @@ class ExtractParquet(CbmTask):
 
     def complete(self) -> bool:
         """The batch file is there, made under the table's configuration now (a column excluded or a type
-        overridden since: read again), and it was not read before the table's last validated load: a batch left
+        overridden since: read again; a file of this run: the stage says so), and it was not read before the
+        table's last validated load: a batch left
         unmerged while a later one loaded the table reads the source again when rerun (merging its older rows
         would undo newer ones; steps.merge refuses it). A file this run wrote stays complete whatever happens
         meanwhile (another run loading the table, the clock set back): the merge is where that is refused."""
@@ -328,12 +330,12 @@ class ExtractParquet(CbmTask):
         meta = read_extract_meta(Path(self.output().path))
         if meta.get("table") != self.table:  # not this table's extract (the cache names files per table): read again
             return False
-        if meta.get("shape") != self.shape_now():  # extracted under another configuration: read again
-            return False
-        if meta.get("run_id") == self.run_id:
+        if meta.get("run_id") == self.run_id:  # a config edit since is refused by the stage, with the way out
             return True
         with self.warehouse.session() as s:
-            return config_store.newer_load_than(s, self.table, datetime.fromisoformat(meta["started_at"])) is None
+            if config_store.newer_load_than(s, self.table, datetime.fromisoformat(meta["started_at"])) is not None:
+                return False
+        return meta.get("shape") == self.shape_now()  # extracted under another configuration: read again
 
     def run(self):
         t0 = time.monotonic()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from datetime import date
 
 import pytest
 
@@ -465,8 +466,9 @@ def test_tables_csv_does_not_add_a_configured_table_again_in_another_case(env, t
 
 
 def test_the_clock_check_follows_daylight_saving_and_stops_another_zone():
-    """LastSuccessUtc seen in the run's zone must give LastSuccessTs again: a daylight-saving change is the
-    zone's own rule at that instant (no false alarm), another zone is stopped (found in review)."""
+    """The last validated extract's start seen in the run's zone must have the offset from UTC it had then: a
+    daylight-saving change is the zone's own rule at that instant (no false alarm), another zone is stopped
+    (found in review)."""
     from datetime import datetime
     from zoneinfo import ZoneInfo
 
@@ -475,14 +477,62 @@ def test_the_clock_check_follows_daylight_saving_and_stops_another_zone():
 
     paris, new_york = ZoneInfo("Europe/Paris"), ZoneInfo("America/New_York")
     plan = TablePlan(table="t", destination="t", keys=["id"], columns=[PlanColumn("id", "id", ColumnType("int32"))])
-    for utc, local in ((datetime(2026, 1, 15, 10), datetime(2026, 1, 15, 11)),   # winter: UTC+1
-                       (datetime(2026, 7, 15, 10), datetime(2026, 7, 15, 12)),   # summer: UTC+2
-                       (datetime(2026, 10, 25, 0, 30), datetime(2026, 10, 25, 2, 30)),  # the repeated hour,
-                       (datetime(2026, 10, 25, 1, 30), datetime(2026, 10, 25, 2, 30))):  # both times
-        plan.last_success_ts, plan.last_success_utc = local, utc
+    for utc, offset in ((datetime(2026, 1, 15, 10), 60),   # winter: UTC+1
+                        (datetime(2026, 7, 15, 10), 120),  # summer: UTC+2
+                        (datetime(2026, 10, 25, 0, 30), 120),  # the repeated hour, its first time
+                        (datetime(2026, 10, 25, 1, 30), 60)):  # and its second
+        plan.last_success_clock = (utc, offset)
         assert plan.window("full", paris) == (None, "full mode")
-        with pytest.raises(ConfigError, match=r"^table t: this run counts local time -[56]\.0 h from the loads "
-                                              r"before it: .* \(E[SD]T\)\. Nothing was read\. .*CBM_SOURCE_TIMEZONE"):
+        with pytest.raises(ConfigError, match=r"^table t: this run counts local time at UTC-0[45]:00, the loads "
+                                              r"before it at UTC\+0[12]:00 \(at the last validated extract's start, "
+                                              r".*\)\. Nothing was read\. .*CBM_SOURCE_TIMEZONE"):
             plan.window("full", new_york)
-    plan.last_success_utc = None  # validated before LastSuccessUtc was recorded: nothing to compare with
+    plan.last_success_clock = (None, None)  # validated before the clock was recorded: nothing to compare with
     assert plan.window("full", new_york) == (None, "full mode")
+
+
+def test_a_column_included_again_opens_no_version_for_values_it_missed(env):
+    """A member versioned while a column was excluded has NULL in it; including the column again must not
+    version every such member once more: only the columns the last validated load wrote are compared (found
+    in review)."""
+    assert succeeded(build(LoadTable(table="client", mode="full", batch_tag="a")))
+    members = env.sql("SELECT COUNT(*) FROM ods.client")[0][0]
+    env.sql("UPDATE config.ETL_Columns SET IsExcluded = TRUE WHERE TableName = 'client' AND ColumnName = 'email'")
+    assert succeeded(build(LoadTable(table="client", mode="full", batch_tag="b")))
+    _source(env, "UPDATE client SET nom = 'Renamed' WHERE cod_cli = 1")  # one real change: one version, NULL email
+    assert succeeded(build(LoadTable(table="client", mode="full", batch_tag="c")))
+    assert env.sql("SELECT COUNT(*) FROM ods.client")[0][0] == members + 1
+    env.sql("UPDATE config.ETL_Columns SET IsExcluded = FALSE WHERE TableName = 'client' AND ColumnName = 'email'")
+    assert succeeded(build(LoadTable(table="client", mode="incremental", batch_tag="d")))
+    assert env.sql("SELECT COUNT(*) FROM ods.client")[0][0] == members + 1  # nothing changed at the source
+    assert_ods_equals_source(env, "client")  # and the member renamed has its email again
+    assert env.sql("SELECT _etl_batch_id FROM ods.client WHERE cod_cli = 1 AND _etl_is_current") == [
+        (f"{date.today().isoformat()}-d",)]  # the refresh says which batch wrote the version last
+
+
+def test_the_first_configuration_change_after_the_upgrade_reads_in_full(env):
+    """A table validated before the configuration was recorded gets it at init-db, so the first change after
+    the upgrade is seen as any other (found in review)."""
+    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="a")))
+    env.sql("UPDATE etl.ETL_TableState SET ValidatedShape = NULL, ValidatedColumns = NULL")  # as before the upgrade
+    release_connections()
+    assert cbm_etl(["init-db", "--no-tables"]) == 0
+    assert env.sql("SELECT ValidatedShape IS NOT NULL FROM etl.ETL_TableState WHERE TableName = 'produit'") == [
+        (True,)]
+    _source(env, 'ALTER TABLE produit ADD COLUMN "code-naf" VARCHAR(10) NOT NULL DEFAULT \'\'',
+            "INSERT INTO SYSCOLUMNS_FULL (id, col, tbl, owner, coltype, width, scale, nullflag, array_extent, "
+            "display_order) VALUES ('99', 'code-naf', 'produit', 'PUB', 'varchar', 10, 0, 'N', 0, 99)")
+    assert cbm_etl(["sync-columns", "produit"]) == 0
+    assert succeeded(build(LoadTable(table="produit", mode="incremental", batch_tag="b")))
+    assert env.sql("SELECT COUNT(*) FROM ods.produit WHERE code_naf IS NULL")[0][0] == 0
+
+
+def test_a_width_the_catalog_changed_alone_reads_no_table_in_full(env):
+    """A dbtool SQL-width fix (the product's own advice) changes widths in the catalog, and sync-columns copies
+    them: no value and no hash depends on them, so the next incremental keeps its window (found in review)."""
+    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="a")))
+    _source(env, "UPDATE SYSCOLUMNS_FULL SET width = width * 2 WHERE tbl = 'produit' AND coltype = 'varchar'")
+    assert cbm_etl(["sync-columns", "produit"]) == 0
+    assert succeeded(build(LoadTable(table="produit", mode="incremental", batch_tag="b")))
+    detail = env.sql("SELECT Detail FROM etl.ETL_Log WHERE Step = 'extract' AND BatchId LIKE '%-b'")[0][0]
+    assert detail.startswith("rows with dat_mod >= "), detail

@@ -296,8 +296,8 @@ def test_a_run_with_another_time_zone_is_stopped_before_reading_and_the_source_t
                       "--local-scheduler", extra={"TZ": far})
     assert moved.returncode == 30, moved.stderr[-3000:]
     [(err,)] = env.sql("SELECT ErrorMessage FROM etl.ETL_Log WHERE Status = 'FAILED'")
-    assert re.search(r"^ConfigError: table famille: this run counts local time [+-][\d.]+ h from the loads before "
-                     r"it: .* Nothing was read\. .* set CBM_SOURCE_TIMEZONE in \.env to the ERP's zone", err), err
+    assert re.search(r"^ConfigError: table famille: this run counts local time at UTC\+14:00, the loads before it "
+                     r"at UTC\+00:00 .* Nothing was read\. .* set CBM_SOURCE_TIMEZONE in \.env to the ERP's zone", err), err
     assert env.sql("SELECT LastSuccessTs, LastSuccessUtc FROM config.ETL_Tables WHERE TableName = 'famille'") == [
         (ts, utc)]
     # the host's zone named once for all: the same run in the far TZ loads, and counts in that zone
@@ -307,3 +307,31 @@ def test_a_run_with_another_time_zone_is_stopped_before_reading_and_the_source_t
     [(ts2, utc2)] = env.sql("SELECT LastSuccessTs, LastSuccessUtc FROM config.ETL_Tables WHERE TableName = 'famille'")
     assert ts2 > ts and abs((ts2 - utc2) - (ts - utc)) < timedelta(minutes=1)
     assert_ods_equals_source(env, "famille")
+
+
+@pytest.mark.parametrize("column, shift", [("LastSuccessTs", -timedelta(days=3)),  # moved back to read again
+                                           ("LastSuccessUtc", -timedelta(days=2))])  # an older cbm_luigi's write
+def test_the_clock_check_takes_no_hand_edit_for_a_zone_change(env, column, shift):
+    """It compares what the validation alone records (found in review: it compared LastSuccessTs with
+    LastSuccessUtc, and a LastSuccessTs moved back by hand to read a window again stopped every run)."""
+    assert succeeded(build(LoadTable(table="fournis", mode="full", batch_tag="a")))
+    env.sql(f"UPDATE config.ETL_Tables SET {column} = {column} + ? WHERE TableName = 'fournis'", [shift])
+    assert succeeded(build(LoadTable(table="fournis", mode="incremental", batch_tag="b")))
+    if column == "LastSuccessTs":  # the window moved back with it
+        detail = env.sql("SELECT Detail FROM etl.ETL_Log WHERE Step = 'extract' AND BatchId LIKE '%-b'")[0][0]
+        assert detail.startswith("rows with dat_mod >= "), detail
+
+
+def test_a_logging_conf_file_gets_each_pipeline_line_once(env, tmp_path):
+    """Luigi builds the command line's task before it sets up logging: a handler added then doubled every line
+    under a logging_conf_file that configures the root logger (found in review)."""
+    conf = tmp_path / "logging.conf"
+    conf.write_text("[loggers]\nkeys=root\n[handlers]\nkeys=h\n[formatters]\nkeys=f\n"
+                    "[logger_root]\nlevel=INFO\nhandlers=h\n"
+                    "[handler_h]\nclass=StreamHandler\nlevel=INFO\nformatter=f\nargs=(sys.stderr,)\n"
+                    "[formatter_f]\nformat=MINE %(name)s %(message)s\n")
+    r = luigi_cli(env, "LoadTable", "--table", "famille", "--mode", "full", "--local-scheduler",
+                  "--logging-conf-file", str(conf))
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = [line for line in r.stderr.splitlines() if "extract famille: " in line and " rows in " in line]
+    assert lines and all(line.startswith("MINE cbm_luigi.extract ") for line in lines) and len(lines) == 1, lines

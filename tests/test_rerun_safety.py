@@ -263,12 +263,13 @@ def test_the_override_a_type_change_asks_for_then_the_same_command_opens_only_th
                       "AND col = 'stock'")
     touch_source(env, "UPDATE produit SET stock = '0042' WHERE cod_pro = 'P00001'")
     assert cbm_etl(["sync-columns", "produit"]) == 0
-    assert not succeeded(build(LoadTable(table="produit", mode="full", batch_tag="b")))
+    assert not succeeded(build(LoadTable(table="produit", mode="full", batch_tag="b", run_id="run1")))
     assert errors(env, "merge")[0].startswith("SchemaChangeError")
     env.sql("""UPDATE config.ETL_Columns SET IsOverride = TRUE, DataType = 'integer', Width = 4, Scale = 0,
                SourceExpression = 'CAST("stock" AS INTEGER) AS stock' WHERE TableName = 'produit'
                AND ColumnName = 'stock'""")
-    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="b")))
+    # the same command again, as cron or the operator runs it: another process
+    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="b", run_id="run2")))
     assert env.sql("SELECT COUNT(*) FROM ods.produit")[0][0] == members + 1  # P00001's stock changed, only it
     assert env.sql("SELECT stock FROM ods.produit WHERE cod_pro = 'P00001' AND _etl_is_current") == [(42,)]
     assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="c")))  # nothing changed since
@@ -302,3 +303,33 @@ def test_a_warehouse_made_before_the_extract_shape_is_told_to_run_init_db(env):
     assert cbm_etl(["init-db", "--no-tables"]) == 0
     assert succeeded(build(LoadTable(table="famille", mode="full", batch_tag="b")))
     assert_ods_equals_source(env, "famille")
+
+
+def test_a_stage_records_the_configuration_of_the_file_it_staged_not_the_one_asked_again(env, monkeypatch):
+    """A configuration edited while a long stage runs (past the plan's cache) was recorded as the stage's, and
+    the rerun merged the stale stage (found in review): the stage records its file's, and the rerun reads and
+    stages the batch again."""
+    from cbm_luigi import steps, tasks
+    from cbm_luigi.extract import read_extract_meta
+    from cbm_luigi.tasks import ExtractParquet
+    from cbm_luigi.transform import TechnicalValues
+
+    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="a")))
+    assert succeeded(build(ExtractParquet(table="produit", mode="full", batch_tag="b", run_id="run1")))
+    task = StageTable(table="produit", mode="full", batch_tag="b", run_id="run1")
+    plan = task.plan(fresh=True)
+    file_shape = read_extract_meta(task.cache_path("extract"))["shape"]
+
+    def operator_edits_meanwhile(_where):
+        env.sql("UPDATE config.ETL_Columns SET IsExcluded = TRUE WHERE TableName = 'produit' "
+                "AND ColumnName = 'libelle'")
+        monkeypatch.setattr(tasks, "CONFIG_TTL_S", 0.0)
+
+    steps.stage(task.warehouse, plan, task.cache_path("extract"), TechnicalValues("run1", task.batch_id,
+                datetime.now()), marker=task.output(), run_id="run1", checkpoint=operator_edits_meanwhile)
+    assert env.sql("SELECT ExtractShape FROM etl.ETL_TableState WHERE TableName = 'produit'") == [(file_shape,)]
+    monkeypatch.setattr(tasks, "CONFIG_TTL_S", 30.0)
+    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="b", run_id="run2")))
+    # read again and staged again (the stage above was called directly: the task writes the log rows)
+    assert steps_run(env, f"{DAY}-b", "extract") == 2 and steps_run(env, f"{DAY}-b", "stage") == 1
+    assert_ods_equals_source(env, "produit")

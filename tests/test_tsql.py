@@ -263,7 +263,7 @@ def statement_module_outputs() -> list[tuple[str, str]]:
             for i, (sql, _n) in enumerate(merge_statements(D, spec), 1):
                 out.append((f"merge {label} {keys} #{i}", sql))
             out += [(f"merge {label} {keys} all new", sql) for sql, _n in merge_statements(D, spec, all_new=True)]
-            refreshed = merge_statements(D, spec, refresh=[c for c in spec.columns if c != "label"])
+            refreshed = merge_statements(D, spec, refresh=[c for c in all_kind_columns() if c.name != "label"])
             out += [(f"merge {label} {keys} after a config change #{i}", sql)
                     for i, (sql, _n) in enumerate(refreshed, 1)]
             for name, sql in validation_queries(D, spec).items():
@@ -316,12 +316,20 @@ def test_merge_semantics_on_text():
         assert len(re.findall(r"WHEN MATCHED\b", m)) == 1, f"{label}: T-SQL allows one WHEN MATCHED ... UPDATE"
         assert ("WHEN NOT MATCHED BY SOURCE" in m) == spec.full, label
         if spec.scd2:  # after a configuration change: a refresh in place first, NULL-safe on every column held
-            first, _n = merge_statements(D, spec, refresh=["code", "label"])[0]
+            held = [c for c in all_kind_columns() if c.name in ("label", "qty", "blob")]
+            first, _n = merge_statements(D, spec, refresh=held)[0]
             assert first.startswith("MERGE INTO [ods].[all_kinds] WITH (HOLDLOCK) AS t USING [stg].[all_kinds] AS s")
-            assert "(t.[label] = s.[label] OR (t.[label] IS NULL AND s.[label] IS NULL))" in first
-            assert "[_etl_hashdiff] = s.[_etl_hashdiff]" in first and first.endswith(";")
+            # text exactly: a binary collation (the database's is usually case-insensitive) and its length
+            # (`=` ignores trailing blanks); numbers as they are; NULL the same as NULL
+            assert ("((t.[label] = s.[label] COLLATE Latin1_General_BIN2 AND DATALENGTH(t.[label]) = "
+                    "DATALENGTH(s.[label])) OR (t.[label] IS NULL AND s.[label] IS NULL))") in first
+            assert "((t.[qty] = s.[qty]) OR (t.[qty] IS NULL AND s.[qty] IS NULL))" in first
+            assert ("((t.[blob] = s.[blob] AND DATALENGTH(t.[blob]) = DATALENGTH(s.[blob])) OR "
+                    "(t.[blob] IS NULL AND s.[blob] IS NULL))") in first  # no collation on binary
+            assert "[_etl_hashdiff] = s.[_etl_hashdiff]" in first and "[_etl_batch_id] = s.[_etl_batch_id]" in first
+            assert first.endswith(";")
         else:
-            assert merge_statements(D, spec, refresh=["code"]) == stmts  # type 1 updates in place anyway
+            assert merge_statements(D, spec, refresh=all_kind_columns()) == stmts  # type 1 updates in place anyway
         if spec.scd2:
             assert "ON ([t].[code] = [s].[code] AND t._etl_is_current = 1)".replace("[t].", "t.").replace(
                 "[s].", "s.") in m

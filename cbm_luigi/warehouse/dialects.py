@@ -47,6 +47,10 @@ class WarehouseDialect:
     def is_false(self, expr: str) -> str:
         return f"{expr} = {self.false}"
 
+    def same_value(self, left: str, right: str, ctype: ColumnType) -> str:
+        """`left` holds exactly `right`'s value (NULL the same as NULL)."""
+        return f"{left} IS NOT DISTINCT FROM {right}"
+
     length_fn = "length"
     binary_length_fn = "octet_length"
 
@@ -97,6 +101,16 @@ class TsqlDialect(WarehouseDialect):
 
     def quote(self, name: str) -> str:
         return "[" + self.check_identifier(name).replace("]", "]]") + "]"
+
+    def same_value(self, left: str, right: str, ctype: ColumnType) -> str:
+        """SQL Server 2019 has no IS NOT DISTINCT FROM, and its `=` on strings follows the column's collation
+        (usually case-insensitive) and ignores trailing blanks (as it does trailing zero bytes of binary): text
+        compares under a binary collation and with its length."""
+        exact = f"{left} = {right}"
+        if ctype.kind in ("string", "binary"):
+            collate = " COLLATE Latin1_General_BIN2" if ctype.kind == "string" else ""
+            exact = f"{left} = {right}{collate} AND DATALENGTH({left}) = DATALENGTH({right})"
+        return f"(({exact}) OR ({left} IS NULL AND {right} IS NULL))"
 
     def column_type(self, ctype: ColumnType, max_len: int | None = None) -> str:
         return ctype.mssql_type(max_len)

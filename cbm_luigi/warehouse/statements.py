@@ -290,15 +290,16 @@ def scd2_close(d: WarehouseDialect, spec: MergeSpec) -> tuple[str, int]:
     return sql, sql.count("?")
 
 
-def scd2_refresh(d: WarehouseDialect, spec: MergeSpec, compared: list[str]) -> tuple[str, int]:
+def scd2_refresh(d: WarehouseDialect, spec: MergeSpec, compared: list[Column]) -> tuple[str, int]:
     """SCD2, the first load after a configuration change (a column added or excluded, a type override): the
     batch's hashes cover other columns than ods's, so every member looks changed. A current version whose
-    `compared` columns (those ods held before this merge) equal the batch's is brought up to date in place,
-    every column and the hashdiff, instead of opening a version for a change that never happened at the source
-    (a new field's initial value, say); scd2_close and scd2_insert then version the keys that really changed."""
-    same = " AND ".join(f"(t.{q} = s.{q} OR (t.{q} IS NULL AND s.{q} IS NULL))"
-                        for q in (d.quote(c) for c in compared)) or "1 = 1"
-    sets = ", ".join(f"{d.quote(c)} = s.{d.quote(c)}" for c in spec.columns + ["_etl_hashdiff", "_etl_source_ts"])
+    `compared` columns (those the last validated load wrote) hold exactly the batch's values is brought up to
+    date in place, every column, the hashdiff and the batch that did it, instead of opening a version for a
+    change that never happened at the source (a new field's initial value, say); scd2_close and scd2_insert
+    then version the keys that really changed."""
+    same = " AND ".join(d.same_value(f"t.{d.quote(c.name)}", f"s.{d.quote(c.name)}", c.ctype)
+                        for c in compared) or "1 = 1"
+    sets = ", ".join(f"{d.quote(c)} = s.{d.quote(c)}" for c in spec.columns + STAGE_TECH)
     sql = (f"{_merge_head(d, spec, ' AND ' + d.is_true('t._etl_is_current'))}\n"
            f"WHEN MATCHED AND t._etl_hashdiff <> s._etl_hashdiff AND {d.is_false('t._etl_is_deleted')} AND {same} "
            f"THEN UPDATE SET {sets}{_tail(d)}")
@@ -323,7 +324,7 @@ def scd2_insert(d: WarehouseDialect, spec: MergeSpec) -> tuple[str, int]:
 
 
 def merge_statements(d: WarehouseDialect, spec: MergeSpec, *, all_new: bool = False,
-                     refresh: list[str] | None = None) -> list[tuple[str, int]]:
+                     refresh: list[Column] | None = None) -> list[tuple[str, int]]:
     """The data statements of one merge, in order; each with how many `?` take the load timestamp.
 
     `all_new`: no batch key is in ods and nothing is to be soft-deleted (merge_counts said so, e.g. the first

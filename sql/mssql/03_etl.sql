@@ -58,7 +58,12 @@ CREATE TABLE etl.ETL_TableState (
     StagedAt        DATETIME2(3) NULL,
     MergedExtractStartedAt DATETIME2(6) NULL,
     ExtractShape    NVARCHAR(64) NULL,  -- the table's configuration stg was staged under (TablePlan.extract_shape)
-    ValidatedShape  NVARCHAR(64) NULL   -- ... and the one its last validated batch was made under
+    -- the last validated batch: its configuration, the columns it wrote (JSON list), the instant its extract
+    -- started and the source clock's offset from UTC then (minutes): the next run must count in that zone
+    ValidatedShape  NVARCHAR(64) NULL,
+    ValidatedColumns NVARCHAR(MAX) NULL,
+    ValidatedAtUtc  DATETIME2(6) NULL,
+    ValidatedUtcOffset INT NULL
 )
 GO
 -- added after the first release: an older warehouse gets them here (init-db)
@@ -67,6 +72,15 @@ ALTER TABLE etl.ETL_TableState ADD ExtractShape NVARCHAR(64) NULL
 GO
 IF COL_LENGTH(N'etl.ETL_TableState', N'ValidatedShape') IS NULL
 ALTER TABLE etl.ETL_TableState ADD ValidatedShape NVARCHAR(64) NULL
+GO
+IF COL_LENGTH(N'etl.ETL_TableState', N'ValidatedColumns') IS NULL
+ALTER TABLE etl.ETL_TableState ADD ValidatedColumns NVARCHAR(MAX) NULL
+GO
+IF COL_LENGTH(N'etl.ETL_TableState', N'ValidatedAtUtc') IS NULL
+ALTER TABLE etl.ETL_TableState ADD ValidatedAtUtc DATETIME2(6) NULL
+GO
+IF COL_LENGTH(N'etl.ETL_TableState', N'ValidatedUtcOffset') IS NULL
+ALTER TABLE etl.ETL_TableState ADD ValidatedUtcOffset INT NULL
 GO
 IF OBJECT_ID(N'etl.ETL_Validation', N'U') IS NULL
 CREATE TABLE etl.ETL_Validation (
