@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
+import json
 from collections.abc import Iterable
 import logging
 import re
@@ -21,7 +22,7 @@ from .source import catalog
 from .source.dialect import quote as oe_quote
 from .source.readers import Reader
 from .types import UnsupportedTypeError, map_openedge_type
-from .targets import record_validated, validated_state
+from .targets import VALIDATED, record_validated, state_query
 from .warehouse.base import Session, Warehouse
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,12 @@ def table_rows(s: Session, *, active_only: bool = True, names: list[str] | None 
     return rows
 
 
-def table_row(s: Session, table: str) -> dict:
-    rows = s.query_dicts("SELECT * FROM config.ETL_Tables WHERE TableName = ?", [table])
+def table_row(s: Session, table: str, warehouse: Warehouse | None = None) -> dict:
+    """The table's config.ETL_Tables row, with what etl.ETL_TableState recorded of its last validated batch
+    (targets.VALIDATED; one query: a plan is built for every table of a run)."""
+    rows = state_query(s, warehouse, f"SELECT t.*, {', '.join('st.' + c for c in VALIDATED)} FROM config.ETL_Tables "
+                       f"AS t LEFT JOIN etl.ETL_TableState AS st ON st.TableName = t.TableName WHERE t.TableName = ?",
+                       [table], dicts=True)
     if not rows:
         raise ConfigError(f"table {table!r} is not in config.ETL_Tables: add a row (or a line in "
                           f"config/tables.csv and run `cbm-etl init-db`)")
@@ -78,17 +83,19 @@ def record_loaded_configurations(s: Session, warehouse: Warehouse) -> int:
             log.warning("init-db: table %s: configuration of its last load not recorded: %s", table, exc)
             continue
         # the clock it was counted in is not known: the next validation records it
-        record_validated(s, table, shape=plan.extract_shape(), columns=[n for n, _t, _ in plan.output_columns()])
+        record_validated(s, table, shape=plan.extract_shape(), columns=[n for n, _t, _ in plan.output_columns()],
+                         ensure_row=True)
         done += 1
     return done
 
 
 def load_plan(s: Session, table: str, warehouse: Warehouse) -> TablePlan:
-    plan = build_plan(table_row(s, table), column_rows(s, table))
+    row = table_row(s, table, warehouse)
+    plan = build_plan(row, column_rows(s, table))
     plan.destination = sql_safe_name(plan.destination)
-    state = validated_state(s, warehouse, table)
-    plan.last_success_shape, plan.last_success_columns = state["ValidatedShape"], state["ValidatedColumns"]
-    plan.last_success_clock = (state["ValidatedAtUtc"], state["ValidatedUtcOffset"])
+    plan.last_success_shape = row["ValidatedShape"]
+    plan.last_success_columns = json.loads(row["ValidatedColumns"]) if row["ValidatedColumns"] else None
+    plan.last_success_clock = (row["ValidatedAtUtc"], row["ValidatedUtcOffset"])
     # two tables loading into one ods table would overwrite (and, in full mode, soft-delete) each other's rows.
     # Every other table's destination goes through the naming rules here: `café` and `cafe`, `1x` and `c_1x`
     # meet only there (a SQL pre-filter on case and punctuation missed them). 1,000 tables: about 2 ms.

@@ -59,27 +59,30 @@ def remove_markers(s: Session, *, table: str, batch_id: str | None = None) -> in
 _LATER_COLUMNS = ("ExtractShape", "ValidatedShape", "ValidatedColumns", "ValidatedAtUtc", "ValidatedUtcOffset")
 
 
-def state_query(s: Session, warehouse: Warehouse, sql: str, params: list) -> list[tuple]:
-    """A query on the pipeline's state tables; a warehouse made before them (or before a column of theirs) is
-    told to run init-db, not shown the database's puzzled error."""
+def state_query(s: Session, warehouse: Warehouse | None, sql: str, params: list, *, dicts: bool = False) -> list:
+    """A query on the pipeline's state tables (rows as tuples, or as dicts); a warehouse made before them (or
+    before a column of theirs) is told to run init-db, not shown the database's puzzled error."""
     try:
-        return s.query(sql, params)
+        return s.query_dicts(sql, params) if dicts else s.query(sql, params)
     except Exception as exc:  # noqa: BLE001 — re-raised, with the way out when it is a missing table or column
         text = str(exc)
+        where = f"; {warehouse.describe()}" if warehouse else ""
         used = [t for t in ("ETL_Markers", "ETL_TableState") if t in sql]
         # DuckDB: "Table with name X does not exist! Did you mean ...", SQL Server: "Invalid object name"
         m = re.search(r"(?:with name|object name)\s+'?(?:etl\.)?(\w+)", text, re.I)
         named = [t for t in used if m and m.group(1).lower() == t.lower()]
+        if m and not named and m.group(1).lower() not in ("etl_markers", "etl_tablestate"):
+            raise  # another table is missing (config.*): said by whoever asked for it
         if named or "does not exist" in text.lower() or "invalid object name" in text.lower():
             which = " / ".join(f"etl.{t}" for t in named or used)
             raise RuntimeError(f"the warehouse lacks {which}: run `cbm-etl init-db` (it adds what is missing and "
-                               f"changes nothing else; {warehouse.describe()})") from exc
+                               f"changes nothing else{where})") from exc
         # DuckDB: Table "st" does not have a column named "X"; SQL Server: Invalid column name 'X'
         later = [c for c in _LATER_COLUMNS if c.lower() in text.lower()]
         if later and re.search(r"does not have a column|not found|invalid column name", text, re.I):
             raise RuntimeError(f"the warehouse lacks etl.ETL_TableState.{later[0]}, which this version uses: run "
                                f"`cbm-etl init-db --no-tables` once (it adds what is missing and changes nothing "
-                               f"else; {warehouse.describe()})") from exc
+                               f"else{where})") from exc
         raise
 
 
@@ -147,25 +150,20 @@ def staged_batch(s: Session, table: str) -> dict | None:
     return rows[0] if rows else None
 
 
-def validated_state(s: Session, warehouse: Warehouse, table: str) -> dict:
-    """What the table's last validated batch was made under (etl.ETL_TableState): `ValidatedShape`
-    (TablePlan.extract_shape), `ValidatedColumns` (the columns it wrote), `ValidatedAtUtc` and
-    `ValidatedUtcOffset` (when its extract started, and the source clock's offset from UTC then, in minutes).
-    Each None before the first validation, or for a load validated before it was recorded."""
-    rows = state_query(s, warehouse, "SELECT ValidatedShape, ValidatedColumns, ValidatedAtUtc, ValidatedUtcOffset "
-                                     "FROM etl.ETL_TableState WHERE TableName = ?", [table])
-    shape, columns, at_utc, offset = rows[0] if rows else (None, None, None, None)
-    return {"ValidatedShape": shape, "ValidatedColumns": json.loads(columns) if columns else None,
-            "ValidatedAtUtc": at_utc, "ValidatedUtcOffset": offset}
+# what etl.ETL_TableState records of a table's last validated batch: its configuration (TablePlan.extract_shape),
+# the columns it wrote (JSON list), the instant its extract started and the source clock's offset from UTC then
+VALIDATED = ("ValidatedShape", "ValidatedColumns", "ValidatedAtUtc", "ValidatedUtcOffset")
 
 
 def record_validated(s: Session, table: str, *, shape: str, columns: list[str], started_at: datetime | None = None,
-                     started_utc: datetime | None = None) -> None:
+                     started_utc: datetime | None = None, ensure_row: bool = False) -> None:
     """In the validation's transaction: the configuration ods now holds every row under (as far as the batch
     went: a full read, or an incremental one under the same configuration), and the clock it was counted in
-    (when known: an extract cached by an older version did not record its UTC start)."""
+    (when known: an extract cached by an older version did not record its UTC start). The stage made the
+    table's row; `ensure_row` for a table that may have none (init-db)."""
     offset = round((started_at - started_utc).total_seconds() / 60) if started_at and started_utc else None
-    _ensure_state_row(s, table)
+    if ensure_row:
+        _ensure_state_row(s, table)
     s.execute("UPDATE etl.ETL_TableState SET ValidatedShape = ?, ValidatedColumns = ?, ValidatedAtUtc = ?, "
               "ValidatedUtcOffset = ? WHERE TableName = ?",
               [shape, json.dumps(columns), started_utc, offset, table])

@@ -634,7 +634,9 @@ def test_failed_step_rolls_back_under_xact_abort(stage_file):
 
 def test_marker_runlog_config_statements_parse(tmp_path):
     rec = RecordingSession([(r"SELECT TableName FROM config\.ETL_Tables$", [("Client",), ("famille",)]),
-                            (r"SELECT \* FROM config\.ETL_Tables WHERE TableName = \?", [{"TableName": "famille"}]),
+                            (r"SELECT t\.\*, st\.ValidatedShape, .* FROM config\.ETL_Tables AS t LEFT JOIN "
+                             r"etl\.ETL_TableState AS st ON st\.TableName = t\.TableName WHERE t\.TableName = \?",
+                             [{"TableName": "famille"}]),
                             (r"SELECT \* FROM config\.ETL_Tables", [{"TableName": "famille"}]),
                             (r"COUNT\(\*\) FROM etl\.ETL_Markers", [(2,)]),
                             (r"FROM config\.ETL_Dependencies", [("client", "famille")])])
