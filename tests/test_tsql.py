@@ -31,7 +31,7 @@ from cbm_luigi import config_store, runlog, steps
 from cbm_luigi.extract import META_KEY
 from cbm_luigi.plan import ConfigError, PlanColumn, TablePlan
 from cbm_luigi.settings import Settings
-from cbm_luigi.targets import MarkerTarget, StageTarget, remove_markers
+from cbm_luigi.targets import MarkerTarget, StageTarget, record_validated, remove_markers
 from cbm_luigi.transform import TechnicalValues
 from cbm_luigi.types import ColumnType
 from cbm_luigi.warehouse import mssql_wh
@@ -634,6 +634,7 @@ def test_failed_step_rolls_back_under_xact_abort(stage_file):
 
 def test_marker_runlog_config_statements_parse(tmp_path):
     rec = RecordingSession([(r"SELECT TableName FROM config\.ETL_Tables$", [("Client",), ("famille",)]),
+                            (r"SELECT t\.TableName FROM config\.ETL_Tables AS t LEFT JOIN", [("famille",)]),
                             (r"SELECT t\.\*, st\.ValidatedShape, .* FROM config\.ETL_Tables AS t LEFT JOIN "
                              r"etl\.ETL_TableState AS st ON st\.TableName = t\.TableName WHERE t\.TableName = \?",
                              [{"TableName": "famille"}]),
@@ -658,7 +659,15 @@ def test_marker_runlog_config_statements_parse(tmp_path):
     config_store.column_rows(rec, "famille")
     assert config_store.dependencies(rec) == {"Client": ["famille"]}  # spelled as configured
     config_store.load_tables_csv(rec, REPO / "config" / "tables.csv")
+    # init-db on an upgraded warehouse: the loaded tables and the configuration of their last load
+    assert config_store.record_loaded_configurations(rec, wh) == 0  # famille has no columns here: left alone
+    record_validated(rec, "famille", shape="0123456789abcdef", columns=["cod_fam", "libelle"],
+                     started_at=datetime(2024, 1, 1, 2), started_utc=datetime(2024, 1, 1, 1), ensure_row=True)
     stmts = rec.statements
+    assert any(s.startswith("SELECT t.TableName FROM config.ETL_Tables AS t LEFT JOIN etl.ETL_TableState") for s in
+               stmts)
+    assert ['0123456789abcdef', '["cod_fam", "libelle"]', datetime(2024, 1, 1, 1), 60, "famille"] in [
+        p for s, p in rec.log if s.startswith("UPDATE etl.ETL_TableState SET ValidatedShape")]
     assert "INSERT INTO etl.ETL_Markers (MarkerId, TableName, Step, BatchId, Mode, RunId, Rows) " \
            "VALUES (?, ?, ?, ?, ?, ?, ?)" in stmts
     assert any(s.startswith("INSERT INTO etl.ETL_Log") for s in stmts)
