@@ -22,8 +22,9 @@ from .source import catalog
 from .source.dialect import quote as oe_quote
 from .source.readers import Reader
 from .types import UnsupportedTypeError, map_openedge_type
-from .targets import VALIDATED, record_validated, state_query
+from .targets import LOADED_STATE, UNKNOWN_SHAPE, record_configuration, state_query
 from .warehouse.base import Session, Warehouse
+from .warehouse.statements import TECH_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,9 @@ def table_rows(s: Session, *, active_only: bool = True, names: list[str] | None 
 
 
 def table_row(s: Session, table: str, warehouse: Warehouse | None = None) -> dict:
-    """The table's config.ETL_Tables row, with what etl.ETL_TableState recorded of its last validated batch
-    (targets.VALIDATED; one query: a plan is built for every table of a run)."""
-    rows = state_query(s, warehouse, f"SELECT t.*, {', '.join('st.' + c for c in VALIDATED)} FROM config.ETL_Tables "
+    """The table's config.ETL_Tables row, with what etl.ETL_TableState recorded of what ods holds
+    (targets.LOADED_STATE; one query: a plan is built for every table of a run)."""
+    rows = state_query(s, warehouse, f"SELECT t.*, {', '.join('st.' + c for c in LOADED_STATE)} FROM config.ETL_Tables "
                        f"AS t LEFT JOIN etl.ETL_TableState AS st ON st.TableName = t.TableName WHERE t.TableName = ?",
                        [table], dicts=True)
     if not rows:
@@ -69,32 +70,38 @@ def uninitialised_hint(error: str, warehouse: str) -> str | None:
 
 
 def record_loaded_configurations(s: Session, warehouse: Warehouse) -> int:
-    """Upgrade (init-db): a table validated before etl.ETL_TableState recorded the configuration of its last
-    load gets its configuration now, so the first change after the upgrade reads in full as any other. A table
-    whose configuration cannot make a plan now is left alone (its load says why)."""
+    """Upgrade (init-db): a table loaded before etl.ETL_TableState recorded the configuration of its merges gets
+    one, so its first change after the upgrade reads in full as any other. The configuration now when ods has
+    exactly its columns; else (a column synced but not loaded yet, or a configuration that makes no plan now)
+    UNKNOWN_SHAPE: the table's next load reads in full once and refreshes, whatever it was loaded under."""
     tables = [r[0] for r in s.query("SELECT t.TableName FROM config.ETL_Tables AS t LEFT JOIN etl.ETL_TableState "
                                     "AS st ON st.TableName = t.TableName WHERE t.LastSuccessTs IS NOT NULL AND "
-                                    "st.ValidatedShape IS NULL")]
-    done = 0
+                                    "st.MergedShape IS NULL")]
+    known = 0
     for table in tables:
         try:
             plan = load_plan(s, table, warehouse)
-        except ConfigError as exc:
-            log.warning("init-db: table %s: configuration of its last load not recorded: %s", table, exc)
+        except (ConfigError, UnsupportedTypeError) as exc:
+            log.warning("init-db: table %s: its next load reads in full (its configuration makes no plan now: %s)",
+                        table, exc)
+            record_configuration(s, table, UNKNOWN_SHAPE, None)
             continue
-        # the clock it was counted in is not known: the next validation records it
-        record_validated(s, table, shape=plan.extract_shape(), columns=[n for n, _t, _ in plan.output_columns()],
-                         ensure_row=True)
-        done += 1
-    return done
+        columns = [n for n, _t, _ in plan.output_columns()]
+        in_ods = {n.lower() for n in warehouse.table_columns(s, "ods", plan.destination)} - TECH_COLUMNS
+        if in_ods == {n.lower() for n in columns}:
+            record_configuration(s, table, plan.extract_shape(), columns)
+            known += 1
+        else:  # its configuration changed since ods was loaded: the change must still read in full
+            record_configuration(s, table, UNKNOWN_SHAPE, None)
+    return known
 
 
 def load_plan(s: Session, table: str, warehouse: Warehouse) -> TablePlan:
     row = table_row(s, table, warehouse)
     plan = build_plan(row, column_rows(s, table))
     plan.destination = sql_safe_name(plan.destination)
-    plan.last_success_shape = row["ValidatedShape"]
-    plan.last_success_columns = json.loads(row["ValidatedColumns"]) if row["ValidatedColumns"] else None
+    plan.merged_shape = row["MergedShape"]
+    plan.merged_columns = json.loads(row["MergedColumns"]) if row["MergedColumns"] else None
     plan.last_success_clock = (row["ValidatedAtUtc"], row["ValidatedUtcOffset"])
     # two tables loading into one ods table would overwrite (and, in full mode, soft-delete) each other's rows.
     # Every other table's destination goes through the naming rules here: `café` and `cafe`, `1x` and `c_1x`

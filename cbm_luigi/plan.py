@@ -85,10 +85,11 @@ class TablePlan:
     priority: int = 100
     sla_hours: float | None = None
     last_success_ts: datetime | None = None
-    # the last validated batch (etl.ETL_TableState, None before it was recorded): its extract_shape, the columns
-    # it wrote, and (the instant its extract started in UTC, the source clock's offset from UTC then in minutes)
-    last_success_shape: str | None = None
-    last_success_columns: list[str] | None = None
+    # etl.ETL_TableState (None before it was recorded): the extract_shape ods's hashes were last written under and
+    # the columns that merge wrote (targets.record_merged), and the last validated extract's start in UTC with
+    # the source clock's offset from UTC then, in minutes (targets.record_validated)
+    merged_shape: str | None = None
+    merged_columns: list[str] | None = None
     last_success_clock: tuple[datetime | None, int | None] = (None, None)
 
     def by_name(self, name: str) -> PlanColumn:
@@ -136,12 +137,12 @@ class TablePlan:
             return None, "no modification date configured (HasTimestamps = 0): incremental falls back to full"
         if self.last_success_ts is None:
             return None, "never loaded successfully: incremental falls back to full"
-        if self.last_success_shape is not None and self.last_success_shape != self.extract_shape():
+        if self.merged_shape is not None and self.merged_shape != self.extract_shape():
             # a column added to ods would stay NULL (or an excluded one keep its old hash) in every row outside the
             # window, until a full load saw them all changed at once: SCD2 would version every member then
-            return None, ("the configuration changed since the last validated load (a column added or excluded, "
-                          "a type, an expression, the filter): incremental reads in full once, so every row is "
-                          "loaded under it")
+            return None, ("the configuration changed since the last load (a column added or excluded, a type, an "
+                          "expression, the filter): incremental reads in full once, so every row is loaded under "
+                          "it")
         since = self.last_success_ts - self.lookback
         tod = self.by_name(self.time_of_day_col).name if self.time_of_day_col else None
         return Window(self.by_name(self.date_col).name, since, self.date_precision, tod), (
@@ -167,7 +168,8 @@ class TablePlan:
                 f"host's time zone differs from the earlier runs' (TZ in cron?): set CBM_SOURCE_TIMEZONE in .env to "
                 f"the ERP's zone (e.g. Europe/Paris), so every run counts in it whatever its TZ, and rerun. To "
                 f"change the zone for good, clear the table's LastSuccessTs in config.ETL_Tables and its "
-                f"ValidatedUtcOffset in etl.ETL_TableState (its next incremental reads in full).")
+                f"MergedExtractStartedAt and ValidatedUtcOffset in etl.ETL_TableState (its next incremental reads in "
+                f"full).")
 
 
 def source_expression(stored: str | None, name: str) -> str | None:

@@ -312,13 +312,13 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
             # limit cost 15 ms, which a batch with no change does not pay
             wh.before_merge(s, len(spec.columns), rows=0 if all_new else int(batch_rows))
             refresh = None
-            if existing and plan.last_success_shape not in (None, plan.extract_shape()):
-                # the columns the last validated load wrote (a column ods has but did not load then, excluded
-                # or new, holds no value to compare), else those ods had before this merge
-                held = {n.lower() for n in (plan.last_success_columns or existing)} & {n.lower() for n in existing}
+            if existing and plan.merged_shape not in (None, plan.extract_shape()):
+                # the columns the last merge wrote (a column ods has but did not load then, excluded or new,
+                # holds no value to compare), else those ods had before this merge
+                held = {n.lower() for n in (plan.merged_columns or existing)} & {n.lower() for n in existing}
                 refresh = [c for c in wanted if c.name.lower() in held]
                 record.detail = "; ".join(filter(None, [record.detail, (
-                    "configuration changed since the last validated load" + (
+                    "configuration changed since the last load" + (
                         ": current versions whose values did not change were refreshed in place, not versioned"
                         if plan.is_dimension else ""))]))
             for sql, n in merge_statements(d, spec, all_new=all_new, refresh=refresh):
@@ -327,7 +327,8 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
                     checkpoint("merge")  # a kill here leaves a written, uncommitted merge
         else:
             record.detail = "; ".join(filter(None, [record.detail, "no change: MERGE skipped"]))
-        record_merged(s, plan.table, staged.get("ExtractStartedAt"))
+        record_merged(s, plan.table, staged.get("ExtractStartedAt"), shape=staged["ExtractShape"],
+                      columns=[n for n, _t, _ in plan.output_columns()])
         marker.touch(s, run_id=run_id, rows=int(inserted) + int(updated))
     record.rows = int(inserted) + int(updated) + int(unchanged)
     record.inserted, record.updated, record.unchanged, record.deleted = map(int, (inserted, updated, unchanged,
@@ -343,7 +344,7 @@ def validate(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker
     sql, names = validation_counts(d, spec)
     with _limits_named(wh, plan, "validate"), wh.session() as s:
         with s.transaction():
-            staged = _check_staged(s, plan, marker, "validate")
+            _check_staged(s, plan, marker, "validate")
             got = dict(zip(names, (int(v) for v in s.query(sql)[0])))
             missing, dup = got["batch_keys_current_with_same_hash"], got["duplicate_current_keys"]
             live, stg_rows = got["ods_live_rows"], got["stg_rows"]
@@ -359,9 +360,7 @@ def validate(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker
             if not failed:
                 config_store.advance_last_success(s, plan.table, extract_started_at, extract_started_utc,
                                                   warehouse=wh.describe())
-                record_validated(s, plan.table, shape=staged["ExtractShape"],
-                                 columns=[n for n, _t, _ in plan.output_columns()],
-                                 started_at=extract_started_at, started_utc=extract_started_utc)
+                record_validated(s, plan.table, started_at=extract_started_at, started_utc=extract_started_utc)
                 marker.touch(s, run_id=run_id, rows=stg_rows)
         if failed:
             raise ValidationError(

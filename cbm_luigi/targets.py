@@ -56,7 +56,7 @@ def remove_markers(s: Session, *, table: str, batch_id: str | None = None) -> in
 
 
 # columns of the state tables added after the first release: a warehouse made before lacks them until init-db
-_LATER_COLUMNS = ("ExtractShape", "ValidatedShape", "ValidatedColumns", "ValidatedAtUtc", "ValidatedUtcOffset")
+_LATER_COLUMNS = ("ExtractShape", "MergedShape", "MergedColumns", "ValidatedAtUtc", "ValidatedUtcOffset")
 
 
 def state_query(s: Session, warehouse: Warehouse | None, sql: str, params: list, *, dicts: bool = False) -> list:
@@ -150,31 +150,37 @@ def staged_batch(s: Session, table: str) -> dict | None:
     return rows[0] if rows else None
 
 
-# what etl.ETL_TableState records of a table's last validated batch: its configuration (TablePlan.extract_shape),
-# the columns it wrote (JSON list), the instant its extract started and the source clock's offset from UTC then
-VALIDATED = ("ValidatedShape", "ValidatedColumns", "ValidatedAtUtc", "ValidatedUtcOffset")
+# what etl.ETL_TableState records of what ods holds: the configuration (TablePlan.extract_shape) its hashes were
+# last written under and the columns that merge wrote (JSON list), and the last validated extract's start in UTC
+# with the source clock's offset from UTC then (minutes)
+LOADED_STATE = ("MergedShape", "MergedColumns", "ValidatedAtUtc", "ValidatedUtcOffset")
+# a configuration not known (recorded by init-db for a table whose last load it cannot vouch for): never equal
+# to a real one, so the table's next load reads in full and refreshes, as after any change
+UNKNOWN_SHAPE = "unknown"
 
 
-def record_validated(s: Session, table: str, *, shape: str, columns: list[str], started_at: datetime | None = None,
-                     started_utc: datetime | None = None, ensure_row: bool = False) -> None:
-    """In the validation's transaction: the configuration ods now holds every row under (as far as the batch
-    went: a full read, or an incremental one under the same configuration), and the clock it was counted in
-    (when known: an extract cached by an older version did not record its UTC start). The stage made the
-    table's row; `ensure_row` for a table that may have none (init-db)."""
-    offset = round((started_at - started_utc).total_seconds() / 60) if started_at and started_utc else None
-    if ensure_row:
-        _ensure_state_row(s, table)
-    s.execute("UPDATE etl.ETL_TableState SET ValidatedShape = ?, ValidatedColumns = ?, ValidatedAtUtc = ?, "
-              "ValidatedUtcOffset = ? WHERE TableName = ?",
-              [shape, json.dumps(columns), started_utc, offset, table])
+def record_validated(s: Session, table: str, *, started_at: datetime, started_utc: datetime | None) -> None:
+    """In the validation's transaction: the clock the batch was counted in (unknown for an extract cached by an
+    older version, which did not record its UTC start). The stage made the table's row."""
+    offset = round((started_at - started_utc).total_seconds() / 60) if started_utc else None
+    s.execute("UPDATE etl.ETL_TableState SET ValidatedAtUtc = ?, ValidatedUtcOffset = ? WHERE TableName = ?",
+              [started_utc, offset, table])
 
 
-def record_merged(s: Session, table: str, extract_started_at) -> None:
-    """In the merge's transaction: the newest extract merged into ods.<table> (only moves forward). A batch
-    read before it must not be merged over it, validated or not (config_store.newer_load_than)."""
-    if extract_started_at is None:
-        return
+def record_configuration(s: Session, table: str, shape: str, columns: list[str] | None) -> None:
+    """The configuration ods's hashes are under, for a table whose merges did not record it (init-db)."""
     _ensure_state_row(s, table)
-    s.execute("UPDATE etl.ETL_TableState SET MergedExtractStartedAt = ? WHERE TableName = ? AND "
-              "(MergedExtractStartedAt IS NULL OR MergedExtractStartedAt < ?)",
-              [extract_started_at, table, extract_started_at])
+    s.execute("UPDATE etl.ETL_TableState SET MergedShape = ?, MergedColumns = ? WHERE TableName = ?",
+              [shape, json.dumps(columns) if columns is not None else None, table])
+
+
+def record_merged(s: Session, table: str, extract_started_at, *, shape: str, columns: list[str]) -> None:
+    """In the merge's transaction: the newest extract merged into ods.<table> (only moves forward: a batch read
+    before it must not be merged over it, validated or not, config_store.newer_load_than), and the configuration
+    ods's hashes are now under, with the columns this merge wrote: a change merged, then reverted before its
+    validation, is a change again (found in review: the weekly full then versioned every member)."""
+    _ensure_state_row(s, table)
+    moved = ("MergedExtractStartedAt = CASE WHEN MergedExtractStartedAt IS NULL OR MergedExtractStartedAt < ? "
+             "THEN ? ELSE MergedExtractStartedAt END, " if extract_started_at is not None else "")
+    s.execute(f"UPDATE etl.ETL_TableState SET {moved}MergedShape = ?, MergedColumns = ? WHERE TableName = ?",
+              [extract_started_at] * (2 if moved else 0) + [shape, json.dumps(columns), table])

@@ -28,6 +28,7 @@ from .settings import Settings, load_settings, mask_secrets, warn_once
 from .source.readers import pooled_reader
 from .targets import MarkerTarget, StagedBatchTarget, StageTarget
 from .transform import TechnicalValues
+from .types import UnsupportedTypeError
 from .warehouse import open_warehouse
 
 log = logging.getLogger("luigi-interface")
@@ -161,11 +162,11 @@ class CbmTask(luigi.Task):
 
     def shape_now(self) -> str | None:
         """The table's extract shape now (TablePlan.extract_shape); None when its configuration cannot make a
-        plan: what asks is then incomplete, and running the step raises the ConfigError, which Luigi logs for
-        a run() but not for a complete()."""
+        plan (a ConfigError, a type it cannot map): what asks is then incomplete, and running the step raises
+        the error, which Luigi logs (and etl.ETL_Log records) for a run() but not for a complete()."""
         try:
             return self.plan().extract_shape()
-        except ConfigError:
+        except (ConfigError, UnsupportedTypeError):
             return None
 
     def marker(self) -> MarkerTarget:

@@ -13,7 +13,7 @@ from cbm_luigi.settings import load_settings
 from cbm_luigi.source.readers import release_readers
 from cbm_luigi.warehouse import open_warehouse
 from cbm_luigi.warehouse.duckdb_wh import _bytes, release_connections
-from cbm_luigi.tasks import LoadTable, MergeOds, ValidateTable
+from cbm_luigi.tasks import LoadTable, MergeOds, StageTable, ValidateTable
 
 from .conftest import assert_ods_equals_source, build, source_rows, succeeded
 
@@ -122,7 +122,7 @@ def test_a_new_field_with_an_initial_value_reaches_every_row_at_the_next_increme
     assert cbm_etl(["sync-columns", table]) == 0
     assert succeeded(build(LoadTable(table=table, mode="incremental", batch_tag="b")))
     extract = env.sql("SELECT Rows, Detail FROM etl.ETL_Log WHERE Step = 'extract' AND BatchId LIKE '%-b'")[0]
-    assert extract[1].startswith("the configuration changed since the last validated load") and \
+    assert extract[1].startswith("the configuration changed since the last load") and \
         extract[0] == len(source_rows(env.source, table))
     assert env.sql(f"SELECT COUNT(*) FROM ods.{table} WHERE code_naf IS NULL")[0][0] == 0
     assert env.sql(f"SELECT code_naf FROM ods.{table} WHERE {key} = {one}" + (
@@ -514,10 +514,10 @@ def test_the_first_configuration_change_after_the_upgrade_reads_in_full(env):
     """A table validated before the configuration was recorded gets it at init-db, so the first change after
     the upgrade is seen as any other (found in review)."""
     assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="a")))
-    env.sql("UPDATE etl.ETL_TableState SET ValidatedShape = NULL, ValidatedColumns = NULL")  # as before the upgrade
+    env.sql("UPDATE etl.ETL_TableState SET MergedShape = NULL, MergedColumns = NULL")  # as before the upgrade
     release_connections()
     assert cbm_etl(["init-db", "--no-tables"]) == 0
-    assert env.sql("SELECT ValidatedShape IS NOT NULL FROM etl.ETL_TableState WHERE TableName = 'produit'") == [
+    assert env.sql("SELECT MergedShape IS NOT NULL FROM etl.ETL_TableState WHERE TableName = 'produit'") == [
         (True,)]
     _source(env, 'ALTER TABLE produit ADD COLUMN "code-naf" VARCHAR(10) NOT NULL DEFAULT \'\'',
             "INSERT INTO SYSCOLUMNS_FULL (id, col, tbl, owner, coltype, width, scale, nullflag, array_extent, "
@@ -536,3 +536,103 @@ def test_a_width_the_catalog_changed_alone_reads_no_table_in_full(env):
     assert succeeded(build(LoadTable(table="produit", mode="incremental", batch_tag="b")))
     detail = env.sql("SELECT Detail FROM etl.ETL_Log WHERE Step = 'extract' AND BatchId LIKE '%-b'")[0][0]
     assert detail.startswith("rows with dat_mod >= "), detail
+
+
+def _fresh_tasks():
+    import luigi
+
+    from cbm_luigi import tasks
+
+    tasks.clear_config_cache()
+    luigi.task_register.Register.clear_instance_cache()
+
+
+def test_a_change_merged_then_reverted_before_validation_is_a_change_again(env):
+    """A column excluded by mistake, a run merges under it (refreshing every current version) and is killed
+    before validating, the exclusion is reverted: the configuration is recorded with the merge, so the rerun
+    reads in full and refreshes back, and the weekly full versions nothing (found in review: 150 -> 270)."""
+    assert succeeded(build(LoadTable(table="client", mode="full", batch_tag="a", run_id="run1")))
+    members = env.sql("SELECT COUNT(*) FROM ods.client")[0][0]
+    env.sql("UPDATE config.ETL_Columns SET IsExcluded = TRUE WHERE TableName = 'client' AND ColumnName = 'email'")
+    assert succeeded(build(MergeOds(table="client", mode="incremental", batch_tag="b", run_id="run2")))
+    env.sql("UPDATE config.ETL_Columns SET IsExcluded = FALSE WHERE TableName = 'client' AND ColumnName = 'email'")
+    assert succeeded(build(LoadTable(table="client", mode="incremental", batch_tag="b", run_id="run3")))
+    assert succeeded(build(LoadTable(table="client", mode="full", batch_tag="weekly", run_id="run4")))
+    assert env.sql("SELECT COUNT(*) FROM ods.client")[0][0] == members
+    assert env.sql("SELECT RowsUpdated FROM etl.ETL_Log WHERE Step = 'merge' AND BatchId LIKE '%-weekly'") == [(0,)]
+    assert_ods_equals_source(env, "client")
+
+
+def test_init_db_records_what_ods_was_loaded_under_or_that_it_is_not_known(env, capsys):
+    """Upgrade: a table whose ods has exactly its configured columns gets its configuration; one with a column
+    synced but not loaded yet, or whose configuration makes no plan now (a misspelt DateModifCol, a type the
+    product cannot map), is recorded as not known, and its next load reads in full (found in review: the new
+    column stayed NULL outside the window; an unmappable type stopped init-db for every table)."""
+    for t in ("produit", "famille", "client"):
+        assert succeeded(build(LoadTable(table=t, mode="full", batch_tag="a", run_id="run1")))
+    members = env.sql("SELECT COUNT(*) FROM ods.client")[0][0]
+    env.sql("UPDATE etl.ETL_TableState SET MergedShape = NULL, MergedColumns = NULL")  # as before the upgrade
+    _source(env, 'ALTER TABLE produit ADD COLUMN "code-naf" VARCHAR(10) NOT NULL DEFAULT \'\'',
+            "INSERT INTO SYSCOLUMNS_FULL (id, col, tbl, owner, coltype, width, scale, nullflag, array_extent, "
+            "display_order) VALUES ('99', 'code-naf', 'produit', 'PUB', 'varchar', 10, 0, 'N', 0, 99)",
+            'ALTER TABLE famille ADD COLUMN "rid" TIME',
+            "INSERT INTO SYSCOLUMNS_FULL (id, col, tbl, owner, coltype, width, scale, nullflag, array_extent, "
+            "display_order) VALUES ('98', 'rid', 'famille', 'PUB', 'time', 8, 0, 'Y', 0, 98)")
+    release_connections()
+    assert cbm_etl(["sync-columns", "produit"]) == 0 and cbm_etl(["sync-columns", "famille"]) == 0
+    env.sql("UPDATE config.ETL_Tables SET DateModifCol = 'dat_mdo' WHERE TableName = 'client'")  # a typo
+    release_connections()
+    capsys.readouterr()
+    assert cbm_etl(["init-db", "--no-tables"]) == 0
+    assert "init-db: " in capsys.readouterr().out
+    assert dict(env.sql("SELECT TableName, MergedShape FROM etl.ETL_TableState WHERE TableName IN "
+                        "('produit', 'famille', 'client')")) == {"produit": "unknown", "famille": "unknown",
+                                                                  "client": "unknown"}
+    assert succeeded(build(LoadTable(table="produit", mode="incremental", batch_tag="b", run_id="run2")))
+    assert env.sql("SELECT COUNT(*) FROM ods.produit WHERE code_naf IS NULL")[0][0] == 0
+    env.sql("UPDATE config.ETL_Tables SET DateModifCol = 'dat_mod' WHERE TableName = 'client'")  # corrected
+    _source(env, 'ALTER TABLE client ADD COLUMN "code-naf" VARCHAR(10) NOT NULL DEFAULT \'\'',
+            "INSERT INTO SYSCOLUMNS_FULL (id, col, tbl, owner, coltype, width, scale, nullflag, array_extent, "
+            "display_order) VALUES ('99', 'code-naf', 'client', 'PUB', 'varchar', 10, 0, 'N', 0, 99)")
+    release_connections()
+    assert cbm_etl(["sync-columns", "client"]) == 0
+    _fresh_tasks()
+    assert succeeded(build(LoadTable(table="client", mode="incremental", batch_tag="b", run_id="run2")))
+    assert env.sql("SELECT COUNT(*) FROM ods.client WHERE _etl_is_current AND code_naf IS NULL")[0][0] == 0
+    assert env.sql("SELECT COUNT(*) FROM ods.client")[0][0] == members  # refreshed in place
+
+
+def test_a_rerun_after_a_column_of_an_unmappable_type_appeared_is_logged_as_failed(env):
+    """A type the product cannot map (sync-columns writes its row so the operator can override it) escaped the
+    stage's complete() on a rerun: no step ran and no FAILED row reached etl.ETL_Log, so the views showed the
+    table as loaded (found in review)."""
+    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="a", run_id="run1")))
+    assert succeeded(build(StageTable(table="produit", mode="full", batch_tag="b", run_id="run2")))  # killed
+    _source(env, 'ALTER TABLE produit ADD COLUMN "heure-liv" TIME',
+            "INSERT INTO SYSCOLUMNS_FULL (id, col, tbl, owner, coltype, width, scale, nullflag, array_extent, "
+            "display_order) VALUES ('99', 'heure-liv', 'produit', 'PUB', 'time', 8, 0, 'Y', 0, 99)")
+    release_connections()
+    assert cbm_etl(["sync-columns", "produit"]) == 0
+    _fresh_tasks()
+    assert not succeeded(build(LoadTable(table="produit", mode="full", batch_tag="b", run_id="run3")))
+    [(err,)] = env.sql("SELECT ErrorMessage FROM etl.ETL_Log WHERE TableName = 'produit' AND Status = 'FAILED'")
+    assert err.startswith("UnsupportedTypeError") and "heure-liv" in err
+
+
+def test_the_advised_way_to_change_the_zone_for_good_loads_the_table(env, monkeypatch):
+    """The clock check's way out for a zone changed for good (found in review: without MergedExtractStartedAt,
+    a zone behind the old one was refused as outdated)."""
+    monkeypatch.setenv("CBM_SOURCE_TIMEZONE", "Pacific/Kiritimati")  # UTC+14: the zone the loads counted in
+    assert succeeded(build(LoadTable(table="famille", mode="full", batch_tag="a", run_id="run1")))
+    monkeypatch.setenv("CBM_SOURCE_TIMEZONE", "UTC")  # the ERP's real zone, set for good
+    _fresh_tasks()
+    assert not succeeded(build(LoadTable(table="famille", mode="incremental", batch_tag="b", run_id="run2")))
+    [(err,)] = env.sql("SELECT ErrorMessage FROM etl.ETL_Log WHERE Status = 'FAILED'")
+    assert ("clear the table's LastSuccessTs in config.ETL_Tables and its MergedExtractStartedAt and "
+            "ValidatedUtcOffset in etl.ETL_TableState") in err
+    env.sql("UPDATE config.ETL_Tables SET LastSuccessTs = NULL WHERE TableName = 'famille'")
+    env.sql("UPDATE etl.ETL_TableState SET MergedExtractStartedAt = NULL, ValidatedUtcOffset = NULL "
+            "WHERE TableName = 'famille'")
+    _fresh_tasks()
+    assert succeeded(build(LoadTable(table="famille", mode="incremental", batch_tag="c", run_id="run3")))
+    assert_ods_equals_source(env, "famille")

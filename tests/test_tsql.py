@@ -31,7 +31,7 @@ from cbm_luigi import config_store, runlog, steps
 from cbm_luigi.extract import META_KEY
 from cbm_luigi.plan import ConfigError, PlanColumn, TablePlan
 from cbm_luigi.settings import Settings
-from cbm_luigi.targets import MarkerTarget, StageTarget, record_validated, remove_markers
+from cbm_luigi.targets import MarkerTarget, StageTarget, record_merged, record_validated, remove_markers
 from cbm_luigi.transform import TechnicalValues
 from cbm_luigi.types import ColumnType
 from cbm_luigi.warehouse import mssql_wh
@@ -635,7 +635,7 @@ def test_failed_step_rolls_back_under_xact_abort(stage_file):
 def test_marker_runlog_config_statements_parse(tmp_path):
     rec = RecordingSession([(r"SELECT TableName FROM config\.ETL_Tables$", [("Client",), ("famille",)]),
                             (r"SELECT t\.TableName FROM config\.ETL_Tables AS t LEFT JOIN", [("famille",)]),
-                            (r"SELECT t\.\*, st\.ValidatedShape, .* FROM config\.ETL_Tables AS t LEFT JOIN "
+                            (r"SELECT t\.\*, st\.MergedShape, .* FROM config\.ETL_Tables AS t LEFT JOIN "
                              r"etl\.ETL_TableState AS st ON st\.TableName = t\.TableName WHERE t\.TableName = \?",
                              [{"TableName": "famille"}]),
                             (r"SELECT \* FROM config\.ETL_Tables", [{"TableName": "famille"}]),
@@ -661,13 +661,19 @@ def test_marker_runlog_config_statements_parse(tmp_path):
     config_store.load_tables_csv(rec, REPO / "config" / "tables.csv")
     # init-db on an upgraded warehouse: the loaded tables and the configuration of their last load
     assert config_store.record_loaded_configurations(rec, wh) == 0  # famille has no columns here: left alone
-    record_validated(rec, "famille", shape="0123456789abcdef", columns=["cod_fam", "libelle"],
-                     started_at=datetime(2024, 1, 1, 2), started_utc=datetime(2024, 1, 1, 1), ensure_row=True)
+    record_validated(rec, "famille", started_at=datetime(2024, 1, 1, 2), started_utc=datetime(2024, 1, 1, 1))
+    record_merged(rec, "famille", datetime(2024, 1, 1, 2), shape="0123456789abcdef", columns=["cod_fam", "libelle"])
+    record_merged(rec, "famille", None, shape="0123456789abcdef", columns=["cod_fam"])
     stmts = rec.statements
     assert any(s.startswith("SELECT t.TableName FROM config.ETL_Tables AS t LEFT JOIN etl.ETL_TableState") for s in
                stmts)
-    assert ['0123456789abcdef', '["cod_fam", "libelle"]', datetime(2024, 1, 1, 1), 60, "famille"] in [
-        p for s, p in rec.log if s.startswith("UPDATE etl.ETL_TableState SET ValidatedShape")]
+    assert [datetime(2024, 1, 1, 1), 60, "famille"] in [
+        p for s, p in rec.log if s.startswith("UPDATE etl.ETL_TableState SET ValidatedAtUtc")]
+    merged = [p for s, p in rec.log if "MergedShape = ?" in s]
+    assert merged[-2:] == [[datetime(2024, 1, 1, 2)] * 2 + ["0123456789abcdef", '["cod_fam", "libelle"]', "famille"],
+                           ["0123456789abcdef", '["cod_fam"]', "famille"]]
+    # famille had no columns: recorded as not known (its next load reads in full)
+    assert ["unknown", None, "famille"] in merged
     assert "INSERT INTO etl.ETL_Markers (MarkerId, TableName, Step, BatchId, Mode, RunId, Rows) " \
            "VALUES (?, ?, ?, ?, ?, ?, ?)" in stmts
     assert any(s.startswith("INSERT INTO etl.ETL_Log") for s in stmts)

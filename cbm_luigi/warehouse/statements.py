@@ -293,7 +293,7 @@ def scd2_close(d: WarehouseDialect, spec: MergeSpec) -> tuple[str, int]:
 def scd2_refresh(d: WarehouseDialect, spec: MergeSpec, compared: list[Column]) -> tuple[str, int]:
     """SCD2, the first load after a configuration change (a column added or excluded, a type override): the
     batch's hashes cover other columns than ods's, so every member looks changed. A current version whose
-    `compared` columns (those the last validated load wrote) hold exactly the batch's values is brought up to
+    `compared` columns (those the last merge wrote) hold exactly the batch's values is brought up to
     date in place, every column, the hashdiff and the batch that did it, instead of opening a version for a
     change that never happened at the source (a new field's initial value, say); scd2_close and scd2_insert
     then version the keys that really changed."""
@@ -329,7 +329,7 @@ def merge_statements(d: WarehouseDialect, spec: MergeSpec, *, all_new: bool = Fa
 
     `all_new`: no batch key is in ods and nothing is to be soft-deleted (merge_counts said so, e.g. the first
     load): the MERGE would only insert every row, so a plain INSERT does it without joining ods.
-    `refresh`: the configuration changed since the last validated load; SCD2 first refreshes in place the
+    `refresh`: the configuration changed since the last merge; SCD2 first refreshes in place the
     current versions whose values in these columns are unchanged (scd2_refresh)."""
     if all_new:
         return [insert_batch(d, spec)]

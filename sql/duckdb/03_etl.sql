@@ -44,15 +44,15 @@ CREATE TABLE IF NOT EXISTS etl.ETL_TableState (
     ExtractShape    VARCHAR,        -- the table's configuration stg was staged under (TablePlan.extract_shape)
     -- the last validated batch: its configuration, the columns it wrote (JSON list), the instant its extract
     -- started and the source clock's offset from UTC then (minutes): the next run must count in that zone
-    ValidatedShape  VARCHAR,
-    ValidatedColumns VARCHAR,
+    MergedShape  VARCHAR,
+    MergedColumns VARCHAR,
     ValidatedAtUtc  TIMESTAMP,
     ValidatedUtcOffset INTEGER
 );
 -- added after the first release: an older warehouse gets them here (init-db)
 ALTER TABLE etl.ETL_TableState ADD COLUMN IF NOT EXISTS ExtractShape VARCHAR;
-ALTER TABLE etl.ETL_TableState ADD COLUMN IF NOT EXISTS ValidatedShape VARCHAR;
-ALTER TABLE etl.ETL_TableState ADD COLUMN IF NOT EXISTS ValidatedColumns VARCHAR;
+ALTER TABLE etl.ETL_TableState ADD COLUMN IF NOT EXISTS MergedShape VARCHAR;
+ALTER TABLE etl.ETL_TableState ADD COLUMN IF NOT EXISTS MergedColumns VARCHAR;
 ALTER TABLE etl.ETL_TableState ADD COLUMN IF NOT EXISTS ValidatedAtUtc TIMESTAMP;
 ALTER TABLE etl.ETL_TableState ADD COLUMN IF NOT EXISTS ValidatedUtcOffset INTEGER;
 CREATE TABLE IF NOT EXISTS etl.ETL_Validation (

@@ -60,8 +60,8 @@ CREATE TABLE etl.ETL_TableState (
     ExtractShape    NVARCHAR(64) NULL,  -- the table's configuration stg was staged under (TablePlan.extract_shape)
     -- the last validated batch: its configuration, the columns it wrote (JSON list), the instant its extract
     -- started and the source clock's offset from UTC then (minutes): the next run must count in that zone
-    ValidatedShape  NVARCHAR(64) NULL,
-    ValidatedColumns NVARCHAR(MAX) NULL,
+    MergedShape  NVARCHAR(64) NULL,
+    MergedColumns NVARCHAR(MAX) NULL,
     ValidatedAtUtc  DATETIME2(6) NULL,
     ValidatedUtcOffset INT NULL
 )
@@ -70,11 +70,11 @@ GO
 IF COL_LENGTH(N'etl.ETL_TableState', N'ExtractShape') IS NULL
 ALTER TABLE etl.ETL_TableState ADD ExtractShape NVARCHAR(64) NULL
 GO
-IF COL_LENGTH(N'etl.ETL_TableState', N'ValidatedShape') IS NULL
-ALTER TABLE etl.ETL_TableState ADD ValidatedShape NVARCHAR(64) NULL
+IF COL_LENGTH(N'etl.ETL_TableState', N'MergedShape') IS NULL
+ALTER TABLE etl.ETL_TableState ADD MergedShape NVARCHAR(64) NULL
 GO
-IF COL_LENGTH(N'etl.ETL_TableState', N'ValidatedColumns') IS NULL
-ALTER TABLE etl.ETL_TableState ADD ValidatedColumns NVARCHAR(MAX) NULL
+IF COL_LENGTH(N'etl.ETL_TableState', N'MergedColumns') IS NULL
+ALTER TABLE etl.ETL_TableState ADD MergedColumns NVARCHAR(MAX) NULL
 GO
 IF COL_LENGTH(N'etl.ETL_TableState', N'ValidatedAtUtc') IS NULL
 ALTER TABLE etl.ETL_TableState ADD ValidatedAtUtc DATETIME2(6) NULL
