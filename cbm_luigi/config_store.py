@@ -202,9 +202,8 @@ def advance_last_success(s: Session, table: str, ts: datetime, utc: datetime | N
                          warehouse: str | None = None) -> None:
     """Move LastSuccessTs (the source's local time, CBM_SOURCE_TIMEZONE or this host's: the clock of the
     incremental window) forward only (rerunning an older batch never moves it back), and LastSuccessUtc with
-    it: the same instant in UTC, which
-    vw_SLABreach counts its hours from (local times are an hour off across a daylight-saving change): `utc` as
-    the extract recorded it, else `ts` converted here. A warehouse not upgraded yet (`cbm-etl init-db` adds the
+    it: the same instant in UTC, which vw_SLABreach counts its hours from (local times are an hour off across a
+    daylight-saving change): `utc` as the extract recorded it, else `ts` converted here. A warehouse not upgraded yet (`cbm-etl init-db` adds the
     column) keeps working without it. `warehouse` (its describe()) lets the column's presence be asked once."""
     if not _has_last_success_utc(s, warehouse):
         warn_once(log, "config.ETL_Tables has no LastSuccessUtc column: run `cbm-etl init-db --no-tables` once "

@@ -45,8 +45,8 @@ def test_cli_exit_codes(env):
     # the pipeline's own lines reach the run's log with time and level: Luigi sets up only its logger, and they
     # were dropped (INFO) or bare (warnings) under the `luigi` command (found in review)
     rows = env.sql("SELECT COUNT(*) FROM ods.produit")[0][0]
-    assert re.search(rf"^\d{{4}}-\d\d-\d\d [\d:,]+ INFO cbm_luigi\.extract: extract produit: {rows} rows in ", ok.stderr,
-                     re.M), ok.stderr[-3000:]
+    assert re.search(rf"^\d{{4}}-\d\d-\d\d [\d:,]+ INFO cbm_luigi\.extract: extract produit: {rows} rows in ",
+                     ok.stderr, re.M), ok.stderr[-3000:]
     assert re.search(r"^\d{4}-\d\d-\d\d [\d:,]+ INFO cbm_luigi\.extract: extract lignecli \(full mode\): SELECT ",
                      bad.stderr, re.M), bad.stderr[-3000:]
 
@@ -297,7 +297,8 @@ def test_a_run_with_another_time_zone_is_stopped_before_reading_and_the_source_t
     assert moved.returncode == 30, moved.stderr[-3000:]
     [(err,)] = env.sql("SELECT ErrorMessage FROM etl.ETL_Log WHERE Status = 'FAILED'")
     assert re.search(r"^ConfigError: table famille: this run counts local time at UTC\+14:00, the loads before it "
-                     r"at UTC\+00:00 .* Nothing was read\. .* set CBM_SOURCE_TIMEZONE in \.env to the ERP's zone", err), err
+                     r"at UTC\+00:00 .* Nothing was read\. .* set CBM_SOURCE_TIMEZONE in \.env to the ERP's zone",
+                     err), err
     assert env.sql("SELECT LastSuccessTs, LastSuccessUtc FROM config.ETL_Tables WHERE TableName = 'famille'") == [
         (ts, utc)]
     # the host's zone named once for all: the same run in the far TZ loads, and counts in that zone

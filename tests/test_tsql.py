@@ -941,7 +941,8 @@ def test_replace_stage_bulkcopy_path_commits_ddl_first(stage_file, monkeypatch):
     plan = all_kind_plan(dimension=True)
     rec = RecordingSession([(r"SELECT @@TRANCOUNT", [(1,)]), (r"COUNT_BIG", [(7,)])])
     wh = StubWarehouse(rec, bulk="auto")
-    marker = StageTarget(wh, "m", table="all-kinds", step="stage", batch_id="2024-01-01", mode="full", shape=plan.extract_shape())
+    marker = StageTarget(wh, "m", table="all-kinds", step="stage", batch_id="2024-01-01", mode="full",
+                         shape=plan.extract_shape())
     steps.stage(wh, plan, stage_file(plan), TECH, marker=marker, run_id="run-1")
     st = rec.statements
     create = next(i for i, s in enumerate(st) if s.startswith("CREATE TABLE [stg]"))
