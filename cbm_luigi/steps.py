@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 
 from . import config_store
 from .extract import read_extract_meta
+from .naming import array_element_names
 from .plan import ConfigError, TablePlan
 from .runlog import StepRecord
 from .settings import mask_secrets
@@ -258,6 +259,25 @@ def stage_lengths(s: Session, wh: Warehouse, plan: TablePlan) -> dict[str, int]:
     return {n: int(v or 0) for (n, _fn), v in zip(cols, row)}
 
 
+def _refresh_compared(plan: TablePlan, wanted: list[Column], existing: dict) -> list[Column]:
+    """The columns an SCD2 refresh compares after a configuration change: those the last merge wrote (a column
+    ods has but did not load then, excluded or new, holds no value to compare), else those ods had before this
+    merge; and an array whose ArrayMode switched since, in its new form: the old form cannot be compared with
+    it, and a real change of the array must open its version, not be absorbed in place (found in review). So a
+    switch versions each member whose array holds a value."""
+    before = {n.lower() for n in (plan.merged_columns or existing)} & {n.lower() for n in existing}
+    names = set(before)
+    for c in plan.columns:
+        if not c.extent:
+            continue
+        now = {n.lower() for n, _t, _ in c.output_columns()}
+        other = ({c.sql_name.lower()} if c.array_mode == "split" else
+                 {n.lower() for n in array_element_names(c.sql_name, c.extent)})
+        if not now & before and other & before:
+            names |= now
+    return [col for col in wanted if col.name.lower() in names]
+
+
 def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: MarkerTarget, run_id: str,
           checkpoint=None, allow_empty_full: bool = False) -> StepRecord:
     """MERGE stg.<t> into ods.<t> on the key; full mode soft-deletes absent keys. One transaction.
@@ -313,10 +333,7 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
             wh.before_merge(s, len(spec.columns), rows=0 if all_new else int(batch_rows))
             refresh = None
             if existing and plan.merged_shape not in (None, plan.extract_shape()):
-                # the columns the last merge wrote (a column ods has but did not load then, excluded or new,
-                # holds no value to compare), else those ods had before this merge
-                held = {n.lower() for n in (plan.merged_columns or existing)} & {n.lower() for n in existing}
-                refresh = [c for c in wanted if c.name.lower() in held]
+                refresh = _refresh_compared(plan, wanted, existing)
                 record.detail = "; ".join(filter(None, [record.detail, (
                     "configuration changed since the last load" + (
                         ": current versions whose values did not change were refreshed in place, not versioned"

@@ -636,3 +636,26 @@ def test_the_advised_way_to_change_the_zone_for_good_loads_the_table(env, monkey
     _fresh_tasks()
     assert succeeded(build(LoadTable(table="famille", mode="incremental", batch_tag="c", run_id="run3")))
     assert_ods_equals_source(env, "famille")
+
+
+def test_an_array_mode_switch_never_absorbs_a_real_change_of_the_array(env):
+    """client.zal (EXTENT 5) switched from split to single: its old and new forms cannot be compared, so a
+    member whose array really changed since the last load was refreshed in place, its change never versioned
+    (found in review). The array's new form is compared with what ods holds in it: each member whose array
+    holds a value gets a version, the one that changed with its new value; the others are refreshed in place."""
+    assert succeeded(build(LoadTable(table="client", mode="full", batch_tag="a", run_id="run1")))
+    members = env.sql("SELECT COUNT(*) FROM ods.client")[0][0]
+    with_array = env.sql("SELECT COUNT(*) FROM ods.client WHERE zal_1 IS NOT NULL OR zal_2 IS NOT NULL OR "
+                         "zal_3 IS NOT NULL OR zal_4 IS NOT NULL OR zal_5 IS NOT NULL")[0][0]
+    before = env.sql("SELECT zal_1, zal_2, zal_3, zal_4, zal_5 FROM ods.client WHERE cod_cli = 2")
+    _source(env, "UPDATE client SET zal = 'x;y;z;w;v' WHERE cod_cli = 2")  # a real change, dat_mod untouched
+    env.sql("UPDATE config.ETL_Columns SET ArrayMode = 'single' WHERE TableName = 'client' AND ColumnName = 'zal'")
+    assert succeeded(build(LoadTable(table="client", mode="incremental", batch_tag="b", run_id="run2")))
+    assert with_array > 0
+    assert env.sql("SELECT COUNT(*) FROM ods.client")[0][0] == members + with_array + (before == [(None,) * 5])
+    assert env.sql("SELECT zal FROM ods.client WHERE cod_cli = 2 AND _etl_is_current") == [("x;y;z;w;v",)]
+    assert env.sql("SELECT zal_1, zal_2, zal_3, zal_4, zal_5 FROM ods.client WHERE cod_cli = 2 AND NOT "
+                   "_etl_is_current") == before
+    # the new versions hold the array in its new form only (zal_1..zal_5 are no longer loaded)
+    assert env.sql("SELECT COUNT(*) FROM ods.client WHERE _etl_is_current AND zal_1 IS NULL AND zal IS NOT NULL"
+                   )[0][0] == with_array
