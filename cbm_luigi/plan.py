@@ -115,15 +115,17 @@ class TablePlan:
 
     def extract_shape(self) -> str:
         """A fingerprint of the configuration a batch file is made under: the columns read (names, kinds of
-        type, arrays, expressions), the filter, the modification columns (`_etl_source_ts`). The file's hashdiff covers
+        type, arrays, expressions), the filter, the modification columns (`_etl_source_ts`), the ods table. The file's hashdiff covers
         exactly those columns, so a batch extracted or staged under another shape is stale: merged after a
         config change (a column excluded, a type overridden) it would write hashes over columns it does not
         write, and ods would never see the difference again (found in review)."""
         # not the width, scale or NULL flag that sync-columns refreshes from the catalog (a dbtool SQL-width fix):
         # they change no value and no hash (decimals hash without trailing zeros), and ods widens by itself
-        parts = {"columns": [[c.name, c.sql_name, c.ctype.kind, c.extent, c.array_mode, c.expression]
-                             for c in self.columns],
-                 "filter": self.filter_clause, "modified": [self.date_col, self.date_precision, self.time_of_day_col]}
+        # nor the columns' order (a field moved in the Data Dictionary): the hashdiff sorts them by name
+        parts = {"columns": sorted([c.sql_name, c.name, c.ctype.kind, c.extent, c.array_mode, c.expression]
+                                   for c in self.columns),
+                 "filter": self.filter_clause, "modified": [self.date_col, self.date_precision, self.time_of_day_col],
+                 "destination": self.destination}
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
     def window(self, mode: str, zone: tzinfo | None = None) -> tuple[Window | None, str]:
@@ -147,6 +149,17 @@ class TablePlan:
         tod = self.by_name(self.time_of_day_col).name if self.time_of_day_col else None
         return Window(self.by_name(self.date_col).name, since, self.date_precision, tod), (
             f"rows with {self.date_col} >= {since:%Y-%m-%d %H:%M:%S} (last success minus lookback)")
+
+    def merge_mode(self, mode: str, window: Window | None) -> str:
+        """How the batch merges: 'full' soft-deletes the keys it lacks, so only a batch that read every row for
+        that purpose does: full mode, a table without a modification date, one never loaded. A read made full by
+        a configuration change (window()) merges as incremental: it brings every row under the new
+        configuration, and deletions are left to the next full (a FilterClause narrowed by mistake and restored
+        the next day soft-deleted rows at once, and SCD2 versioned them all back: found in review)."""
+        if window is not None or (mode != "full" and self.has_timestamps and self.date_col
+                                  and self.last_success_ts is not None):
+            return "incremental"
+        return "full"
 
     def check_same_clock(self, zone: tzinfo | None) -> None:
         """This run must count local time in the zone the loads before it did: LastSuccessTs bounds its window and

@@ -70,8 +70,8 @@ def _log_where_luigi_logs() -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logger.addHandler(handler)
-    if logger.level == logging.NOTSET:
-        logger.setLevel(logging.INFO)
+    if logger.level == logging.NOTSET:  # Luigi's --log-level / [core] log_level, as it set its own logger
+        logger.setLevel(max(logging.INFO, logging.getLogger("luigi-interface").level))
 
 
 def clear_config_cache() -> None:

@@ -659,3 +659,52 @@ def test_an_array_mode_switch_never_absorbs_a_real_change_of_the_array(env):
     # the new versions hold the array in its new form only (zal_1..zal_5 are no longer loaded)
     assert env.sql("SELECT COUNT(*) FROM ods.client WHERE _etl_is_current AND zal_1 IS NULL AND zal IS NOT NULL"
                    )[0][0] == with_array
+
+
+def test_a_new_destination_table_is_loaded_whole_whatever_the_step_the_change_found(env):
+    """DestinationTable changed (the advice of the 'both load into ods.X' error): the next incremental built
+    the new ods table from its window alone, and a change between stage and merge left every rerun merging
+    from a stg table that did not exist (found in review). The destination is part of the configuration."""
+    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="a", run_id="run1")))
+    total = len(source_rows(env.source, "produit"))
+    env.sql("UPDATE config.ETL_Tables SET DestinationTable = 'produit_v2' WHERE TableName = 'produit'")
+    _fresh_tasks()
+    assert succeeded(build(LoadTable(table="produit", mode="incremental", batch_tag="b", run_id="run2")))
+    assert env.sql("SELECT COUNT(*) FROM ods.produit_v2 WHERE NOT _etl_is_deleted")[0][0] == total
+    assert succeeded(build(StageTable(table="produit", mode="full", batch_tag="c", run_id="run3")))
+    env.sql("UPDATE config.ETL_Tables SET DestinationTable = 'produit_v3' WHERE TableName = 'produit'")
+    _fresh_tasks()
+    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="c", run_id="run4")))
+    assert env.sql("SELECT COUNT(*) FROM ods.produit_v3 WHERE NOT _etl_is_deleted")[0][0] == total
+
+
+def test_a_filter_narrowed_by_mistake_and_restored_before_the_weekly_full_leaves_history_alone(env):
+    """A read made full by a configuration change merges as incremental: it soft-deletes nothing (the weekly
+    full does), so a FilterClause narrowed by mistake and restored the next night changes no row (found in
+    review: 101 members soft-deleted by a nightly incremental, then versioned back)."""
+    env.sql("UPDATE config.ETL_Tables SET IsDimension = TRUE WHERE TableName = 'produit'")
+    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="a", run_id="run1")))
+    versions = env.sql("SELECT COUNT(*) FROM ods.produit")[0][0]
+    env.sql("UPDATE config.ETL_Tables SET FilterClause = 'cod_pro < ''P00100''' WHERE TableName = 'produit'")
+    _fresh_tasks()
+    assert succeeded(build(LoadTable(table="produit", mode="incremental", batch_tag="b", run_id="run2")))
+    assert env.sql("SELECT Rows, Detail FROM etl.ETL_Log WHERE Step = 'extract' AND BatchId LIKE '%-b'")[0][1] \
+        .startswith("the configuration changed since the last load")
+    assert env.sql("SELECT COUNT(*) FROM ods.produit WHERE _etl_is_deleted")[0][0] == 0
+    env.sql("UPDATE config.ETL_Tables SET FilterClause = NULL WHERE TableName = 'produit'")
+    _fresh_tasks()
+    assert succeeded(build(LoadTable(table="produit", mode="incremental", batch_tag="c", run_id="run3")))
+    assert env.sql("SELECT COUNT(*) FROM ods.produit")[0][0] == versions
+    assert_ods_equals_source(env, "produit")
+
+
+def test_columns_reordered_in_the_catalog_alone_read_no_table_in_full(env):
+    """The hashdiff and ods do not depend on the columns' order (a field moved in the Data Dictionary), so
+    neither does the configuration's fingerprint (found in review)."""
+    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="a", run_id="run1")))
+    _source(env, "UPDATE SYSCOLUMNS_FULL SET display_order = 1000 - display_order WHERE tbl = 'produit'")
+    assert cbm_etl(["sync-columns", "produit"]) == 0
+    _fresh_tasks()
+    assert succeeded(build(LoadTable(table="produit", mode="incremental", batch_tag="b", run_id="run2")))
+    detail = env.sql("SELECT Detail FROM etl.ETL_Log WHERE Step = 'extract' AND BatchId LIKE '%-b'")[0][0]
+    assert detail.startswith("rows with dat_mod >= "), detail

@@ -336,3 +336,15 @@ def test_a_logging_conf_file_gets_each_pipeline_line_once(env, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     lines = [line for line in r.stderr.splitlines() if "extract famille: " in line and " rows in " in line]
     assert lines and all(line.startswith("MINE cbm_luigi.extract ") for line in lines) and len(lines) == 1, lines
+
+
+def test_the_pipeline_lines_follow_luigis_log_level(env):
+    """`luigi --log-level WARNING` quiets the pipeline's lines as it does Luigi's (found in review: each
+    extract's SQL still reached cron's mail)."""
+    quiet = luigi_cli(env, "LoadTable", "--table", "famille", "--mode", "full", "--local-scheduler",
+                      "--log-level", "WARNING")
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert " INFO cbm_luigi." not in quiet.stderr, quiet.stderr[-2000:]
+    loud = luigi_cli(env, "LoadTable", "--table", "famille", "--mode", "full", "--batch-tag", "again",
+                     "--local-scheduler")
+    assert " INFO cbm_luigi.extract: extract famille: " in loud.stderr, loud.stderr[-2000:]

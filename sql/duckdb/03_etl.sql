@@ -42,8 +42,9 @@ CREATE TABLE IF NOT EXISTS etl.ETL_TableState (
     StagedAt        TIMESTAMP,
     MergedExtractStartedAt TIMESTAMP,
     ExtractShape    VARCHAR,        -- the table's configuration stg was staged under (TablePlan.extract_shape)
-    -- the last validated batch: its configuration, the columns it wrote (JSON list), the instant its extract
-    -- started and the source clock's offset from UTC then (minutes): the next run must count in that zone
+    -- the configuration ods's hashes were last written under and the columns that merge wrote (JSON list);
+    -- the last validated extract's start in UTC and the source clock's offset from UTC then (minutes): the
+    -- next run must count in that zone
     MergedShape  VARCHAR,
     MergedColumns VARCHAR,
     ValidatedAtUtc  TIMESTAMP,

@@ -58,8 +58,9 @@ CREATE TABLE etl.ETL_TableState (
     StagedAt        DATETIME2(3) NULL,
     MergedExtractStartedAt DATETIME2(6) NULL,
     ExtractShape    NVARCHAR(64) NULL,  -- the table's configuration stg was staged under (TablePlan.extract_shape)
-    -- the last validated batch: its configuration, the columns it wrote (JSON list), the instant its extract
-    -- started and the source clock's offset from UTC then (minutes): the next run must count in that zone
+    -- the configuration ods's hashes were last written under and the columns that merge wrote (JSON list);
+    -- the last validated extract's start in UTC and the source clock's offset from UTC then (minutes): the
+    -- next run must count in that zone
     MergedShape  NVARCHAR(64) NULL,
     MergedColumns NVARCHAR(MAX) NULL,
     ValidatedAtUtc  DATETIME2(6) NULL,
