@@ -10,10 +10,12 @@ from datetime import datetime
 from pathlib import Path
 
 from . import config_store, demo_source
+from .plan import ConfigError
 from .settings import SettingError, load_settings, mask_secrets
 from .source import catalog
 from .source.readers import open_reader
 from .targets import remove_markers
+from .types import UnsupportedTypeError
 from .warehouse import open_warehouse
 from .warehouse.duckdb_wh import release_connections
 
@@ -202,7 +204,8 @@ def cmd_summary(args) -> int:
 def cmd_clean_cache(args) -> int:
     """Remove cached batches but the newest `--keep` (by the time their files were written, not by name), and
     never one holding a file a rerun would still use: a table of that batch not validated yet, whose extract is
-    in this version's format and not older than the table's newest load (an older one is read again anyway)."""
+    in this version's format, made under the table's configuration now and not older than the table's newest
+    load (any other is read again anyway). A table whose configuration makes no plan now keeps its file."""
     from .extract import is_current, read_extract_meta
 
     settings = load_settings()
@@ -227,7 +230,8 @@ def cmd_clean_cache(args) -> int:
                 meta = read_extract_meta(f)
                 table, started = meta.get("table"), datetime.fromisoformat(meta["started_at"])
                 if table in tables and (table, f.parent.name) not in done and \
-                        config_store.newer_load_than(s, table, started) is None:
+                        config_store.newer_load_than(s, table, started) is None and \
+                        _made_under_current_configuration(s, wh, table, meta):
                     needed.append(f"{table} ({f.parent.name})")
             if needed:
                 print(f"kept {p}: not validated yet: {', '.join(needed)} (rerun the batch, or `cbm-etl "
@@ -236,6 +240,15 @@ def cmd_clean_cache(args) -> int:
             shutil.rmtree(p)
             print(f"removed {p}")
     return 0
+
+
+def _made_under_current_configuration(s, wh, table: str, meta: dict) -> bool:
+    """Whether a rerun would use this extract (ExtractParquet.complete reads again one made under another
+    configuration); when the table's configuration makes no plan now, it might: yes."""
+    try:
+        return meta.get("shape") == config_store.load_plan(s, table, wh).extract_shape()
+    except (ConfigError, UnsupportedTypeError):
+        return True
 
 
 def _not_negative(text: str) -> int:

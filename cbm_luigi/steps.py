@@ -332,16 +332,19 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
             # limit cost 15 ms, which a batch with no change does not pay
             wh.before_merge(s, len(spec.columns), rows=0 if all_new else int(batch_rows))
             refresh = None
+            changed = "configuration changed since the last load"
             if existing and plan.merged_shape not in (None, plan.extract_shape()):
                 refresh = _refresh_compared(plan, wanted, existing)
-                record.detail = "; ".join(filter(None, [record.detail, (
-                    "configuration changed since the last load" + (
-                        ": current versions whose values did not change were refreshed in place, not versioned"
-                        if plan.is_dimension else ""))]))
-            for sql, n in merge_statements(d, spec, all_new=all_new, refresh=refresh):
+            for i, (sql, n) in enumerate(merge_statements(d, spec, all_new=all_new, refresh=refresh)):
                 s.execute(sql, [now] * n)
                 if checkpoint:
                     checkpoint("merge")  # a kill here leaves a written, uncommitted merge
+                if refresh is not None and spec.scd2 and i == 0:  # how many the refresh took, as the log says
+                    versioned = int(s.query(merge_counts(d, spec))[0][1])
+                    changed += (f": {int(updated) - versioned} current versions refreshed in place (their values "
+                                f"had not changed), {versioned} versioned")
+            if refresh is not None:
+                record.detail = "; ".join(filter(None, [record.detail, changed]))
         else:
             record.detail = "; ".join(filter(None, [record.detail, "no change: MERGE skipped"]))
         record_merged(s, plan.table, staged.get("ExtractStartedAt"), shape=staged["ExtractShape"],

@@ -386,3 +386,18 @@ def test_sla_hours_are_counted_in_utc_and_an_older_warehouse_keeps_loading(env, 
     assert cbm_etl(["init-db", "--no-tables"]) == 0
     assert env.sql("SELECT LastSuccessUtc FROM config.ETL_Tables WHERE TableName = 'famille'") == [(None,)]
     assert env.sql("SELECT SLAStatus FROM etl.vw_SLABreach WHERE TableName = 'famille'") == [("OK",)]
+
+
+def test_clean_cache_drops_a_batch_whose_file_a_rerun_would_read_again_for_its_configuration(env, capsys):
+    """A rerun reads again an extract made under another configuration, so clean-cache need not keep it (found
+    in review: it kept it, 'not validated yet')."""
+    assert succeeded(build(LoadTable(table="famille", mode="full", batch_tag="a", run_id="run1")))
+    env.sql("UPDATE config.ETL_Tables SET FilterClause = '1 = 0' WHERE TableName = 'famille'")
+    assert not succeeded(build(LoadTable(table="famille", mode="full", batch_tag="b", run_id="run2")))  # refused
+    [kept] = env.cache.glob("*-b")
+    capsys.readouterr()
+    assert cbm_etl(["clean-cache", "--keep", "0"]) == 0
+    assert f"kept {kept}: not validated yet: famille (full)" in capsys.readouterr().out  # a rerun would use it
+    env.sql("UPDATE config.ETL_Tables SET FilterClause = NULL WHERE TableName = 'famille'")  # reverted
+    assert cbm_etl(["clean-cache", "--keep", "0"]) == 0
+    assert f"removed {kept}" in capsys.readouterr().out and not kept.exists()
