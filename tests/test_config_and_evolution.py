@@ -520,11 +520,13 @@ def test_the_first_configuration_change_after_the_upgrade_reads_in_full(env):
     """A table validated before the configuration was recorded gets it at init-db, so the first change after
     the upgrade is seen as any other (found in review)."""
     assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="a")))
+    recorded = env.sql("SELECT MergedShape, MergedColumns FROM etl.ETL_TableState WHERE TableName = 'produit'")
     env.sql("UPDATE etl.ETL_TableState SET MergedShape = NULL, MergedColumns = NULL")  # as before the upgrade
     release_connections()
     assert cbm_etl(["init-db", "--no-tables"]) == 0
-    assert env.sql("SELECT MergedShape IS NOT NULL FROM etl.ETL_TableState WHERE TableName = 'produit'") == [
-        (True,)]
+    # the configuration ods was loaded under, not "unknown" (which would read every table in full once)
+    assert env.sql("SELECT MergedShape, MergedColumns FROM etl.ETL_TableState WHERE TableName = 'produit'") == \
+        recorded
     _source(env, 'ALTER TABLE produit ADD COLUMN "code-naf" VARCHAR(10) NOT NULL DEFAULT \'\'',
             "INSERT INTO SYSCOLUMNS_FULL (id, col, tbl, owner, coltype, width, scale, nullflag, array_extent, "
             "display_order) VALUES ('99', 'code-naf', 'produit', 'PUB', 'varchar', 10, 0, 'N', 0, 99)")
@@ -714,3 +716,46 @@ def test_columns_reordered_in_the_catalog_alone_read_no_table_in_full(env):
     assert succeeded(build(LoadTable(table="produit", mode="incremental", batch_tag="b", run_id="run2")))
     detail = env.sql("SELECT Detail FROM etl.ETL_Log WHERE Step = 'extract' AND BatchId LIKE '%-b'")[0][0]
     assert detail.startswith("rows with dat_mod >= "), detail
+
+
+def test_an_expression_only_override_reaches_every_row_at_the_next_incremental(env):
+    """A SourceExpression changed alone (same type) changes values in every row: the next incremental reads in
+    full, so no row keeps the old form until a full (found in review: no test covered the expression)."""
+    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="a", run_id="run1")))
+    env.sql("""UPDATE config.ETL_Columns SET IsOverride = TRUE, SourceExpression = 'UPPER("libelle") AS libelle'
+               WHERE TableName = 'produit' AND ColumnName = 'libelle'""")
+    _fresh_tasks()
+    assert succeeded(build(LoadTable(table="produit", mode="incremental", batch_tag="b", run_id="run2")))
+    assert env.sql("SELECT Detail FROM etl.ETL_Log WHERE Step = 'extract' AND BatchId LIKE '%-b'")[0][0].startswith(
+        "the configuration changed since the last load")
+    with sqlite3.connect(env.source) as con:  # the expression as the source computes it (SQLite: ASCII only)
+        expected = dict(con.execute('SELECT cod_pro, UPPER("libelle") FROM produit'))
+        changed = con.execute('SELECT COUNT(*) FROM produit WHERE UPPER("libelle") <> "libelle"').fetchone()[0]
+    assert dict(env.sql("SELECT cod_pro, libelle FROM ods.produit")) == expected
+    assert changed > 100  # most rows changed form, most of them outside any window
+
+
+def test_a_refresh_never_rewrites_a_deleted_members_version(env):
+    """A member soft-deleted, a column added, the member back at the source: the refresh leaves the deleted
+    version alone (it is closed with its values and batch, as any member that comes back), and the member gets
+    a new version (found in review: no test covered the guard)."""
+    assert succeeded(build(LoadTable(table="client", mode="full", batch_tag="a", run_id="run1")))
+    row = source_rows(env.source, "client")[(3,)]
+    _source(env, "CREATE TABLE client_keep AS SELECT * FROM client WHERE cod_cli = 3",
+            "DELETE FROM client WHERE cod_cli = 3")
+    assert succeeded(build(LoadTable(table="client", mode="full", batch_tag="b", run_id="run2")))
+    [(deleted_batch, deleted_hash)] = env.sql("SELECT _etl_batch_id, _etl_hashdiff FROM ods.client WHERE cod_cli = 3 "
+                                              "AND _etl_is_current AND _etl_is_deleted")
+    _source(env, 'ALTER TABLE client ADD COLUMN "code-naf" VARCHAR(10) NOT NULL DEFAULT \'\'',
+            "INSERT INTO SYSCOLUMNS_FULL (id, col, tbl, owner, coltype, width, scale, nullflag, array_extent, "
+            "display_order) VALUES ('99', 'code-naf', 'client', 'PUB', 'varchar', 10, 0, 'N', 0, 99)",
+            "INSERT INTO client SELECT *, '' FROM client_keep", "DROP TABLE client_keep")
+    release_connections()
+    assert cbm_etl(["sync-columns", "client"]) == 0
+    _fresh_tasks()
+    assert succeeded(build(LoadTable(table="client", mode="incremental", batch_tag="c", run_id="run3")))
+    assert env.sql("SELECT _etl_batch_id, _etl_hashdiff, _etl_is_current FROM ods.client WHERE cod_cli = 3 AND "
+                   "_etl_is_deleted") == [(deleted_batch, deleted_hash, False)]
+    assert env.sql("SELECT nom, _etl_is_deleted FROM ods.client WHERE cod_cli = 3 AND _etl_is_current") == [
+        (row["nom"], False)]
+    assert_ods_equals_source(env, "client")
