@@ -10,12 +10,11 @@ from datetime import datetime
 from pathlib import Path
 
 from . import config_store, demo_source
-from .plan import ConfigError
+from .plan import PLAN_ERRORS
 from .settings import SettingError, load_settings, mask_secrets
 from .source import catalog
 from .source.readers import open_reader
 from .targets import remove_markers
-from .types import UnsupportedTypeError
 from .warehouse import open_warehouse
 from .warehouse.duckdb_wh import release_connections
 
@@ -247,7 +246,7 @@ def _made_under_current_configuration(s, wh, table: str, meta: dict) -> bool:
     configuration); when the table's configuration makes no plan now, it might: yes."""
     try:
         return meta.get("shape") == config_store.load_plan(s, table, wh).extract_shape()
-    except (ConfigError, UnsupportedTypeError):
+    except PLAN_ERRORS:
         return True
 
 

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from .naming import array_element_names, free_array_name, resolve_column_names, sql_safe_name
-from .plan import ConfigError, TablePlan, build_plan
+from .plan import PLAN_ERRORS, ConfigError, TablePlan, build_plan
 from .settings import warn_once
 from .source import catalog
 from .source.dialect import quote as oe_quote
@@ -81,7 +81,7 @@ def record_loaded_configurations(s: Session, warehouse: Warehouse) -> int:
     for table in tables:
         try:
             plan = load_plan(s, table, warehouse)
-        except (ConfigError, UnsupportedTypeError) as exc:
+        except PLAN_ERRORS as exc:
             log.warning("init-db: table %s: its next load reads in full (its configuration makes no plan now: %s)",
                         table, exc)
             record_configuration(s, table, UNKNOWN_SHAPE, None)

@@ -16,11 +16,16 @@ import pyarrow as pa
 from .naming import array_element_names
 from .source.dialect import SourceColumn, Window
 from .source.dialect import quote as oe_quote
-from .types import ColumnType, map_openedge_type
+from .types import ColumnType, UnsupportedTypeError, map_openedge_type
 
 
 class ConfigError(ValueError):
     """The configuration cannot work; the message says which row and what to change."""
+
+
+# what building a plan raises when the configuration cannot make one (UnsupportedTypeError: a column of a type the
+# product cannot map, whose row sync-columns writes all the same so it can be overridden)
+PLAN_ERRORS = (ConfigError, UnsupportedTypeError)
 
 
 @dataclass(frozen=True)

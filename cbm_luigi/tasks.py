@@ -22,13 +22,12 @@ from . import config_store, steps
 from .extract import extract_to_parquet, is_current, read_extract_meta
 from .faults import checkpoint
 from .naming import cache_file_stem, sql_safe_name
-from .plan import ConfigError, TablePlan
+from .plan import PLAN_ERRORS, ConfigError, TablePlan
 from .runlog import StepRecord, write_steps
 from .settings import Settings, load_settings, mask_secrets, warn_once
 from .source.readers import pooled_reader
 from .targets import MarkerTarget, StagedBatchTarget, StageTarget
 from .transform import TechnicalValues
-from .types import UnsupportedTypeError
 from .warehouse import open_warehouse
 
 log = logging.getLogger("luigi-interface")
@@ -166,7 +165,7 @@ class CbmTask(luigi.Task):
         the error, which Luigi logs (and etl.ETL_Log records) for a run() but not for a complete()."""
         try:
             return self.plan().extract_shape()
-        except (ConfigError, UnsupportedTypeError):
+        except PLAN_ERRORS:
             return None
 
     def marker(self) -> MarkerTarget:
