@@ -63,6 +63,22 @@ def test_catalog_discovery_through_odbc(env, monkeypatch):
         assert catalog.row_count(r, "client") == 150
 
 
+def test_discovery_does_not_propose_an_inactive_unique_index(env, monkeypatch):
+    """An index added online stays inactive (not enforced) until idxbuild: its columns may hold duplicates."""
+    import sqlite3
+
+    with sqlite3.connect(env.source) as con:
+        con.executemany("INSERT INTO SYSINDEXES (idxname, tbl, tblowner, colname, idxseq, idxtype, active) "
+                        "VALUES (?, 'lignecli', 'PUB', ?, 1, 'U', ?)", [("a-new", "cod_pro", 0), ("b-ean", "num_lig", 1)])
+    for k, v in odbc_vars(env, "pyodbc").items():
+        monkeypatch.setenv(k, v)
+    with open_reader(load_settings()) as r:
+        assert catalog.proposed_key(r, "lignecli") == ["num_lig"]  # the shortest active one, not "a-new"
+        with sqlite3.connect(env.source) as con:
+            con.execute("UPDATE SYSINDEXES SET active = 0 WHERE idxname = 'b-ean'")
+        assert catalog.proposed_key(r, "lignecli") == ["num_cde", "num_lig"]
+
+
 def test_odbc_errors_are_short_masked_and_actionable(env, monkeypatch):
     for k, v in odbc_vars(env, "pyodbc").items():
         monkeypatch.setenv(k, v)

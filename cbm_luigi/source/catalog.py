@@ -43,17 +43,22 @@ def read_columns(reader: Reader, table: str) -> list[CatalogColumn]:
 
 
 def proposed_key(reader: Reader, table: str) -> list[str]:
-    """The shortest unique index's columns (ties: index name order) — a proposal, never applied silently."""
+    """The shortest active unique index's columns (ties: index name order) — a proposal, never applied silently.
+    An inactive index (added online, not yet built by idxbuild) is not enforced: its columns may hold duplicates."""
     try:
         rows = reader.query(reader.dialect.unique_index_sql(), [table])
     except Exception as exc:  # noqa: BLE001
         raise translate(exc, table=table, action="read SYSPROGRESS.SYSINDEXES") from None
     indexes: dict[str, list[str]] = {}
-    for idxname, _seq, col in rows:
+    inactive: set[str] = set()
+    for idxname, _seq, col, active in rows:
         indexes.setdefault(idxname, []).append(col)
-    if not indexes:
+        if active is not None and str(active).strip().lower() in ("0", "false", "n", "no"):  # BIT, as drivers hand it
+            inactive.add(idxname)
+    candidates = [(name, cols) for name, cols in indexes.items() if name not in inactive]
+    if not candidates:
         return []
-    return min(indexes.items(), key=lambda kv: (len(kv[1]), kv[0]))[1]
+    return min(candidates, key=lambda kv: (len(kv[1]), kv[0]))[1]
 
 
 def modification_candidates(columns: list[CatalogColumn]) -> tuple[str | None, str | None]:

@@ -115,7 +115,7 @@ class OpenEdgeDialect:
                 "FROM SYSPROGRESS.SYSCOLUMNS_FULL WHERE owner = 'PUB' AND tbl = ? ORDER BY display_order")
 
     def unique_index_sql(self) -> str:
-        return ("SELECT idxname, idxseq, colname FROM SYSPROGRESS.SYSINDEXES "
+        return ("SELECT idxname, idxseq, colname, active FROM SYSPROGRESS.SYSINDEXES "
                 "WHERE tblowner = 'PUB' AND tbl = ? AND idxtype = 'U' ORDER BY idxname, idxseq")
 
     def count_sql(self, table: str) -> str:
