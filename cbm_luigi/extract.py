@@ -82,11 +82,13 @@ def extract_to_parquet(reader: Reader, plan: TablePlan, mode: str, out_path: Pat
     with _source_errors(plan.table):  # the statement starts now: the source works while DuckDB plans
         stream = reader.stream(sql, params, schema, batch_rows)
 
+    names = plan.source_names()
+
     def conformed():
         rows = 0
         with _source_errors(plan.table):
             for batch in stream:
-                batch = conform_batch(batch, schema, table=plan.table, keys=plan.keys)
+                batch = conform_batch(batch, schema, table=plan.table, keys=plan.keys, names=names)
                 rows += batch.num_rows
                 if progress and time.monotonic() - said[0] >= PROGRESS_EVERY_S:
                     said[0] = time.monotonic()

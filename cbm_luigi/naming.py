@@ -149,6 +149,13 @@ def cache_file_stem(table: str) -> str:
     return f"{sql_safe_name(table)}-{hashlib.md5(table.encode()).hexdigest()[:8]}"
 
 
+def shown_column(name: str, sql_name: str) -> str:
+    """A column as messages name it: by its Progress name, which the operator fixes at the source and finds in
+    config.ETL_Columns, with its warehouse name when that differs (`prix-vte` may own `prix_vte` while a field
+    `prix_vte` added later became `prix_vte_2`: the SQL name alone points at the other column)."""
+    return name if name == sql_name else f"{name} ({sql_name} in the warehouse)"
+
+
 def array_element_names(sql_name: str, extent: int) -> list[str]:
     """Column names for the elements of an EXTENT field: `zal` -> `zal_1` ... `zal_5` (1-based, as ABL)."""
     return [_with_suffix(sql_name, f"_{i}") for i in range(1, extent + 1)]

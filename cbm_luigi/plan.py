@@ -98,16 +98,28 @@ class TablePlan:
     last_success_clock: tuple[datetime | None, int | None] = (None, None)
 
     def by_name(self, name: str) -> PlanColumn:
-        """The column named `name` in Progress or by its SQL name; Progress names ignore case, and so does this
-        (an exact match first)."""
-        for c in self.columns:
-            if name in (c.name, c.sql_name):
-                return c
-        for c in self.columns:
-            if name.lower() in (c.name.lower(), c.sql_name.lower()):
-                return c
+        """The column a configuration field names: by its Progress name (case ignored, as Progress does; an exact
+        match first), else by its SQL name. Progress names come first: `prix-vte` may own the SQL name
+        `prix_vte` while the field `prix_vte` added later became `prix_vte_2`, and `prix_vte` means the field."""
+        for match in (lambda c: c.name == name, lambda c: c.name.lower() == name.lower(),
+                      lambda c: c.sql_name == name, lambda c: c.sql_name.lower() == name.lower()):
+            for c in self.columns:
+                if match(c):
+                    return c
         raise ConfigError(f"table {self.table}: no active column {name!r} in config.ETL_Columns "
                           f"(run `cbm-etl sync-columns {self.table}`, or check IsExcluded)")
+
+    def by_sql_name(self, sql_name: str) -> PlanColumn:
+        return next(c for c in self.columns if c.sql_name == sql_name)
+
+    def source_names(self) -> dict[str, str]:
+        """SQL name -> Progress name of each column read: how messages name a column and a key (naming.shown_column)."""
+        return {c.sql_name: c.name for c in self.columns}
+
+    @property
+    def key_names(self) -> list[str]:
+        """The key columns by their Progress names, as PrimaryKeyCols holds them (messages name them so)."""
+        return [self.by_sql_name(k).name for k in self.keys]
 
     def source_columns(self) -> list[SourceColumn]:
         return [SourceColumn(c.name, c.sql_name, c.expression) for c in self.columns]
@@ -259,8 +271,8 @@ def build_plan(table_row: dict, column_rows: list[dict]) -> TablePlan:
 
     plan.keys = [named("PrimaryKeyCols", k).sql_name for k in keys]
     for k in plan.keys:
-        if plan.by_name(k).extent:
-            raise ConfigError(f"table {t}: key column {k} is an array (EXTENT) field")
+        if plan.by_sql_name(k).extent:
+            raise ConfigError(f"table {t}: key column {plan.by_sql_name(k).name} is an array (EXTENT) field")
     if plan.date_col:
         kind = named("DateModifCol", plan.date_col).ctype.kind
         if kind not in ("date", "timestamp", "timestamptz"):

@@ -187,21 +187,21 @@ def _check_keys(s: Session, wh: Warehouse, plan: TablePlan, spec: MergeSpec) -> 
     d = wh.dialect
 
     def shown(rows, counted: bool = False):  # rows: key values, then a count
-        return "; ".join(", ".join(f"{k}={v!r}" for k, v in zip(plan.keys, r[:-1])) +
+        return "; ".join(", ".join(f"{k}={v!r}" for k, v in zip(plan.key_names, r[:-1])) +
                          (f" ({r[-1]} rows)" if counted else "") for r in rows)
 
     nulls = s.query(null_keys(d, spec.stg(d), plan.keys))
     if nulls:
         raise NullKeyError(
             f"table {plan.table}: {nulls[0][-1]} row(s) of the batch have an unknown (NULL) value in the key "
-            f"({', '.join(plan.keys)}); first: {shown(nulls)}. Nothing was merged (such a row could never be "
+            f"({', '.join(plan.key_names)}); first: {shown(nulls)}. Nothing was merged (such a row could never be "
             f"matched again). Progress unique indexes admit `?` in non-mandatory fields: set PrimaryKeyCols in "
             f"config.ETL_Tables to columns that are always known (`cbm-etl discover` lists the unique indexes), "
             f"or fix the rows in Progress.")
     dups = s.query(duplicate_keys(d, spec.stg(d), plan.keys))
     if dups:
         raise DuplicateKeyError(
-            f"table {plan.table}: the batch has duplicate keys ({', '.join(plan.keys)}); first: {shown(dups, True)}. "
+            f"table {plan.table}: the batch has duplicate keys ({', '.join(plan.key_names)}); first: {shown(dups, True)}. "
             f"Nothing was merged. Check PrimaryKeyCols in config.ETL_Tables (`cbm-etl discover` proposes "
             f"the unique index) or fix the rows in Progress. If the key is right, a row updated in Progress "
             f"while it was read can come twice (READ UNCOMMITTED reads follow a row that moves in the index): "
@@ -215,10 +215,10 @@ def _refuse_ods_duplicates(s: Session, wh: Warehouse, plan: TablePlan, spec: Mer
     d = wh.dialect
     dups = s.query(duplicate_keys(d, spec.ods(d), plan.keys, "" if not spec.scd2 else
                                   d.is_true("_etl_is_current")))
-    first = "; ".join(", ".join(f"{k}={v!r}" for k, v in zip(plan.keys, r[:-1])) + f" ({r[-1]} rows)" for r in dups)
+    first = "; ".join(", ".join(f"{k}={v!r}" for k, v in zip(plan.key_names, r[:-1])) + f" ({r[-1]} rows)" for r in dups)
     raise DuplicateKeyError(
         f"table {plan.table}: ods.{plan.destination} holds several {'current versions' if spec.scd2 else 'rows'} "
-        f"for one key ({', '.join(plan.keys)}){'; first: ' + first if first else ''}. Nothing was merged: the "
+        f"for one key ({', '.join(plan.key_names)}){'; first: ' + first if first else ''}. Nothing was merged: the "
         f"MERGE would write one batch row over all of them. Was PrimaryKeyCols in config.ETL_Tables changed "
         f"since ods was built? Set it back, or rebuild the table under the new key: keep a copy of "
         f"ods.{plan.destination} if its history matters, drop it, and rerun the table in full mode.")

@@ -153,8 +153,8 @@ class TechnicalValues:
 def transform_sql(plan: TablePlan, source_sql: str) -> str:
     """SELECT over `source_sql` (a relation with the extract columns) producing the business columns of
     stg/ods, then `_etl_hashdiff` and `_etl_source_ts`."""
-    key_text = " || ', ' || ".join(f"{_lit(k + '=')} || coalesce(CAST({_q(k)} AS VARCHAR), 'NULL')"
-                                   for k in plan.keys)
+    key_text = " || ', ' || ".join(f"{_lit(name + '=')} || coalesce(CAST({_q(k)} AS VARCHAR), 'NULL')"
+                                   for k, name in zip(plan.keys, plan.key_names))
     inner, outer = [], []
     for c in plan.columns:
         if not c.extent:

@@ -10,11 +10,13 @@ logical column (made True) and a logical in a non-logical column (made 1).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import date
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..naming import shown_column
 from ..settings import warn_once
 from ..types import MAX_DATE, MIN_DATE
 from .errors import SourceValueError
@@ -39,8 +41,8 @@ def _first_bad(src: pa.Array, target: pa.DataType) -> int | None:
     return None
 
 
-def _key_text(batch: pa.RecordBatch, keys: list[str], i: int) -> str:
-    parts = [f"{k}={_shown(batch.column(k), i)}" for k in keys if k in batch.schema.names]
+def _key_text(batch: pa.RecordBatch, keys: list[str], i: int, names: Mapping[str, str]) -> str:
+    parts = [f"{names.get(k, k)}={_shown(batch.column(k), i)}" for k in keys if k in batch.schema.names]
     return ", ".join(parts) or f"row {i} of the batch"
 
 
@@ -182,8 +184,15 @@ def _say_zoneless(table: str, column: str) -> None:
                    f"(OPERATIONS.md, DATETIME-TZ)")
 
 
-def conform_batch(batch: pa.RecordBatch, schema: pa.Schema, *, table: str, keys: list[str]) -> pa.RecordBatch:
-    """Cast each column to `schema` (by name, in schema order). Raises SourceValueError on the first loss."""
+def conform_batch(batch: pa.RecordBatch, schema: pa.Schema, *, table: str, keys: list[str],
+                  names: Mapping[str, str] | None = None) -> pa.RecordBatch:
+    """Cast each column to `schema` (by name, in schema order). Raises SourceValueError on the first loss, naming
+    the column and the key by their Progress names (`names`: SQL name -> Progress name; TablePlan.source_names)."""
+    names = names or {}
+
+    def column(sql_name: str) -> str:
+        return shown_column(names.get(sql_name, sql_name), sql_name)
+
     arrays = []
     position = {name: i for i, name in enumerate(batch.schema.names)}  # by-name lookup is linear in pyarrow
     converted = _cast_alike(batch, schema, position)
@@ -194,24 +203,24 @@ def conform_batch(batch: pa.RecordBatch, schema: pa.Schema, *, table: str, keys:
         src = batch.column(position[field.name])
         if pa.types.is_timestamp(field.type) and field.type.tz and pa.types.is_timestamp(src.type) \
                 and not src.type.tz:
-            _say_zoneless(table, field.name)
+            _say_zoneless(table, column(field.name))
         try:
             arrays.append(converted[field.name] if field.name in converted else _cast(src, field.type))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OverflowError, ValueError) as exc:
             i = _first_bad(src, field.type)
-            where = _key_text(batch, keys, i) if i is not None else "some row"
+            where = _key_text(batch, keys, i, names) if i is not None else "some row"
             value = src[i].as_py() if i is not None else "?"
             raise SourceValueError(
-                f"table {table}, column {field.name}, key {where}: value {value!r} does not fit "
+                f"table {table}, column {column(field.name)}, key {where}: value {value!r} does not fit "
                 f"{field.type} without loss ({exc}). To carry it over: {_FIX}.") from None
         bad = _out_of_range(arrays[-1])
         if bad is not None:
             raise SourceValueError(
-                f"table {table}, column {field.name}, key {_key_text(batch, keys, bad)}: value "
+                f"table {table}, column {column(field.name)}, key {_key_text(batch, keys, bad, names)}: value "
                 f"{_shown(arrays[-1], bad)} is outside years 1 to 9999, which the warehouse cannot hold"
                 f"{' (in UTC)' if getattr(field.type, 'tz', None) else ''}. To carry it over: {_FIX}.")
         if not field.nullable and arrays[-1].null_count:
             i = pc.index(pc.is_null(arrays[-1]), True).as_py()
-            raise SourceValueError(f"table {table}, column {field.name}, key {_key_text(batch, keys, i)}: NULL "
+            raise SourceValueError(f"table {table}, column {column(field.name)}, key {_key_text(batch, keys, i, names)}: NULL "
                                    f"(Progress unknown value ?) in a mandatory column. To carry it over: {_FIX}.")
     return pa.RecordBatch.from_arrays(arrays, schema=schema)

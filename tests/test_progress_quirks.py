@@ -1,0 +1,297 @@
+"""The Progress OpenEdge quirks of /work/shared/reference (arrays and their escapes, names, types at their limits,
+keys) end to end, through the embedded reader and the ODBC path (unixODBC + the SQLite ODBC driver standing in for
+Progress), asserting what lands in ods.<t> or what the error names."""
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+
+import pytest
+
+from cbm_luigi import demo_source
+from cbm_luigi.demo_source import Col, TableDef
+from cbm_luigi.source.dialect import quote
+from cbm_luigi.tasks import LoadTable
+
+from .conftest import build, succeeded
+from .test_source_odbc import odbc_vars
+
+READERS = ["embedded", "pyodbc", "arrow-odbc"]
+
+
+def raw_table(path, name: str, cols: list[tuple[Col, str]], key: tuple[str, ...], rows: list[tuple], *,
+              pk: bool = True) -> None:
+    """A stand-in table whose SQLite declared types are chosen here (so the ODBC driver reports what a Progress
+    driver may report), registered in the OpenEdge-shaped catalog with each Col's coltype."""
+    t = TableDef(name, [c for c, _decl in cols], key, rows)
+    con = demo_source.connect(path)
+    with con:
+        con.execute(f"DROP TABLE IF EXISTS {quote(name)}")
+        defs = ", ".join(f"{quote(c.name)} {decl}" for c, decl in cols)
+        con.execute(f"CREATE TABLE {quote(name)} ({defs}"
+                    + (f", PRIMARY KEY ({', '.join(map(quote, key))}))" if pk else ")"))
+        demo_source._register(con, t)
+        con.executemany(f"INSERT INTO {quote(name)} VALUES ({', '.join('?' * len(cols))})", rows)
+    con.close()
+
+
+def configure(env, monkeypatch, reader: str, table: str, keys: str = "id", date_col: str | None = None,
+              **extra) -> None:
+    if reader != "embedded":
+        for k, v in odbc_vars(env, reader).items():
+            monkeypatch.setenv(k, v)
+    fields = {"TableName": table, "PrimaryKeyCols": keys, "DateModifCol": date_col, **extra}
+    fields = {k: v for k, v in fields.items() if v is not None}
+    env.sql(f"INSERT INTO config.ETL_Tables ({', '.join(fields)}) VALUES ({', '.join('?' * len(fields))})",
+            list(fields.values()))
+
+
+def run(table: str, **kw) -> bool:
+    return succeeded(build(LoadTable(table=table, mode="full", **kw)))
+
+
+def failure(env, table: str) -> str:
+    rows = env.sql("SELECT ErrorMessage FROM etl.ETL_Log WHERE TableName = ? AND Status = 'FAILED' "
+                   "ORDER BY LogId DESC", [table])
+    return rows[0][0] if rows else ""
+
+
+def ods(env, table: str, cols: list[str], order: str = "id") -> list[tuple]:
+    return env.sql(f'SELECT {", ".join(quote(c) for c in cols)} FROM ods.{quote(table)} ORDER BY {quote(order)}')
+
+
+def ods_columns(env, table: str) -> list[str]:
+    return [r[0] for r in env.sql("SELECT column_name FROM information_schema.columns WHERE table_schema = 'ods' "
+                                  "AND table_name = ? ORDER BY ordinal_position", [table])]
+
+
+# -- arrays ------------------------------------------------------------------------------------------------------
+
+ARRAY_ROWS = [
+    (1, "a~;b;c~~d;~?;?;"),  # escapes, an escaped ?, an unknown element, an empty one
+    (2, ";;;;"),  # five empty elements
+    (3, "?;?;?;?;?"),  # five unknown elements
+    (4, None),  # the whole field unknown
+    (5, "x~~;y~~~;z;w?;?x"),  # a `~` at an element's end, `~;` right after one, a `?` inside an element
+    (6, "~~?;~?~?;;;"),  # `~` then an unknown-looking `?`, two literal ?
+]
+ARRAY_SPLIT = {
+    1: ("a;b", "c~d", "?", None, ""),
+    2: ("", "", "", "", ""),
+    3: (None, None, None, None, None),
+    4: (None, None, None, None, None),
+    5: ("x~", "y~;z", "w?", "?x", None),
+    6: ("~?", "??", "", "", ""),
+}
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_arrays_split_end_to_end(env, monkeypatch, reader):
+    raw_table(env.source, "tabarr", [(Col("id", "integer", nullable=False), "INTEGER"),
+                                     (Col("zal", "varchar", 80, extent=5), "VARCHAR(400)")], ("id",), ARRAY_ROWS)
+    configure(env, monkeypatch, reader, "tabarr")
+    assert run("tabarr"), failure(env, "tabarr")
+    got = {r[0]: r[1:] for r in ods(env, "tabarr", ["id", "zal_1", "zal_2", "zal_3", "zal_4", "zal_5"])}
+    assert got == ARRAY_SPLIT
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_arrays_single_end_to_end(env, monkeypatch, reader):
+    raw_table(env.source, "tabarr", [(Col("id", "integer", nullable=False), "INTEGER"),
+                                     (Col("zal", "varchar", 80, extent=5), "VARCHAR(400)")], ("id",), ARRAY_ROWS)
+    configure(env, monkeypatch, reader, "tabarr")
+    from cbm_luigi.cli import main as cbm_etl
+    assert cbm_etl(["sync-columns", "tabarr"]) == 0
+    env.sql("UPDATE config.ETL_Columns SET ArrayMode = 'single' WHERE TableName = 'tabarr' AND ColumnName = 'zal'")
+    assert run("tabarr"), failure(env, "tabarr")
+    got = dict(ods(env, "tabarr", ["id", "zal"]))
+    assert got == dict(ARRAY_ROWS)
+    hashes = [r[0] for r in env.sql("SELECT _etl_hashdiff FROM ods.tabarr")]
+    assert len(set(hashes)) == len(hashes)
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_array_with_more_elements_than_its_extent_is_refused_naming_it(env, monkeypatch, reader):
+    raw_table(env.source, "tabarr", [(Col("id", "integer", nullable=False), "INTEGER"),
+                                     (Col("zal", "varchar", 80, extent=3), "VARCHAR(400)")], ("id",),
+              [(1, "a;b;c"), (2, "a;b;c;d"), (3, "a")])
+    configure(env, monkeypatch, reader, "tabarr")
+    assert not run("tabarr")
+    err = failure(env, "tabarr")
+    assert "table tabarr, column zal, key id=2" in err and "4 array elements" in err and "sync-columns" in err, err
+
+
+# -- names ---------------------------------------------------------------------------------------------------------
+
+NAME_COLS = ["id", "order", "user", "key", "Order-Date", "order_date", "a#b", "a$b", "a%b", "a&b", "_etl_hashdiff",
+             "src_etl_hashdiff", "_ETL_is_current", "zal_1", "zal", "designation-commerciale-longue-a",
+             "designation_commerciale_longue_a", "designation#commerciale-longue-a", "_etl_l_0", "src", "shaped"]
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_colliding_names_land_in_their_own_columns(env, monkeypatch, reader):
+    cols = [(Col(n, "integer", nullable=n != "id") if n != "zal" else Col(n, "varchar", 20, extent=2),
+             "INTEGER" if n != "zal" else "VARCHAR(50)") for n in NAME_COLS]
+    row = tuple(i if n != "zal" else f"e{i}a;e{i}b" for i, n in enumerate(NAME_COLS))
+    raw_table(env.source, "noms", cols, ("id",), [row])
+    configure(env, monkeypatch, reader, "noms")
+    assert run("noms"), failure(env, "noms")
+    names = dict(env.sql("SELECT ColumnName, SqlName FROM config.ETL_Columns WHERE TableName = 'noms'"))
+    got = dict(zip(ods_columns(env, "noms"), env.sql("SELECT * FROM ods.noms")[0]))
+    for i, n in enumerate(NAME_COLS):
+        if n == "zal":
+            assert (got[names[n] + "_1"], got[names[n] + "_2"]) == (f"e{i}a", f"e{i}b")
+        else:
+            assert got[names[n]] == i, n
+    assert len(set(names.values())) == len(names)
+
+
+# -- types ---------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("reader", READERS)
+def test_quirky_types_land_exactly(env, monkeypatch, reader):
+    big = "123456789012345678901234567.1234567890"  # 27 + 10 digits: fits DECIMAL(38,10)
+    long_text = ("😀é" * 20000) + "z"
+    raw_table(env.source, "typs", [
+        (Col("id", "integer", nullable=False), "INTEGER"),
+        (Col("d", "date"), "DATE"),
+        (Col("tz", "timestamp_timezone"), "VARCHAR(40)"),  # the driver reports DATETIME-TZ as character
+        (Col("n50", "numeric", 50, 10), "VARCHAR(52)"),
+        (Col("clob", "lvarchar"), "TEXT"),
+        (Col("b", "bit"), "BIT"),
+        (Col("rid", "recid"), "INTEGER"),
+        (Col("dat_mod", "date"), "DATE"), (Col("heure", "integer"), "INTEGER"),
+    ], ("id",), [
+        (1, "0001-01-01", "2020-01-01 10:00:00.123+02:00", big, long_text, 1, 2**31 - 1, "0001-01-01", 0),
+        (2, "9999-12-31", "2020-06-30 23:59:59.000-05:30", "-" + big, "", 0, 1, "9999-12-31", 86399),
+        (3, None, None, None, None, None, None, None, None),
+    ])
+    configure(env, monkeypatch, reader, "typs", date_col="dat_mod", TimeOfDayCol="heure")
+    assert run("typs"), failure(env, "typs")
+    got = {r[0]: r[1:] for r in env.sql("SELECT id, d, CAST(timezone('UTC', tz) AS VARCHAR), n50, clob, b, rid, "
+                                        "_etl_source_ts FROM ods.typs ORDER BY id")}
+    assert got[1] == (date(1, 1, 1), "2020-01-01 08:00:00.123", Decimal(big), long_text, True, 2**31 - 1,
+                      datetime(1, 1, 1))
+    assert got[2] == (date(9999, 12, 31), "2020-07-01 05:29:59", Decimal("-" + big), "", False, 1,
+                      datetime(9999, 12, 31, 23, 59, 59))
+    assert got[3] == (None,) * 7
+
+
+@pytest.mark.parametrize("reader", READERS)
+@pytest.mark.parametrize("table", ["user", "order", "a%b&c#d$e", "Fact-Ligne-Commande-Historique-X", "key",
+                                   "%2Fx", "a%20b"])
+def test_table_names(env, monkeypatch, reader, table):
+    raw_table(env.source, table, [(Col("id", "integer", nullable=False), "INTEGER"),
+                                  (Col("v", "varchar", 10), "VARCHAR(10)"), (Col("dat_mod", "date"), "DATE")],
+              ("id",), [(1, "x", "2020-01-01"), (2, "y", "2020-01-02")])
+    configure(env, monkeypatch, reader, table, date_col="dat_mod")
+    assert run(table), failure(env, table)
+    from cbm_luigi.naming import sql_safe_name
+    dest = sql_safe_name(table)
+    assert env.sql(f'SELECT id, v FROM ods."{dest}" ORDER BY id') == [(1, "x"), (2, "y")]
+    assert succeeded(build(LoadTable(table=table, mode="incremental")))
+
+
+QUIRKY_COLS = [
+    (Col("id", "integer", nullable=False), "INTEGER"),
+    (Col("d", "date"), "DATE"),
+    (Col("tz", "timestamp_timezone"), "VARCHAR(40)"),
+    (Col("n50", "numeric", 50, 10), "VARCHAR(52)"),
+    (Col("clob", "lvarchar"), "TEXT"),
+    (Col("b", "bit"), "BIT"),
+    (Col("rid", "recid"), "INTEGER"),
+    (Col("zal", "varchar", 80, extent=5), "VARCHAR(400)"),
+    (Col("f", "float"), "DOUBLE"),
+    (Col("ts", "timestamp"), "TIMESTAMP"),
+    (Col("dat_mod", "date"), "DATE"), (Col("heure", "integer"), "INTEGER"),
+]
+QUIRKY_ROWS = [
+    (1, "0001-01-01", "2020-01-01 10:00:00.123+02:00", "123456789012345678901234567.1234567890", "😀é" * 50, 1,
+     2**31 - 1, "a~;b;c~~d;~?;?;", 0.1, "0001-01-01 00:00:00.000", "0001-01-01", 0),
+    (2, "9999-12-31", "2020-06-30 23:59:59.000-05:30", "-0.0000000001", "", 0, 1, ";;;;", 1e300,
+     "9999-12-31 23:59:59.999", "9999-12-31", 86399),
+    (3, None, None, None, None, None, None, None, None, None, None, None),
+    (4, "2024-02-29", "2024-02-29 00:00:00.000+14:00", "0", "x", None, 0, "?;?;?;?;?", -0.0, "2024-02-29 12:00:00.5",
+     "2024-02-29", None),
+]
+
+
+@pytest.mark.parametrize("dimension", [False, True])
+def test_switching_reader_changes_nothing(env, monkeypatch, dimension):
+    raw_table(env.source, "quirky", QUIRKY_COLS, ("id",), QUIRKY_ROWS)
+    configure(env, monkeypatch, "embedded", "quirky", date_col="dat_mod", TimeOfDayCol="heure",
+              IsDimension=dimension)
+    assert run("quirky"), failure(env, "quirky")
+    first = env.sql("SELECT id, _etl_hashdiff FROM ods.quirky ORDER BY id")
+    for i, reader in enumerate(["pyodbc", "arrow-odbc", "embedded"]):
+        if reader == "embedded":
+            for k in ("CBM_SOURCE_KIND", "CBM_SOURCE_ODBC", "CBM_SOURCE_INIT_SQL", "CBM_SOURCE_DIALECT",
+                      "CBM_ODBC_READER"):
+                monkeypatch.delenv(k)
+        else:
+            for k, v in odbc_vars(env, reader).items():
+                monkeypatch.setenv(k, v)
+        assert run("quirky", batch_tag=f"r{i}"), failure(env, "quirky")
+        merge = env.sql("SELECT RowsInserted, RowsUpdated, RowsUnchanged FROM etl.ETL_Log WHERE Step = 'merge' "
+                        "ORDER BY LogId DESC LIMIT 1")[0]
+        assert (reader, merge) == (reader, (0, 0, 4)), env.sql("SELECT * FROM ods.quirky ORDER BY id")
+        assert env.sql("SELECT id, _etl_hashdiff FROM ods.quirky ORDER BY id") == first
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_null_and_duplicate_keys_at_the_source_are_refused_naming_them(env, monkeypatch, reader):
+    raw_table(env.source, "nk", [(Col("id", "integer"), "INTEGER"), (Col("x", "integer"), "INTEGER")], ("id",),
+              [(1, 1), (None, 2), (None, 3)], pk=False)
+    configure(env, monkeypatch, reader, "nk")
+    assert not run("nk")
+    assert "table nk: 2 row(s) of the batch have an unknown (NULL) value in the key (id)" in failure(env, "nk")
+    raw_table(env.source, "dk", [(Col("id", "varchar", 10), "VARCHAR(10)"), (Col("x", "integer"), "INTEGER")],
+              ("id",), [("a", 1), ("a", 2), ("A", 3)], pk=False)
+    env.sql("INSERT INTO config.ETL_Tables (TableName, PrimaryKeyCols) VALUES ('dk', 'id')")
+    assert not run("dk")
+    assert "table dk: the batch has duplicate keys (id); first: id='a' (2 rows)" in failure(env, "dk")
+    assert env.sql("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'ods'") == [(0,)]
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_a_refused_value_is_named_by_its_progress_column_not_by_a_sibling(env, monkeypatch, reader):
+    """`prix-vte` was configured first and owns the SQL name prix_vte; the field `prix_vte` added later in Progress
+    got prix_vte_2. A value of `prix-vte` that does not fit must name `prix-vte`: the message names prix_vte,
+    which is the *other* Progress column, so following its advice (fix the row in Progress, override or
+    exclude the column's row in config.ETL_Columns) changes the wrong column."""
+    from cbm_luigi.cli import main as cbm_etl
+    cols = [(Col("id", "integer", nullable=False), "INTEGER"), (Col("prix-vte", "numeric", 5, 2), "NUMERIC(5,2)")]
+    raw_table(env.source, "tarif", cols, ("id",), [(1, 1.5)])
+    configure(env, monkeypatch, reader, "tarif")
+    assert run("tarif"), failure(env, "tarif")
+    cols.append((Col("prix_vte", "numeric", 5, 2), "NUMERIC(5,2)"))  # a field added in the Data Dictionary
+    raw_table(env.source, "tarif", cols, ("id",), [(1, 1.5, 2.5), (2, 1234.5, 3.5)])
+    assert cbm_etl(["sync-columns", "tarif"]) == 0
+    assert dict(env.sql("SELECT ColumnName, SqlName FROM config.ETL_Columns WHERE TableName = 'tarif'")) == {
+        "id": "id", "prix-vte": "prix_vte", "prix_vte": "prix_vte_2"}
+    assert not run("tarif", batch_tag="2")
+    err = failure(env, "tarif")
+    assert "value 1234.5" in err, err
+    assert "column prix-vte" in err, err  # the Progress field the operator must fix, override or exclude
+    assert "column prix-vte (prix_vte in the warehouse)" in err, err  # and where ods keeps it
+    assert "column prix_vte," not in err and "column prix_vte " not in err, err
+
+
+def test_configuration_fields_name_progress_columns_before_sql_names(env, monkeypatch):
+    """PrimaryKeyCols holds Progress names: `prix_vte` is the field of that name (SQL name prix_vte_2), not the
+    column `prix-vte` that owns the SQL name prix_vte; the key errors name the key by its Progress names."""
+    from cbm_luigi.plan import build_plan
+
+    def col(name, sql, pos):
+        return {"ColumnName": name, "SqlName": sql, "DataType": "integer", "OrdinalPosition": pos}
+    plan = build_plan({"TableName": "tarif", "PrimaryKeyCols": "prix_vte"},
+                      [col("prix-vte", "prix_vte", 1), col("prix_vte", "prix_vte_2", 2)])
+    assert plan.keys == ["prix_vte_2"] and plan.key_names == ["prix_vte"]
+    assert build_plan({"TableName": "tarif", "PrimaryKeyCols": "PRIX-VTE"},
+                      [col("prix-vte", "prix_vte", 1), col("prix_vte", "prix_vte_2", 2)]).keys == ["prix_vte"]
+
+    raw_table(env.source, "cle", [(Col("cod-cli", "varchar", 10), "VARCHAR(10)"), (Col("x", "integer"), "INTEGER")],
+              ("cod-cli",), [("a", 1), ("a", 2)], pk=False)
+    configure(env, monkeypatch, "embedded", "cle", keys="cod-cli")
+    assert not run("cle")
+    assert "the batch has duplicate keys (cod-cli); first: cod-cli='a' (2 rows)" in failure(env, "cle")
