@@ -171,3 +171,22 @@ def test_sync_procedure_keeps_operator_choices(mssql_env):
     import pyodbc
     with pytest.raises(pyodbc.Error, match="name collision"):
         _sql("EXEC etl.SyncConfigColumns @TableName = N'famille'")
+
+
+def test_sessions_reuse_one_login_and_leave_no_transaction(mssql_env):
+    """base.ConnectionPool on a real server: one session after another runs on the same server session (@@SPID),
+    and a session that failed inside a transaction leaves no connection behind that is still in it."""
+    from cbm_luigi.settings import load_settings
+    from cbm_luigi.warehouse import open_warehouse
+
+    wh = open_warehouse(load_settings())
+    spids = set()
+    for _ in range(3):
+        with wh.session() as s:
+            spids.add(s.scalar("SELECT @@SPID"))
+    assert len(spids) == 1
+    with pytest.raises(Exception):
+        with wh.session() as s, s.transaction():
+            s.execute("SELECT 1/0")
+    with wh.session() as s:
+        assert s.scalar("SELECT @@TRANCOUNT") == 0
