@@ -43,11 +43,21 @@ class OutdatedBatchError(StaleStageError):
     """The batch was extracted before the newest one merged or validated: merging it would undo newer data."""
 
 
-class NullKeyError(RuntimeError):
+class RefusedBatchError(RuntimeError):
+    """The batch's own rows were refused (a NULL or duplicate key, an empty full read): merging the same extract
+    again could never succeed, so the rerun must read the source again (MergeOds forgets the batch's stage and
+    extract)."""
+
+
+class NullKeyError(RefusedBatchError):
     pass
 
 
-class EmptyFullBatchError(RuntimeError):
+class DuplicateBatchKeyError(DuplicateKeyError, RefusedBatchError):
+    """Two rows of the batch share a key (not ods holding several rows for one: that is DuplicateKeyError)."""
+
+
+class EmptyFullBatchError(RefusedBatchError):
     pass
 
 
@@ -200,12 +210,11 @@ def _check_keys(s: Session, wh: Warehouse, plan: TablePlan, spec: MergeSpec) -> 
             f"or fix the rows in Progress.")
     dups = s.query(duplicate_keys(d, spec.stg(d), plan.keys))
     if dups:
-        raise DuplicateKeyError(
+        raise DuplicateBatchKeyError(
             f"table {plan.table}: the batch has duplicate keys ({', '.join(plan.key_names)}); first: {shown(dups, True)}. "
             f"Nothing was merged. Check PrimaryKeyCols in config.ETL_Tables (`cbm-etl discover` proposes "
             f"the unique index) or fix the rows in Progress. If the key is right, a row updated in Progress "
-            f"while it was read can come twice (READ UNCOMMITTED reads follow a row that moves in the index): "
-            f"rerun the table.")
+            f"while it was read can come twice (READ UNCOMMITTED reads follow a row that moves in the index).")
 
 
 def _refuse_ods_duplicates(s: Session, wh: Warehouse, plan: TablePlan, spec: MergeSpec) -> None:
@@ -325,7 +334,8 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
                 f"table {plan.table}: the full batch {batch_id} holds no rows, and ods.{plan.destination} has "
                 f"{int(deleted)} live rows that a full merge would soft-delete. Nothing was merged. Check the "
                 f"source (the DSN's database, FilterClause in config.ETL_Tables). If PUB.{plan.table} really is "
-                f"empty now, rerun with CBM_ALLOW_EMPTY_FULL={plan.table} in the environment.")
+                f"empty now, rerun with CBM_ALLOW_EMPTY_FULL={plan.table} in the environment (the rerun reads it "
+                f"again: the allowance never applies to this read).")
         if inserted or updated or deleted:  # else the MERGE would change nothing: skip its join of every column
             all_new = not (updated or unchanged or deleted)
             # only the MERGE carries every column (the counts join keys and hashes): raising DuckDB's memory

@@ -36,6 +36,10 @@ class MarkerTarget(luigi.Target):
         with self.warehouse.session() as s:
             return state_query(s, self.warehouse, sql, params)
 
+    def forget(self, s: Session) -> None:
+        """Remove the marker inside the caller's open transaction: the step is to be done again."""
+        s.execute("DELETE FROM etl.ETL_Markers WHERE MarkerId = ?", [self.marker_id])
+
     def touch(self, s: Session, *, run_id: str, rows: int | None) -> None:
         """Write the marker inside the caller's open transaction."""
         s.execute("DELETE FROM etl.ETL_Markers WHERE MarkerId = ?", [self.marker_id])

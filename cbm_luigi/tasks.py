@@ -92,6 +92,11 @@ def check_batch_tag(tag: str) -> None:
                          "(batch ids are stored in 64-character columns): use a shorter tag")
 
 
+def batch_id_of(batch_date: date, batch_tag: str) -> str:
+    """The batch's id: its date, then `-<tag>` when there is one (check_batch_id reads it back)."""
+    return batch_date.isoformat() + (f"-{batch_tag}" if batch_tag else "")
+
+
 def check_batch_id(batch_id: str) -> None:
     """A batch id as CbmTask.batch_id spells it: the batch date, then `-<tag>` (a valid tag) when there is one."""
     day, tag = batch_id[:10], batch_id[11:]
@@ -135,7 +140,7 @@ class CbmTask(luigi.Task):
 
     @property
     def batch_id(self) -> str:
-        return self.batch_date.isoformat() + (f"-{self.batch_tag}" if self.batch_tag else "")
+        return batch_id_of(self.batch_date, self.batch_tag)
 
     @property
     def destination(self) -> str:
@@ -395,10 +400,27 @@ class MergeOds(WarehouseStep):
         t0 = time.monotonic()
         meta = self.extract_meta()
         self.status(f"merge {self.table}")
-        rec = steps.merge(self.warehouse, plan, mode=meta.get("effective_mode", self.mode), batch_id=self.batch_id,
-                          marker=self.output(), run_id=self.run_id, checkpoint=checkpoint,
-                          allow_empty_full=self.settings.empty_full_allowed(self.table))
+        try:
+            rec = steps.merge(self.warehouse, plan, mode=meta.get("effective_mode", self.mode),
+                              batch_id=self.batch_id, marker=self.output(), run_id=self.run_id,
+                              checkpoint=checkpoint, allow_empty_full=self.settings.empty_full_allowed(self.table))
+        except steps.RefusedBatchError as exc:
+            self._read_again()
+            exc.args = (f"{exc} The batch's extract was dropped: the same command reads the table from Progress "
+                        f"again.",)
+            raise
         self.record(rec, t0)
+
+    def _read_again(self) -> None:
+        """The batch's own rows were refused: merging the same extract again could never succeed (found in
+        review: a row fixed in Progress, or a key read twice while it moved, failed every rerun; and
+        CBM_ALLOW_EMPTY_FULL would have applied to the empty read made before the operator looked). The stage
+        marker goes first, then the file: killed in between, the rerun restages the old file, is refused again
+        and drops it then (the other order would leave DuckDB's stg view over a file that is gone)."""
+        stage = self.requires()
+        with self.warehouse.session() as s, s.transaction():
+            stage.output().forget(s)
+        Path(stage.requires().output().path).unlink(missing_ok=True)
 
 
 class ValidateTable(WarehouseStep):
@@ -435,6 +457,26 @@ class LoadAll(luigi.WrapperTask):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         check_batch_tag(self.batch_tag)
+        self._asked = False
+
+    def complete(self):
+        """As a WrapperTask; and when the batch was already done before this run looked (the scheduler asks
+        first), a warning: a cron started before midnight and rerun the next morning without --batch-date makes
+        that rerun the next day's batch, and the next night's cron then reads nothing and exits 0 (found in
+        review)."""
+        done = super().complete()
+        if not self._asked:
+            self._asked = True
+            if done:
+                log.warning("batch %s (%s): every table of it was loaded by an earlier run; nothing is read now. "
+                            "A batch is the day its command starts: rerun a failed night with --batch-date <its "
+                            "date>, and add --batch-tag <tag> for a second load the same day",
+                            self.batch_id, self.mode)
+        return done
+
+    @property
+    def batch_id(self) -> str:
+        return batch_id_of(self.batch_date, self.batch_tag)
 
     def requires(self):
         settings = load_settings()

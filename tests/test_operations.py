@@ -348,3 +348,18 @@ def test_the_pipeline_lines_follow_luigis_log_level(env):
     loud = luigi_cli(env, "LoadTable", "--table", "famille", "--mode", "full", "--batch-tag", "again",
                      "--local-scheduler")
     assert " INFO cbm_luigi.extract: extract famille: " in loud.stderr, loud.stderr[-2000:]
+
+
+def test_a_batch_already_loaded_says_so_when_run_again(env):
+    """A cron started before midnight and rerun the next morning without --batch-date makes the rerun the next
+    day's batch; that night's cron finds it complete and reads nothing. It exits 0 (a rerun of a done batch is
+    no failure) but says so in the log the cron mails, with the way to rerun a given night (found in review)."""
+    first = luigi_cli(env, "LoadAll", "--mode", "incremental", "--batch-date", "2026-11-25", "--local-scheduler")
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "was loaded by an earlier run" not in first.stderr
+    rows = env.sql("SELECT COUNT(*) FROM etl.ETL_Log")[0][0]
+    again = luigi_cli(env, "LoadAll", "--mode", "incremental", "--batch-date", "2026-11-25", "--local-scheduler")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert env.sql("SELECT COUNT(*) FROM etl.ETL_Log")[0][0] == rows  # nothing was read or written
+    line = next(ln for ln in again.stderr.splitlines() if "was loaded by an earlier run" in ln)
+    assert "WARNING" in line and "batch 2026-11-25 (incremental)" in line and "--batch-date" in line, line

@@ -1,0 +1,111 @@
+"""A batch whose own rows the merge refuses (a NULL or duplicate key, an empty full read) is read again by the
+same command, once the source is right: merging the same cached extract again could never succeed (found in
+review: each rerun was refused the same way, and CBM_ALLOW_EMPTY_FULL applied to the empty read made before the
+operator looked at the source)."""
+from __future__ import annotations
+
+import sqlite3
+from datetime import date
+
+from cbm_luigi import demo_source
+from cbm_luigi.source.readers import release_readers
+from cbm_luigi.tasks import ExtractParquet, LoadAll, LoadTable
+
+from .conftest import assert_ods_equals_source, build, source_rows, succeeded
+
+DAY = date(2026, 11, 24)
+DROPPED = "The batch's extract was dropped: the same command reads the table from Progress again."
+
+
+def source(env, sql: str, params=()) -> None:
+    con = sqlite3.connect(str(env.source))
+    con.execute(sql, params)
+    con.commit()
+    con.close()
+    release_readers()
+
+
+def last_error(env, table: str) -> str:
+    return env.sql("SELECT ErrorMessage FROM etl.ETL_Log WHERE TableName = ? AND Status = 'FAILED' "
+                   "ORDER BY LogId DESC LIMIT 1", [table])[0][0]
+
+
+def sla(env, table: str) -> str:
+    return env.sql("SELECT SLAStatus FROM etl.vw_SLABreach WHERE TableName = ?", [table])[0][0]
+
+
+def test_a_null_key_fixed_in_progress_loads_with_the_same_command(env):
+    env.sql("UPDATE config.ETL_Tables SET PrimaryKeyCols = 'cod_pro,gencod_v' WHERE TableName = 'produit'")
+    today = date.today().isoformat()
+    source(env, "UPDATE produit SET gencod_v = 'G' || cod_pro, dat_mod = ? WHERE gencod_v IS NULL AND cod_pro <> "
+                "'P00001'", [today])
+    source(env, "UPDATE produit SET gencod_v = NULL WHERE cod_pro = 'P00001'")
+    assert not succeeded(build(LoadTable(table="produit", mode="incremental", batch_date=DAY)))
+    err = last_error(env, "produit")
+    assert err.startswith("NullKeyError") and "fix the rows in Progress" in err and err.endswith(DROPPED), err
+    extract = ExtractParquet(table="produit", mode="incremental", batch_date=DAY)
+    assert not extract.complete()  # the file is gone: the rerun reads Progress
+    source(env, "UPDATE produit SET gencod_v = 'G1', dat_mod = ? WHERE cod_pro = 'P00001'", [today])  # the ERP fix
+    assert succeeded(build(LoadTable(table="produit", mode="incremental", batch_date=DAY)))
+    assert_ods_equals_source(env, "produit")
+    assert sla(env, "produit") == "OK"
+
+
+def test_a_key_read_twice_loads_when_the_same_command_reads_it_once(env):
+    """A row that moved in the index while it was read (READ UNCOMMITTED) comes twice; the next read sees it once.
+    Made here by a second row of the key at the source, gone before the rerun."""
+    famille = next(t for t in demo_source._schema() if t.name == "famille")
+    rows = sqlite3.connect(str(env.source)).execute("SELECT * FROM famille").fetchall()
+    demo_source.add_table(env.source, demo_source.TableDef("famille", famille.cols, ("cod_fam", "libelle"),
+                                                           rows + [(rows[0][0], "moved in the index", rows[0][2])]))
+    release_readers()
+    assert not succeeded(build(LoadAll(mode="incremental", batch_date=DAY)))
+    err = last_error(env, "famille")
+    assert err.startswith("DuplicateBatchKeyError") and f"cod_fam={rows[0][0]!r} (2 rows)" in err, err
+    assert err.endswith(DROPPED), err
+    demo_source.add_table(env.source, famille)  # the next read sees the row once
+    release_readers()
+    assert succeeded(build(LoadAll(mode="incremental", batch_date=DAY)))
+    assert_ods_equals_source(env, "famille")
+
+
+def test_an_empty_full_read_loads_once_the_source_is_back_and_the_allowance_never_applies_to_it(env, monkeypatch):
+    """famille (no modification date: read in full) was read while the ERP rebuilt it. The operator, following the
+    message, checks the source (its rows are back) and reruns with CBM_ALLOW_EMPTY_FULL: the rerun reads the table
+    again, so nothing is soft-deleted."""
+    assert succeeded(build(LoadAll(mode="incremental", batch_date=DAY)))
+    live = env.sql("SELECT COUNT(*) FROM ods.famille WHERE NOT _etl_is_deleted")[0][0]
+    con = sqlite3.connect(str(env.source))
+    saved = con.execute("SELECT * FROM famille").fetchall()
+    con.execute("DELETE FROM famille")
+    con.commit()
+    con.close()
+    release_readers()
+    day2 = date.fromordinal(DAY.toordinal() + 1)
+    assert not succeeded(build(LoadAll(mode="incremental", batch_date=day2)))
+    err = last_error(env, "famille")
+    assert err.startswith("EmptyFullBatchError") and err.endswith(DROPPED), err
+    con = sqlite3.connect(str(env.source))
+    con.executemany(f"INSERT INTO famille VALUES ({', '.join('?' * len(saved[0]))})", saved)
+    con.commit()
+    con.close()
+    release_readers()
+    monkeypatch.setenv("CBM_ALLOW_EMPTY_FULL", "famille")
+    assert succeeded(build(LoadAll(mode="incremental", batch_date=day2)))
+    assert env.sql("SELECT COUNT(*) FROM ods.famille WHERE NOT _etl_is_deleted")[0][0] == live == len(saved)
+    assert len(source_rows(env.source, "famille")) == live
+    assert_ods_equals_source(env, "famille")
+
+
+def test_a_duplicate_in_ods_does_not_drop_the_extract(env):
+    """ods holding several current versions for one key (PrimaryKeyCols narrowed after ods was built) is not the batch's
+    fault: reading Progress again would not help, so the extract stays."""
+    assert succeeded(build(LoadTable(table="famille", mode="full", batch_date=DAY)))
+    first = env.sql("SELECT cod_fam FROM ods.famille ORDER BY cod_fam LIMIT 1")[0][0]
+    env.sql("INSERT INTO ods.famille SELECT * FROM ods.famille WHERE cod_fam = ?", [first])
+    day2 = date.fromordinal(DAY.toordinal() + 1)
+    assert not succeeded(build(LoadTable(table="famille", mode="full", batch_date=day2)))
+    err = last_error(env, "famille")
+    assert err.startswith("DuplicateKeyError") and "holds several current versions for one key" in err, err
+    assert DROPPED not in err
+    assert ExtractParquet(table="famille", mode="full", batch_date=day2).complete()
