@@ -264,7 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     a = sub.add_parser("init-db", help="create schemas, tables and views (idempotent) and load config/tables.csv")
     a.add_argument("--tables-csv", help="tables to add to config.ETL_Tables (default: config/tables.csv); "
                                         "tables already configured are left as they are")
-    a.add_argument("--no-tables", action="store_true", help="create the warehouse objects only")
+    a.add_argument("--no-tables", action="store_true",
+                   help="create or upgrade the warehouse objects and record the configuration of the tables "
+                        "already loaded; add no table from tables.csv (the upgrade step)")
     a.set_defaults(fn=cmd_init_db)
     a = sub.add_parser("sync-columns", help="refresh config.ETL_Columns from the source catalog")
     a.add_argument("table", nargs="*")

@@ -79,8 +79,8 @@ def state_query(s: Session, warehouse: Warehouse | None, sql: str, params: list,
             raise  # another table is missing (config.*): said by whoever asked for it
         if named or "does not exist" in text.lower() or "invalid object name" in text.lower():
             which = " / ".join(f"etl.{t}" for t in named or used)
-            raise RuntimeError(f"the warehouse lacks {which}: run `cbm-etl init-db` (it adds what is missing and "
-                               f"changes nothing else{where})") from exc
+            raise RuntimeError(f"the warehouse lacks {which}: run `cbm-etl init-db --no-tables` once (it adds what "
+                               f"is missing and changes nothing else{where})") from exc
         # DuckDB: Table "st" does not have a column named "X"; SQL Server: Invalid column name 'X'
         later = [c for c in _LATER_COLUMNS if c.lower() in text.lower()]
         if later and re.search(r"does not have a column|not found|invalid column name", text, re.I):

@@ -521,7 +521,7 @@ class MssqlWarehouse(Warehouse):
         if not self.odbc:
             raise RuntimeError("CBM_WAREHOUSE_KIND=mssql needs CBM_MSSQL_ODBC, e.g. 'Driver={ODBC Driver 18 for "
                                "SQL Server};Server=host,1433;Database=cbm;UID=cbm_etl;PWD=...;Encrypt=yes'")
-        attempts = max(1, int(self.settings.connect_retries))
+        attempts = 1 + max(0, int(self.settings.connect_retries))  # CBM_CONNECT_RETRIES retries, as for Progress
         for attempt in range(1, attempts + 1):
             try:
                 con = pyodbc.connect(self.odbc, autocommit=True)
@@ -536,8 +536,8 @@ class MssqlWarehouse(Warehouse):
                             if re.search(r"IM002|can't open lib|data source name not found", text, re.I) else "")
                     raise RuntimeError(f"cannot connect to SQL Server ({self.describe()}): {text}{hint}") from None
                 time.sleep(min(2 ** attempt, 30))
-        if self.settings.query_timeout_s:
-            con.timeout = int(self.settings.query_timeout_s)
+        # no statement timeout: CBM_QUERY_TIMEOUT_S bounds the source's query, and a MERGE, a key index or an ALTER
+        # of a big ods table cancelled at it would fail every night (found in review)
         con.cursor().execute("SET NOCOUNT ON").close()
         return con
 

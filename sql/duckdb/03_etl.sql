@@ -5,7 +5,7 @@ CREATE TABLE IF NOT EXISTS etl.ETL_Log (
     RunId           VARCHAR NOT NULL,
     BatchId         VARCHAR NOT NULL,
     TableName       VARCHAR NOT NULL,
-    Step            VARCHAR NOT NULL,   -- extract | transform | stage | merge | validate
+    Step            VARCHAR NOT NULL,   -- extract (its transform included) | stage | merge | validate
     Status          VARCHAR NOT NULL,   -- SUCCESS | FAILED
     Mode            VARCHAR,
     Rows            BIGINT,

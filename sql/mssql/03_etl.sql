@@ -6,7 +6,7 @@ CREATE TABLE etl.ETL_Log (
     RunId           NVARCHAR(64) NOT NULL,
     BatchId         NVARCHAR(64) NOT NULL,
     TableName       NVARCHAR(128) NOT NULL,
-    Step            NVARCHAR(32) NOT NULL,     -- extract | transform | stage | merge | validate
+    Step            NVARCHAR(32) NOT NULL,     -- extract (its transform included) | stage | merge | validate
     Status          NVARCHAR(16) NOT NULL,     -- SUCCESS | FAILED
     Mode            NVARCHAR(16) NULL,
     [Rows]          BIGINT NULL,

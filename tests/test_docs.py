@@ -1,0 +1,158 @@
+"""What the documents tell an operator to do, done literally: the crontab line of OPERATIONS.md, the settings of
+config/.env.template, the commands quoted in messages (found in a review that followed every doc as written)."""
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from cbm_luigi.settings import load_settings
+
+from .conftest import BIN, DEMO_TABLES, REPO, assert_ods_equals_source, subprocess_env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cron_line(days: str) -> str:
+    """The command of OPERATIONS.md's crontab entry for `days` (the fields after the five schedule fields)."""
+    text = (REPO / "OPERATIONS.md").read_text()
+    block = re.search(r"```cron\n(.*?)```", text, re.S).group(1)
+    line = next(ln for ln in block.splitlines() if re.match(rf"30 1 \* \* {re.escape(days)}\s", ln))
+    return re.sub(rf"^30 1 \* \* {re.escape(days)}\s+", "", line)
+
+
+def test_the_documented_nightly_crontab_line_loads_on_a_fresh_deployment(env, tmp_path_factory):
+    """OPERATIONS.md, "Nightly run": the Monday-Saturday crontab line, run as written on a deployment set up as
+    the README says (init-db done, luigid running on the ETL host, luigi.cfg in the directory cron cds to). The
+    line appended to var/log/nightly.log, which nothing created: sh could not open the redirection, luigi never
+    ran, and the page said `cbm_luigi failed: 2`, every night."""
+    home = env.home  # the directory cron cds into (/opt/cbm_luigi), with its luigi.cfg and .venv
+    port = _free_port()
+    cfg = (REPO / "luigi.cfg").read_text().replace(
+        "[core]\n", f"[core]\nscheduler_host = 127.0.0.1\nscheduler_port = {port}\n", 1)
+    (home / "luigi.cfg").write_text(cfg)
+    (home / ".venv" / "bin").mkdir(parents=True)
+    (home / ".venv" / "bin" / "luigi").symlink_to(BIN / "luigi")
+    state = tmp_path_factory.mktemp("luigid")
+    daemon = subprocess.Popen([str(BIN / "luigid"), "--port", str(port), "--address", "127.0.0.1",
+                               "--state-path", str(state / "state.pickle")],
+                              env=subprocess_env(env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/ping", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        command = _cron_line("1-6").replace("/opt/cbm_luigi", str(home)).replace(
+            "/opt/bin/page-data-team", "echo PAGED")
+        cron_env = {k: v for k, v in subprocess_env(env).items() if k != "LUIGI_CONFIG_PATH"}
+        run = subprocess.run(["/bin/sh", "-c", command], env=cron_env, capture_output=True, text=True, timeout=300)
+    finally:
+        daemon.terminate()
+        daemon.wait(10)
+    assert "PAGED" not in run.stdout, f"the documented cron line paged: {run.stdout} {run.stderr}"
+    log = home / "var" / "log" / "nightly.log"
+    assert log.is_file() and "Luigi Execution Summary" in log.read_text()
+    for t in DEMO_TABLES:
+        assert_ods_equals_source(env, t)
+
+
+def _refused_connect(calls, pyodbc):
+    def connect(*_a, **_k):
+        calls.append(1)
+        raise pyodbc.OperationalError("08S01", "[08S01] [unixODBC] communication link failure")
+    return connect
+
+
+def test_cbm_connect_retries_means_the_same_number_of_retries_for_sql_server_as_for_progress(monkeypatch):
+    """config/.env.template: `CBM_CONNECT_RETRIES=3` "connection retries for transient errors (network,
+    timeout)": 1 + N attempts, for Progress and for SQL Server alike (SQL Server made N: with
+    CBM_CONNECT_RETRIES=1 a network blip at the nightly's first warehouse session failed the run)."""
+    pyodbc = pytest.importorskip("pyodbc")
+    from cbm_luigi.source import readers
+    from cbm_luigi.source.dialect import dialect_for
+    from cbm_luigi.warehouse import mssql_wh
+
+    for k, v in {"CBM_ENV_FILE": "/nonexistent", "CBM_CONNECT_RETRIES": "1", "CBM_WAREHOUSE_KIND": "mssql",
+                 "CBM_MSSQL_ODBC": "DRIVER={ODBC Driver 18 for SQL Server};SERVER=dwh;UID=etl;PWD=x",
+                 "CBM_SOURCE_KIND": "odbc", "CBM_SOURCE_ODBC": "DSN=erp;UID=etl;PWD=x",
+                 "CBM_ODBC_READER": "pyodbc"}.items():
+        monkeypatch.setenv(k, v)
+    settings = load_settings()
+    assert settings.connect_retries == 1
+    monkeypatch.setattr(mssql_wh.time, "sleep", lambda _s: None)
+    monkeypatch.setattr(readers.time, "sleep", lambda _s: None)
+
+    source_calls: list = []
+    monkeypatch.setattr(pyodbc, "connect", _refused_connect(source_calls, pyodbc))
+    with pytest.raises(Exception):
+        readers.PyodbcReader(settings, dialect_for("openedge"))
+    assert len(source_calls) == 2  # one attempt and the one retry asked for
+
+    warehouse_calls: list = []
+    monkeypatch.setattr(pyodbc, "connect", _refused_connect(warehouse_calls, pyodbc))
+    with pytest.raises(RuntimeError, match="cannot connect to SQL Server"):
+        mssql_wh.MssqlWarehouse(settings)._connect()
+    assert len(warehouse_calls) == len(source_calls), \
+        f"CBM_CONNECT_RETRIES=1: Progress was tried {len(source_calls)} times, SQL Server {len(warehouse_calls)}"
+
+
+def test_cbm_query_timeout_bounds_the_source_query_not_the_sql_server_merge(monkeypatch):
+    """luigi.cfg: "no limit on a task's running time: a full extract of a big table may take hours
+    (CBM_QUERY_TIMEOUT_S bounds the source query instead)"; config/.env.template lists it under Source. An operator
+    who sets it to bound a hung Progress read (an hour, say) must not bound the SQL Server warehouse's statements
+    (it did: a MERGE, a key index or an ALTER COLUMN of a big ods table running past it failed every night)."""
+    pyodbc = pytest.importorskip("pyodbc")
+    from cbm_luigi.warehouse import mssql_wh
+
+    for k, v in {"CBM_ENV_FILE": "/nonexistent", "CBM_QUERY_TIMEOUT_S": "3600", "CBM_WAREHOUSE_KIND": "mssql",
+                 "CBM_MSSQL_ODBC": "DRIVER={ODBC Driver 18 for SQL Server};SERVER=dwh;UID=etl;PWD=x"}.items():
+        monkeypatch.setenv(k, v)
+    settings = load_settings()
+
+    class Cursor:
+        def execute(self, *_a):
+            return self
+
+        def close(self):
+            pass
+
+    class Connection:
+        timeout = 0  # pyodbc's: seconds before any statement on the connection is cancelled (0: none)
+
+        def cursor(self):
+            return Cursor()
+
+    monkeypatch.setattr(pyodbc, "connect", lambda *_a, **_k: Connection())
+    con = mssql_wh.MssqlWarehouse(settings)._connect()
+    assert con.timeout == 0, f"CBM_QUERY_TIMEOUT_S=3600 cancels any SQL Server statement after {con.timeout} s"
+
+
+def test_the_advice_for_a_warehouse_without_the_state_table_changes_nothing_else(env):
+    """A warehouse from before etl.ETL_TableState: every load stops with "the warehouse lacks
+    etl.ETL_TableState: run `cbm-etl init-db --no-tables`": the command the message quotes must change nothing
+    else (plain init-db also adds back every row of config/tables.csv missing from config.ETL_Tables: a table the
+    team removed from the configuration came back, active, and the next night read it in full)."""
+    from cbm_luigi.cli import main as cbm_etl
+
+    env.sql("DELETE FROM config.ETL_Tables WHERE TableName = 'hisprixa'")  # no longer wanted in the warehouse
+    env.sql("DROP TABLE etl.ETL_TableState")  # as a warehouse made by an older version
+    run = subprocess.run([str(BIN / "luigi"), "--module", "cbm_luigi", "LoadAll", "--mode", "full",
+                          "--local-scheduler"], cwd=env.home, env=subprocess_env(env), capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode != 0
+    advice = re.search(r"the warehouse lacks etl\.ETL_TableState: run `cbm-etl ([^`]+)` once \(it adds what is "
+                       r"missing and changes nothing else", run.stderr)
+    assert advice, run.stderr[-3000:]
+    assert cbm_etl(advice.group(1).split()) == 0
+    assert env.sql("SELECT TableName FROM config.ETL_Tables WHERE TableName = 'hisprixa'") == [], \
+        f"`cbm-etl {advice.group(1)}` put the removed table hisprixa back into config.ETL_Tables"
