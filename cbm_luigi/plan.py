@@ -23,6 +23,10 @@ class ConfigError(ValueError):
     """The configuration cannot work; the message says which row and what to change."""
 
 
+class UnknownColumnError(ConfigError):
+    """A name that is no active column of the table."""
+
+
 # what building a plan raises when the configuration cannot make one (UnsupportedTypeError: a column of a type the
 # product cannot map, whose row sync-columns writes all the same so it can be overridden)
 PLAN_ERRORS = (ConfigError, UnsupportedTypeError)
@@ -99,15 +103,24 @@ class TablePlan:
 
     def by_name(self, name: str) -> PlanColumn:
         """The column a configuration field names: by its Progress name (case ignored, as Progress does; an exact
-        match first), else by its SQL name. Progress names come first: `prix-vte` may own the SQL name
-        `prix_vte` while the field `prix_vte` added later became `prix_vte_2`, and `prix_vte` means the field."""
-        for match in (lambda c: c.name == name, lambda c: c.name.lower() == name.lower(),
-                      lambda c: c.sql_name == name, lambda c: c.sql_name.lower() == name.lower()):
-            for c in self.columns:
-                if match(c):
-                    return c
-        raise ConfigError(f"table {self.table}: no active column {name!r} in config.ETL_Columns "
-                          f"(run `cbm-etl sync-columns {self.table}`, or check IsExcluded)")
+        match first), or by its SQL name. A name that is one column's Progress name and another's SQL name is
+        refused: `prix_vte` may be the SQL name of `prix-vte`, meant so in the configuration, when a field
+        `prix_vte` is added at the source (found in review: the window moved to the new, empty field)."""
+        def match(attr: str) -> PlanColumn | None:
+            for same in (lambda v: v == name, lambda v: v.lower() == name.lower()):
+                for c in self.columns:
+                    if same(getattr(c, attr)):
+                        return c
+            return None
+        progress, sql = match("name"), match("sql_name")
+        if progress is not None and sql is not None and progress is not sql:
+            raise ConfigError(f"{name!r} names two columns of table {self.table}, the Progress field "
+                              f"{progress.name!r} and {sql.name!r} by its SQL name: write {sql.name!r} for the "
+                              f"second, or {progress.sql_name!r} (its SQL name) for the first")
+        if progress is None and sql is None:
+            raise UnknownColumnError(f"table {self.table}: no active column {name!r} in config.ETL_Columns "
+                                     f"(run `cbm-etl sync-columns {self.table}`, or check IsExcluded)")
+        return progress or sql
 
     def by_sql_name(self, sql_name: str) -> PlanColumn:
         return next(c for c in self.columns if c.sql_name == sql_name)
@@ -263,11 +276,13 @@ def build_plan(table_row: dict, column_rows: list[dict]) -> TablePlan:
         by_name suggests, cannot fix a misspelt name there)."""
         try:
             return plan.by_name(name)
-        except ConfigError:
+        except UnknownColumnError:
             raise ConfigError(f"config.ETL_Tables[{t}].{field} names {name!r}, which is not an active column of "
                               f"the table in config.ETL_Columns: correct {field} (`cbm-etl discover` proposes "
                               f"one); if the column is new at the source run `cbm-etl sync-columns {t}`, if it is "
                               f"excluded set IsExcluded = 0") from None
+        except ConfigError as exc:
+            raise ConfigError(f"config.ETL_Tables[{t}].{field}: {exc}") from None
 
     plan.keys = [named("PrimaryKeyCols", k).sql_name for k in keys]
     for k in plan.keys:

@@ -21,7 +21,7 @@ from .targets import MarkerTarget, StageTarget, record_merged, record_validated,
 from .transform import SHAPED_TECH, TechnicalValues
 from .warehouse.base import Session, Warehouse
 from .warehouse.statements import (Column, MergeSpec, alters_column, create_table, duplicate_keys, evolve,
-                                   merge_counts, merge_statements, null_keys, tech_columns, unread_columns,
+                                   live_rows, merge_counts, merge_statements, null_keys, tech_columns, unread_columns,
                                    validation_counts)
 
 log = logging.getLogger(__name__)
@@ -217,6 +217,26 @@ def _check_keys(s: Session, wh: Warehouse, plan: TablePlan, spec: MergeSpec) -> 
             f"while it was read can come twice (READ UNCOMMITTED reads follow a row that moves in the index).")
 
 
+def _refuse_empty_read(s: Session, wh: Warehouse, plan: TablePlan, spec: MergeSpec, batch_id: str,
+                       deleted: int) -> None:
+    """A read of every row that found none, over a table with live rows: more likely the wrong database, a
+    FilterClause, or the ERP rebuilding the table than a table emptied. A full merge would soft-delete them all;
+    a read made full by a configuration change (merged as incremental) would record the new configuration as
+    loaded while no row got it (found in review)."""
+    live = int(deleted) if spec.full else int(s.scalar(live_rows(wh.dialect, spec)) or 0)
+    if not live:
+        return
+    what = (f"the full batch {batch_id} holds no rows, and ods.{plan.destination} has {live} live rows that a full "
+            f"merge would soft-delete" if spec.full else
+            f"batch {batch_id} read every row (the table's configuration changed since its last load) and holds "
+            f"none, and ods.{plan.destination} has {live} live rows: merged, none would get the new configuration")
+    raise EmptyFullBatchError(
+        f"table {plan.table}: {what}. "
+        f"Nothing was merged. Check the source (the DSN's database, FilterClause in config.ETL_Tables). If "
+        f"PUB.{plan.table} really is empty now, rerun with CBM_ALLOW_EMPTY_FULL={plan.table} in the environment "
+        f"(the rerun reads it again: the allowance never applies to this read).")
+
+
 def _refuse_ods_duplicates(s: Session, wh: Warehouse, plan: TablePlan, spec: MergeSpec) -> None:
     """ods holds several live rows (type 1: rows, soft-deleted ones included; SCD2: current versions) for keys
     of the batch: one batch row would be written over all of them. It happens when PrimaryKeyCols was narrowed
@@ -288,11 +308,12 @@ def _refresh_compared(plan: TablePlan, wanted: list[Column], existing: dict) -> 
 
 
 def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: MarkerTarget, run_id: str,
-          checkpoint=None, allow_empty_full: bool = False) -> StepRecord:
+          checkpoint=None, allow_empty_full: bool = False, read_all: bool | None = None) -> StepRecord:
     """MERGE stg.<t> into ods.<t> on the key; full mode soft-deletes absent keys. One transaction.
 
     `mode` is the batch's effective mode (a first incremental is a full extract); `marker` carries the task's
-    own batch and mode, which stg must hold."""
+    own batch and mode, which stg must hold. `read_all`: the extract read every row (no window; by default when
+    the mode is full): empty, it is refused over a table with live rows unless `allow_empty_full`."""
     d = wh.dialect
     spec = _spec(plan, full=(mode == "full"))
     now = datetime.now()
@@ -329,13 +350,8 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
         inserted, updated, unchanged, deleted, batch_rows = s.query(merge_counts(d, spec))[0]
         if inserted + updated + unchanged != batch_rows:
             _refuse_ods_duplicates(s, wh, plan, spec)
-        if spec.full and deleted and not (inserted or updated or unchanged) and not allow_empty_full:
-            raise EmptyFullBatchError(
-                f"table {plan.table}: the full batch {batch_id} holds no rows, and ods.{plan.destination} has "
-                f"{int(deleted)} live rows that a full merge would soft-delete. Nothing was merged. Check the "
-                f"source (the DSN's database, FilterClause in config.ETL_Tables). If PUB.{plan.table} really is "
-                f"empty now, rerun with CBM_ALLOW_EMPTY_FULL={plan.table} in the environment (the rerun reads it "
-                f"again: the allowance never applies to this read).")
+        if not batch_rows and not allow_empty_full and (read_all if read_all is not None else spec.full):
+            _refuse_empty_read(s, wh, plan, spec, batch_id, deleted)
         if inserted or updated or deleted:  # else the MERGE would change nothing: skip its join of every column
             all_new = not (updated or unchanged or deleted)
             # only the MERGE carries every column (the counts join keys and hashes): raising DuckDB's memory

@@ -401,9 +401,11 @@ class MergeOds(WarehouseStep):
         meta = self.extract_meta()
         self.status(f"merge {self.table}")
         try:
-            rec = steps.merge(self.warehouse, plan, mode=meta.get("effective_mode", self.mode),
-                              batch_id=self.batch_id, marker=self.output(), run_id=self.run_id,
-                              checkpoint=checkpoint, allow_empty_full=self.settings.empty_full_allowed(self.table))
+            mode = meta.get("effective_mode", self.mode)
+            rec = steps.merge(self.warehouse, plan, mode=mode, batch_id=self.batch_id, marker=self.output(),
+                              run_id=self.run_id, checkpoint=checkpoint,
+                              allow_empty_full=self.settings.empty_full_allowed(self.table),
+                              read_all=meta.get("read_all", mode == "full"))
         except steps.RefusedBatchError as exc:
             self._read_again()
             exc.args = (f"{exc} The batch's extract was dropped: the same command reads the table from Progress "
@@ -467,7 +469,9 @@ class LoadAll(luigi.WrapperTask):
         done = super().complete()
         if not self._asked:
             self._asked = True
-            if done:
+            if done and not self.requires():
+                log.warning("LoadAll: no table is active in config.ETL_Tables (IsActive): nothing to load")
+            elif done:
                 log.warning("batch %s (%s): every table of it was loaded by an earlier run; nothing is read now. "
                             "A batch is the day its command starts: rerun a failed night with --batch-date <its "
                             "date>, and add --batch-tag <tag> for a second load the same day",

@@ -277,18 +277,25 @@ def test_a_refused_value_is_named_by_its_progress_column_not_by_a_sibling(env, m
     assert "column prix_vte," not in err and "column prix_vte " not in err, err
 
 
-def test_configuration_fields_name_progress_columns_before_sql_names(env, monkeypatch):
-    """PrimaryKeyCols holds Progress names: `prix_vte` is the field of that name (SQL name prix_vte_2), not the
-    column `prix-vte` that owns the SQL name prix_vte; the key errors name the key by its Progress names."""
-    from cbm_luigi.plan import build_plan
+def test_configuration_fields_name_columns_by_progress_name_and_refuse_a_name_of_two(env, monkeypatch):
+    """PrimaryKeyCols holds Progress names (a column's SQL name is taken too): `PRIX-VTE` is the field `prix-vte`;
+    `prix_vte` is both the field of that name and the SQL name of `prix-vte`, so it is refused naming the two
+    unambiguous spellings; the key errors name the key by its Progress names."""
+    import pytest as _pytest
+
+    from cbm_luigi.plan import ConfigError, build_plan
 
     def col(name, sql, pos):
         return {"ColumnName": name, "SqlName": sql, "DataType": "integer", "OrdinalPosition": pos}
-    plan = build_plan({"TableName": "tarif", "PrimaryKeyCols": "prix_vte"},
-                      [col("prix-vte", "prix_vte", 1), col("prix_vte", "prix_vte_2", 2)])
+    cols = [col("prix-vte", "prix_vte", 1), col("prix_vte", "prix_vte_2", 2)]
+    assert build_plan({"TableName": "tarif", "PrimaryKeyCols": "PRIX-VTE"}, cols).keys == ["prix_vte"]
+    plan = build_plan({"TableName": "tarif", "PrimaryKeyCols": "prix_vte_2"}, cols)
     assert plan.keys == ["prix_vte_2"] and plan.key_names == ["prix_vte"]
-    assert build_plan({"TableName": "tarif", "PrimaryKeyCols": "PRIX-VTE"},
-                      [col("prix-vte", "prix_vte", 1), col("prix_vte", "prix_vte_2", 2)]).keys == ["prix_vte"]
+    with _pytest.raises(ConfigError) as exc:
+        build_plan({"TableName": "tarif", "PrimaryKeyCols": "prix_vte"}, cols)
+    assert str(exc.value) == ("config.ETL_Tables[tarif].PrimaryKeyCols: 'prix_vte' names two columns of table "
+                              "tarif, the Progress field 'prix_vte' and 'prix-vte' by its SQL name: write "
+                              "'prix-vte' for the second, or 'prix_vte_2' (its SQL name) for the first")
 
     raw_table(env.source, "cle", [(Col("cod-cli", "varchar", 10), "VARCHAR(10)"), (Col("x", "integer"), "INTEGER")],
               ("cod-cli",), [("a", 1), ("a", 2)], pk=False)

@@ -41,7 +41,7 @@ from cbm_luigi.warehouse.mssql_wh import (MssqlSession, MssqlWarehouse, StageCol
                                           arrow_batch_for_bulkcopy, input_sizes, render_type, rows_for_executemany,
                                           sized_for_file, stage_layout, utf16_len)
 from cbm_luigi.warehouse.statements import (Column, MergeSpec, SchemaChangeError, add_column, create_table,
-                                            duplicate_keys, evolve, merge_counts, merge_statements,
+                                            duplicate_keys, evolve, live_rows, merge_counts, merge_statements,
                                             scd2_insert, validation_counts, validation_queries,
                                             widen_column)
 
@@ -260,6 +260,7 @@ def statement_module_outputs() -> list[tuple[str, str]]:
                                                                    "t._etl_is_current = 1")))
         for label, spec in specs(keys):
             out.append((f"merge_counts {label} {keys}", merge_counts(D, spec)))
+            out.append((f"live_rows {label} {keys}", live_rows(D, spec)))
             for i, (sql, _n) in enumerate(merge_statements(D, spec), 1):
                 out.append((f"merge {label} {keys} #{i}", sql))
             out += [(f"merge {label} {keys} all new", sql) for sql, _n in merge_statements(D, spec, all_new=True)]

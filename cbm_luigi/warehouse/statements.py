@@ -245,6 +245,12 @@ def merge_counts(d: WarehouseDialect, spec: MergeSpec) -> str:
             f"{_live(d, spec)}")
 
 
+def live_rows(d: WarehouseDialect, spec: MergeSpec) -> str:
+    """ods rows that stand for a key now and are not soft-deleted (what a full read should find again)."""
+    return (f"SELECT {d.count}(*) FROM {spec.ods(d)} AS t WHERE {_live(d, spec)} AND "
+            f"{d.is_false('t._etl_is_deleted')}")
+
+
 def _merge_head(d: WarehouseDialect, spec: MergeSpec, on_extra: str = "") -> str:
     return (f"MERGE INTO {spec.ods(d)}{_hold(d)} AS t USING {spec.stg(d)} AS s "
             f"ON ({_on(d, spec.keys)}{on_extra})")

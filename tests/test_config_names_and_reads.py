@@ -1,0 +1,98 @@
+"""Configuration names that could change meaning, and reads whose emptiness must not be merged (found in review):
+a configuration field naming a column by its SQL name when a field of that very name is added at the source; an
+empty read made full by a configuration change; LoadAll with no active table."""
+from __future__ import annotations
+
+import sqlite3
+from datetime import date, datetime, timedelta
+
+from cbm_luigi.cli import main as cbm_etl
+from cbm_luigi.source.readers import release_readers
+from cbm_luigi.tasks import LoadAll, LoadTable
+
+from .conftest import assert_ods_equals_source, build, succeeded
+
+DAY = date(2026, 11, 24)
+
+
+def _source(env, *sql: str) -> None:
+    con = sqlite3.connect(str(env.source))
+    for q in sql:
+        con.execute(q)
+    con.commit()
+    con.close()
+    release_readers()
+
+
+def _last_error(env, table: str) -> str:
+    return env.sql("SELECT ErrorMessage FROM etl.ETL_Log WHERE TableName = ? AND Status = 'FAILED' "
+                   "ORDER BY LogId DESC LIMIT 1", [table])[0][0]
+
+
+def test_a_field_added_under_a_name_the_configuration_used_as_a_sql_name_stops_the_table_naming_both(env):
+    """DateModifCol names `dat_hr_saisie`, the SQL name of the Progress field `dat-hr-saisie`. The ERP adds a field
+    `dat_hr_saisie` (sync-columns names it dat_hr_saisie_2): the window must not move to the new, empty field
+    without a word (it did: a change at the source was never read again). The table stops, naming both spellings;
+    with the Progress name written, the change is read."""
+    env.sql("UPDATE config.ETL_Tables SET DateModifCol = 'dat_hr_saisie', DateModifPrecision = 'datetime', "
+            "TimeOfDayCol = NULL WHERE TableName = 'lignecli'")
+    assert succeeded(build(LoadTable(table="lignecli", mode="full", batch_date=DAY)))
+    _source(env, 'ALTER TABLE lignecli ADD COLUMN "dat_hr_saisie" TIMESTAMP',
+            "INSERT INTO SYSCOLUMNS_FULL (id, col, tbl, owner, coltype, width, scale, nullflag, array_extent, "
+            "display_order) VALUES ('99', 'dat_hr_saisie', 'lignecli', 'PUB', 'timestamp', 0, 0, 'Y', 0, 99)")
+    assert cbm_etl(["sync-columns", "lignecli"]) == 0
+    day2 = date.fromordinal(DAY.toordinal() + 1)
+    assert not succeeded(build(LoadTable(table="lignecli", mode="incremental", batch_date=day2)))
+    assert ("config.ETL_Tables[lignecli].DateModifCol: 'dat_hr_saisie' names two columns of table lignecli, the "
+            "Progress field 'dat_hr_saisie' and 'dat-hr-saisie' by its SQL name: write 'dat-hr-saisie'"
+            in _last_error(env, "lignecli"))
+    env.sql("UPDATE config.ETL_Tables SET DateModifCol = 'dat-hr-saisie' WHERE TableName = 'lignecli'")
+    assert succeeded(build(LoadTable(table="lignecli", mode="incremental", batch_date=day2)))
+    stamp = (datetime.now() + timedelta(minutes=1)).strftime("%Y-%m-%d %H:%M:%S.000")
+    _source(env, f"UPDATE lignecli SET qte = 777.5, \"dat-hr-saisie\" = '{stamp}' WHERE num_cde = 1000 AND "
+                 "num_lig = 1")
+    day3 = date.fromordinal(DAY.toordinal() + 2)
+    assert succeeded(build(LoadTable(table="lignecli", mode="incremental", batch_date=day3)))
+    assert float(env.sql("SELECT qte FROM ods.lignecli WHERE num_cde = 1000 AND num_lig = 1")[0][0]) == 777.5
+    assert "dat-hr-saisie" in env.sql("SELECT Detail FROM etl.ETL_Log WHERE Step = 'extract' AND BatchId = ?",
+                                      [day3.isoformat()])[0][0]
+
+
+def test_an_empty_read_made_full_by_a_configuration_change_is_refused_not_merged(env):
+    """A configuration change makes the next incremental read every row (a new field reaches every row), merged as
+    an incremental. Empty (the DSN's database being restored, the ERP rebuilding the table), it was merged all the
+    same: the new configuration was recorded as loaded and the rows outside later windows never got the field.
+    It is refused as an empty full read is, and the same command reads the table again."""
+    assert succeeded(build(LoadTable(table="produit", mode="full", batch_date=DAY)))
+    _source(env, "ALTER TABLE produit ADD COLUMN \"code-naf\" VARCHAR(10) NOT NULL DEFAULT 'X'",
+            "INSERT INTO SYSCOLUMNS_FULL (id, col, tbl, owner, coltype, width, scale, nullflag, array_extent, "
+            "display_order) VALUES ('99', 'code-naf', 'produit', 'PUB', 'varchar', 10, 0, 'N', 0, 99)")
+    assert cbm_etl(["sync-columns", "produit"]) == 0
+    con = sqlite3.connect(str(env.source))
+    saved = con.execute("SELECT * FROM produit").fetchall()
+    con.execute("DELETE FROM produit")
+    con.commit()
+    con.close()
+    release_readers()
+    day2 = date.fromordinal(DAY.toordinal() + 1)
+    assert not succeeded(build(LoadTable(table="produit", mode="incremental", batch_date=day2)))
+    err = _last_error(env, "produit")
+    assert err.startswith("EmptyFullBatchError") and "read every row" in err and "reads the table" in err, err
+    con = sqlite3.connect(str(env.source))  # the source is back, untouched (dat_mod unchanged)
+    con.executemany(f"INSERT INTO produit VALUES ({', '.join('?' * len(saved[0]))})", saved)
+    con.commit()
+    con.close()
+    release_readers()
+    assert succeeded(build(LoadTable(table="produit", mode="incremental", batch_date=day2)))
+    day3 = date.fromordinal(DAY.toordinal() + 2)
+    assert succeeded(build(LoadTable(table="produit", mode="incremental", batch_date=day3)))
+    assert env.sql("SELECT COUNT(*) FROM ods.produit WHERE code_naf IS NULL AND NOT _etl_is_deleted")[0][0] == 0
+    assert_ods_equals_source(env, "produit")
+
+
+def test_no_active_table_is_said_as_such_not_as_a_batch_loaded_earlier(env, caplog):
+    env.sql("UPDATE config.ETL_Tables SET IsActive = FALSE")
+    caplog.set_level("WARNING")
+    assert succeeded(build(LoadAll(mode="incremental", batch_date=DAY)))
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith(("LoadAll", "batch "))]
+    assert said == ["LoadAll: no table is active in config.ETL_Tables (IsActive): nothing to load"], said
