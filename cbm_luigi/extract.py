@@ -72,7 +72,8 @@ def extract_to_parquet(reader: Reader, plan: TablePlan, mode: str, out_path: Pat
     log.info("extract %s (%s): %s", plan.table, why, sql)
     schema = plan.extract_schema()
     meta = {"format": FORMAT, "table": plan.table, "mode": mode,
-            "effective_mode": plan.merge_mode(mode, window), "read_all": window is None, "window": why,
+            "effective_mode": plan.merge_mode(mode, window), "read_all": window is None,
+            "since": window.since.isoformat() if window else None, "window": why,
             "started_at": started.isoformat(),
             "started_at_utc": started_utc.replace(tzinfo=None).isoformat(),
             "sql": sql, "params": params, "reader": reader.name, "run_id": run_id, "shape": plan.extract_shape()}

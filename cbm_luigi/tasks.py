@@ -340,7 +340,24 @@ class ExtractParquet(CbmTask):
         with self.warehouse.session() as s:
             if config_store.newer_load_than(s, self.table, datetime.fromisoformat(meta["started_at"])) is not None:
                 return False
-        return meta.get("shape") == self.shape_now()  # extracted under another configuration: read again
+        if meta.get("shape") != self.shape_now():  # extracted under another configuration: read again
+            return False
+        return not self._window_widened(meta)
+
+    def _window_widened(self, meta: dict) -> bool:
+        """Whether the window asked for now starts before the one the file read (LastSuccessTs moved back or
+        cleared by hand to read rows again, a longer LookbackInterval): the file lacks rows the operator wants
+        (found in review: it was staged as it was, and the validation moved LastSuccessTs past them)."""
+        if "since" not in meta:  # written before the window's start was recorded
+            return False
+        try:
+            window, _why = self.plan().window(self.mode, self.settings.source_zone())
+        except PLAN_ERRORS:  # the run says why
+            return True
+        read = meta["since"]
+        if window is None:
+            return read is not None
+        return read is not None and window.since < datetime.fromisoformat(read)
 
     def run(self):
         t0 = time.monotonic()
