@@ -144,7 +144,8 @@ def stage(wh: Warehouse, plan: TablePlan, batch_path: Path, tech: TechnicalValue
     check_column_count(wh, plan)
     with _limits_named(wh, plan, "stage"), wh.session() as s, s.transaction():
         marker.forget_staged(s)
-        rows = wh.replace_stage(s, plan.destination, batch_path, stage_columns(plan), tech)
+        rows = wh.replace_stage(s, plan.destination, batch_path, stage_columns(plan), tech,
+                                keys=dict(zip(plan.keys, plan.key_names)))
         if checkpoint:
             checkpoint("stage")  # a kill here leaves stg replaced but uncommitted, its record not yet written
         # the file's own shape, not the configuration asked again now: an edit during a long stage must leave

@@ -80,10 +80,12 @@ class Warehouse:
         """name -> (type text as the dialect writes it, nullable); {} when the table does not exist."""
         raise NotImplementedError
 
-    def replace_stage(self, s: Session, table: str, batch_path: Path, columns: list[Column], tech) -> int:
+    def replace_stage(self, s: Session, table: str, batch_path: Path, columns: list[Column], tech,
+                      keys: dict[str, str] | None = None) -> int:
         """Replace stg.<table> with the batch parquet's rows (business columns, `_etl_hashdiff`,
         `_etl_source_ts`) plus the run's technical values `tech` (transform.TechnicalValues), inside the
-        caller's transaction where the dialect allows. Returns the row count."""
+        caller's transaction where the dialect allows. Returns the row count. `keys`: the key columns, SQL name
+        -> Progress name, for a message that names a row."""
         raise NotImplementedError
 
     needs_string_lengths = False

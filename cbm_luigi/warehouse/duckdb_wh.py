@@ -158,7 +158,7 @@ class DuckDbWarehouse(Warehouse):
         if have is not None and want > have * 1.01:  # DuckDB reports the limit rounded to 0.1 MiB
             s.execute(f"SET memory_limit = '{int(want / 1e6)}MB'")
 
-    def replace_stage(self, s, table, batch_path, columns, tech):
+    def replace_stage(self, s, table, batch_path, columns, tech, keys=None):
         """stg.<table> becomes a view over the batch parquet: DuckDB reads parquet natively, so copying the
         batch into a table first would only cost time (a second full write of every row)."""
         d = self.dialect

@@ -62,6 +62,7 @@ class StageValueError(ValueError):
                  row: dict, keys: list[str] | tuple = ()):
         self.table, self.column, self.type_text, self.problem = table, column, type_text, problem
         self.value, self.row_number, self.row, self.keys = value, row_number, row, list(keys)
+        self.key_names: dict[str, str] = {}  # SQL name -> Progress name, set by replace_stage
         super().__init__(str(self))
 
     def __str__(self) -> str:
@@ -69,7 +70,8 @@ class StageValueError(ValueError):
         if len(shown) > 120:
             shown = shown[:117] + "..."
         keys = [k for k in self.keys if k in self.row]
-        where = (", ".join(f"{k}={self.row[k]!r}" for k in keys) + f"; row {self.row_number} of the stage file"
+        where = (", ".join(f"{self.key_names.get(k, k)}={self.row[k]!r}" for k in keys) +
+                 f"; row {self.row_number} of the stage file"
                  if keys else f"row {self.row_number} of the stage file")
         return (f"stg.{self.table}.{self.column} {self.type_text}: {self.problem} ({where}): {shown}. Nothing "
                 f"was staged (the ODBC driver would have truncated or mangled it silently). Check the source "
@@ -617,19 +619,7 @@ class MssqlWarehouse(Warehouse):
             return None
         return mssql_python
 
-    def _stage_keys(self, s: Session, table: str) -> list[str]:
-        """Best effort: the key columns of the table staged as `table` (for error messages only)."""
-        from ..naming import sql_safe_name
-        try:
-            rows = s.query("SELECT TableName, DestinationTable, PrimaryKeyCols FROM config.ETL_Tables")
-        except Exception:  # noqa: BLE001
-            return []
-        for name, dest, pk in rows:
-            if table in (dest, name) or sql_safe_name(dest or name) == table:
-                return [sql_safe_name(k) for k in str(pk or "").split(",") if k.strip()]
-        return []
-
-    def replace_stage(self, s, table, stage_path, columns, tech):
+    def replace_stage(self, s, table, stage_path, columns, tech, keys=None):
         d = self.dialect
         d.check_identifier(table)
         stage_path = Path(stage_path)
@@ -644,7 +634,7 @@ class MssqlWarehouse(Warehouse):
             else:
                 self._load_executemany(s, table, stage_path, layout, tech)
         except StageValueError as exc:
-            exc.keys = self._stage_keys(s, table)
+            exc.keys, exc.key_names = list(keys or {}), dict(keys or {})
             raise
         return int(s.scalar(self.count_sql(table)))
 
