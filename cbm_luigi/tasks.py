@@ -173,6 +173,22 @@ class CbmTask(luigi.Task):
         except PLAN_ERRORS:
             return None
 
+    def window_widened(self, meta: dict) -> bool:
+        """Whether the window asked for now starts before the one the batch's extract read (`meta`: LastSuccessTs
+        moved back or cleared by hand to read rows again, a longer LookbackInterval): the batch lacks rows the
+        operator wants, and must be read again whatever step it stopped at (found in review: it was staged and
+        merged as it was, and the validation moved LastSuccessTs past them)."""
+        if "since" not in meta:  # written before the window's start was recorded
+            return False
+        try:
+            window, _why = self.plan().window(self.mode, self.settings.source_zone())
+        except PLAN_ERRORS:  # the run says why
+            return True
+        read = meta["since"]
+        if window is None:
+            return read is not None
+        return read is not None and window.since < datetime.fromisoformat(read)
+
     def marker(self) -> MarkerTarget:
         # a step on stg is also incomplete when stg was staged under another configuration than the table's now
         shape = {"shape": self.shape_now} if issubclass(self.marker_class, StagedBatchTarget) else {}
@@ -342,22 +358,7 @@ class ExtractParquet(CbmTask):
                 return False
         if meta.get("shape") != self.shape_now():  # extracted under another configuration: read again
             return False
-        return not self._window_widened(meta)
-
-    def _window_widened(self, meta: dict) -> bool:
-        """Whether the window asked for now starts before the one the file read (LastSuccessTs moved back or
-        cleared by hand to read rows again, a longer LookbackInterval): the file lacks rows the operator wants
-        (found in review: it was staged as it was, and the validation moved LastSuccessTs past them)."""
-        if "since" not in meta:  # written before the window's start was recorded
-            return False
-        try:
-            window, _why = self.plan().window(self.mode, self.settings.source_zone())
-        except PLAN_ERRORS:  # the run says why
-            return True
-        read = meta["since"]
-        if window is None:
-            return read is not None
-        return read is not None and window.since < datetime.fromisoformat(read)
+        return not self.window_widened(meta)
 
     def run(self):
         t0 = time.monotonic()
@@ -384,6 +385,19 @@ class WarehouseStep(CbmTask):
 
     def output(self):
         return self.marker()
+
+    def complete(self) -> bool:
+        """The marker; and for the steps that resume a batch (stage, merge), its extract read the window asked for
+        now: a window widened since sends the rerun back to the extract."""
+        if not super().complete():
+            return False
+        if self.step not in ("stage", "merge"):
+            return True
+        try:
+            meta = self.extract_meta()
+        except (OSError, ValueError, KeyError):  # no file to tell: the step says what is wrong when it runs
+            return True
+        return not self.window_widened(meta)
 
     def extract_meta(self) -> dict:
         """What the extract recorded: its start time and whether it was effectively full."""

@@ -11,7 +11,7 @@ import pytest
 from cbm_luigi import demo_source, extract
 from cbm_luigi.demo_source import Col, TableDef
 from cbm_luigi.source.readers import release_readers
-from cbm_luigi.tasks import LoadTable
+from cbm_luigi.tasks import LoadTable, MergeOds, StageTable
 
 from .conftest import build, succeeded
 
@@ -102,3 +102,44 @@ def test_a_window_moved_back_by_hand_is_read_even_when_the_batch_has_a_cached_ex
     reads = env.sql("SELECT BatchId, Detail FROM etl.ETL_Log WHERE TableName = 'mvt' AND Step = 'extract' "
                     "ORDER BY LogId")
     assert ods_mvt(env) == source_mvt(env), f"row 1 never read; extracts: {reads}"
+
+
+@pytest.mark.parametrize("stopped_after", [StageTable, MergeOds])
+@pytest.mark.parametrize("moved_to", ["2026-03-05 00:00:00", None])
+def test_a_window_moved_back_is_read_when_the_night_stopped_after_its_stage_or_merge(env, clock, stopped_after,
+                                                                                     moved_to):
+    """The same when the night got further (merge killed, validation failed): the stage and merge markers are
+    complete, so Luigi did not ask the extract, and the narrow batch was merged and validated (found in review).
+    Stage and merge are incomplete too when the window asked for now is wider than their batch's."""
+    add_mvt(env, [(1, "a", "2026-03-01", 3600), (2, "b", "2026-03-01", 3600)], lookback="1 day")
+    clock.set("2026-03-10 02:00:00")
+    load(env, "full", "", "2026-03-10")
+    src(env, "UPDATE mvt SET val = 'a2', dat_mod = '2026-03-07', heure = 50000 WHERE id = 1")
+    clock.set("2026-03-11 02:00:00")  # the night's run gets through this step, then stops
+    assert succeeded(build(stopped_after(table="mvt", mode="incremental", batch_date=date(2026, 3, 11),
+                                         run_id="the-night")))
+    env.sql("UPDATE config.ETL_Tables SET LastSuccessTs = CAST(? AS TIMESTAMP) WHERE TableName = 'mvt'", [moved_to])
+    clock.set("2026-03-11 09:00:00")
+    load(env, "incremental", "", "2026-03-11")
+    reads = env.sql("SELECT BatchId, Detail FROM etl.ETL_Log WHERE TableName = 'mvt' AND Step = 'extract' "
+                    "ORDER BY LogId")
+    assert ods_mvt(env) == source_mvt(env), f"row 1 never read; extracts: {reads}"
+    assert len(reads) == 3  # the full, the night's narrow read, the morning's read of the wider window
+    clock.set("2026-03-12 02:00:00")
+    load(env, "incremental", "", "2026-03-12")
+    assert ods_mvt(env) == source_mvt(env)
+
+
+def test_a_batch_rerun_the_same_day_with_the_window_unchanged_reuses_its_extract(env, clock):
+    """The usual crash-and-rerun: nothing moved, so the cached extract and the stage are used as they are."""
+    add_mvt(env, [(1, "a", "2026-03-01", 3600), (2, "b", "2026-03-01", 3600)], lookback="1 day")
+    clock.set("2026-03-10 02:00:00")
+    load(env, "full", "", "2026-03-10")
+    clock.set("2026-03-11 02:00:00")
+    assert succeeded(build(MergeOds(table="mvt", mode="incremental", batch_date=date(2026, 3, 11),
+                                    run_id="the-night")))
+    clock.set("2026-03-11 09:00:00")
+    load(env, "incremental", "", "2026-03-11")
+    steps = env.sql("SELECT Step FROM etl.ETL_Log WHERE TableName = 'mvt' AND BatchId = '2026-03-11' ORDER BY LogId")
+    assert steps == [("extract",), ("stage",), ("merge",), ("validate",)]  # the rerun validated only
+
