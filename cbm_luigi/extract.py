@@ -27,10 +27,12 @@ from .transform import shape_batches
 
 log = logging.getLogger(__name__)
 META_KEY = "cbm_luigi.extract"
+# 5: the window's start (`since`) and whether the read had none (`read_all`) recorded: a file without them
+# could be reused after the window was widened, or merged empty as an incremental (found in review);
 # 4: an unknown (NULL) logical contributes nothing to the hashdiff (it hashed as false);
 # 3: kept-whole arrays in Progress's own form, DECIMAL(s,s) hashed with its leading zero; 2: shaped and hashed
 # while extracting; 1: the source columns as read. A cached file of another format is extracted again.
-FORMAT = 4
+FORMAT = 5
 # aim for record batches of about this size whatever the width (measured on 40,000 x 350: 8 MB batches keep the
 # fetch and the hashing in step and use 200 MB less than 32 MB ones)
 BATCH_BYTES = readers.BATCH_BYTES

@@ -1,0 +1,157 @@
+"""Upgrading a running installation (OPERATIONS.md, "Upgrading"), from the code of earlier commits (found in review).
+
+Each test builds real state with an OLDER cbm_luigi (the code of an earlier commit of this repository, exported
+with `git archive` and run in a subprocess with PYTHONPATH pointing at it): a warehouse, a cache of extracts,
+markers and etl.ETL_TableState rows, on the same demo source and DuckDB file. Then it does what the upgrade
+section says with this version (`cbm-etl init-db --no-tables`, then the nightly LoadAll) and checks ods against
+the source."""
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import tarfile
+from datetime import date, timedelta
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+
+from cbm_luigi.cli import main as cbm_etl
+from cbm_luigi.source.readers import release_readers
+from cbm_luigi.tasks import LoadAll
+from cbm_luigi.warehouse.duckdb_wh import release_connections
+
+from .conftest import (REPO, assert_ods_equals_source, build, make_env, ods_rows, source_rows, subprocess_env,
+                       succeeded)
+
+# 1acba98: this session's starting point (extract format 4, meta without 'since'/'read_all')
+START_OF_DAY = "1acba98"
+# e748093: the code `make bench` measured this session; etl.ETL_TableState recorded ValidatedShape/ValidatedColumns
+# (renamed MergedShape/MergedColumns by 8cd3d18)
+BENCHED = "e748093"
+
+D1, D2 = date(2026, 11, 20), date(2026, 11, 21)
+
+
+def _has_commit(commit: str) -> bool:
+    return subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", f"{commit}^{{commit}}"],
+                          capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def old_trees(tmp_path_factory):
+    """commit -> a directory holding that commit's code (git archive: no worktree left behind)."""
+    made: dict[str, Path] = {}
+
+    def tree(commit: str) -> Path:
+        if not _has_commit(commit):
+            pytest.skip(f"commit {commit} not in this clone")
+        if commit not in made:
+            out = tmp_path_factory.mktemp(f"old-{commit}")
+            data = subprocess.run(["git", "-C", str(REPO), "archive", commit], capture_output=True,
+                                  check=True).stdout
+            with tarfile.open(fileobj=BytesIO(data)) as tar:
+                tar.extractall(out)
+            made[commit] = out
+        return made[commit]
+    return tree
+
+
+def run_old(tree: Path, env, *args: str) -> str:
+    """Run the old version's code (python -m ...) on the test's warehouse, cache and source."""
+    release_connections()
+    release_readers()
+    e = subprocess_env(env, PYTHONPATH=str(tree), LUIGI_CONFIG_PATH=str(tree / "luigi.cfg"))
+    p = subprocess.run([sys.executable, "-m", *args],
+                       cwd=tree, env=e, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, f"old version failed: {args}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    return p.stdout + p.stderr
+
+
+def old_luigi(tree: Path, env, task: str, *params: str) -> str:
+    return run_old(tree, env, "luigi", "--module", "cbm_luigi", task, "--local-scheduler", *params)
+
+
+def upgrade(env) -> None:
+    """OPERATIONS.md, Upgrading: run `cbm-etl init-db --no-tables` once."""
+    release_connections()
+    assert cbm_etl(["init-db", "--no-tables"]) == 0
+    release_connections()
+
+
+def src(env, sql: str, params=()) -> None:
+    con = sqlite3.connect(str(env.source))
+    con.execute(sql, params)
+    con.commit()
+    con.close()
+    release_readers()
+
+
+def test_a_cached_extract_of_the_previous_version_is_read_again_when_the_window_was_widened(
+        tmp_path, monkeypatch, old_trees):
+    """OPERATIONS.md: "Cached extracts of an older version are read again" (upgrade) and "To read a window again,
+    move the table's LastSuccessTs back (or clear it: the next incremental reads in full) and rerun: an extract
+    already cached for the batch from a narrower window is read again."
+
+    The nightly of D2 ran under 1acba98 and was killed after lignecli's extract. The team upgrades, and (a row
+    stamped by a client whose clock lags, which only a wider window sees) clears lignecli's LastSuccessTs so
+    the rerun reads it in full. The old file had the same format number (4) and shape as this version's but no
+    'since' key: the narrow file was merged, the validation moved LastSuccessTs past the row, and no later
+    incremental read it. The format now records the window (5): the old file is read again."""
+    old = old_trees(START_OF_DAY)
+    env = make_env(tmp_path, monkeypatch, init=False)
+    run_old(old, env, "cbm_luigi.cli", "init-db")
+    old_luigi(old, env, "LoadAll", "--mode", "full", "--batch-date", str(D1))
+    # the night of D2: killed after lignecli's extract (stage and merge not done)
+    old_luigi(old, env, "ExtractParquet", "--table", "lignecli", "--mode", "incremental", "--batch-date", str(D2))
+
+    upgrade(env)
+    # a change stamped 10 days back (the window, LastSuccessTs - 2 days, does not hold it)
+    stale = (date.today() - timedelta(days=10)).isoformat()
+    src(env, "UPDATE lignecli SET qte = 777, dat_mod = ? WHERE num_cde = (SELECT MIN(num_cde) FROM lignecli) "
+             "AND num_lig = (SELECT MIN(num_lig) FROM lignecli WHERE num_cde = (SELECT MIN(num_cde) FROM lignecli))",
+        (stale,))
+    env.sql("UPDATE config.ETL_Tables SET LastSuccessTs = NULL WHERE TableName = 'lignecli'")  # read in full
+
+    assert succeeded(build(LoadAll(mode="incremental", batch_date=D2)))
+    extracts = env.sql("SELECT Rows, Detail FROM etl.ETL_Log WHERE TableName = 'lignecli' AND Step = 'extract' "
+                       "AND BatchId = ? ORDER BY LogId", [str(D2)])
+    assert len(extracts) == 2, f"the old version's narrow extract was merged as it was: {extracts}"
+    assert_ods_equals_source(env, "lignecli")
+
+
+def test_a_configuration_change_not_loaded_yet_at_the_upgrade_still_reads_in_full(tmp_path, monkeypatch, old_trees):
+    """OPERATIONS.md: "Any change to what a table reads ... (FilterClause ...) makes the first load after it read
+    in full", and the upgrade step "records the configuration of each table already loaded".
+
+    Under e748093 (which already tracked this: etl.ETL_TableState.ValidatedShape) produit was loaded with a
+    FilterClause, and the team then removed the filter: that version's next load reads produit in full (checked
+    below on a copy). They upgrade first. init-db --no-tables saw ods with the configuration's columns and recorded
+    the configuration NOW (without the filter) as the one ods was loaded under, ignoring ValidatedShape: the rows
+    the filter kept out never reached ods. A table that version tracked now reads in full once."""
+    old = old_trees(BENCHED)
+    env = make_env(tmp_path, monkeypatch, init=False)
+    run_old(old, env, "cbm_luigi.cli", "init-db")
+    env.sql("UPDATE config.ETL_Tables SET FilterClause = '\"stock\" > 50' WHERE TableName = 'produit'")
+    old_luigi(old, env, "LoadAll", "--mode", "full", "--batch-date", str(D1))
+    filtered = set(source_rows(env.source, "produit")) - set(ods_rows(env, "produit", ["cod_pro"]))
+    assert filtered, "the filter kept no row out: the test proves nothing"
+    env.sql("UPDATE config.ETL_Tables SET FilterClause = NULL WHERE TableName = 'produit'")  # the pending change
+
+    # control: staying on the old version, its next incremental reads produit in full and loads those rows
+    control = tmp_path / "control"
+    control.mkdir()
+    for name in ("wh.duckdb", "source.sqlite"):
+        (control / name).write_bytes((tmp_path / name).read_bytes())
+    cenv = type(env)(control, control / "source.sqlite", control / "wh.duckdb", control / "cache")
+    old_luigi(old, cenv, "LoadAll", "--mode", "incremental", "--batch-date", str(D2))
+    assert filtered <= set(ods_rows(cenv, "produit", ["cod_pro"]))
+
+    upgrade(env)
+    assert succeeded(build(LoadAll(mode="incremental", batch_date=D2)))
+    detail = env.sql("SELECT Rows, Detail FROM etl.ETL_Log WHERE TableName = 'produit' AND Step = 'extract' "
+                     "AND BatchId = ?", [str(D2)])
+    assert filtered <= set(ods_rows(env, "produit", ["cod_pro"])), \
+        f"rows kept out by the removed FilterClause never loaded after the upgrade; produit's extract: {detail}"
+    assert_ods_equals_source(env, "produit")
