@@ -16,10 +16,11 @@ from functools import cached_property
 from pathlib import Path
 
 import luigi
+import pyarrow as pa
 from luigi.parameter import ParameterVisibility
 
 from . import config_store, steps
-from .extract import extract_to_parquet, is_current, read_extract_meta
+from .extract import FORMAT as EXTRACT_FORMAT, extract_to_parquet, is_current, read_extract_meta
 from .faults import checkpoint
 from .naming import cache_file_stem, sql_safe_name
 from .plan import PLAN_ERRORS, ConfigError, TablePlan
@@ -387,17 +388,18 @@ class WarehouseStep(CbmTask):
         return self.marker()
 
     def complete(self) -> bool:
-        """The marker; and for the steps that resume a batch (stage, merge), its extract read the window asked for
-        now: a window widened since sends the rerun back to the extract."""
+        """The marker; and for the steps that resume a batch (stage, merge), its batch file still there, in this
+        version's format, read from the window asked for now: else the rerun goes back to the extract (a file
+        removed by clean-cache or written by an older version, a window widened since: found in review)."""
         if not super().complete():
             return False
         if self.step not in ("stage", "merge"):
             return True
         try:
             meta = self.extract_meta()
-        except (OSError, ValueError, KeyError):  # no file to tell: the step says what is wrong when it runs
-            return True
-        return not self.window_widened(meta)
+        except (OSError, ValueError, KeyError, pa.ArrowException):
+            return False
+        return meta.get("format") == EXTRACT_FORMAT and not self.window_widened(meta)
 
     def extract_meta(self) -> dict:
         """What the extract recorded: its start time and whether it was effectively full."""
