@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 
 from .plan import TablePlan
 from .source.conform import conform_batch
-from .source.errors import SourceError, translate
+from .naming import shown_column
+from .source.errors import InvalidTextError, SourceError, translate
 from .source import readers
 from .source.readers import Reader
 from .transform import shape_batches
@@ -90,7 +91,7 @@ def extract_to_parquet(reader: Reader, plan: TablePlan, mode: str, out_path: Pat
 
     def conformed():
         rows = 0
-        with _source_errors(plan.table):
+        with _source_errors(plan.table), _text_named(plan, names):
             for batch in stream:
                 batch = conform_batch(batch, schema, table=plan.table, keys=plan.keys, names=names)
                 rows += batch.num_rows
@@ -109,6 +110,17 @@ def extract_to_parquet(reader: Reader, plan: TablePlan, mode: str, out_path: Pat
         progress(rows)
     log.info("extract %s: %d rows in %.2fs", plan.table, rows, meta["seconds"])
     return meta
+
+
+@contextlib.contextmanager
+def _text_named(plan: TablePlan, names: dict[str, str]):
+    """The reader's InvalidTextError named by the table's column and key (the reader knows neither)."""
+    try:
+        yield
+    except InvalidTextError as exc:
+        key = ", ".join(f"{names.get(k, k)}={exc.row.get(k)!r}" for k in plan.keys)
+        raise exc.named(plan.table, shown_column(names.get(exc.column, exc.column), exc.column),
+                        key or "?") from None
 
 
 @contextlib.contextmanager

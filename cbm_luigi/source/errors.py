@@ -18,6 +18,22 @@ class SourceValueError(SourceError):
     """A value that cannot be carried over unchanged (too long, too precise, out of range)."""
 
 
+class InvalidTextError(SourceValueError):
+    """Text that is not UTF-8, found by the reader in result column `column` of the row `row` (result names; the
+    bad text as bytes). The extract names the table's column and key (it knows them; the reader does not)."""
+
+    def __init__(self, column: str, row: dict, raw: bytes):
+        self.column, self.row, self.raw = column, row, raw
+        super().__init__(f"column {column}: the value {raw!r} is not UTF-8")
+
+    def named(self, table: str, column: str, key: str) -> SourceValueError:
+        return SourceValueError(
+            f"table {table}, column {column}, key {key}: the value {self.raw!r} is not UTF-8 text (a code-page "
+            f"mix-up at the source? check the connection's IANAAppCodePage, 106 for UTF-8). To carry it over: fix "
+            f"the row in Progress, or set a SourceExpression override for this column in config.ETL_Columns, or "
+            f"exclude it (IsExcluded = 1), then rerun the table.")
+
+
 _RULES: list[tuple[re.Pattern, str, bool]] = [
     (re.compile(r"value exceeding its max length or precision", re.I),
      "a value is longer than the column's SQL width in Progress. Widen the width at the source with `dbtool` "

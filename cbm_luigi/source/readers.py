@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from ..settings import Settings, mask_secrets
 from .dialect import OpenEdgeDialect, SqliteStandInDialect, dialect_for, result_names
-from .errors import SourceError, translate
+from .errors import InvalidTextError, SourceError, translate
 
 log = logging.getLogger(__name__)
 # arrow-odbc sizes text and binary buffers from the driver's column size; an unbounded column (CLOB, LVARCHAR,
@@ -250,9 +250,46 @@ class ArrowOdbcReader(Reader):
         try:
             yield
         except Exception as exc:  # noqa: BLE001 — only the buffer overflow is rewritten
+            if _INVALID_UTF8 in str(exc) and schema is not None:
+                try:
+                    found = self._invalid_text(sql, params, schema)
+                except Exception:  # noqa: BLE001 — the search failed: the driver's own error is the one to show
+                    found = None
+                raise found or exc
             if _TOO_LONG not in str(exc):
                 raise
             raise ValueError(self._too_long(str(exc), sql, params, schema)) from None
+
+    def _invalid_text(self, sql: str, params: list, schema: pa.Schema) -> InvalidTextError | None:
+        """arrow-odbc refuses text that is not UTF-8 without saying where: the same SELECT read again with its text
+        columns as bytes finds the first such value, its column and its row (one more read, on the failure path
+        only). None when the second read finds none."""
+        def as_bytes(s: pa.Schema) -> pa.Schema:
+            return pa.schema([f.with_type(pa.binary()) if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+                              else f for f in _prefer(s, schema)])
+        reader = self.con.read_arrow_batches(sql, batch_size=1000, parameters=[str(p) for p in params or []],
+                                             max_text_size=MAX_TEXT_BYTES, max_binary_size=MAX_BINARY_BYTES,
+                                             map_schema=as_bytes)
+        names = result_names(reader.schema.names, schema.names)
+        text = [n for n in names if n in schema.names and pa.types.is_string(schema.field(n).type)]
+        for batch in reader:
+            batch = pa.RecordBatch.from_arrays(batch.columns, names=names)
+            for name in text:
+                col = batch.column(name)
+                try:
+                    col.cast(pa.string())
+                    continue
+                except pa.ArrowInvalid:
+                    pass
+                for i, v in enumerate(col.to_pylist()):
+                    if v is not None:
+                        try:
+                            v.decode("utf-8")
+                        except UnicodeDecodeError:
+                            row = {k: (x.decode("utf-8", "replace") if isinstance(x, bytes) else x)
+                                   for k, x in batch.slice(i, 1).to_pylist()[0].items()}
+                            return InvalidTextError(name, row, v)
+        return None
 
     def _too_long(self, message: str, sql: str, params: list, schema: pa.Schema | None) -> str:
         """arrow-odbc refuses a value longer than its buffer (nothing is cut) but does not say in which column:
@@ -283,6 +320,7 @@ class ArrowOdbcReader(Reader):
 
 
 _TOO_LONG = "too large to be written into the allocated buffer"
+_INVALID_UTF8 = "invalid UTF-8"
 
 
 def _shorter_buffers(description, size: int | None) -> list[tuple[str, int, str]]:
@@ -328,7 +366,7 @@ def _warn_without_dil(connection_string: str) -> None:
 
 
 def _prefer(driver_schema: pa.Schema, wanted: pa.Schema) -> pa.Schema:
-    """Ask arrow-odbc for timestamps in microseconds, without a time zone.
+    """Ask arrow-odbc for timestamps in microseconds, without a time zone, and for variable-length binary.
 
     arrow-odbc sizes its buffers from what the driver reports: a TIMESTAMP with 0 fractional digits (the SQLite
     ODBC driver reports that) would lose the milliseconds, and a timestamp[ms] would cut microseconds silently.
@@ -339,13 +377,21 @@ def _prefer(driver_schema: pa.Schema, wanted: pa.Schema) -> pa.Schema:
     NUMERIC reported as double is checked by conform.py too), and so does a timestamp column the driver reports
     as text: OpenEdge's driver may hand a DATETIME-TZ over as text with its offset, which conform.py parses;
     asking for a timestamp would have the driver drop the offset.
+
+    A binary column the driver reports as fixed-length (SQL_BINARY(n): the SQLite stand-in so reports a BLOB, a
+    driver may so report BINARY(n)) would be read into a fixed-size buffer, and arrow-odbc panics on a value of
+    another length (0x00, empty), aborting the whole night without a word (found in review). Read as variable
+    binary, a value longer than the buffer gets arrow-odbc's error, which names the column (_too_long).
     """
     names = result_names(driver_schema.names, wanted.names)
     fields = []
     for f, name in zip(driver_schema, names):
         w = wanted.field(name).type if name in wanted.names else None
-        take = w is not None and pa.types.is_timestamp(w) and pa.types.is_timestamp(f.type)
-        fields.append(f.with_type(pa.timestamp("us")) if take else f)
+        if w is not None and pa.types.is_timestamp(w) and pa.types.is_timestamp(f.type):
+            f = f.with_type(pa.timestamp("us"))
+        elif pa.types.is_fixed_size_binary(f.type):
+            f = f.with_type(pa.binary())
+        fields.append(f)
     return pa.schema(fields)
 
 

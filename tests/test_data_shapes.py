@@ -1,0 +1,56 @@
+"""Extreme but legal data shapes through the ODBC readers (the SQLite ODBC stand-in): binary columns the driver
+reports as fixed-length, text that is not UTF-8 (found in a review that tried every shape on all three readers)."""
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+
+from cbm_luigi.demo_source import Col
+from cbm_luigi.tasks import LoadTable
+
+from .conftest import BIN, DEMO_TABLES, build, subprocess_env, succeeded
+from .test_progress_quirks import configure, failure, raw_table
+from .test_source_odbc import odbc_vars
+
+BLOB_ROWS = [(1, b"\x00", b"\x00\x00"), (2, b"", b""), (3, None, None), (4, b"a\x00b", b"\xff" * 3)]
+
+
+def test_arrow_odbc_binary_column_reported_as_sql_binary_does_not_abort_the_night(env, monkeypatch):
+    """A binary column the driver reports as SQL_BINARY(n) whose values are not all n bytes long (0x00, empty):
+    the SQLite ODBC stand-in reports an LVARBINARY column (SQLite BLOB) so, with n = 255; a driver may so report
+    a SQL BINARY(n) column. Read into a fixed-size buffer, arrow-odbc panicked on a value of another length and
+    the whole process aborted (SIGABRT): no error, no etl.ETL_Log row, and with --continue-on-error no table
+    after it loaded. It is read as variable-length binary (readers._prefer), exactly."""
+    raw_table(env.source, "docbin", [(Col("id", "integer", nullable=False), "INTEGER"),
+                                     (Col("r", "varbinary", 20), "VARBINARY(20)"),
+                                     (Col("bl", "lvarbinary"), "BLOB")], ("id",), BLOB_ROWS)
+    configure(env, monkeypatch, "arrow-odbc", "docbin", Priority=0)  # first in the night
+    run = subprocess.run([str(BIN / "luigi"), "--module", "cbm_luigi", "LoadAll", "--mode", "full",
+                          "--continue-on-error", "--local-scheduler"], cwd=env.home,
+                         env=subprocess_env(env, **odbc_vars(env, "arrow-odbc")), capture_output=True, text=True,
+                         timeout=600)
+    log = env.sql("SELECT TableName, Step, Status FROM etl.ETL_Log WHERE TableName = 'docbin' ORDER BY LogId")
+    validated = {r[0] for r in env.sql("SELECT TableName FROM etl.ETL_Log WHERE Step = 'validate' "
+                                       "AND Status = 'SUCCESS'")}
+    assert run.returncode >= 0, f"the process was killed by signal {-run.returncode}: docbin log {log}, tables " \
+                                f"validated {sorted(validated)}; stderr: {run.stderr[-600:]}"
+    assert set(DEMO_TABLES) <= validated
+    assert env.sql("SELECT id, r, bl FROM ods.docbin ORDER BY id") == BLOB_ROWS
+
+
+def test_invalid_utf8_through_arrow_odbc_is_refused_naming_column_and_key(env, monkeypatch):
+    """Bytes that are not UTF-8 in a character field (a code-page mix-up at the source) stop the table naming its
+    column, key and bytes, and what to do. arrow-odbc says only "Datasource returned invalid UTF-8. Lossy
+    representation of value: a?b?": the reader reads the SELECT again with its text as bytes to find them."""
+    cols = [(Col("id", "integer", nullable=False), "INTEGER"), (Col("a", "varchar", 20), "VARCHAR(20)"),
+            (Col("v", "varchar", 20), "VARCHAR(20)"), (Col("z", "varchar", 20), "VARCHAR(20)")]
+    raw_table(env.source, "txt", cols, ("id",), [(1, "ok", "ok", "ok"), (2, "ok", "x", "ok"), (3, "é", "é", "é")])
+    with sqlite3.connect(env.source) as con:
+        con.execute("UPDATE txt SET v = CAST(x'61ff62c3' AS TEXT) WHERE id = 2")
+    configure(env, monkeypatch, "arrow-odbc", "txt")
+    assert not succeeded(build(LoadTable(table="txt", mode="full")))
+    err = failure(env, "txt")
+    assert "table txt" in err or "PUB.txt" in err, err
+    assert "column v, key id=2: the value b'a\\xffb\\xc3' is not UTF-8" in err, err
+    assert "IANAAppCodePage" in err, err
+    assert "SourceExpression" in err or "fix the row" in err, err
