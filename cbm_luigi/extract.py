@@ -28,8 +28,8 @@ from .transform import shape_batches
 
 log = logging.getLogger(__name__)
 META_KEY = "cbm_luigi.extract"
-# 5: the window's start (`since`) and whether the read had none (`read_all`) recorded: a file without them
-# could be reused after the window was widened, or merged empty as an incremental (found in review);
+# 5: the window's start (`since`, None: the read had no window) recorded: a file without it could be reused after
+# the window was widened, or merged empty as an incremental (found in review);
 # 4: an unknown (NULL) logical contributes nothing to the hashdiff (it hashed as false);
 # 3: kept-whole arrays in Progress's own form, DECIMAL(s,s) hashed with its leading zero; 2: shaped and hashed
 # while extracting; 1: the source columns as read. A cached file of another format is extracted again.
@@ -75,8 +75,8 @@ def extract_to_parquet(reader: Reader, plan: TablePlan, mode: str, out_path: Pat
     log.info("extract %s (%s): %s", plan.table, why, sql)
     schema = plan.extract_schema()
     meta = {"format": FORMAT, "table": plan.table, "mode": mode,
-            "effective_mode": plan.merge_mode(mode, window), "read_all": window is None,
-            "since": window.since.isoformat() if window else None, "window": why,
+            "effective_mode": plan.merge_mode(mode, window), "since": window.since.isoformat() if window else None,
+            "window": why,
             "started_at": started.isoformat(),
             "started_at_utc": started_utc.replace(tzinfo=None).isoformat(),
             "sql": sql, "params": params, "reader": reader.name, "run_id": run_id, "shape": plan.extract_shape()}
@@ -146,9 +146,15 @@ def read_extract_meta(path: Path) -> dict:
     return meta
 
 
-def is_current(path: Path) -> bool:
-    """Whether `path` is a complete extract in this version's format (an older cache file is extracted again)."""
+def current_meta(path: Path) -> dict | None:
+    """The metadata of `path` when it is a complete extract in this version's format, else None (missing,
+    unreadable, or written by an older version: such a file is extracted again)."""
     try:
-        return read_extract_meta(path)["format"] == FORMAT
+        meta = read_extract_meta(path)
     except (OSError, ValueError, KeyError, pa.ArrowException):
-        return False
+        return None
+    return meta if meta["format"] == FORMAT else None
+
+
+def is_current(path: Path) -> bool:
+    return current_meta(path) is not None

@@ -218,13 +218,12 @@ def _check_keys(s: Session, wh: Warehouse, plan: TablePlan, spec: MergeSpec) -> 
             f"while it was read can come twice (READ UNCOMMITTED reads follow a row that moves in the index).")
 
 
-def _refuse_empty_read(s: Session, wh: Warehouse, plan: TablePlan, spec: MergeSpec, batch_id: str,
-                       deleted: int) -> None:
+def _refuse_empty_read(s: Session, wh: Warehouse, plan: TablePlan, spec: MergeSpec, batch_id: str) -> None:
     """A read of every row that found none, over a table with live rows: more likely the wrong database, a
     FilterClause, or the ERP rebuilding the table than a table emptied. A full merge would soft-delete them all;
     a read made full by a configuration change (merged as incremental) would record the new configuration as
     loaded while no row got it (found in review)."""
-    live = int(deleted) if spec.full else int(s.scalar(live_rows(wh.dialect, spec)) or 0)
+    live = int(s.scalar(live_rows(wh.dialect, spec)) or 0)
     if not live:
         return
     what = (f"the full batch {batch_id} holds no rows, and ods.{plan.destination} has {live} live rows that a full "
@@ -309,12 +308,12 @@ def _refresh_compared(plan: TablePlan, wanted: list[Column], existing: dict) -> 
 
 
 def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: MarkerTarget, run_id: str,
-          checkpoint=None, allow_empty_full: bool = False, read_all: bool | None = None) -> StepRecord:
+          checkpoint=None, allow_empty_full: bool = False, read_all: bool = False) -> StepRecord:
     """MERGE stg.<t> into ods.<t> on the key; full mode soft-deletes absent keys. One transaction.
 
     `mode` is the batch's effective mode (a first incremental is a full extract); `marker` carries the task's
-    own batch and mode, which stg must hold. `read_all`: the extract read every row (no window; by default when
-    the mode is full): empty, it is refused over a table with live rows unless `allow_empty_full`."""
+    own batch and mode, which stg must hold. `read_all`: the extract read every row (no window; so does every full
+    batch): empty, it is refused over a table with live rows unless `allow_empty_full`."""
     d = wh.dialect
     spec = _spec(plan, full=(mode == "full"))
     now = datetime.now()
@@ -351,8 +350,8 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
         inserted, updated, unchanged, deleted, batch_rows = s.query(merge_counts(d, spec))[0]
         if inserted + updated + unchanged != batch_rows:
             _refuse_ods_duplicates(s, wh, plan, spec)
-        if not batch_rows and not allow_empty_full and (read_all if read_all is not None else spec.full):
-            _refuse_empty_read(s, wh, plan, spec, batch_id, deleted)
+        if not batch_rows and not allow_empty_full and (read_all or spec.full):
+            _refuse_empty_read(s, wh, plan, spec, batch_id)
         if inserted or updated or deleted:  # else the MERGE would change nothing: skip its join of every column
             all_new = not (updated or unchanged or deleted)
             # only the MERGE carries every column (the counts join keys and hashes): raising DuckDB's memory

@@ -42,7 +42,7 @@ class MarkerTarget(luigi.Target):
 
     def touch(self, s: Session, *, run_id: str, rows: int | None) -> None:
         """Write the marker inside the caller's open transaction."""
-        s.execute("DELETE FROM etl.ETL_Markers WHERE MarkerId = ?", [self.marker_id])
+        self.forget(s)
         s.execute("INSERT INTO etl.ETL_Markers (MarkerId, TableName, Step, BatchId, Mode, RunId, Rows) "
                   "VALUES (?, ?, ?, ?, ?, ?, ?)",
                   [self.marker_id, self.table, self.step, self.batch_id, self.mode, run_id, rows])

@@ -16,11 +16,10 @@ from functools import cached_property
 from pathlib import Path
 
 import luigi
-import pyarrow as pa
 from luigi.parameter import ParameterVisibility
 
 from . import config_store, steps
-from .extract import FORMAT as EXTRACT_FORMAT, extract_to_parquet, is_current, read_extract_meta
+from .extract import current_meta, extract_to_parquet, is_current, read_extract_meta
 from .faults import checkpoint
 from .naming import cache_file_stem, sql_safe_name
 from .plan import PLAN_ERRORS, ConfigError, TablePlan
@@ -179,8 +178,6 @@ class CbmTask(luigi.Task):
         moved back or cleared by hand to read rows again, a longer LookbackInterval): the batch lacks rows the
         operator wants, and must be read again whatever step it stopped at (found in review: it was staged and
         merged as it was, and the validation moved LastSuccessTs past them)."""
-        if "since" not in meta:  # written before the window's start was recorded
-            return False
         try:
             window, _why = self.plan().window(self.mode, self.settings.source_zone())
         except PLAN_ERRORS:  # the run says why
@@ -342,10 +339,10 @@ class ExtractParquet(CbmTask):
 
     def complete(self) -> bool:
         """The batch file is there, made under the table's configuration now (a column excluded or a type
-        overridden since: read again; a file of this run: the stage says so), and it was not read before the
-        table's last validated load: a batch left
-        unmerged while a later one loaded the table reads the source again when rerun (merging its older rows
-        would undo newer ones; steps.merge refuses it). A file this run wrote stays complete whatever happens
+        overridden since: read again; a file of this run: the stage says so), it was not read before the table's
+        last validated load (a batch left unmerged while a later one loaded the table reads the source again when
+        rerun: merging its older rows would undo newer ones; steps.merge refuses it), and the window asked for now
+        is not wider than the one it read (window_widened). A file this run wrote stays complete whatever happens
         meanwhile (another run loading the table, the clock set back): the merge is where that is refused."""
         if not self.output().exists():
             return False
@@ -395,14 +392,11 @@ class WarehouseStep(CbmTask):
             return False
         if self.step not in ("stage", "merge"):
             return True
-        try:
-            meta = self.extract_meta()
-        except (OSError, ValueError, KeyError, pa.ArrowException):
-            return False
-        return meta.get("format") == EXTRACT_FORMAT and not self.window_widened(meta)
+        meta = current_meta(self.cache_path("extract"))
+        return meta is not None and not self.window_widened(meta)
 
     def extract_meta(self) -> dict:
-        """What the extract recorded: its start time and whether it was effectively full."""
+        """What the extract recorded: its start time, its window's start (`since`) and its effective mode."""
         return read_extract_meta(self.cache_path("extract"))
 
 
@@ -438,7 +432,7 @@ class MergeOds(WarehouseStep):
             rec = steps.merge(self.warehouse, plan, mode=mode, batch_id=self.batch_id, marker=self.output(),
                               run_id=self.run_id, checkpoint=checkpoint,
                               allow_empty_full=self.settings.empty_full_allowed(self.table),
-                              read_all=meta.get("read_all", mode == "full"))
+                              read_all=meta["since"] is None)
         except steps.RefusedBatchError as exc:
             self._read_again()
             exc.args = (f"{exc} The batch's extract was dropped: the same command reads the table from Progress "
@@ -455,7 +449,7 @@ class MergeOds(WarehouseStep):
         stage = self.requires()
         with self.warehouse.session() as s, s.transaction():
             stage.output().forget(s)
-        Path(stage.requires().output().path).unlink(missing_ok=True)
+        self.cache_path("extract").unlink(missing_ok=True)
 
 
 class ValidateTable(WarehouseStep):
@@ -499,10 +493,11 @@ class LoadAll(luigi.WrapperTask):
         first), a warning: a cron started before midnight and rerun the next morning without --batch-date makes
         that rerun the next day's batch, and the next night's cron then reads nothing and exits 0 (found in
         review)."""
-        done = super().complete()
+        tables = self.requires()
+        done = all(t.complete() for t in tables)
         if not self._asked:
             self._asked = True
-            if done and not self.requires():
+            if done and not tables:
                 log.warning("LoadAll: no table is active in config.ETL_Tables (IsActive): nothing to load")
             elif done:
                 log.warning("batch %s (%s): every table of it was loaded by an earlier run; nothing is read now. "

@@ -103,6 +103,25 @@ def _decode_extent(text: str | None, n: int) -> list[str | None]:
     return (out + [None] * n)[:n]
 
 
+def on_source(env: Env, *sql: str, params=()) -> None:
+    """Run statements on the test's source (as the ERP would change it) and let the next read see them."""
+    con = sqlite3.connect(str(env.source))
+    try:
+        for q in sql:
+            con.execute(q, params)
+        con.commit()
+    finally:
+        con.close()
+    release_readers()
+
+
+def last_error(env: Env, table: str) -> str:
+    """The table's latest FAILED etl.ETL_Log message ('' when none)."""
+    rows = env.sql("SELECT ErrorMessage FROM etl.ETL_Log WHERE TableName = ? AND Status = 'FAILED' "
+                   "ORDER BY LogId DESC LIMIT 1", [table])
+    return rows[0][0] if rows else ""
+
+
 def source_rows(path: Path, table: str) -> dict[tuple, dict]:
     """Rows of a demo table as Python values keyed by primary key, with SQL-safe names (from the catalog)."""
     con = sqlite3.connect(str(path))

@@ -10,23 +10,13 @@ from cbm_luigi.cli import main as cbm_etl
 from cbm_luigi.source.readers import release_readers
 from cbm_luigi.tasks import LoadAll, LoadTable
 
-from .conftest import assert_ods_equals_source, build, succeeded
+from .conftest import assert_ods_equals_source, build, last_error, on_source, succeeded
 
 DAY = date(2026, 11, 24)
 
 
-def _source(env, *sql: str) -> None:
-    con = sqlite3.connect(str(env.source))
-    for q in sql:
-        con.execute(q)
-    con.commit()
-    con.close()
-    release_readers()
 
 
-def _last_error(env, table: str) -> str:
-    return env.sql("SELECT ErrorMessage FROM etl.ETL_Log WHERE TableName = ? AND Status = 'FAILED' "
-                   "ORDER BY LogId DESC LIMIT 1", [table])[0][0]
 
 
 def test_a_field_added_under_a_name_the_configuration_used_as_a_sql_name_stops_the_table_naming_both(env):
@@ -37,7 +27,7 @@ def test_a_field_added_under_a_name_the_configuration_used_as_a_sql_name_stops_t
     env.sql("UPDATE config.ETL_Tables SET DateModifCol = 'dat_hr_saisie', DateModifPrecision = 'datetime', "
             "TimeOfDayCol = NULL WHERE TableName = 'lignecli'")
     assert succeeded(build(LoadTable(table="lignecli", mode="full", batch_date=DAY)))
-    _source(env, 'ALTER TABLE lignecli ADD COLUMN "dat_hr_saisie" TIMESTAMP',
+    on_source(env, 'ALTER TABLE lignecli ADD COLUMN "dat_hr_saisie" TIMESTAMP',
             "INSERT INTO SYSCOLUMNS_FULL (id, col, tbl, owner, coltype, width, scale, nullflag, array_extent, "
             "display_order) VALUES ('99', 'dat_hr_saisie', 'lignecli', 'PUB', 'timestamp', 0, 0, 'Y', 0, 99)")
     assert cbm_etl(["sync-columns", "lignecli"]) == 0
@@ -45,11 +35,11 @@ def test_a_field_added_under_a_name_the_configuration_used_as_a_sql_name_stops_t
     assert not succeeded(build(LoadTable(table="lignecli", mode="incremental", batch_date=day2)))
     assert ("config.ETL_Tables[lignecli].DateModifCol: 'dat_hr_saisie' names two columns of table lignecli, the "
             "Progress field 'dat_hr_saisie' and 'dat-hr-saisie' by its SQL name: write 'dat-hr-saisie'"
-            in _last_error(env, "lignecli"))
+            in last_error(env, "lignecli"))
     env.sql("UPDATE config.ETL_Tables SET DateModifCol = 'dat-hr-saisie' WHERE TableName = 'lignecli'")
     assert succeeded(build(LoadTable(table="lignecli", mode="incremental", batch_date=day2)))
     stamp = (datetime.now() + timedelta(minutes=1)).strftime("%Y-%m-%d %H:%M:%S.000")
-    _source(env, f"UPDATE lignecli SET qte = 777.5, \"dat-hr-saisie\" = '{stamp}' WHERE num_cde = 1000 AND "
+    on_source(env, f"UPDATE lignecli SET qte = 777.5, \"dat-hr-saisie\" = '{stamp}' WHERE num_cde = 1000 AND "
                  "num_lig = 1")
     day3 = date.fromordinal(DAY.toordinal() + 2)
     assert succeeded(build(LoadTable(table="lignecli", mode="incremental", batch_date=day3)))
@@ -64,7 +54,7 @@ def test_an_empty_read_made_full_by_a_configuration_change_is_refused_not_merged
     same: the new configuration was recorded as loaded and the rows outside later windows never got the field.
     It is refused as an empty full read is, and the same command reads the table again."""
     assert succeeded(build(LoadTable(table="produit", mode="full", batch_date=DAY)))
-    _source(env, "ALTER TABLE produit ADD COLUMN \"code-naf\" VARCHAR(10) NOT NULL DEFAULT 'X'",
+    on_source(env, "ALTER TABLE produit ADD COLUMN \"code-naf\" VARCHAR(10) NOT NULL DEFAULT 'X'",
             "INSERT INTO SYSCOLUMNS_FULL (id, col, tbl, owner, coltype, width, scale, nullflag, array_extent, "
             "display_order) VALUES ('99', 'code-naf', 'produit', 'PUB', 'varchar', 10, 0, 'N', 0, 99)")
     assert cbm_etl(["sync-columns", "produit"]) == 0
@@ -76,7 +66,7 @@ def test_an_empty_read_made_full_by_a_configuration_change_is_refused_not_merged
     release_readers()
     day2 = date.fromordinal(DAY.toordinal() + 1)
     assert not succeeded(build(LoadTable(table="produit", mode="incremental", batch_date=day2)))
-    err = _last_error(env, "produit")
+    err = last_error(env, "produit")
     assert err.startswith("EmptyFullBatchError") and "read every row" in err and "reads the table" in err, err
     con = sqlite3.connect(str(env.source))  # the source is back, untouched (dat_mod unchanged)
     con.executemany(f"INSERT INTO produit VALUES ({', '.join('?' * len(saved[0]))})", saved)

@@ -9,7 +9,7 @@ from cbm_luigi.demo_source import Col
 from cbm_luigi.tasks import LoadTable
 
 from .conftest import BIN, DEMO_TABLES, build, subprocess_env, succeeded
-from .test_progress_quirks import configure, failure, raw_table
+from .test_progress_quirks import configure, failure, ods, raw_table
 from .test_source_odbc import odbc_vars
 
 BLOB_ROWS = [(1, b"\x00", b"\x00\x00"), (2, b"", b""), (3, None, None), (4, b"a\x00b", b"\xff" * 3)]
@@ -54,3 +54,24 @@ def test_invalid_utf8_through_arrow_odbc_is_refused_naming_column_and_key(env, m
     assert "column v, key id=2: the value b'a\\xffb\\xc3' is not UTF-8" in err, err
     assert "IANAAppCodePage" in err, err
     assert "SourceExpression" in err or "fix the row" in err, err
+
+
+def test_invalid_utf8_is_named_when_another_row_holds_accented_text_at_its_width(env, monkeypatch):
+    """A French ERP: lib VARCHAR(12) holds 'crème brûlée' (12 characters, 14 bytes in UTF-8), which arrow-odbc
+    reads fine. The search for the bad value read the SELECT again with arrow-odbc's text as binary, sized at
+    the declared width in bytes: it failed on the accented row, and the operator got arrow-odbc's bare message
+    (found in review). It reads through pyodbc now, each value's bytes whole."""
+    cols = [(Col("id", "integer", nullable=False), "INTEGER"), (Col("lib", "varchar", 12), "VARCHAR(12)"),
+            (Col("v", "varchar", 20), "VARCHAR(20)")]
+    raw_table(env.source, "txt", cols, ("id",), [(1, "crème brûlée", "ok"), (2, "tarte", "x")])
+    configure(env, monkeypatch, "arrow-odbc", "txt")
+    # the accented value at its width is no problem for the extract itself
+    assert succeeded(build(LoadTable(table="txt", mode="full"))), failure(env, "txt")
+    assert ods(env, "txt", ["id", "lib"]) == [(1, "crème brûlée"), (2, "tarte")]
+
+    with sqlite3.connect(env.source) as con:  # a code-page mix-up in another row
+        con.execute("UPDATE txt SET v = CAST(x'61ff62c3' AS TEXT) WHERE id = 2")
+    assert not succeeded(build(LoadTable(table="txt", mode="full", batch_tag="b")))
+    err = failure(env, "txt")
+    assert "column v, key id=2: the value b'a\\xffb\\xc3' is not UTF-8" in err, err
+    assert "IANAAppCodePage" in err, err

@@ -11,23 +11,14 @@ from cbm_luigi import demo_source
 from cbm_luigi.source.readers import release_readers
 from cbm_luigi.tasks import ExtractParquet, LoadAll, LoadTable
 
-from .conftest import assert_ods_equals_source, build, source_rows, succeeded
+from .conftest import assert_ods_equals_source, build, last_error, on_source, source_rows, succeeded
 
 DAY = date(2026, 11, 24)
 DROPPED = "The batch's extract was dropped: the same command reads the table from Progress again."
 
 
-def source(env, sql: str, params=()) -> None:
-    con = sqlite3.connect(str(env.source))
-    con.execute(sql, params)
-    con.commit()
-    con.close()
-    release_readers()
 
 
-def last_error(env, table: str) -> str:
-    return env.sql("SELECT ErrorMessage FROM etl.ETL_Log WHERE TableName = ? AND Status = 'FAILED' "
-                   "ORDER BY LogId DESC LIMIT 1", [table])[0][0]
 
 
 def sla(env, table: str) -> str:
@@ -37,15 +28,15 @@ def sla(env, table: str) -> str:
 def test_a_null_key_fixed_in_progress_loads_with_the_same_command(env):
     env.sql("UPDATE config.ETL_Tables SET PrimaryKeyCols = 'cod_pro,gencod_v' WHERE TableName = 'produit'")
     today = date.today().isoformat()
-    source(env, "UPDATE produit SET gencod_v = 'G' || cod_pro, dat_mod = ? WHERE gencod_v IS NULL AND cod_pro <> "
-                "'P00001'", [today])
-    source(env, "UPDATE produit SET gencod_v = NULL WHERE cod_pro = 'P00001'")
+    on_source(env, "UPDATE produit SET gencod_v = 'G' || cod_pro, dat_mod = ? WHERE gencod_v IS NULL AND cod_pro <> "
+               "'P00001'", params=[today])
+    on_source(env, "UPDATE produit SET gencod_v = NULL WHERE cod_pro = 'P00001'")
     assert not succeeded(build(LoadTable(table="produit", mode="incremental", batch_date=DAY)))
     err = last_error(env, "produit")
     assert err.startswith("NullKeyError") and "fix the rows in Progress" in err and err.endswith(DROPPED), err
     extract = ExtractParquet(table="produit", mode="incremental", batch_date=DAY)
     assert not extract.complete()  # the file is gone: the rerun reads Progress
-    source(env, "UPDATE produit SET gencod_v = 'G1', dat_mod = ? WHERE cod_pro = 'P00001'", [today])  # the ERP fix
+    on_source(env, "UPDATE produit SET gencod_v = 'G1', dat_mod = ? WHERE cod_pro = 'P00001'", params=[today])  # the ERP fix
     assert succeeded(build(LoadTable(table="produit", mode="incremental", batch_date=DAY)))
     assert_ods_equals_source(env, "produit")
     assert sla(env, "produit") == "OK"

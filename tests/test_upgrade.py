@@ -7,7 +7,6 @@ section says with this version (`cbm-etl init-db --no-tables`, then the nightly 
 the source."""
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
 import tarfile
@@ -22,8 +21,8 @@ from cbm_luigi.source.readers import release_readers
 from cbm_luigi.tasks import LoadAll
 from cbm_luigi.warehouse.duckdb_wh import release_connections
 
-from .conftest import (REPO, assert_ods_equals_source, build, make_env, ods_rows, source_rows, subprocess_env,
-                       succeeded)
+from .conftest import (REPO, assert_ods_equals_source, build, make_env, ods_rows, on_source, source_rows,
+                       subprocess_env, succeeded)
 
 # 1acba98: this session's starting point (extract format 4, meta without 'since'/'read_all')
 START_OF_DAY = "1acba98"
@@ -80,12 +79,6 @@ def upgrade(env) -> None:
     release_connections()
 
 
-def src(env, sql: str, params=()) -> None:
-    con = sqlite3.connect(str(env.source))
-    con.execute(sql, params)
-    con.commit()
-    con.close()
-    release_readers()
 
 
 def test_a_cached_extract_of_the_previous_version_is_read_again_when_the_window_was_widened(
@@ -109,9 +102,9 @@ def test_a_cached_extract_of_the_previous_version_is_read_again_when_the_window_
     upgrade(env)
     # a change stamped 10 days back (the window, LastSuccessTs - 2 days, does not hold it)
     stale = (date.today() - timedelta(days=10)).isoformat()
-    src(env, "UPDATE lignecli SET qte = 777, dat_mod = ? WHERE num_cde = (SELECT MIN(num_cde) FROM lignecli) "
-             "AND num_lig = (SELECT MIN(num_lig) FROM lignecli WHERE num_cde = (SELECT MIN(num_cde) FROM lignecli))",
-        (stale,))
+    on_source(env, "UPDATE lignecli SET qte = 777, dat_mod = ? WHERE num_cde = (SELECT MIN(num_cde) FROM lignecli) "
+                   "AND num_lig = (SELECT MIN(num_lig) FROM lignecli WHERE num_cde = (SELECT MIN(num_cde) FROM "
+                   "lignecli))", params=(stale,))
     env.sql("UPDATE config.ETL_Tables SET LastSuccessTs = NULL WHERE TableName = 'lignecli'")  # read in full
 
     assert succeeded(build(LoadAll(mode="incremental", batch_date=D2)))
@@ -180,7 +173,7 @@ def test_a_stage_of_the_previous_version_is_not_reused_when_the_window_was_widen
     narrow stage was merged and validated, and LastSuccessTs moved past the row: found in review)."""
     env = _night_stopped_under_old_version(tmp_path, monkeypatch, old_trees, stopped_after)
     stale = (date.today() - timedelta(days=10)).isoformat()
-    src(env, STALE_ROW, (stale,))
+    on_source(env, STALE_ROW, params=(stale,))
     env.sql("UPDATE config.ETL_Tables SET LastSuccessTs = NULL WHERE TableName = 'lignecli'")  # read in full
 
     assert succeeded(build(LoadAll(mode="incremental", batch_date=D2)))

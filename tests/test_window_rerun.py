@@ -4,16 +4,15 @@ DuckDB, with the extract's clock set by the test; ods is compared with the sourc
 from __future__ import annotations
 
 import sqlite3
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 
 import pytest
 
 from cbm_luigi import demo_source, extract
 from cbm_luigi.demo_source import Col, TableDef
-from cbm_luigi.source.readers import release_readers
 from cbm_luigi.tasks import LoadTable, MergeOds, StageTable
 
-from .conftest import build, succeeded
+from .conftest import build, on_source, succeeded
 
 
 class Clock:
@@ -40,12 +39,6 @@ def clock(monkeypatch):
     return Clock(monkeypatch)
 
 
-def src(env, sql: str, params=()) -> None:
-    con = sqlite3.connect(str(env.source))
-    con.execute(sql, params)
-    con.commit()
-    con.close()
-    release_readers()
 
 
 def add_mvt(env, rows, *, lookback="0 minutes", tod="heure", dim=False, precision="date", datecol="dat_mod",
@@ -89,7 +82,7 @@ def test_a_window_moved_back_by_hand_is_read_even_when_the_batch_has_a_cached_ex
     clock.set("2026-03-10 02:00:00")
     load(env, "full", "", "2026-03-10")
     # a client whose clock is three days behind changes row 1 after the full (outside the 1-day lookback)
-    src(env, "UPDATE mvt SET val = 'a2', dat_mod = '2026-03-07', heure = 50000 WHERE id = 1")
+    on_source(env, "UPDATE mvt SET val = 'a2', dat_mod = '2026-03-07', heure = 50000 WHERE id = 1")
     clock.set("2026-03-11 02:00:00")  # the night's run extracts the table, then stops (warehouse held, killed)
     assert succeeded(build(ExtractParquet(table="mvt", mode="incremental", batch_date=date(2026, 3, 11),
                                                run_id="the-night")))
@@ -114,7 +107,7 @@ def test_a_window_moved_back_is_read_when_the_night_stopped_after_its_stage_or_m
     add_mvt(env, [(1, "a", "2026-03-01", 3600), (2, "b", "2026-03-01", 3600)], lookback="1 day")
     clock.set("2026-03-10 02:00:00")
     load(env, "full", "", "2026-03-10")
-    src(env, "UPDATE mvt SET val = 'a2', dat_mod = '2026-03-07', heure = 50000 WHERE id = 1")
+    on_source(env, "UPDATE mvt SET val = 'a2', dat_mod = '2026-03-07', heure = 50000 WHERE id = 1")
     clock.set("2026-03-11 02:00:00")  # the night's run gets through this step, then stops
     assert succeeded(build(stopped_after(table="mvt", mode="incremental", batch_date=date(2026, 3, 11),
                                          run_id="the-night")))

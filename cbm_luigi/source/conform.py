@@ -19,11 +19,9 @@ import pyarrow.compute as pc
 from ..naming import shown_column
 from ..settings import warn_once
 from ..types import MAX_DATE, MIN_DATE
-from .errors import SourceValueError
+from .errors import VALUE_FIX, SourceValueError
 
 log = logging.getLogger(__name__)
-_FIX = ("fix the row in Progress, or set a SourceExpression override for this column in config.ETL_Columns "
-        "(e.g. CAST, SUBSTRING or CASE), or exclude it (IsExcluded = 1), then rerun the table")
 
 
 DOUBLE_DIGITS = 15
@@ -212,15 +210,15 @@ def conform_batch(batch: pa.RecordBatch, schema: pa.Schema, *, table: str, keys:
             value = src[i].as_py() if i is not None else "?"
             raise SourceValueError(
                 f"table {table}, column {column(field.name)}, key {where}: value {value!r} does not fit "
-                f"{field.type} without loss ({exc}). To carry it over: {_FIX}.") from None
+                f"{field.type} without loss ({exc}). To carry it over: {VALUE_FIX}.") from None
         bad = _out_of_range(arrays[-1])
         if bad is not None:
             raise SourceValueError(
                 f"table {table}, column {column(field.name)}, key {_key_text(batch, keys, bad, names)}: value "
                 f"{_shown(arrays[-1], bad)} is outside years 1 to 9999, which the warehouse cannot hold"
-                f"{' (in UTC)' if getattr(field.type, 'tz', None) else ''}. To carry it over: {_FIX}.")
+                f"{' (in UTC)' if getattr(field.type, 'tz', None) else ''}. To carry it over: {VALUE_FIX}.")
         if not field.nullable and arrays[-1].null_count:
             i = pc.index(pc.is_null(arrays[-1]), True).as_py()
             raise SourceValueError(f"table {table}, column {column(field.name)}, key {_key_text(batch, keys, i, names)}: NULL "
-                                   f"(Progress unknown value ?) in a mandatory column. To carry it over: {_FIX}.")
+                                   f"(Progress unknown value ?) in a mandatory column. To carry it over: {VALUE_FIX}.")
     return pa.RecordBatch.from_arrays(arrays, schema=schema)

@@ -18,6 +18,11 @@ class SourceValueError(SourceError):
     """A value that cannot be carried over unchanged (too long, too precise, out of range)."""
 
 
+# what to do with a value that cannot be carried over (the end of every SourceValueError about one value)
+VALUE_FIX = ("fix the row in Progress, or set a SourceExpression override for this column in config.ETL_Columns "
+             "(e.g. CAST, SUBSTRING or CASE), or exclude it (IsExcluded = 1), then rerun the table")
+
+
 class InvalidTextError(SourceValueError):
     """Text that is not UTF-8, found by the reader in result column `column` of the row `row` (result names; the
     bad text as bytes). The extract names the table's column and key (it knows them; the reader does not)."""
@@ -29,9 +34,8 @@ class InvalidTextError(SourceValueError):
     def named(self, table: str, column: str, key: str) -> SourceValueError:
         return SourceValueError(
             f"table {table}, column {column}, key {key}: the value {self.raw!r} is not UTF-8 text (a code-page "
-            f"mix-up at the source? check the connection's IANAAppCodePage, 106 for UTF-8). To carry it over: fix "
-            f"the row in Progress, or set a SourceExpression override for this column in config.ETL_Columns, or "
-            f"exclude it (IsExcluded = 1), then rerun the table.")
+            f"mix-up at the source? check the connection's IANAAppCodePage, 106 for UTF-8). To carry it over: "
+            f"{VALUE_FIX}.")
 
 
 _RULES: list[tuple[re.Pattern, str, bool]] = [
@@ -52,6 +56,10 @@ _RULES: list[tuple[re.Pattern, str, bool]] = [
      "it with `SELECT ... FROM PUB.<table> WHERE <column> < '0001-01-01' OR <column> > '9999-12-31'` for each "
      "date column. Then fix the row in Progress, or give the column a SourceExpression override (e.g. CASE) or "
      "exclude it (IsExcluded = 1), and rerun the table", False),
+    (re.compile(r"invalid UTF-8", re.I),
+     "a text value is not UTF-8 (bytes in another code page at the source?): check the connection's "
+     "IANAAppCodePage (106 for UTF-8) in CBM_SOURCE_ODBC; then fix the row in Progress, or set a SourceExpression "
+     "override for the column, or exclude it (IsExcluded = 1), and rerun the table", False),
     (re.compile(r"\(7512\)|access denied|authorization failed", re.I),
      "the ODBC user may not read this table: GRANT SELECT ON PUB.<table> TO <etl user> in OpenEdge SQL", False),
     (re.compile(r"IM003|\b193\b", re.I),

@@ -227,7 +227,7 @@ class ArrowOdbcReader(Reader):
     def stream(self, sql, params, schema, batch_rows):
         """arrow-odbc fetches on a thread of its own (fetch_concurrently, asked for explicitly): from this call on, the
         first batch is on its way."""
-        with self._overflow_named(sql, params, schema):
+        with self._driver_errors_named(sql, params, schema):
             reader = self.con.read_arrow_batches(
                 sql, batch_size=batch_rows, parameters=[str(p) for p in params or []],
                 max_bytes_per_batch=64 * 1024 * 1024, max_text_size=MAX_TEXT_BYTES,
@@ -240,16 +240,17 @@ class ArrowOdbcReader(Reader):
     def _batches(self, reader, schema, sql, params) -> Iterator[pa.RecordBatch]:
         read = reader.schema.names
         names = result_names(read, schema.names) if schema is not None else read
-        with self._overflow_named(sql, params, schema):
+        with self._driver_errors_named(sql, params, schema):
             for batch in reader:
                 yield pa.RecordBatch.from_arrays(batch.columns, names=names) if names != read else batch
 
     @contextlib.contextmanager
-    def _overflow_named(self, sql, params, schema):
-        """arrow-odbc's buffer overflow rewritten to name the column (any other error passes as it is)."""
+    def _driver_errors_named(self, sql, params, schema):
+        """arrow-odbc's errors that name no column rewritten to name it: a buffer overflow, text that is not UTF-8
+        (any other error passes as it is)."""
         try:
             yield
-        except Exception as exc:  # noqa: BLE001 — only the buffer overflow is rewritten
+        except Exception as exc:  # noqa: BLE001 — only those two are rewritten
             if _INVALID_UTF8 in str(exc) and schema is not None:
                 try:
                     found = self._invalid_text(sql, params, schema)
@@ -261,34 +262,32 @@ class ArrowOdbcReader(Reader):
             raise ValueError(self._too_long(str(exc), sql, params, schema)) from None
 
     def _invalid_text(self, sql: str, params: list, schema: pa.Schema) -> InvalidTextError | None:
-        """arrow-odbc refuses text that is not UTF-8 without saying where: the same SELECT read again with its text
-        columns as bytes finds the first such value, its column and its row (one more read, on the failure path
-        only). None when the second read finds none."""
-        def as_bytes(s: pa.Schema) -> pa.Schema:
-            return pa.schema([f.with_type(pa.binary()) if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
-                              else f for f in _prefer(s, schema)])
-        reader = self.con.read_arrow_batches(sql, batch_size=1000, parameters=[str(p) for p in params or []],
-                                             max_text_size=MAX_TEXT_BYTES, max_binary_size=MAX_BINARY_BYTES,
-                                             map_schema=as_bytes)
-        names = result_names(reader.schema.names, schema.names)
-        text = [n for n in names if n in schema.names and pa.types.is_string(schema.field(n).type)]
-        for batch in reader:
-            batch = pa.RecordBatch.from_arrays(batch.columns, names=names)
-            for name in text:
-                col = batch.column(name)
-                try:
-                    col.cast(pa.string())
-                    continue
-                except pa.ArrowInvalid:
-                    pass
-                for i, v in enumerate(col.to_pylist()):
-                    if v is not None:
+        """arrow-odbc refuses text that is not UTF-8 without saying where: the same SELECT read again through pyodbc,
+        asking the driver for narrow text decoded as latin-1 (every byte one character: each value's bytes come
+        back exactly, and whole), finds the first such value, its column and its row. One more read, on the failure
+        path only (arrow-odbc's own buffers cannot do it: as bytes, a text buffer is the declared width, which an
+        accented value at its width passes: found in review). None when it finds none."""
+        import pyodbc
+
+        with PyodbcReader(self.settings, self.dialect) as r:
+            for sqltype in (pyodbc.SQL_CHAR, pyodbc.SQL_WCHAR):
+                r.con.setdecoding(sqltype, encoding="latin-1", ctype=pyodbc.SQL_CHAR)
+            cur = r.con.cursor()
+            cur.execute(sql, params or [])
+            names = result_names([d[0] for d in cur.description], schema.names)
+            text = [i for i, n in enumerate(names) if n in schema.names and pa.types.is_string(schema.field(n).type)]
+            while rows := cur.fetchmany(1000):
+                for row in rows:
+                    for i in text:
+                        if not isinstance(row[i], str):
+                            continue
+                        raw = row[i].encode("latin-1")
                         try:
-                            v.decode("utf-8")
+                            raw.decode("utf-8")
                         except UnicodeDecodeError:
-                            row = {k: (x.decode("utf-8", "replace") if isinstance(x, bytes) else x)
-                                   for k, x in batch.slice(i, 1).to_pylist()[0].items()}
-                            return InvalidTextError(name, row, v)
+                            shown = {n: v.encode("latin-1").decode("utf-8", "replace") if isinstance(v, str) else v
+                                     for n, v in zip(names, row)}
+                            return InvalidTextError(names[i], shown, raw)
         return None
 
     def _too_long(self, message: str, sql: str, params: list, schema: pa.Schema | None) -> str:

@@ -359,7 +359,7 @@ def validation_queries(d: WarehouseDialect, spec: MergeSpec) -> dict[str, str]:
         "duplicate_current_keys": (
             f"SELECT {d.count}(*) FROM (SELECT {', '.join(d.quote(k) for k in spec.keys)} FROM {ods} AS t "
             f"WHERE {live} GROUP BY {', '.join(d.quote(k) for k in spec.keys)} HAVING {d.count}(*) > 1) AS dup"),
-        "ods_live_rows": f"SELECT {d.count}(*) FROM {ods} AS t WHERE {live} AND {d.is_false('t._etl_is_deleted')}",
+        "ods_live_rows": live_rows(d, spec),
         "stg_rows": f"SELECT {d.count}(*) FROM {stg}",
     }
 
