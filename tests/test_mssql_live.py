@@ -174,7 +174,7 @@ def test_sync_procedure_keeps_operator_choices(mssql_env):
 
 
 def test_sessions_reuse_one_login_and_leave_no_transaction(mssql_env):
-    """base.ConnectionPool on a real server: one session after another runs on the same server session (@@SPID),
+    """pooling.ConnectionPool on a real server: one session after another runs on the same server session (@@SPID),
     and a session that failed inside a transaction leaves no connection behind that is still in it."""
     from cbm_luigi.settings import load_settings
     from cbm_luigi.warehouse import open_warehouse

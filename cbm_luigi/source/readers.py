@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 import sqlite3
 import time
@@ -18,6 +17,7 @@ from collections.abc import Callable, Iterator
 
 import pyarrow as pa
 
+from ..pooling import close_idle, pooled
 from ..settings import Settings, mask_secrets
 from .dialect import OpenEdgeDialect, SqliteStandInDialect, dialect_for, result_names
 from .errors import InvalidTextError, SourceError, translate
@@ -421,37 +421,17 @@ def open_reader(settings: Settings) -> Reader:
         raise translate(exc, action="connect") from None
 
 
-_POOL: dict[tuple, Reader] = {}
-
-
 def _pool_key(settings: Settings) -> tuple:
-    return (os.getpid(), settings.source_kind, str(settings.source_path), settings.source_odbc,
+    return ("source", settings.source_kind, str(settings.source_path), settings.source_odbc,
             settings.source_init_sql, settings.source_isolation, settings.source_dialect, settings.odbc_reader,
             settings.query_timeout_s)
 
 
-@contextlib.contextmanager
-def pooled_reader(settings: Settings) -> Iterator[Reader]:
-    """This process's reader for `settings`, opened on first use and kept for the next table: connecting costs
-    10-20 ms locally and more to a remote Progress server, once per table otherwise (1,000 tables: 10-20 s).
-    A kept one is checked with a trivial query before it is lent again; an error while it is in use closes it,
-    so the next table starts from a fresh connection."""
-    key = _pool_key(settings)
-    reader = _POOL.get(key)
-    if reader is not None and not _alive(reader):
-        _POOL.pop(key, None)
-        with contextlib.suppress(Exception):
-            reader.close()
-        reader = None
-    if reader is None:
-        reader = _POOL[key] = open_reader(settings)  # connecting retries transient errors
-    try:
-        yield reader
-    except BaseException:
-        _POOL.pop(key, None)
-        with contextlib.suppress(Exception):
-            reader.close()
-        raise
+def pooled_reader(settings: Settings) -> contextlib.AbstractContextManager[Reader]:
+    """This process's reader for `settings`, opened on first use and kept for the next table (pooling.py): a kept
+    one is checked with a trivial query before it is lent again, and an error while it is in use closes it, so
+    the next table starts from a fresh connection (connecting retries transient errors)."""
+    return pooled(_pool_key(settings), lambda: open_reader(settings), _alive, keep=1).connection()
 
 
 def _alive(reader: Reader) -> bool:
@@ -467,9 +447,7 @@ def _alive(reader: Reader) -> bool:
 
 def release_readers() -> None:
     """Close this process's pooled readers (tests, and before a source file is replaced)."""
-    for key in [k for k in _POOL if k[0] == os.getpid()]:
-        with contextlib.suppress(Exception):
-            _POOL.pop(key).close()
+    close_idle("source")
 
 
 __all__ = ["Reader", "open_reader", "pooled_reader", "release_readers", "EmbeddedReader", "PyodbcReader",

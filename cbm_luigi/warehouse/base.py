@@ -6,11 +6,9 @@ whole, which is how a marker row lands together with the data it vouches for.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-from collections.abc import Callable, Hashable
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 from ..settings import Settings
 from .dialects import WarehouseDialect
@@ -109,68 +107,6 @@ class Warehouse:
         returning the statements to run then). Nothing by default (DuckDB joins by hash; an index would only
         slow its inserts)."""
         return [], None
-
-
-class ConnectionPool:
-    """This process's idle connections to one server, lent to the next session. Each session used to log in anew,
-    and a night of 1,000 tables opens about 15 sessions a table (the scheduler's complete() checks, each step,
-    its log rows): 15,000 logins to SQL Server, each a TCP and TLS handshake and a login. unixODBC's own pooling
-    is off unless odbcinst.ini turns it on, and on Linux it does not reset a reused connection either.
-
-    A connection goes back only from a session that ended without an exception (one that failed may be in any
-    state: it is closed), at most `keep` of them. Before one is lent again `is_clean` asks it one trivial question:
-    one the server dropped (restart, failover, idle timeout) or left inside a transaction is closed and the next
-    tried. A forked Luigi worker (--workers > 1) never uses or closes its parent's connections: it shares their
-    sockets, and a logout sent from the child would end the parent's session."""
-
-    def __init__(self, connect: Callable[[], Any], is_clean: Callable[[Any], bool], keep: int = 4):
-        self._connect, self._is_clean, self._keep = connect, is_clean, keep
-        self._idle: list = []
-        self._pid = os.getpid()
-
-    @contextlib.contextmanager
-    def connection(self) -> Iterator[Any]:
-        con = self._take()
-        try:
-            yield con
-        except BaseException:
-            _close(con)
-            raise
-        if len(self._idle) < self._keep and os.getpid() == self._pid:
-            self._idle.append(con)
-        else:
-            _close(con)
-
-    def _take(self):
-        if os.getpid() != self._pid:  # a forked child: the parent's connections stay open, and referenced
-            _INHERITED.extend(self._idle)
-            self._idle, self._pid = [], os.getpid()
-        while self._idle:
-            con = self._idle.pop()
-            try:
-                if self._is_clean(con):
-                    return con
-            except Exception:  # noqa: BLE001 — a dead connection: closed, and the next one tried
-                pass
-            _close(con)
-        return self._connect()
-
-
-_POOLS: dict[Hashable, ConnectionPool] = {}
-_INHERITED: list = []  # a forked worker's share of its parent's connections: never closed, never collected
-
-
-def pooled(key: Hashable, connect: Callable[[], Any], is_clean: Callable[[Any], bool]) -> ConnectionPool:
-    """The process's pool for `key` (e.g. the connection string), made on first use."""
-    pool = _POOLS.get(key)
-    if pool is None:
-        pool = _POOLS[key] = ConnectionPool(connect, is_clean)
-    return pool
-
-
-def _close(con) -> None:
-    with contextlib.suppress(Exception):
-        con.close()
 
 
 def split_script(text: str, dialect: str) -> list[str]:

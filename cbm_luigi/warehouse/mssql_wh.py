@@ -45,7 +45,8 @@ import pyarrow.parquet as pq
 
 from ..settings import connection_summary, mask_secrets
 from ..types import check_decimal_fits
-from .base import Session, Warehouse, pooled
+from ..pooling import pooled
+from .base import Session, Warehouse
 from .dialects import TsqlDialect
 from .statements import Column, _width, create_table, tech_columns
 
@@ -545,7 +546,7 @@ class MssqlWarehouse(Warehouse):
 
     @contextlib.contextmanager
     def session(self):
-        """A session on one of this process's kept connections (base.ConnectionPool): a login per session cost
+        """A session on one of this process's kept connections (pooling.ConnectionPool): a login per session cost
         15,000 logins a night over 1,000 tables."""
         with pooled(("mssql", self.odbc), self._connect, _outside_transaction).connection() as con:
             yield MssqlSession(con)

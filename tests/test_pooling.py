@@ -1,6 +1,7 @@
-"""base.ConnectionPool: the SQL Server warehouse's sessions reuse this process's connections instead of logging in
-each time (about 15 sessions a table). The pool is exercised on real ODBC connections (unixODBC + the SQLite ODBC
-driver): lending, nesting, a failed session, a connection dropped behind its back, a forked worker. No SQL Server
+"""pooling.ConnectionPool: the SQL Server warehouse's sessions and the source's readers reuse this process's
+connections instead of logging in each time (about 15 warehouse sessions a table). The pool is exercised on real
+ODBC connections (unixODBC + the SQLite ODBC driver): lending, nesting, a failed session, a connection dropped
+behind its back, a forked worker. No SQL Server
 runs here: the last test drives MssqlWarehouse.session over fake connections (said there), and
 tests/test_mssql_live.py checks the reuse on a real server when one is given."""
 from __future__ import annotations
@@ -10,8 +11,8 @@ import sqlite3
 
 import pytest
 
-from cbm_luigi.warehouse import base
-from cbm_luigi.warehouse.base import ConnectionPool
+from cbm_luigi import pooling
+from cbm_luigi.pooling import ConnectionPool
 
 pyodbc = pytest.importorskip("pyodbc")
 if "SQLite3" not in pyodbc.drivers():
@@ -128,7 +129,7 @@ def test_a_forked_worker_neither_uses_nor_closes_its_parents_connections(odbc):
             code |= 2 if len(made) != 2 else 0
             with pool.connection() as con:
                 code |= 4 if con is not made[1] else 0  # its own connection is kept for its next session
-            code |= 8 if parents not in base._INHERITED else 0
+            code |= 8 if parents not in pooling._INHERITED else 0
         except BaseException:  # noqa: BLE001
             code |= 16
         os._exit(code)
@@ -173,7 +174,7 @@ def test_mssql_sessions_reuse_a_connection_outside_a_transaction(monkeypatch):
     monkeypatch.setenv("CBM_MSSQL_ODBC", "Driver={ODBC Driver 18 for SQL Server};Server=pooltest;UID=u;PWD=p")
     made: list[FakeMssqlConnection] = []
     monkeypatch.setattr(MssqlWarehouse, "_connect", lambda self: FakeMssqlConnection(made))
-    monkeypatch.setattr(base, "_POOLS", {})
+    monkeypatch.setattr(pooling, "_POOLS", {})
     wh = MssqlWarehouse(load_settings())
     for _ in range(3):
         with wh.session() as s:
