@@ -75,3 +75,20 @@ def test_invalid_utf8_is_named_when_another_row_holds_accented_text_at_its_width
     err = failure(env, "txt")
     assert "column v, key id=2: the value b'a\\xffb\\xc3' is not UTF-8" in err, err
     assert "IANAAppCodePage" in err, err
+
+
+def test_invalid_utf8_message_names_a_text_key_that_is_itself_not_utf8_by_its_bytes(env, monkeypatch):
+    """A code-page mix-up rarely spares the key: a client code 'CRÈME' written in latin-1 holds b'CR\\xc8ME' in its
+    key and in its label. The key is shown by its bytes (it was shown decoded with replacement marks, a value that
+    exists nowhere in Progress: found in review)."""
+    cols = [(Col("lib", "varchar", 20), "VARCHAR(20)"), (Col("code", "varchar", 10, nullable=False), "VARCHAR(10)")]
+    raw_table(env.source, "txt", cols, ("code",), [("ok", "A"), ("x", "B")])
+    configure(env, monkeypatch, "arrow-odbc", "txt", keys="code")
+    with sqlite3.connect(env.source) as con:  # the same latin-1 text in the label and in the key
+        con.execute("UPDATE txt SET lib = CAST(x'4352c84d45' AS TEXT), code = CAST(x'4352c84d45' AS TEXT) "
+                    "WHERE code = 'B'")
+    assert not succeeded(build(LoadTable(table="txt", mode="full")))
+    err = failure(env, "txt")
+    assert "column lib" in err, err
+    key = err.split(", key ", 1)[1].split(": the value", 1)[0]
+    assert "\ufffd" not in key and "\\xc8" in key, f"key shown as {key!r}: {err}"

@@ -285,9 +285,7 @@ class ArrowOdbcReader(Reader):
                         try:
                             raw.decode("utf-8")
                         except UnicodeDecodeError:
-                            shown = {n: v.encode("latin-1").decode("utf-8", "replace") if isinstance(v, str) else v
-                                     for n, v in zip(names, row)}
-                            return InvalidTextError(names[i], shown, raw)
+                            return InvalidTextError(names[i], {n: _text(v) for n, v in zip(names, row)}, raw)
         return None
 
     def _too_long(self, message: str, sql: str, params: list, schema: pa.Schema | None) -> str:
@@ -316,6 +314,18 @@ class ArrowOdbcReader(Reader):
 
     def close(self):
         self.con = None
+
+
+def _text(v):
+    """A value read as latin-1 (_invalid_text) as it is: its text when its bytes are UTF-8, else the bytes (a key
+    in another code page shown as text with replacement marks could not be found in Progress: found in review)."""
+    if not isinstance(v, str):
+        return v
+    raw = v.encode("latin-1")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
 
 
 _TOO_LONG = "too large to be written into the allocated buffer"
