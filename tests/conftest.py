@@ -2,9 +2,14 @@
 real pipeline through Luigi and to read source and ods rows for row-by-row comparison."""
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import sqlite3
+import subprocess
 import sys
+import time
+import urllib.request
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -115,6 +120,30 @@ def on_source(env: Env, *sql: str, params=()) -> None:
     release_readers()
 
 
+def take_rows(env: Env, table: str) -> list[tuple]:
+    """Delete every row of a source table (as the ERP rebuilding it would) and return them for put_rows."""
+    con = sqlite3.connect(str(env.source))
+    try:
+        rows = con.execute(f'SELECT * FROM "{table}"').fetchall()
+        con.execute(f'DELETE FROM "{table}"')
+        con.commit()
+    finally:
+        con.close()
+    release_readers()
+    return rows
+
+
+def put_rows(env: Env, table: str, rows: list[tuple]) -> None:
+    """Put back rows that take_rows removed."""
+    con = sqlite3.connect(str(env.source))
+    try:
+        con.executemany(f'INSERT INTO "{table}" VALUES ({", ".join("?" * len(rows[0]))})', rows)
+        con.commit()
+    finally:
+        con.close()
+    release_readers()
+
+
 def last_error(env: Env, table: str) -> str:
     """The table's latest FAILED etl.ETL_Log message ('' when none)."""
     rows = env.sql("SELECT ErrorMessage FROM etl.ETL_Log WHERE TableName = ? AND Status = 'FAILED' "
@@ -193,3 +222,26 @@ def subprocess_env(env: Env, **extra) -> dict[str, str]:
     e.update({"PATH": f"{BIN}:{e.get('PATH', '')}", "LUIGI_CONFIG_PATH": str(REPO / "luigi.cfg")})
     e.update(extra)
     return e
+
+
+@contextlib.contextmanager
+def running_luigid(env: Env, state_dir: Path):
+    """A real luigid on a free local port, up when this yields the port; stopped on exit."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    daemon = subprocess.Popen([str(BIN / "luigid"), "--port", str(port), "--address", "127.0.0.1", "--state-path",
+                               str(state_dir / "luigid.state"), "--logdir", str(state_dir)],
+                              env=subprocess_env(env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/ping", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield port
+    finally:
+        daemon.terminate()
+        daemon.wait(10)
+

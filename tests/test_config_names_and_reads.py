@@ -3,14 +3,12 @@ a configuration field naming a column by its SQL name when a field of that very 
 empty read made full by a configuration change; LoadAll with no active table."""
 from __future__ import annotations
 
-import sqlite3
 from datetime import date, datetime, timedelta
 
 from cbm_luigi.cli import main as cbm_etl
-from cbm_luigi.source.readers import release_readers
 from cbm_luigi.tasks import LoadAll, LoadTable
 
-from .conftest import assert_ods_equals_source, build, last_error, on_source, succeeded
+from .conftest import assert_ods_equals_source, build, last_error, on_source, put_rows, succeeded, take_rows
 
 DAY = date(2026, 11, 24)
 
@@ -28,8 +26,8 @@ def test_a_field_added_under_a_name_the_configuration_used_as_a_sql_name_stops_t
             "TimeOfDayCol = NULL WHERE TableName = 'lignecli'")
     assert succeeded(build(LoadTable(table="lignecli", mode="full", batch_date=DAY)))
     on_source(env, 'ALTER TABLE lignecli ADD COLUMN "dat_hr_saisie" TIMESTAMP',
-            "INSERT INTO SYSCOLUMNS_FULL (id, col, tbl, owner, coltype, width, scale, nullflag, array_extent, "
-            "display_order) VALUES ('99', 'dat_hr_saisie', 'lignecli', 'PUB', 'timestamp', 0, 0, 'Y', 0, 99)")
+              "INSERT INTO SYSCOLUMNS_FULL (id, col, tbl, owner, coltype, width, scale, nullflag, array_extent, "
+              "display_order) VALUES ('99', 'dat_hr_saisie', 'lignecli', 'PUB', 'timestamp', 0, 0, 'Y', 0, 99)")
     assert cbm_etl(["sync-columns", "lignecli"]) == 0
     day2 = date.fromordinal(DAY.toordinal() + 1)
     assert not succeeded(build(LoadTable(table="lignecli", mode="incremental", batch_date=day2)))
@@ -40,7 +38,7 @@ def test_a_field_added_under_a_name_the_configuration_used_as_a_sql_name_stops_t
     assert succeeded(build(LoadTable(table="lignecli", mode="incremental", batch_date=day2)))
     stamp = (datetime.now() + timedelta(minutes=1)).strftime("%Y-%m-%d %H:%M:%S.000")
     on_source(env, f"UPDATE lignecli SET qte = 777.5, \"dat-hr-saisie\" = '{stamp}' WHERE num_cde = 1000 AND "
-                 "num_lig = 1")
+                   "num_lig = 1")
     day3 = date.fromordinal(DAY.toordinal() + 2)
     assert succeeded(build(LoadTable(table="lignecli", mode="incremental", batch_date=day3)))
     assert float(env.sql("SELECT qte FROM ods.lignecli WHERE num_cde = 1000 AND num_lig = 1")[0][0]) == 777.5
@@ -55,24 +53,15 @@ def test_an_empty_read_made_full_by_a_configuration_change_is_refused_not_merged
     It is refused as an empty full read is, and the same command reads the table again."""
     assert succeeded(build(LoadTable(table="produit", mode="full", batch_date=DAY)))
     on_source(env, "ALTER TABLE produit ADD COLUMN \"code-naf\" VARCHAR(10) NOT NULL DEFAULT 'X'",
-            "INSERT INTO SYSCOLUMNS_FULL (id, col, tbl, owner, coltype, width, scale, nullflag, array_extent, "
-            "display_order) VALUES ('99', 'code-naf', 'produit', 'PUB', 'varchar', 10, 0, 'N', 0, 99)")
+              "INSERT INTO SYSCOLUMNS_FULL (id, col, tbl, owner, coltype, width, scale, nullflag, array_extent, "
+              "display_order) VALUES ('99', 'code-naf', 'produit', 'PUB', 'varchar', 10, 0, 'N', 0, 99)")
     assert cbm_etl(["sync-columns", "produit"]) == 0
-    con = sqlite3.connect(str(env.source))
-    saved = con.execute("SELECT * FROM produit").fetchall()
-    con.execute("DELETE FROM produit")
-    con.commit()
-    con.close()
-    release_readers()
+    saved = take_rows(env, "produit")
     day2 = date.fromordinal(DAY.toordinal() + 1)
     assert not succeeded(build(LoadTable(table="produit", mode="incremental", batch_date=day2)))
     err = last_error(env, "produit")
     assert err.startswith("EmptyFullBatchError") and "read every row" in err and "reads the table" in err, err
-    con = sqlite3.connect(str(env.source))  # the source is back, untouched (dat_mod unchanged)
-    con.executemany(f"INSERT INTO produit VALUES ({', '.join('?' * len(saved[0]))})", saved)
-    con.commit()
-    con.close()
-    release_readers()
+    put_rows(env, "produit", saved)  # the source is back, untouched (dat_mod unchanged)
     assert succeeded(build(LoadTable(table="produit", mode="incremental", batch_date=day2)))
     day3 = date.fromordinal(DAY.toordinal() + 2)
     assert succeeded(build(LoadTable(table="produit", mode="incremental", batch_date=day3)))

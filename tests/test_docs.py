@@ -3,22 +3,13 @@ config/.env.template, the commands quoted in messages (found in a review that fo
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
-import time
-import urllib.request
 
 import pytest
 
 from cbm_luigi.settings import load_settings
 
-from .conftest import BIN, DEMO_TABLES, REPO, assert_ods_equals_source, subprocess_env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .conftest import BIN, DEMO_TABLES, REPO, assert_ods_equals_source, running_luigid, subprocess_env
 
 
 def _cron_line(days: str) -> str:
@@ -35,30 +26,16 @@ def test_the_documented_nightly_crontab_line_loads_on_a_fresh_deployment(env, tm
     line appended to var/log/nightly.log, which nothing created: sh could not open the redirection, luigi never
     ran, and the page said `cbm_luigi failed: 2`, every night."""
     home = env.home  # the directory cron cds into (/opt/cbm_luigi), with its luigi.cfg and .venv
-    port = _free_port()
-    cfg = (REPO / "luigi.cfg").read_text().replace(
-        "[core]\n", f"[core]\nscheduler_host = 127.0.0.1\nscheduler_port = {port}\n", 1)
-    (home / "luigi.cfg").write_text(cfg)
     (home / ".venv" / "bin").mkdir(parents=True)
     (home / ".venv" / "bin" / "luigi").symlink_to(BIN / "luigi")
-    state = tmp_path_factory.mktemp("luigid")
-    daemon = subprocess.Popen([str(BIN / "luigid"), "--port", str(port), "--address", "127.0.0.1",
-                               "--state-path", str(state / "state.pickle")],
-                              env=subprocess_env(env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/ping", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
+    with running_luigid(env, tmp_path_factory.mktemp("luigid")) as port:
+        cfg = (REPO / "luigi.cfg").read_text().replace(
+            "[core]\n", f"[core]\nscheduler_host = 127.0.0.1\nscheduler_port = {port}\n", 1)
+        (home / "luigi.cfg").write_text(cfg)
         command = _cron_line("1-6").replace("/opt/cbm_luigi", str(home)).replace(
             "/opt/bin/page-data-team", "echo PAGED")
         cron_env = {k: v for k, v in subprocess_env(env).items() if k != "LUIGI_CONFIG_PATH"}
         run = subprocess.run(["/bin/sh", "-c", command], env=cron_env, capture_output=True, text=True, timeout=300)
-    finally:
-        daemon.terminate()
-        daemon.wait(10)
     assert "PAGED" not in run.stdout, f"the documented cron line paged: {run.stdout} {run.stderr}"
     log = home / "var" / "log" / "nightly.log"
     assert log.is_file() and "Luigi Execution Summary" in log.read_text()

@@ -7,7 +7,6 @@ import sqlite3
 from datetime import date, timedelta
 import os
 import signal
-import socket
 import re
 import subprocess
 import time
@@ -21,7 +20,8 @@ from cbm_luigi import demo_source
 from cbm_luigi.cli import main as cbm_etl
 from cbm_luigi.tasks import LoadAll, LoadTable
 
-from .conftest import DEMO_TABLES, assert_ods_equals_source, build, make_env, subprocess_env, succeeded
+from .conftest import (DEMO_TABLES, assert_ods_equals_source, build, make_env, running_luigid, subprocess_env,
+                       succeeded)
 
 
 def luigi_cli(env, *args, extra=None, timeout=300) -> subprocess.CompletedProcess:
@@ -51,25 +51,9 @@ def test_cli_exit_codes(env):
                      bad.stderr, re.M), bad.stderr[-3000:]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_through_real_luigid(env, tmp_path):
-    port = _free_port()
-    daemon = subprocess.Popen(["luigid", "--port", str(port), "--address", "127.0.0.1", "--state-path",
-                               str(tmp_path / "luigid.state"), "--logdir", str(tmp_path)],
-                              env=subprocess_env(env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    with running_luigid(env, tmp_path) as port:
         base = f"http://127.0.0.1:{port}/api"
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"{base}/ping", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
         run = luigi_cli(env, "LoadAll", "--mode", "full", "--scheduler-host", "127.0.0.1", "--scheduler-port",
                         str(port))
         assert run.returncode == 0, run.stderr[-3000:]
@@ -86,9 +70,6 @@ def test_through_real_luigid(env, tmp_path):
         assert task_list("FAILED") == {}
         for t in DEMO_TABLES:
             assert_ods_equals_source(env, t)
-    finally:
-        daemon.terminate()
-        daemon.wait(10)
 
 
 def _business_snapshot(env) -> dict[str, list[tuple]]:

@@ -11,7 +11,8 @@ from cbm_luigi import demo_source
 from cbm_luigi.source.readers import release_readers
 from cbm_luigi.tasks import ExtractParquet, LoadAll, LoadTable
 
-from .conftest import assert_ods_equals_source, build, last_error, on_source, source_rows, succeeded
+from .conftest import (assert_ods_equals_source, build, last_error, on_source, put_rows, source_rows, succeeded,
+                       take_rows)
 
 DAY = date(2026, 11, 24)
 DROPPED = "The batch's extract was dropped: the same command reads the table from Progress again."
@@ -66,21 +67,12 @@ def test_an_empty_full_read_loads_once_the_source_is_back_and_the_allowance_neve
     again, so nothing is soft-deleted."""
     assert succeeded(build(LoadAll(mode="incremental", batch_date=DAY)))
     live = env.sql("SELECT COUNT(*) FROM ods.famille WHERE NOT _etl_is_deleted")[0][0]
-    con = sqlite3.connect(str(env.source))
-    saved = con.execute("SELECT * FROM famille").fetchall()
-    con.execute("DELETE FROM famille")
-    con.commit()
-    con.close()
-    release_readers()
+    saved = take_rows(env, "famille")
     day2 = date.fromordinal(DAY.toordinal() + 1)
     assert not succeeded(build(LoadAll(mode="incremental", batch_date=day2)))
     err = last_error(env, "famille")
     assert err.startswith("EmptyFullBatchError") and err.endswith(DROPPED), err
-    con = sqlite3.connect(str(env.source))
-    con.executemany(f"INSERT INTO famille VALUES ({', '.join('?' * len(saved[0]))})", saved)
-    con.commit()
-    con.close()
-    release_readers()
+    put_rows(env, "famille", saved)
     monkeypatch.setenv("CBM_ALLOW_EMPTY_FULL", "famille")
     assert succeeded(build(LoadAll(mode="incremental", batch_date=day2)))
     assert env.sql("SELECT COUNT(*) FROM ods.famille WHERE NOT _etl_is_deleted")[0][0] == live == len(saved)
