@@ -20,8 +20,8 @@ from cbm_luigi import demo_source
 from cbm_luigi.cli import main as cbm_etl
 from cbm_luigi.tasks import LoadAll, LoadTable
 
-from .conftest import (DEMO_TABLES, assert_ods_equals_source, build, make_env, running_luigid, subprocess_env,
-                       succeeded)
+from .conftest import (DEMO_TABLES, assert_ods_equals_source, build, last_error, make_env, on_source, running_luigid,
+                       subprocess_env, succeeded)
 
 
 def luigi_cli(env, *args, extra=None, timeout=300) -> subprocess.CompletedProcess:
@@ -344,3 +344,40 @@ def test_a_batch_already_loaded_says_so_when_run_again(env):
     assert env.sql("SELECT COUNT(*) FROM etl.ETL_Log")[0][0] == rows  # nothing was read or written
     line = next(ln for ln in again.stderr.splitlines() if "was loaded by an earlier run" in ln)
     assert "WARNING" in line and "batch 2026-11-25 (incremental)" in line and "--batch-date" in line, line
+
+
+def task_states(port: int) -> dict[str, str]:
+    out = {}
+    for status in ("DONE", "FAILED", "PENDING", "RUNNING", "DISABLED"):
+        q = urllib.parse.quote(json.dumps({"status": status}))
+        resp = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/task_list?data={q}", timeout=5))
+        for tid, t in resp["response"].items():
+            out[tid] = (t["name"], t["params"].get("table"), status)
+    return out
+
+
+def cli(env, port, *args):
+    return luigi_cli(env, *args, "--scheduler-host", "127.0.0.1", "--scheduler-port", str(port))
+
+
+def test_the_same_command_rerun_right_after_a_refused_batch_reads_the_table_again_under_luigid(env, tmp_path):
+    """The refused batch's message says "the same command reads the table from Progress again"; under the nightly's
+    real luigid too, right away: luigid's stable_done_cooldown_secs (10 s by default, 0 in luigi.cfg) kept the
+    extract and stage DONE, and the rerun failed with 'Unfulfilled dependency at run time' (found in review)."""
+    env.sql("UPDATE config.ETL_Tables SET PrimaryKeyCols = 'cod_pro,gencod_v' WHERE TableName = 'produit'")
+    today = date.today().isoformat()
+    on_source(env, "UPDATE produit SET gencod_v = 'G' || cod_pro, dat_mod = ? WHERE gencod_v IS NULL AND cod_pro <> "
+               "'P00001'", params=[today])
+    on_source(env, "UPDATE produit SET gencod_v = NULL WHERE cod_pro = 'P00001'")
+    with running_luigid(env, tmp_path) as port:
+        first = cli(env, port, "LoadTable", "--table", "produit")
+        assert first.returncode == 30, first.stderr[-3000:]
+        assert last_error(env, "produit").startswith("NullKeyError")
+        on_source(env, "UPDATE produit SET gencod_v = 'G1', dat_mod = ? WHERE cod_pro = 'P00001'", params=[today])
+        rerun = cli(env, port, "LoadTable", "--table", "produit")  # the fix was quick (or a scripted retry)
+        err = last_error(env, "produit")
+        assert "Unfulfilled dependency" not in err, err
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        assert_ods_equals_source(env, "produit")
+        states = {(n, s) for n, _t, s in task_states(port).values()}
+        assert ("MergeOds", "FAILED") not in states, states
