@@ -203,8 +203,9 @@ def cmd_summary(args) -> int:
 def cmd_clean_cache(args) -> int:
     """Remove cached batches but the newest `--keep` (by the time their files were written, not by name), and
     never one holding a file a rerun would still use: a table of that batch not validated yet, whose extract is
-    in this version's format, made under the table's configuration now and not older than the table's newest
-    load (any other is read again anyway). A table whose configuration makes no plan now keeps its file."""
+    in this version's format, made under the table's configuration now and from the window asked for now, and
+    not older than the table's newest load (any other is read again anyway). A table whose configuration makes no
+    plan now keeps its file."""
     from .extract import is_current, read_extract_meta
 
     settings = load_settings()
@@ -230,7 +231,7 @@ def cmd_clean_cache(args) -> int:
                 table, started = meta.get("table"), datetime.fromisoformat(meta["started_at"])
                 if table in tables and (table, f.parent.name) not in done and \
                         config_store.newer_load_than(s, table, started) is None and \
-                        _made_under_current_configuration(s, wh, table, meta):
+                        _a_rerun_would_use(s, wh, table, meta, f.parent.name, settings.source_zone()):
                     needed.append(f"{table} ({f.parent.name})")
             if needed:
                 print(f"kept {p}: not validated yet: {', '.join(needed)} (rerun the batch, or `cbm-etl "
@@ -241,11 +242,13 @@ def cmd_clean_cache(args) -> int:
     return 0
 
 
-def _made_under_current_configuration(s, wh, table: str, meta: dict) -> bool:
-    """Whether a rerun would use this extract (ExtractParquet.complete reads again one made under another
-    configuration); when the table's configuration makes no plan now, it might: yes."""
+def _a_rerun_would_use(s, wh, table: str, meta: dict, mode: str, zone) -> bool:
+    """Whether a rerun would use this extract: ExtractParquet.complete reads again one made under another
+    configuration, or from a narrower window than the one asked for now (TablePlan.window_widened); when the
+    table's configuration makes no plan now, it might: yes."""
     try:
-        return meta.get("shape") == config_store.load_plan(s, table, wh).extract_shape()
+        plan = config_store.load_plan(s, table, wh)
+        return meta.get("shape") == plan.extract_shape() and not plan.window_widened(meta["since"], mode, zone)
     except PLAN_ERRORS:
         return True
 

@@ -191,6 +191,16 @@ class TablePlan:
             return "incremental"
         return "full"
 
+    def window_widened(self, read_since: str | None, mode: str, zone: tzinfo | None = None) -> bool:
+        """Whether the window `mode` asks for now starts before the one an extract read (`read_since`, its
+        metadata's `since`: None when it read every row): LastSuccessTs moved back or cleared by hand to read rows
+        again, a longer LookbackInterval. Such an extract lacks rows the operator wants; a rerun reads the table
+        again, whatever step its batch stopped at, and clean-cache need not keep it (found in review)."""
+        window, _why = self.window(mode, zone)
+        if read_since is None:
+            return False
+        return window is None or window.since < datetime.fromisoformat(read_since)
+
     def check_same_clock(self, zone: tzinfo | None) -> None:
         """This run must count local time in the zone the loads before it did: LastSuccessTs bounds its window and
         its own start becomes the next one. Seen in this run's zone, the last validated extract's start must have

@@ -174,18 +174,12 @@ class CbmTask(luigi.Task):
             return None
 
     def window_widened(self, meta: dict) -> bool:
-        """Whether the window asked for now starts before the one the batch's extract read (`meta`: LastSuccessTs
-        moved back or cleared by hand to read rows again, a longer LookbackInterval): the batch lacks rows the
-        operator wants, and must be read again whatever step it stopped at (found in review: it was staged and
-        merged as it was, and the validation moved LastSuccessTs past them)."""
+        """TablePlan.window_widened for the batch's extract `meta`; a configuration that makes no plan: yes (the
+        run says why)."""
         try:
-            window, _why = self.plan().window(self.mode, self.settings.source_zone())
-        except PLAN_ERRORS:  # the run says why
+            return self.plan().window_widened(meta["since"], self.mode, self.settings.source_zone())
+        except PLAN_ERRORS:
             return True
-        read = meta["since"]
-        if window is None:
-            return read is not None
-        return read is not None and window.since < datetime.fromisoformat(read)
 
     def marker(self) -> MarkerTarget:
         # a step on stg is also incomplete when stg was staged under another configuration than the table's now

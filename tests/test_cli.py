@@ -404,3 +404,34 @@ def test_clean_cache_drops_a_batch_whose_file_a_rerun_would_read_again_for_its_c
     env.sql("UPDATE config.ETL_Tables SET FilterClause = NULL WHERE TableName = 'famille'")  # reverted
     assert cbm_etl(["clean-cache", "--keep", "0"]) == 0
     assert f"removed {kept}" in capsys.readouterr().out and not kept.exists()
+
+
+def test_clean_cache_does_not_keep_a_batch_whose_window_was_widened_since(env, capsys):
+    """A batch that failed (ods held two rows for a key), then the operator clears LastSuccessTs to read the table's
+    rows again (OPERATIONS). A rerun of that batch reads the table again (TablePlan.window_widened), so its cached
+    file is of no use: clean-cache removes it (it kept it, saying a rerun would use it: found in review)."""
+    assert succeeded(build(LoadTable(table="lignecli", mode="incremental", batch_tag="a", run_id="r1")))
+    env.sql("INSERT INTO ods.lignecli SELECT * FROM ods.lignecli WHERE num_lig = 1 LIMIT 1")
+    assert not succeeded(build(LoadTable(table="lignecli", mode="incremental", batch_tag="b", run_id="r2")))
+    [b] = env.cache.glob("*-b")
+    assert list(b.glob("incremental/lignecli.extract.parquet"))
+    env.sql("UPDATE config.ETL_Tables SET LastSuccessTs = NULL WHERE TableName = 'lignecli'")  # read it all again
+    env.sql("DELETE FROM ods.lignecli WHERE rowid IN (SELECT max(rowid) FROM ods.lignecli "
+            "GROUP BY num_cde, num_lig HAVING COUNT(*) > 1)")  # the duplicate fixed too
+    capsys.readouterr()
+    assert cbm_etl(["clean-cache", "--keep", "0"]) == 0
+    out = capsys.readouterr().out
+    assert f"removed {b}" in out and not b.exists(), out
+    assert succeeded(build(LoadTable(table="lignecli", mode="incremental", batch_tag="b", run_id="r3")))
+    assert_ods_equals_source(env, "lignecli")
+
+
+def test_init_db_no_tables_twice_in_a_row(env, capsys):
+    assert succeeded(build(LoadTable(table="famille", mode="full", batch_tag="a")))
+    env.sql("DELETE FROM etl.ETL_TableState")
+    assert cbm_etl(["init-db", "--no-tables"]) == 0
+    first = env.sql("SELECT TableName, MergedShape, MergedColumns FROM etl.ETL_TableState ORDER BY 1")
+    assert cbm_etl(["init-db", "--no-tables"]) == 0
+    assert env.sql("SELECT TableName, MergedShape, MergedColumns FROM etl.ETL_TableState ORDER BY 1") == first
+    assert first and first[0][1] not in (None, "unknown")
+    assert env.sql("SELECT COUNT(*) FROM config.ETL_Tables")[0][0] == 6
