@@ -76,8 +76,7 @@ def extract_to_parquet(reader: Reader, plan: TablePlan, mode: str, out_path: Pat
     schema = plan.extract_schema()
     meta = {"format": FORMAT, "table": plan.table, "mode": mode,
             "effective_mode": plan.merge_mode(mode, window), "since": window.since.isoformat() if window else None,
-            "window": why,
-            "started_at": started.isoformat(),
+            "window": why, "started_at": started.isoformat(),
             "started_at_utc": started_utc.replace(tzinfo=None).isoformat(),
             "sql": sql, "params": params, "reader": reader.name, "run_id": run_id, "shape": plan.extract_shape()}
     batch_rows = batch_rows_for(plan, batch_rows)

@@ -193,26 +193,28 @@ def _check_not_outdated(s: Session, plan: TablePlan, marker: MarkerTarget, stage
             f"extract`, then run the same command.")
 
 
+def _shown_keys(plan: TablePlan, rows: list[tuple], counted: bool = False) -> str:
+    """Rows of key values then a count (null_keys, duplicate_keys), as messages show them: by Progress names."""
+    return "; ".join(", ".join(f"{k}={v!r}" for k, v in zip(plan.key_names, r[:-1])) +
+                     (f" ({r[-1]} rows)" if counted else "") for r in rows)
+
+
 def _check_keys(s: Session, wh: Warehouse, plan: TablePlan, spec: MergeSpec) -> None:
     """Every key complete (no NULL part) and unique in the batch, or nothing is merged."""
     d = wh.dialect
-
-    def shown(rows, counted: bool = False):  # rows: key values, then a count
-        return "; ".join(", ".join(f"{k}={v!r}" for k, v in zip(plan.key_names, r[:-1])) +
-                         (f" ({r[-1]} rows)" if counted else "") for r in rows)
-
     nulls = s.query(null_keys(d, spec.stg(d), plan.keys))
     if nulls:
         raise NullKeyError(
             f"table {plan.table}: {nulls[0][-1]} row(s) of the batch have an unknown (NULL) value in the key "
-            f"({', '.join(plan.key_names)}); first: {shown(nulls)}. Nothing was merged (such a row could never be "
-            f"matched again). Progress unique indexes admit `?` in non-mandatory fields: set PrimaryKeyCols in "
-            f"config.ETL_Tables to columns that are always known (`cbm-etl discover` lists the unique indexes), "
-            f"or fix the rows in Progress.")
+            f"({', '.join(plan.key_names)}); first: {_shown_keys(plan, nulls)}. Nothing was merged (such a row "
+            f"could never be matched again). Progress unique indexes admit `?` in non-mandatory fields: set "
+            f"PrimaryKeyCols in config.ETL_Tables to columns that are always known (`cbm-etl discover` lists the "
+            f"unique indexes), or fix the rows in Progress.")
     dups = s.query(duplicate_keys(d, spec.stg(d), plan.keys))
     if dups:
         raise DuplicateBatchKeyError(
-            f"table {plan.table}: the batch has duplicate keys ({', '.join(plan.key_names)}); first: {shown(dups, True)}. "
+            f"table {plan.table}: the batch has duplicate keys ({', '.join(plan.key_names)}); first: "
+            f"{_shown_keys(plan, dups, counted=True)}. "
             f"Nothing was merged. Check PrimaryKeyCols in config.ETL_Tables (`cbm-etl discover` proposes "
             f"the unique index) or fix the rows in Progress. If the key is right, a row updated in Progress "
             f"while it was read can come twice (READ UNCOMMITTED reads follow a row that moves in the index).")
@@ -244,7 +246,7 @@ def _refuse_ods_duplicates(s: Session, wh: Warehouse, plan: TablePlan, spec: Mer
     d = wh.dialect
     dups = s.query(duplicate_keys(d, spec.ods(d), plan.keys, "" if not spec.scd2 else
                                   d.is_true("_etl_is_current")))
-    first = "; ".join(", ".join(f"{k}={v!r}" for k, v in zip(plan.key_names, r[:-1])) + f" ({r[-1]} rows)" for r in dups)
+    first = _shown_keys(plan, dups, counted=True)
     raise DuplicateKeyError(
         f"table {plan.table}: ods.{plan.destination} holds several {'current versions' if spec.scd2 else 'rows'} "
         f"for one key ({', '.join(plan.key_names)}){'; first: ' + first if first else ''}. Nothing was merged: the "

@@ -421,8 +421,8 @@ class MergeOds(WarehouseStep):
         t0 = time.monotonic()
         meta = self.extract_meta()
         self.status(f"merge {self.table}")
+        mode = meta.get("effective_mode", self.mode)
         try:
-            mode = meta.get("effective_mode", self.mode)
             rec = steps.merge(self.warehouse, plan, mode=mode, batch_id=self.batch_id, marker=self.output(),
                               run_id=self.run_id, checkpoint=checkpoint,
                               allow_empty_full=self.settings.empty_full_allowed(self.table),

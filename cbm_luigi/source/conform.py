@@ -219,6 +219,7 @@ def conform_batch(batch: pa.RecordBatch, schema: pa.Schema, *, table: str, keys:
                 f"{' (in UTC)' if getattr(field.type, 'tz', None) else ''}. To carry it over: {VALUE_FIX}.")
         if not field.nullable and arrays[-1].null_count:
             i = pc.index(pc.is_null(arrays[-1]), True).as_py()
-            raise SourceValueError(f"table {table}, column {column(field.name)}, key {_key_text(batch, keys, i, names)}: NULL "
-                                   f"(Progress unknown value ?) in a mandatory column. To carry it over: {VALUE_FIX}.")
+            raise SourceValueError(f"table {table}, column {column(field.name)}, key "
+                                   f"{_key_text(batch, keys, i, names)}: NULL (Progress unknown value ?) in a "
+                                   f"mandatory column. To carry it over: {VALUE_FIX}.")
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
