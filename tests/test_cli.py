@@ -390,6 +390,29 @@ def test_sla_hours_are_counted_in_utc_and_an_older_warehouse_keeps_loading(env, 
     assert env.sql("SELECT SLAStatus FROM etl.vw_SLABreach WHERE TableName = 'famille'") == [("OK",)]
 
 
+def test_moving_last_success_back_or_clearing_it_to_read_rows_again_does_not_page(env):
+    """OPERATIONS: to read a window again, move LastSuccessTs back or clear it. A critical table validated
+    minutes ago was then paged as LATE (moved back more than 15 h: the view took it for an older version's
+    write) or NEVER_LOADED (cleared) until the next load (found in review)."""
+    def sla():
+        return env.sql("SELECT IsCritical, SLAStatus, HoursSinceSuccess FROM etl.vw_SLABreach "
+                       "WHERE TableName = 'produit'")[0]
+
+    assert succeeded(build(LoadTable(table="produit", mode="incremental")))
+    for back in (12, 48):
+        env.sql(f"UPDATE config.ETL_Tables SET LastSuccessTs = LastSuccessUtc - INTERVAL {back} HOUR "
+                f"WHERE TableName = 'produit'")
+        critical, status, hours = sla()
+        assert (critical, status) == (True, "OK") and hours < 1, (back, status, hours)
+    env.sql("UPDATE config.ETL_Tables SET LastSuccessTs = NULL WHERE TableName = 'produit'")
+    critical, status, hours = sla()
+    assert (critical, status) == (True, "OK") and hours < 1, (status, hours)
+    # the load that reads in full moves both again; a table no load ever validated is NEVER_LOADED
+    assert succeeded(build(LoadTable(table="produit", mode="incremental", batch_tag="reread")))
+    assert env.sql("SELECT LastSuccessTs IS NOT NULL FROM config.ETL_Tables WHERE TableName = 'produit'") == [(True,)]
+    assert env.sql("SELECT SLAStatus FROM etl.vw_SLABreach WHERE TableName = 'client'") == [("NEVER_LOADED",)]
+
+
 def test_clean_cache_drops_a_batch_whose_file_a_rerun_would_read_again_for_its_configuration(env, capsys):
     """A rerun reads again an extract made under another configuration, so clean-cache need not keep it (found
     in review: it kept it, 'not validated yet')."""

@@ -36,19 +36,21 @@ SELECT t.TableName, t.IsCritical, t.SLAHours, t.LastSuccessTs,
                 WHERE m.TableName = t.TableName AND m.Step = 'validate' AND m.BatchId = f.LastBatchId
                   AND m.Mode = f.LastMode)
                 THEN 'FAILING'
-            WHEN t.LastSuccessTs IS NULL THEN 'NEVER_LOADED'
+            WHEN t.SecondsSinceSuccess IS NULL THEN 'NEVER_LOADED'
             WHEN t.SLAHours IS NOT NULL AND t.SecondsSinceSuccess > t.SLAHours * 3600 THEN 'LATE'
             ELSE 'OK' END AS SLAStatus
 FROM (
     -- seconds in UTC (LastSuccessUtc), so a daylight-saving change does not move them; local times for a load
     -- validated before that column existed, or when it lags LastSuccessTs by more than any UTC offset (15 h:
-    -- written by an older version of cbm_luigi after the upgrade)
+    -- written by an older version of cbm_luigi after the upgrade). LastSuccessTs moved back or cleared by hand
+    -- (to read rows again) moves nothing: the load happened when LastSuccessUtc says (found in review: a window
+    -- moved back two days paged LATE, a cleared one NEVER_LOADED)
     SELECT c.*,
-           CASE WHEN c.LastSuccessTs IS NULL THEN NULL
-                WHEN c.LastSuccessUtc IS NOT NULL
-                     AND abs(date_diff('second', c.LastSuccessUtc, c.LastSuccessTs)) <= 54000
+           CASE WHEN c.LastSuccessUtc IS NOT NULL AND (c.LastSuccessTs IS NULL
+                     OR date_diff('second', c.LastSuccessUtc, c.LastSuccessTs) <= 54000)
                     THEN date_diff('second', c.LastSuccessUtc, CAST(timezone('UTC', current_timestamp) AS TIMESTAMP))
-                ELSE date_diff('second', c.LastSuccessTs, CAST(current_timestamp AS TIMESTAMP)) END
+                WHEN c.LastSuccessTs IS NOT NULL
+                    THEN date_diff('second', c.LastSuccessTs, CAST(current_timestamp AS TIMESTAMP)) END
                AS SecondsSinceSuccess
     FROM config.ETL_Tables AS c
 ) AS t

@@ -47,19 +47,20 @@ SELECT t.TableName, t.IsCritical, t.SLAHours, t.LastSuccessTs,
                 WHERE m.TableName = t.TableName AND m.Step = 'validate' AND m.BatchId = f.LastBatchId
                   AND m.Mode = f.LastMode)
                 THEN 'FAILING'
-            WHEN t.LastSuccessTs IS NULL THEN 'NEVER_LOADED'
+            WHEN t.SecondsSinceSuccess IS NULL THEN 'NEVER_LOADED'
             WHEN t.SLAHours IS NOT NULL AND t.SecondsSinceSuccess > t.SLAHours * 3600 THEN 'LATE'
             ELSE 'OK' END AS SLAStatus
 FROM (
     -- seconds in UTC (LastSuccessUtc), so a daylight-saving change does not move them; local times for a load
     -- validated before that column existed, or when it lags LastSuccessTs by more than any UTC offset (15 h:
-    -- written by an older version of cbm_luigi after the upgrade)
+    -- written by an older version of cbm_luigi after the upgrade). LastSuccessTs moved back or cleared by hand
+    -- (to read rows again) moves nothing: the load happened when LastSuccessUtc says
     SELECT c.TableName, c.IsCritical, c.SLAHours, c.LastSuccessTs, c.IsActive,
-           CASE WHEN c.LastSuccessTs IS NULL THEN NULL
-                WHEN c.LastSuccessUtc IS NOT NULL
-                     AND ABS(DATEDIFF_BIG(SECOND, c.LastSuccessUtc, c.LastSuccessTs)) <= 54000
+           CASE WHEN c.LastSuccessUtc IS NOT NULL AND (c.LastSuccessTs IS NULL
+                     OR DATEDIFF_BIG(SECOND, c.LastSuccessUtc, c.LastSuccessTs) <= 54000)
                     THEN DATEDIFF_BIG(SECOND, c.LastSuccessUtc, SYSUTCDATETIME())
-                ELSE DATEDIFF_BIG(SECOND, c.LastSuccessTs, SYSDATETIME()) END AS SecondsSinceSuccess
+                WHEN c.LastSuccessTs IS NOT NULL
+                    THEN DATEDIFF_BIG(SECOND, c.LastSuccessTs, SYSDATETIME()) END AS SecondsSinceSuccess
     FROM config.ETL_Tables AS c
 ) AS t
 LEFT JOIN (
