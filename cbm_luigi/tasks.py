@@ -422,15 +422,21 @@ class MergeOds(WarehouseStep):
         meta = self.extract_meta()
         self.status(f"merge {self.table}")
         mode = meta.get("effective_mode", self.mode)
+        allowed = self.settings.empty_full_allowed(self.table)
+        # the allowance applies to a read made by the run that has it, never to one made before the operator
+        # set it: a refused empty read whose file survived a kill (between the refusal and _read_again's
+        # removal) would be merged by the allowed rerun while the source holds its rows again (found in review)
+        earlier_read = allowed and meta.get("run_id") != self.run_id
         try:
             rec = steps.merge(self.warehouse, plan, mode=mode, batch_id=self.batch_id, marker=self.output(),
-                              run_id=self.run_id, checkpoint=checkpoint,
-                              allow_empty_full=self.settings.empty_full_allowed(self.table),
+                              run_id=self.run_id, checkpoint=checkpoint, allow_empty_full=allowed and not earlier_read,
                               read_all=meta["since"] is None)
         except steps.RefusedBatchError as exc:
             self._read_again()
-            exc.args = (f"{exc} The batch's extract was dropped: the same command reads the table from Progress "
-                        f"again.",)
+            why = (" (CBM_ALLOW_EMPTY_FULL applies only to a read made by the same run, and this one was made by "
+                   "an earlier run)" if earlier_read and isinstance(exc, steps.EmptyFullBatchError) else "")
+            exc.args = (f"{exc} The batch's extract was dropped{why}: the same command reads the table from "
+                        f"Progress again.",)
             raise
         self.record(rec, t0)
 

@@ -80,6 +80,37 @@ def test_an_empty_full_read_loads_once_the_source_is_back_and_the_allowance_neve
     assert_ods_equals_source(env, "famille")
 
 
+def test_an_empty_read_whose_file_survived_a_kill_is_not_merged_by_the_allowed_rerun(env, monkeypatch):
+    """Killed between the refusal and the removal of its file, the empty read stayed cached and complete: the rerun
+    with CBM_ALLOW_EMPTY_FULL merged it, soft-deleting every famille row while the source held them all again
+    (found in review, by SIGKILL). The allowance applies to a read made by the run that has it: the rerun refuses
+    the earlier read, drops it, and the same command reads the source again."""
+    from cbm_luigi.tasks import MergeOds
+
+    assert succeeded(build(LoadAll(mode="incremental", batch_date=DAY, run_id="run1")))
+    saved = take_rows(env, "famille")
+    day2 = date.fromordinal(DAY.toordinal() + 1)
+
+    def killed_before_the_file_went(self):  # _read_again's first half: the stage marker forgotten, then the kill
+        stage = self.requires()
+        with self.warehouse.session() as s, s.transaction():
+            stage.output().forget(s)
+
+    with monkeypatch.context() as m:
+        m.setattr(MergeOds, "_read_again", killed_before_the_file_went)
+        assert not succeeded(build(LoadAll(mode="incremental", batch_date=day2, run_id="run2")))
+    assert ExtractParquet(table="famille", mode="incremental", batch_date=day2).complete()  # the empty read stayed
+    put_rows(env, "famille", saved)
+    monkeypatch.setenv("CBM_ALLOW_EMPTY_FULL", "famille")
+    assert not succeeded(build(LoadAll(mode="incremental", batch_date=day2, run_id="run3")))
+    err = last_error(env, "famille")
+    assert err.startswith("EmptyFullBatchError") and "made by an earlier run" in err, err
+    assert env.sql("SELECT COUNT(*) FROM ods.famille WHERE _etl_is_deleted")[0][0] == 0
+    assert succeeded(build(LoadAll(mode="incremental", batch_date=day2, run_id="run4")))
+    assert env.sql("SELECT COUNT(*) FROM ods.famille WHERE NOT _etl_is_deleted")[0][0] == len(saved)
+    assert_ods_equals_source(env, "famille")
+
+
 def test_a_duplicate_in_ods_does_not_drop_the_extract(env):
     """ods holding several current versions for one key (PrimaryKeyCols narrowed after ods was built) is not the batch's
     fault: reading Progress again would not help, so the extract stays."""

@@ -121,6 +121,41 @@ def test_a_configuration_change_not_loaded_yet_at_the_upgrade_still_reads_in_ful
 
 
 
+def test_an_upgrade_killed_after_its_ddl_still_reads_a_pending_change_in_full(tmp_path, monkeypatch, old_trees):
+    """init-db runs its DDL, then records each loaded table's configuration. Killed in between, the warehouse had
+    every column this version asks for, so the nightly ran: MergedShape NULL read as "nothing to compare", produit
+    was read in its window only, and its merge recorded the configuration, so the rows the removed FilterClause
+    had kept out waited for the next full (found in review, by SIGKILL). A table loaded whose configuration was
+    never recorded reads in full once."""
+    from cbm_luigi import config_store
+
+    old = old_trees(BENCHED)
+    env = make_env(tmp_path, monkeypatch, init=False)
+    run_old(old, env, "cbm_luigi.cli", "init-db")
+    env.sql("UPDATE config.ETL_Tables SET FilterClause = '\"stock\" > 50' WHERE TableName = 'produit'")
+    old_luigi(old, env, "LoadAll", "--mode", "full", "--batch-date", str(D1))
+    filtered = set(source_rows(env.source, "produit")) - set(ods_rows(env, "produit", ["cod_pro"]))
+    assert filtered, "the filter kept no row out: the test proves nothing"
+    env.sql("UPDATE config.ETL_Tables SET FilterClause = NULL WHERE TableName = 'produit'")  # the pending change
+
+    def killed(*_a, **_k):
+        raise KeyboardInterrupt  # the kill: the recording's transaction never commits
+    release_connections()
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(config_store, "record_loaded_configurations", killed)
+        cbm_etl(["init-db", "--no-tables"])
+    assert env.sql("SELECT COUNT(*) FROM etl.ETL_TableState WHERE MergedShape IS NOT NULL") == [(0,)]
+    assert succeeded(build(LoadAll(mode="incremental", batch_date=D2)))  # the night's cron
+    assert filtered <= set(ods_rows(env, "produit", ["cod_pro"]))
+    assert_ods_equals_source(env, "produit")
+    upgrade(env)  # the operator finishes the upgrade: nothing left to record, the next night is incremental
+    assert succeeded(build(LoadAll(mode="incremental", batch_date=D2 + timedelta(days=1))))
+    reads = env.sql("SELECT Detail FROM etl.ETL_Log WHERE TableName = 'produit' AND Step = 'extract' "
+                    "AND BatchId = ?", [str(D2 + timedelta(days=1))])
+    assert reads and "rows with dat_mod >=" in (reads[0][0] or ""), reads
+    assert_ods_equals_source(env, "produit")
+
+
 def _night_stopped_under_old_version(tmp_path, monkeypatch, old_trees, stopped_after):
     old = old_trees(START_OF_DAY)
     env = make_env(tmp_path, monkeypatch, init=False)
