@@ -13,22 +13,26 @@ import pyarrow.parquet as pq
 
 from . import config_store
 from .extract import read_extract_meta
-from .naming import array_element_names
+from .naming import array_element_names, shown_column
 from .plan import ConfigError, TablePlan
 from .runlog import StepRecord
 from .settings import mask_secrets
 from .targets import MarkerTarget, StageTarget, record_merged, record_validated, staged_batch
 from .transform import SHAPED_TECH, TechnicalValues
 from .warehouse.base import Session, Warehouse
-from .warehouse.statements import (Column, MergeSpec, alters_column, create_table, duplicate_keys, evolve,
-                                   live_rows, merge_counts, merge_statements, null_keys, tech_columns, unread_columns,
-                                   validation_counts)
+from .warehouse.statements import (Column, MergeSpec, add_column, alters_column, create_table, duplicate_keys,
+                                   evolve, live_rows, merge_counts, merge_statements, null_keys, ods_null_keys,
+                                   tech_columns, unread_columns, validation_counts)
 
 log = logging.getLogger(__name__)
 
 
 class DuplicateKeyError(RuntimeError):
     pass
+
+
+class NullOdsKeyError(RuntimeError):
+    """ods rows with a NULL key part (PrimaryKeyCols changed after they were loaded): ods's fault, not the batch's."""
 
 
 class ValidationError(RuntimeError):
@@ -255,6 +259,40 @@ def _refuse_ods_duplicates(s: Session, wh: Warehouse, plan: TablePlan, spec: Mer
         f"ods.{plan.destination} if its history matters, drop it, and rerun the table in full mode.")
 
 
+def _refuse_ods_null_keys(s: Session, wh: Warehouse, plan: TablePlan, spec: MergeSpec,
+                          existing: dict[str, tuple[str, bool]], wanted: list[Column]) -> None:
+    """ods rows the MERGE matches by key with a NULL key part: a column made part of PrimaryKeyCols after they
+    were loaded (a field added to the ERP's unique index, a key field renamed). `=` never matches NULL, so the
+    MERGE would insert every batch row beside them, each row live twice (found in review). Only key columns ods
+    lets hold NULL are looked at (one added since, or optional at the source): others cost nothing."""
+    if not existing:
+        return
+    lower = {n.lower(): nullable for n, (_t, nullable) in existing.items()}
+    checked = [k for k in plan.keys if lower.get(k.lower(), True)]
+    if not checked:
+        return
+    d = wh.dialect
+    rows = s.query(ods_null_keys(d, spec, checked))
+    if not rows:
+        return
+    empty = [k for i, k in enumerate(plan.keys) if k in checked and any(r[i] is None for r in rows)]
+    shown = ", ".join(shown_column(plan.by_sql_name(k).name, k) for k in empty)
+    ods = d.table("ods", plan.destination)
+    # the merge's transaction is rolled back, so a column it added is not there: the statement that adds it
+    add = [add_column(d, "ods", plan.destination, c) for c in wanted for k in empty
+           if c.name.lower() == k.lower() and k.lower() not in lower]
+    fill = [f"UPDATE {ods} SET {d.quote(k)} = <value> WHERE {d.quote(k)} IS NULL" for k in empty]
+    raise NullOdsKeyError(
+        f"table {plan.table}: ods.{plan.destination} has {rows[0][-1]} "
+        f"{'current versions' if spec.scd2 else 'rows'} whose key ({', '.join(plan.key_names)}) has an unknown "
+        f"(NULL) part, in {shown}; first: {_shown_keys(plan, rows)}. They were loaded before {shown} became part "
+        f"of PrimaryKeyCols (a field added to the unique index, or a key field renamed at the source), and the "
+        f"MERGE cannot match them: it would load every batch row beside them. Nothing was merged. Give every row "
+        f"(history included) what Progress holds for it, then rerun: `{'; '.join(add + fill)}` (<value>: a "
+        f"renamed field's old column, a new field's initial value). Or rebuild the table under the new key: keep "
+        f"a copy of ods.{plan.destination} if its history matters, drop it, and rerun the table in full mode.")
+
+
 def _ods_columns(wh: Warehouse, s: Session, plan: TablePlan) -> dict[str, tuple[str, bool]]:
     return wh.table_columns(s, "ods", plan.destination)
 
@@ -337,6 +375,7 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
             s.execute(stmt)
         for stmt in after(_ods_columns(wh, s, plan)) if after else []:
             s.execute(stmt)
+        _refuse_ods_null_keys(s, wh, plan, spec, existing, wanted)
         for c in changes:
             log.warning("schema change: %s", c)
         unread = unread_columns(existing, wanted)

@@ -15,7 +15,7 @@ from cbm_luigi.warehouse import open_warehouse
 from cbm_luigi.warehouse.duckdb_wh import _bytes, release_connections
 from cbm_luigi.tasks import LoadTable, MergeOds, StageTable, ValidateTable
 
-from .conftest import assert_ods_equals_source, build, source_rows, succeeded
+from .conftest import assert_ods_equals_source, build, last_error, on_source, source_rows, succeeded
 
 
 def test_sync_keeps_operator_choices_and_overrides_apply(env):
@@ -197,6 +197,100 @@ def test_a_number_widened_at_the_source_widens_ods_and_changes_no_hash(env):
     assert counts == [(1, 0, 2)]  # the old rows' text did not change with the type: no update
     detail = env.sql("SELECT Detail FROM etl.ETL_Log WHERE Step = 'merge' AND BatchId LIKE '%-b'")[0][0]
     assert "widened qty from INTEGER to BIGINT" in detail and "widened px from DECIMAL(10,2) to DECIMAL(14,4)" in detail
+
+
+def test_more_decimals_with_the_same_sql_precision_widens_ods_to_hold_both(env):
+    """The ERP's usual change: produit.poids goes from DECIMALS 3 to 4 with its SQL precision unchanged
+    (numeric(12,3) -> numeric(12,4)). Neither type holds the other's values, so the table stopped every night
+    ("the source type changed"), though the triage table says a wider number needs nothing (found in review).
+    ods widens to DECIMAL(13,4), which holds the old values and the new."""
+    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="a")))
+    _source(env, "UPDATE SYSCOLUMNS_FULL SET scale = 4 WHERE tbl = 'produit' AND col = 'poids'",
+            "UPDATE produit SET poids = '1.2345', dat_mod = date('now') WHERE cod_pro = 'P00001'")
+    assert cbm_etl(["sync-columns", "produit"]) == 0
+    assert succeeded(build(LoadTable(table="produit", mode="incremental", batch_tag="b")))
+    assert env.sql("SELECT data_type FROM information_schema.columns WHERE table_schema = 'ods' AND "
+                   "table_name = 'produit' AND column_name = 'poids'") == [("DECIMAL(13,4)",)]
+    assert env.sql("SELECT CAST(poids AS VARCHAR) FROM ods.produit WHERE cod_pro = 'P00001'") == [("1.2345",)]
+    detail = env.sql("SELECT Detail FROM etl.ETL_Log WHERE Step = 'merge' AND BatchId LIKE '%-b'")[0][0]
+    assert "widened poids from DECIMAL(12,3) to DECIMAL(13,4)" in detail, detail
+    assert_ods_equals_source(env, "produit")
+    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="c")))  # and the nights after
+    assert env.sql("SELECT RowsUpdated FROM etl.ETL_Log WHERE Step = 'merge' AND BatchId LIKE '%-c'") == [(0,)]
+
+
+def _cli2(env, dimension: bool) -> None:
+    demo_source.add_table(env.source, demo_source.TableDef(
+        "cli2", [demo_source.Col("id", "integer", nullable=False), demo_source.Col("nom", "varchar", 20),
+                 demo_source.Col("dat_mod", "date")], ("id",),
+        [(1, "a", "2024-01-01"), (2, "b", "2024-01-01"), (3, "c", "2024-01-01")]))
+    env.sql("INSERT INTO config.ETL_Tables (TableName, PrimaryKeyCols, DateModifCol, IsDimension) "
+            "VALUES ('cli2', 'id', 'dat_mod', ?)", [dimension])
+    assert succeeded(build(LoadTable(table="cli2", mode="full", batch_tag="a", run_id="run1")))
+
+
+def _follow(env, err: str, value: str) -> None:
+    """Run the statements a NullOdsKeyError gives (between backticks), with `value` for <value>."""
+    statements = re.search(r"then rerun: `([^`]+)`", err).group(1)
+    for stmt in statements.split("; "):
+        env.sql(stmt.replace("<value>", value))
+
+
+def _live_cli2(env, dimension: bool, cols: str) -> list[tuple]:
+    live = "_etl_is_current AND NOT _etl_is_deleted" if dimension else "NOT _etl_is_deleted"
+    return env.sql(f"SELECT {cols} FROM ods.cli2 WHERE {live} ORDER BY ALL")
+
+
+@pytest.mark.parametrize("dimension", [False, True])
+def test_a_key_widened_with_a_new_field_stops_until_ods_holds_it_then_loads_each_row_once(env, dimension):
+    """ERP upgrade to several companies: a mandatory `soc` (initial value 1) joins the unique index (soc, id);
+    the operator syncs and sets PrimaryKeyCols = 'soc,id'. ods's rows had no soc: the MERGE matched none and
+    inserted every row again (each live twice, two current versions per member), and validation passed (found
+    in review). The merge stops, naming the column; once ods holds it, the table loads each row once."""
+    _cli2(env, dimension)
+    on_source(env, "ALTER TABLE cli2 ADD COLUMN soc INTEGER NOT NULL DEFAULT 1",
+              "INSERT INTO SYSCOLUMNS_FULL (id, col, tbl, owner, coltype, width, scale, nullflag, array_extent, "
+              "display_order) VALUES ('9', 'soc', 'cli2', 'PUB', 'integer', 4, 0, 'N', 0, 0)")
+    assert cbm_etl(["sync-columns", "cli2"]) == 0
+    env.sql("UPDATE config.ETL_Tables SET PrimaryKeyCols = 'soc,id' WHERE TableName = 'cli2'")
+    assert not succeeded(build(LoadTable(table="cli2", mode="incremental", batch_tag="b", run_id="run2")))
+    err = last_error(env, "cli2")
+    assert err.startswith("NullOdsKeyError") and "has an unknown (NULL) part, in soc" in err, err
+    assert "soc=None, id=1" in err and "Nothing was merged" in err, err
+    assert _live_cli2(env, dimension, "id, nom") == [(1, "a"), (2, "b"), (3, "c")]
+    assert "soc" not in {r[0] for r in env.sql("SELECT column_name FROM information_schema.columns "
+                                               "WHERE table_schema = 'ods' AND table_name = 'cli2'")}
+    _follow(env, err, "1")  # the operator runs what it says, with the new field's initial value
+    assert succeeded(build(LoadTable(table="cli2", mode="incremental", batch_tag="b", run_id="run3"))), \
+        last_error(env, "cli2")
+    assert _live_cli2(env, dimension, "soc, id, nom") == [(1, 1, "a"), (1, 2, "b"), (1, 3, "c")]
+    assert env.sql("SELECT COUNT(*) FROM ods.cli2")[0][0] == 3  # no version opened, no row twice
+
+
+@pytest.mark.parametrize("dimension", [False, True])
+def test_a_key_field_renamed_at_the_source_converges_once_ods_holds_it(env, dimension):
+    """The ERP renames the key field id to num; the operator corrects PrimaryKeyCols as the load says. The next
+    merge inserted every row again beside the old ones (num NULL), validation failed, and so did the reload it
+    advised, every night (found in review). The merge stops before writing; filled from the old column, ods
+    matches again."""
+    _cli2(env, dimension)
+    on_source(env, "ALTER TABLE cli2 RENAME COLUMN id TO num",
+              "UPDATE SYSCOLUMNS_FULL SET col = 'num' WHERE tbl = 'cli2' AND col = 'id'")
+    assert cbm_etl(["sync-columns", "cli2"]) == 0
+    assert not succeeded(build(LoadTable(table="cli2", mode="incremental", batch_tag="b", run_id="run2")))
+    assert "correct PrimaryKeyCols" in last_error(env, "cli2")
+    env.sql("UPDATE config.ETL_Tables SET PrimaryKeyCols = 'num' WHERE TableName = 'cli2'")
+    assert not succeeded(build(LoadTable(table="cli2", mode="incremental", batch_tag="b", run_id="run3")))
+    err = last_error(env, "cli2")
+    assert err.startswith("NullOdsKeyError") and "in num" in err and 'SET "num" = <value>' in err, err
+    assert env.sql("SELECT COUNT(*) FROM ods.cli2")[0][0] == 3
+    _follow(env, err, "id")  # the renamed field's old column
+    assert succeeded(build(LoadTable(table="cli2", mode="incremental", batch_tag="b", run_id="run4"))), \
+        last_error(env, "cli2")
+    assert _live_cli2(env, dimension, "num, nom") == [(1, "a"), (2, "b"), (3, "c")]
+    assert env.sql("SELECT COUNT(*) FROM ods.cli2")[0][0] == 3
+    assert succeeded(build(LoadTable(table="cli2", mode="full", batch_tag="c", run_id="run5")))  # and after
+    assert _live_cli2(env, dimension, "num, nom") == [(1, "a"), (2, "b"), (3, "c")]
 
 
 @pytest.mark.parametrize("dimension", [False, True])

@@ -42,7 +42,7 @@ from cbm_luigi.warehouse.mssql_wh import (MssqlSession, MssqlWarehouse, StageCol
                                           sized_for_file, stage_layout, utf16_len)
 from cbm_luigi.warehouse.statements import (Column, MergeSpec, SchemaChangeError, add_column, create_table,
                                             duplicate_keys, evolve, live_rows, merge_counts, merge_statements,
-                                            scd2_insert, validation_counts, validation_queries,
+                                            ods_null_keys, scd2_insert, validation_counts, validation_queries,
                                             widen_column)
 
 D = TsqlDialect()
@@ -261,6 +261,7 @@ def statement_module_outputs() -> list[tuple[str, str]]:
         for label, spec in specs(keys):
             out.append((f"merge_counts {label} {keys}", merge_counts(D, spec)))
             out.append((f"live_rows {label} {keys}", live_rows(D, spec)))
+            out.append((f"ods_null_keys {label} {keys}", ods_null_keys(D, spec, keys[-1:])))
             for i, (sql, _n) in enumerate(merge_statements(D, spec), 1):
                 out.append((f"merge {label} {keys} #{i}", sql))
             out += [(f"merge {label} {keys} all new", sql) for sql, _n in merge_statements(D, spec, all_new=True)]
@@ -364,9 +365,22 @@ def test_evolve_on_sql_server_types():
                      "ALTER TABLE [ods].[t] ADD [new] DECIMAL(10,2) NULL"]
     assert len(changes) == 2
     assert evolve(D, "ods", "t", cols[:1], {"code": ("NVARCHAR(MAX)", True)}) == ([], [])
-    with pytest.raises(SchemaChangeError, match="source type changed from BIGINT to INT"):
-        evolve(D, "ods", "t", cols[1:2], {"n": ("BIGINT", True)})
-    assert_all_parse(stmts, "evolve")
+    # a narrower number at the source: ods holds every value already, and keeps its type
+    assert evolve(D, "ods", "t", cols[1:2], {"n": ("BIGINT", True)}) == ([], [])
+    # neither holds the other (the ERP's "more decimals, same SQL precision"): a decimal that holds both
+    more = [Column("w", ColumnType("decimal", 12, 4))]
+    widened, said = evolve(D, "ods", "t", more, {"w": ("DECIMAL(12,3)", True)})
+    assert widened == ["ALTER TABLE [ods].[t] ALTER COLUMN [w] DECIMAL(13,4) NULL"], widened
+    assert "widened w from DECIMAL(12,3) to DECIMAL(13,4)" in said[0]
+    # an INTEGER has room for 9 digits, not every 10-digit decimal: DECIMAL(10,0) -> INT keeps DECIMAL(10,0)
+    assert evolve(D, "ods", "t", [Column("n", ColumnType("int32"))], {"n": ("DECIMAL(10,0)", True)}) == ([], [])
+    assert evolve(D, "ods", "t", [Column("n", ColumnType("decimal", 10, 0))], {"n": ("INT", True)})[0] == [
+        "ALTER TABLE [ods].[t] ALTER COLUMN [n] DECIMAL(10,0) NULL"]
+    with pytest.raises(SchemaChangeError, match="source type changed from DECIMAL\\(38,0\\) to DECIMAL\\(38,10\\)"):
+        evolve(D, "ods", "t", [Column("x", ColumnType("decimal", 38, 10))], {"x": ("DECIMAL(38,0)", True)})
+    with pytest.raises(SchemaChangeError, match="source type changed from INT to DATE"):
+        evolve(D, "ods", "t", [Column("n", ColumnType("date"))], {"n": ("INT", True)})
+    assert_all_parse(stmts + widened, "evolve")
 
 
 def test_evolve_widens_binaries_and_accepts_null_when_the_source_does():

@@ -7,9 +7,10 @@ same logic that the SQL Server statements carry.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
-from ..types import ColumnType
+from ..types import MAX_DECIMAL_PRECISION, ColumnType
 from .dialects import WarehouseDialect
 
 # Technical columns. stg carries the first five; ods adds state and either type-1 or SCD2 columns.
@@ -108,25 +109,42 @@ def _width(type_text: str) -> int | None:
     return int(t[t.index("(") + 1:t.index(")")].split(",")[0])
 
 
-def _digits(type_text: str) -> tuple[int, int] | None:
-    """(integer digits, scale) of an integer or decimal type text, else None."""
+def _digits(type_text: str, *, room: bool = False) -> tuple[int, int] | None:
+    """(integer digits, scale) of an integer or decimal type text, else None. An integer type's values reach
+    10 (INTEGER) or 19 (BIGINT) digits, but it has room for every number of 9 or 18 only (`room`)."""
     t = type_text.upper().replace(" ", "")
     if t in ("INT", "INTEGER"):
-        return 10, 0
+        return (9 if room else 10), 0
     if t == "BIGINT":
-        return 19, 0
+        return (18 if room else 19), 0
     if t.startswith(("DECIMAL(", "NUMERIC(")) and t.endswith(")"):
         p, _, sc = t[t.index("(") + 1:-1].partition(",")
         return int(p) - int(sc or 0), int(sc or 0)
     return None
 
 
+def _holds(container: str, content: str) -> bool:
+    """Whether every value of type `content` fits type `container` exactly (both integer or decimal types)."""
+    c, v = _digits(container, room=True), _digits(content)
+    return c is not None and v is not None and c[0] >= v[0] and c[1] >= v[1]
+
+
 def widens_number(have: str, want: str) -> bool:
     """Whether every value of type `have` fits `want` exactly: no fewer integer digits, no smaller scale
     (INTEGER -> BIGINT, DECIMAL(10,2) -> DECIMAL(14,2) or (12,4)). The hashdiff's text of a number does not
     depend on its type, so widening changes no hash."""
+    return have.upper().replace(" ", "") != want.upper().replace(" ", "") and _holds(want, have)
+
+
+def number_for_both(have: str, want: str) -> ColumnType | None:
+    """The narrowest DECIMAL that holds every value of both number types (the ERP's usual "more decimals, same
+    SQL precision": DECIMAL(12,3) -> DECIMAL(12,4) needs DECIMAL(13,4) for the old values and the new), None when
+    either is not a number or it would need more than 38 digits."""
     h, w = _digits(have), _digits(want)
-    return h is not None and w is not None and h != w and w[0] >= h[0] and w[1] >= h[1]
+    if h is None or w is None:
+        return None
+    digits, scale = max(h[0], w[0]), max(h[1], w[1])
+    return ColumnType("decimal", digits + scale, scale) if digits + scale <= MAX_DECIMAL_PRECISION else None
 
 
 TECH_COLUMNS = frozenset(STAGE_TECH + ODS_STATE + TYPE1_TECH + SCD2_TECH)
@@ -158,9 +176,18 @@ def evolve(d: WarehouseDialect, schema: str, table: str, wanted: list[Column],
                 changes.append(f"{schema}.{table}: widened {col.name} from {have} to {want}")
                 continue  # the widening also applied the nullability
             same = True  # wide enough already
+        if not same and _holds(have, want):
+            same = True  # ods holds every value of the new type already (fewer digits or decimals at the source)
         if not same and widens_number(have, want):
             stmts.append(widen_column(d, schema, table, col, nullable or col.nullable))
             changes.append(f"{schema}.{table}: widened {col.name} from {have} to {want}")
+            continue
+        both = None if same else number_for_both(have, want)
+        if both is not None:  # neither holds the other: a type that holds both
+            wider = dataclasses.replace(col, ctype=both)
+            stmts.append(widen_column(d, schema, table, wider, nullable or col.nullable))
+            changes.append(f"{schema}.{table}: widened {col.name} from {have} to {d.column_type(both)} (the "
+                           f"source's type is now {want}: the old values and the new fit)")
             continue
         if not same:
             raise SchemaChangeError(
@@ -207,6 +234,15 @@ def null_keys(d: WarehouseDialect, relation: str, keys: list[str], n: int = 5) -
     k = ", ".join(d.quote(c) for c in keys)
     cond = " OR ".join(f"{d.quote(c)} IS NULL" for c in keys)
     return d.limit(f"{k}, {d.count}(*) OVER () AS n FROM {relation} WHERE {cond} ORDER BY {k}", n)
+
+
+def ods_null_keys(d: WarehouseDialect, spec: MergeSpec, checked: list[str], n: int = 5) -> str:
+    """The first ods rows the MERGE matches by key (type 1: every row; SCD2: current versions) with a NULL in
+    one of the `checked` key columns, with how many there are: loaded before the column was part of the key."""
+    k = ", ".join(d.quote(c) for c in spec.keys)
+    cond = " OR ".join(f"t.{d.quote(c)} IS NULL" for c in checked)
+    return d.limit(f"{k}, {d.count}(*) OVER () AS n FROM {spec.ods(d)} AS t WHERE ({cond}) AND {_live(d, spec)} "
+                   f"ORDER BY {k}", n)
 
 
 def _on(d: WarehouseDialect, keys: list[str], left: str = "t", right: str = "s") -> str:
