@@ -402,7 +402,9 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
             changed = "configuration changed since the last load"
             if existing and plan.merged_shape not in (None, plan.extract_shape()):
                 refresh = _refresh_compared(plan, wanted, existing)
-            for i, (sql, n) in enumerate(merge_statements(d, spec, all_new=all_new, refresh=refresh)):
+            whole = frozenset(c.sql_name.lower() for c in plan.columns if c.extent and c.array_mode != "split")
+            for i, (sql, n) in enumerate(merge_statements(d, spec, all_new=all_new, refresh=refresh,
+                                                          whole_arrays=whole)):
                 s.execute(sql, [now] * n)
                 if checkpoint:
                     checkpoint("merge")  # a kill here leaves a written, uncommitted merge

@@ -219,6 +219,32 @@ def test_more_decimals_with_the_same_sql_precision_widens_ods_to_hold_both(env):
     assert env.sql("SELECT RowsUpdated FROM etl.ETL_Log WHERE Step = 'merge' AND BatchId LIKE '%-c'") == [(0,)]
 
 
+def test_an_extent_grown_at_the_source_versions_no_member_of_an_array_kept_whole(env):
+    """The Data Dictionary grows client.zal from EXTENT 5 to 7: every record gets the two new elements at their
+    initial value (''), no record changed. Kept whole (ArrayMode 'single'), the array's text gained ';;' and
+    every member of the dimension was versioned (found in review); split, zal_6 and zal_7 are new columns,
+    refreshed in place. Kept whole, the old elements are compared now: refreshed in place too, and a member
+    whose old elements did change is versioned."""
+    env.sql("UPDATE config.ETL_Tables SET IsDimension = TRUE WHERE TableName = 'client'")
+    assert cbm_etl(["sync-columns", "client"]) == 0
+    env.sql("UPDATE config.ETL_Columns SET ArrayMode = 'single' WHERE TableName = 'client' AND ColumnName = 'zal'")
+    assert succeeded(build(LoadTable(table="client", mode="full", batch_tag="a", run_id="run1")))
+    members = env.sql("SELECT COUNT(*) FROM ods.client")[0][0]
+    changed = env.sql("SELECT cod_cli FROM ods.client WHERE zal IS NOT NULL ORDER BY cod_cli LIMIT 1")[0][0]
+    on_source(env, "UPDATE SYSCOLUMNS_FULL SET array_extent = 7 WHERE tbl = 'client' AND col = 'zal'",
+              "UPDATE client SET zal = zal || ';;'")  # dat_mod untouched: no user changed a record
+    on_source(env, "UPDATE client SET zal = 'changed' || zal WHERE cod_cli = ?", params=[changed])
+    assert cbm_etl(["sync-columns", "client"]) == 0
+    assert succeeded(build(LoadTable(table="client", mode="incremental", batch_tag="b", run_id="run2")))
+    detail = env.sql("SELECT Detail FROM etl.ETL_Log WHERE Step = 'merge' AND BatchId LIKE '%-b'")[0][0]
+    assert env.sql("SELECT COUNT(*) FROM ods.client")[0][0] == members + 1, detail
+    assert env.sql("SELECT COUNT(*) FROM ods.client WHERE cod_cli = ?", [changed])[0][0] == 2
+    assert "1 versioned" in detail, detail
+    with sqlite3.connect(env.source) as con:
+        source = dict(con.execute("SELECT cod_cli, zal FROM client").fetchall())
+    assert dict(env.sql("SELECT cod_cli, zal FROM ods.client WHERE _etl_is_current")) == source
+
+
 def _cli2(env, dimension: bool) -> None:
     demo_source.add_table(env.source, demo_source.TableDef(
         "cli2", [demo_source.Col("id", "integer", nullable=False), demo_source.Col("nom", "varchar", 20),

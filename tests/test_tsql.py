@@ -268,6 +268,8 @@ def statement_module_outputs() -> list[tuple[str, str]]:
             refreshed = merge_statements(D, spec, refresh=[c for c in all_kind_columns() if c.name != "label"])
             out += [(f"merge {label} {keys} after a config change #{i}", sql)
                     for i, (sql, _n) in enumerate(refreshed, 1)]
+            grown = merge_statements(D, spec, refresh=all_kind_columns(), whole_arrays=frozenset({"label"}))
+            out += [(f"merge {label} {keys} after an EXTENT grew #{i}", sql) for i, (sql, _n) in enumerate(grown, 1)]
             for name, sql in validation_queries(D, spec).items():
                 out.append((f"validation {label} {keys} {name}", sql))
             out.append((f"validation {label} {keys} as one statement", validation_counts(D, spec)[0]))

@@ -51,6 +51,10 @@ class WarehouseDialect:
         """`left` holds exactly `right`'s value (NULL the same as NULL)."""
         return f"{left} IS NOT DISTINCT FROM {right}"
 
+    def extends_text(self, old: str, new: str, sep: str) -> str:
+        """`new` is the text `old`, then `sep`, then more (not true when either is NULL)."""
+        return f"starts_with({new}, {old} || {self.literal(sep)})"
+
     length_fn = "length"
     binary_length_fn = "octet_length"
 
@@ -111,6 +115,10 @@ class TsqlDialect(WarehouseDialect):
             collate = " COLLATE Latin1_General_BIN2" if ctype.kind == "string" else ""
             exact = f"{left} = {right}{collate} AND DATALENGTH({left}) = DATALENGTH({right})"
         return f"(({exact}) OR ({left} IS NULL AND {right} IS NULL))"
+
+    def extends_text(self, old: str, new: str, sep: str) -> str:
+        """CHARINDEX finds the first occurrence, under a binary collation (case and trailing blanks count)."""
+        return f"CHARINDEX({old} + {self.literal(sep)}, {new} COLLATE Latin1_General_BIN2) = 1"
 
     def column_type(self, ctype: ColumnType, max_len: int | None = None) -> str:
         return ctype.mssql_type(max_len)

@@ -332,15 +332,23 @@ def scd2_close(d: WarehouseDialect, spec: MergeSpec) -> tuple[str, int]:
     return sql, sql.count("?")
 
 
-def scd2_refresh(d: WarehouseDialect, spec: MergeSpec, compared: list[Column]) -> tuple[str, int]:
+def scd2_refresh(d: WarehouseDialect, spec: MergeSpec, compared: list[Column],
+                 whole_arrays: frozenset[str] = frozenset()) -> tuple[str, int]:
     """SCD2, the first load after a configuration change (a column added or excluded, a type override): the
     batch's hashes cover other columns than ods's, so every member looks changed. A current version whose
     `compared` columns (those the last merge wrote) hold exactly the batch's values is brought up to
     date in place, every column, the hashdiff and the batch that did it, instead of opening a version for a
     change that never happened at the source (a new field's initial value, say); scd2_close and scd2_insert
-    then version the keys that really changed."""
-    same = " AND ".join(d.same_value(f"t.{d.quote(c.name)}", f"s.{d.quote(c.name)}", c.ctype)
-                        for c in compared) or "1 = 1"
+    then version the keys that really changed. An EXTENT array kept whole (`whole_arrays`, lower-case names)
+    that grew holds its old elements then the new ones: the old elements unchanged, it is refreshed in place, as
+    new fields are (found in review: every member was versioned). A Progress array has exactly EXTENT elements,
+    so its text can only extend the old one when the EXTENT grew."""
+    def same_value(c: Column) -> str:
+        old, new = f"t.{d.quote(c.name)}", f"s.{d.quote(c.name)}"
+        same = d.same_value(old, new, c.ctype)
+        return f"({same} OR {d.extends_text(old, new, ';')})" if c.name.lower() in whole_arrays else same
+
+    same = " AND ".join(same_value(c) for c in compared) or "1 = 1"
     sets = ", ".join(f"{d.quote(c)} = s.{d.quote(c)}" for c in spec.columns + STAGE_TECH)
     sql = (f"{_merge_head(d, spec, ' AND ' + d.is_true('t._etl_is_current'))}\n"
            f"WHEN MATCHED AND t._etl_hashdiff <> s._etl_hashdiff AND {d.is_false('t._etl_is_deleted')} AND {same} "
@@ -366,18 +374,20 @@ def scd2_insert(d: WarehouseDialect, spec: MergeSpec) -> tuple[str, int]:
 
 
 def merge_statements(d: WarehouseDialect, spec: MergeSpec, *, all_new: bool = False,
-                     refresh: list[Column] | None = None) -> list[tuple[str, int]]:
+                     refresh: list[Column] | None = None,
+                     whole_arrays: frozenset[str] = frozenset()) -> list[tuple[str, int]]:
     """The data statements of one merge, in order; each with how many `?` take the load timestamp.
 
     `all_new`: no batch key is in ods and nothing is to be soft-deleted (merge_counts said so, e.g. the first
     load): the MERGE would only insert every row, so a plain INSERT does it without joining ods.
     `refresh`: the configuration changed since the last merge; SCD2 first refreshes in place the
-    current versions whose values in these columns are unchanged (scd2_refresh)."""
+    current versions whose values in these columns are unchanged (scd2_refresh; `whole_arrays`: the EXTENT
+    arrays kept whole, whose old elements are compared)."""
     if all_new:
         return [insert_batch(d, spec)]
     if not spec.scd2:
         return [merge_type1(d, spec)]
-    first = [scd2_refresh(d, spec, refresh)] if refresh is not None else []
+    first = [scd2_refresh(d, spec, refresh, whole_arrays)] if refresh is not None else []
     return first + [scd2_close(d, spec), scd2_insert(d, spec)]
 
 
