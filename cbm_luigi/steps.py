@@ -20,7 +20,7 @@ from .settings import mask_secrets
 from .targets import MarkerTarget, StageTarget, record_merged, record_validated, staged_batch
 from .transform import SHAPED_TECH, TechnicalValues
 from .warehouse.base import Session, Warehouse
-from .warehouse.statements import (Column, MergeSpec, add_column, alters_column, create_table, duplicate_keys,
+from .warehouse.statements import (Column, MergeSpec, add_column, create_table, duplicate_keys,
                                    evolve, live_rows, merge_counts, merge_statements, null_keys, ods_null_keys,
                                    tech_columns, unread_columns, validation_counts)
 
@@ -369,8 +369,7 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
             stmts, changes = [create_table(d, "ods", plan.destination, wanted, ods=True, scd2=plan.is_dimension)], []
         else:
             stmts, changes = evolve(d, "ods", plan.destination, wanted, existing)
-        altering_keys = any(alters_column(d, st, k) for st in stmts for k in plan.keys)
-        before, after = wh.key_index_ddl(s, plan.destination, plan.keys, altering_keys)
+        before, after = wh.key_index_ddl(s, plan.destination, plan.keys, stmts)
         for stmt in before + stmts:
             s.execute(stmt)
         for stmt in after(_ods_columns(wh, s, plan)) if after else []:

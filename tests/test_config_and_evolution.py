@@ -219,6 +219,36 @@ def test_more_decimals_with_the_same_sql_precision_widens_ods_to_hold_both(env):
     assert env.sql("SELECT RowsUpdated FROM etl.ETL_Log WHERE Step = 'merge' AND BatchId LIKE '%-c'") == [(0,)]
 
 
+@pytest.mark.parametrize("before, after, widened", [
+    (("numeric", 12, 3), ("numeric", 12, 4), "DECIMAL(13,4)"),  # a DECIMAL that holds both
+    (("integer", 0, 0), ("numeric", 10, 2), "DECIMAL(12,2)"),
+    (("integer", 0, 0), ("bigint", 0, 0), "BIGINT"),
+])
+def test_a_number_widened_and_made_optional_in_one_change_loads_its_unknown_values(env, before, after, widened):
+    """The Data Dictionary makes poids optional with another type, and a record then leaves it unknown. The
+    widening `continue`d as if it made the column optional too: SQL Server's ALTER COLUMN restates NULL, but
+    DuckDB's ALTER ... TYPE keeps NOT NULL, so the MERGE failed on the constraint, every night (found in review)."""
+    (bt, bw, bs), (at, aw, as_) = before, after
+    demo_source.add_table(env.source, demo_source.TableDef(
+        "pds", [demo_source.Col("id", "integer", nullable=False), demo_source.Col("poids", bt, bw, bs),
+                demo_source.Col("dat_mod", "date")], ("id",),
+        [(1, 1, "2024-01-01"), (2, 2, "2024-01-01")]))
+    on_source(env, "UPDATE SYSCOLUMNS_FULL SET nullflag = 'N' WHERE tbl = 'pds' AND col = 'poids'")  # mandatory
+    env.sql("INSERT INTO config.ETL_Tables (TableName, PrimaryKeyCols, DateModifCol) VALUES ('pds', 'id', 'dat_mod')")
+    assert succeeded(build(LoadTable(table="pds", mode="full", batch_tag="a", run_id="run1")))
+    column = ("SELECT data_type, is_nullable FROM information_schema.columns WHERE table_schema = 'ods' "
+              "AND table_name = 'pds' AND column_name = 'poids'")
+    assert env.sql(column)[0][1] == "NO"
+    on_source(env, f"UPDATE SYSCOLUMNS_FULL SET coltype = '{at}', width = {aw}, scale = {as_}, nullflag = 'Y' "
+                   "WHERE tbl = 'pds' AND col = 'poids'",
+              "INSERT INTO pds (id, poids, dat_mod) VALUES (3, NULL, date('now'))")
+    assert cbm_etl(["sync-columns", "pds"]) == 0
+    assert succeeded(build(LoadTable(table="pds", mode="full", batch_tag="b", run_id="run2"))), last_error(env, "pds")
+    assert env.sql(column) == [(widened, "YES")]
+    assert env.sql("SELECT id, CAST(poids AS INTEGER) FROM ods.pds WHERE NOT _etl_is_deleted ORDER BY id") == [
+        (1, 1), (2, 2), (3, None)]
+
+
 def test_an_extent_grown_at_the_source_versions_no_member_of_an_array_kept_whole(env):
     """The Data Dictionary grows client.zal from EXTENT 5 to 7: every record gets the two new elements at their
     initial value (''), no record changed. Kept whole (ArrayMode 'single'), the array's text gained ';;' and

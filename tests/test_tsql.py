@@ -441,7 +441,7 @@ class RecordingSession(MssqlSession):
         self.log.append((sql, list(params or [])))
         got = self._answer(sql)
         if got is None:
-            return [(0,)]
+            return [] if "sys.index_columns" in sql else [(0,)]  # by default ods has no clustered index
         return [tuple(r.values()) if isinstance(r, dict) else r for r in got]
 
     def query_dicts(self, sql, params=None):
@@ -1145,25 +1145,37 @@ def test_a_table_past_sql_servers_row_size_is_refused_before_staging():
 
 
 def test_ods_gets_a_clustered_index_on_its_keys_and_keeps_it_through_key_widening(caplog):
-    rec = RecordingSession([(r"FROM sys\.indexes", [(0,)])])
+    rec = RecordingSession([(r"FROM sys\.indexes", [])])
     wh = StubWarehouse(rec)
     types = {"code": ("NVARCHAR(20)", False), "qty": ("DECIMAL(12,2)", False)}
-    before, after = wh.key_index_ddl(rec, "all_kinds", ["code", "qty"], altering_keys=False)
+    before, after = wh.key_index_ddl(rec, "all_kinds", ["code", "qty"], [])
     assert before == [] and after(types) == [
         "IF NOT EXISTS (SELECT 1 FROM sys.indexes WHERE object_id = OBJECT_ID(N'[ods].[all_kinds]') AND type = 1) "
         "CREATE CLUSTERED INDEX [CX_ods_all_kinds] ON [ods].[all_kinds] ([code], [qty])"]
+    # ours, on the keys: kept
+    ours = RecordingSession([(r"FROM sys\.indexes", [("CX_ods_all_kinds", "code"), ("CX_ods_all_kinds", "qty")])])
+    assert StubWarehouse(ours).key_index_ddl(ours, "all_kinds", ["code", "qty"], []) == ([], None)
+    assert_all_parse([ours.statements[-1]], "clustered index columns")
     # a key column to widen: SQL Server cannot alter an indexed column, so the index goes first and comes back
-    before, after = wh.key_index_ddl(rec, "all_kinds", ["code", "qty"], altering_keys=True)
+    widen = ["ALTER TABLE [ods].[all_kinds] ALTER COLUMN [code] NVARCHAR(30) NOT NULL"]
+    before, after = StubWarehouse(ours).key_index_ddl(ours, "all_kinds", ["code", "qty"], widen)
     assert before == ["DROP INDEX IF EXISTS [CX_ods_all_kinds] ON [ods].[all_kinds]"] and after(types)
     assert_all_parse(before + after(types), "key index")
+    # PrimaryKeyCols changed (a key field renamed: qty's old column is made optional): made again on the new key
+    renamed = ["ALTER TABLE [ods].[all_kinds] ALTER COLUMN [qty] DECIMAL(12,2) NULL"]
+    before, after = StubWarehouse(ours).key_index_ddl(ours, "all_kinds", ["code", "num"], renamed)
+    assert before == ["DROP INDEX IF EXISTS [CX_ods_all_kinds] ON [ods].[all_kinds]"]
+    assert after({**types, "num": ("INT", True)})[0].endswith("([code], [num])")
+    before, after = StubWarehouse(ours).key_index_ddl(ours, "all_kinds", ["soc", "code", "qty"], [])  # a field added
+    assert before == ["DROP INDEX IF EXISTS [CX_ods_all_kinds] ON [ods].[all_kinds]"]
     # keys that cannot be index keys: said, and merges go on without the index
     with caplog.at_level(logging.WARNING):
         assert after({"code": ("NVARCHAR(MAX)", False), "qty": ("DECIMAL(12,2)", False)}) == []
         assert after({"code": ("NVARCHAR(450)", False), "qty": ("DECIMAL(12,2)", False)}) == []  # 900 + 9 bytes
-    assert "no clustered index on the key (code, qty)" in caplog.text
-    # a table that already has a clustered index (ours, or a DBA's): left alone
-    rec2 = RecordingSession([(r"FROM sys\.indexes", [(1,)])])
-    assert StubWarehouse(rec2).key_index_ddl(rec2, "all_kinds", ["code"], altering_keys=False) == ([], None)
+    assert "no clustered index on the key (" in caplog.text
+    # a table whose clustered index is a DBA's own: left alone
+    rec2 = RecordingSession([(r"FROM sys\.indexes", [("IX_dba", "code")])])
+    assert StubWarehouse(rec2).key_index_ddl(rec2, "all_kinds", ["code"], widen) == ([], None)
 
 
 def test_merge_widening_a_key_column_drops_and_recreates_the_index(stage_file):
@@ -1176,7 +1188,7 @@ def test_merge_widening_a_key_column_drops_and_recreates_the_index(stage_file):
                                                             "ExtractShape": plan.extract_shape()}]),
                             (r"INFORMATION_SCHEMA\.COLUMNS", info), (r"SELECT TOP \(5\)", []),
                             (r"MAX\(0\.5 \* DATALENGTH", [tuple(Decimal("12.0") for _ in names)]),
-                            (r"FROM sys\.indexes", [(1,)]), (r"AS inserted", [(1, 0, 0, 0, 1)]),
+                            (r"FROM sys\.indexes", [("CX_ods_all_kinds", "code")]), (r"AS inserted", [(1, 0, 0, 0, 1)]),
                             (r"SELECT @@TRANCOUNT", [(1,)])])
     wh = StubWarehouse(rec)
     marker = MarkerTarget(wh, "m", table="all-kinds", step="merge", batch_id="2024-01-01", mode="full")

@@ -101,11 +101,11 @@ class Warehouse:
         """Hook run in the merge's session before the statements that write ods (resource tuning), with the
         batch's `rows` when the MERGE joins them with ods (0 when every row is new); nothing by default."""
 
-    def key_index_ddl(self, s: Session, table: str, keys: list[str], altering_keys: bool):
-        """Keeps an index on ods's key columns where the warehouse needs one to merge without scanning:
-        (statements to run before the ods schema changes, None or a function of ods's column types after them
-        returning the statements to run then). Nothing by default (DuckDB joins by hash; an index would only
-        slow its inserts)."""
+    def key_index_ddl(self, s: Session, table: str, keys: list[str], stmts: list[str]):
+        """Keeps an index on ods's key columns where the warehouse needs one to merge without scanning, around
+        `stmts` (the schema changes about to run): (statements to run before them, None or a function of ods's
+        column types after them returning the statements to run then). Nothing by default (DuckDB joins by hash;
+        an index would only slow its inserts)."""
         return [], None
 
 

@@ -117,8 +117,11 @@ class TsqlDialect(WarehouseDialect):
         return f"(({exact}) OR ({left} IS NULL AND {right} IS NULL))"
 
     def extends_text(self, old: str, new: str, sep: str) -> str:
-        """CHARINDEX finds the first occurrence, under a binary collation (case and trailing blanks count)."""
-        return f"CHARINDEX({old} + {self.literal(sep)}, {new} COLLATE Latin1_General_BIN2) = 1"
+        """The head of `new` as long as `old` + `sep`, under a binary collation (case counts; both end with
+        `sep`, so trailing blanks do too). As NVARCHAR(MAX): `+` cuts an NVARCHAR(n) at 4,000 characters, and
+        CHARINDEX searches for 8,000 at most (found in review)."""
+        head = f"CAST({old} AS NVARCHAR(MAX)) + {self.literal(sep)}"
+        return f"LEFT({new}, LEN({head})) = {head} COLLATE Latin1_General_BIN2"
 
     def column_type(self, ctype: ColumnType, max_len: int | None = None) -> str:
         return ctype.mssql_type(max_len)

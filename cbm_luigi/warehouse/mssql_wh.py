@@ -48,7 +48,7 @@ from ..types import check_decimal_fits
 from ..pooling import pooled
 from .base import Session, Warehouse
 from .dialects import TsqlDialect
-from .statements import Column, _width, create_table, tech_columns
+from .statements import Column, _width, alters_column, create_table, tech_columns
 
 log = logging.getLogger(__name__)
 
@@ -551,18 +551,28 @@ class MssqlWarehouse(Warehouse):
         with pooled(("mssql", self.odbc), self._connect, _outside_transaction).connection() as con:
             yield MssqlSession(con)
 
-    def key_index_ddl(self, s, table, keys, altering_keys):
+    def key_index_ddl(self, s, table, keys, stmts):
         """A clustered index on ods's keys: without it every MERGE, count and validation reads the whole heap,
         and under HOLDLOCK locks it whole. Created when the table has no clustered index (a new table, one made
-        by an older version; a DBA's own clustered index is left alone). SQL Server cannot alter an indexed
-        column, so widening a key column drops the index first and the `after` part creates it again."""
+        by an older version); a DBA's own clustered index is left alone. Ours (`CX_ods_<table>`) follows the key:
+        SQL Server cannot alter an indexed column, so when `stmts` alter one of its columns, or PrimaryKeyCols
+        changed since it was made (a key field renamed: its old column, no longer read, is made optional), it is
+        dropped first and the `after` part makes it again on the keys (found in review)."""
         d = self.dialect
         name = key_index_name(table)
+        rows = s.query("SELECT i.name, c.name FROM sys.indexes AS i JOIN sys.index_columns AS ic ON ic.object_id = "
+                       "i.object_id AND ic.index_id = i.index_id JOIN sys.columns AS c ON c.object_id = ic.object_id "
+                       "AND c.column_id = ic.column_id WHERE i.object_id = OBJECT_ID(?) AND i.type = 1 "
+                       "AND ic.key_ordinal > 0 ORDER BY ic.key_ordinal", [d.table("ods", table)])
+        index, columns = (rows[0][0], [r[1] for r in rows]) if rows else (None, [])
+        if index is not None and index != name:
+            return [], None  # a DBA's own
+        if index is not None:
+            altering = any(alters_column(d, st, c) for st in stmts for c in {*keys, *columns})
+            if not altering and [c.lower() for c in columns] == [k.lower() for k in keys]:
+                return [], None
+        drop = [f"DROP INDEX IF EXISTS {d.quote(name)} ON {d.table('ods', table)}"] if index else []
         ods = "N" + d.literal(d.table("ods", table))
-        drop = [f"DROP INDEX IF EXISTS {d.quote(name)} ON {d.table('ods', table)}"] if altering_keys else []
-        if not altering_keys and s.scalar(f"SELECT COUNT(*) FROM sys.indexes WHERE object_id = OBJECT_ID({ods}) "
-                                          f"AND type = 1"):
-            return [], None
 
         def after(types: dict[str, tuple[str, bool]]) -> list[str]:
             size = sum(_index_key_bytes(types.get(k, ("NVARCHAR(MAX)", True))[0]) for k in keys)

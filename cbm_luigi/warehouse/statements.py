@@ -169,27 +169,28 @@ def evolve(d: WarehouseDialect, schema: str, table: str, wanted: list[Column],
         _name, (have, nullable) = lower[col.name.lower()]
         want = d.column_type(col.ctype, col.max_len)
         same = have.upper().replace(" ", "") == want.upper().replace(" ", "")
+        wider = None  # the column ods widens to
         if not same and col.ctype.kind in ("string", "binary") and _base(have) == _base(want):
             hw, ww = _width(have), _width(want)
             if hw is not None and (ww is None or ww > hw):
-                stmts.append(widen_column(d, schema, table, col, nullable or col.nullable))
-                changes.append(f"{schema}.{table}: widened {col.name} from {have} to {want}")
-                continue  # the widening also applied the nullability
-            same = True  # wide enough already
-        if not same and _holds(have, want):
+                wider = col
+            else:
+                same = True  # wide enough already
+        if not same and wider is None and _holds(have, want):
             same = True  # ods holds every value of the new type already (fewer digits or decimals at the source)
-        if not same and widens_number(have, want):
-            stmts.append(widen_column(d, schema, table, col, nullable or col.nullable))
-            changes.append(f"{schema}.{table}: widened {col.name} from {have} to {want}")
-            continue
-        both = None if same else number_for_both(have, want)
-        if both is not None:  # neither holds the other: a type that holds both
-            wider = dataclasses.replace(col, ctype=both)
+        if not same and wider is None and widens_number(have, want):
+            wider = col
+        if not same and wider is None and number_for_both(have, want) is not None:
+            wider = dataclasses.replace(col, ctype=number_for_both(have, want))  # neither holds the other
+        if wider is not None:
             stmts.append(widen_column(d, schema, table, wider, nullable or col.nullable))
-            changes.append(f"{schema}.{table}: widened {col.name} from {have} to {d.column_type(both)} (the "
-                           f"source's type is now {want}: the old values and the new fit)")
-            continue
-        if not same:
+            now = d.column_type(wider.ctype, wider.max_len)
+            changes.append(f"{schema}.{table}: widened {col.name} from {have} to {now}" +
+                           ("" if now == want else f" (the source's type is now {want}: the old values and the "
+                                                   f"new fit)"))
+            if d.name == "mssql":
+                continue  # ALTER COLUMN restated the nullability; DuckDB's ALTER ... TYPE keeps NOT NULL
+        elif not same:
             raise SchemaChangeError(
                 f"{schema}.{table}.{col.name}: the source type changed from {have} to {want}. Nothing was cast. "
                 f"To keep loading it as {have}: on its row in config.ETL_Columns set IsOverride = 1, "
