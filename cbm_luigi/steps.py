@@ -260,16 +260,18 @@ def _refuse_ods_duplicates(s: Session, wh: Warehouse, plan: TablePlan, spec: Mer
 
 
 def _refuse_ods_null_keys(s: Session, wh: Warehouse, plan: TablePlan, spec: MergeSpec,
-                          existing: dict[str, tuple[str, bool]], wanted: list[Column]) -> None:
+                          existing: dict[str, tuple[str, bool]], wanted: list[Column], keyed: bool) -> None:
     """ods rows the MERGE matches by key with a NULL key part: a column made part of PrimaryKeyCols after they
     were loaded (a field added to the ERP's unique index, a key field renamed). `=` never matches NULL, so the
     MERGE would insert every batch row beside them, each row live twice (found in review). Only key columns ods
-    lets hold NULL are looked at (one added since, or optional at the source): others cost nothing."""
+    lets hold NULL are looked at (one added since, or optional at the source), and not when the warehouse knew,
+    before this merge's DDL, that ods was loaded under this key all along (`keyed`, Warehouse.keyed_as): the check
+    reads the whole table."""
     if not existing:
         return
     lower = {n.lower(): nullable for n, (_t, nullable) in existing.items()}
     checked = [k for k in plan.keys if lower.get(k.lower(), True)]
-    if not checked:
+    if not checked or keyed:
         return
     d = wh.dialect
     rows = s.query(ods_null_keys(d, spec, checked))
@@ -369,12 +371,13 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
             stmts, changes = [create_table(d, "ods", plan.destination, wanted, ods=True, scd2=plan.is_dimension)], []
         else:
             stmts, changes = evolve(d, "ods", plan.destination, wanted, existing)
+        keyed = bool(existing) and wh.keyed_as(s, plan.destination, plan.keys)  # before the DDL remakes the index
         before, after = wh.key_index_ddl(s, plan.destination, plan.keys, stmts)
         for stmt in before + stmts:
             s.execute(stmt)
         for stmt in after(_ods_columns(wh, s, plan)) if after else []:
             s.execute(stmt)
-        _refuse_ods_null_keys(s, wh, plan, spec, existing, wanted)
+        _refuse_ods_null_keys(s, wh, plan, spec, existing, wanted, keyed)
         for c in changes:
             log.warning("schema change: %s", c)
         unread = unread_columns(existing, wanted)

@@ -1201,6 +1201,31 @@ def test_merge_widening_a_key_column_drops_and_recreates_the_index(stage_file):
     assert_all_parse(st, "merge with key widening")
 
 
+@pytest.mark.parametrize("index", [[("CX_ods_all_kinds", "code")], [], [("CX_ods_all_kinds", "other")]])
+def test_the_null_key_check_reads_ods_only_when_its_key_index_cannot_vouch_for_the_key(stage_file, index):
+    """ods.code may hold NULL (optional at the source): the check for rows loaded under another key scans the
+    whole table, every night. Our clustered index on exactly the key was made by the merge that set the key, so
+    it vouches for every row; with none, or on other columns (the key changed), ods is read."""
+    plan = all_kind_plan(dimension=False)
+    names = [n for n, t, _ in plan.output_columns() if t.kind == "string"]
+    info = [("code", "nvarchar", 20, None, None, None, "YES")]
+    rec = RecordingSession([(r"SELECT t\.LastSuccessTs, st\.MergedExtractStartedAt", [(None, None)]),
+                            (r"FROM etl\.ETL_TableState", [{"BatchId": "2024-01-01", "Mode": "full", "RunId": "r",
+                                                            "Rows": 7, "ExtractStartedAt": datetime(2024, 1, 1),
+                                                            "ExtractShape": plan.extract_shape()}]),
+                            (r"INFORMATION_SCHEMA\.COLUMNS", info), (r"SELECT TOP \(5\)", []),
+                            (r"MAX\(0\.5 \* DATALENGTH", [tuple(Decimal("12.0") for _ in names)]),
+                            (r"FROM sys\.indexes AS i", index), (r"AS inserted", [(1, 0, 0, 0, 1)]),
+                            (r"SELECT @@TRANCOUNT", [(1,)])])
+    wh = StubWarehouse(rec)
+    marker = MarkerTarget(wh, "m", table="all-kinds", step="merge", batch_id="2024-01-01", mode="full")
+    steps.merge(wh, plan, mode="full", batch_id="2024-01-01", marker=marker, run_id="r")
+    checked = [x for x in rec.statements if "[code] IS NULL) AND" in x]
+    assert bool(checked) == (index != [("CX_ods_all_kinds", "code")]), rec.statements
+    if checked:
+        assert_all_parse(checked, "null key check")
+
+
 def test_summary_queries_parse_as_tsql(monkeypatch, capsys):
     from cbm_luigi import cli
 
