@@ -255,7 +255,8 @@ def build_plan(table_row: dict, column_rows: list[dict]) -> TablePlan:
             raise ConfigError(f"config.ETL_Columns[{t}.{c.name}].SqlName = {c.sql_name!r}: names starting with "
                               f"_etl_ are the pipeline's own columns, and a name needs no surrounding spaces: "
                               f"choose another SqlName (and the SourceExpression's alias), then rerun the table")
-        unquoted = re.sub(r"'(?:[^']|'')*'", "''", c.expression or "")  # a `--` inside a string literal is fine
+        # a `--` or `;` inside a string literal or a quoted name (`"qte--cde"`, a legal Progress name) is fine
+        unquoted = re.sub(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"", "''", c.expression or "")
         if c.expression and (unquoted.rstrip().endswith(";") or "--" in unquoted):
             raise ConfigError(f"config.ETL_Columns[{t}.{c.name}].SourceExpression = {c.expression!r}: one "
                               f"expression, without ';' or a '--' comment (it is placed inside the SELECT)")

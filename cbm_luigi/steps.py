@@ -370,7 +370,8 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
         if not existing:
             stmts, changes = [create_table(d, "ods", plan.destination, wanted, ods=True, scd2=plan.is_dimension)], []
         else:
-            stmts, changes = evolve(d, "ods", plan.destination, wanted, existing)
+            stmts, changes = evolve(d, "ods", plan.destination, wanted, existing,
+                                    names={q: shown_column(n, q) for q, n in plan.source_names().items()})
         keyed = bool(existing) and wh.keyed_as(s, plan.destination, plan.keys)  # before the DDL remakes the index
         before, after = wh.key_index_ddl(s, plan.destination, plan.keys, stmts)
         for stmt in before + stmts:

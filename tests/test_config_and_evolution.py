@@ -152,7 +152,7 @@ def test_changed_type_is_an_error_never_a_cast(env):
     assert cbm_etl(["sync-columns", "produit"]) == 0
     assert not succeeded(build(LoadTable(table="produit", mode="full", batch_tag="retyped")))
     err = env.sql("SELECT ErrorMessage FROM etl.ETL_Log WHERE Status = 'FAILED'")[0][0]
-    assert "ods.produit.stock" in err and "INTEGER" in err and "VARCHAR" in err and "SourceExpression" in err
+    assert "ods.produit, column stock: the source type changed" in err and "INTEGER" in err and "VARCHAR" in err and "SourceExpression" in err
     assert env.sql("SELECT data_type FROM information_schema.columns WHERE table_schema = 'ods' AND "
                    "table_name = 'produit' AND column_name = 'stock'")[0][0] == "INTEGER"
     # the advice works: an override with the old type and a cast to it survives sync-columns and loads

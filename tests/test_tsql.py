@@ -1226,6 +1226,27 @@ def test_the_null_key_check_reads_ods_only_when_its_key_index_cannot_vouch_for_t
         assert_all_parse(checked, "null key check")
 
 
+def test_tsql_merge_gives_one_parameter_per_marker_whatever_the_column_names(stage_file):  # noqa: F811
+    """The same count on the SQL Server path, through the RecordingSession of test_tsql: each statement the
+    merge executes gets as many parameters as it has `?` markers outside brackets and quotes (what pyodbc
+    binds). A column `[actif?]` adds four to the type-1 MERGE's count (SET, INSERT list, VALUES)."""
+    cols = [PlanColumn("code", "code", ColumnType("string", width=20), False),
+            PlanColumn("actif", "actif?", ColumnType("bool"))]
+    plan = TablePlan(table="famille", destination="famille", keys=["code"], columns=cols)
+    rec = RecordingSession(_canned(plan=plan, mode="full"))
+    wh = StubWarehouse(rec)
+    marker = StageTarget(wh, "StageTable_famille_2024_01_01_abc", table="famille", step="stage",
+                         batch_id="2024-01-01", mode="full", shape=plan.extract_shape())
+    steps.stage(wh, plan, stage_file(plan), TECH, marker=marker, run_id="run-1",
+                extract_started_at=datetime(2024, 1, 1))
+    steps.merge(wh, plan, mode="full", batch_id="2024-01-01", marker=marker, run_id="run-1")
+    merges = [(sql, params) for sql, params in rec.log if sql.startswith(("MERGE", "INSERT INTO [ods]"))]
+    assert merges
+    for sql, params in merges:
+        markers = _params_to_variables(sql).count("@p")
+        assert len(params) == markers, f"{len(params)} parameters for {markers} markers in:\n{sql}"
+
+
 def test_summary_queries_parse_as_tsql(monkeypatch, capsys):
     from cbm_luigi import cli
 

@@ -8,6 +8,7 @@ same logic that the SQL Server statements carry.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 
 from ..types import MAX_DECIMAL_PRECISION, ColumnType
@@ -60,6 +61,15 @@ def tech_columns(d: WarehouseDialect, *, ods: bool, scd2: bool) -> list[tuple[st
                   ("_etl_is_current", d.bool_type, False)] if scd2 else
                  [("_etl_inserted_at", d.ts_type, True), ("_etl_updated_at", d.ts_type, True)])
     return cols
+
+
+_QUOTED = re.compile(r'"(?:[^"]|"")*"|\[(?:[^\]]|\]\])*\]|\'(?:[^\']|\'\')*\'')
+
+
+def markers(sql: str) -> int:
+    """The `?` parameter markers of a statement: not those inside a quoted name or a literal (an operator's
+    SqlName `actif?` made every merge of its table fail on the parameter count: found in review)."""
+    return _QUOTED.sub("", sql).count("?")
 
 
 # -- DDL -------------------------------------------------------------------------------------------------------
@@ -151,13 +161,14 @@ TECH_COLUMNS = frozenset(STAGE_TECH + ODS_STATE + TYPE1_TECH + SCD2_TECH)
 
 
 def evolve(d: WarehouseDialect, schema: str, table: str, wanted: list[Column],
-           existing: dict[str, tuple[str, bool]]) -> tuple[list[str], list[str]]:
+           existing: dict[str, tuple[str, bool]], names: dict[str, str] | None = None) -> tuple[list[str], list[str]]:
     """Statements that bring `schema.table` (existing: name -> (type text, nullable)) up to `wanted`.
 
     New columns are added; strings and binaries longer than the column widen it, and so does a number whose
     new type holds every old value; a column that became optional at the source, or is no longer read (gone
     from the source, excluded), accepts NULL (all logged by the caller); any other type change raises
-    SchemaChangeError. Returns (statements, human-readable changes).
+    SchemaChangeError. Returns (statements, human-readable changes). `names`: how the messages name a column
+    (by its Progress name, with the warehouse name when it differs: the SQL name can be another field's).
     """
     stmts, changes = [], []
     lower = {k.lower(): (k, v) for k, v in existing.items()}
@@ -168,6 +179,7 @@ def evolve(d: WarehouseDialect, schema: str, table: str, wanted: list[Column],
             continue
         _name, (have, nullable) = lower[col.name.lower()]
         want = d.column_type(col.ctype, col.max_len)
+        shown = (names or {}).get(col.name, col.name)
         same = have.upper().replace(" ", "") == want.upper().replace(" ", "")
         wider = None  # the column ods widens to
         if not same and col.ctype.kind in ("string", "binary") and _base(have) == _base(want):
@@ -185,21 +197,22 @@ def evolve(d: WarehouseDialect, schema: str, table: str, wanted: list[Column],
         if wider is not None:
             stmts.append(widen_column(d, schema, table, wider, nullable or col.nullable))
             now = d.column_type(wider.ctype, wider.max_len)
-            changes.append(f"{schema}.{table}: widened {col.name} from {have} to {now}" +
+            changes.append(f"{schema}.{table}: widened {shown} from {have} to {now}" +
                            ("" if now == want else f" (the source's type is now {want}: the old values and the "
                                                    f"new fit)"))
             if d.name == "mssql":
                 continue  # ALTER COLUMN restated the nullability; DuckDB's ALTER ... TYPE keeps NOT NULL
         elif not same:
             raise SchemaChangeError(
-                f"{schema}.{table}.{col.name}: the source type changed from {have} to {want}. Nothing was cast. "
+                f"{schema}.{table}, column {shown}: the source type changed from {have} to {want}. Nothing was "
+                f"cast. "
                 f"To keep loading it as {have}: on its row in config.ETL_Columns set IsOverride = 1, "
                 f"DataType/Width/Scale to that type and a SourceExpression that casts to it (sync-columns keeps "
                 f"all four; a value that does not fit is then refused by name). Or migrate the ods column "
                 f"yourself (ALTER TABLE ... / rename it away: a new column is added) and rerun the table.")
         if col.nullable and not nullable:
             stmts.append(allow_null(d, schema, table, col.name, have))
-            changes.append(f"{schema}.{table}: {col.name} now accepts NULL (optional at the source)")
+            changes.append(f"{schema}.{table}: {shown} now accepts NULL (optional at the source)")
     read = {c.name.lower() for c in wanted}
     for key, (name, (have, nullable)) in lower.items():
         if key not in read and name not in TECH_COLUMNS and not nullable:
@@ -319,7 +332,7 @@ def merge_type1(d: WarehouseDialect, spec: MergeSpec) -> tuple[str, int]:
            f"UPDATE SET {sets}, _etl_is_deleted = {d.false}, _etl_deleted_at = NULL, _etl_updated_at = ?\n"
            f"WHEN NOT MATCHED THEN INSERT ({ins_cols}) VALUES ({ins_vals})"
            f"{_soft_delete_clause(d, spec)}{_tail(d)}")
-    return sql, sql.count("?")
+    return sql, markers(sql)
 
 
 def scd2_close(d: WarehouseDialect, spec: MergeSpec) -> tuple[str, int]:
@@ -330,7 +343,7 @@ def scd2_close(d: WarehouseDialect, spec: MergeSpec) -> tuple[str, int]:
            f"WHEN MATCHED AND (t._etl_hashdiff <> s._etl_hashdiff OR {d.is_true('t._etl_is_deleted')}) THEN "
            f"UPDATE SET _etl_valid_to = ?, _etl_is_current = {d.false}"
            f"{_soft_delete_clause(d, spec)}{_tail(d)}")
-    return sql, sql.count("?")
+    return sql, markers(sql)
 
 
 def scd2_refresh(d: WarehouseDialect, spec: MergeSpec, compared: list[Column],
@@ -354,7 +367,7 @@ def scd2_refresh(d: WarehouseDialect, spec: MergeSpec, compared: list[Column],
     sql = (f"{_merge_head(d, spec, ' AND ' + d.is_true('t._etl_is_current'))}\n"
            f"WHEN MATCHED AND t._etl_hashdiff <> s._etl_hashdiff AND {d.is_false('t._etl_is_deleted')} AND {same} "
            f"THEN UPDATE SET {sets}{_tail(d)}")
-    return sql, sql.count("?")
+    return sql, markers(sql)
 
 
 def insert_batch(d: WarehouseDialect, spec: MergeSpec, where: str = "") -> tuple[str, int]:
@@ -365,7 +378,7 @@ def insert_batch(d: WarehouseDialect, spec: MergeSpec, where: str = "") -> tuple
     cols = ", ".join(d.quote(c) for c in carry + ODS_STATE + tech)
     select = ", ".join([f"s.{d.quote(c)}" for c in carry] + [d.false, "NULL"] + vals)
     sql = f"INSERT INTO {spec.ods(d)} ({cols})\nSELECT {select} FROM {spec.stg(d)} AS s{where}"
-    return sql, sql.count("?")
+    return sql, markers(sql)
 
 
 def scd2_insert(d: WarehouseDialect, spec: MergeSpec) -> tuple[str, int]:
