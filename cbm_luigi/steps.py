@@ -284,14 +284,16 @@ def _refuse_ods_null_keys(s: Session, wh: Warehouse, plan: TablePlan, spec: Merg
     add = [add_column(d, "ods", plan.destination, c) for c in wanted for k in empty
            if c.name.lower() == k.lower() and k.lower() not in lower]
     fill = [f"UPDATE {ods} SET {d.quote(k)} = <value> WHERE {d.quote(k)} IS NULL" for k in empty]
+    # one at a time: SQL Server compiles a batch whole, and an UPDATE of a column the batch adds fails (Msg 207)
     raise NullOdsKeyError(
         f"table {plan.table}: ods.{plan.destination} has {rows[0][-1]} "
         f"{'current versions' if spec.scd2 else 'rows'} whose key ({', '.join(plan.key_names)}) has an unknown "
         f"(NULL) part, in {shown}; first: {_shown_keys(plan, rows)}. They were loaded before {shown} became part "
         f"of PrimaryKeyCols (a field added to the unique index, or a key field renamed at the source), and the "
         f"MERGE cannot match them: it would load every batch row beside them. Nothing was merged. Give every row "
-        f"(history included) what Progress holds for it, then rerun: `{'; '.join(add + fill)}` (<value>: a "
-        f"renamed field's old column, a new field's initial value). Or rebuild the table under the new key: keep "
+        f"(history included) what Progress holds for it, one statement at a time: "
+        f"{', then '.join(f'`{x}`' for x in add + fill)} (<value>: a renamed field's old column, a new field's "
+        f"initial value); then rerun. Or rebuild the table under the new key: keep "
         f"a copy of ods.{plan.destination} if its history matters, drop it, and rerun the table in full mode.")
 
 

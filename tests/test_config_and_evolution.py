@@ -286,9 +286,11 @@ def _cli2(env, dimension: bool) -> None:
 
 
 def _follow(env, err: str, value: str) -> None:
-    """Run the statements a NullOdsKeyError gives (between backticks), with `value` for <value>."""
-    statements = re.search(r"then rerun: `([^`]+)`", err).group(1)
-    for stmt in statements.split("; "):
+    """Run the statements a NullOdsKeyError gives (each between backticks, one at a time), <value> = `value`."""
+    given = re.search(r"one statement at a time: (.*?) \(<value>", err).group(1)
+    statements = re.findall(r"`([^`]+)`", given)
+    assert statements and given == ", then ".join(f"`{x}`" for x in statements), given
+    for stmt in statements:
         env.sql(stmt.replace("<value>", value))
 
 

@@ -20,6 +20,7 @@ from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pyodbc
@@ -1150,7 +1151,8 @@ def test_ods_gets_a_clustered_index_on_its_keys_and_keeps_it_through_key_widenin
     types = {"code": ("NVARCHAR(20)", False), "qty": ("DECIMAL(12,2)", False)}
     before, after = wh.key_index_ddl(rec, "all_kinds", ["code", "qty"], [])
     assert before == [] and after(types) == [
-        "IF NOT EXISTS (SELECT 1 FROM sys.indexes WHERE object_id = OBJECT_ID(N'[ods].[all_kinds]') AND type = 1) "
+        "IF NOT EXISTS (SELECT 1 FROM sys.indexes WHERE object_id = OBJECT_ID(N'[ods].[all_kinds]') "
+        "AND type IN (1, 5)) "
         "CREATE CLUSTERED INDEX [CX_ods_all_kinds] ON [ods].[all_kinds] ([code], [qty])"]
     # ours, on the keys: kept
     ours = RecordingSession([(r"FROM sys\.indexes", [("CX_ods_all_kinds", "code"), ("CX_ods_all_kinds", "qty")])])
@@ -1245,6 +1247,103 @@ def test_tsql_merge_gives_one_parameter_per_marker_whatever_the_column_names(sta
     for sql, params in merges:
         markers = _params_to_variables(sql).count("@p")
         assert len(params) == markers, f"{len(params)} parameters for {markers} markers in:\n{sql}"
+
+
+def _cli_plan() -> TablePlan:
+    cols = [PlanColumn("soc", "soc", ColumnType("int32"), False),
+            PlanColumn("code", "code", ColumnType("string", width=20), False),
+            PlanColumn("nom", "nom", ColumnType("string", width=20), True)]
+    return TablePlan(table="cli2", destination="cli2", keys=["soc", "code"], columns=cols, is_dimension=False)
+
+
+def test_sql_server_null_key_advice_runs_as_written():
+    """ERP upgrade to several companies: `soc` joins the key (PrimaryKeyCols = 'soc,code'), ods has no soc yet.
+    The merge is refused (NullOdsKeyError) and, its transaction rolled back, gives the statements to run. Given
+    as one text `ALTER ... ADD [soc]; UPDATE ... [soc]`, SQL Server compiled it as one batch and refused it (Msg
+    207, Invalid column name: found in review): they are given one at a time."""
+    plan = _cli_plan()
+    info = [("code", "nvarchar", 20, None, None, None, "NO"), ("nom", "nvarchar", 20, None, None, None, "YES")]
+    rec = RecordingSession([
+        (r"SELECT t\.LastSuccessTs, st\.MergedExtractStartedAt", [(None, None)]),
+        (r"FROM etl\.ETL_TableState", [{"BatchId": "2024-01-01", "Mode": "full", "RunId": "r", "Rows": 3,
+                                        "ExtractStartedAt": datetime(2024, 1, 1),
+                                        "ExtractShape": plan.extract_shape()}]),
+        (r"INFORMATION_SCHEMA\.COLUMNS", info),
+        (r"FROM \[ods\]\.\[cli2\] AS t WHERE \(", [(None, "C1", 3)]),  # ods rows without soc
+        (r"SELECT TOP \(5\)", []),
+        (r"MAX\(0\.5 \* DATALENGTH", [(Decimal("2"), Decimal("5"))]),
+        (r"FROM sys\.indexes AS i", [("CX_ods_cli2", "code")]),
+        (r"AS inserted", [(1, 0, 0, 0, 1)]), (r"SELECT @@TRANCOUNT", [(1,)])])
+    wh = StubWarehouse(rec)
+    marker = MarkerTarget(wh, "m", table="cli2", step="merge", batch_id="2024-01-01", mode="full")
+    with pytest.raises(steps.NullOdsKeyError) as got:
+        steps.merge(wh, plan, mode="full", batch_id="2024-01-01", marker=marker, run_id="r")
+    text = str(got.value)
+    given = re.search(r"one statement at a time: (.*?) \(<value>", text).group(1)
+    statements = re.findall(r"`([^`]+)`", given)
+    # each its own batch: SQL Server compiles a batch whole, and an UPDATE of a column the batch adds fails
+    assert statements == ["ALTER TABLE [ods].[cli2] ADD [soc] INT NULL",
+                          "UPDATE [ods].[cli2] SET [soc] = <value> WHERE [soc] IS NULL"], text
+    assert_all_parse([x.replace("<value>", "1") for x in statements], "null key advice")
+
+
+def _catalog(indexes: list[tuple[int, str, int, list[tuple[str, int]]]]) -> duckdb.DuckDBPyConnection:
+    """A DuckDB copy of the three catalog views the product reads, for one table (object_id 1) with columns
+    code, qty: `indexes` = (index_id, name, type, [(column, key_ordinal)])."""
+    con = duckdb.connect()
+    con.execute("CREATE SCHEMA sys")
+    con.execute("CREATE TABLE sys.indexes (object_id INT, index_id INT, name VARCHAR, type INT)")
+    con.execute("CREATE TABLE sys.index_columns (object_id INT, index_id INT, column_id INT, key_ordinal INT)")
+    con.execute("CREATE TABLE sys.columns (object_id INT, column_id INT, name VARCHAR)")
+    con.execute("CREATE MACRO OBJECT_ID(x) AS 1")
+    ids = {"code": 1, "qty": 2}
+    con.executemany("INSERT INTO sys.columns VALUES (1, ?, ?)", [[i, n] for n, i in ids.items()])
+    for index_id, name, kind, cols in indexes:
+        con.execute("INSERT INTO sys.indexes VALUES (1, ?, ?, ?)", [index_id, name, kind])
+        con.executemany("INSERT INTO sys.index_columns VALUES (1, ?, ?, ?)",
+                        [[index_id, ids[c], k] for c, k in cols])
+    return con
+
+
+def _would_run(con, stmt: str) -> bool:
+    """Whether SQL Server would run the CREATE of `IF NOT EXISTS (<query>) CREATE ...` (its guard on `con`)."""
+    m = re.match(r"IF NOT EXISTS \((SELECT .*?)\) CREATE ", stmt, re.S)
+    if not m:
+        return True
+    query = re.sub(r"N'((?:[^']|'')*)'", r"'\1'", m.group(1))
+    return not con.execute(f"SELECT EXISTS ({query})").fetchone()[0]
+
+
+def test_a_dbas_clustered_columnstore_index_is_left_alone():
+    """docs/mssql.md: "a DBA's own clustered index is left alone". A DBA who turns a large ods table into a
+    clustered columnstore (sys.indexes.type 5, its columns with key_ordinal 0) gets, every night, a merge that
+    runs `IF NOT EXISTS (... AND type = 1) CREATE CLUSTERED INDEX [CX_ods_t]`: the guard sees no rowstore
+    clustered index, so the CREATE runs and SQL Server refuses a second clustered index (Msg 1902): the table
+    fails every night. (Older than these commits, but bbbb4f1 rewrote this detection and left it.)"""
+    con = _catalog([(1, "CCI_all_kinds", 5, [("code", 0), ("qty", 0)])])
+
+    def catalog(sql):
+        return con.execute(sql.replace("?", "'[ods].[all_kinds]'")).fetchall()
+
+    rec = RecordingSession([(r"FROM sys\.indexes AS i", catalog)])
+    wh = StubWarehouse(rec)
+    before, after = wh.key_index_ddl(rec, "all_kinds", ["code"], [])
+    types = {"code": ("NVARCHAR(20)", False), "qty": ("INT", False)}
+    creates = [st for st in before + (after(types) if after else []) if "CREATE CLUSTERED INDEX" in st]
+    assert not [st for st in creates if _would_run(con, st)], creates
+
+
+def test_catalog_emulation_agrees_with_the_product_on_rowstore_indexes():
+    """The emulation above answers like the harness's canned rows for the cases the product handles: our
+    rowstore index on the key is kept, a heap gets one (the CREATE's guard lets it run)."""
+    for indexes, creates in [([(1, "CX_ods_all_kinds", 1, [("code", 1)])], False), ([], True)]:
+        con = _catalog(indexes)
+        rec = RecordingSession([(r"FROM sys\.indexes AS i",
+                                 lambda sql, con=con: con.execute(sql.replace("?", "'x'")).fetchall())])
+        wh = StubWarehouse(rec)
+        before, after = wh.key_index_ddl(rec, "all_kinds", ["code"], [])
+        made = [st for st in (after({"code": ("NVARCHAR(20)", False)}) if after else []) if _would_run(con, st)]
+        assert bool(made) == creates
 
 
 def test_summary_queries_parse_as_tsql(monkeypatch, capsys):

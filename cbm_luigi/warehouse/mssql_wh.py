@@ -554,7 +554,7 @@ class MssqlWarehouse(Warehouse):
     def key_index_ddl(self, s, table, keys, stmts):
         """A clustered index on ods's keys: without it every MERGE, count and validation reads the whole heap,
         and under HOLDLOCK locks it whole. Created when the table has no clustered index (a new table, one made
-        by an older version); a DBA's own clustered index is left alone. Ours (`CX_ods_<table>`) follows the key:
+        by an older version); a DBA's own clustered index (a rowstore or a columnstore one) is left alone. Ours (`CX_ods_<table>`) follows the key:
         SQL Server cannot alter an indexed column, so when `stmts` alter one of its columns, or PrimaryKeyCols
         changed since it was made (a key field renamed: its old column, no longer read, is made optional), it is
         dropped first and the `after` part makes it again on the keys (found in review)."""
@@ -577,18 +577,20 @@ class MssqlWarehouse(Warehouse):
                             "SQL Server's %d; merges will scan the table", table, ", ".join(keys),
                             "unbounded" if size == float("inf") else f"{size:,}", MAX_CLUSTERED_KEY_BYTES)
                 return []
-            return [f"IF NOT EXISTS (SELECT 1 FROM sys.indexes WHERE object_id = OBJECT_ID({ods}) AND type = 1) "
+            return [f"IF NOT EXISTS (SELECT 1 FROM sys.indexes WHERE object_id = OBJECT_ID({ods}) AND type IN (1, 5)) "
                     f"CREATE CLUSTERED INDEX {d.quote(name)} ON {d.table('ods', table)} "
                     f"({', '.join(d.quote(k) for k in keys)})"]
         return drop, after
 
     def _clustered_index(self, s, table: str) -> tuple[str | None, list[str]]:
         """ods.<table>'s clustered index: its name and key columns in order ((None, []) when it has none)."""
-        rows = s.query("SELECT i.name, c.name FROM sys.indexes AS i JOIN sys.index_columns AS ic ON ic.object_id = "
-                       "i.object_id AND ic.index_id = i.index_id JOIN sys.columns AS c ON c.object_id = ic.object_id "
-                       "AND c.column_id = ic.column_id WHERE i.object_id = OBJECT_ID(?) AND i.type = 1 "
-                       "AND ic.key_ordinal > 0 ORDER BY ic.key_ordinal", [self.dialect.table("ods", table)])
-        return (rows[0][0], [r[1] for r in rows]) if rows else (None, [])
+        # type 5: a clustered columnstore index (a DBA's), whose columns have no key_ordinal
+        rows = s.query("SELECT i.name, c.name FROM sys.indexes AS i LEFT JOIN sys.index_columns AS ic ON "
+                       "ic.object_id = i.object_id AND ic.index_id = i.index_id AND ic.key_ordinal > 0 "
+                       "LEFT JOIN sys.columns AS c ON c.object_id = ic.object_id AND c.column_id = ic.column_id "
+                       "WHERE i.object_id = OBJECT_ID(?) AND i.type IN (1, 5) ORDER BY ic.key_ordinal",
+                       [self.dialect.table("ods", table)])
+        return (rows[0][0], [r[1] for r in rows if r[1] is not None]) if rows else (None, [])
 
     def keyed_as(self, s, table, keys):
         """Our key index is made in the merge that changes the key, whose NULL-key check refuses it (rolling the
