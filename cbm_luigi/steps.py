@@ -267,17 +267,15 @@ def _refuse_ods_null_keys(s: Session, wh: Warehouse, plan: TablePlan, spec: Merg
     lets hold NULL are looked at (one added since, or optional at the source), and not when the warehouse knew,
     before this merge's DDL, that ods was loaded under this key all along (`keyed`, Warehouse.keyed_as): the check
     reads the whole table."""
-    if not existing:
-        return
-    lower = {n.lower(): nullable for n, (_t, nullable) in existing.items()}
-    checked = [k for k in plan.keys if lower.get(k.lower(), True)]
+    checked = _nullable_keys(plan, existing)
     if not checked or keyed:
         return
     d = wh.dialect
     rows = s.query(ods_null_keys(d, spec, checked))
     if not rows:
         return
-    empty = [k for i, k in enumerate(plan.keys) if k in checked and any(r[i] is None for r in rows)]
+    lower = {n.lower() for n in existing}
+    empty = [k for i, k in enumerate(plan.keys) if k in checked and any(r[i] is None for r in rows)] or checked
     shown = ", ".join(shown_column(plan.by_sql_name(k).name, k) for k in empty)
     ods = d.table("ods", plan.destination)
     # the merge's transaction is rolled back, so a column it added is not there: the statement that adds it
@@ -295,6 +293,14 @@ def _refuse_ods_null_keys(s: Session, wh: Warehouse, plan: TablePlan, spec: Merg
         f"{', then '.join(f'`{x}`' for x in add + fill)} (<value>: a renamed field's old column, a new field's "
         f"initial value); then rerun. Or rebuild the table under the new key: keep "
         f"a copy of ods.{plan.destination} if its history matters, drop it, and rerun the table in full mode.")
+
+
+def _nullable_keys(plan: TablePlan, existing: dict[str, tuple[str, bool]]) -> list[str]:
+    """The key columns an existing ods table lets hold NULL, or does not have yet (added now, NULL in every row)."""
+    if not existing:
+        return []
+    nullable = {n.lower(): null for n, (_t, null) in existing.items()}
+    return [k for k in plan.keys if nullable.get(k.lower(), True)]
 
 
 def _ods_columns(wh: Warehouse, s: Session, plan: TablePlan) -> dict[str, tuple[str, bool]]:
@@ -374,7 +380,8 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
         else:
             stmts, changes = evolve(d, "ods", plan.destination, wanted, existing,
                                     names={q: shown_column(n, q) for q, n in plan.source_names().items()})
-        keyed = bool(existing) and wh.keyed_as(s, plan.destination, plan.keys)  # before the DDL remakes the index
+        # asked before the DDL, which may remake the key index
+        keyed = bool(_nullable_keys(plan, existing)) and wh.keyed_as(s, plan.destination, plan.keys)
         before, after = wh.key_index_ddl(s, plan.destination, plan.keys, stmts)
         for stmt in before + stmts:
             s.execute(stmt)
