@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 export CBM_HOME ?= $(CURDIR)
-DEMO_ENV := CBM_HOME=$(CURDIR)/var/demo CBM_ENV_FILE=/nonexistent
+DEMO_ENV := CBM_HOME=$(CURDIR)/var/demo CBM_ENV_FILE=
 
 .PHONY: setup system-deps demo test test-mssql bench lint clean
 

@@ -64,7 +64,7 @@ class Home:
     def env(self) -> dict[str, str]:
         """The child's environment: only our CBM_* settings (an operator's .env or shell must not leak in)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("CBM_")}
-        env.update(CBM_HOME=str(self.root), CBM_ENV_FILE="/nonexistent", CBM_DEMO_SOURCE=str(self.source),
+        env.update(CBM_HOME=str(self.root), CBM_ENV_FILE="", CBM_DEMO_SOURCE=str(self.source),
                    CBM_DUCKDB_PATH=str(self.warehouse), CBM_CACHE_DIR=str(self.root / "cache"),
                    LUIGI_CONFIG_PATH=str(REPO / "luigi.cfg"), PYTHONPATH=str(REPO))
         if self.reader == "odbc":  # the real unixODBC driver manager + SQLite ODBC driver, arrow-odbc reader

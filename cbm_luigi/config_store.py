@@ -173,6 +173,37 @@ def needed_by(deps: dict[str, list[str]], tables: Iterable[str], active: set[str
     return seen
 
 
+def waits_for(table: str, tables: list[dict], deps: dict[str, list[str]], *, critical_stops: bool) -> list[str]:
+    """The active tables `table`'s extract waits for in a batch: its config.ETL_Dependencies (to an active table
+    other than itself), and with `critical_stops` (LoadAll without --continue-on-error) every critical table
+    before it in Priority, unless a critical table waits for `table` itself (directly or not): waiting for it
+    could wait for itself, and Luigi would leave the run pending."""
+    active = {t["TableName"] for t in tables}
+    need = [d for d in deps.get(table, []) if d != table and d in active]
+    if critical_stops:
+        critical = [t["TableName"] for t in tables if t["IsCritical"]]
+        mine = next((t["Priority"] for t in tables if t["TableName"] == table), None)
+        if mine is not None and table not in needed_by(deps, critical, active):
+            need += [t["TableName"] for t in tables
+                     if t["IsCritical"] and t["Priority"] < mine and t["TableName"] not in need]
+    return need
+
+
+def waiting_for(failed: str, tables: list[dict], deps: dict[str, list[str]], *, critical_stops: bool) -> list[str]:
+    """The active tables that wait for `failed`, directly or not (waits_for), in Priority order: a night where
+    `failed` did not load leaves them unloaded too, and says which they are."""
+    waits = {t["TableName"]: waits_for(t["TableName"], tables, deps, critical_stops=critical_stops) for t in tables}
+    seen: set[str] = set()
+    todo = [failed]
+    while todo:
+        u = todo.pop()
+        for t, need in waits.items():
+            if u in need and t not in seen and t != failed:
+                seen.add(t)
+                todo.append(t)
+    return [t["TableName"] for t in tables if t["TableName"] in seen]
+
+
 def dependency_cycle(deps: dict[str, list[str]], table: str) -> list[str] | None:
     """A cycle of config.ETL_Dependencies through `table` (`[a, b, a]`), else None. Luigi would only leave
     such tables pending; the caller says which rows make the cycle."""

@@ -211,8 +211,14 @@ def _zone(name: str) -> str:
 def load_settings() -> Settings:
     """Read `.env` (the one in CBM_HOME or the current directory) then the process environment."""
     home = Path(_env("CBM_HOME", os.getcwd())).resolve()
-    env_file = Path(_env("CBM_ENV_FILE", str(home / ".env")))
-    if env_file.is_file():
+    named = os.environ.get("CBM_ENV_FILE")  # unset: CBM_HOME's .env if there is one; empty: no file
+    env_file = home / ".env" if named is None else Path(named.strip()) if named.strip() else None
+    if named and named.strip() and not env_file.is_file():
+        # a typo or a moved file silently gave every setting its demo default (the embedded warehouse instead of
+        # SQL Server: found in review)
+        raise SettingError(f"CBM_ENV_FILE={named!r}: no such file ({env_file.resolve()}): point it at the "
+                           f"settings file (config/.env.template shows one), or leave it empty to read none")
+    if env_file is not None and env_file.is_file():
         load_dotenv(env_file, override=False)
     check_names(os.environ)
     var = home / "var"

@@ -271,6 +271,27 @@ def _log_failure(task, exception):
         started = task.__dict__.pop("_started", None)  # a failure before run() started has none
         task._log([StepRecord(task.step, status="FAILED", error=f"{type(exception).__name__}: {exception}",
                               duration_ms=int((time.monotonic() - started) * 1000) if started else None)])
+        _say_held_back(task)
+
+
+def _say_held_back(task: CbmTask) -> None:
+    """Name the tables a failed table keeps from loading in this batch: Luigi's summary only counts them ('had
+    failed dependencies', and hides every parameter of such tasks), so the log of a night stopped by a critical
+    table named none of them (found in review)."""
+    if not task.in_batch:
+        return
+    try:
+        tables, deps = _config(task.settings)
+        held = config_store.waiting_for(task.table, tables, deps, critical_stops=not task.continue_on_error)
+    except Exception:  # noqa: BLE001 — only a message: the failure itself is logged and stands
+        log.debug("could not list the tables waiting for %s", task.table, exc_info=True)
+        return
+    if held:
+        critical = any(t["IsCritical"] for t in tables if t["TableName"] == task.table)
+        log.error("table %s failed (%s): %d table(s) that wait for it are not loaded in batch %s: %s%s", task.table,
+                  task.step, len(held), task.batch_id, ", ".join(held),
+                  " (it is critical: --continue-on-error loads the others anyway)"
+                  if critical and not task.continue_on_error else "")
 
 
 @CbmTask.event_handler(luigi.Event.BROKEN_TASK)
@@ -307,23 +328,13 @@ class ExtractParquet(CbmTask):
             raise ConfigError(f"config.ETL_Dependencies has a cycle: {' -> '.join(cycle)} (each table waits for "
                               f"the next): delete one of these rows")
         active = {t["TableName"] for t in tables}
-        need = []
         for d in deps.get(self.table, []):
             if d != self.table and d not in active:
                 warn_once(log, f"table {self.table} depends on {d}, which is not an active table of "
                                f"config.ETL_Tables: not waited for (add or activate it, or delete the "
                                f"config.ETL_Dependencies row)")
-            elif d != self.table:
-                need.append(d)
-        critical = [t["TableName"] for t in tables if t["IsCritical"]]
-        # a table a critical table waits for (ETL_Dependencies, directly or not) loads whatever the critical
-        # tables do: waiting for one of them could wait for itself, and Luigi would leave the run pending
-        exempt = config_store.needed_by(deps, critical, active)
-        if self.in_batch and not self.continue_on_error and self.table not in exempt:
-            mine = next((t["Priority"] for t in tables if t["TableName"] == self.table), None)
-            if mine is not None:
-                need += [t["TableName"] for t in tables
-                         if t["IsCritical"] and t["Priority"] < mine and t["TableName"] not in need]
+        need = config_store.waits_for(self.table, tables, deps,
+                                      critical_stops=self.in_batch and not self.continue_on_error)
         return [ValidateTable(table=t, mode=self.mode, batch_date=self.batch_date, batch_tag=self.batch_tag,
                           run_id=self.run_id, continue_on_error=self.continue_on_error, in_batch=self.in_batch,
                           load_priority=self.load_priority + 1) for t in need]

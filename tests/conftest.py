@@ -36,7 +36,7 @@ class Env:
     cache: Path
 
     def vars(self) -> dict[str, str]:
-        return {"CBM_HOME": str(self.home), "CBM_ENV_FILE": "/nonexistent", "CBM_DEMO_SOURCE": str(self.source),
+        return {"CBM_HOME": str(self.home), "CBM_ENV_FILE": "", "CBM_DEMO_SOURCE": str(self.source),
                 "CBM_DUCKDB_PATH": str(self.warehouse), "CBM_CACHE_DIR": str(self.cache)}
 
     def con(self) -> duckdb.DuckDBPyConnection:

@@ -59,7 +59,7 @@ def test_cbm_connect_retries_means_the_same_number_of_retries_for_sql_server_as_
     from cbm_luigi.source.dialect import dialect_for
     from cbm_luigi.warehouse import mssql_wh
 
-    for k, v in {"CBM_ENV_FILE": "/nonexistent", "CBM_CONNECT_RETRIES": "1", "CBM_WAREHOUSE_KIND": "mssql",
+    for k, v in {"CBM_ENV_FILE": "", "CBM_CONNECT_RETRIES": "1", "CBM_WAREHOUSE_KIND": "mssql",
                  "CBM_MSSQL_ODBC": "DRIVER={ODBC Driver 18 for SQL Server};SERVER=dwh;UID=etl;PWD=x",
                  "CBM_SOURCE_KIND": "odbc", "CBM_SOURCE_ODBC": "DSN=erp;UID=etl;PWD=x",
                  "CBM_ODBC_READER": "pyodbc"}.items():
@@ -91,7 +91,7 @@ def test_cbm_query_timeout_bounds_the_source_query_not_the_sql_server_merge(monk
     pyodbc = pytest.importorskip("pyodbc")
     from cbm_luigi.warehouse import mssql_wh
 
-    for k, v in {"CBM_ENV_FILE": "/nonexistent", "CBM_QUERY_TIMEOUT_S": "3600", "CBM_WAREHOUSE_KIND": "mssql",
+    for k, v in {"CBM_ENV_FILE": "", "CBM_QUERY_TIMEOUT_S": "3600", "CBM_WAREHOUSE_KIND": "mssql",
                  "CBM_MSSQL_ODBC": "DRIVER={ODBC Driver 18 for SQL Server};SERVER=dwh;UID=etl;PWD=x"}.items():
         monkeypatch.setenv(k, v)
     settings = load_settings()

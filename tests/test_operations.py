@@ -141,6 +141,39 @@ def test_critical_failure_stops_later_tables_unless_continue_on_error(env):
     assert loaded == set(DEMO_TABLES) - {"client"}  # ... but the others are loaded, same task ids
 
 
+def test_a_night_stopped_by_a_critical_failure_names_the_tables_it_did_not_load(env):
+    """A critical table that fails stops the tables after it. The night exited 30 naming the failed table, but
+    the tables it stopped were named nowhere: Luigi's summary counts them ('had failed dependencies') and hides
+    every parameter of such tasks (found in review). The failure names them."""
+    assert luigi_cli(env, "LoadAll", "--mode", "full", "--batch-date", "2026-11-27",
+                     "--local-scheduler").returncode == 0
+    env.sql("UPDATE config.ETL_Tables SET FilterClause = 'no_such_column = 1' WHERE TableName = 'client'")
+    night = luigi_cli(env, "LoadAll", "--mode", "incremental", "--batch-date", "2026-11-28", "--local-scheduler")
+    assert night.returncode == 30, night.stderr[-3000:]
+    loaded = {r[0] for r in env.sql("SELECT TableName FROM etl.ETL_Markers WHERE Step = 'validate' "
+                                    "AND BatchId = '2026-11-28'")}
+    assert loaded == {"famille", "fournis"}  # client failed; produit, lignecli, hisprixa were stopped
+    said = re.search(r"table client failed \(extract\): 3 table\(s\) that wait for it are not loaded in batch "
+                     r"2026-11-28: (.*)", night.stderr)
+    assert said, night.stderr[-3000:]
+    assert said.group(1) == "produit, lignecli, hisprixa (it is critical: --continue-on-error loads the others anyway)"
+
+
+def test_the_tables_waiting_for_a_failed_one_follow_the_edges_a_load_follows():
+    from cbm_luigi.config_store import waiting_for, waits_for
+
+    tables = [{"TableName": n, "Priority": p, "IsCritical": c} for n, p, c in
+              [("d", 5, False), ("a", 10, True), ("b", 20, False), ("c", 30, False)]]
+    deps = {"a": ["d"], "c": ["b", "gone"]}  # a (critical) waits for d, which is exempt from waiting for a
+    assert waits_for("d", tables, deps, critical_stops=True) == []
+    assert waits_for("c", tables, deps, critical_stops=True) == ["b", "a"]
+    assert waits_for("c", tables, deps, critical_stops=False) == ["b"]
+    assert waiting_for("d", tables, deps, critical_stops=True) == ["a", "b", "c"]
+    assert waiting_for("a", tables, deps, critical_stops=True) == ["b", "c"]
+    assert waiting_for("a", tables, deps, critical_stops=False) == []
+    assert waiting_for("b", tables, deps, critical_stops=False) == ["c"]
+
+
 def test_invalidate_forces_one_table_to_reload(env):
     assert succeeded(build(LoadTable(table="famille", mode="full")))
     with sqlite3.connect(env.source) as con:

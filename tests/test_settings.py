@@ -52,7 +52,7 @@ def test_a_connection_is_named_with_its_harmless_values_only_whatever_the_passwo
     assert connection_summary(text) == ("DRIVER={ODBC Driver 18 for SQL Server};SERVER=dwh,1433;Database=cbm;"
                                         "UID=etl;PDW={***};Pasword={***};PW={***}")
     assert connection_summary("DSN=progress;PWD={a;b}}c};HOST=h") == "DSN=progress;PWD={***};HOST=h"
-    monkeypatch.setenv("CBM_ENV_FILE", "/nonexistent")
+    monkeypatch.setenv("CBM_ENV_FILE", "")
     monkeypatch.setenv("CBM_WAREHOUSE_KIND", "mssql")
     monkeypatch.setenv("CBM_MSSQL_ODBC", text)
     monkeypatch.setenv("CBM_SOURCE_KIND", "odbc")
@@ -89,7 +89,7 @@ def test_a_setting_name_the_product_does_not_read_stops_it_with_the_name_meant(e
 
 
 def test_the_source_timezone_is_an_iana_name(monkeypatch):
-    monkeypatch.setenv("CBM_ENV_FILE", "/nonexistent")
+    monkeypatch.setenv("CBM_ENV_FILE", "")
     monkeypatch.setenv("CBM_SOURCE_TIMEZONE", "Europe/Paris")
     assert str(load_settings().source_zone()) == "Europe/Paris"
     monkeypatch.setenv("CBM_SOURCE_TIMEZONE", "Paris")
@@ -126,14 +126,14 @@ def test_masking_stops_at_the_line_end():
     ("CBM_SOURCE_ISOLATION", "dirty", "one of READ_UNCOMMITTED, DEFAULT"),
     ("CBM_SOURCE_KIND", "progress", "one of demo, odbc"), ("CBM_WAREHOUSE_KIND", "sqlserver", "one of duckdb, mssql")])
 def test_a_setting_the_product_cannot_use_is_named(monkeypatch, name, value, says):
-    monkeypatch.setenv("CBM_ENV_FILE", "/nonexistent")
+    monkeypatch.setenv("CBM_ENV_FILE", "")
     monkeypatch.setenv(name, value)
     with pytest.raises(SettingError, match=rf"^{name}={re.escape(repr(value))}: {says}"):
         load_settings()
 
 
 def test_settings_take_the_spellings_operators_use(monkeypatch):
-    monkeypatch.setenv("CBM_ENV_FILE", "/nonexistent")
+    monkeypatch.setenv("CBM_ENV_FILE", "")
     for limit in ("1.5GB", "80%", "256 MB", "2GiB", "-1"):
         monkeypatch.setenv("CBM_DUCKDB_MEMORY_LIMIT", limit)
         assert load_settings().duckdb_memory_limit == limit
@@ -150,3 +150,32 @@ def test_masking_twice_keeps_what_follows_a_masked_value():
     assert mask_secrets(mask_secrets(wrapped)) == "cannot connect (mssql:UID=etl;PWD={***}): Can't open lib"
     for raw in ("PWD=***.Winter2026;HOST=h", "PWD=*** hunter2;HOST=h", "PWD=***,x;HOST=h", "PWD=***:x;HOST=h"):
         assert mask_secrets(raw) == "PWD={***};HOST=h"  # a password that starts like the old mask is masked
+
+
+def test_a_cbm_env_file_that_is_not_there_stops_every_command_with_its_name(tmp_path):
+    """A CBM_ENV_FILE naming no file (a crontab typo, the file moved) was ignored without a word, and every setting
+    took its demo default: the nightly built an empty embedded warehouse instead of loading SQL Server, and the
+    upgrade's init-db exited 0 (found in review). Empty means: no file."""
+    import os
+    import subprocess
+
+    from .conftest import BIN, REPO
+
+    home = tmp_path / "opt" / "cbm_luigi"
+    (home / "var" / "log").mkdir(parents=True)
+    missing = tmp_path / "etc" / "cbm_luigi.env"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CBM_")}
+    base.update({"PATH": f"{BIN}:{base.get('PATH', '')}", "LUIGI_CONFIG_PATH": str(REPO / "luigi.cfg"),
+                 "CBM_HOME": str(home), "CBM_ENV_FILE": str(missing)})
+    night = subprocess.run(["luigi", "--module", "cbm_luigi", "LoadAll", "--local-scheduler"], cwd=home, env=base,
+                           capture_output=True, text=True, timeout=300)
+    assert night.returncode != 0 and f"CBM_ENV_FILE='{missing}': no such file" in night.stderr, night.stderr[-2000:]
+    upgrade = subprocess.run(["cbm-etl", "init-db", "--no-tables"], cwd=home, env=base, capture_output=True,
+                             text=True, timeout=300)
+    assert upgrade.returncode != 0 and "CBM_ENV_FILE" in upgrade.stderr, upgrade.stdout + upgrade.stderr
+    assert not (home / "var" / "warehouse.duckdb").exists()
+    (home / "settings.env").write_text("CBM_BATCH_ROWS=1234\n")  # relative to where the command runs
+    base["CBM_ENV_FILE"] = "settings.env"
+    ok = subprocess.run([str(BIN / "python"), "-c", "from cbm_luigi.settings import load_settings; "
+                         "print(load_settings().batch_rows)"], cwd=home, env=base, capture_output=True, text=True)
+    assert ok.stdout.strip() == "1234", ok.stderr

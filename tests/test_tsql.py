@@ -745,7 +745,7 @@ def test_cli_statements_parse(monkeypatch, tmp_path):
     wh = StubWarehouse(rec)
     monkeypatch.setattr(cli, "open_warehouse", lambda settings: wh)
     monkeypatch.setenv("CBM_HOME", str(tmp_path))
-    monkeypatch.setenv("CBM_ENV_FILE", "/nonexistent")
+    monkeypatch.setenv("CBM_ENV_FILE", "")
     monkeypatch.setenv("CBM_CACHE_DIR", str(tmp_path / "cache"))
     assert cli.main(["init-db"]) == 0
     assert cli.main(["summary"]) == 0
