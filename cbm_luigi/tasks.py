@@ -274,6 +274,9 @@ def _log_failure(task, exception):
         _say_held_back(task)
 
 
+_RUN_TABLES: dict[tuple[str, str], set[str]] = {}  # (batch id, mode) -> the tables LoadAll asked for in this process
+
+
 def _say_held_back(task: CbmTask) -> None:
     """Name the tables a failed table keeps from loading in this batch: Luigi's summary only counts them ('had
     failed dependencies', and hides every parameter of such tasks), so the log of a night stopped by a critical
@@ -283,6 +286,11 @@ def _say_held_back(task: CbmTask) -> None:
     try:
         tables, deps = _config(task.settings)
         held = config_store.waiting_for(task.table, tables, deps, critical_stops=not task.continue_on_error)
+        asked = _RUN_TABLES.get((task.batch_id, task.mode))  # a LoadAll --filter asked for these only
+        with task.warehouse.session() as s:  # a rerun: those the batch loaded before are not held back
+            done = {r[0] for r in s.query("SELECT TableName FROM etl.ETL_Markers WHERE Step = 'validate' AND "
+                                          "BatchId = ? AND Mode = ?", [task.batch_id, task.mode])}
+        held = [t for t in held if (asked is None or t in asked) and t not in done]
     except Exception:  # noqa: BLE001 — only a message: the failure itself is logged and stands
         log.debug("could not list the tables waiting for %s", task.table, exc_info=True)
         return
@@ -532,6 +540,7 @@ class LoadAll(luigi.WrapperTask):
                 raise ValueError(f"--filter names tables that are not active in config.ETL_Tables: {unknown}")
             rows = [r for r in rows if r["TableName"].lower() in {w.lower() for w in wanted}]
         n = len(rows)
+        _RUN_TABLES[(self.batch_id, self.mode)] = {r["TableName"] for r in rows}  # for _say_held_back
         # ValidateTable directly (not LoadTable): one task fewer per table, which counts with 1,000 tables
         return [ValidateTable(table=r["TableName"], mode=self.mode, batch_date=self.batch_date, batch_tag=self.batch_tag,
                           run_id=self.run_id, continue_on_error=self.continue_on_error, in_batch=True,

@@ -159,6 +159,58 @@ def test_a_night_stopped_by_a_critical_failure_names_the_tables_it_did_not_load(
     assert said.group(1) == "produit, lignecli, hisprixa (it is critical: --continue-on-error loads the others anyway)"
 
 
+HELD = re.compile(r"table client failed \((\w+)\): (\d+) table\(s\) that wait for it are not loaded in batch "
+                  r"(\S+): (.*)")
+
+
+def _held(stderr: str) -> list[str]:
+    """The tables the failure line names ([] when there is no such line)."""
+    said = HELD.search(stderr)
+    if not said:
+        return []
+    return [t.strip() for t in said.group(4).split(" (it is critical")[0].split(",")]
+
+
+def test_a_filtered_run_does_not_name_tables_it_never_asked_for(env):
+    """`LoadAll --filter client,famille` (the way an operator reruns a few tables) asks for two tables. client
+    (critical, Priority 30) fails; the failure line then says that produit, lignecli and hisprixa 'wait for it
+    [and] are not loaded in batch ...': waiting_for walks every active table of config.ETL_Tables, not the
+    tables of the run. They were never part of it; the line (the one the pager / triage reads, and OPERATIONS
+    says: 'fix T, then rerun the same command') announces three tables held back that the same command will
+    never load."""
+    env.sql("UPDATE config.ETL_Tables SET FilterClause = 'no_such_column = 1' WHERE TableName = 'client'")
+    run = luigi_cli(env, "LoadAll", "--mode", "full", "--batch-date", "2026-11-28", "--filter", "client,famille",
+                    "--local-scheduler")
+    assert run.returncode == 30, run.stderr[-3000:]
+    asked = {r[0] for r in env.sql("SELECT DISTINCT TableName FROM etl.ETL_Log WHERE BatchId = '2026-11-28'")}
+    assert asked == {"client", "famille"}  # produit, lignecli, hisprixa were never part of this run
+    named = _held(run.stderr)
+    assert not set(named) - asked, f"the failure names tables the run never asked for: {named}"
+
+
+def test_a_rerun_does_not_name_tables_this_batch_already_loaded(env):
+    """The night (no --continue-on-error) stops at client; OPERATIONS' row for the message says
+    '--continue-on-error loads those a critical table stopped': the operator does so, and produit, lignecli,
+    hisprixa are loaded and validated in the batch. The next run of the night command (the cron's retry, or the
+    operator's 'rerun the same command' while client is still broken) fails on client again and logs
+    '3 table(s) that wait for it are not loaded in batch B: produit, lignecli, hisprixa': they are loaded in B
+    (Luigi did not even ask for client on their behalf: they were complete). The list comes from the
+    configuration only, never from what the batch holds."""
+    env.sql("UPDATE config.ETL_Tables SET FilterClause = 'no_such_column = 1' WHERE TableName = 'client'")
+    night = luigi_cli(env, "LoadAll", "--mode", "full", "--batch-date", "2026-11-28", "--local-scheduler")
+    assert night.returncode == 30 and _held(night.stderr) == ["produit", "lignecli", "hisprixa"]
+    rescue = luigi_cli(env, "LoadAll", "--mode", "full", "--batch-date", "2026-11-28", "--continue-on-error",
+                       "--local-scheduler")
+    assert rescue.returncode == 30, rescue.stderr[-3000:]
+    loaded = {r[0] for r in env.sql("SELECT TableName FROM etl.ETL_Markers WHERE Step = 'validate' "
+                                    "AND BatchId = '2026-11-28'")}
+    assert loaded == {"famille", "fournis", "produit", "lignecli", "hisprixa"}
+    retry = luigi_cli(env, "LoadAll", "--mode", "full", "--batch-date", "2026-11-28", "--local-scheduler")
+    assert retry.returncode == 30, retry.stderr[-3000:]
+    named = _held(retry.stderr)
+    assert not set(named) & loaded, f"the failure says {named} are not loaded in the batch; they are: {loaded}"
+
+
 def test_the_tables_waiting_for_a_failed_one_follow_the_edges_a_load_follows():
     from cbm_luigi.config_store import waiting_for, waits_for
 

@@ -1346,6 +1346,23 @@ def test_catalog_emulation_agrees_with_the_product_on_rowstore_indexes():
         assert bool(made) == creates
 
 
+def test_a_columnstore_made_from_our_key_index_is_not_dropped_by_the_next_merge():
+    """A DBA converts ods.<t> to a clustered columnstore the documented way, `CREATE CLUSTERED COLUMNSTORE INDEX
+    CX_ods_<t> ... WITH (DROP_EXISTING = ON)`: it keeps our index's name. Taken for ours on the wrong columns, the
+    next merge dropped it and made a rowstore index again (found in review): any columnstore is the DBA's."""
+    con = _catalog([(1, "CX_ods_all_kinds", 5, [("code", 0), ("qty", 0)])])  # converted with DROP_EXISTING = ON
+
+    def catalog(sql):
+        return con.execute(sql.replace("?", "'[ods].[all_kinds]'")).fetchall()
+
+    rec = RecordingSession([(r"FROM sys\.indexes AS i", catalog)])
+    wh = StubWarehouse(rec)
+    before, after = wh.key_index_ddl(rec, "all_kinds", ["code"], [])
+    types = {"code": ("NVARCHAR(20)", False), "qty": ("INT", False)}
+    ddl = before + [st for st in (after(types) if after else []) if _would_run(con, st)]
+    assert ddl == [], f"the merge would replace the DBA's clustered columnstore index: {ddl}"
+
+
 def test_summary_queries_parse_as_tsql(monkeypatch, capsys):
     from cbm_luigi import cli
 

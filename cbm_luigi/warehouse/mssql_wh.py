@@ -584,8 +584,10 @@ class MssqlWarehouse(Warehouse):
 
     def _clustered_index(self, s, table: str) -> tuple[str | None, list[str]]:
         """ods.<table>'s clustered index: its name and key columns in order ((None, []) when it has none)."""
-        # type 5: a clustered columnstore index (a DBA's), whose columns have no key_ordinal
-        rows = s.query("SELECT i.name, c.name FROM sys.indexes AS i LEFT JOIN sys.index_columns AS ic ON "
+        # type 5: a clustered columnstore index, always a DBA's (made from ours WITH DROP_EXISTING it keeps our
+        # name: found in review), whose columns have no key_ordinal
+        rows = s.query("SELECT CASE WHEN i.type = 5 THEN CONCAT('columnstore ', i.name) ELSE i.name END, c.name "
+                       "FROM sys.indexes AS i LEFT JOIN sys.index_columns AS ic ON "
                        "ic.object_id = i.object_id AND ic.index_id = i.index_id AND ic.key_ordinal > 0 "
                        "LEFT JOIN sys.columns AS c ON c.object_id = ic.object_id AND c.column_id = ic.column_id "
                        "WHERE i.object_id = OBJECT_ID(?) AND i.type IN (1, 5) ORDER BY ic.key_ordinal",
