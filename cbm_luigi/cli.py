@@ -14,7 +14,7 @@ from .plan import PLAN_ERRORS
 from .settings import SettingError, load_settings, mask_secrets
 from .source import catalog
 from .source.readers import open_reader
-from .targets import remove_markers
+from .targets import remove_markers, validated_in
 from .warehouse import open_warehouse
 from .warehouse.duckdb_wh import release_connections
 
@@ -221,8 +221,7 @@ def cmd_clean_cache(args) -> int:
     with wh.session() as s:
         tables = {r[0] for r in s.query("SELECT TableName FROM config.ETL_Tables")}
         for p in old:
-            done = {(t, m) for t, m in s.query(
-                "SELECT TableName, Mode FROM etl.ETL_Markers WHERE BatchId = ? AND Step = 'validate'", [p.name])}
+            done = validated_in(s, p.name)
             needed = []
             for f in sorted(p.glob("*/*.extract.parquet")):
                 if not is_current(f):

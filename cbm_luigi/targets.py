@@ -59,6 +59,12 @@ def remove_markers(s: Session, *, table: str, batch_id: str | None = None) -> in
     return n
 
 
+def validated_in(s: Session, batch_id: str) -> set[tuple[str, str]]:
+    """(table, mode) of every table the batch validated: its validate markers."""
+    return {(t, m) for t, m in s.query("SELECT TableName, Mode FROM etl.ETL_Markers WHERE BatchId = ? AND "
+                                       "Step = 'validate'", [batch_id])}
+
+
 # columns of the state tables added after the first release: a warehouse made before lacks them until init-db
 _LATER_COLUMNS = ("ExtractShape", "MergedShape", "MergedColumns", "ValidatedAtUtc", "ValidatedUtcOffset")
 

@@ -26,7 +26,7 @@ from .plan import PLAN_ERRORS, ConfigError, TablePlan
 from .runlog import StepRecord, write_steps
 from .settings import Settings, load_settings, mask_secrets, warn_once
 from .source.readers import pooled_reader
-from .targets import MarkerTarget, StagedBatchTarget, StageTarget
+from .targets import MarkerTarget, StagedBatchTarget, StageTarget, validated_in
 from .transform import TechnicalValues
 from .warehouse import open_warehouse
 
@@ -288,9 +288,8 @@ def _say_held_back(task: CbmTask) -> None:
         held = config_store.waiting_for(task.table, tables, deps, critical_stops=not task.continue_on_error)
         asked = _RUN_TABLES.get((task.batch_id, task.mode))  # a LoadAll --filter asked for these only
         with task.warehouse.session() as s:  # a rerun: those the batch loaded before are not held back
-            done = {r[0] for r in s.query("SELECT TableName FROM etl.ETL_Markers WHERE Step = 'validate' AND "
-                                          "BatchId = ? AND Mode = ?", [task.batch_id, task.mode])}
-        held = [t for t in held if (asked is None or t in asked) and t not in done]
+            done = validated_in(s, task.batch_id)
+        held = [t for t in held if (asked is None or t in asked) and (t, task.mode) not in done]
     except Exception:  # noqa: BLE001 — only a message: the failure itself is logged and stands
         log.debug("could not list the tables waiting for %s", task.table, exc_info=True)
         return

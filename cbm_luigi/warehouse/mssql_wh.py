@@ -554,10 +554,11 @@ class MssqlWarehouse(Warehouse):
     def key_index_ddl(self, s, table, keys, stmts):
         """A clustered index on ods's keys: without it every MERGE, count and validation reads the whole heap,
         and under HOLDLOCK locks it whole. Created when the table has no clustered index (a new table, one made
-        by an older version); a DBA's own clustered index (a rowstore or a columnstore one) is left alone. Ours (`CX_ods_<table>`) follows the key:
-        SQL Server cannot alter an indexed column, so when `stmts` alter one of its columns, or PrimaryKeyCols
-        changed since it was made (a key field renamed: its old column, no longer read, is made optional), it is
-        dropped first and the `after` part makes it again on the keys (found in review)."""
+        by an older version); a DBA's own clustered index (a rowstore or a columnstore one) is left alone. Ours
+        (`CX_ods_<table>`) follows the key: SQL Server cannot alter an indexed column, so when `stmts` alter one
+        of its columns, or PrimaryKeyCols changed since it was made (a key field renamed: its old column, no
+        longer read, is made optional), it is dropped first and the `after` part makes it again on the keys
+        (found in review)."""
         d = self.dialect
         name = key_index_name(table)
         index, columns = self._clustered_index(s, table)

@@ -139,13 +139,6 @@ def _holds(container: str, content: str) -> bool:
     return c is not None and v is not None and c[0] >= v[0] and c[1] >= v[1]
 
 
-def widens_number(have: str, want: str) -> bool:
-    """Whether every value of type `have` fits `want` exactly: no fewer integer digits, no smaller scale
-    (INTEGER -> BIGINT, DECIMAL(10,2) -> DECIMAL(14,2) or (12,4)). The hashdiff's text of a number does not
-    depend on its type, so widening changes no hash."""
-    return have.upper().replace(" ", "") != want.upper().replace(" ", "") and _holds(want, have)
-
-
 def number_for_both(have: str, want: str) -> ColumnType | None:
     """The narrowest DECIMAL that holds every value of both number types (the ERP's usual "more decimals, same
     SQL precision": DECIMAL(12,3) -> DECIMAL(12,4) needs DECIMAL(13,4) for the old values and the new), None when
@@ -188,12 +181,13 @@ def evolve(d: WarehouseDialect, schema: str, table: str, wanted: list[Column],
                 wider = col
             else:
                 same = True  # wide enough already
-        if not same and wider is None and _holds(have, want):
-            same = True  # ods holds every value of the new type already (fewer digits or decimals at the source)
-        if not same and wider is None and widens_number(have, want):
-            wider = col
-        if not same and wider is None and number_for_both(have, want) is not None:
-            wider = dataclasses.replace(col, ctype=number_for_both(have, want))  # neither holds the other
+        if not same and wider is None:  # numbers (the hashdiff's text of a number does not depend on its type)
+            if _holds(have, want):
+                same = True  # ods holds every value of the new type already (fewer digits or decimals)
+            elif _holds(want, have):
+                wider = col  # INTEGER -> BIGINT, DECIMAL(10,2) -> DECIMAL(14,2) or (12,4)
+            elif (both := number_for_both(have, want)) is not None:
+                wider = dataclasses.replace(col, ctype=both)  # neither holds the other
         if wider is not None:
             stmts.append(widen_column(d, schema, table, wider, nullable or col.nullable))
             now = d.column_type(wider.ctype, wider.max_len)
@@ -205,8 +199,7 @@ def evolve(d: WarehouseDialect, schema: str, table: str, wanted: list[Column],
         elif not same:
             raise SchemaChangeError(
                 f"{schema}.{table}, column {shown}: the source type changed from {have} to {want}. Nothing was "
-                f"cast. "
-                f"To keep loading it as {have}: on its row in config.ETL_Columns set IsOverride = 1, "
+                f"cast. To keep loading it as {have}: on its row in config.ETL_Columns set IsOverride = 1, "
                 f"DataType/Width/Scale to that type and a SourceExpression that casts to it (sync-columns keeps "
                 f"all four; a value that does not fit is then refused by name). Or migrate the ods column "
                 f"yourself (ALTER TABLE ... / rename it away: a new column is added) and rerun the table.")
