@@ -157,8 +157,9 @@ def evolve(d: WarehouseDialect, schema: str, table: str, wanted: list[Column],
            existing: dict[str, tuple[str, bool]], names: dict[str, str] | None = None) -> tuple[list[str], list[str]]:
     """Statements that bring `schema.table` (existing: name -> (type text, nullable)) up to `wanted`.
 
-    New columns are added; strings and binaries longer than the column widen it, and so does a number whose
-    new type holds every old value; a column that became optional at the source, or is no longer read (gone
+    New columns are added; strings and binaries longer than the column widen it; a number widens to its new type
+    when that holds every old value, to a DECIMAL holding both when neither holds the other, and keeps its type
+    when that holds the new one; a column that became optional at the source, or is no longer read (gone
     from the source, excluded), accepts NULL (all logged by the caller); any other type change raises
     SchemaChangeError. Returns (statements, human-readable changes). `names`: how the messages name a column
     (by its Progress name, with the warehouse name when it differs: the SQL name can be another field's).
