@@ -274,7 +274,8 @@ def _log_failure(task, exception):
         _say_held_back(task)
 
 
-_RUN_TABLES: dict[tuple[str, str], set[str]] = {}  # (batch id, mode) -> the tables LoadAll asked for in this process
+# (batch id, mode) -> the tables a LoadAll --filter loads in this process (with what they wait for); none: every one
+_RUN_TABLES: dict[tuple[str, str], set[str]] = {}
 
 
 def _say_held_back(task: CbmTask) -> None:
@@ -286,7 +287,7 @@ def _say_held_back(task: CbmTask) -> None:
     try:
         tables, deps = _config(task.settings)
         held = config_store.waiting_for(task.table, tables, deps, critical_stops=not task.continue_on_error)
-        asked = _RUN_TABLES.get((task.batch_id, task.mode))  # a LoadAll --filter asked for these only
+        asked = _RUN_TABLES.get((task.batch_id, task.mode))
         with task.warehouse.session() as s:  # a rerun: those the batch loaded before are not held back
             done = validated_in(s, task.batch_id)
         held = [t for t in held if (asked is None or t in asked) and (t, task.mode) not in done]
@@ -530,16 +531,25 @@ class LoadAll(luigi.WrapperTask):
 
     def requires(self):
         settings = load_settings()
-        rows, _deps = _config(settings)
+        rows, deps = _config(settings)
         wanted = [t.strip() for t in self.filter.split(",") if t.strip()]
+        _RUN_TABLES.pop((self.batch_id, self.mode), None)  # every active table (for _say_held_back)
         if wanted:
             known = {r["TableName"].lower() for r in rows}
             unknown = [t for t in wanted if t.lower() not in known]
             if unknown:
                 raise ValueError(f"--filter names tables that are not active in config.ETL_Tables: {unknown}")
+            every = rows
             rows = [r for r in rows if r["TableName"].lower() in {w.lower() for w in wanted}]
+            # the run loads these and what they wait for (their dependencies, critical tables before them)
+            run, todo = {r["TableName"] for r in rows}, [r["TableName"] for r in rows]
+            while todo:
+                for t in config_store.waits_for(todo.pop(), every, deps, critical_stops=not self.continue_on_error):
+                    if t not in run:
+                        run.add(t)
+                        todo.append(t)
+            _RUN_TABLES[(self.batch_id, self.mode)] = run
         n = len(rows)
-        _RUN_TABLES[(self.batch_id, self.mode)] = {r["TableName"] for r in rows}  # for _say_held_back
         # ValidateTable directly (not LoadTable): one task fewer per table, which counts with 1,000 tables
         return [ValidateTable(table=r["TableName"], mode=self.mode, batch_date=self.batch_date, batch_tag=self.batch_tag,
                           run_id=self.run_id, continue_on_error=self.continue_on_error, in_batch=True,

@@ -211,6 +211,36 @@ def test_a_rerun_does_not_name_tables_this_batch_already_loaded(env):
     assert not set(named) & loaded, f"the failure says {named} are not loaded in the batch; they are: {loaded}"
 
 
+def test_a_filtered_run_names_the_tables_it_pulled_in_that_the_failure_kept_from_loading(env):
+    """`LoadAll --filter lignecli` pulls in client and produit: lignecli waits for the critical tables before it,
+    and produit (critical) for client (critical). client fails: produit is not loaded either, and the same
+    command loads it once client is fixed, so the failure names it (found in review: only the --filter tables
+    were named)."""
+    env.sql("UPDATE config.ETL_Tables SET FilterClause = 'no_such_column = 1' WHERE TableName = 'client'")
+    run = luigi_cli(env, "LoadAll", "--mode", "full", "--batch-date", "2026-11-28", "--filter", "lignecli",
+                    "--local-scheduler")
+    assert run.returncode == 30, run.stderr[-3000:]
+    loaded = {r[0] for r in env.sql("SELECT TableName FROM etl.ETL_Markers WHERE Step = 'validate' "
+                                    "AND BatchId = '2026-11-28'")}
+    assert loaded == set()
+    # client was run by this command on lignecli's behalf (it is in this run, though not in --filter) ...
+    ran = {r[0] for r in env.sql("SELECT DISTINCT TableName FROM etl.ETL_Log WHERE BatchId = '2026-11-28'")}
+    assert ran == {"client"}
+    # ... and so was produit, which waits for client: Luigi counts two tasks held back by the failure
+    assert re.search(r"2 had failed dependencies", run.stderr), run.stderr[-3000:]
+    # once client is fixed, the same command loads produit too
+    env.sql("UPDATE config.ETL_Tables SET FilterClause = NULL WHERE TableName = 'client'")
+    rerun = luigi_cli(env, "LoadAll", "--mode", "full", "--batch-date", "2026-11-28", "--filter", "lignecli",
+                      "--local-scheduler")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    loaded = {r[0] for r in env.sql("SELECT TableName FROM etl.ETL_Markers WHERE Step = 'validate' "
+                                    "AND BatchId = '2026-11-28'")}
+    assert loaded == {"client", "produit", "lignecli"}
+    named = _held(run.stderr)
+    assert named == ["produit", "lignecli"], (
+        f"the failure line names {named}; this run also left produit unloaded (and its rerun loaded it)")
+
+
 def test_the_tables_waiting_for_a_failed_one_follow_the_edges_a_load_follows():
     from cbm_luigi.config_store import waiting_for, waits_for
 
