@@ -29,6 +29,11 @@ def luigi_cli(env, *args, extra=None, timeout=300) -> subprocess.CompletedProces
                           capture_output=True, text=True, timeout=timeout)
 
 
+def _validated(env, batch: str) -> set[str]:
+    return {r[0] for r in env.sql("SELECT TableName FROM etl.ETL_Markers WHERE Step = 'validate' AND BatchId = ?",
+                                  [batch])}
+
+
 def test_cli_exit_codes(env):
     ok = luigi_cli(env, "LoadTable", "--table", "produit", "--mode", "full", "--local-scheduler")
     assert ok.returncode == 0, ok.stderr[-3000:]
@@ -150,8 +155,7 @@ def test_a_night_stopped_by_a_critical_failure_names_the_tables_it_did_not_load(
     env.sql("UPDATE config.ETL_Tables SET FilterClause = 'no_such_column = 1' WHERE TableName = 'client'")
     night = luigi_cli(env, "LoadAll", "--mode", "incremental", "--batch-date", "2026-11-28", "--local-scheduler")
     assert night.returncode == 30, night.stderr[-3000:]
-    loaded = {r[0] for r in env.sql("SELECT TableName FROM etl.ETL_Markers WHERE Step = 'validate' "
-                                    "AND BatchId = '2026-11-28'")}
+    loaded = _validated(env, "2026-11-28")
     assert loaded == {"famille", "fournis"}  # client failed; produit, lignecli, hisprixa were stopped
     said = re.search(r"table client failed \(extract\): 3 table\(s\) that wait for it are not loaded in batch "
                      r"2026-11-28: (.*)", night.stderr)
@@ -202,8 +206,7 @@ def test_a_rerun_does_not_name_tables_this_batch_already_loaded(env):
     rescue = luigi_cli(env, "LoadAll", "--mode", "full", "--batch-date", "2026-11-28", "--continue-on-error",
                        "--local-scheduler")
     assert rescue.returncode == 30, rescue.stderr[-3000:]
-    loaded = {r[0] for r in env.sql("SELECT TableName FROM etl.ETL_Markers WHERE Step = 'validate' "
-                                    "AND BatchId = '2026-11-28'")}
+    loaded = _validated(env, "2026-11-28")
     assert loaded == {"famille", "fournis", "produit", "lignecli", "hisprixa"}
     retry = luigi_cli(env, "LoadAll", "--mode", "full", "--batch-date", "2026-11-28", "--local-scheduler")
     assert retry.returncode == 30, retry.stderr[-3000:]
@@ -220,8 +223,7 @@ def test_a_filtered_run_names_the_tables_it_pulled_in_that_the_failure_kept_from
     run = luigi_cli(env, "LoadAll", "--mode", "full", "--batch-date", "2026-11-28", "--filter", "lignecli",
                     "--local-scheduler")
     assert run.returncode == 30, run.stderr[-3000:]
-    loaded = {r[0] for r in env.sql("SELECT TableName FROM etl.ETL_Markers WHERE Step = 'validate' "
-                                    "AND BatchId = '2026-11-28'")}
+    loaded = _validated(env, "2026-11-28")
     assert loaded == set()
     # client was run by this command on lignecli's behalf (it is in this run, though not in --filter) ...
     ran = {r[0] for r in env.sql("SELECT DISTINCT TableName FROM etl.ETL_Log WHERE BatchId = '2026-11-28'")}
@@ -233,8 +235,7 @@ def test_a_filtered_run_names_the_tables_it_pulled_in_that_the_failure_kept_from
     rerun = luigi_cli(env, "LoadAll", "--mode", "full", "--batch-date", "2026-11-28", "--filter", "lignecli",
                       "--local-scheduler")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    loaded = {r[0] for r in env.sql("SELECT TableName FROM etl.ETL_Markers WHERE Step = 'validate' "
-                                    "AND BatchId = '2026-11-28'")}
+    loaded = _validated(env, "2026-11-28")
     assert loaded == {"client", "produit", "lignecli"}
     named = _held(run.stderr)
     assert named == ["produit", "lignecli"], (

@@ -1180,22 +1180,28 @@ def test_ods_gets_a_clustered_index_on_its_keys_and_keeps_it_through_key_widenin
     assert StubWarehouse(rec2).key_index_ddl(rec2, "all_kinds", ["code"], widen) == ([], None)
 
 
-def test_merge_widening_a_key_column_drops_and_recreates_the_index(stage_file):
+def _merged_on_sql_server(code: tuple, index: list[tuple]) -> list[str]:
+    """The statements steps.merge runs for the all-kinds table over an existing ods whose `code` column is as
+    INFORMATION_SCHEMA describes it (`code`), with `index` the rows of its clustered index (name, column)."""
     plan = all_kind_plan(dimension=False)
     names = [n for n, t, _ in plan.output_columns() if t.kind == "string"]
-    info = [("code", "nvarchar", 2, None, None, None, "NO")]  # ods.code is NVARCHAR(2); stg holds longer codes
     rec = RecordingSession([(r"SELECT t\.LastSuccessTs, st\.MergedExtractStartedAt", [(None, None)]),
                             (r"FROM etl\.ETL_TableState", [{"BatchId": "2024-01-01", "Mode": "full", "RunId": "r",
                                                             "Rows": 7, "ExtractStartedAt": datetime(2024, 1, 1),
                                                             "ExtractShape": plan.extract_shape()}]),
-                            (r"INFORMATION_SCHEMA\.COLUMNS", info), (r"SELECT TOP \(5\)", []),
+                            (r"INFORMATION_SCHEMA\.COLUMNS", [code]), (r"SELECT TOP \(5\)", []),
                             (r"MAX\(0\.5 \* DATALENGTH", [tuple(Decimal("12.0") for _ in names)]),
-                            (r"FROM sys\.indexes", [("CX_ods_all_kinds", "code")]), (r"AS inserted", [(1, 0, 0, 0, 1)]),
+                            (r"FROM sys\.indexes AS i", index), (r"AS inserted", [(1, 0, 0, 0, 1)]),
                             (r"SELECT @@TRANCOUNT", [(1,)])])
     wh = StubWarehouse(rec)
     marker = MarkerTarget(wh, "m", table="all-kinds", step="merge", batch_id="2024-01-01", mode="full")
     steps.merge(wh, plan, mode="full", batch_id="2024-01-01", marker=marker, run_id="r")
-    st = rec.statements
+    return rec.statements
+
+
+def test_merge_widening_a_key_column_drops_and_recreates_the_index(stage_file):
+    # ods.code is NVARCHAR(2); stg holds longer codes
+    st = _merged_on_sql_server(("code", "nvarchar", 2, None, None, None, "NO"), [("CX_ods_all_kinds", "code")])
     drop = st.index("DROP INDEX IF EXISTS [CX_ods_all_kinds] ON [ods].[all_kinds]")
     alter = next(i for i, x in enumerate(st) if x.startswith("ALTER TABLE [ods].[all_kinds] ALTER COLUMN [code]"))
     create = next(i for i, x in enumerate(st) if "CREATE CLUSTERED INDEX [CX_ods_all_kinds]" in x)
@@ -1208,22 +1214,9 @@ def test_the_null_key_check_reads_ods_only_when_its_key_index_cannot_vouch_for_t
     """ods.code may hold NULL (optional at the source): the check for rows loaded under another key scans the
     whole table, every night. Our clustered index on exactly the key was made by the merge that set the key, so
     it vouches for every row; with none, or on other columns (the key changed), ods is read."""
-    plan = all_kind_plan(dimension=False)
-    names = [n for n, t, _ in plan.output_columns() if t.kind == "string"]
-    info = [("code", "nvarchar", 20, None, None, None, "YES")]
-    rec = RecordingSession([(r"SELECT t\.LastSuccessTs, st\.MergedExtractStartedAt", [(None, None)]),
-                            (r"FROM etl\.ETL_TableState", [{"BatchId": "2024-01-01", "Mode": "full", "RunId": "r",
-                                                            "Rows": 7, "ExtractStartedAt": datetime(2024, 1, 1),
-                                                            "ExtractShape": plan.extract_shape()}]),
-                            (r"INFORMATION_SCHEMA\.COLUMNS", info), (r"SELECT TOP \(5\)", []),
-                            (r"MAX\(0\.5 \* DATALENGTH", [tuple(Decimal("12.0") for _ in names)]),
-                            (r"FROM sys\.indexes AS i", index), (r"AS inserted", [(1, 0, 0, 0, 1)]),
-                            (r"SELECT @@TRANCOUNT", [(1,)])])
-    wh = StubWarehouse(rec)
-    marker = MarkerTarget(wh, "m", table="all-kinds", step="merge", batch_id="2024-01-01", mode="full")
-    steps.merge(wh, plan, mode="full", batch_id="2024-01-01", marker=marker, run_id="r")
-    checked = [x for x in rec.statements if "[code] IS NULL) AND" in x]
-    assert bool(checked) == (index != [("CX_ods_all_kinds", "code")]), rec.statements
+    statements = _merged_on_sql_server(("code", "nvarchar", 20, None, None, None, "YES"), index)
+    checked = [x for x in statements if "[code] IS NULL) AND" in x]
+    assert bool(checked) == (index != [("CX_ods_all_kinds", "code")]), statements
     if checked:
         assert_all_parse(checked, "null key check")
 
@@ -1314,13 +1307,14 @@ def _would_run(con, stmt: str) -> bool:
     return not con.execute(f"SELECT EXISTS ({query})").fetchone()[0]
 
 
-def test_a_dbas_clustered_columnstore_index_is_left_alone():
-    """docs/mssql.md: "a DBA's own clustered index is left alone". A DBA who turns a large ods table into a
-    clustered columnstore (sys.indexes.type 5, its columns with key_ordinal 0) gets, every night, a merge that
-    runs `IF NOT EXISTS (... AND type = 1) CREATE CLUSTERED INDEX [CX_ods_t]`: the guard sees no rowstore
-    clustered index, so the CREATE runs and SQL Server refuses a second clustered index (Msg 1902): the table
-    fails every night. (Older than these commits, but bbbb4f1 rewrote this detection and left it.)"""
-    con = _catalog([(1, "CCI_all_kinds", 5, [("code", 0), ("qty", 0)])])
+@pytest.mark.parametrize("name", ["CCI_all_kinds", "CX_ods_all_kinds"])
+def test_a_clustered_columnstore_index_is_the_dbas_whatever_its_name(name):
+    """A DBA's clustered columnstore (sys.indexes.type 5, its columns with key_ordinal 0) is left alone (found in
+    review): seen as no clustered index, the merge ran `IF NOT EXISTS (... AND type = 1) CREATE CLUSTERED INDEX`
+    and SQL Server refused a second clustered index (Msg 1902), every night. Made from ours the documented way
+    (`CREATE CLUSTERED COLUMNSTORE INDEX CX_ods_<t> ... WITH (DROP_EXISTING = ON)`) it keeps our name: taken
+    for ours on the wrong columns, the next merge dropped it and made a rowstore index again."""
+    con = _catalog([(1, name, 5, [("code", 0), ("qty", 0)])])
 
     def catalog(sql):
         return con.execute(sql.replace("?", "'[ods].[all_kinds]'")).fetchall()
@@ -1329,8 +1323,9 @@ def test_a_dbas_clustered_columnstore_index_is_left_alone():
     wh = StubWarehouse(rec)
     before, after = wh.key_index_ddl(rec, "all_kinds", ["code"], [])
     types = {"code": ("NVARCHAR(20)", False), "qty": ("INT", False)}
-    creates = [st for st in before + (after(types) if after else []) if "CREATE CLUSTERED INDEX" in st]
-    assert not [st for st in creates if _would_run(con, st)], creates
+    ddl = before + [st for st in (after(types) if after else []) if _would_run(con, st)]
+    assert ddl == [], f"the merge would replace the DBA's clustered columnstore index: {ddl}"
+    assert not wh.keyed_as(rec, "all_kinds", ["code"])
 
 
 def test_catalog_emulation_agrees_with_the_product_on_rowstore_indexes():
@@ -1344,23 +1339,6 @@ def test_catalog_emulation_agrees_with_the_product_on_rowstore_indexes():
         before, after = wh.key_index_ddl(rec, "all_kinds", ["code"], [])
         made = [st for st in (after({"code": ("NVARCHAR(20)", False)}) if after else []) if _would_run(con, st)]
         assert bool(made) == creates
-
-
-def test_a_columnstore_made_from_our_key_index_is_not_dropped_by_the_next_merge():
-    """A DBA converts ods.<t> to a clustered columnstore the documented way, `CREATE CLUSTERED COLUMNSTORE INDEX
-    CX_ods_<t> ... WITH (DROP_EXISTING = ON)`: it keeps our index's name. Taken for ours on the wrong columns, the
-    next merge dropped it and made a rowstore index again (found in review): any columnstore is the DBA's."""
-    con = _catalog([(1, "CX_ods_all_kinds", 5, [("code", 0), ("qty", 0)])])  # converted with DROP_EXISTING = ON
-
-    def catalog(sql):
-        return con.execute(sql.replace("?", "'[ods].[all_kinds]'")).fetchall()
-
-    rec = RecordingSession([(r"FROM sys\.indexes AS i", catalog)])
-    wh = StubWarehouse(rec)
-    before, after = wh.key_index_ddl(rec, "all_kinds", ["code"], [])
-    types = {"code": ("NVARCHAR(20)", False), "qty": ("INT", False)}
-    ddl = before + [st for st in (after(types) if after else []) if _would_run(con, st)]
-    assert ddl == [], f"the merge would replace the DBA's clustered columnstore index: {ddl}"
 
 
 def test_summary_queries_parse_as_tsql(monkeypatch, capsys):

@@ -84,6 +84,19 @@ def upgrade(env) -> None:
 
 
 
+def _filter_removed_after_an_old_load(old: Path, tmp_path, monkeypatch):
+    """Under e748093 produit is loaded with a FilterClause, which the team then removes (a change pending at the
+    upgrade): the env, and the keys the filter kept out of ods."""
+    env = make_env(tmp_path, monkeypatch, init=False)
+    run_old(old, env, "cbm_luigi.cli", "init-db")
+    env.sql("UPDATE config.ETL_Tables SET FilterClause = '\"stock\" > 50' WHERE TableName = 'produit'")
+    old_luigi(old, env, "LoadAll", "--mode", "full", "--batch-date", str(D1))
+    filtered = set(source_rows(env.source, "produit")) - set(ods_rows(env, "produit", ["cod_pro"]))
+    assert filtered, "the filter kept no row out: the test proves nothing"
+    env.sql("UPDATE config.ETL_Tables SET FilterClause = NULL WHERE TableName = 'produit'")  # the pending change
+    return env, filtered
+
+
 def test_a_configuration_change_not_loaded_yet_at_the_upgrade_still_reads_in_full(tmp_path, monkeypatch, old_trees):
     """OPERATIONS.md: "Any change to what a table reads ... (FilterClause ...) makes the first load after it read
     in full", and the upgrade step "records the configuration of each table already loaded".
@@ -94,13 +107,7 @@ def test_a_configuration_change_not_loaded_yet_at_the_upgrade_still_reads_in_ful
     the configuration NOW (without the filter) as the one ods was loaded under, ignoring ValidatedShape: the rows
     the filter kept out never reached ods. A table that version tracked now reads in full once."""
     old = old_trees(BENCHED)
-    env = make_env(tmp_path, monkeypatch, init=False)
-    run_old(old, env, "cbm_luigi.cli", "init-db")
-    env.sql("UPDATE config.ETL_Tables SET FilterClause = '\"stock\" > 50' WHERE TableName = 'produit'")
-    old_luigi(old, env, "LoadAll", "--mode", "full", "--batch-date", str(D1))
-    filtered = set(source_rows(env.source, "produit")) - set(ods_rows(env, "produit", ["cod_pro"]))
-    assert filtered, "the filter kept no row out: the test proves nothing"
-    env.sql("UPDATE config.ETL_Tables SET FilterClause = NULL WHERE TableName = 'produit'")  # the pending change
+    env, filtered = _filter_removed_after_an_old_load(old, tmp_path, monkeypatch)
 
     # control: staying on the old version, its next incremental reads produit in full and loads those rows
     control = tmp_path / "control"
@@ -130,13 +137,7 @@ def test_an_upgrade_killed_after_its_ddl_still_reads_a_pending_change_in_full(tm
     from cbm_luigi import config_store
 
     old = old_trees(BENCHED)
-    env = make_env(tmp_path, monkeypatch, init=False)
-    run_old(old, env, "cbm_luigi.cli", "init-db")
-    env.sql("UPDATE config.ETL_Tables SET FilterClause = '\"stock\" > 50' WHERE TableName = 'produit'")
-    old_luigi(old, env, "LoadAll", "--mode", "full", "--batch-date", str(D1))
-    filtered = set(source_rows(env.source, "produit")) - set(ods_rows(env, "produit", ["cod_pro"]))
-    assert filtered, "the filter kept no row out: the test proves nothing"
-    env.sql("UPDATE config.ETL_Tables SET FilterClause = NULL WHERE TableName = 'produit'")  # the pending change
+    env, filtered = _filter_removed_after_an_old_load(old, tmp_path, monkeypatch)
 
     def killed(*_a, **_k):
         raise KeyboardInterrupt  # the kill: the recording's transaction never commits
