@@ -291,15 +291,16 @@ def _say_held_back(task: CbmTask) -> None:
         with task.warehouse.session() as s:  # a rerun: those the batch loaded before are not held back
             done = validated_in(s, task.batch_id)
         held = [t for t in held if (asked is None or t in asked) and (t, task.mode) not in done]
+        # --continue-on-error frees those that wait only because the failed table is critical, not its dependents
+        bound = set(config_store.waiting_for(task.table, tables, deps, critical_stops=False))
     except Exception:  # noqa: BLE001 — only a message: the failure itself is logged and stands
         log.debug("could not list the tables waiting for %s", task.table, exc_info=True)
         return
     if held:
-        critical = any(t["IsCritical"] for t in tables if t["TableName"] == task.table)
+        freed = [t for t in held if t not in bound]
         log.error("table %s failed (%s): %d table(s) that wait for it are not loaded in batch %s: %s%s", task.table,
                   task.step, len(held), task.batch_id, ", ".join(held),
-                  " (it is critical: --continue-on-error loads the others anyway)"
-                  if critical and not task.continue_on_error else "")
+                  f" (it is critical: --continue-on-error loads {', '.join(freed)} anyway)" if freed else "")
 
 
 @CbmTask.event_handler(luigi.Event.BROKEN_TASK)

@@ -160,7 +160,8 @@ def test_a_night_stopped_by_a_critical_failure_names_the_tables_it_did_not_load(
     said = re.search(r"table client failed \(extract\): 3 table\(s\) that wait for it are not loaded in batch "
                      r"2026-11-28: (.*)", night.stderr)
     assert said, night.stderr[-3000:]
-    assert said.group(1) == "produit, lignecli, hisprixa (it is critical: --continue-on-error loads the others anyway)"
+    assert said.group(1) == ("produit, lignecli, hisprixa (it is critical: --continue-on-error loads produit, "
+                             "lignecli, hisprixa anyway)")
 
 
 HELD = re.compile(r"table client failed \((\w+)\): (\d+) table\(s\) that wait for it are not loaded in batch "
@@ -240,6 +241,24 @@ def test_a_filtered_run_names_the_tables_it_pulled_in_that_the_failure_kept_from
     named = _held(run.stderr)
     assert named == ["produit", "lignecli"], (
         f"the failure line names {named}; this run also left produit unloaded (and its rerun loaded it)")
+
+
+def test_continue_on_error_loads_every_table_the_failure_line_says_it_loads(env):
+    """lignecli waits for client twice: client is critical and before it, and config.ETL_Dependencies says
+    lignecli depends on client. The line promised that --continue-on-error loads 'the others', lignecli included,
+    which that rerun left unloaded (found in review): it names those it loads."""
+    env.sql("INSERT INTO config.ETL_Dependencies (TableName, DependsOn) VALUES ('lignecli', 'client')")
+    env.sql("UPDATE config.ETL_Tables SET FilterClause = 'no_such_column = 1' WHERE TableName = 'client'")
+    night = luigi_cli(env, "LoadAll", "--mode", "full", "--batch-date", "2026-11-28", "--local-scheduler")
+    assert night.returncode == 30, night.stderr[-3000:]
+    said = HELD.search(night.stderr)
+    assert said and said.group(4) == ("produit, lignecli, hisprixa (it is critical: --continue-on-error loads "
+                                      "produit, hisprixa anyway)"), night.stderr[-3000:]
+    rescue = luigi_cli(env, "LoadAll", "--mode", "full", "--batch-date", "2026-11-28", "--continue-on-error",
+                       "--local-scheduler")
+    assert rescue.returncode == 30, rescue.stderr[-3000:]
+    assert _validated(env, "2026-11-28") == {"famille", "fournis", "produit", "hisprixa"}
+    assert _held(rescue.stderr) == ["lignecli"] and "(it is critical" not in rescue.stderr
 
 
 def test_the_tables_waiting_for_a_failed_one_follow_the_edges_a_load_follows():
