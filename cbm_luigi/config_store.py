@@ -204,6 +204,25 @@ def waiting_for(failed: str, tables: list[dict], deps: dict[str, list[str]], *, 
     return [t["TableName"] for t in tables if t["TableName"] in seen]
 
 
+def freed_by_continue_on_error(failed: str, tables: list[dict], deps: dict[str, list[str]]) -> set[str]:
+    """Of the tables that wait for `failed` in a LoadAll, those --continue-on-error would load anyway: they wait
+    only through a critical table's place in Priority (`failed`'s or a critical table's that waits for it), not
+    through config.ETL_Dependencies."""
+    return (set(waiting_for(failed, tables, deps, critical_stops=True))
+            - set(waiting_for(failed, tables, deps, critical_stops=False)))
+
+
+def in_run(wanted: Iterable[str], tables: list[dict], deps: dict[str, list[str]], *, critical_stops: bool) -> set[str]:
+    """The tables a LoadAll of `wanted` loads: those, and what they wait for (waits_for), directly or not."""
+    run, todo = set(wanted), list(wanted)
+    while todo:
+        for t in waits_for(todo.pop(), tables, deps, critical_stops=critical_stops):
+            if t not in run:
+                run.add(t)
+                todo.append(t)
+    return run
+
+
 def dependency_cycle(deps: dict[str, list[str]], table: str) -> list[str] | None:
     """A cycle of config.ETL_Dependencies through `table` (`[a, b, a]`), else None. Luigi would only leave
     such tables pending; the caller says which rows make the cycle."""

@@ -291,16 +291,15 @@ def _say_held_back(task: CbmTask) -> None:
         with task.warehouse.session() as s:  # a rerun: those the batch loaded before are not held back
             done = validated_in(s, task.batch_id)
         held = [t for t in held if (asked is None or t in asked) and (t, task.mode) not in done]
-        # --continue-on-error frees those that wait only because the failed table is critical, not its dependents
-        bound = set(config_store.waiting_for(task.table, tables, deps, critical_stops=False))
+        freed = [] if task.continue_on_error else [
+            t for t in held if t in config_store.freed_by_continue_on_error(task.table, tables, deps)]
     except Exception:  # noqa: BLE001 — only a message: the failure itself is logged and stands
         log.debug("could not list the tables waiting for %s", task.table, exc_info=True)
         return
     if held:
-        freed = [t for t in held if t not in bound]
         log.error("table %s failed (%s): %d table(s) that wait for it are not loaded in batch %s: %s%s", task.table,
                   task.step, len(held), task.batch_id, ", ".join(held),
-                  f" (it is critical: --continue-on-error loads {', '.join(freed)} anyway)" if freed else "")
+                  f" (--continue-on-error loads {', '.join(freed)} anyway)" if freed else "")
 
 
 @CbmTask.event_handler(luigi.Event.BROKEN_TASK)
@@ -542,14 +541,8 @@ class LoadAll(luigi.WrapperTask):
                 raise ValueError(f"--filter names tables that are not active in config.ETL_Tables: {unknown}")
             every = rows
             rows = [r for r in rows if r["TableName"].lower() in {w.lower() for w in wanted}]
-            # the run loads these and what they wait for (their dependencies, critical tables before them)
-            run, todo = {r["TableName"] for r in rows}, [r["TableName"] for r in rows]
-            while todo:
-                for t in config_store.waits_for(todo.pop(), every, deps, critical_stops=not self.continue_on_error):
-                    if t not in run:
-                        run.add(t)
-                        todo.append(t)
-            _RUN_TABLES[(self.batch_id, self.mode)] = run
+            _RUN_TABLES[(self.batch_id, self.mode)] = config_store.in_run(
+                [r["TableName"] for r in rows], every, deps, critical_stops=not self.continue_on_error)
         n = len(rows)
         # ValidateTable directly (not LoadTable): one task fewer per table, which counts with 1,000 tables
         return [ValidateTable(table=r["TableName"], mode=self.mode, batch_date=self.batch_date, batch_tag=self.batch_tag,

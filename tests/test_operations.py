@@ -160,8 +160,8 @@ def test_a_night_stopped_by_a_critical_failure_names_the_tables_it_did_not_load(
     said = re.search(r"table client failed \(extract\): 3 table\(s\) that wait for it are not loaded in batch "
                      r"2026-11-28: (.*)", night.stderr)
     assert said, night.stderr[-3000:]
-    assert said.group(1) == ("produit, lignecli, hisprixa (it is critical: --continue-on-error loads produit, "
-                             "lignecli, hisprixa anyway)")
+    assert said.group(1) == ("produit, lignecli, hisprixa (--continue-on-error loads produit, lignecli, hisprixa "
+                             "anyway)")
 
 
 HELD = re.compile(r"table client failed \((\w+)\): (\d+) table\(s\) that wait for it are not loaded in batch "
@@ -173,7 +173,7 @@ def _held(stderr: str) -> list[str]:
     said = HELD.search(stderr)
     if not said:
         return []
-    return [t.strip() for t in said.group(4).split(" (it is critical")[0].split(",")]
+    return [t.strip() for t in said.group(4).split(" (--continue-on-error")[0].split(",")]
 
 
 def test_a_filtered_run_does_not_name_tables_it_never_asked_for(env):
@@ -252,17 +252,17 @@ def test_continue_on_error_loads_every_table_the_failure_line_says_it_loads(env)
     night = luigi_cli(env, "LoadAll", "--mode", "full", "--batch-date", "2026-11-28", "--local-scheduler")
     assert night.returncode == 30, night.stderr[-3000:]
     said = HELD.search(night.stderr)
-    assert said and said.group(4) == ("produit, lignecli, hisprixa (it is critical: --continue-on-error loads "
-                                      "produit, hisprixa anyway)"), night.stderr[-3000:]
+    assert said and said.group(4) == ("produit, lignecli, hisprixa (--continue-on-error loads produit, hisprixa "
+                                      "anyway)"), night.stderr[-3000:]
     rescue = luigi_cli(env, "LoadAll", "--mode", "full", "--batch-date", "2026-11-28", "--continue-on-error",
                        "--local-scheduler")
     assert rescue.returncode == 30, rescue.stderr[-3000:]
     assert _validated(env, "2026-11-28") == {"famille", "fournis", "produit", "hisprixa"}
-    assert _held(rescue.stderr) == ["lignecli"] and "(it is critical" not in rescue.stderr
+    assert _held(rescue.stderr) == ["lignecli"] and "(--continue-on-error loads" not in rescue.stderr
 
 
 def test_the_tables_waiting_for_a_failed_one_follow_the_edges_a_load_follows():
-    from cbm_luigi.config_store import waiting_for, waits_for
+    from cbm_luigi.config_store import freed_by_continue_on_error, in_run, waiting_for, waits_for
 
     tables = [{"TableName": n, "Priority": p, "IsCritical": c} for n, p, c in
               [("d", 5, False), ("a", 10, True), ("b", 20, False), ("c", 30, False)]]
@@ -274,6 +274,12 @@ def test_the_tables_waiting_for_a_failed_one_follow_the_edges_a_load_follows():
     assert waiting_for("a", tables, deps, critical_stops=True) == ["b", "c"]
     assert waiting_for("a", tables, deps, critical_stops=False) == []
     assert waiting_for("b", tables, deps, critical_stops=False) == ["c"]
+    # d is not critical, but a (critical) waits for it, and b and c wait for a only by its place in Priority (c
+    # also depends on b, which loads then)
+    assert freed_by_continue_on_error("d", tables, deps) == freed_by_continue_on_error("a", tables, deps) == {"b", "c"}
+    assert freed_by_continue_on_error("b", tables, deps) == set()  # c depends on b
+    assert in_run(["c"], tables, deps, critical_stops=True) == {"a", "b", "c", "d"}
+    assert in_run(["c"], tables, deps, critical_stops=False) == {"b", "c"}
 
 
 def test_invalidate_forces_one_table_to_reload(env):
