@@ -444,7 +444,7 @@ def validate(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker
     spec = _spec(plan, full=(mode == "full"))
     sql, names = validation_counts(d, spec)
     with _limits_named(wh, plan, "validate"), wh.session() as s:
-        with s.transaction():
+        with wh.validation_memory(s), s.transaction():
             _check_staged(s, plan, marker, "validate")
             got = dict(zip(names, (int(v) for v in s.query(sql)[0])))
             missing, dup = got["batch_keys_current_with_same_hash"], got["duplicate_current_keys"]

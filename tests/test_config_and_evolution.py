@@ -416,6 +416,34 @@ def test_wide_merge_memory_raise_takes_any_limit_duckdb_takes(env, monkeypatch, 
     release_connections()
 
 
+@pytest.mark.parametrize("limit", ["256MB", "1GB", "80%", "-1"])
+def test_validation_runs_under_a_share_of_the_cap_then_puts_the_configured_cap_back(env, monkeypatch, limit):
+    """Validation's joins (keys and hashes) run under 3/4 of CBM_DUCKDB_MEMORY_LIMIT, so on a tall table they
+    spill instead of adding to what the merge left in the process; afterwards the configured cap is back, not a
+    wide MERGE's raise nor the validation's share. Percentages and 'no limit' are left as they are."""
+    monkeypatch.setenv("CBM_DUCKDB_MEMORY_LIMIT", limit)
+    release_connections()
+    wh = open_warehouse(load_settings())
+    with wh.session() as s:
+        configured = s.scalar("SELECT current_setting('memory_limit')")
+        wh.before_merge(s, 700)  # a wide MERGE raised it
+        raised = s.scalar("SELECT current_setting('memory_limit')")
+        with wh.validation_memory(s):
+            during = s.scalar("SELECT current_setting('memory_limit')")
+        after = s.scalar("SELECT current_setting('memory_limit')")
+    release_connections()
+    if _bytes(limit) is None:  # 80 %, -1
+        assert during == raised and after == raised
+    else:
+        assert abs(_bytes(during) - 0.75 * _bytes(limit)) < 1e6
+        assert after == configured
+    # through the pipeline: a load validates (and spills if it must) under the share and passes
+    assert succeeded(build(LoadTable(table="client", mode="full")))
+    assert env.sql("SELECT bool_and(Passed), count(*) FROM etl.ETL_Validation WHERE TableName = 'client'") == [
+        (True, 3)]
+    assert_ods_equals_source(env, "client")
+
+
 def test_datetime_precision_on_a_date_column_is_refused_before_reading(env):
     """`dat_mod >= 'D hh:mm'` on a DATE column would skip every row changed on day D, silently."""
     env.sql("UPDATE config.ETL_Tables SET DateModifPrecision = 'datetime' WHERE TableName = 'produit'")

@@ -101,6 +101,11 @@ class Warehouse:
         """Hook run in the merge's session before the statements that write ods (resource tuning), with the
         batch's `rows` when the MERGE joins them with ods (0 when every row is new); nothing by default."""
 
+    @contextlib.contextmanager
+    def validation_memory(self, s: Session):
+        """Around the validation's checks, in its session (resource tuning); nothing by default."""
+        yield
+
     def keyed_as(self, s: Session, table: str, keys: list[str]) -> bool:
         """Whether ods.<table> is known to have been loaded under exactly `keys` all along (so no row can have a
         NULL in one of them); False when the warehouse cannot tell (DuckDB: the check it spares is cheap there)."""
