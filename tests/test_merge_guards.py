@@ -81,3 +81,28 @@ def test_a_row_stamped_in_the_second_the_last_extract_started_is_read_by_the_nex
     clock.set("2026-03-11 02:00:00")
     load(env, "incremental", "", "2026-03-11")
     assert ods_mvt(env) == source_mvt(env) == {1: "a2", 2: "b"}
+
+
+def test_a_datetime_window_reads_the_row_stamped_at_its_very_start_and_not_the_second_before(env):
+    """Kills m44 of that review: the DATETIME window written `col > since` instead of `col >= since`
+    (source/dialect.py, window_predicate). A row modified at exactly LastSuccessTs minus the lookback, to the
+    second, would never be read again. The row one second earlier stays out: the window is a window."""
+    from datetime import datetime
+
+    env.sql("UPDATE config.ETL_Tables SET DateModifCol = 'dat-hr-saisie', DateModifPrecision = 'datetime', "
+            "TimeOfDayCol = NULL, LookbackInterval = '1 hour' WHERE TableName = 'lignecli'")
+    assert succeeded(build(LoadTable(table="lignecli", mode="full", batch_tag="a")))
+    last = datetime(2026, 6, 1, 12, 0, 0)
+    env.sql("UPDATE config.ETL_Tables SET LastSuccessTs = ? WHERE TableName = 'lignecli'", [last])
+    keys = env.sql("SELECT num_cde, num_lig FROM ods.lignecli ORDER BY num_cde, num_lig LIMIT 2")
+    # every other row: stamped before the window, so only these two can be read
+    on_source(env, "UPDATE lignecli SET \"dat-hr-saisie\" = '2026-01-01 00:00:00.000'")
+    # no fraction of a second: the demo source keeps timestamps as text, and '... 11:00:00.000' sorts after the
+    # window's '... 11:00:00' (`>` would pass)
+    for (cde, lig), (stamp, qte) in zip(keys, [("2026-06-01 11:00:00", 701.5), ("2026-06-01 10:59:59", 702.5)]):
+        on_source(env, f"UPDATE lignecli SET qte = {qte}, \"dat-hr-saisie\" = '{stamp}' WHERE num_cde = ? AND "
+                       "num_lig = ?", params=(cde, lig))
+    assert succeeded(build(LoadTable(table="lignecli", mode="incremental", batch_tag="b")))
+    assert env.sql("SELECT Rows FROM etl.ETL_Log WHERE Step = 'extract' AND BatchId LIKE '%-b'") == [(1,)]
+    got = {(c, n): float(q) for c, n, q in env.sql("SELECT num_cde, num_lig, qte FROM ods.lignecli")}
+    assert got[tuple(keys[0])] == 701.5 and got[tuple(keys[1])] != 702.5
