@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
@@ -14,6 +15,7 @@ from datetime import datetime, timedelta, timezone, tzinfo
 import pyarrow as pa
 
 from .naming import array_element_names
+from .settings import warn_once
 from .source.dialect import SourceColumn, Window
 from .source.dialect import quote as oe_quote
 from .types import ColumnType, UnsupportedTypeError, map_openedge_type
@@ -60,13 +62,20 @@ class PlanColumn:
         return [(self.sql_name, self.ctype, self.nullable)]
 
 
+log = logging.getLogger(__name__)
+DEFAULT_LOOKBACK = "1 day"  # config.ETL_Tables.LookbackInterval's column default (sql/*/02_config.sql)
 _INTERVAL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(minute|min|hour|h|day|d|week)s?\s*$", re.I)
 
 
 def parse_interval(text: str | None, *, table: str) -> timedelta:
-    """'2 days', '6 hours', '30 minutes' (empty: 0)."""
+    """'2 days', '6 hours', '30 minutes'; '0 minutes' for none. Empty (a cell cleared in a grid: the column refuses
+    NULL) is the column's default, DEFAULT_LOOKBACK, said once: read as none, it started the window at the last
+    load's start without a word, and rows stamped by an ERP client whose clock is behind were skipped until the
+    next full load (found in review)."""
     if text is None or not str(text).strip():
-        return timedelta(0)
+        warn_once(log, f"config.ETL_Tables[{table}].LookbackInterval is empty: the default {DEFAULT_LOOKBACK!r} is "
+                       f"used (write it, or '0 minutes' for no lookback)")
+        text = DEFAULT_LOOKBACK
     m = _INTERVAL.match(str(text))
     if not m:
         raise ConfigError(f"config.ETL_Tables[{table}].LookbackInterval = {text!r}: write e.g. '1 day', "

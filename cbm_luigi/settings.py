@@ -14,7 +14,7 @@ from datetime import tzinfo
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from dotenv import load_dotenv
+from dotenv import dotenv_values, load_dotenv
 
 # The key is a connection-string keyword for a secret: PWD, PASSWORD, PASSWD, SECRET or a keyword ending with one
 # (KeyStoreSecret, TrustStorePassword, KeyPassword: letters only before it), or one of the whole words KEY, PASS,
@@ -219,6 +219,14 @@ def load_settings() -> Settings:
         raise SettingError(f"CBM_ENV_FILE={named!r}: no such file ({env_file.resolve()}): point it at the "
                            f"settings file (config/.env.template shows one), or leave it empty to read none")
     if env_file is not None and env_file.is_file():
+        # where .env is read from cannot be set in it: CBM_HOME written there entered the environment after this
+        # call had resolved var/ from the working directory, so a run's later calls used another warehouse (an
+        # empty one, whose advice to run init-db led nowhere: found in review)
+        inside = sorted(k for k in dotenv_values(env_file) if k.strip() in ("CBM_HOME", "CBM_ENV_FILE"))
+        if inside:
+            raise SettingError(f"{' and '.join(inside)} in {env_file}: they say where the settings file is read "
+                               f"from, so they are environment variables (the cron line, the shell), not .env "
+                               f"settings: remove them from the file and set them in the environment")
         load_dotenv(env_file, override=False)
     check_names(os.environ)
     var = home / "var"

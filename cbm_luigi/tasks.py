@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import multiprocessing
 import re
 import time
 import traceback
@@ -16,6 +17,7 @@ from functools import cached_property
 from pathlib import Path
 
 import luigi
+import luigi.retcodes
 from luigi.parameter import ParameterVisibility
 
 from . import config_store, steps
@@ -29,6 +31,7 @@ from .source.readers import pooled_reader
 from .targets import MarkerTarget, StagedBatchTarget, StageTarget, validated_in
 from .transform import TechnicalValues
 from .warehouse import open_warehouse
+from .warehouse.duckdb_wh import WarehouseBusyError
 
 log = logging.getLogger("luigi-interface")
 PROCESS_RUN_ID = str(uuid.uuid4())
@@ -109,6 +112,25 @@ def check_batch_id(batch_id: str) -> None:
         raise ValueError(f"{batch_id!r} is not a batch id (YYYY-MM-DD or YYYY-MM-DD-<tag>)") from None
 
 
+def _stops_when_busy(complete):
+    """A `complete()` that finds the DuckDB warehouse held by another process ends this process (exit code
+    [retcode] scheduling_error, 35) with the message, before its Luigi worker tells the scheduler anything.
+    Luigi reports a task whose complete() raised as UNKNOWN to luigid; an operator's second run of the same batch
+    (another command line: Luigi's pid lock compares them) so changed the task of the run holding the warehouse,
+    whose LoadAll luigid then never granted: a night that loaded every table exited 25 (found in review). In a
+    task's own process (--workers above 1) the error is raised as it is: Luigi fails that task with it."""
+    @functools.wraps(complete)
+    def checked(self) -> bool:
+        try:
+            return complete(self)
+        except WarehouseBusyError as exc:
+            if multiprocessing.parent_process() is not None:
+                raise
+            log.error("%s; this run stops before scheduling anything", exc)
+            raise SystemExit(luigi.retcodes.retcode().scheduling_error) from exc
+    return checked
+
+
 class CbmTask(luigi.Task):
     table = luigi.Parameter(description="source table name as in Progress (PUB.<table>)")
     mode = luigi.ChoiceParameter(choices=["full", "incremental"], default="incremental")
@@ -121,6 +143,11 @@ class CbmTask(luigi.Task):
     in_batch = luigi.BoolParameter(default=False, significant=False, visibility=ParameterVisibility.HIDDEN)
     load_priority = luigi.IntParameter(default=0, significant=False, visibility=ParameterVisibility.HIDDEN)
     step = ""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "complete" in cls.__dict__:
+            cls.complete = _stops_when_busy(cls.__dict__["complete"])
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -451,24 +478,33 @@ class MergeOds(WarehouseStep):
                               run_id=self.run_id, checkpoint=checkpoint, allow_empty_full=allowed and not earlier_read,
                               read_all=meta["since"] is None)
         except steps.RefusedBatchError as exc:
-            self._read_again()
+            kept = self._read_again()
             why = (" (CBM_ALLOW_EMPTY_FULL applies only to a read made by the same run, and this one was made by "
                    "an earlier run)" if earlier_read and isinstance(exc, steps.EmptyFullBatchError) else "")
-            exc.args = (f"{exc} The batch's extract was dropped{why}: the same command reads the table from "
-                        f"Progress again.",)
+            then = (f"The batch's extract was dropped{why}: the same command reads the table from Progress again."
+                    if kept is None else
+                    f"The batch's extract could not be dropped{why} ({kept}): delete {self.cache_path('extract')}, "
+                    f"then the same command reads the table from Progress again (with the file there it would "
+                    f"merge the same rows and be refused again).")
+            exc.args = (f"{exc} {then}",)
             raise
         self.record(rec, t0)
 
-    def _read_again(self) -> None:
+    def _read_again(self) -> str | None:
         """The batch's own rows were refused: merging the same extract again could never succeed (found in
         review: a row fixed in Progress, or a key read twice while it moved, failed every rerun; and
         CBM_ALLOW_EMPTY_FULL would have applied to the empty read made before the operator looked). The stage
         marker goes first, then the file: killed in between, the rerun restages the old file, is refused again
-        and drops it then (the other order would leave DuckDB's stg view over a file that is gone)."""
+        and drops it then (the other order would leave DuckDB's stg view over a file that is gone). Returns why
+        the file could not be removed (a read-only cache), so the refusal, not that, is what the operator reads."""
         stage = self.requires()
         with self.warehouse.session() as s, s.transaction():
             stage.output().forget(s)
-        self.cache_path("extract").unlink(missing_ok=True)
+        try:
+            self.cache_path("extract").unlink(missing_ok=True)
+        except OSError as exc:
+            return str(exc)
+        return None
 
 
 class ValidateTable(WarehouseStep):
@@ -488,6 +524,7 @@ class ValidateTable(WarehouseStep):
 
 class LoadTable(CbmTask, luigi.WrapperTask):
     """One table through every step: `luigi --module cbm_luigi LoadTable --table produit --mode full`."""
+    complete = luigi.WrapperTask.complete  # wrapped by CbmTask.__init_subclass__
 
     def requires(self):
         return self.params_for(ValidateTable)
@@ -507,6 +544,7 @@ class LoadAll(luigi.WrapperTask):
         check_batch_tag(self.batch_tag)
         self._asked = False
 
+    @_stops_when_busy
     def complete(self):
         """As a WrapperTask; and when the batch was already done before this run looked (the scheduler asks
         first), a warning: a cron started before midnight and rerun the next morning without --batch-date makes

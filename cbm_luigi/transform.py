@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import socket
 import uuid
@@ -41,6 +42,7 @@ from .types import ColumnType
 from .warehouse.dialects import DuckDbDialect
 
 
+log = logging.getLogger(__name__)
 _DUCKDB = DuckDbDialect()  # the transform engine is DuckDB: its quoting and literals, from the one helper
 _q, _lit = _DUCKDB.quote, _DUCKDB.literal
 ROW_GROUP_BYTES = "16MB"  # measured: 16 MB row groups keep the write in step with the read (wide and tall)
@@ -202,19 +204,24 @@ _ENGINE: dict[tuple, duckdb.DuckDBPyConnection] = {}
 
 
 def compute_engine(memory_limit: str = "256MB", threads: int = 2, temp_dir: Path | None = None):
-    """An in-memory DuckDB used as a vectorised compute engine; one per process (opening one costs ~10 ms,
-    which adds up over 1,000 tables). Returns a cursor: close it when done."""
-    key = (memory_limit, threads, os.getpid())
+    """An in-memory DuckDB used as a vectorised compute engine, kept for the process (opening one costs ~10 ms,
+    which adds up over 1,000 tables) while its settings stay the same. Returns a cursor: close it when done.
+
+    `temp_dir` (where it spills past `memory_limit`) is set when the engine is opened: DuckDB refuses to switch a
+    temporary directory it has used, so after one extract spilled, setting it again for each table failed every
+    later extract of the process (found in review). Other settings open a new engine and close the old one."""
+    key = (memory_limit, threads, str(temp_dir) if temp_dir else None, os.getpid())
     con = _ENGINE.get(key)
     if con is None:
+        for old in [k for k in _ENGINE if k[-1] == os.getpid()]:
+            _ENGINE.pop(old).close()
         con = _ENGINE[key] = duckdb.connect()
         con.execute(f"SET memory_limit = {_lit(memory_limit)}")
         con.execute(f"SET threads = {int(threads)}")
         con.execute("SET preserve_insertion_order = false")
-    cur = con.cursor()
-    if temp_dir:
-        cur.execute(f"SET temp_directory = {_lit(str(temp_dir))}")
-    return cur
+        if temp_dir:
+            con.execute(f"SET temp_directory = {_lit(str(temp_dir))}")
+    return con.cursor()
 
 
 def _scan_schema(schema: pa.Schema) -> pa.Schema:
@@ -321,7 +328,12 @@ def shape_batches(plan: TablePlan, schema: pa.Schema, batches: Iterable[pa.Recor
         with contextlib.suppress(Exception):
             con.unregister(view)
         con.close()
-        tmp.unlink(missing_ok=True)
+        if tmp.exists():  # a failed COPY's half-written file; on a read-only cache there is none to remove
+            try:
+                tmp.unlink()
+            except OSError as exc:  # the error being raised says what went wrong: this must not replace it
+                log.warning("table %s: could not remove %s (%s); the table's next extract removes it",
+                            plan.table, tmp, exc)
 
 
 def shape_file(plan: TablePlan, extract_path: Path, out_path: Path, **kw) -> int:

@@ -444,6 +444,25 @@ def test_validation_runs_under_a_share_of_the_cap_then_puts_the_configured_cap_b
     assert_ods_equals_source(env, "client")
 
 
+def test_an_empty_lookback_interval_is_the_one_day_default_and_said(env, caplog):
+    """config.ETL_Tables.LookbackInterval is NOT NULL DEFAULT '1 day', and OPERATIONS says 1 day by default. A
+    cell cleared in a grid ('') was read as no lookback, without a word: the window started at the last load's
+    start and rows stamped by an ERP client whose clock is behind were skipped until the next full load (found in
+    review). It is the default now, and the log says so."""
+    from datetime import timedelta
+
+    assert succeeded(build(LoadTable(table="fournis", mode="full", batch_tag="a")))
+    [(last,)] = env.sql("SELECT LastSuccessTs FROM config.ETL_Tables WHERE TableName = 'fournis'")
+    env.sql("UPDATE config.ETL_Tables SET LookbackInterval = '  ' WHERE TableName = 'fournis'")
+    with caplog.at_level("WARNING"):
+        assert succeeded(build(LoadTable(table="fournis", mode="incremental", batch_tag="b")))
+    [(window,)] = env.sql("SELECT Detail FROM etl.ETL_Log WHERE TableName = 'fournis' AND Step = 'extract' "
+                          "AND BatchId LIKE '%-b'")
+    assert f"dat_mod >= {last - timedelta(days=1):%Y-%m-%d %H:%M:%S}" in window, window
+    assert ("config.ETL_Tables[fournis].LookbackInterval is empty: the default '1 day' is used (write it, or "
+            "'0 minutes' for no lookback)") in caplog.text
+
+
 def test_datetime_precision_on_a_date_column_is_refused_before_reading(env):
     """`dat_mod >= 'D hh:mm'` on a DATE column would skip every row changed on day D, silently."""
     env.sql("UPDATE config.ETL_Tables SET DateModifPrecision = 'datetime' WHERE TableName = 'produit'")

@@ -13,6 +13,7 @@ import time
 import urllib.parse
 import urllib.request
 
+import duckdb
 import luigi
 import pytest
 
@@ -522,3 +523,41 @@ def test_the_same_command_rerun_right_after_a_refused_batch_reads_the_table_agai
         assert_ods_equals_source(env, "produit")
         states = {(n, s) for n, _t, s in task_states(port).values()}
         assert ("MergeOds", "FAILED") not in states, states
+
+
+def test_a_copy_of_the_warehouse_with_its_wal_shows_a_running_loads_failures(env, tmp_path):
+    """OPERATIONS, Monitoring: while a load holds the DuckDB file, query a copy of the file with its WAL. The
+    running load's commits are in warehouse.duckdb.wal until it closes the file: a copy of the .duckdb alone (what
+    the advice said before: found in review) showed the critical table that had just failed as OK."""
+    import shutil
+
+    def start(*args, **extra):
+        return subprocess.Popen(["luigi", "--module", "cbm_luigi", *args, "--local-scheduler"], cwd=env.home,
+                                env=subprocess_env(env, **extra), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    assert start("LoadAll", "--mode", "full").wait(300) == 0
+    # client (critical) breaks and runs first; the night goes on with --continue-on-error and is still running
+    env.sql("UPDATE config.ETL_Tables SET FilterClause = 'no_such_column = 1', Priority = 5 "
+            "WHERE TableName = 'client'")
+    pause = tmp_path / "paused"
+    proc = start("LoadAll", "--mode", "incremental", "--batch-tag", "night", "--continue-on-error",
+                     CBM_PAUSE_AT="stage", CBM_PAUSE_FILE=str(pause))
+    try:
+        for _ in range(600):
+            if pause.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert pause.exists(), "the load never reached its next stage"
+        files = sorted(env.warehouse.parent.glob(env.warehouse.name + "*"))  # `cp var/warehouse.duckdb* /tmp/`
+        assert env.warehouse.with_name(env.warehouse.name + ".wal") in files
+        (tmp_path / "copy").mkdir()
+        for f in files:
+            shutil.copy(f, tmp_path / "copy")
+        with duckdb.connect(str(tmp_path / "copy" / env.warehouse.name)) as c:
+            seen = c.execute("SELECT SLAStatus FROM etl.vw_SLABreach WHERE TableName = 'client'").fetchall()
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    truth = env.sql("SELECT SLAStatus FROM etl.vw_SLABreach WHERE TableName = 'client'")
+    assert truth == [("FAILING",)]
+    assert seen == truth

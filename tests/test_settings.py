@@ -179,3 +179,36 @@ def test_a_cbm_env_file_that_is_not_there_stops_every_command_with_its_name(tmp_
     ok = subprocess.run([str(BIN / "python"), "-c", "from cbm_luigi.settings import load_settings; "
                          "print(load_settings().batch_rows)"], cwd=home, env=base, capture_output=True, text=True)
     assert ok.stdout.strip() == "1234", ok.stderr
+
+
+def test_cbm_home_written_in_dot_env_stops_every_command_naming_it(tmp_path):
+    """config/.env.template: CBM_HOME is an environment variable, not a .env setting. Written in .env it entered
+    the environment after the first load_settings of a process had resolved var/ from the working directory:
+    LoadAll read config.ETL_Tables from one warehouse while its tasks opened another, empty one, and the advice
+    ('run cbm-etl init-db --no-tables') led nowhere (found in review). Now every command stops and says why;
+    without the line the same home loads."""
+    import os
+    import subprocess
+
+    from .conftest import BIN, REPO
+
+    home, other = tmp_path / "home", tmp_path / "other"
+    home.mkdir()
+    other.mkdir()
+    e = {k: v for k, v in os.environ.items() if not k.startswith("CBM_")}
+    e.update({"PATH": f"{BIN}:{e.get('PATH', '')}", "LUIGI_CONFIG_PATH": str(REPO / "luigi.cfg")})
+
+    def run(*cmd):
+        return subprocess.run(list(cmd), cwd=home, env=e, capture_output=True, text=True, timeout=300)
+    assert run("cbm-etl", "demo-source").returncode == 0
+    assert run("cbm-etl", "init-db").returncode == 0
+    (home / ".env").write_text(f"# the nightly settings\nCBM_HOME={other}\nCBM_SOURCE_KIND=demo\n")
+    said = f"CBM_HOME in {home / '.env'}: they say where the settings file is read from, so they are environment "
+    for cmd in (["cbm-etl", "summary"], ["luigi", "--module", "cbm_luigi", "LoadAll", "--mode", "full",
+                                         "--local-scheduler"]):
+        out = run(*cmd)
+        assert out.returncode != 0 and said in out.stderr, out.stderr[-2000:]
+    assert not list(other.iterdir())  # nothing was made in the other home
+    (home / ".env").write_text("# the nightly settings\nCBM_SOURCE_KIND=demo\n")
+    assert run("luigi", "--module", "cbm_luigi", "LoadAll", "--mode", "full", "--local-scheduler").returncode == 0
+    assert run("cbm-etl", "summary").returncode == 0

@@ -1,0 +1,91 @@
+"""Runs that overlap: real `luigi` processes on one DuckDB warehouse, one holding it while another starts (the
+nightly still running when an operator starts a load by hand), under a real luigid (found in review)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+from .conftest import DEMO_TABLES, assert_ods_equals_source, running_luigid, subprocess_env
+
+# The `luigi` command (luigi.cmdline.luigi_run) with two test hooks only: the warehouse's lock wait is T_LOCK
+# seconds instead of 120, and the fault checkpoint named T_AT, once reached, writes T_PAUSED and waits for the
+# file T_RESUME, then goes on (faults.checkpoint sleeps until killed; here the paused load must finish).
+RUNNER = r"""
+import os, sys, time
+from pathlib import Path
+import cbm_luigi.warehouse.duckdb_wh as wh
+wh.LOCK_WAIT_S = float(os.environ.get('T_LOCK', '120'))
+import cbm_luigi.tasks as tasks, cbm_luigi.runlog as runlog
+_seen = []
+def checkpoint(name):
+    if name != os.environ.get('T_AT') or _seen:
+        return
+    _seen.append(name)
+    Path(os.environ['T_PAUSED']).write_text(str(os.getpid()))
+    while not Path(os.environ['T_RESUME']).exists():
+        time.sleep(0.1)
+tasks.checkpoint = checkpoint
+runlog.checkpoint = checkpoint
+from luigi.cmdline import luigi_run
+luigi_run(sys.argv[1:])
+"""
+
+
+def _luigi(env, *args, **extra) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", RUNNER, "--module", "cbm_luigi", *args], cwd=env.home,
+                            env=subprocess_env(env, **extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _luigid_states(port: int) -> dict[str, str]:
+    out = {}
+    for status in ("DONE", "FAILED", "PENDING", "RUNNING", "DISABLED", "UNKNOWN"):
+        q = urllib.parse.quote(json.dumps({"status": status}))
+        resp = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/task_list?data={q}", timeout=5))
+        for t in resp["response"].values():
+            out[f"{t['name']}({t['params'].get('table') or ''})"] = status
+    return out
+
+
+def test_a_second_load_that_finds_the_warehouse_busy_under_luigid_does_not_turn_the_running_nights_success_into_exit_25(
+        env, tmp_path):
+    """The nightly (cron, under luigid as OPERATIONS says) is still running when an operator starts the same load
+    by hand with another command line (`--continue-on-error`, or `luigi` instead of cron's `.venv/bin/luigi`: the
+    pid lock compares command lines, so it does not stop it). The second run waits for the DuckDB file, then stops
+    with WarehouseBusyError and exit 35, as documented. Its LoadAll.complete() raised while scheduling, and its
+    worker told luigid that LoadAll (the same task id as the nightly's: continue_on_error is not significant) had
+    status UNKNOWN; luigid then never granted the nightly's worker its LoadAll, and the nightly, having loaded every
+    table, ended 'not granted run permission by the scheduler' with exit 25 ('not run'): cron paged a failure for
+    a night that loaded everything. Now the second run stops before its worker tells luigid anything."""
+    with running_luigid(env, tmp_path) as port:
+        sched = ["--scheduler-host", "127.0.0.1", "--scheduler-port", str(port)]
+        paused, resume = tmp_path / "paused", tmp_path / "resume"
+        night = _luigi(env, "LoadAll", "--mode", "incremental", *sched,
+                       T_AT="merge", T_PAUSED=str(paused), T_RESUME=str(resume))
+        try:
+            for _ in range(600):
+                if paused.exists() or night.poll() is not None:
+                    break
+                time.sleep(0.1)
+            assert paused.exists(), night.communicate()[1][-3000:]
+            # the operator's run while the night holds the warehouse (in its first merge)
+            second = _luigi(env, "LoadAll", "--mode", "incremental", "--continue-on-error", *sched, T_LOCK="2")
+            _out, err2 = second.communicate(timeout=120)
+            assert second.returncode == 35, err2[-3000:]  # scheduling error, as OPERATIONS says: fine
+            assert "held by another process" in err2
+            resume.write_text("go")
+            _out, err = night.communicate(timeout=300)
+        finally:
+            if night.poll() is None:
+                night.kill()
+                night.wait(10)
+        for t in DEMO_TABLES:  # the night loaded every table right
+            assert_ods_equals_source(env, t)
+        states = _luigid_states(port)
+        assert night.returncode == 0, (f"the night loaded every table and exited {night.returncode}; luigid has its "
+                                       f"LoadAll {states.get('LoadAll()')}:\n{err[-700:]}")
+        assert states.get("LoadAll()") == "DONE", states
