@@ -132,11 +132,13 @@ def _limits_named(wh: Warehouse, plan: TablePlan, step: str):
                               f"bytes). Nothing was {step}d: {_narrower(plan)}, then rerun the table. SQL Server "
                               f"said: {mask_secrets(text)[:500]}") from None
         if wh.out_of_memory(text):
-            raise MemoryError(f"table {plan.table}: the DuckDB warehouse ran out of memory in the {step} "
-                              f"(CBM_DUCKDB_MEMORY_LIMIT={wh.settings.duckdb_memory_limit}, raised for wide tables "
-                              f"and large merges). Nothing was {step}d. Raise CBM_DUCKDB_MEMORY_LIMIT (a full "
-                              f"reload with changes of 1 M rows x 120 columns needs about 1GB) within the "
-                              f"machine's memory, and rerun the table. DuckDB said: {text[:300]}") from None
+            configured = wh.settings.duckdb_memory_limit
+            in_force, twice = wh.memory_in_force() or (configured, f"more than {configured}")
+            raise MemoryError(f"table {plan.table}: the DuckDB warehouse ran out of memory in the {step}, under a "
+                              f"limit of {in_force} (CBM_DUCKDB_MEMORY_LIMIT={configured}; a merge raises it to "
+                              f"what it estimates it needs). Nothing was {step}d. Set CBM_DUCKDB_MEMORY_LIMIT to "
+                              f"{twice} or more, within the machine's memory, and rerun the table. DuckDB said: "
+                              f"{text[:300]}") from None
         raise
 
 

@@ -112,17 +112,17 @@ def check_batch_id(batch_id: str) -> None:
         raise ValueError(f"{batch_id!r} is not a batch id (YYYY-MM-DD or YYYY-MM-DD-<tag>)") from None
 
 
-def _stops_when_busy(complete):
-    """A `complete()` that finds the DuckDB warehouse held by another process ends this process (exit code
-    [retcode] scheduling_error, 35) with the message, before its Luigi worker tells the scheduler anything.
-    Luigi reports a task whose complete() raised as UNKNOWN to luigid; an operator's second run of the same batch
-    (another command line: Luigi's pid lock compares them) so changed the task of the run holding the warehouse,
-    whose LoadAll luigid then never granted: a night that loaded every table exited 25 (found in review). In a
-    task's own process (--workers above 1) the error is raised as it is: Luigi fails that task with it."""
-    @functools.wraps(complete)
-    def checked(self) -> bool:
+def _stops_when_busy(method):
+    """A `complete()` or `requires()` that finds the DuckDB warehouse held by another process ends this process
+    (exit code [retcode] scheduling_error, 35) with the message, before its Luigi worker tells the scheduler
+    anything. Luigi reports a task whose complete() or requires() raised as UNKNOWN to luigid; an operator's second
+    run of the same batch (another command line: Luigi's pid lock compares them) so changed the task of the run
+    holding the warehouse, which luigid then never granted: a night that loaded every table exited 25 (found in
+    review). In a task's own process (--workers above 1) the error is raised as it is: Luigi fails that task."""
+    @functools.wraps(method)
+    def checked(self):
         try:
-            return complete(self)
+            return method(self)
         except WarehouseBusyError as exc:
             if multiprocessing.parent_process() is not None:
                 raise
@@ -146,8 +146,9 @@ class CbmTask(luigi.Task):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        if "complete" in cls.__dict__:
-            cls.complete = _stops_when_busy(cls.__dict__["complete"])
+        for name in ("complete", "requires"):
+            if name in cls.__dict__:
+                setattr(cls, name, _stops_when_busy(cls.__dict__[name]))
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -567,6 +568,7 @@ class LoadAll(luigi.WrapperTask):
     def batch_id(self) -> str:
         return batch_id_of(self.batch_date, self.batch_tag)
 
+    @_stops_when_busy
     def requires(self):
         settings = load_settings()
         rows, deps = _config(settings)

@@ -383,8 +383,8 @@ def test_the_warehouse_running_out_of_memory_is_named_with_the_setting_and_a_rer
     assert not succeeded(build(LoadTable(table="gros", mode="full")))
     [(step, err)] = env.sql("SELECT Step, ErrorMessage FROM etl.ETL_Log WHERE Status = 'FAILED'")
     assert step == "merge" and err.startswith("MemoryError: table gros: the DuckDB warehouse ran out of memory in "
-                                              "the merge (CBM_DUCKDB_MEMORY_LIMIT=8MB")
-    assert "Raise CBM_DUCKDB_MEMORY_LIMIT" in err and "Nothing was merged" in err
+                                              "the merge, under a limit of 7.6 MiB (CBM_DUCKDB_MEMORY_LIMIT=8MB;")
+    assert "Set CBM_DUCKDB_MEMORY_LIMIT to 15MB or more" in err and "Nothing was merged" in err
     assert env.sql("SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'gros' "
                    "AND table_schema = 'ods'") == [(0,)]
     monkeypatch.setenv("CBM_DUCKDB_MEMORY_LIMIT", "256MB")

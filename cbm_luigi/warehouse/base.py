@@ -101,6 +101,11 @@ class Warehouse:
         """Hook run in the merge's session before the statements that write ods (resource tuning), with the
         batch's `rows` when the MERGE joins them with ods (0 when every row is new); nothing by default."""
 
+    def memory_in_force(self) -> tuple[str, str] | None:
+        """The memory limit the warehouse's statements run under now, and twice it as a setting (for messages);
+        None when it has none."""
+        return None
+
     @contextlib.contextmanager
     def validation_memory(self, s: Session):
         """Around the validation's checks, in its session (resource tuning); nothing by default."""
