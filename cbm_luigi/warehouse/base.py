@@ -102,9 +102,13 @@ class Warehouse:
         batch's `rows` when the MERGE joins them with ods (0 when every row is new); nothing by default."""
 
     def memory_in_force(self) -> tuple[str, str] | None:
-        """The memory limit the warehouse's statements run under now, and twice it as a setting (for messages);
-        None when it has none."""
+        """The memory limit the warehouse's statements run under now, and what to do when a step runs out of it
+        (for messages); None when it has none."""
         return None
+
+    def settle_memory(self, s: Session) -> None:
+        """Hook run as a merge starts: the configured resources back if a step before changed them; nothing by
+        default."""
 
     @contextlib.contextmanager
     def validation_memory(self, s: Session):

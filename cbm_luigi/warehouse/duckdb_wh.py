@@ -161,22 +161,45 @@ class DuckDbWarehouse(Warehouse):
         in review). SCD2 needs less (it updates two columns): the same rule, with room to spare."""
         want = max(_bytes(self.settings.duckdb_memory_limit) or 0, 1.5e6 * n_columns,
                    MERGE_BASE + rows * (MERGE_ROW + MERGE_VALUE * (n_columns + TECHNICAL_COLUMNS)) if rows else 0)
-        with contextlib.suppress(ValueError, OSError, AttributeError):
-            want = min(want, 0.8 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+        machine = self._machine_bytes()
+        if machine:
+            want = min(want, machine)
         have = _bytes(s.scalar("SELECT current_setting('memory_limit')"))
         if have is not None and want > have * 1.01:  # DuckDB reports the limit rounded to 0.1 MiB
             s.execute(f"SET memory_limit = '{int(want / 1e6)}MB'")
 
+    def _machine_bytes(self) -> float | None:
+        """80 % of the machine's memory: DuckDB's own default limit, and the most a MERGE is raised to."""
+        with contextlib.suppress(ValueError, OSError, AttributeError):
+            return 0.8 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return None
+
     def memory_in_force(self):
-        """The limit DuckDB runs under now (a step's own raise included), as DuckDB says it, and twice it as a
-        setting (the advice of an out-of-memory message); None if it cannot say."""
+        """The limit DuckDB runs under now (a step's own raise included), as DuckDB says it, and what to do about
+        an out-of-memory under it: twice it as a setting, or, when it is already the machine's 80 % (a MERGE's
+        raise capped there, a setting of 80% or -1), what else can help. None if DuckDB cannot say."""
         try:
             with self.session() as s:
                 now = s.scalar("SELECT current_setting('memory_limit')")
         except duckdb.Error:
             return None
-        size = _bytes(now)
-        return (now, f"{int(2 * size / 1e6)}MB") if size else None
+        size, machine = _bytes(now), self._machine_bytes()
+        if size is None or size >= 1e18:  # -1: DuckDB reports no limit as 16383.9 PiB
+            now = now if size is None else "none (no limit)"
+        elif machine is None or 2 * size <= machine:
+            return now, f"Set CBM_DUCKDB_MEMORY_LIMIT to {int(2 * size / 1e6)}MB or more"
+        elif size < 0.99 * machine:
+            return now, f"Set CBM_DUCKDB_MEMORY_LIMIT to {int(machine / 1e6)}MB (80 % of this machine's memory)"
+        return now, ("That is this machine's memory, or 80 % of it: exclude the columns the table does not need "
+                     "(IsExcluded = 1 in config.ETL_Columns) or give the machine more memory")
+
+    def settle_memory(self, s):
+        """The configured cap back, if a step before left another in force (a MERGE that failed after its raise:
+        the SET outlives its transaction's rollback, found in review)."""
+        cap = _bytes(self.settings.duckdb_memory_limit)
+        have = _bytes(s.scalar("SELECT current_setting('memory_limit')"))
+        if cap and have is not None and abs(cap - have) > have * 0.01:
+            s.execute(f"SET memory_limit = {self.dialect.literal(self.settings.duckdb_memory_limit)}")
 
     @contextlib.contextmanager
     def validation_memory(self, s):
