@@ -32,6 +32,16 @@ def remount(path: Path, how: str) -> None:
     subprocess.run(["mount", "-o", f"remount,{how}", str(path)], check=True)
 
 
+def failed_while_read_only(env, cache: Path, task) -> str:
+    """Run `task` with the cache remounted read-only; it must fail: its table's error (writable again after)."""
+    remount(cache, "ro")
+    try:
+        assert not succeeded(build(task))
+        return last_error(env, task.table)
+    finally:
+        remount(cache, "rw")
+
+
 def validated(env, table: str) -> bool:
     return bool(env.sql("SELECT COUNT(*) FROM etl.ETL_Markers WHERE TableName = ? AND Step = 'validate'",
                         [table])[0][0])
@@ -70,12 +80,7 @@ def test_an_extract_into_a_read_only_cache_says_which_table_and_what_to_do(env, 
     with tmpfs(tmp_path / "cachefs", "16m") as cache:
         monkeypatch.setenv("CBM_CACHE_DIR", str(cache))
         assert succeeded(build(LoadTable(table="famille", mode="full")))  # the batch's folder exists
-        remount(cache, "ro")
-        try:
-            assert not succeeded(build(LoadTable(table="produit", mode="full")))
-            err = last_error(env, "produit")
-        finally:
-            remount(cache, "rw")
+        err = failed_while_read_only(env, cache, LoadTable(table="produit", mode="full"))
         assert "table produit" in err and "CBM_CACHE_DIR" in err, err
         # once the filesystem is writable again the same command loads the table
         assert succeeded(build(LoadTable(table="produit", mode="full")))
@@ -94,12 +99,7 @@ def test_a_refused_batch_on_a_read_only_cache_still_says_why_it_was_refused(env,
     with tmpfs(tmp_path / "cachefs", "16m") as cache:
         monkeypatch.setenv("CBM_CACHE_DIR", str(cache))
         assert succeeded(build(ExtractParquet(table="produit", mode="full")))
-        remount(cache, "ro")
-        try:
-            assert not succeeded(build(LoadTable(table="produit", mode="full")))
-            err = last_error(env, "produit")
-        finally:
-            remount(cache, "rw")
+        err = failed_while_read_only(env, cache, LoadTable(table="produit", mode="full"))
         assert err.startswith("NullKeyError") and "P00001" in err, err
         # the way out it gives, followed: the row fixed in Progress, the kept file deleted, one rerun loads
         extract = next(cache.rglob("produit.extract.parquet"))

@@ -2,6 +2,7 @@
 nightly still running when an operator starts a load by hand), under a real luigid (found in review)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -51,6 +52,35 @@ def _luigid_states(port: int) -> dict[str, str]:
     return out
 
 
+def _scheduler(port: int) -> list[str]:
+    return ["--scheduler-host", "127.0.0.1", "--scheduler-port", str(port)]
+
+
+@contextlib.contextmanager
+def night_holding_the_warehouse(env, tmp_path, port: int):
+    """The nightly `LoadAll --mode incremental` under the luigid at `port`, paused in its first merge (so it holds
+    the DuckDB file) when this yields `(night, go_on)`; `go_on()` lets it finish and returns its stderr. Killed on
+    the way out if it still runs."""
+    paused, resume = tmp_path / "paused", tmp_path / "resume"
+    night = _luigi(env, "LoadAll", "--mode", "incremental", *_scheduler(port),
+                   T_AT="merge", T_PAUSED=str(paused), T_RESUME=str(resume))
+
+    def go_on() -> str:
+        resume.write_text("go")
+        return night.communicate(timeout=300)[1]
+    try:
+        for _ in range(600):
+            if paused.exists() or night.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert paused.exists(), night.communicate()[1][-3000:]
+        yield night, go_on
+    finally:
+        if night.poll() is None:
+            night.kill()
+            night.wait(10)
+
+
 def test_a_second_load_that_finds_the_warehouse_busy_under_luigid_does_not_turn_the_running_nights_success_into_exit_25(
         env, tmp_path):
     """The nightly (cron, under luigid as OPERATIONS says) is still running when an operator starts the same load
@@ -61,31 +91,43 @@ def test_a_second_load_that_finds_the_warehouse_busy_under_luigid_does_not_turn_
     status UNKNOWN; luigid then never granted the nightly's worker its LoadAll, and the nightly, having loaded every
     table, ended 'not granted run permission by the scheduler' with exit 25 ('not run'): cron paged a failure for
     a night that loaded everything. Now the second run stops before its worker tells luigid anything."""
-    with running_luigid(env, tmp_path) as port:
-        sched = ["--scheduler-host", "127.0.0.1", "--scheduler-port", str(port)]
-        paused, resume = tmp_path / "paused", tmp_path / "resume"
-        night = _luigi(env, "LoadAll", "--mode", "incremental", *sched,
-                       T_AT="merge", T_PAUSED=str(paused), T_RESUME=str(resume))
-        try:
-            for _ in range(600):
-                if paused.exists() or night.poll() is not None:
-                    break
-                time.sleep(0.1)
-            assert paused.exists(), night.communicate()[1][-3000:]
-            # the operator's run while the night holds the warehouse (in its first merge)
-            second = _luigi(env, "LoadAll", "--mode", "incremental", "--continue-on-error", *sched, T_LOCK="2")
-            _out, err2 = second.communicate(timeout=120)
-            assert second.returncode == 35, err2[-3000:]  # scheduling error, as OPERATIONS says: fine
-            assert "held by another process" in err2
-            resume.write_text("go")
-            _out, err = night.communicate(timeout=300)
-        finally:
-            if night.poll() is None:
-                night.kill()
-                night.wait(10)
+    with running_luigid(env, tmp_path) as port, night_holding_the_warehouse(env, tmp_path, port) as (night, go_on):
+        # the operator's run while the night holds the warehouse (in its first merge)
+        second = _luigi(env, "LoadAll", "--mode", "incremental", "--continue-on-error", *_scheduler(port),
+                        T_LOCK="2")
+        _out, err2 = second.communicate(timeout=120)
+        assert second.returncode == 35, err2[-3000:]  # scheduling error, as OPERATIONS says: fine
+        assert "held by another process" in err2
+        err = go_on()
         for t in DEMO_TABLES:  # the night loaded every table right
             assert_ods_equals_source(env, t)
         states = _luigid_states(port)
         assert night.returncode == 0, (f"the night loaded every table and exited {night.returncode}; luigid has its "
                                        f"LoadAll {states.get('LoadAll()')}:\n{err[-700:]}")
         assert states.get("LoadAll()") == "DONE", states
+
+
+def test_a_busy_extract_run_by_hand_under_luigid_does_not_strand_the_nights_table(env, tmp_path):
+    """_stops_when_busy covered complete() only. `luigi --module cbm_luigi ExtractParquet --table T` (bench/README
+    shows running a step alone) while the night holds the warehouse: its complete() returns False without the
+    warehouse (no batch file yet), then its requires() meets WarehouseBusyError, and Luigi tells luigid the task is
+    UNKNOWN: the night's own ExtractParquet(T) (same task id) is never granted, T is not loaded, and the night that
+    should exit 0 does not. The hand run should stop before reporting anything, as LoadAll/LoadTable now do."""
+    from cbm_luigi.settings import load_settings
+    from cbm_luigi.tasks import _config
+    from cbm_luigi.warehouse.duckdb_wh import release_connections
+    last = _config(load_settings())[0][-1]["TableName"]  # extracted last by the night
+    release_connections()
+    with running_luigid(env, tmp_path) as port, night_holding_the_warehouse(env, tmp_path, port) as (night, go_on):
+        hand = _luigi(env, "ExtractParquet", "--table", last, "--mode", "incremental", *_scheduler(port),
+                      T_LOCK="2")
+        _out, err2 = hand.communicate(timeout=120)
+        hand_rc = hand.returncode
+        err = go_on()
+        states = _luigid_states(port)
+    assert "held by another process" in err2, err2[-2000:]
+    assert night.returncode == 0, (f"hand run exit {hand_rc}; the night exited {night.returncode}, luigid has "
+                                   f"ExtractParquet({last}) {states.get(f'ExtractParquet({last})')}, LoadAll "
+                                   f"{states.get('LoadAll()')}:\n{err[-900:]}")
+    assert env.sql("SELECT count(*) FROM etl.ETL_Markers WHERE Step = 'validate' AND TableName = ?", [last])[0][0]
+    assert_ods_equals_source(env, last)

@@ -1,20 +1,12 @@
-"""Found in a review of the commits that gave the validation a share of DuckDB's memory and stopped a run that finds
-the warehouse busy: a small cap, tables of several sizes in one night, a step run by hand under luigid. Each test
-failed on that code (the validation had no floor, the MERGE's estimate was 8 bytes a value, requires() was not
-covered)."""
+"""Found in a review of the commit that gave the validation a share of DuckDB's memory: a small cap, tables of
+several sizes in one night. Each test failed on that code (the validation had no floor, the MERGE's estimate was 8
+bytes a value)."""
 from __future__ import annotations
-
-import subprocess
-import sys
-import time
-
-import pytest
 
 from cbm_luigi import demo_source
 from cbm_luigi.tasks import LoadTable
 
-from .conftest import DEMO_TABLES, build, last_error, running_luigid, subprocess_env, succeeded
-from .test_overlapping_runs import RUNNER, _luigi, _luigid_states
+from .conftest import build, last_error, succeeded
 
 
 def test_a_small_cap_that_loaded_a_table_still_validates_it(env, monkeypatch):
@@ -29,45 +21,6 @@ def test_a_small_cap_that_loaded_a_table_still_validates_it(env, monkeypatch):
     result = build(LoadTable(table="stock_mag", mode="full"))
     assert succeeded(result), last_error(env, "stock_mag")[:700]
     assert env.sql("SELECT count(*) FROM ods.stock_mag")[0][0] == 200_000
-
-
-def test_a_busy_extract_run_by_hand_under_luigid_does_not_strand_the_nights_table(env, tmp_path):
-    """_stops_when_busy covered complete() only. `luigi --module cbm_luigi ExtractParquet --table T` (bench/README
-    shows running a step alone) while the night holds the warehouse: its complete() returns False without the
-    warehouse (no batch file yet), then its requires() meets WarehouseBusyError, and Luigi tells luigid the task is
-    UNKNOWN: the night's own ExtractParquet(T) (same task id) is never granted, T is not loaded, and the night that
-    should exit 0 does not. The hand run should stop before reporting anything, as LoadAll/LoadTable now do."""
-    from cbm_luigi.settings import load_settings
-    from cbm_luigi.tasks import _config
-    from cbm_luigi.warehouse.duckdb_wh import release_connections
-    last = _config(load_settings())[0][-1]["TableName"]  # extracted last by the night
-    release_connections()
-    with running_luigid(env, tmp_path) as port:
-        sched = ["--scheduler-host", "127.0.0.1", "--scheduler-port", str(port)]
-        paused, resume = tmp_path / "paused", tmp_path / "resume"
-        night = _luigi(env, "LoadAll", "--mode", "incremental", *sched,
-                       T_AT="merge", T_PAUSED=str(paused), T_RESUME=str(resume))
-        try:
-            for _ in range(600):
-                if paused.exists() or night.poll() is not None:
-                    break
-                time.sleep(0.1)
-            assert paused.exists(), night.communicate()[1][-3000:]
-            hand = _luigi(env, "ExtractParquet", "--table", last, "--mode", "incremental", *sched, T_LOCK="2")
-            _out, err2 = hand.communicate(timeout=120)
-            hand_rc = hand.returncode
-            resume.write_text("go")
-            _out, err = night.communicate(timeout=300)
-        finally:
-            if night.poll() is None:
-                night.kill()
-                night.wait(10)
-        states = _luigid_states(port)
-    assert "held by another process" in err2, err2[-2000:]
-    assert night.returncode == 0, (f"hand run exit {hand_rc}; the night exited {night.returncode}, luigid has "
-                                   f"ExtractParquet({last}) {states.get(f'ExtractParquet({last})')}, LoadAll "
-                                   f"{states.get('LoadAll()')}:\n{err[-900:]}")
-    assert env.sql("SELECT count(*) FROM etl.ETL_Markers WHERE Step = 'validate' AND TableName = ?", [last])[0][0]
 
 
 def test_a_tall_reload_after_a_wide_table_in_the_same_night_still_merges(env, monkeypatch):
