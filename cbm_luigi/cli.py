@@ -205,18 +205,29 @@ def cmd_clean_cache(args) -> int:
     never one holding a file a rerun would still use: a table of that batch not validated yet, whose extract is
     in this version's format, made under the table's configuration now and from the window asked for now, and
     not older than the table's newest load (any other is read again anyway). A table whose configuration makes no
-    plan now keeps its file."""
+    plan now keeps its file. Only folders named as batches are the cache's: anything else in CBM_CACHE_DIR (a
+    volume's lost+found, say) is left alone, and a batch that cannot be removed is named and skipped, the others
+    removed (one such folder stopped the command, every night, and the cache filled the disk: found in review)."""
     from .extract import is_current, read_extract_meta
+    from .tasks import check_batch_id
 
     settings = load_settings()
+
+    def is_batch(p):
+        try:
+            check_batch_id(p.name)
+            return p.is_dir()
+        except ValueError:
+            return False
 
     def written(p):
         return max((f.stat().st_mtime for f in p.rglob("*")), default=p.stat().st_mtime)
 
-    batches = sorted((p for p in settings.cache_dir.glob("*") if p.is_dir()), key=written)
+    batches = sorted((p for p in settings.cache_dir.glob("*") if is_batch(p)), key=written)
     old = batches[:-args.keep] if args.keep else batches
     if not old:
         return 0
+    failed = []
     wh = open_warehouse(settings)
     with wh.session() as s:
         tables = {r[0] for r in s.query("SELECT TableName FROM config.ETL_Tables")}
@@ -236,9 +247,15 @@ def cmd_clean_cache(args) -> int:
                 print(f"kept {p}: not validated yet: {', '.join(needed)} (rerun the batch, or `cbm-etl "
                       f"invalidate <table> --batch {p.name}` to give it up)")
                 continue
-            shutil.rmtree(p)
+            try:
+                shutil.rmtree(p)
+            except OSError as exc:
+                failed.append(p)
+                print(f"could not remove {p}: {exc.strerror or exc} ({exc.filename}): remove it as its owner "
+                      f"(a load run by hand as another user?)", file=sys.stderr)
+                continue
             print(f"removed {p}")
-    return 0
+    return 1 if failed else 0
 
 
 def _a_rerun_would_use(s, wh, table: str, meta: dict, mode: str, zone) -> bool:

@@ -320,8 +320,14 @@ def load_tables_csv(s: Session, path: Path) -> int:
     of saving one are taken (a UTF-8 BOM, `;` between fields, spaces around names); anything else it cannot
     read as written is an error naming the line: a table left out or switched off silently is worse."""
     added, seen = 0, set()
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        text = f.read()
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:  # French Excel's "CSV (séparateur: point-virgule)" is Windows-1252
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path} line {line}: byte 0x{data[exc.start]:02X} is not UTF-8 (saved in another code "
+                          f"page, such as Excel's plain CSV on Windows): save the file as 'CSV UTF-8' and run the "
+                          f"command again") from None
     dialect = csv.Sniffer().sniff(text.splitlines()[0] if text.strip() else ",", delimiters=",;")
     reader = csv.DictReader(text.splitlines(), dialect=dialect)
     header = [h.strip() for h in reader.fieldnames or []]

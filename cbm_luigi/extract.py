@@ -19,10 +19,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .plan import TablePlan
+from .types import UnsupportedTypeError, map_openedge_type
 from .source.conform import conform_batch
 from .naming import shown_column
-from .source.errors import InvalidTextError, SourceError, translate
-from .source import readers
+from .source.errors import InvalidTextError, SourceError, SourceValueError, translate
+from .source import catalog, readers
 from .source.readers import Reader
 from .transform import shape_batches
 
@@ -102,6 +103,9 @@ def extract_to_parquet(reader: Reader, plan: TablePlan, mode: str, out_path: Pat
     try:
         rows = shape_batches(plan, schema, conformed(), out_path, metadata={META_KEY: json.dumps(meta)},
                              memory_limit=memory_limit, threads=threads)
+    except SourceValueError as exc:
+        stream.close()  # before the catalog is read on the same connection
+        raise _changed_at_source(reader, plan, exc) or exc
     finally:
         stream.close()  # the driver's cursor, also when DuckDB stopped before reading it all
     meta.update(rows=rows, seconds=round(time.monotonic() - t0, 3))
@@ -109,6 +113,41 @@ def extract_to_parquet(reader: Reader, plan: TablePlan, mode: str, out_path: Pat
         progress(rows)
     log.info("extract %s: %d rows in %.2fs", plan.table, rows, meta["seconds"])
     return meta
+
+
+def _changed_at_source(reader: Reader, plan: TablePlan, exc: SourceValueError) -> SourceValueError | None:
+    """A refused value whose field the Data Dictionary changed since `sync-columns` last read it (more decimals,
+    INTEGER made INT64, MANDATORY unticked): the refusal says so and gives the fix, sync-columns and the same
+    command, instead of its advice to fix the row, override or exclude the column, none of which is right then
+    (found in review). None when the catalog says what config.ETL_Columns says (or the column is an override)."""
+    col = next((c for c in plan.columns if c.sql_name == exc.column), None)
+    if col is None or exc.fact is None or col.expression is not None:
+        return None
+    try:
+        found = {c.name.lower(): c for c in catalog.read_columns(reader, plan.table)}
+    except SourceError as err:  # the refusal stands as it is; why it could not be checked is said
+        log.warning("table %s: the catalog could not be read to check whether column %s changed at the source: "
+                    "%s", plan.table, col.name, err)
+        return None
+    now = found.get(col.name.lower())
+    if now is None:
+        change = "is no longer in the source catalog"
+    else:
+        try:
+            ctype = map_openedge_type(now.coltype, now.width, now.scale, table=plan.table, column=col.name)
+        except UnsupportedTypeError:
+            ctype = None
+        if ctype == col.ctype and now.nullable == col.nullable and now.array_extent == col.extent:
+            return None
+
+        def said(t, nullable, extent):
+            return f"{t.duckdb_type() if t else 'an unmapped type'}{f' EXTENT {extent}' if extent else ''}, " \
+                   f"{'optional' if nullable else 'mandatory'}"
+        change = (f"is {said(ctype, now.nullable, now.array_extent)}, in the source catalog now, and "
+                  f"{said(col.ctype, col.nullable, col.extent)}, in config.ETL_Columns")
+    return SourceValueError(f"{exc.fact}. The field {change}: it changed in Progress since `cbm-etl sync-columns` "
+                            f"last read it. Run `cbm-etl sync-columns {plan.table}`, then the same command again "
+                            f"(ods follows the change)", column=exc.column, fact=exc.fact)
 
 
 @contextlib.contextmanager

@@ -156,6 +156,26 @@ def shown_column(name: str, sql_name: str) -> str:
     return name if name == sql_name else f"{name} ({sql_name} in the warehouse)"
 
 
+SHOWN_VALUE_CHARS = 120
+
+
+def shown_value(value, at: int | None = None, limit: int = SHOWN_VALUE_CHARS) -> str:
+    """A value as messages show it: its repr, cut to about `limit` characters around position `at` of the value
+    (the bad byte), else from its start, saying how long it is. A whole CLOB in a message pushed the advice after
+    it out of etl.ETL_Log, which keeps runlog.MAX_ERROR characters, and made a log line of megabytes."""
+    shown = repr(value)
+    if len(shown) <= limit:
+        return shown
+    size = f"{len(value):,} {'bytes' if isinstance(value, (bytes, bytearray)) else 'characters'}" \
+        if isinstance(value, (str, bytes, bytearray)) else f"{len(shown):,} characters shown"
+    if at is None or not isinstance(value, (str, bytes, bytearray)):
+        return f"{shown[:limit]}... ({size})"
+    start = max(0, at - limit // 3)
+    part = repr(value[start:start + limit // 2])
+    return f"{'...' if start else ''}{part}{'...' if start + limit // 2 < len(value) else ''} ({size}; the part " \
+        f"from position {start + 1})"
+
+
 def array_element_names(sql_name: str, extent: int) -> list[str]:
     """Column names for the elements of an EXTENT field: `zal` -> `zal_1` ... `zal_5` (1-based, as ABL)."""
     return [_with_suffix(sql_name, f"_{i}") for i in range(1, extent + 1)]

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone, tzinfo
 
 import pyarrow as pa
 
-from .naming import array_element_names
+from .naming import MAX_NAME_LENGTH, array_element_names, shown_value
 from .settings import warn_once
 from .source.dialect import SourceColumn, Window
 from .source.dialect import quote as oe_quote
@@ -264,6 +264,10 @@ def build_plan(table_row: dict, column_rows: list[dict]) -> TablePlan:
             raise ConfigError(f"config.ETL_Columns[{t}.{c.name}].SqlName = {c.sql_name!r}: names starting with "
                               f"_etl_ are the pipeline's own columns, and a name needs no surrounding spaces: "
                               f"choose another SqlName (and the SourceExpression's alias), then rerun the table")
+        if len(c.sql_name) > MAX_NAME_LENGTH:  # else refused deep in the dialect, naming no table or row
+            raise ConfigError(f"config.ETL_Columns[{t}.{c.name}].SqlName = {shown_value(c.sql_name)}: longer than "
+                              f"{MAX_NAME_LENGTH} characters, SQL Server's limit for a name: choose a shorter "
+                              f"SqlName (and the SourceExpression's alias), then rerun the table")
         # a `--` or `;` inside a string literal or a quoted name (`"qte--cde"`, a legal Progress name) is fine
         unquoted = re.sub(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"", "''", c.expression or "")
         if c.expression and (unquoted.rstrip().endswith(";") or "--" in unquoted):

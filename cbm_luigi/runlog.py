@@ -12,6 +12,20 @@ log = logging.getLogger(__name__)
 MAX_ERROR = 4000
 
 
+def kept_error(text: str) -> str:
+    """A message as etl.ETL_Log keeps it: up to MAX_ERROR characters, its start and its end. The way out is at
+    the end of every message, so cutting the end alone lost it from the run log and `summary` (found in review:
+    a long value in a message pushed it out)."""
+    if len(text) <= MAX_ERROR:
+        return text
+    cut, said = "", None
+    while said != cut:  # the marker's length depends on the number it says
+        said, cut = cut, f" [... {len(text) - (MAX_ERROR - len(cut)):,} characters left out ...] "
+    head = (MAX_ERROR - len(cut)) // 2
+    tail = MAX_ERROR - len(cut) - head
+    return text[:head] + cut + text[-tail:]
+
+
 @dataclass
 class StepRecord:
     step: str
@@ -34,7 +48,7 @@ def write_steps(wh: Warehouse, *, run_id: str, batch_id: str, table: str, mode: 
     with wh.session() as s:
         checkpoint("log")  # a Ctrl-C here lands in a Luigi event callback (tasks._interrupt_raised_again)
         for r in records:
-            err = mask_secrets(r.error)[:MAX_ERROR] if r.error else None
+            err = kept_error(mask_secrets(r.error)) if r.error else None
             detail = mask_secrets(r.detail) if r.detail else None  # a window or scheduling text: masked as well
             s.execute("INSERT INTO etl.ETL_Log (RunId, BatchId, TableName, Step, Status, Mode, Rows, RowsInserted, "
                       "RowsUpdated, RowsUnchanged, RowsDeleted, DurationMs, ErrorMessage, Detail, TaskId) "

@@ -1,14 +1,21 @@
 """The operator's commands (cbm-etl), on the demo source and a real DuckDB file."""
 from __future__ import annotations
 
-from datetime import date
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date, timedelta
+from pathlib import Path
 
 import pytest
 
 from cbm_luigi.cli import main as cbm_etl
 from cbm_luigi.tasks import LoadAll, LoadTable
 
-from .conftest import assert_ods_equals_source, build, succeeded
+from .conftest import REPO, assert_ods_equals_source, build, make_env, subprocess_env, succeeded
 
 
 def test_init_db_is_idempotent_and_loads_tables_once(env, capsys):
@@ -458,3 +465,74 @@ def test_init_db_no_tables_twice_in_a_row(env, capsys):
     assert env.sql("SELECT TableName, MergedShape, MergedColumns FROM etl.ETL_TableState ORDER BY 1") == first
     assert first and first[0][1] not in (None, "unknown")
     assert env.sql("SELECT COUNT(*) FROM config.ETL_Tables")[0][0] == 6
+
+
+def _nights(first: date, n: int) -> list[str]:
+    """n nightly incremental LoadAll runs from `first`; their batch ids."""
+    batches = []
+    for i in range(n):
+        day = first + timedelta(days=i)
+        assert succeeded(build(LoadAll(mode="incremental", batch_date=day)))
+        batches.append(day.isoformat())
+        time.sleep(0.02)  # clean-cache orders batches by the time their files were written
+    return batches
+
+
+def _volume_root_dir(cache: Path) -> Path:
+    """What mkfs leaves at the root of a file system: root's `lost+found`, mode 700, older than any batch (a cache
+    on a volume of its own, CBM_CACHE_DIR its mount point, has one)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    lf = cache / "lost+found"
+    lf.mkdir(mode=0o700)
+    os.chown(lf, 0, 0)
+    old = time.time() - 30 * 86400
+    os.utime(lf, (old, old))
+    return lf
+
+
+def test_clean_cache_removes_only_batches_not_every_folder_of_the_cache(env, capsys):
+    """clean-cache took every folder of CBM_CACHE_DIR for a batch and deleted the volume's lost+found with the old
+    batches (found in review, over a leap day). A batch folder is named by its batch id; nothing else is the
+    cache's to remove."""
+    lf = _volume_root_dir(env.cache)
+    batches = _nights(date(2028, 2, 28), 3)  # over a leap day: 02-28, 02-29, 03-01
+    capsys.readouterr()
+    assert cbm_etl(["clean-cache", "--keep", "1"]) == 0
+    out = capsys.readouterr().out
+    assert lf.exists(), f"clean-cache removed {lf}: {out}"
+    assert sorted(p.name for p in env.cache.iterdir()) == [batches[-1], "lost+found"], out
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="makes root-owned folders and runs clean-cache as another user (setpriv)")
+def test_clean_cache_run_by_the_etl_user_skips_what_it_cannot_remove_and_removes_the_rest(monkeypatch):
+    """The cache on a volume of its own (root's lost+found at its root), the nightly and clean-cache run as the ETL
+    service user: lost+found came first, rmtree could not remove it, and the command stopped there (exit 1, a
+    bare PermissionError) without removing a batch, every night: the cache filled the disk (found in review). A
+    batch holding a folder of a load run by hand as root cannot be removed either: it is named and skipped, the
+    other old batches are removed, and the exit status says something was left."""
+    root = Path(tempfile.mkdtemp(dir="/tmp", prefix="cbm-year-"))  # a path the service user can reach
+    try:
+        env = make_env(root, monkeypatch)
+        lf = _volume_root_dir(env.cache)
+        batches = _nights(date(2026, 12, 30), 4)  # over a year's end: 12-30 .. 01-02
+        by_root = env.cache / batches[1] / "by-root"  # a load run by hand with sudo left a folder of root's
+        by_root.mkdir()
+        (by_root / "x.parquet").write_bytes(b"x")
+        for p in (by_root / "x.parquet", by_root):  # as old as its batch: clean-cache orders batches by their files
+            os.utime(p, (time.time() - 86400,) * 2)
+        for p in [root, *root.rglob("*")]:  # the ETL user's files (the nightly ran as that user)
+            if p != lf and by_root not in (p, p.parent):
+                os.chown(p, 65534, 65534)
+        os.chmod(root, 0o755)
+        run = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
+                              "cbm_luigi.cli", "clean-cache", "--keep", "1"],
+                             env=subprocess_env(env, PYTHONPATH=str(REPO), HOME=str(root)), cwd=root,
+                             capture_output=True, text=True, timeout=300)
+        left = sorted(p.name for p in env.cache.iterdir())
+        assert run.returncode == 1 and left == [batches[1], batches[-1], "lost+found"], (
+            f"exit {run.returncode}; cache left with {left}; stdout {run.stdout!r}; stderr {run.stderr[-600:]!r}")
+        assert f"could not remove {env.cache / batches[1]}: Permission denied" in run.stderr, run.stderr
+        assert f"removed {env.cache / batches[0]}" in run.stdout and f"removed {env.cache / batches[2]}" in run.stdout
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from datetime import date
+from datetime import date, datetime
 
 import pytest
 
@@ -16,6 +16,7 @@ from cbm_luigi.warehouse.duckdb_wh import _bytes, release_connections
 from cbm_luigi.tasks import LoadTable, MergeOds, StageTable, ValidateTable
 
 from .conftest import assert_ods_equals_source, build, last_error, on_source, source_rows, succeeded
+from .test_source_odbc import odbc_vars
 
 
 def test_sync_keeps_operator_choices_and_overrides_apply(env):
@@ -632,6 +633,24 @@ def test_tables_csv_as_excel_saves_it_loads_and_what_it_cannot_read_is_refused_b
     assert env.sql("SELECT COUNT(*) FROM config.ETL_Tables WHERE TableName = 'xc'") == [(0,)]
 
 
+def test_a_tables_csv_saved_by_french_excel_is_refused_naming_the_file_line_and_the_fix(env, tmp_path, capsys):
+    """French Excel's "CSV (séparateur: point-virgule)" is Windows-1252: an `é` in a Notes cell made init-db say
+    only `UnicodeDecodeError: 'utf-8' codec can't decode byte 0xe9` (found in review). It names the file, the line
+    and the fix; saved as CSV UTF-8, the same file loads."""
+    path = tmp_path / "tables.csv"
+    text = "TableName;PrimaryKeyCols;Notes\r\nxa;id;\r\nxb;id;articles réglés\r\n"
+    path.write_bytes(text.encode("cp1252"))
+    capsys.readouterr()
+    assert cbm_etl(["init-db", "--tables-csv", str(path)]) == 1
+    said = capsys.readouterr().err
+    assert f"{path} line 3: byte 0xE9 is not UTF-8" in said and "save the file as 'CSV UTF-8'" in said, said
+    assert env.sql("SELECT COUNT(*) FROM config.ETL_Tables WHERE TableName IN ('xa', 'xb')") == [(0,)]
+    path.write_bytes(text.encode("utf-8"))
+    assert cbm_etl(["init-db", "--tables-csv", str(path)]) == 0
+    assert env.sql("SELECT TableName, Notes FROM config.ETL_Tables WHERE TableName IN ('xa', 'xb') ORDER BY 1") == \
+        [("xa", None), ("xb", "articles réglés")]
+
+
 def test_a_timestamp_modification_column_needs_datetime_precision_and_a_commented_filter_loads(env):
     demo_source.add_table(env.source, demo_source.TableDef(
         "tsm", [demo_source.Col("id", "integer", nullable=False), demo_source.Col("ts", "timestamp"),
@@ -959,3 +978,89 @@ def test_a_refresh_never_rewrites_a_deleted_members_version(env):
     assert env.sql("SELECT nom, _etl_is_deleted FROM ods.client WHERE cod_cli = 3 AND _etl_is_current") == [
         (row["nom"], False)]
     assert_ods_equals_source(env, "client")
+
+
+def _use_reader(monkeypatch, env, reader: str) -> None:
+    if reader != "embedded":
+        for k, v in odbc_vars(env, reader).items():
+            monkeypatch.setenv(k, v)
+
+
+def _now_stamp() -> tuple[str, int]:
+    """`dat_mod`, `heure` as the ERP stamps a change made now."""
+    n = datetime.now()
+    return n.date().isoformat(), n.hour * 3600 + n.minute * 60 + n.second
+
+
+CATALOG_CHANGES = {  # a field changed in the Data Dictionary, then a row that needs the change
+    "optional": ("client", "nom", "UPDATE SYSCOLUMNS_FULL SET nullflag = 'Y' WHERE tbl = 'client' AND col = 'nom'",
+                 "UPDATE client SET nom = NULL, dat_mod = ?, heure = ? WHERE cod_cli = 1",
+                 "is VARCHAR, optional, in the source catalog now, and VARCHAR, mandatory, in config.ETL_Columns"),
+    "decimals": ("client", "ca-annuel", "UPDATE SYSCOLUMNS_FULL SET scale = 4 WHERE tbl = 'client' "
+                                        "AND col = 'ca-annuel'",
+                 "UPDATE client SET \"ca-annuel\" = '1234.5678', dat_mod = ?, heure = ? WHERE cod_cli = 1",
+                 "is DECIMAL(17,4), optional, in the source catalog now, and DECIMAL(17,2), optional, in "
+                 "config.ETL_Columns"),
+    "int64": ("produit", "stock", "UPDATE SYSCOLUMNS_FULL SET coltype = 'bigint' WHERE tbl = 'produit' "
+                                  "AND col = 'stock'",
+              "UPDATE produit SET stock = 5000000000, dat_mod = ?, heure = ? WHERE cod_pro = 'P00001'",
+              "is BIGINT, optional, in the source catalog now, and INTEGER, optional, in config.ETL_Columns"),
+}
+
+
+@pytest.mark.parametrize("reader,change", [("embedded", "decimals"), ("arrow-odbc", "decimals"),
+                                           ("embedded", "int64"), ("pyodbc", "optional")])
+def test_a_value_refused_after_its_field_changed_at_the_source_says_to_run_sync_columns(env, monkeypatch, reader,
+                                                                                       change):
+    """The ERP's DBA changes a field (more decimals, INTEGER -> INT64, MANDATORY unticked): the catalog says so,
+    config.ETL_Columns not until sync-columns runs. The first value that needs the change stopped the table with
+    the advice to fix the row, override the column (back to the old type: the new decimals rounded away) or
+    exclude it; none is right (found in review). The refusal compares the catalog and says what changed and the
+    fix, which works: sync-columns, then the same command."""
+    table, column, catalog, row, says = CATALOG_CHANGES[change]
+    _use_reader(monkeypatch, env, reader)
+    if change == "optional":  # the field was mandatory when the table was first synced
+        on_source(env, "UPDATE SYSCOLUMNS_FULL SET nullflag = 'N' WHERE tbl = 'client' AND col = 'nom'")
+    assert succeeded(build(LoadTable(table=table, mode="full")))
+    on_source(env, catalog)
+    on_source(env, row, params=_now_stamp())
+
+    assert not succeeded(build(LoadTable(table=table, mode="incremental", batch_tag="night")))
+    message = last_error(env, table)
+    assert f"table {table}, column {column}" in message, message
+    assert f"The field {says}: it changed in Progress since `cbm-etl sync-columns` last read it. Run `cbm-etl " \
+           f"sync-columns {table}`, then the same command again" in message, message
+    assert "fix the row" not in message and "IsExcluded" not in message, message
+
+    assert cbm_etl(["sync-columns", table]) == 0
+    assert succeeded(build(LoadTable(table=table, mode="incremental", batch_tag="night")))
+    assert_ods_equals_source(env, table)
+
+
+def test_a_value_refused_whose_field_did_not_change_keeps_the_advice_to_fix_the_row(env):
+    """The catalog says what config.ETL_Columns says: the row is what is wrong, and the advice stays."""
+    on_source(env, "UPDATE client SET \"ca-annuel\" = '1234.5678' WHERE cod_cli = 1")
+    assert not succeeded(build(LoadTable(table="client", mode="full")))
+    message = last_error(env, "client")
+    assert "column ca-annuel (ca_annuel in the warehouse), key cod_cli=1: value '1234.5678' does not fit" in message
+    assert "fix the row in Progress" in message and "sync-columns" not in message, message
+
+
+@pytest.mark.parametrize("reader", ["embedded", "pyodbc", "arrow-odbc"])
+def test_a_column_dropped_at_the_stand_in_source_stops_the_table_naming_sync_columns(env, monkeypatch, reader):
+    """A field deleted at the source before sync-columns ran: OpenEdge refuses the SELECT that names it. The
+    SQLite stand-in took the double-quoted name that matched no column for a string, and every row of the window
+    got the text 'email' in ods.client.email through all three readers (found in review). Its columns are now
+    qualified by their table, and it refuses the SELECT as OpenEdge does."""
+    _use_reader(monkeypatch, env, reader)
+    assert succeeded(build(LoadTable(table="client", mode="full")))
+    on_source(env, "ALTER TABLE client DROP COLUMN email",
+              "DELETE FROM SYSCOLUMNS_FULL WHERE tbl = 'client' AND col = 'email'")
+    on_source(env, "UPDATE client SET nom = 'Changed tonight', dat_mod = ?, heure = ? WHERE cod_cli = 1",
+              params=_now_stamp())
+    assert not succeeded(build(LoadTable(table="client", mode="incremental", batch_tag="night")))
+    assert "run `cbm-etl sync-columns client`" in last_error(env, "client")
+    assert env.sql("SELECT COUNT(*) FROM ods.client WHERE email = 'email'") == [(0,)]
+    assert cbm_etl(["sync-columns", "client"]) == 0
+    assert succeeded(build(LoadTable(table="client", mode="incremental", batch_tag="night")))
+    assert env.sql("SELECT nom FROM ods.client WHERE cod_cli = 1 AND _etl_is_current") == [("Changed tonight",)]

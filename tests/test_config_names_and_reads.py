@@ -75,3 +75,21 @@ def test_no_active_table_is_said_as_such_not_as_a_batch_loaded_earlier(env, capl
     assert succeeded(build(LoadAll(mode="incremental", batch_date=DAY)))
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith(("LoadAll", "batch "))]
     assert said == ["LoadAll: no table is active in config.ETL_Tables (IsActive): nothing to load"], said
+
+
+def test_a_sql_name_longer_than_the_warehouse_admits_is_refused_naming_the_configuration_row(env):
+    """An operator's SqlName of 133 characters failed the extract with `identifier 'libelle_xxx...' is empty or
+    longer than 128 characters`, raised in the dialect: no table, no row of config.ETL_Columns, no word of what
+    to do (found in review). It is refused with the other SqlName mistakes."""
+    assert cbm_etl(["sync-columns", "famille"]) == 0
+    long = "libelle_" + "x" * 125
+    env.sql(f"""UPDATE config.ETL_Columns SET SqlName = '{long}', SourceExpression = '"libelle" AS "{long}"',
+               IsOverride = TRUE WHERE TableName = 'famille' AND ColumnName = 'libelle'""")
+    assert not succeeded(build(LoadTable(table="famille", mode="full")))
+    err = last_error(env, "famille")
+    assert "config.ETL_Columns[famille.libelle].SqlName = 'libelle_xxx" in err, err
+    assert "longer than 128 characters" in err and "choose a shorter SqlName" in err, err
+    env.sql("UPDATE config.ETL_Columns SET SqlName = 'libelle_long', SourceExpression = NULL, IsOverride = TRUE "
+            "WHERE TableName = 'famille' AND ColumnName = 'libelle'")
+    assert succeeded(build(LoadTable(table="famille", mode="full", batch_tag="b")))
+    assert env.sql("SELECT COUNT(*) FROM ods.famille WHERE libelle_long IS NOT NULL")[0][0] > 0

@@ -92,3 +92,23 @@ def test_invalid_utf8_message_names_a_text_key_that_is_itself_not_utf8_by_its_by
     assert "column lib" in err, err
     key = err.split(", key ", 1)[1].split(": the value", 1)[0]
     assert "\ufffd" not in key and "\\xc8" in key, f"key shown as {key!r}: {err}"
+
+
+def test_a_long_comment_that_is_not_utf8_keeps_the_way_out_in_the_run_log(env, monkeypatch):
+    """A French ERP's comment field (a CLOB) holding 6,000 characters written in Windows-1252 with one `é` (0xE9).
+    The refusal put the value's whole bytes before the advice, and etl.ETL_Log kept the first 4,000 characters:
+    the run log showed thousands of bytes and not what to do, nor the bad byte at the end (found in review). The
+    message shows the value around its first bad byte, and says how long it is."""
+    text = ("Client historique, livraison le mardi; " * 160)[:6000]
+    cols = [(Col("id", "integer", nullable=False), "INTEGER"), (Col("commentaire", "lvarchar"), "TEXT")]
+    raw_table(env.source, "notes", cols, ("id",), [(1, "ok"), (2, "x")])
+    with sqlite3.connect(env.source) as con:  # the same text, saved by a Windows client in cp1252 with one 'é'
+        con.execute("UPDATE notes SET commentaire = CAST(? AS TEXT) WHERE id = 2",
+                    [(text + " réglé").encode("cp1252")])
+    configure(env, monkeypatch, "arrow-odbc", "notes")
+    assert not succeeded(build(LoadTable(table="notes", mode="full")))
+    err = failure(env, "notes")
+    assert "column commentaire, key id=2: the value ...b'" in err, err[:300]
+    assert "r\\xe9gl\\xe9' (6,006 bytes; the part from position " in err, err[:400]
+    assert "IANAAppCodePage" in err and "IsExcluded" in err, err
+    assert len(err) < 1000, err

@@ -21,7 +21,7 @@ from cbm_luigi import demo_source
 from cbm_luigi.cli import main as cbm_etl
 from cbm_luigi.tasks import LoadAll, LoadTable
 
-from .conftest import (DEMO_TABLES, assert_ods_equals_source, build, last_error, make_env, on_source, running_luigid,
+from .conftest import (DEMO_TABLES, REPO, assert_ods_equals_source, build, last_error, make_env, on_source, running_luigid,
                        subprocess_env, succeeded)
 
 
@@ -561,3 +561,68 @@ def test_a_copy_of_the_warehouse_with_its_wal_shows_a_running_loads_failures(env
     truth = env.sql("SELECT SLAStatus FROM etl.vw_SLABreach WHERE TableName = 'client'")
     assert truth == [("FAILING",)]
     assert seen == truth
+
+
+def test_a_long_error_keeps_its_start_and_its_end_in_the_run_log(env, capsys):
+    """etl.ETL_Log keeps up to runlog.MAX_ERROR characters of a message. Cutting its end lost the fix, which every
+    message gives last (found in review); the cut is in the middle, and says how much was left out."""
+    from cbm_luigi.runlog import MAX_ERROR, StepRecord, write_steps
+    from cbm_luigi.settings import load_settings
+    from cbm_luigi.warehouse import open_warehouse
+
+    message = "table client, column nom, key id=1: " + "#" * 9000 + " To carry it over: exclude the column."
+    write_steps(open_warehouse(load_settings()), run_id="r1", batch_id="2026-11-29", table="client", mode="full",
+                task_id="t", records=[StepRecord("extract", "FAILED", error=message)])
+    kept = env.sql("SELECT ErrorMessage FROM etl.ETL_Log WHERE RunId = 'r1'")[0][0]
+    assert len(kept) == MAX_ERROR
+    assert kept.startswith("table client, column nom, key id=1: ###")
+    assert kept.endswith("### To carry it over: exclude the column.")
+    left_out = int(re.search(r" \[\.\.\. ([\d,]+) characters left out \.\.\.\] ", kept).group(1).replace(",", ""))
+    assert kept.count("#") + left_out == 9000  # what was left out is said exactly
+    assert cbm_etl(["summary"]) == 0
+    assert "To carry it over: exclude the column." in capsys.readouterr().out
+
+
+def test_luigid_under_this_luigi_cfg_never_retries_a_failed_step_within_the_night(monkeypatch):
+    """luigid put a FAILED step back to PENDING after [scheduler] retry_delay (300 s here, 900 s by default) and
+    handed it to the night's worker again (found in review, under a real luigid, a night going on for minutes
+    after a refused batch): the merge of a refused batch, whose stage the refusal had made incomplete while luigid
+    kept it DONE, failed on 'Unfulfilled dependency at run time', and etl.ETL_Log, vw_LastRuns and the web view
+    named that instead of the duplicate keys; the table was read twice. luigi.cfg's retry_delay < 0 turns the
+    retry off: a step stays FAILED until a run asks for it again, which resets it (a same-day rerun).
+    Luigi's own Scheduler (the class luigid serves) with luigi.cfg's [scheduler] section, driven as the worker
+    and luigid's 60 s prune pass drive it: a real luigid would need a night of more than a minute to show it."""
+    import configparser
+
+    from luigi.scheduler import DONE, FAILED, PENDING, RUNNING, Scheduler
+
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "luigi.cfg")
+    settings = {k: float(v) for k, v in cfg["scheduler"].items()}
+
+    def night(**overrides):
+        s = Scheduler(**{**settings, **overrides}, record_task_history=False)
+        s.add_task(worker="w", task_id="StageTable_x", status=DONE)
+        s.add_task(worker="w", task_id="MergeOds_x", status=FAILED, deps=["StageTable_x"], expl="duplicate keys")
+        return s
+
+    def status(s, task_id):
+        return next(st for st in (FAILED, PENDING, DONE, RUNNING) if task_id in s.task_list(st, ""))
+
+    import luigi.scheduler
+    import types
+
+    def an_hour_later():  # luigid's prune pass an hour into the night, past any retry_delay
+        monkeypatch.setattr(luigi.scheduler, "time", types.SimpleNamespace(time=lambda: time.time() + 3600))
+
+    luigis_default = night(retry_delay=900)  # what luigid does without this luigi.cfg: the retry this test guards
+    s = night()
+    an_hour_later()
+    luigis_default.prune()
+    assert status(luigis_default, "MergeOds_x") == PENDING
+
+    s.prune()
+    assert status(s, "MergeOds_x") == FAILED
+    assert s.get_work(worker="w")["task_id"] is None  # the night's worker is not handed the step again
+    s.add_task(worker="rerun", task_id="MergeOds_x", status=PENDING)  # the operator's rerun asks for it again
+    assert status(s, "MergeOds_x") == PENDING

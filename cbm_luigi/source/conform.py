@@ -10,13 +10,16 @@ logical column (made True) and a logical in a non-logical column (made 1).
 from __future__ import annotations
 
 import logging
+import math
+import struct
 from collections.abc import Mapping
 from datetime import date
+from decimal import Decimal
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..naming import shown_column
+from ..naming import shown_column, shown_value
 from ..settings import warn_once
 from ..types import MAX_DATE, MIN_DATE
 from .errors import VALUE_FIX, SourceValueError
@@ -47,7 +50,7 @@ def _key_text(batch: pa.RecordBatch, keys: list[str], i: int, names: Mapping[str
 def _shown(arr: pa.Array, i: int) -> str:
     """Value `i` for a message; as Arrow prints it when Python cannot hold it (a date of year 0 or 10000)."""
     try:
-        return repr(arr[i].as_py())
+        return shown_value(arr[i].as_py())
     except (ValueError, OverflowError):
         return repr(pc.cast(arr.slice(i, 1), pa.string())[0].as_py())
 
@@ -118,6 +121,12 @@ def _convert(arr: pa.Array, target: pa.DataType) -> pa.Array:
         # SQLite hands over an integral NUMERIC as an integer; Arrow casts int64 only to a decimal of 19 integer
         # digits or more, so go through the widest decimal and let the safe cast check the precision
         return arr.cast(pa.decimal256(76, target.scale)).cast(target, safe=True)
+    if pa.types.is_floating(target) and (pa.types.is_decimal(arr.type) or _kind(arr.type) == "text"):
+        # Arrow's "safe" checks nothing here (a 17th digit is rounded away), and its decimal cast misses the
+        # nearest float (-1234567.89 became -1234567.8900000001): a decimal goes through its exact text
+        out = (arr.cast(pa.string()) if pa.types.is_decimal(arr.type) else arr).cast(target, safe=True)
+        _check_float_exact(arr, out)
+        return out
     src, dst = _kind(arr.type), _kind(target)
     if src != dst and src != "text" and not (dst == "text" and src != "bool") and (src, dst) != ("number", "bool"):
         # Arrow would make a logical 1, a date its day number, a number a date: values of another kind
@@ -129,6 +138,41 @@ def _convert(arr: pa.Array, target: pa.DataType) -> pa.Array:
             pc.equal(out.cast(arr.type), arr)):
         raise pa.ArrowInvalid("a time of day in a date column would be dropped")
     return out
+
+
+def _check_float_exact(arr: pa.Array, out: pa.Array) -> None:
+    """A decimal or a number's text made a float only when the float reads back as the same number (0.1 is
+    0.1, 12345678901234567.1 would be 12345678901234568: refused). A decimal is compared through Arrow's
+    decimal cast, which reads a double back exactly at any scale; text with more significant digits than the
+    float type holds (15 for a double, 6 for a REAL) is compared one value at a time by its shortest form."""
+    if pa.types.is_decimal(arr.type):
+        try:
+            same = _all(pc.equal(out.cast(arr.type), arr))
+        except (pa.ArrowInvalid, OverflowError):
+            same = False
+        if not same:
+            raise pa.ArrowInvalid(f"a decimal that {out.type} cannot hold exactly: it would be rounded")
+        return
+    single = out.type.bit_width == 32
+    digits = pc.replace_substring_regex(pc.utf8_trim_whitespace(arr), r"[eE].*$|[^0-9]", "")
+    digits = pc.replace_substring_regex(pc.replace_substring_regex(digits, r"^0+", ""), r"0+$", "")
+    long = pc.greater(pc.utf8_length(digits), 6 if single else DOUBLE_DIGITS)
+    for i in (pc.indices_nonzero(pc.fill_null(long, False)).to_pylist() if pc.any(long).as_py() else []):
+        text, value = arr[i].as_py().strip(), out[i].as_py()
+        if value is None or not math.isfinite(value) or Decimal(text) != _shortest(value, single):
+            raise pa.ArrowInvalid(f"{text} has more digits than {out.type} holds: it would be rounded")
+
+
+def _shortest(value: float, single: bool) -> Decimal:
+    """The shortest decimal that reads back as this float (a REAL's value, held in a Python float, is
+    rounded to 32 bits on the way back)."""
+    if not single:
+        return Decimal(repr(value))
+    for n in range(1, 10):
+        text = f"{value:.{n}g}"
+        if struct.unpack("f", struct.pack("f", float(text)))[0] == value:
+            return Decimal(text)
+    return Decimal(repr(value))
 
 
 def _kind(t: pa.DataType) -> str:
@@ -172,6 +216,10 @@ def _cast_alike(batch: pa.RecordBatch, schema: pa.Schema, position: dict[str, in
     return done
 
 
+def _refused(column: str, fact: str) -> SourceValueError:
+    return SourceValueError(f"{fact}. To carry it over: {VALUE_FIX}.", column=column, fact=fact)
+
+
 def _say_zoneless(table: str, column: str) -> None:
     """A DATETIME-TZ the driver hands over as a zone-less timestamp is taken as UTC: the SQLite ODBC driver
     converts the stored offset to UTC first. That is the driver's choice, not a fact of the data, so it is said
@@ -207,19 +255,18 @@ def conform_batch(batch: pa.RecordBatch, schema: pa.Schema, *, table: str, keys:
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OverflowError, ValueError) as exc:
             i = _first_bad(src, field.type)
             where = _key_text(batch, keys, i, names) if i is not None else "some row"
-            value = src[i].as_py() if i is not None else "?"
-            raise SourceValueError(
-                f"table {table}, column {column(field.name)}, key {where}: value {value!r} does not fit "
-                f"{field.type} without loss ({exc}). To carry it over: {VALUE_FIX}.") from None
+            value = _shown(src, i) if i is not None else "?"
+            raise _refused(field.name, f"table {table}, column {column(field.name)}, key {where}: value {value} "
+                                       f"does not fit {field.type} without loss ({exc})") from None
         bad = _out_of_range(arrays[-1])
         if bad is not None:
-            raise SourceValueError(
-                f"table {table}, column {column(field.name)}, key {_key_text(batch, keys, bad, names)}: value "
-                f"{_shown(arrays[-1], bad)} is outside years 1 to 9999, which the warehouse cannot hold"
-                f"{' (in UTC)' if getattr(field.type, 'tz', None) else ''}. To carry it over: {VALUE_FIX}.")
+            raise _refused(field.name, f"table {table}, column {column(field.name)}, key "
+                                       f"{_key_text(batch, keys, bad, names)}: value {_shown(arrays[-1], bad)} is "
+                                       f"outside years 1 to 9999, which the warehouse cannot hold"
+                                       f"{' (in UTC)' if getattr(field.type, 'tz', None) else ''}")
         if not field.nullable and arrays[-1].null_count:
             i = pc.index(pc.is_null(arrays[-1]), True).as_py()
-            raise SourceValueError(f"table {table}, column {column(field.name)}, key "
-                                   f"{_key_text(batch, keys, i, names)}: NULL (Progress unknown value ?) in a "
-                                   f"mandatory column. To carry it over: {VALUE_FIX}.")
+            raise _refused(field.name, f"table {table}, column {column(field.name)}, key "
+                                       f"{_key_text(batch, keys, i, names)}: NULL (Progress unknown value ?) in a "
+                                       f"mandatory column")
     return pa.RecordBatch.from_arrays(arrays, schema=schema)

@@ -43,8 +43,9 @@ class SourceColumn:
     alias: str
     expression: str | None = None  # e.g. SUBSTRING("desc", 1, 2000) — replaces the plain column reference
 
-    def select_item(self) -> str:
-        return f"{self.expression or quote(self.name)} AS {quote(source_alias(self.alias))}"
+    def select_item(self, ref: str | None = None) -> str:
+        """`<expression or column> AS <alias>`; `ref` is how the dialect names the plain column."""
+        return f"{self.expression or ref or quote(self.name)} AS {quote(source_alias(self.alias))}"
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,12 @@ class OpenEdgeDialect:
     def table_ref(self, table: str) -> str:
         return f"{OWNER}.{quote(table)}"
 
-    def window_predicate(self, w: Window) -> tuple[str, list[str]]:
-        col = quote(w.column)
+    def column_ref(self, table: str | None, name: str) -> str:
+        """A column of the table as the SELECT names it."""
+        return quote(name)
+
+    def window_predicate(self, w: Window, table: str | None = None) -> tuple[str, list[str]]:
+        col = self.column_ref(table, w.column)
         if w.precision == "datetime":
             return f"{col} >= {self.timestamp_param()}", [w.since.strftime("%Y-%m-%d %H:%M:%S")]
         day = w.since.date().isoformat()
@@ -85,7 +90,7 @@ class OpenEdgeDialect:
             # (a NULL heure counts as modified). The range on dat_mod stays a top-level AND term so the server
             # can use the dat_mod index; an OR at the top would make it scan the table.
             secs = w.since.hour * 3600 + w.since.minute * 60 + w.since.second
-            tod = quote(w.time_of_day_column)
+            tod = self.column_ref(table, w.time_of_day_column)
             return (f"{col} >= {self.date_param()} AND ({col} > {self.date_param()} OR {tod} >= {secs} "
                     f"OR {tod} IS NULL)", [day, day])
         return f"{col} >= {self.date_param()}", [day]
@@ -97,11 +102,12 @@ class OpenEdgeDialect:
             raise ValueError(f"table {table}: no column to extract (all excluded?) — check config.ETL_Columns")
         where, params = [], []
         if window is not None:
-            pred, params = self.window_predicate(window)
+            pred, params = self.window_predicate(window, table)
             where.append(pred)
         if filter_clause and filter_clause.strip():
             where.append(f"({filter_clause.strip()}\n)")  # a trailing `-- comment` ends at the line end
-        sql = "SELECT " + ", ".join(c.select_item() for c in columns) + " FROM " + self.table_ref(table)
+        sql = "SELECT " + ", ".join(c.select_item(self.column_ref(table, c.name)) for c in columns) + " FROM " + \
+            self.table_ref(table)
         if where:
             sql += " WHERE " + " AND ".join(where)
         return sql, params
@@ -133,6 +139,12 @@ class SqliteStandInDialect(OpenEdgeDialect):
 
     def timestamp_param(self) -> str:
         return "?"
+
+    def column_ref(self, table: str | None, name: str) -> str:
+        """Qualified by its table: SQLite takes a double-quoted name that is no column for a string, so a column
+        dropped at the source loaded as its own name (`'email'` in every row) where OpenEdge says 42S22. A
+        FilterClause or SourceExpression is the operator's text and stays as written."""
+        return f"{self.table_ref(table)}.{quote(name)}" if table else quote(name)
 
 
 def dialect_for(name: str) -> OpenEdgeDialect:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 
+from ..naming import shown_value
 from ..settings import mask_secrets
 
 
@@ -15,7 +16,13 @@ class SourceError(RuntimeError):
 
 
 class SourceValueError(SourceError):
-    """A value that cannot be carried over unchanged (too long, too precise, out of range)."""
+    """A value that cannot be carried over unchanged (too long, too precise, out of range). `column` (its SQL
+    name) and `fact` (the message without its advice) let the extract replace the advice when the catalog says
+    the field itself changed (extract._changed_at_source)."""
+
+    def __init__(self, message: str, *, column: str | None = None, fact: str | None = None):
+        super().__init__(message)
+        self.column, self.fact = column, fact
 
 
 # what to do with a value that cannot be carried over (the end of every SourceValueError about one value)
@@ -28,12 +35,22 @@ class InvalidTextError(SourceValueError):
     bad text as bytes). The extract names the table's column and key (it knows them; the reader does not)."""
 
     def __init__(self, column: str, row: dict, raw: bytes):
-        self.column, self.row, self.raw = column, row, raw
-        super().__init__(f"column {column}: the value {raw!r} is not UTF-8")
+        self.raw = raw
+        super().__init__(f"column {column}: the value {self._shown()} is not UTF-8")
+        self.column, self.row = column, row  # the result's column name (SourceValueError's own is the SQL name)
+
+    def _shown(self) -> str:
+        """The value around its first byte that is not UTF-8 (a CLOB is shown in part: see shown_value)."""
+        try:
+            self.raw.decode("utf-8")
+            at = None
+        except UnicodeDecodeError as exc:
+            at = exc.start
+        return shown_value(self.raw, at)
 
     def named(self, table: str, column: str, key: str) -> SourceValueError:
         return SourceValueError(
-            f"table {table}, column {column}, key {key}: the value {self.raw!r} is not UTF-8 text (a code-page "
+            f"table {table}, column {column}, key {key}: the value {self._shown()} is not UTF-8 text (a code-page "
             f"mix-up at the source? check the connection's IANAAppCodePage, 106 for UTF-8). To carry it over: "
             f"{VALUE_FIX}.")
 

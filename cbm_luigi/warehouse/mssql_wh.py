@@ -43,6 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..naming import shown_value
 from ..settings import connection_summary, mask_secrets
 from ..types import check_decimal_fits
 from ..pooling import pooled
@@ -67,9 +68,7 @@ class StageValueError(ValueError):
         super().__init__(str(self))
 
     def __str__(self) -> str:
-        shown = repr(self.value)
-        if len(shown) > 120:
-            shown = shown[:117] + "..."
+        shown = shown_value(self.value)
         keys = [k for k in self.keys if k in self.row]
         where = (", ".join(f"{self.key_names.get(k, k)}={self.row[k]!r}" for k in keys) +
                  f"; row {self.row_number} of the stage file"
