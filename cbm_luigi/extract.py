@@ -8,6 +8,7 @@ to that start time.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -121,7 +122,7 @@ def _changed_at_source(reader: Reader, plan: TablePlan, exc: SourceValueError) -
     command, instead of its advice to fix the row, override or exclude the column, none of which is right then
     (found in review). None when the catalog says what config.ETL_Columns says (or the column is an override)."""
     col = next((c for c in plan.columns if c.sql_name == exc.column), None)
-    if col is None or exc.fact is None or col.expression is not None:
+    if col is None or exc.reason not in ("type", "null") or col.expression is not None:
         return None
     try:
         found = {c.name.lower(): c for c in catalog.read_columns(reader, plan.table)}
@@ -137,7 +138,10 @@ def _changed_at_source(reader: Reader, plan: TablePlan, exc: SourceValueError) -
             ctype = map_openedge_type(now.coltype, now.width, now.scale, table=plan.table, column=col.name)
         except UnsupportedTypeError:
             ctype = None
-        if ctype == col.ctype and now.nullable == col.nullable and now.array_extent == col.extent:
+        # only a change that explains the refusal: a NULL by the field made optional, a value that does not fit
+        # by another type (a width fixed by dbtool, the routine fix, explains neither: found in review)
+        if exc.reason == "null" and not (now.nullable and not col.nullable) or exc.reason == "type" and (
+                _unsized(ctype) == _unsized(col.ctype) and now.array_extent == col.extent):
             return None
 
         def said(t, nullable, extent):
@@ -148,6 +152,11 @@ def _changed_at_source(reader: Reader, plan: TablePlan, exc: SourceValueError) -
     return SourceValueError(f"{exc.fact}. The field {change}: it changed in Progress since `cbm-etl sync-columns` "
                             f"last read it. Run `cbm-etl sync-columns {plan.table}`, then the same command again "
                             f"(ods follows the change)", column=exc.column, fact=exc.fact)
+
+
+def _unsized(t):
+    """A column type without its text or binary width (which the conform step does not check)."""
+    return dataclasses.replace(t, width=None) if t is not None else None
 
 
 @contextlib.contextmanager

@@ -121,7 +121,11 @@ def _narrower(plan: TablePlan) -> str:
 def _settle_memory(wh: Warehouse, plan: TablePlan) -> None:
     """After a failed step, the warehouse's configured resources back: a MERGE's raise outlives its transaction's
     rollback and was left to the next tables of the night (found in review). Failing to is said, not raised: the
-    step's own error is the one to report."""
+    step's own error is the one to report. A warehouse that sets no memory limit (SQL Server) is left alone: a
+    session opened for nothing ran the connection retries again when SQL Server was what failed, then said the
+    memory limit could not be put back (found in review)."""
+    if not wh.sets_memory:
+        return
     try:
         with wh.session() as s:
             wh.settle_memory(s)
@@ -178,9 +182,10 @@ def _spec(plan: TablePlan, full: bool) -> MergeSpec:
                      scd2=plan.is_dimension, full=full)
 
 
-def _check_staged(s: Session, plan: TablePlan, marker: MarkerTarget, step: str) -> dict:
-    """stg.<table> must hold this step's batch and mode (etl.ETL_TableState, written with the stage)."""
-    st = staged_batch(s, plan.table)
+def _check_staged(s: Session, d, plan: TablePlan, marker: MarkerTarget, step: str) -> dict:
+    """stg.<table> must hold this step's batch and mode (etl.ETL_TableState, written with the stage), and keeps
+    it until the step commits: the state row stays locked (dialect `d`), so another run's stage waits."""
+    st = staged_batch(s, plan.table, d)
     if st is None or st["BatchId"] != marker.batch_id or st["Mode"] != marker.mode:
         held = f"batch {st['BatchId']} ({st['Mode']})" if st else "no staged batch"
         raise StaleStageError(
@@ -385,7 +390,7 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
     record = StepRecord("merge")
     with _limits_named(wh, plan, "merge"), wh.session() as s, s.transaction():
         wh.settle_memory(s)
-        staged = _check_staged(s, plan, marker, "merge")
+        staged = _check_staged(s, d, plan, marker, "merge")
         _check_not_outdated(s, plan, marker, staged)
         _check_keys(s, wh, plan, spec)
         wanted = stage_columns(plan, stage_lengths(s, wh, plan))
@@ -462,7 +467,7 @@ def validate(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker
     with wh.session() as s:
         # the limit of a validation that runs out of memory is said before validation_memory puts the cap back
         with wh.validation_memory(s), _limits_named(wh, plan, "validate"), s.transaction():
-            _check_staged(s, plan, marker, "validate")
+            _check_staged(s, d, plan, marker, "validate")
             got = dict(zip(names, (int(v) for v in s.query(sql)[0])))
             missing, dup = got["batch_keys_current_with_same_hash"], got["duplicate_current_keys"]
             live, stg_rows = got["ods_live_rows"], got["stg_rows"]

@@ -153,9 +153,11 @@ def _ensure_state_row(s: Session, table: str) -> None:
               "(SELECT 1 FROM etl.ETL_TableState WHERE TableName = ?)", [table, table])
 
 
-def staged_batch(s: Session, table: str) -> dict | None:
-    """What stg.<table> holds now (etl.ETL_TableState), or None if nothing usable was staged."""
-    rows = s.query_dicts("SELECT BatchId, Mode, RunId, Rows, ExtractStartedAt, ExtractShape FROM etl.ETL_TableState "
+def staged_batch(s: Session, table: str, dialect=None) -> dict | None:
+    """What stg.<table> holds now (etl.ETL_TableState), or None if nothing usable was staged; with the
+    warehouse's `dialect`, the row stays locked until the session's transaction ends (WarehouseDialect.held)."""
+    state = dialect.held("etl.ETL_TableState") if dialect else "etl.ETL_TableState"
+    rows = s.query_dicts(f"SELECT BatchId, Mode, RunId, Rows, ExtractStartedAt, ExtractShape FROM {state} "
                          "WHERE TableName = ? AND BatchId <> ''", [table])
     return rows[0] if rows else None
 

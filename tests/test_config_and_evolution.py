@@ -1046,6 +1046,21 @@ def test_a_value_refused_whose_field_did_not_change_keeps_the_advice_to_fix_the_
     assert "fix the row in Progress" in message and "sync-columns" not in message, message
 
 
+def test_a_refusal_a_change_at_the_source_does_not_explain_keeps_its_advice(env):
+    """The DBA widened client.nom with dbtool (the routine fix) and a row has nom unknown in the mandatory field:
+    the NULL is what is wrong. The whole type was compared, width included, and the message said the field
+    changed (both sides read 'VARCHAR, mandatory') and to run sync-columns, after which the rerun failed the same
+    (found in review). Only a change that explains the refusal is named."""
+    on_source(env, "UPDATE SYSCOLUMNS_FULL SET nullflag = 'N' WHERE tbl = 'client' AND col = 'nom'")
+    assert succeeded(build(LoadTable(table="client", mode="full")))
+    on_source(env, "UPDATE SYSCOLUMNS_FULL SET width = width * 2 WHERE tbl = 'client' AND col = 'nom'")
+    on_source(env, "UPDATE client SET nom = NULL, dat_mod = ?, heure = ? WHERE cod_cli = 1", params=_now_stamp())
+    assert not succeeded(build(LoadTable(table="client", mode="incremental", batch_tag="night")))
+    message = last_error(env, "client")
+    assert "NULL (Progress unknown value ?) in a mandatory column" in message, message
+    assert "it changed in Progress" not in message and "fix the row" in message, message
+
+
 @pytest.mark.parametrize("reader", ["embedded", "pyodbc", "arrow-odbc"])
 def test_a_column_dropped_at_the_stand_in_source_stops_the_table_naming_sync_columns(env, monkeypatch, reader):
     """A field deleted at the source before sync-columns ran: OpenEdge refuses the SELECT that names it. The

@@ -112,3 +112,13 @@ def test_a_long_comment_that_is_not_utf8_keeps_the_way_out_in_the_run_log(env, m
     assert "r\\xe9gl\\xe9' (6,006 bytes; the part from position " in err, err[:400]
     assert "IANAAppCodePage" in err and "IsExcluded" in err, err
     assert len(err) < 1000, err
+
+
+def test_a_39_digit_number_handed_over_as_text_is_refused_not_loaded_as_another_number(env, monkeypatch):
+    """A Progress DECIMAL of 50 digits is read as DECIMAL(38, s), and a driver may hand it over as text: Arrow
+    parsed 39 nines into -20847100762815390390123822295304634369, loaded without a word (found in review)."""
+    raw_table(env.source, "big50", [(Col("id", "integer", nullable=False), "INTEGER"),
+                                    (Col("n50", "numeric", 50, 0), "VARCHAR(52)")], ("id",), [(1, "9" * 39)])
+    configure(env, monkeypatch, "embedded", "big50")
+    assert not succeeded(build(LoadTable(table="big50", mode="full")))
+    assert f"key id=1: value '{'9' * 39}' does not fit decimal128(38, 0)" in failure(env, "big50")

@@ -3,7 +3,6 @@ commit that introduced it: a validation's limit misnamed, advice beyond the mach
 at the machine), and a failed MERGE's raise does not outlive it."""
 from __future__ import annotations
 
-import os
 
 import duckdb
 import pytest
@@ -44,10 +43,10 @@ def test_a_validation_out_of_memory_names_the_limit_it_ran_under(env, monkeypatc
     assert succeeded(build(LoadTable(table="famille", mode="full", batch_tag="a")))
     real_check = steps._check_staged
 
-    def check_staged(s, plan, marker, step):
+    def check_staged(s, d, plan, marker, step):
         if step == "validate":
             raise duckdb.OutOfMemoryException("Out of Memory Error: failed to allocate data of size 16.0 KiB")
-        return real_check(s, plan, marker, step)
+        return real_check(s, d, plan, marker, step)
 
     monkeypatch.setattr(steps, "_check_staged", check_staged)
     assert not succeeded(build(LoadTable(table="famille", mode="full", batch_tag="b")))
@@ -87,11 +86,8 @@ def test_a_merge_raise_capped_at_the_machine_does_not_advise_more_than_the_machi
     impossible, and followed, the configured cap stood above 80 % of the machine. Now it says to exclude columns
     or add memory. The out-of-memory is injected (DuckDB's own text) right after the raise: whether DuckDB spills
     its way through at 160 MB varies from run to run; what is tested is the raise's cap and the message."""
-    real = os.sysconf
-    machine = 200e6
-    page = real("SC_PAGE_SIZE")
-    monkeypatch.setattr(duckdb_wh.os, "sysconf",
-                        lambda name: int(machine // page) if name == "SC_PHYS_PAGES" else real(name))
+    machine = 200e6  # the memory the process may use is made 200 MB (tests/test_memory_small_caps.py runs a
+    monkeypatch.setattr(duckdb_wh, "machine_memory", lambda: 0.8 * machine)  # real cgroup where it can)
     monkeypatch.setenv("CBM_DUCKDB_MEMORY_LIMIT", "128MB")
     _synthetic(env, "tall", 400_000, 4)
     assert succeeded(build(LoadTable(table="tall", mode="full", batch_tag="a")))

@@ -3,10 +3,21 @@ several sizes in one night. Each test failed on that code (the validation had no
 bytes a value)."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
 from cbm_luigi import demo_source
 from cbm_luigi.tasks import LoadTable
+from cbm_luigi.warehouse.duckdb_wh import _bytes
 
-from .conftest import build, last_error, succeeded
+from .conftest import REPO, build, last_error, subprocess_env, succeeded
+
+CGROUP_V1 = Path("/sys/fs/cgroup/memory")
 
 
 def test_a_small_cap_that_loaded_a_table_still_validates_it(env, monkeypatch):
@@ -54,3 +65,44 @@ def test_a_full_reload_of_a_million_rows_half_changed_merges_under_the_default_c
     demo_source.touch_synthetic_rows(env.source, "tall", 0.5)
     result = build(LoadTable(table="tall", mode="full", batch_tag="weekly"))
     assert succeeded(result), last_error(env, "tall")[:600]
+
+
+@pytest.fixture
+def memory_cgroup():
+    """A real memory cgroup (v1, as on this machine; v2 where that is the hierarchy) of 512 MiB, removed after;
+    skipped where this process may not make one (not root, a read-only /sys/fs/cgroup)."""
+    for root, limit_file in ((CGROUP_V1, "memory.limit_in_bytes"), (Path("/sys/fs/cgroup"), "memory.max")):
+        if not (root / "cgroup.procs").exists() or not (root / limit_file).exists() and root == CGROUP_V1:
+            continue
+        group = root / f"cbm-test-{uuid.uuid4().hex[:8]}"
+        try:
+            group.mkdir()
+            (group / limit_file).write_text(str(512 * 2**20))
+        except OSError as exc:
+            pytest.skip(f"cannot make a memory cgroup here: {exc}")
+        try:
+            yield group
+        finally:
+            group.rmdir()
+        return
+    pytest.skip("no memory cgroup hierarchy to make a group in")
+
+
+def test_a_merge_raise_stays_within_a_containers_memory_limit(env, memory_cgroup):
+    """The ETL in a container of 512 MiB on a bigger host (this machine: 24 GiB). A 350-column MERGE is given
+    525 MB (1.5 MB a column), capped at 80 % of the memory the process may use. That was counted from the host's
+    physical memory (19 GB here), so the raise passed the container's limit and the kernel would kill the night
+    with no message (found in review). It is DuckDB's own count now, which reads the cgroup: 80 % of 512 MiB."""
+    script = ("from cbm_luigi.settings import load_settings\n"
+              "from cbm_luigi.warehouse import open_warehouse\n"
+              "wh = open_warehouse(load_settings())\n"
+              "with wh.session() as s:\n"
+              "    wh.before_merge(s, 350)\n"
+              "    print(s.scalar(\"SELECT current_setting('memory_limit')\"))\n")
+    run = subprocess.run(["sh", "-c", f'echo $$ > {memory_cgroup / "cgroup.procs"} && exec "$0" -c "$1"',
+                          sys.executable, script], env=subprocess_env(env, PYTHONPATH=str(REPO)), cwd=env.home,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    raised = _bytes(run.stdout.strip().splitlines()[-1])
+    assert raised <= 0.8 * 512 * 2**20 * 1.01, f"the MERGE was given {run.stdout.strip()} in a 512 MiB container"
+    assert raised >= 0.8 * 512 * 2**20 * 0.95  # capped there, not left at the configured 256MB

@@ -1361,3 +1361,107 @@ def test_a_missing_sql_server_driver_is_named_with_the_way_out():
     text = str(err.value)
     assert text.startswith("cannot connect to SQL Server") and "odbcinst -q -d" in text and "docs/mssql.md" in text
     assert "s3cr" not in text and "PWD={***}" in text
+
+
+# -- 1. the DuckDB memory cap put back after a failed step, run on SQL Server ----------------------------------
+
+def test_a_failed_sql_server_step_does_not_reconnect_to_put_back_a_duckdb_memory_limit(monkeypatch, caplog):
+    """e3576a2 made every failed step open a new warehouse session to put DuckDB's memory cap back
+    (steps._limits_named -> _settle_memory). SQL Server has no such cap (Warehouse.settle_memory is a no-op
+    there), yet the failed step still opens a session for it. When the step failed because SQL Server is
+    unreachable (a failover, a restart: its most common failure), that session goes through the whole
+    connection retry cycle again (1 + CBM_CONNECT_RETRIES logins, 2 + 4 + 8 s of sleep plus each login's
+    timeout), and then the log says it 'could not put the warehouse's memory limit back', a limit SQL Server
+    does not have (found in review). A warehouse that sets no memory limit is left alone."""
+    attempts: list[str] = []
+
+    def unreachable(odbc, autocommit=False):
+        attempts.append(odbc)
+        raise pyodbc.OperationalError("08001", "[08001] [Microsoft][ODBC Driver 18 for SQL Server]TCP Provider: "
+                                               "Error code 0x2749 (10057) (SQLDriverConnect)")
+
+    monkeypatch.setattr(pyodbc, "connect", unreachable)
+    slept: list[float] = []
+    monkeypatch.setattr(mssql_wh.time, "sleep", slept.append)
+    wh = MssqlWarehouse(_settings(mssql_odbc="Driver={ODBC Driver 18 for SQL Server};Server=parity-down,1433;"
+                                             "Database=cbm;UID=etl;PWD=x;Encrypt=yes"))
+    plan = all_kind_plan(dimension=False)
+    marker = MarkerTarget(wh, "m", table="all-kinds", step="merge", batch_id="2024-01-01", mode="full")
+    caplog.set_level(logging.WARNING)
+    with pytest.raises(RuntimeError, match="cannot connect to SQL Server"):
+        steps.merge(wh, plan, mode="full", batch_id="2024-01-01", marker=marker, run_id="r")
+    memory = [r.getMessage() for r in caplog.records if "memory limit" in r.getMessage()]
+    assert not memory, f"a warning about DuckDB's memory limit on SQL Server: {memory}"
+    assert len(attempts) == 1 + wh.settings.connect_retries, (
+        f"{len(attempts)} logins (sleeping {sum(slept):.0f} s between them) for one failed step: the failure path "
+        f"connected again to put back a memory limit SQL Server does not have")
+
+
+# -- 2. the merge's check of what stg holds, under SQL Server's concurrency ------------------------------------
+
+class _ConcurrentStage(RecordingSession):
+    """SQL Server admits a second load while one runs (OPERATIONS: 'SQL Server has no such limit'; --workers N
+    is fine): here the same table's full merge of batch N runs while another run (an operator's LoadTable, an
+    overlapping cron of the other mode) stages the table. The other run's stage commits (stg replaced, the
+    state row saying its batch) after the merge has checked etl.ETL_TableState and before it reads stg. Nothing
+    the merge sent would have made that stage wait: it is played here at the merge's first read of stg."""
+
+    def __init__(self, plan):
+        self.plan = plan
+        self.state = {"BatchId": "2024-01-01", "Mode": "full", "RunId": "night", "Rows": 5000,
+                      "ExtractStartedAt": datetime(2024, 1, 1, 1), "ExtractShape": plan.extract_shape()}
+        names = [n for n, t, _ in plan.output_columns() if t.kind == "string"]
+        super().__init__([
+            (r"SELECT t\.LastSuccessTs, st\.MergedExtractStartedAt", [(None, None)]),
+            (r"FROM etl\.ETL_TableState", lambda sql: [dict(self.state)]),
+            (r"INFORMATION_SCHEMA\.COLUMNS", [(n, "nvarchar", 40, None, None, None, "YES") for n in names[:1]] +
+             [("_etl_inserted_at", "datetime2", None, None, None, 3, "NO")]),
+            (r"SELECT TOP \(5\)", self._other_run_staged),
+            (r"MAX\(0\.5 \* DATALENGTH", [tuple(Decimal("12.0") for _ in names)]),
+            # stg now holds the other run's 3-row incremental batch: the full merge would soft-delete the rest
+            (r"AS inserted", [(0, 1, 2, 4997, 3)]),
+            (r"SELECT @@TRANCOUNT", [(1,)]),
+        ])
+        self.replaced_at: int | None = None
+
+    def _other_run_staged(self, sql):
+        if self.replaced_at is None and "[stg]." in sql:
+            self.replaced_at = len(self.log)
+            self.state = {**self.state, "BatchId": "2024-01-01-fix", "Mode": "incremental", "RunId": "operator",
+                          "Rows": 3, "ExtractStartedAt": datetime(2024, 1, 1, 9)}
+        return []
+
+
+def test_the_merge_holds_what_it_checked_stg_holds_until_it_commits_on_sql_server():
+    """On DuckDB one process holds the warehouse, so nothing can replace stg.<table> between the merge's check
+    of etl.ETL_TableState (steps._check_staged) and its MERGE. On SQL Server another run can: the check is a
+    plain read under READ COMMITTED (its shared lock is gone when the SELECT ends), and the other run's stage
+    only needs that row (its forget_staged UPDATE) and stg (DROP/CREATE). The merge then MERGEs the other
+    run's rows as its own batch: a full batch's merge over another run's incremental stage soft-deletes every
+    row outside its window, and commits (its validation then fails as stale, the rows stay deleted until the
+    next full: found in review). The merge keeps the state row it checked locked until it commits (UPDLOCK,
+    HOLDLOCK), so the other run's stage (its UPDATE of that row comes first) waits; the validation too."""
+    plan = all_kind_plan(dimension=False)
+    rec = _ConcurrentStage(plan)
+    wh = StubWarehouse(rec)
+    marker = MarkerTarget(wh, "MergeOds_all_kinds_2024_01_01_full", table="all-kinds", step="merge",
+                          batch_id="2024-01-01", mode="full")
+    merged = None
+    try:
+        merged = steps.merge(wh, plan, mode="full", batch_id="2024-01-01", marker=marker, run_id="night")
+    except steps.StaleStageError:
+        pass
+    stmts = rec.statements
+    begin = stmts.index("BEGIN TRANSACTION")
+    check = next(i for i, s in enumerate(stmts) if i > begin and "FROM etl.ETL_TableState" in s
+                 and "BatchId <> ''" in s)
+    held = re.search(r"UPDLOCK|HOLDLOCK|XLOCK|TABLOCKX", stmts[check], re.I) or any(
+        "sp_getapplock" in s for s in stmts[begin:check + 1])
+    soft_delete = [s for s in stmts if s.startswith("MERGE INTO [ods]") and "NOT MATCHED BY SOURCE" in s]
+    outcome = ("ran its soft-deleting MERGE over the other run's incremental stage and committed"
+               if soft_delete and "COMMIT TRANSACTION" in stmts else "went on")
+    parse_tsql(stmts[check], "the merge's locking read of etl.ETL_TableState")
+    assert held, (
+        f"the merge's check of what stg holds takes no lock:\n  {stmts[check]}\nso another run's stage "
+        f"committed in between (after statement {rec.replaced_at}), and the merge of full batch 2024-01-01 "
+        f"{outcome} (soft-deleted, as counted: {merged and merged.deleted})")

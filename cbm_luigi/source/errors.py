@@ -17,12 +17,14 @@ class SourceError(RuntimeError):
 
 class SourceValueError(SourceError):
     """A value that cannot be carried over unchanged (too long, too precise, out of range). `column` (its SQL
-    name) and `fact` (the message without its advice) let the extract replace the advice when the catalog says
-    the field itself changed (extract._changed_at_source)."""
+    name), `fact` (the message without its advice) and `reason` ('type': it does not fit the column's type,
+    'null': NULL in a mandatory column, 'range': a date out of range) let the extract replace the advice when the
+    catalog says the field itself changed in a way that explains the refusal (extract._changed_at_source)."""
 
-    def __init__(self, message: str, *, column: str | None = None, fact: str | None = None):
+    def __init__(self, message: str, *, column: str | None = None, fact: str | None = None,
+                 reason: str | None = None):
         super().__init__(message)
-        self.column, self.fact = column, fact
+        self.column, self.fact, self.reason = column, fact, reason
 
 
 # what to do with a value that cannot be carried over (the end of every SourceValueError about one value)

@@ -29,6 +29,11 @@ class WarehouseDialect:
     def table(self, schema: str, name: str) -> str:
         return f"{self.quote(schema)}.{self.quote(name)}"
 
+    def held(self, table_ref: str) -> str:
+        """A table in a FROM whose rows read stay locked until the transaction ends (nothing to add where one
+        process holds the warehouse)."""
+        return table_ref
+
     def check_identifier(self, name: str) -> str:
         if not name or len(name) > self.max_identifier:
             raise IdentifierError(f"identifier {name!r} is empty or longer than {self.max_identifier} characters")
@@ -105,6 +110,13 @@ class TsqlDialect(WarehouseDialect):
 
     def quote(self, name: str) -> str:
         return "[" + self.check_identifier(name).replace("]", "]]") + "]"
+
+    def held(self, table_ref: str) -> str:
+        """UPDLOCK, HOLDLOCK: the rows read keep an update lock to the transaction's end, so another run's stage
+        (its UPDATE of the same etl.ETL_TableState row) waits for this merge or validation to commit. A plain read
+        under READ COMMITTED lets go at once: another run restaged the table between the merge's check and its
+        MERGE, which merged that run's batch as its own (found in review)."""
+        return f"{table_ref} WITH (UPDLOCK, HOLDLOCK)"
 
     def same_value(self, left: str, right: str, ctype: ColumnType) -> str:
         """SQL Server 2019 has no IS NOT DISTINCT FROM, and its `=` on strings follows the column's collation
