@@ -220,8 +220,8 @@ def cmd_clean_cache(args) -> int:
         except ValueError:
             return False
 
-    def written(p):
-        return max((f.stat().st_mtime for f in p.rglob("*")), default=p.stat().st_mtime)
+    def written(p):  # by its files only: a file deleted (invalidate) makes its folder's time now (found in review)
+        return max((f.stat().st_mtime for f in p.rglob("*") if f.is_file()), default=0.0)
 
     batches = sorted((p for p in settings.cache_dir.glob("*") if is_batch(p)), key=written)
     old = batches[:-args.keep] if args.keep else batches

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from .plan import TablePlan
 from .types import UnsupportedTypeError, map_openedge_type
-from .source.conform import conform_batch
+from .source.conform import conform_batch, fits
 from .naming import shown_column
 from .source.errors import InvalidTextError, SourceError, SourceValueError, translate
 from .source import catalog, readers
@@ -138,10 +138,14 @@ def _changed_at_source(reader: Reader, plan: TablePlan, exc: SourceValueError) -
             ctype = map_openedge_type(now.coltype, now.width, now.scale, table=plan.table, column=col.name)
         except UnsupportedTypeError:
             ctype = None
-        # only a change that explains the refusal: a NULL by the field made optional, a value that does not fit
-        # by another type (a width fixed by dbtool, the routine fix, explains neither: found in review)
-        if exc.reason == "null" and not (now.nullable and not col.nullable) or exc.reason == "type" and (
-                _unsized(ctype) == _unsized(col.ctype) and now.array_extent == col.extent):
+        # only a change that explains the refusal (a width fixed by dbtool, the routine fix, explains none; found
+        # in review): a NULL by the field made optional, but not in a key, which can never be unknown; a value
+        # that does not fit by another type, one the value fits
+        if exc.reason == "null" and not (now.nullable and not col.nullable and col.sql_name not in plan.keys):
+            return None
+        if exc.reason == "type" and (_unsized(ctype) == _unsized(col.ctype) and now.array_extent == col.extent or
+                                     ctype is not None and exc.value is not None and not now.array_extent and
+                                     not fits(exc.value, ctype.arrow_type())):
             return None
 
         def said(t, nullable, extent):

@@ -5,6 +5,7 @@ Each runs in one warehouse transaction and touches its marker inside it.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 from datetime import datetime
 from pathlib import Path
@@ -458,6 +459,15 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
     return record
 
 
+def _unused_tag(s: Session, table: str, day: str, stem: str) -> str:
+    """`<stem>1`, `<stem>2`, ...: the first tag with no step of the table done in that day's batch (a fixed
+    `reload1` advised after a second failed validation the same day named a batch already loaded: the command
+    read nothing and exited 0, found in review)."""
+    used = {r[0] for r in s.query("SELECT DISTINCT BatchId FROM etl.ETL_Markers WHERE TableName = ? AND BatchId "
+                                  "LIKE ?", [table, f"{day}-{stem}%"])}
+    return next(f"{stem}{n}" for n in itertools.count(1) if f"{day}-{stem}{n}" not in used)
+
+
 def validate(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: MarkerTarget, run_id: str,
              extract_started_at: datetime, extract_started_utc: datetime | None = None) -> StepRecord:
     """Check the merge against the batch, record the checks, advance LastSuccessTs with the marker."""
@@ -485,12 +495,14 @@ def validate(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker
                                                   warehouse=wh.describe())
                 record_validated(s, plan.table, started_at=extract_started_at, started_utc=extract_started_utc)
                 marker.touch(s, run_id=run_id, rows=stg_rows)
+            else:
+                tag = _unused_tag(s, plan.table, batch_id[:10], "reload")
         if failed:
             raise ValidationError(
                 f"table {plan.table}, batch {batch_id}: validation failed: " +
                 "; ".join(f"{n} expected {e} got {a}" for n, _p, e, a in failed) +
                 f". ods.{plan.destination} does not match the extract; see etl.ETL_Validation. LastSuccessTs was "
                 f"not advanced. Reload the table in full as a new batch (the same command would validate this one "
-                f"again): `luigi --module cbm_luigi LoadTable --table {plan.table} --mode full --batch-tag reload1`; "
+                f"again): `luigi --module cbm_luigi LoadTable --table {plan.table} --mode full --batch-tag {tag}`; "
                 f"if it persists, check the key (PrimaryKeyCols).")
     return StepRecord("validate", rows=stg_rows, detail=f"ods live rows {live}")

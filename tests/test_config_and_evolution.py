@@ -4,11 +4,13 @@ from __future__ import annotations
 import re
 import sqlite3
 from datetime import date, datetime
+from decimal import Decimal
 
 import pytest
 
 from cbm_luigi import demo_source
 from cbm_luigi.cli import main as cbm_etl
+from cbm_luigi.demo_source import Col
 from cbm_luigi.settings import load_settings
 from cbm_luigi.source.readers import release_readers
 from cbm_luigi.warehouse import open_warehouse
@@ -16,6 +18,7 @@ from cbm_luigi.warehouse.duckdb_wh import _bytes, release_connections
 from cbm_luigi.tasks import LoadTable, MergeOds, StageTable, ValidateTable
 
 from .conftest import assert_ods_equals_source, build, last_error, on_source, source_rows, succeeded
+from .test_progress_quirks import configure, failure, ods, raw_table
 from .test_source_odbc import odbc_vars
 
 
@@ -1079,3 +1082,56 @@ def test_a_column_dropped_at_the_stand_in_source_stops_the_table_naming_sync_col
     assert cbm_etl(["sync-columns", "client"]) == 0
     assert succeeded(build(LoadTable(table="client", mode="incremental", batch_tag="night")))
     assert env.sql("SELECT nom FROM ods.client WHERE cod_cli = 1 AND _etl_is_current") == [("Changed tonight",)]
+
+
+def test_a_text_decimal_column_holding_dot_zero_loads_end_to_end(env, monkeypatch):
+    """The same through the pipeline: a DECIMAL handed over as text (a wide Progress DECIMAL through arrow-odbc,
+    or a SourceExpression's text; here the stand-in's VARCHAR) with a zero written '.00' stopped the table."""
+    raw_table(env.source, "txtdec", [(Col("id", "integer", nullable=False), "INTEGER"),
+                                     (Col("amt", "numeric", 12, 2), "VARCHAR(20)")], ("id",),
+              [(1, "1.50"), (2, ".00"), (3, "-.0")])
+    configure(env, monkeypatch, "embedded", "txtdec")
+    assert succeeded(build(LoadTable(table="txtdec", mode="full"))), failure(env, "txtdec")[:500]
+    assert ods(env, "txtdec", ["id", "amt"]) == [(1, Decimal("1.50")), (2, Decimal("0.00")), (3, Decimal("0.00"))]
+
+
+def test_a_null_in_a_key_field_made_optional_is_not_sent_to_sync_columns(env, monkeypatch):
+    """The DBA unticks MANDATORY on a field of the table's key and a row comes with it unknown. 7d811e4 names
+    the catalog as the cause ('reason' null, the field made optional) and says: run sync-columns, then the same
+    command (ods follows the change). Followed, the rerun reads the NULL, and the merge refuses it as a NULL key
+    (a key part can never be unknown): the advice cannot work for a key column. The message of the first
+    failure must give a way out that works (fix the row, or PrimaryKeyCols), not sync-columns."""
+    raw_table(env.source, "kopt", [(Col("id", "integer", nullable=False), "INT"),
+                                   (Col("nom", "varchar", 20), "VARCHAR(20)")], ("id",),
+              [(1, "a"), (2, "b")], pk=False)
+    configure(env, monkeypatch, "embedded", "kopt")
+    assert succeeded(build(LoadTable(table="kopt", mode="full", batch_tag="a"))), failure(env, "kopt")[:500]
+    on_source(env, "UPDATE SYSCOLUMNS_FULL SET nullflag = 'Y' WHERE tbl = 'kopt' AND col = 'id'",
+              "INSERT INTO kopt VALUES (NULL, 'c')")
+    assert not succeeded(build(LoadTable(table="kopt", mode="full", batch_tag="b")))
+    first = failure(env, "kopt")
+    if "sync-columns kopt" not in first:
+        return  # not sent to sync-columns: fine
+    assert cbm_etl(["sync-columns", "kopt"]) == 0
+    rerun = succeeded(build(LoadTable(table="kopt", mode="full", batch_tag="b")))
+    assert rerun, (f"the first failure said:\n  {first}\nfollowed (sync-columns, the same command), the rerun "
+                   f"failed:\n  {failure(env, 'kopt')[:400]}")
+
+
+def test_a_wider_decimal_at_the_source_is_not_named_for_a_value_with_too_many_decimals(env):
+    """7d811e4: 'the catalog is named as the cause only when its change explains the refusal'. For a 'type'
+    refusal any change of the type counts: the DBA gives client.ca-annuel more integer digits (DECIMAL(17,2) ->
+    DECIMAL(20,2)) and a row holds 1234.567 (three decimals). The message says the field changed and to run
+    sync-columns, then the same command; followed, the rerun refuses the same value (now with the advice to fix
+    the row). A change that gives the column no more decimals cannot explain a value refused for its decimals."""
+    assert succeeded(build(LoadTable(table="client", mode="full")))
+    on_source(env, "UPDATE SYSCOLUMNS_FULL SET width = 20 WHERE tbl = 'client' AND col = 'ca-annuel'",
+              "UPDATE client SET \"ca-annuel\" = '1234.567' WHERE cod_cli = 1")
+    assert not succeeded(build(LoadTable(table="client", mode="full", batch_tag="b")))
+    first = failure(env, "client")
+    assert "value '1234.567' does not fit" in first, first
+    if "sync-columns client" not in first:
+        return
+    assert cbm_etl(["sync-columns", "client"]) == 0
+    assert succeeded(build(LoadTable(table="client", mode="full", batch_tag="b"))), (
+        f"the first failure said:\n  {first}\nfollowed, the rerun failed:\n  {failure(env, 'client')[:400]}")

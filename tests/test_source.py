@@ -313,6 +313,38 @@ def test_a_long_value_refused_is_shown_in_part_in_the_whole_message(target, valu
     assert len(said) < 1000 and "To carry it over:" in said, f"{len(said):,} characters: {said[:300]}"
 
 
+def _conform_text(values, target, ids=None):
+    ids = ids or list(range(1, len(values) + 1))
+    batch = pa.RecordBatch.from_arrays([pa.array(ids, pa.int32()), pa.array(values, pa.string())],
+                                       names=["id", "v"])
+    return conform_batch(batch, pa.schema([pa.field("id", pa.int32()), pa.field("v", target)]), table="lignes",
+                         keys=["id"])
+
+
+@pytest.mark.parametrize("text", [".0", ".00", "-.0", "+.00", "." + "0" * 40])
+def test_a_zero_as_text_without_its_integer_digit_is_taken_as_zero(text):
+    """A review of 7d811e4: it cut the trailing zeros after the point before Arrow parses the text (so 1.000... of 100 digits
+    fits DECIMAL(76)); '.00' becomes '.', which Arrow refuses: a zero that Arrow (and the code before) read as
+    0.00 stops the table as a value that 'does not fit without loss'. '.5' and '0.' are taken."""
+    assert _conform_text([".5", "0.", text], pa.decimal128(12, 2)).column(1).to_pylist() == \
+        [Decimal("0.50"), Decimal("0.00"), Decimal("0.00")]
+
+
+@pytest.mark.parametrize("other,said", [("9" * 80, "more than 76 digits"), ("abc", "'abc'")])
+def test_the_reason_of_a_refusal_is_that_of_the_value_it_names(other, said):
+    """A batch with two bad values: the first (key id=2, '12.345', three decimals in a scale-2 column) is named,
+    but the reason in brackets is the whole column's cast's, which met another row's problem first (7d811e4's
+    76-digit check runs over every value before any is parsed; Arrow's parse errors come before its rescale
+    errors): 'value '12.345' does not fit ... (more than 76 digits)'. The operator looks for 76 digits in a
+    value of five. The reason must be that of the value named."""
+    with pytest.raises(SourceValueError) as err:
+        _conform_text(["1.5", "12.345", other], pa.decimal128(18, 2))
+    message = str(err.value)
+    assert "key id=2: value '12.345'" in message, message
+    assert said not in message, message
+
+
+
 @pytest.mark.parametrize("text,fix,transient", [
     ("[DataDirect][ODBC Progress OpenEdge Wire Protocol driver][OPENEDGE]Column zlib in table PUB.client has value "
      "exceeding its max length or precision.", "dbtool", False),

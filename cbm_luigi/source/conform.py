@@ -29,18 +29,29 @@ log = logging.getLogger(__name__)
 
 DOUBLE_DIGITS = 15
 DECIMAL256_DIGITS = 76
+MAX_DECIMAL128_CHARS = 38  # text no longer than this has at most 38 digits: Arrow parses it into a decimal128 right
 
 
-def _first_bad(src: pa.Array, target: pa.DataType) -> int | None:
-    for i in range(len(src)):
-        v = src[i]
-        if not v.is_valid:
-            continue
+_CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, OverflowError, ValueError)
+
+
+def _first_bad(src: pa.Array, target: pa.DataType) -> tuple[int | None, Exception | None]:
+    """The first value the cast refuses, and the cast's own words on it (those of the whole column can be about
+    another row: found in review). By halving: the shortest refused prefix ends with it (a cast refuses a
+    prefix as soon as it holds one value it refuses), in about log2(rows) casts instead of one per row."""
+    lo, hi = 0, len(src)  # src[:lo] is taken, src[:hi] refused
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
         try:
-            _cast(src.slice(i, 1), target)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OverflowError, ValueError):
-            return i
-    return None
+            _cast(src.slice(0, mid), target)
+            lo = mid
+        except _CAST_ERRORS:
+            hi = mid
+    try:
+        _cast(src.slice(hi - 1, 1), target)
+    except _CAST_ERRORS as exc:
+        return hi - 1, exc
+    return None, None
 
 
 def _key_text(batch: pa.RecordBatch, keys: list[str], i: int, names: Mapping[str, str]) -> str:
@@ -129,14 +140,18 @@ def _convert(arr: pa.Array, target: pa.DataType) -> pa.Array:
         out = text.cast(target, safe=True)
         _check_float_exact(text, out)
         return out
-    if pa.types.is_decimal(target) and _kind(arr.type) == "text":
+    if pa.types.is_decimal(target) and _kind(arr.type) == "text" and \
+            (pc.max(pc.utf8_length(arr)).as_py() or 0) > MAX_DECIMAL128_CHARS:
         # Arrow parses text of more than 38 digits into a decimal128 wrongly, without a word (39 nines became
-        # -20847100762815390390123822295304634369, 42 decimals 0.00: found in review): through the widest
-        # decimal, once the digits are known to fit it, then the safe cast checks the column's precision
+        # -20847100762815390390123822295304634369, 42 decimals 0.00: found in review). Text that long (rare: no
+        # shorter text has 39 digits) goes through the widest decimal, once its digits are known to fit it (past
+        # 76 it is garbage too), trailing zeros after the point put aside; the safe cast checks the column's
+        # precision
         digits = _significant_digits(arr, keep_integer_zeros=True)
         if pc.any(pc.greater(pc.utf8_length(digits), DECIMAL256_DIGITS)).as_py():
             raise pa.ArrowInvalid(f"more than {DECIMAL256_DIGITS} digits")
         trimmed = pc.replace_substring_regex(pc.utf8_trim_whitespace(arr), r"^([^eE]*\.[0-9]*?)0+$", r"\1")
+        trimmed = pc.replace_substring_regex(trimmed, r"^([+-]?)\.$", r"\10")  # '.00' is 0, as Arrow reads it
         return trimmed.cast(pa.decimal256(76, target.scale), safe=True).cast(target, safe=True)
     src, dst = _kind(arr.type), _kind(target)
     if src != dst and src != "text" and not (dst == "text" and src != "bool") and (src, dst) != ("number", "bool"):
@@ -230,8 +245,19 @@ def _cast_alike(batch: pa.RecordBatch, schema: pa.Schema, position: dict[str, in
     return done
 
 
-def _refused(column: str, fact: str, reason: str) -> SourceValueError:
-    return SourceValueError(f"{fact}. To carry it over: {VALUE_FIX}.", column=column, fact=fact, reason=reason)
+def _refused(column: str, fact: str, reason: str, value: pa.Array | None = None) -> SourceValueError:
+    return SourceValueError(f"{fact}. To carry it over: {VALUE_FIX}.", column=column, fact=fact, reason=reason,
+                            value=value)
+
+
+def fits(value: pa.Array, target: pa.DataType) -> bool:
+    """Whether the conform step takes these values into `target` (the extract asks it of a refused value and
+    the type the catalog says now)."""
+    try:
+        _cast(value, target)
+        return True
+    except _CAST_ERRORS:
+        return False
 
 
 def _brief(exc: Exception) -> str:
@@ -273,12 +299,13 @@ def conform_batch(batch: pa.RecordBatch, schema: pa.Schema, *, table: str, keys:
             _say_zoneless(table, column(field.name))
         try:
             arrays.append(converted[field.name] if field.name in converted else _cast(src, field.type))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OverflowError, ValueError) as exc:
-            i = _first_bad(src, field.type)
+        except _CAST_ERRORS as exc:
+            i, own = _first_bad(src, field.type)
             where = _key_text(batch, keys, i, names) if i is not None else "some row"
             value = _shown(src, i) if i is not None else "?"
             raise _refused(field.name, f"table {table}, column {column(field.name)}, key {where}: value {value} "
-                                       f"does not fit {field.type} without loss ({_brief(exc)})", "type") from None
+                                       f"does not fit {field.type} without loss ({_brief(own or exc)})", "type",
+                           src.slice(i, 1) if i is not None else None) from None
         bad = _out_of_range(arrays[-1])
         if bad is not None:
             raise _refused(field.name, f"table {table}, column {column(field.name)}, key "

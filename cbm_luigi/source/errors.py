@@ -17,14 +17,15 @@ class SourceError(RuntimeError):
 
 class SourceValueError(SourceError):
     """A value that cannot be carried over unchanged (too long, too precise, out of range). `column` (its SQL
-    name), `fact` (the message without its advice) and `reason` ('type': it does not fit the column's type,
+    name), `fact` (the message without its advice), `value` and `reason` ('type': it does not fit the column's type,
     'null': NULL in a mandatory column, 'range': a date out of range) let the extract replace the advice when the
     catalog says the field itself changed in a way that explains the refusal (extract._changed_at_source)."""
 
     def __init__(self, message: str, *, column: str | None = None, fact: str | None = None,
-                 reason: str | None = None):
+                 reason: str | None = None, value=None):
         super().__init__(message)
         self.column, self.fact, self.reason = column, fact, reason
+        self.value = value  # the refused value as the driver handed it over (a one-value Arrow array), if known
 
 
 # what to do with a value that cannot be carried over (the end of every SourceValueError about one value)
