@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -496,7 +496,9 @@ def validate(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker
                 record_validated(s, plan.table, started_at=extract_started_at, started_utc=extract_started_utc)
                 marker.touch(s, run_id=run_id, rows=stg_rows)
             else:
-                tag = _unused_tag(s, plan.table, batch_id[:10], "reload")
+                # the advised command has no --batch-date: today's batch (a night rerun with --batch-date is
+                # another day's: its unused tag could be today's used one, found in review)
+                tag = _unused_tag(s, plan.table, date.today().isoformat(), "reload")
         if failed:
             raise ValidationError(
                 f"table {plan.table}, batch {batch_id}: validation failed: " +

@@ -1135,3 +1135,45 @@ def test_a_wider_decimal_at_the_source_is_not_named_for_a_value_with_too_many_de
     assert cbm_etl(["sync-columns", "client"]) == 0
     assert succeeded(build(LoadTable(table="client", mode="full", batch_tag="b"))), (
         f"the first failure said:\n  {first}\nfollowed, the rerun failed:\n  {failure(env, 'client')[:400]}")
+
+
+def test_short_text_with_an_exponent_end_to_end_is_not_loaded_as_another_number(env, monkeypatch):
+    """The same through the pipeline: a Progress DECIMAL wider than 38 (clamped to DECIMAL(38, s)) handed over as
+    text (here the stand-in's VARCHAR). '9.9e38' lands in ods as a negative 38-digit number, the table succeeds."""
+    raw_table(env.source, "txtexp", [(Col("id", "integer", nullable=False), "INTEGER"),
+                                     (Col("amt", "numeric", 50, 0), "VARCHAR(20)")], ("id",),
+              [(1, "15"), (2, "9.9e38")])
+    configure(env, monkeypatch, "embedded", "txtexp")
+    ok = succeeded(build(LoadTable(table="txtexp", mode="full")))
+    if not ok:
+        assert "9.9e38" in failure(env, "txtexp")
+        return
+    got = ods(env, "txtexp", ["id", "amt"])
+    assert got == [(1, Decimal(15)), (2, Decimal("9.9e38"))], f"ods holds {got}"
+
+
+def test_the_reload_tag_advised_for_an_earlier_days_batch_is_not_used_today(env):
+    """_unused_tag looks for a tag unused on the *batch's* day, but the advised command has no --batch-date: it
+    loads today's batch `<today>-<tag>`. A failed validation of yesterday's batch (rerun today with --batch-date,
+    as OPERATIONS and LoadAll's warning say for a failed night) after a reload1 today advises reload1 again: the
+    command reads nothing and exits 0 (what cb4dd8b set out to fix)."""
+    import re
+    from datetime import date, timedelta
+    from cbm_luigi.tasks import MergeOds
+    today = date.today()
+    yesterday = today - timedelta(days=1)
+    assert succeeded(build(LoadTable(table="client", mode="full", batch_tag="reload1", run_id="r0")))  # this morning
+    assert succeeded(build(MergeOds(table="client", mode="full", batch_date=yesterday, run_id="r1")))
+    env.sql("UPDATE ods.client SET _etl_hashdiff = 'tampered' WHERE cod_cli = (SELECT MIN(cod_cli) FROM ods.client)")
+    assert not succeeded(build(LoadTable(table="client", mode="full", batch_date=yesterday, run_id="r1")))
+    err = env.sql("SELECT ErrorMessage FROM etl.ETL_Log WHERE TableName = 'client' AND Status = 'FAILED' "
+                  "ORDER BY LogId DESC LIMIT 1")[0][0]
+    m = re.search(r"`luigi --module cbm_luigi LoadTable --table client --mode full --batch-tag (\w+)`", err)
+    assert m, err
+    used = {r[0] for r in env.sql("SELECT DISTINCT BatchId FROM etl.ETL_Markers WHERE TableName = 'client'")}
+    assert f"{today.isoformat()}-{m.group(1)}" not in used, (
+        f"the advised command (no --batch-date: today's batch) names tag {m.group(1)!r}, already loaded today: "
+        f"it reads nothing and exits 0. Marked batches: {sorted(used)}")
+    assert succeeded(build(LoadTable(table="client", mode="full", batch_tag=m.group(1), run_id="r2")))
+    assert env.sql("SELECT COUNT(*) FROM ods.client WHERE _etl_hashdiff = 'tampered' AND _etl_is_current")[0][0] == 0
+    assert_ods_equals_source(env, "client")

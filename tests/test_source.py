@@ -292,7 +292,8 @@ def test_text_of_more_than_38_digits_is_never_parsed_into_another_decimal():
     -20847100762815390390123822295304634369; 1.222... with 42 decimals, 0.00; 200 nines, -1: found in review).
     Refused, naming the key; trailing zeros after the point are no digits that count."""
     for text, arrow_type in (("9" * 39, pa.decimal128(38, 0)), ("1." + "2" * 42, pa.decimal128(38, 2)),
-                             ("9" * 200, pa.decimal128(38, 2)), ("-" + "9" * 77, pa.decimal128(38, 0))):
+                             ("9" * 200, pa.decimal128(38, 2)), ("-" + "9" * 77, pa.decimal128(38, 0)),
+                             ("1" * 31, pa.decimal128(38, 10))):  # 31 digits rescaled to 10 places: 41
         with pytest.raises(SourceValueError, match="key id=1: value '"):
             _one([text], pa.string(), arrow_type)
     out = _one(["1." + "0" * 100, "-12.50", "1000", "1e3", "9" * 36 + ".99"], pa.string(), pa.decimal128(38, 2))
@@ -343,6 +344,72 @@ def test_the_reason_of_a_refusal_is_that_of_the_value_it_names(other, said):
     assert "key id=2: value '12.345'" in message, message
     assert said not in message, message
 
+
+
+@pytest.mark.parametrize("text,target", [
+    ("9.9e38", pa.decimal128(38, 0)),    # 99 followed by 37 zeros: 39 digits, became -30847100762815390390...
+    ("-7e36", pa.decimal128(38, 2)),     # 37 + 2 digits, became -194352661581230730732507851364635770.88
+    ("1.5e30", pa.decimal128(38, 10)),   # 31 + 10 digits, became 2757585547870760761151727300.2198695936
+    ("1e-39", pa.decimal128(12, 0)),     # became 0
+    ("123e-41", pa.decimal128(38, 2)),   # became 0.00
+])
+def test_short_text_with_an_exponent_is_not_parsed_into_a_wrong_decimal(text, target):
+    """A review found cb4dd8b sending text of at most 38 characters straight to Arrow ('text no longer than this has at most 38
+    digits: Arrow parses it into a decimal128 right'). An exponent gives a short text many digits: Arrow's
+    decimal128 parse then overflows or loses the value without a word, the bug 7d811e4 fixed for 39 nines.
+    The value must be loaded exactly or refused, never changed."""
+    try:
+        got = _conform_text([text], target).column(1)[0].as_py()
+    except SourceValueError:
+        return  # refused: fine
+    assert got == Decimal(text), f"{text!r} into {target} was loaded as {got}"
+
+
+def test_a_refused_short_value_next_to_a_long_one_is_named(monkeypatch):
+    """_first_bad halves over prefixes, assuming a prefix is refused exactly when it holds a refused value. Since
+    cb4dd8b the conversion of the whole column depends on its longest text (> 38 characters: DECIMAL(76)), so a
+    prefix without the long text is converted another way: '9.9e38' is refused in the column (DECIMAL(76) sees 39
+    digits) but taken alone (Arrow's garbage); the message says 'key some row: value ?', naming neither."""
+    long_ok = "1." + "0" * 40  # 42 characters, 1
+    with pytest.raises(SourceValueError) as err:
+        _conform_text(["9.9e38", long_ok], pa.decimal128(38, 0))
+    message = str(err.value)
+    assert "key id=1: value '9.9e38'" in message, message
+
+
+def test_a_decimal_text_is_taken_or_refused_alike_whatever_the_other_rows():
+    """Found in review: the careful path trimmed blanks and made a lone '.' zero, Arrow's parse does neither, and
+    which one ran depended on the longest text of the batch: '1.50 ' loaded next to a long text and stopped the
+    table alone, and the halving named a row the column took. Each value is now taken or refused on its own:
+    blanks and a lone point are refused everywhere (as Arrow does), and the row named is the one refused."""
+    long_ok = "1." + "0" * 40
+    for values in (["1.50 ", "2"], ["1.50 ", long_ok], [".", long_ok], ["-.", "2"]):
+        with pytest.raises(SourceValueError, match=f"key id=1: value '{re.escape(values[0])}'"):
+            _conform_text(values, pa.decimal128(12, 2))
+    with pytest.raises(SourceValueError, match="key id=2: value '1.0000"):
+        _conform_text(["1.50", "1." + "0" * 40 + "5"], pa.decimal128(12, 2))
+    assert _conform_text(["1.50", long_ok, ".00"], pa.decimal128(12, 2)).column(1).to_pylist() == \
+        [Decimal("1.50"), Decimal("1.00"), Decimal("0.00")]
+
+
+def test_long_text_with_an_exponent_is_not_parsed_into_a_wrong_decimal():
+    """Found in review: DECIMAL(76)'s own parse of an exponent far below the scale is wrong without a word: 1 followed by 38 zeros and 'e-96' (1e-58)
+    loads as 1, '1.' + 40 zeros + 'e-56' (1e-56) as 100."""
+    for text in ("1" + "0" * 38 + "e-96", "1." + "0" * 40 + "e-56"):
+        try:
+            got = _conform_text([text], pa.decimal128(38, 0)).column(1)[0].as_py()
+        except SourceValueError:
+            continue
+        assert got == Decimal(text), f"{text!r} loaded as {got}"
+
+
+def test_a_lone_point_is_not_read_as_zero():
+    """cb4dd8b's '.00' fix on the careful path turns a text reduced to its point into 0 (`^([+-]?)\\.$` -> `\\10`):
+    a lone '.', '-.' or '+.' (no digit at all, not a number) loads as 0.00 when a text of the batch is longer
+    than 38 characters; Arrow refuses it otherwise."""
+    for text in (".", "-."):
+        with pytest.raises(SourceValueError):
+            _conform_text([text, "1." + "0" * 40], pa.decimal128(12, 2))
 
 
 @pytest.mark.parametrize("text,fix,transient", [

@@ -28,8 +28,7 @@ log = logging.getLogger(__name__)
 
 
 DOUBLE_DIGITS = 15
-DECIMAL256_DIGITS = 76
-MAX_DECIMAL128_CHARS = 38  # text no longer than this has at most 38 digits: Arrow parses it into a decimal128 right
+MAX_DECIMAL128_CHARS = 38  # text of 38 - s characters has at most that many digits: _text_to_decimal
 
 
 _CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, OverflowError, ValueError)
@@ -140,19 +139,8 @@ def _convert(arr: pa.Array, target: pa.DataType) -> pa.Array:
         out = text.cast(target, safe=True)
         _check_float_exact(text, out)
         return out
-    if pa.types.is_decimal(target) and _kind(arr.type) == "text" and \
-            (pc.max(pc.utf8_length(arr)).as_py() or 0) > MAX_DECIMAL128_CHARS:
-        # Arrow parses text of more than 38 digits into a decimal128 wrongly, without a word (39 nines became
-        # -20847100762815390390123822295304634369, 42 decimals 0.00: found in review). Text that long (rare: no
-        # shorter text has 39 digits) goes through the widest decimal, once its digits are known to fit it (past
-        # 76 it is garbage too), trailing zeros after the point put aside; the safe cast checks the column's
-        # precision
-        digits = _significant_digits(arr, keep_integer_zeros=True)
-        if pc.any(pc.greater(pc.utf8_length(digits), DECIMAL256_DIGITS)).as_py():
-            raise pa.ArrowInvalid(f"more than {DECIMAL256_DIGITS} digits")
-        trimmed = pc.replace_substring_regex(pc.utf8_trim_whitespace(arr), r"^([^eE]*\.[0-9]*?)0+$", r"\1")
-        trimmed = pc.replace_substring_regex(trimmed, r"^([+-]?)\.$", r"\10")  # '.00' is 0, as Arrow reads it
-        return trimmed.cast(pa.decimal256(76, target.scale), safe=True).cast(target, safe=True)
+    if pa.types.is_decimal(target) and _kind(arr.type) == "text":
+        return _text_to_decimal(arr, target)
     src, dst = _kind(arr.type), _kind(target)
     if src != dst and src != "text" and not (dst == "text" and src != "bool") and (src, dst) != ("number", "bool"):
         # Arrow would make a logical 1, a date its day number, a number a date: values of another kind
@@ -166,12 +154,48 @@ def _convert(arr: pa.Array, target: pa.DataType) -> pa.Array:
     return out
 
 
-def _significant_digits(text: pa.Array, keep_integer_zeros: bool = False) -> pa.Array:
-    """The digits of each number's text that count: no sign, point, exponent or leading zeros, nor trailing
-    zeros (after the point only, with keep_integer_zeros: 1000 needs its four digits in a decimal)."""
+def _text_to_decimal(arr: pa.Array, target: pa.DataType) -> pa.Array:
+    """A number's text into a DECIMAL(p, s), exactly or refused, each value on its own. Arrow's parse is right
+    for text of at most 38 - s characters without an exponent (it has at most that many digits, and rescaled
+    to s they still fit a decimal128); past that it wraps around without a word: 39 nines became
+    -20847100762815390390123822295304634369, 31 digits into a scale 10 another number, '9.9e38' a negative one,
+    '1e-39' zero (found in reviews). Other text is checked here first: an exponent written out by Python's exact
+    Decimal, trailing zeros after the point put aside, then no more integer digits than p - s, no more decimals
+    than s, and only then parsed, within what Arrow parses right."""
+    exponent = pc.match_substring_regex(arr, "[eE]")
+    if _all(pc.and_(pc.less_equal(pc.utf8_length(arr), MAX_DECIMAL128_CHARS - target.scale), pc.invert(exponent))):
+        return arr.cast(target, safe=True)
+    text = arr
+    if pc.any(exponent).as_py():
+        text = pa.array([_plain(v) if e else v for v, e in zip(arr.to_pylist(), exponent.to_pylist())], pa.string())
+    text = pc.replace_substring_regex(text, r"^([+-]?)\.0+$", r"\10")  # '.00' is 0, as Arrow reads it
+    text = pc.replace_substring_regex(text, r"^([+-]?[0-9]*\.[0-9]*?)0+$", r"\1")
+    number = pc.match_substring_regex(text, r"^[+-]?[0-9]*\.?[0-9]*$")  # other text: the parse refuses it
+
+    def counted(pattern):
+        return pc.if_else(number, pc.utf8_length(pc.replace_substring_regex(text, pattern, r"\1")), 0)
+    if pc.any(pc.greater(counted(r"^[+-]?0*([0-9]*).*$"), target.precision - target.scale)).as_py():
+        raise pa.ArrowInvalid(f"more integer digits than DECIMAL({target.precision},{target.scale}) holds")
+    if pc.any(pc.greater(counted(r"^[^.]*\.?([0-9]*)$"), target.scale)).as_py():
+        raise pa.ArrowInvalid(f"more than {target.scale} decimal places: the value would be rounded")
+    return text.cast(target, safe=True)
+
+
+def _plain(text: str | None) -> str | None:
+    """A number's text with an exponent written out exactly (`1.5e3` -> `1500`); anything else as it is, for
+    the parse to refuse."""
+    try:
+        d = Decimal(text) if text is not None and text == text.strip() else None
+    except ArithmeticError:
+        return text
+    # past 100 digits no column holds it: left for the parse to refuse, not written out (1e999999)
+    return format(d, "f") if d is not None and d.is_finite() and abs(d.adjusted()) <= 100 else text
+
+
+def _significant_digits(text: pa.Array) -> pa.Array:
+    """The digits of each number's text that count: no sign, point, exponent, leading or trailing zeros."""
     t = pc.replace_substring_regex(pc.utf8_trim_whitespace(text), r"[eE].*$", "")
-    t = pc.replace_substring_regex(t, r"(\.[0-9]*?)0+$" if keep_integer_zeros else r"0+$|0+\.0*$|\.0*$", r"\1"
-                                   if keep_integer_zeros else "")
+    t = pc.replace_substring_regex(t, r"0+$|0+\.0*$|\.0*$", "")
     return pc.replace_substring_regex(pc.replace_substring_regex(t, r"[^0-9]", ""), r"^0+", "")
 
 
