@@ -1177,3 +1177,17 @@ def test_the_reload_tag_advised_for_an_earlier_days_batch_is_not_used_today(env)
     assert succeeded(build(LoadTable(table="client", mode="full", batch_tag=m.group(1), run_id="r2")))
     assert env.sql("SELECT COUNT(*) FROM ods.client WHERE _etl_hashdiff = 'tampered' AND _etl_is_current")[0][0] == 0
     assert_ods_equals_source(env, "client")
+
+
+def test_a_tiny_exponent_lands_in_ods_as_zero_end_to_end(env, monkeypatch):
+    """Through the pipeline: the table succeeds and ods holds 0.00 for a source text '1e-506615'."""
+    raw_table(env.source, "tinyexp", [(Col("id", "integer", nullable=False), "INTEGER"),
+                                      (Col("amt", "numeric", 18, 2), "VARCHAR(20)")], ("id",),
+              [(1, "15"), (2, "1e-506615")])
+    configure(env, monkeypatch, "embedded", "tinyexp")
+    ok = succeeded(build(LoadTable(table="tinyexp", mode="full")))
+    if not ok:
+        assert "1e-506615" in failure(env, "tinyexp"), failure(env, "tinyexp")
+        return
+    got = ods(env, "tinyexp", ["id", "amt"])
+    assert got == [(1, Decimal(15)), (2, Decimal("1e-506615"))], f"ods holds {got}"

@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import re
 import sqlite3
+import subprocess
+import sys
 from datetime import date, datetime, timezone
 from decimal import ROUND_HALF_EVEN, Decimal
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -410,6 +414,79 @@ def test_a_lone_point_is_not_read_as_zero():
     for text in (".", "-."):
         with pytest.raises(SourceValueError):
             _conform_text([text, "1." + "0" * 40], pa.decimal128(12, 2))
+
+
+def _loaded_or_refused(text, target):
+    try:
+        return _conform_text([text], target).column(1)[0].as_py()
+    except SourceValueError:
+        return "refused"
+
+
+@pytest.mark.parametrize("text,target", [
+    ("1e-102", pa.decimal128(20, 9)),        # 0E-9
+    ("10e-102", pa.decimal128(20, 9)),       # 0E-9
+    ("100e-103", pa.decimal128(10, 0)),      # 0
+    ("1e-540", pa.decimal128(20, 9)),        # 0E-9
+    ("1e-506615", pa.decimal128(38, 2)),     # 0.00 (any column)
+    ("4374e-506615", pa.decimal128(18, 2)),  # 0.00
+])
+def test_a_value_with_an_exponent_below_minus_100_is_not_loaded_as_zero(text, target):
+    """Found in review of b224231: _plain left an exponent past 100 'for the parse to refuse'; Arrow's parse does not refuse it, it rescales
+    and wraps around (the '1e-39 became 0' bug b224231 set out to fix, moved past 100). Non-zero text must be
+    refused (no column holds it), never loaded as 0."""
+    got = _loaded_or_refused(text, target)
+    assert got == "refused", f"{text!r} (= {Decimal(text)}) into {target} was loaded as {got!r}"
+
+
+@pytest.mark.parametrize("text", ["1e-10000000", "1e-2000000000"])
+def test_a_huge_negative_exponent_is_refused_not_a_crash(text):
+    """_plain leaves it to Arrow's parse; pyarrow 26's string->decimal cast segfaults on it. The extract process
+    (the luigi worker) dies: no refusal naming table, column and key, no FAILED row in etl.ETL_Log."""
+    code = ("import pyarrow as pa\n"
+            "from cbm_luigi.source.conform import conform_batch\n"
+            "from cbm_luigi.source.errors import SourceValueError\n"
+            "b = pa.RecordBatch.from_arrays([pa.array([1], pa.int32()), pa.array([%r])], names=['id', 'v'])\n"
+            "try:\n"
+            "    conform_batch(b, pa.schema([pa.field('id', pa.int32()), pa.field('v', pa.decimal128(18, 2))]),\n"
+            "                  table='lignes', keys=['id'])\n"
+            "    print('LOADED')\n"
+            "except SourceValueError as e:\n"
+            "    print('REFUSED', str(e)[:200])\n" % text)
+    envv = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=envv)
+    assert p.returncode == 0 and p.stdout.startswith("REFUSED"), (
+        f"{text!r}: exit code {p.returncode} (-11/139 = segmentation fault), stdout {p.stdout!r}, "
+        f"stderr {p.stderr[-300:]!r}")
+
+
+@pytest.mark.parametrize("text,target", [
+    ("1e+-2", pa.decimal128(10, 4)),           # loaded as 0.0100
+    ("968093e+-9", pa.decimal128(37, 34)),     # loaded as 0.000968093
+    ("5e+-0", pa.decimal128(10, 2)),           # loaded as 5.00
+])
+def test_an_exponent_with_two_signs_is_refused(text, target):
+    """Decimal refuses 'e+-', so _plain hands the text over 'for the parse to refuse'; Arrow takes it, as if the
+    '+' were not there. The docstring promises a refusal; the plain counterparts ('+-1', '--1') are refused."""
+    got = _loaded_or_refused(text, target)
+    assert got == "refused", f"{text!r} (not a number) was loaded as {got!r}"
+
+
+@pytest.mark.parametrize("plain,with_exponent", [("1_000", "1_0e2"), ("١٠٠", "١e2"), ("１００", "１e2")])
+def test_text_refused_without_an_exponent_is_refused_with_one(plain, with_exponent):
+    """'1_000', Arabic-Indic or fullwidth digits are refused (not ASCII number text), but the same digits with an
+    exponent go through Python's Decimal, which reads underscores and any Unicode digit: '1_0e2' loads as 1000,
+    '١e2' as 100. A value is taken or refused by whether it has an 'e', not by what it is."""
+    assert _loaded_or_refused(plain, pa.decimal128(12, 2)) == "refused"
+    got = _loaded_or_refused(with_exponent, pa.decimal128(12, 2))
+    assert got == "refused", f"{plain!r} is refused, {with_exponent!r} loaded as {got!r}"
+
+
+@pytest.mark.parametrize("text", ["0e200", "-0E+117", "0.000e999"])
+def test_a_zero_with_a_large_exponent_is_taken(text):
+    """Zero in any column; '0e-200' is taken, '0e200' refused: 'cannot be represented as decimal128'."""
+    got = _loaded_or_refused(text, pa.decimal128(12, 2))
+    assert got == Decimal(0), f"{text!r} (zero) was {got!r}"
 
 
 @pytest.mark.parametrize("text,fix,transient", [

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import struct
 from collections.abc import Mapping
 from datetime import date
@@ -181,15 +182,23 @@ def _text_to_decimal(arr: pa.Array, target: pa.DataType) -> pa.Array:
     return text.cast(target, safe=True)
 
 
+_EXPONENT_TEXT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][+-]?[0-9]+")
+
+
 def _plain(text: str | None) -> str | None:
-    """A number's text with an exponent written out exactly (`1.5e3` -> `1500`); anything else as it is, for
-    the parse to refuse."""
-    try:
-        d = Decimal(text) if text is not None and text == text.strip() else None
-    except ArithmeticError:
-        return text
-    # past 100 digits no column holds it: left for the parse to refuse, not written out (1e999999)
-    return format(d, "f") if d is not None and d.is_finite() and abs(d.adjusted()) <= 100 else text
+    """A number's text with an exponent written out exactly (`1.5e3` -> `1500`), in ASCII digits and one sign
+    each; else refused here, never left to Arrow's parse, which takes `1e+-2`, makes `1e-102` zero and crashes
+    the process on `1e-10000000` (found in review). Past 100 digits from the point no column holds it."""
+    if text is None:
+        return None
+    if not _EXPONENT_TEXT.fullmatch(text):
+        raise pa.ArrowInvalid(f"{shown_value(text)} is not a number")
+    d = Decimal(text)
+    if d.is_zero():
+        return "0"
+    if abs(d.adjusted()) > 100:
+        raise pa.ArrowInvalid(f"{shown_value(text)} has more digits than any DECIMAL column holds")
+    return format(d, "f")
 
 
 def _significant_digits(text: pa.Array) -> pa.Array:
