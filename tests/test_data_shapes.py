@@ -5,11 +5,13 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 
+import pytest
+
 from cbm_luigi.demo_source import Col
 from cbm_luigi.tasks import LoadTable
 
 from .conftest import BIN, DEMO_TABLES, build, subprocess_env, succeeded
-from .test_progress_quirks import configure, failure, ods, raw_table
+from .test_progress_quirks import READERS, configure, failure, ods, raw_table, run
 from .test_source_odbc import odbc_vars
 
 BLOB_ROWS = [(1, b"\x00", b"\x00\x00"), (2, b"", b""), (3, None, None), (4, b"a\x00b", b"\xff" * 3)]
@@ -122,3 +124,16 @@ def test_a_39_digit_number_handed_over_as_text_is_refused_not_loaded_as_another_
     configure(env, monkeypatch, "embedded", "big50")
     assert not succeeded(build(LoadTable(table="big50", mode="full")))
     assert f"key id=1: value '{'9' * 39}' does not fit decimal128(38, 0)" in failure(env, "big50")
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_huge_exponent_text_in_real_load_names_column_key_and_value(env, monkeypatch, reader):
+    raw_table(env.source, "numtxt", [(Col("id", "integer", nullable=False), "INTEGER"),
+                                     (Col("n", "numeric", 38, 10), "VARCHAR(60)")],
+              ("id",), [(1, "1.5"), (2, "1e1000000000000000000")])
+    configure(env, monkeypatch, reader, "numtxt")
+    assert not run("numtxt")
+    msg = failure(env, "numtxt")
+    # it was "source table PUB.numtxt: extract failed. Driver said: [<class 'decimal.InvalidOperation'>]" --
+    # blamed on the driver, no column, key or value
+    assert "id=2" in msg and "1e1000000000000000000" in msg, msg

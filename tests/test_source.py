@@ -489,6 +489,36 @@ def test_a_zero_with_a_large_exponent_is_taken(text):
     assert got == Decimal(0), f"{text!r} (zero) was {got!r}"
 
 
+# An exponent Python's Decimal itself cannot hold (|exponent| >= 10**18): decimal.InvalidOperation, an
+# ArithmeticError, escapes the cast (conform._CAST_ERRORS does not list it).
+HUGE_EXPONENT = ["1e1000000000000000000", "0e1000000000000000000", "1.5E-9223372036854775808",
+                 "12345678901234567890e-99999999999999999999"]
+
+
+def _two_texts(values, target):
+    return (pa.RecordBatch.from_arrays([pa.array([1, 2], pa.int32()), pa.array(values, pa.string())],
+                                       names=["id", "n"]),
+            pa.schema([pa.field("id", pa.int32()), pa.field("n", target)]))
+
+
+@pytest.mark.parametrize("target", [pa.decimal128(38, 10), pa.decimal128(5, 2)], ids=str)
+@pytest.mark.parametrize("text", HUGE_EXPONENT)
+def test_huge_exponent_text_into_decimal_is_refused_with_column_and_key(text, target):
+    batch, schema = _two_texts(["1.5", text], target)
+    with pytest.raises(SourceValueError) as err:  # it was decimal.InvalidOperation from conform._plain (review)
+        conform_batch(batch, schema, table="t", keys=["id"])
+    assert "id=2" in str(err.value)
+
+
+@pytest.mark.parametrize("target", [pa.float64(), pa.float32()], ids=str)
+@pytest.mark.parametrize("text", ["1.5E-9223372036854775808", "12345678901234567890e-99999999999999999999"])
+def test_huge_negative_exponent_text_into_float_is_refused_with_column_and_key(text, target):
+    batch, schema = _two_texts(["1.5", text], target)
+    with pytest.raises(SourceValueError) as err:  # from conform._check_float_exact, before (review)
+        conform_batch(batch, schema, table="t", keys=["id"])
+    assert "id=2" in str(err.value)
+
+
 @pytest.mark.parametrize("text,fix,transient", [
     ("[DataDirect][ODBC Progress OpenEdge Wire Protocol driver][OPENEDGE]Column zlib in table PUB.client has value "
      "exceeding its max length or precision.", "dbtool", False),

@@ -32,7 +32,7 @@ DOUBLE_DIGITS = 15
 MAX_DECIMAL128_CHARS = 38  # text of 38 - s characters has at most that many digits: _text_to_decimal
 
 
-_CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, OverflowError, ValueError)
+_CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, ArithmeticError, ValueError)
 
 
 def _first_bad(src: pa.Array, target: pa.DataType) -> tuple[int | None, Exception | None]:
@@ -193,7 +193,10 @@ def _plain(text: str | None) -> str | None:
         return None
     if not _EXPONENT_TEXT.fullmatch(text):
         raise pa.ArrowInvalid(f"{shown_value(text)} is not a number")
-    d = Decimal(text)
+    try:
+        d = Decimal(text)
+    except ArithmeticError:  # an exponent of 10**18 or more: Python's Decimal holds none (found in review)
+        raise pa.ArrowInvalid(f"{shown_value(text)} has more digits than any DECIMAL column holds") from None
     if d.is_zero():
         return "0"
     if abs(d.adjusted()) > 100:
@@ -221,7 +224,11 @@ def _check_float_exact(text: pa.Array, out: pa.Array) -> None:
                    pc.and_(pc.less(pc.abs(out), smallest), pc.greater(pc.utf8_length(digits), 0)))
     for i in (pc.indices_nonzero(pc.fill_null(check, False)).to_pylist() if pc.any(check).as_py() else []):
         number, value = text[i].as_py().strip(), out[i].as_py()
-        if value is None or not math.isfinite(value) or Decimal(number) != _shortest(value, single):
+        try:
+            same = value is not None and math.isfinite(value) and Decimal(number) == _shortest(value, single)
+        except ArithmeticError:  # an exponent Python's Decimal cannot hold (10**18 or more)
+            same = False
+        if not same:
             raise pa.ArrowInvalid(f"{shown_value(number)} would be {value!r} as {out.type}")
 
 
@@ -269,7 +276,7 @@ def _cast_alike(batch: pa.RecordBatch, schema: pa.Schema, position: dict[str, in
         parts = [batch.column(position[n]) for n in names]
         try:
             joined = _cast(pa.concat_arrays(parts), target)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OverflowError, ValueError):
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ArithmeticError, ValueError):
             continue
         at = 0
         for name, part in zip(names, parts):

@@ -49,7 +49,7 @@ def machine_memory() -> float | None:
     """80 % of the memory this process may use, as DuckDB counts it for its own default limit: the machine's, or
     a container's (cgroup) limit where that is lower. Counted from the physical memory alone, a MERGE in a 2 GB
     container on a 24 GB host was raised to 19 GB, past what the kernel lets the process have: killed with no
-    message and no etl.ETL_Log row (found in review). None if DuckDB cannot say."""
+    message and no etl.ETL_Log row. None if DuckDB cannot say."""
     try:
         with duckdb.connect(":memory:") as con:
             return _bytes(con.execute("SELECT current_setting('memory_limit')").fetchone()[0])
