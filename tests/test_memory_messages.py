@@ -25,6 +25,21 @@ MACHINE = ("That is this machine's memory, or 80 % of it: exclude the columns th
            "in config.ETL_Columns) or give the machine more memory, and rerun the table")
 
 
+def out_of_memory_after_the_raise(monkeypatch, size: str = "16.0 KiB", raised: list | None = None) -> None:
+    """Every MERGE runs out of memory (DuckDB's own exception and text) right after before_merge set its limit;
+    `raised` collects the limit it set. Whether DuckDB itself spills its way through varies from run to run: what
+    these tests check is the limit and the message."""
+    original = DuckDbWarehouse.before_merge
+
+    def out_of_memory(self, s, n_columns, rows=0):
+        original(self, s, n_columns, rows)
+        if raised is not None:
+            raised.append(s.scalar("SELECT current_setting('memory_limit')"))
+        raise duckdb.OutOfMemoryException(f"Out of Memory Error: failed to allocate data of size {size}")
+
+    monkeypatch.setattr(DuckDbWarehouse, "before_merge", out_of_memory)
+
+
 def _synthetic(env, name, rows, cols):
     demo_source.add_synthetic_table(env.source, name, rows, cols)
     env.sql("INSERT INTO config.ETL_Tables (TableName, PrimaryKeyCols, DateModifCol) VALUES (?, 'id', 'dat_mod')",
@@ -65,13 +80,7 @@ def test_the_out_of_memory_advice_of_a_percentage_or_no_limit_is_a_size_the_mach
     advises 160 % of its memory, 'within the machine's memory'. The out-of-memory is injected (DuckDB's own text)
     just after the MERGE's memory is set: what is tested is the message."""
     monkeypatch.setenv("CBM_DUCKDB_MEMORY_LIMIT", limit)
-    original = DuckDbWarehouse.before_merge
-
-    def out_of_memory(self, s, n_columns, rows=0):
-        original(self, s, n_columns, rows)
-        raise duckdb.OutOfMemoryException("Out of Memory Error: failed to allocate data of size 2.0 GiB")
-
-    monkeypatch.setattr(DuckDbWarehouse, "before_merge", out_of_memory)
+    out_of_memory_after_the_raise(monkeypatch, "2.0 GiB")
     assert not succeeded(build(LoadTable(table="client", mode="full")))
     err = last_error(env, "client")
     assert "ran out of memory in the merge" in err, err[:800]
@@ -92,14 +101,8 @@ def test_a_merge_raise_capped_at_the_machine_does_not_advise_more_than_the_machi
     _synthetic(env, "tall", 400_000, 4)
     assert succeeded(build(LoadTable(table="tall", mode="full", batch_tag="a")))
     demo_source.touch_synthetic_rows(env.source, "tall", 1.0)
-    original, raised = DuckDbWarehouse.before_merge, []
-
-    def out_of_memory(self, s, n_columns, rows=0):
-        original(self, s, n_columns, rows)
-        raised.append(s.scalar("SELECT current_setting('memory_limit')"))
-        raise duckdb.OutOfMemoryException("Out of Memory Error: failed to allocate data of size 16.0 KiB")
-
-    monkeypatch.setattr(DuckDbWarehouse, "before_merge", out_of_memory)
+    raised = []
+    out_of_memory_after_the_raise(monkeypatch, raised=raised)
     assert not succeeded(build(LoadTable(table="tall", mode="full", batch_tag="b")))
     assert len(raised) == 1 and abs(_bytes(raised[0]) - 0.8 * machine) < 2e6  # capped at 80 % of the machine
     err = last_error(env, "tall")

@@ -36,21 +36,14 @@ def test_an_out_of_memory_between_half_and_all_of_the_machine_advises_the_machin
     not between: on a 200 MB machine (80 %: 160 MB) with CBM_DUCKDB_MEMORY_LIMIT=100MB the advice must be 80 % of it
     (160MB), not 199MB, a size the machine cannot give. The out-of-memory is injected (DuckDB's own text) after the MERGE's
     memory is set, as in tests/test_memory_messages.py."""
-    import duckdb
-
     from cbm_luigi.tasks import LoadTable
     from cbm_luigi.warehouse import duckdb_wh
-    from cbm_luigi.warehouse.duckdb_wh import DuckDbWarehouse
+
+    from .test_memory_messages import out_of_memory_after_the_raise
 
     monkeypatch.setattr(duckdb_wh, "machine_memory", lambda: 0.8 * 200e6)  # a machine of 200 MB
     monkeypatch.setenv("CBM_DUCKDB_MEMORY_LIMIT", "100MB")
-    original = DuckDbWarehouse.before_merge
-
-    def out_of_memory(self, s, n_columns, rows=0):
-        original(self, s, n_columns, rows)
-        raise duckdb.OutOfMemoryException("Out of Memory Error: failed to allocate data of size 16.0 KiB")
-
-    monkeypatch.setattr(DuckDbWarehouse, "before_merge", out_of_memory)
+    out_of_memory_after_the_raise(monkeypatch)
     assert not succeeded(build(LoadTable(table="client", mode="full")))
     err = last_error(env, "client")
     assert "ran out of memory in the merge" in err, err[:800]
@@ -132,6 +125,21 @@ def test_a_half_written_extract_that_cannot_be_removed_does_not_replace_the_extr
     assert any("could not remove" in r.getMessage() for r in caplog.records)
 
 
+def _merge_of_famille_fails(monkeypatch, batch_tag: str) -> None:
+    """famille's full load of batch `batch_tag` fails in its merge for a passing reason (a lost connection), once:
+    its extract is kept."""
+    from cbm_luigi import tasks
+    from cbm_luigi.tasks import LoadTable
+
+    def lost(name):
+        if name == "merge":
+            raise RuntimeError("connection lost")
+
+    with monkeypatch.context() as m:
+        m.setattr(tasks, "checkpoint", lost)
+        assert not succeeded(build(LoadTable(table="famille", mode="full", batch_tag=batch_tag)))
+
+
 def test_clean_cache_drops_a_failed_batch_older_than_the_tables_newest_load_under_the_same_configuration(
         env, capsys, monkeypatch):
     """Mutant C5 (cbm_luigi/cli.py, cmd_clean_cache): the condition `config_store.newer_load_than(s, table, started)
@@ -143,16 +151,9 @@ def test_clean_cache_drops_a_failed_batch_older_than_the_tables_newest_load_unde
     configuration check alone removed the file there."""
     import time
 
-    from cbm_luigi import tasks
     from cbm_luigi.tasks import LoadTable
 
-    def lost(name):
-        if name == "merge":
-            raise RuntimeError("connection lost")
-
-    with monkeypatch.context() as m:
-        m.setattr(tasks, "checkpoint", lost)
-        assert not succeeded(build(LoadTable(table="famille", mode="full", batch_tag="mid")))
+    _merge_of_famille_fails(monkeypatch, "mid")
     assert "connection lost" in last_error(env, "famille")
     assert list(env.cache.glob("*-mid/full/*.extract.parquet"))  # kept: a failed merge keeps its extract
     time.sleep(0.05)
@@ -249,16 +250,9 @@ def test_clean_cache_drops_a_failed_batch_of_a_table_no_longer_configured(env, c
     use'. The folder must go, with the other old batches."""
     import time
 
-    from cbm_luigi import tasks
     from cbm_luigi.tasks import LoadTable
 
-    def lost(name):
-        if name == "merge":
-            raise RuntimeError("connection lost")
-
-    with monkeypatch.context() as m:
-        m.setattr(tasks, "checkpoint", lost)
-        assert not succeeded(build(LoadTable(table="famille", mode="full", batch_tag="old")))
+    _merge_of_famille_fails(monkeypatch, "old")
     assert list(env.cache.glob("*-old/full/*.extract.parquet"))
     env.sql("DELETE FROM config.ETL_Columns WHERE TableName = 'famille'")
     env.sql("DELETE FROM config.ETL_Tables WHERE TableName = 'famille'")
