@@ -5,12 +5,14 @@ import argparse
 import contextlib
 import logging
 import shutil
+import stat
 import sys
 from datetime import datetime
 from pathlib import Path
 
 from . import config_store, demo_source
 from .plan import PLAN_ERRORS
+from .runlog import kept_error
 from .settings import SettingError, load_settings, mask_secrets
 from .source import catalog
 from .source.readers import open_reader
@@ -200,6 +202,43 @@ def cmd_summary(args) -> int:
     return 0
 
 
+def cmd_check_sla(args) -> int:
+    """For the monitor's own cron line, apart from the nightly (which pages only when it runs and fails: a night
+    that never started, or still runs in the morning, pages nobody). Prints the active tables whose
+    `etl.vw_SLABreach` status is not OK and exits 2 when there is any; 1 when it cannot tell (the warehouse cannot
+    be read, a night still holding the embedded one included, or `--critical` with no critical table)."""
+    settings = load_settings()
+    wh = open_warehouse(settings)
+    with wh.session() as s:
+        rows = s.query_dicts("SELECT TableName, IsCritical, SLAHours, HoursSinceSuccess, LastStatus, LastError, "
+                             "LastRunTs, SLAStatus FROM etl.vw_SLABreach ORDER BY TableName")
+    if args.critical:
+        rows = [r for r in rows if r["IsCritical"]]
+        if not rows:
+            print("cbm-etl check-sla: no active table has IsCritical = 1, so nothing was checked: mark the tables "
+                  "to page on in config.ETL_Tables, or drop --critical", file=sys.stderr)
+            return 1
+    late = [r for r in rows if r["SLAStatus"] != "OK"]
+    for r in late:
+        print(f"{r['TableName']}: {r['SLAStatus']}{'' if r['IsCritical'] else ' (not critical)'}: "
+              f"{_sla_reason(r)}")
+    kind = "critical table" if args.critical else "active table"
+    print(f"check-sla: {len(late)} of {len(rows)} {kind}(s) not OK" +
+          (" (`cbm-etl summary` shows each table's last batch; OPERATIONS.md says how to rerun)" if late else ""))
+    return 2 if late else 0
+
+
+def _sla_reason(r: dict) -> str:
+    hours = r["HoursSinceSuccess"]
+    since = "no load has validated yet" if hours is None else \
+        f"last validated load started {hours:.1f} h ago (SLA {r['SLAHours'] if r['SLAHours'] is not None else '-'} h)"
+    if r["SLAStatus"] != "FAILING":
+        return since
+    error = " ".join(str(r["LastError"] or "no message logged").split())
+    # its start and its end, where the way out is: a page is read on a phone
+    return f"its last step failed at {r['LastRunTs']:%Y-%m-%d %H:%M}: {kept_error(error, 400)}; {since}"
+
+
 def cmd_clean_cache(args) -> int:
     """Remove cached batches but the newest `--keep` (by the time their files were written, not by name), and
     never one holding a file a rerun would still use: a table of that batch not validated yet, whose extract is
@@ -208,7 +247,7 @@ def cmd_clean_cache(args) -> int:
     plan now keeps its file. Only folders named as batches are the cache's: anything else in CBM_CACHE_DIR (a
     volume's lost+found, say) is left alone, and a batch that cannot be removed is named and skipped, the others
     removed (one such folder stopped the command, every night, and the cache filled the disk: found in review)."""
-    from .extract import is_current, read_extract_meta
+    from .extract import current_meta
     from .tasks import check_batch_id
 
     settings = load_settings()
@@ -221,7 +260,15 @@ def cmd_clean_cache(args) -> int:
             return False
 
     def written(p):  # by its files only: a file deleted (invalidate) makes its folder's time now (found in review)
-        return max((f.stat().st_mtime for f in p.rglob("*") if f.is_file()), default=0.0)
+        times = []
+        for f in p.rglob("*"):
+            try:
+                st = f.stat()
+            except FileNotFoundError:  # an extract running now renamed its temp file since the listing
+                continue
+            if stat.S_ISREG(st.st_mode):
+                times.append(st.st_mtime)
+        return max(times, default=0.0)
 
     batches = sorted((p for p in settings.cache_dir.glob("*") if is_batch(p)), key=written)
     old = batches[:-args.keep] if args.keep else batches
@@ -235,9 +282,9 @@ def cmd_clean_cache(args) -> int:
             done = validated_in(s, p.name)
             needed = []
             for f in sorted(p.glob("*/*.extract.parquet")):
-                if not is_current(f):
+                meta = current_meta(f)  # read once: a file invalidated meanwhile is None, not a crash
+                if meta is None:
                     continue
-                meta = read_extract_meta(f)
                 table, started = meta.get("table"), datetime.fromisoformat(meta["started_at"])
                 if table in tables and (table, f.parent.name) not in done and \
                         config_store.newer_load_than(s, table, started) is None and \
@@ -310,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     a.set_defaults(fn=cmd_invalidate)
     a = sub.add_parser("summary", help="per-table summary of the last runs")
     a.set_defaults(fn=cmd_summary)
+    a = sub.add_parser("check-sla", help="print the tables not OK in etl.vw_SLABreach; exit 2 if any (for paging)")
+    a.add_argument("--critical", action="store_true", help="only the tables with IsCritical = 1")
+    a.set_defaults(fn=cmd_check_sla)
     a = sub.add_parser("clean-cache", help="remove cached batches, keeping the newest N")
     a.add_argument("--keep", type=_not_negative, default=3)
     a.set_defaults(fn=cmd_clean_cache)

@@ -12,17 +12,17 @@ log = logging.getLogger(__name__)
 MAX_ERROR = 4000
 
 
-def kept_error(text: str) -> str:
-    """A message as etl.ETL_Log keeps it: up to MAX_ERROR characters, its start and its end. The way out is at
+def kept_error(text: str, limit: int = MAX_ERROR) -> str:
+    """A message as etl.ETL_Log keeps it: up to `limit` characters, its start and its end. The way out is at
     the end of every message, so cutting the end alone lost it from the run log and `summary` (found in review:
     a long value in a message pushed it out)."""
-    if len(text) <= MAX_ERROR:
+    if len(text) <= limit:
         return text
     cut, said = "", None
     while said != cut:  # the marker's length depends on the number it says
-        said, cut = cut, f" [... {len(text) - (MAX_ERROR - len(cut)):,} characters left out ...] "
-    head = (MAX_ERROR - len(cut)) // 2
-    tail = MAX_ERROR - len(cut) - head
+        said, cut = cut, f" [... {len(text) - (limit - len(cut)):,} characters left out ...] "
+    head = (limit - len(cut)) // 2
+    tail = limit - len(cut) - head
     return text[:head] + cut + text[-tail:]
 
 

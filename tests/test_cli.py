@@ -71,6 +71,60 @@ def test_errors_are_one_readable_line(env, capsys, monkeypatch):
     assert err.startswith("cbm-etl discover: SourceError") and "hunter2" not in err
 
 
+def _sla_lines(capsys) -> list[str]:
+    return capsys.readouterr().out.splitlines()
+
+
+def test_check_sla_names_the_tables_to_page_on_and_exits_2_only_then(env, capsys):
+    """The nightly pages only when it runs and fails; `check-sla`, on a cron line of its own, pages for a table
+    that is late however that came about (a night that never started, a table failing, a table never loaded)."""
+    assert cbm_etl(["check-sla"]) == 2  # nothing loaded yet
+    lines = _sla_lines(capsys)
+    assert sum("NEVER_LOADED" in line and "no load has validated yet" in line for line in lines) == 6, lines
+    assert lines[-1].startswith("check-sla: 6 of 6 active table(s) not OK")
+    assert succeeded(build(LoadAll(mode="full")))
+    capsys.readouterr()
+    assert cbm_etl(["check-sla"]) == 0
+    assert _sla_lines(capsys) == ["check-sla: 0 of 6 active table(s) not OK"]
+    # produit's last validated load started 30 h ago (SLA 26 h); famille's next load fails
+    env.sql("UPDATE config.ETL_Tables SET LastSuccessUtc = LastSuccessUtc - INTERVAL 30 HOUR, "
+            "LastSuccessTs = LastSuccessTs - INTERVAL 30 HOUR WHERE TableName = 'produit'")
+    env.sql("UPDATE config.ETL_Tables SET FilterClause = 'no_such_column = 1' WHERE TableName = 'famille'")
+    assert not succeeded(build(LoadTable(table="famille", mode="full", batch_tag="b")))
+    capsys.readouterr()
+    assert cbm_etl(["check-sla"]) == 2
+    lines = _sla_lines(capsys)
+    late = [line for line in lines if line.startswith("produit: ")]
+    assert len(late) == 1 and late[0].startswith("produit: LATE: last validated load started "), lines
+    assert 29.9 <= float(late[0].split("started ")[1].split(" h")[0]) <= 30.2 and "(SLA 26.0 h)" in late[0]
+    failing = [line for line in lines if line.startswith("famille: ")]
+    assert len(failing) == 1 and failing[0].startswith("famille: FAILING (not critical): its last step failed at ")
+    assert "no_such_column" in failing[0] and "last validated load started 0." in failing[0]
+    assert lines[-1].startswith("check-sla: 2 of 6 active table(s) not OK")
+    # --critical: client and produit are; famille is not
+    assert cbm_etl(["check-sla", "--critical"]) == 2
+    lines = _sla_lines(capsys)
+    assert [line.split(":")[0] for line in lines[:-1]] == ["produit"]
+    assert lines[-1].startswith("check-sla: 1 of 2 critical table(s) not OK")
+
+
+def test_check_sla_cannot_tell_without_critical_tables_and_keeps_a_long_errors_advice(env, capsys):
+    env.sql("UPDATE config.ETL_Tables SET IsCritical = FALSE")
+    assert cbm_etl(["check-sla", "--critical"]) == 1  # a monitor that checks nothing must not stay quiet
+    err = capsys.readouterr().err
+    assert "no active table has IsCritical = 1, so nothing was checked" in err and "drop --critical" in err
+    # a failure whose message is long: the page line keeps its start and its end, where the way out is
+    env.sql("UPDATE config.ETL_Tables SET FilterClause = 'no_such_column = 1' WHERE TableName = 'famille'")
+    assert not succeeded(build(LoadTable(table="famille", mode="full", batch_tag="b")))
+    env.sql("UPDATE etl.ETL_Log SET ErrorMessage = 'table famille: ' || repeat('x', 3000) || ' Fix it, then rerun.' "
+            "WHERE TableName = 'famille' AND Status = 'FAILED'")
+    capsys.readouterr()
+    assert cbm_etl(["check-sla"]) == 2
+    line = next(line for line in _sla_lines(capsys) if line.startswith("famille: "))
+    assert "table famille: xxx" in line and "Fix it, then rerun." in line and "characters left out" in line
+    assert len(line) < 600, len(line)
+
+
 def test_clean_cache_keeps_the_newest_and_any_batch_not_validated_yet(env, capsys):
     import time
 
@@ -88,6 +142,34 @@ def test_clean_cache_keeps_the_newest_and_any_batch_not_validated_yet(env, capsy
     left = sorted(p.name.split("-", 3)[-1] for p in env.cache.iterdir())
     assert left == ["aa-new", "mid"], out
     assert "not validated yet: famille (full)" in out
+
+
+def test_clean_cache_is_not_stopped_by_a_file_that_vanishes_while_it_looks(env, capsys, monkeypatch):
+    """An extract running now renames its temp file, `invalidate` removes a batch file: between two looks of
+    clean-cache at one file (is it a file, then its time: a race of microseconds, so the vanishing is injected
+    at the second look). It crashed with FileNotFoundError and removed nothing; it looks once now, and a file
+    gone by then is passed over."""
+    assert succeeded(build(LoadTable(table="famille", mode="full", batch_tag="old")))
+    time.sleep(0.02)
+    assert succeeded(build(LoadTable(table="famille", mode="full", batch_tag="new")))
+    old = next(p for p in env.cache.iterdir() if p.name.endswith("-old"))
+    tmp = old / "full" / "famille.extract.parquet.4242-abcdef01-host.tmp"  # a temp file, as shape_batches names
+    tmp.write_bytes(b"half-written")
+    os.utime(tmp, (time.time() - 3600, time.time() - 3600))  # not what makes "old" the newest batch
+    real_stat, looks = Path.stat, []
+
+    def vanishing(self, *a, **kw):
+        if str(self) == str(tmp):
+            looks.append(1)
+            if len(looks) == 2:  # gone after a first look found it (is_file), before the next (its time)
+                os.unlink(tmp)
+        return real_stat(self, *a, **kw)
+
+    monkeypatch.setattr(Path, "stat", vanishing)
+    capsys.readouterr()
+    assert cbm_etl(["clean-cache", "--keep", "1"]) == 0
+    monkeypatch.undo()
+    assert [p.name.split("-", 3)[-1] for p in env.cache.iterdir()] == ["new"], capsys.readouterr()
 
 
 def test_clean_cache_drops_a_failed_batch_once_a_later_load_makes_its_file_useless(env, capsys):

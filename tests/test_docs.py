@@ -8,16 +8,19 @@ import subprocess
 import pytest
 
 from cbm_luigi.settings import load_settings
+from cbm_luigi.tasks import LoadAll
 
-from .conftest import BIN, DEMO_TABLES, REPO, assert_ods_equals_source, running_luigid, subprocess_env
+from .conftest import BIN, DEMO_TABLES, REPO, assert_ods_equals_source, build, running_luigid, subprocess_env, \
+    succeeded
 
 
-def _cron_line(days: str) -> str:
-    """The command of OPERATIONS.md's crontab entry for `days` (the fields after the five schedule fields)."""
+def _cron_line(days: str, at: str = "30 1") -> str:
+    """The command of OPERATIONS.md's crontab entry at `at` on `days` (the fields after the five schedule
+    fields)."""
     text = (REPO / "OPERATIONS.md").read_text()
     block = re.search(r"```cron\n(.*?)```", text, re.S).group(1)
-    line = next(ln for ln in block.splitlines() if re.match(rf"30 1 \* \* {re.escape(days)}\s", ln))
-    return re.sub(rf"^30 1 \* \* {re.escape(days)}\s+", "", line)
+    when = rf"^{re.escape(at)} \* \* {re.escape(days)}\s+"
+    return re.sub(when, "", next(ln for ln in block.splitlines() if re.match(when, ln)))
 
 
 def test_the_documented_nightly_crontab_line_loads_on_a_fresh_deployment(env, tmp_path_factory):
@@ -41,6 +44,31 @@ def test_the_documented_nightly_crontab_line_loads_on_a_fresh_deployment(env, tm
     assert log.is_file() and "Luigi Execution Summary" in log.read_text()
     for t in DEMO_TABLES:
         assert_ods_equals_source(env, t)
+
+
+def test_the_documented_sla_crontab_line_pages_for_a_table_not_ok_and_only_then(env):
+    """OPERATIONS.md's morning `check-sla` line, run as written in the deployment's directory (nothing in var/log
+    yet): it pages while a table has never validated, with check-sla's exit code, and stays quiet once every
+    table is loaded."""
+    home = env.home
+    (home / ".venv" / "bin").mkdir(parents=True)
+    (home / ".venv" / "bin" / "cbm-etl").symlink_to(BIN / "cbm-etl")
+    command = _cron_line("*", at="0 7").replace("/opt/cbm_luigi", str(home)).replace(
+        "/opt/bin/page-data-team", "echo PAGED")
+
+    def cron():
+        run = subprocess.run(["/bin/sh", "-c", command], env=subprocess_env(env), capture_output=True, text=True,
+                             timeout=300)
+        return run.stdout + run.stderr
+
+    out = cron()
+    assert "PAGED cbm_luigi SLA: 2 (see var/log/sla.log)" in out, out
+    assert "client: NEVER_LOADED: no load has validated yet" in (home / "var" / "log" / "sla.log").read_text()
+    assert succeeded(build(LoadAll(mode="full")))
+    out = cron()
+    assert "PAGED" not in out, out
+    assert (home / "var" / "log" / "sla.log").read_text().splitlines()[-1] == \
+        "check-sla: 0 of 6 active table(s) not OK"
 
 
 def _refused_connect(calls, pyodbc):
