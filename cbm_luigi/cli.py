@@ -111,20 +111,33 @@ def cmd_invalidate(args) -> int:
             print(f"invalidate: --batch {exc}", file=sys.stderr)
             return 2
     wh = open_warehouse(settings)
-    with wh.session() as s, s.transaction():
+    with wh.session() as s:
         if not s.scalar("SELECT COUNT(*) FROM config.ETL_Tables WHERE TableName = ?", [args.table]):
             print(f"invalidate: no table {args.table!r} in config.ETL_Tables (names as in Progress)",
                   file=sys.stderr)
             return 1
+    files = f"*/{cache_file_stem(args.table)}.*.parquet"
+    removed = 0
+    # the files first, then the markers: a file that cannot be removed (a read-only cache, another user's file)
+    # leaves the markers as they were, so the table is as before and the same command can run again. The other
+    # order left the markers gone and the file there, which the rerun merged again (found in review)
+    if args.from_step == "extract":  # an extract is a file, not a marker: a batch whose stage failed has only that
+        for p in sorted(settings.cache_dir.glob(f"{args.batch or '*'}/{files}")):
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                print(f"invalidate {args.table}: could not remove {p}: {exc.strerror or exc}. No marker was "
+                      f"removed{f' ({removed} cached file(s) were)' if removed else ''}: make the file removable "
+                      f"(remove it as its owner, or remount the cache read-write), then run the same command "
+                      f"again", file=sys.stderr)
+                return 1
+            removed += 1
+    with wh.session() as s, s.transaction():
         n = remove_markers(s, table=args.table, batch_id=args.batch)
         marked = {r[0] for r in s.query("SELECT DISTINCT BatchId FROM etl.ETL_Markers WHERE TableName = ?",
                                         [args.table])}
-    files = f"*/{cache_file_stem(args.table)}.*.parquet"
-    removed = 0
-    if args.from_step == "extract":  # an extract is a file, not a marker: a batch whose stage failed has only that
-        for p in settings.cache_dir.glob(f"{args.batch or '*'}/{files}"):
-            p.unlink()
-            removed += 1
     if args.batch is not None and not n and not removed:
         cached = {p.parent.parent.name for p in settings.cache_dir.glob(f"*/{files}")}
         hint = "" if args.from_step == "extract" else " (with --from stage its cached extract is kept)"

@@ -31,7 +31,7 @@ from .source.readers import pooled_reader
 from .targets import MarkerTarget, StagedBatchTarget, StageTarget, validated_in
 from .transform import TechnicalValues
 from .warehouse import open_warehouse
-from .warehouse.duckdb_wh import WarehouseBusyError
+from .warehouse.duckdb_wh import WarehouseBusyError, WarehouseLockError
 
 log = logging.getLogger("luigi-interface")
 PROCESS_RUN_ID = str(uuid.uuid4())
@@ -113,17 +113,18 @@ def check_batch_id(batch_id: str) -> None:
 
 
 def _stops_when_busy(method):
-    """A `complete()` or `requires()` that finds the DuckDB warehouse held by another process ends this process
-    (exit code [retcode] scheduling_error, 35) with the message, before its Luigi worker tells the scheduler
-    anything. Luigi reports a task whose complete() or requires() raised as UNKNOWN to luigid; an operator's second
-    run of the same batch (another command line: Luigi's pid lock compares them) so changed the task of the run
-    holding the warehouse, which luigid then never granted: a night that loaded every table exited 25 (found in
-    review). In a task's own process (--workers above 1) the error is raised as it is: Luigi fails that task."""
+    """A `complete()` or `requires()` that finds the DuckDB warehouse held by another process (or a file that
+    cannot be locked at all) ends this process (exit code [retcode] scheduling_error, 35) with the message,
+    before its Luigi worker tells the scheduler anything. Luigi reports a task whose complete() or requires()
+    raised as UNKNOWN to luigid; an operator's second run of the same batch (another command line: Luigi's pid
+    lock compares them) so changed the task of the run holding the warehouse, which luigid then never granted: a
+    night that loaded every table exited 25 (found in review). In a task's own process (--workers above 1) the
+    error is raised as it is: Luigi fails that task."""
     @functools.wraps(method)
     def checked(self):
         try:
             return method(self)
-        except WarehouseBusyError as exc:
+        except (WarehouseBusyError, WarehouseLockError) as exc:  # no task of this run can open it
             if multiprocessing.parent_process() is not None:
                 raise
             log.error("%s; this run stops before scheduling anything", exc)
@@ -227,13 +228,19 @@ class CbmTask(luigi.Task):
 
     def status(self, text: str, pct: int | None = None) -> None:
         """Progress for the central scheduler's web view. Luigi's worker attaches the two reporters to the task
-        only while it runs it; called directly (plain functions, tests) there is no web view to tell."""
+        only while it runs it; called directly (plain functions, tests) there is no web view to tell. A message
+        the scheduler cannot take (luigid restarted during the night) is logged and the step goes on: raised
+        inside the extract, it failed the table as an error of the Progress driver (found in review)."""
         report_message = getattr(self, "set_status_message", None)
         report_percentage = getattr(self, "set_progress_percentage", None)
-        if report_message:
-            report_message(text)
-        if pct is not None and report_percentage:
-            report_percentage(pct)
+        try:
+            if report_message:
+                report_message(text)
+            if pct is not None and report_percentage:
+                report_percentage(pct)
+        except Exception as exc:  # noqa: BLE001 — the web view's status line only: said, and the step goes on
+            log.warning("table %s: the scheduler did not take the status message %r (%s: %s); the step goes on",
+                        self.table, text, type(exc).__name__, mask_secrets(str(exc))[:300])
 
     def _log(self, extra: list[StepRecord]) -> None:
         try:
@@ -479,33 +486,36 @@ class MergeOds(WarehouseStep):
                               run_id=self.run_id, checkpoint=checkpoint, allow_empty_full=allowed and not earlier_read,
                               read_all=meta["since"] is None)
         except steps.RefusedBatchError as exc:
-            kept = self._read_again()
             why = (" (CBM_ALLOW_EMPTY_FULL applies only to a read made by the same run, and this one was made by "
                    "an earlier run)" if earlier_read and isinstance(exc, steps.EmptyFullBatchError) else "")
-            then = (f"The batch's extract was dropped{why}: the same command reads the table from Progress again."
-                    if kept is None else
-                    f"The batch's extract could not be dropped{why} ({kept}): delete {self.cache_path('extract')}, "
-                    f"then the same command reads the table from Progress again (with the file there it would "
-                    f"merge the same rows and be refused again).")
-            exc.args = (f"{exc} {then}",)
+            exc.args = (f"{exc} {self._read_again(why)}",)
             raise
         self.record(rec, t0)
 
-    def _read_again(self) -> str | None:
+    def _read_again(self, why: str = "") -> str:
         """The batch's own rows were refused: merging the same extract again could never succeed (found in
         review: a row fixed in Progress, or a key read twice while it moved, failed every rerun; and
         CBM_ALLOW_EMPTY_FULL would have applied to the empty read made before the operator looked). The stage
         marker goes first, then the file: killed in between, the rerun restages the old file, is refused again
-        and drops it then (the other order would leave DuckDB's stg view over a file that is gone). Returns why
-        the file could not be removed (a read-only cache), so the refusal, not that, is what the operator reads."""
+        and drops it then (the other order would leave DuckDB's stg view over a file that is gone). Returns what
+        the operator does next, said after the refusal: a failure here must not replace it (found in review: a
+        dropped connection's error was all etl.ETL_Log kept, and the rerun merged the same rows again)."""
         stage = self.requires()
-        with self.warehouse.session() as s, s.transaction():
-            stage.output().forget(s)
+        again = "then the same command reads the table from Progress again"
+        try:
+            with self.warehouse.session() as s, s.transaction():
+                stage.output().forget(s)
+        except Exception as exc:  # noqa: BLE001 — said after the refusal, which stays the error
+            log.error("table %s: could not forget the refused batch's stage: %s", self.table, traceback.format_exc())
+            return (f"The batch's extract could not be dropped{why} (forgetting its stage failed: "
+                    f"{type(exc).__name__}: {mask_secrets(str(exc))[:300]}): run `cbm-etl invalidate {self.table} --batch {self.batch_id}`, "
+                    f"{again} (as it is, it would merge the same rows and be refused again).")
         try:
             self.cache_path("extract").unlink(missing_ok=True)
         except OSError as exc:
-            return str(exc)
-        return None
+            return (f"The batch's extract could not be dropped{why} ({exc}): delete {self.cache_path('extract')}, "
+                    f"{again} (with the file there it would merge the same rows and be refused again).")
+        return f"The batch's extract was dropped{why}: the same command reads the table from Progress again."
 
 
 class ValidateTable(WarehouseStep):

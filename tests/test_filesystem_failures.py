@@ -108,3 +108,66 @@ def test_a_refused_batch_on_a_read_only_cache_still_says_why_it_was_refused(env,
         extract.unlink()
         assert succeeded(build(LoadTable(table="produit", mode="full")))
         assert_ods_equals_source(env, "produit")
+
+
+def test_invalidate_on_a_read_only_cache_changes_nothing_and_says_so(env, tmp_path, monkeypatch, capsys):
+    """`cbm-etl invalidate produit --batch B` removed the table's markers, then failed on the cached extract of a
+    read-only cache with a bare "OSError: Read-only file system": the markers were gone, the file was not, and
+    the rerun merged the cached rows again instead of reading Progress (found in review). The file goes first
+    now: a failure leaves the table as it was, says so, and the same command works once the cache is writable."""
+    from datetime import date
+
+    from cbm_luigi.cli import main as cbm_etl
+
+    day = date(2026, 11, 24)
+    with tmpfs(tmp_path / "cachefs", "16m") as cache:
+        monkeypatch.setenv("CBM_CACHE_DIR", str(cache))
+        assert succeeded(build(LoadTable(table="produit", mode="full", batch_date=day)))
+        markers = env.sql("SELECT COUNT(*) FROM etl.ETL_Markers WHERE TableName = 'produit'")[0][0]
+        extract = next(cache.rglob("produit.extract.parquet"))
+        remount(cache, "ro")
+        try:
+            capsys.readouterr()
+            assert cbm_etl(["invalidate", "produit", "--batch", day.isoformat()]) == 1
+        finally:
+            remount(cache, "rw")
+        err = capsys.readouterr().err
+        assert f"could not remove {extract}: Read-only file system. No marker was removed" in err, err
+        assert "then run the same command again" in err
+        assert env.sql("SELECT COUNT(*) FROM etl.ETL_Markers WHERE TableName = 'produit'")[0][0] == markers
+        assert cbm_etl(["invalidate", "produit", "--batch", day.isoformat()]) == 0
+        assert not extract.exists()
+        assert env.sql("SELECT COUNT(*) FROM etl.ETL_Markers WHERE TableName = 'produit'")[0][0] == 0
+        on_source(env, "UPDATE produit SET libelle = 'read again' WHERE rowid = 1")
+        assert succeeded(build(LoadTable(table="produit", mode="full", batch_date=day)))
+        assert_ods_equals_source(env, "produit")  # read from Progress again, not the cached rows
+
+
+def test_a_warehouse_file_system_without_locks_is_said_at_once_not_waited_for_as_busy(env, monkeypatch, capsys):
+    """DuckDB says "Could not set lock on file" for any lock failure, and the wait for a busy warehouse took every
+    one for another process: on a file system without locks (an NFS or SMB mount without lock support) a run
+    waited 2 minutes, then sent the operator looking for a process that did not exist (found in review). The
+    file system's answer is injected (DuckDB's own message for ENOLCK): no such mount can be made here."""
+    import time
+
+    import duckdb
+
+    from cbm_luigi.cli import main as cbm_etl
+    from cbm_luigi.warehouse import duckdb_wh
+
+    duckdb_wh.release_connections()
+    real = duckdb.connect
+
+    def no_locks(database=":memory:", *a, **kw):
+        if str(database) == str(env.warehouse):
+            raise duckdb.IOException(f'IO Error: Could not set lock on file "{database}": No locks available')
+        return real(database, *a, **kw)
+
+    monkeypatch.setattr(duckdb_wh, "LOCK_WAIT_S", 3.0)  # the wait, had it waited (120 s in a run)
+    monkeypatch.setattr(duckdb_wh.duckdb, "connect", no_locks)
+    t0 = time.monotonic()
+    assert cbm_etl(["summary"]) == 1
+    err = capsys.readouterr().err
+    assert time.monotonic() - t0 < 2.5, "it waited for a lock no process holds"
+    assert "could not be locked, and no other process holds it" in err and "network mount" in err, err
+    assert "Put CBM_DUCKDB_PATH on a local disk" in err and "held by another process" not in err

@@ -626,3 +626,26 @@ def test_luigid_under_this_luigi_cfg_never_retries_a_failed_step_within_the_nigh
     assert s.get_work(worker="w")["task_id"] is None  # the night's worker is not handed the step again
     s.add_task(worker="rerun", task_id="MergeOds_x", status=PENDING)  # the operator's rerun asks for it again
     assert status(s, "MergeOds_x") == PENDING
+
+
+def test_a_status_message_the_scheduler_cannot_take_does_not_fail_the_table(env, monkeypatch, caplog):
+    """The extract reports the rows read so far to the scheduler; luigid unreachable (restarted during the night)
+    raised Luigi's RPCError inside the extract, and the table failed as "source table PUB.produit: extract failed.
+    Driver said: Errors (3 attempts) when connecting to remote scheduler": the operator was sent to the Progress
+    server (found in review). The scheduler's refusal is injected (its method raises what RemoteScheduler raises
+    after its retries); the message is sent at every batch here."""
+    import luigi.rpc
+    import luigi.scheduler
+
+    from cbm_luigi import extract
+
+    monkeypatch.setattr(extract, "PROGRESS_EVERY_S", 0.0)
+
+    def unreachable(self, task_id, status_message):
+        raise luigi.rpc.RPCError("Errors (3 attempts) when connecting to remote scheduler 'http://etl-host:8082'")
+
+    monkeypatch.setattr(luigi.scheduler.Scheduler, "set_task_status_message", unreachable)
+    assert succeeded(build(LoadTable(table="produit", mode="full")))
+    assert_ods_equals_source(env, "produit")
+    said = [m for m in caplog.messages if "the scheduler did not take the status message" in m]
+    assert said and "RPCError: Errors (3 attempts)" in said[0] and said[0].startswith("table produit:"), said

@@ -61,6 +61,50 @@ def test_a_key_read_twice_loads_when_the_same_command_reads_it_once(env):
     assert_ods_equals_source(env, "famille")
 
 
+def test_a_refused_batch_keeps_its_refusal_when_forgetting_its_stage_fails_and_says_what_to_run(env, monkeypatch):
+    """After a refusal, forgetting the batch's stage failed (on SQL Server: a dropped connection, a lock timeout)
+    and that error replaced the refusal: etl.ETL_Log kept a link failure, not the duplicate keys, and the rerun
+    merged the same extract again (found in review). The failure is injected: MarkerTarget.forget raises once the
+    merge has refused (DuckDB cannot be made to fail there)."""
+    from cbm_luigi import steps, targets
+
+    famille = next(t for t in demo_source._schema() if t.name == "famille")
+    rows = sqlite3.connect(str(env.source)).execute("SELECT * FROM famille").fetchall()
+    demo_source.add_table(env.source, demo_source.TableDef("famille", famille.cols, ("cod_fam", "libelle"),
+                                                           rows + [(rows[0][0], "twice", rows[0][2])]))
+    release_readers()
+    refused, real_merge, real_forget = [], steps.merge, targets.MarkerTarget.forget
+
+    def merge(*a, **kw):
+        try:
+            return real_merge(*a, **kw)
+        except steps.RefusedBatchError:
+            refused.append(1)
+            raise
+
+    def forget(self, s):
+        if refused:
+            raise RuntimeError("[08S01] Communication link failure (injected)")
+        return real_forget(self, s)
+
+    monkeypatch.setattr(steps, "merge", merge)
+    monkeypatch.setattr(targets.MarkerTarget, "forget", forget)
+    assert not succeeded(build(LoadTable(table="famille", mode="full", batch_date=DAY)))
+    err = last_error(env, "famille")
+    assert err.startswith("DuplicateBatchKeyError") and f"cod_fam={rows[0][0]!r} (2 rows)" in err, err
+    assert "forgetting its stage failed: RuntimeError: [08S01] Communication link failure" in err, err
+    assert err.endswith(f"run `cbm-etl invalidate famille --batch {DAY}`, then the same command reads the table "
+                        f"from Progress again (as it is, it would merge the same rows and be refused again)."), err
+    refused.clear()  # the warehouse is reachable again
+    demo_source.add_table(env.source, famille)  # fixed at the source; the operator runs what the message says
+    release_readers()
+    from cbm_luigi.cli import main as cbm_etl
+
+    assert cbm_etl(["invalidate", "famille", "--batch", DAY.isoformat()]) == 0
+    assert succeeded(build(LoadTable(table="famille", mode="full", batch_date=DAY)))
+    assert_ods_equals_source(env, "famille")
+
+
 def test_an_empty_full_read_loads_once_the_source_is_back_and_the_allowance_never_applies_to_it(env, monkeypatch):
     """famille (no modification date: read in full) was read while the ERP rebuilt it. The operator, following the
     message, checks the source (its rows are back) and reruns with CBM_ALLOW_EMPTY_FULL: the rerun reads the table

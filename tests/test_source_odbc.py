@@ -129,3 +129,23 @@ def test_a_stream_closed_after_its_connection_warns_instead_of_hiding_the_error_
     stream.close()  # idempotent
     assert any("closing a source cursor failed" in m for m in caplog.messages)
     assert list(stream) == []
+
+
+@pytest.mark.parametrize("reader", ["pyodbc", "arrow-odbc"])
+def test_a_failing_init_statement_is_named_not_said_as_a_failed_connection(env, monkeypatch, reader):
+    """The connection was made, then a CBM_SOURCE_INIT_SQL statement failed: the message said "source: connect
+    failed", naming neither the setting nor the statement, and the operator checked the DSN, the host and the
+    broker, which were fine (found in review). Real unixODBC + SQLite ODBC driver: the second statement attaches
+    a file that cannot exist."""
+    for k, v in odbc_vars(env, reader).items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("CBM_SOURCE_INIT_SQL", f"ATTACH DATABASE '{env.source}' AS PUB;;"
+                                              f"ATTACH DATABASE '/nonexistent/dir/sys.db' AS SYSPROGRESS")
+    from cbm_luigi.source.errors import SourceError
+
+    with pytest.raises(SourceError) as info:
+        open_reader(load_settings())
+    text = str(info.value)
+    assert text.startswith("source: statement 2 of CBM_SOURCE_INIT_SQL (ATTACH DATABASE '/nonexistent/dir/sys.db' "
+                           "AS SYSPROGRESS) failed"), text
+    assert text.endswith("The connection itself was made: fix or remove that setting in .env.") and "s3cret" not in text

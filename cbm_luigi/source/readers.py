@@ -179,6 +179,26 @@ def _odbc_retry(fn, retries: int, what: str):
             time.sleep(wait)
 
 
+def _init_sql(execute: Callable[[str], object], settings: Settings) -> list[tuple[str, Callable[[], object]]]:
+    return [(f"statement {i} of CBM_SOURCE_INIT_SQL ({stmt[:200]})", lambda stmt=stmt: execute(stmt))
+            for i, stmt in enumerate(settings.source_init_sql, 1)]
+
+
+def _set_up(reader: Reader, steps: list[tuple[str, Callable[[], object]]]) -> None:
+    """A new connection's set-up (the isolation level, CBM_SOURCE_INIT_SQL), the step that fails named: the
+    connection itself was made, and "connect failed" sent the operator to the DSN and the broker (found in
+    review). The connection is closed then."""
+    for what, step in steps:
+        try:
+            step()
+        except Exception as exc:  # noqa: BLE001 — translated and named, never swallowed
+            with contextlib.suppress(Exception):  # the set-up's error is the one to report
+                reader.close()
+            err = translate(exc, action=what)
+            raise SourceError(f"{err} The connection itself was made: fix or remove that setting in .env.",
+                              transient=err.transient) from None
+
+
 class PyodbcReader(_DbApiReader):
     name = "pyodbc"
 
@@ -189,13 +209,15 @@ class PyodbcReader(_DbApiReader):
         self.con = _odbc_retry(lambda: pyodbc.connect(settings.source_odbc, autocommit=True,
                                                       timeout=settings.query_timeout_s or 0),
                                settings.connect_retries, "connect")
+        steps = _init_sql(self.con.execute, settings)
         if settings.source_isolation == "READ_UNCOMMITTED":
             # no record locks on big reads (no lock-table overflow); set per connection
-            self.con.set_attr(pyodbc.SQL_ATTR_TXN_ISOLATION, pyodbc.SQL_TXN_READ_UNCOMMITTED)
+            steps.insert(0, ("CBM_SOURCE_ISOLATION=READ_UNCOMMITTED (the ODBC attribute SQL_ATTR_TXN_ISOLATION)",
+                             lambda: self.con.set_attr(pyodbc.SQL_ATTR_TXN_ISOLATION,
+                                                       pyodbc.SQL_TXN_READ_UNCOMMITTED)))
         if settings.query_timeout_s:
             self.con.timeout = settings.query_timeout_s
-        for stmt in settings.source_init_sql:
-            self.con.execute(stmt)
+        _set_up(self, steps)
 
 
 class ArrowOdbcReader(Reader):
@@ -211,11 +233,13 @@ class ArrowOdbcReader(Reader):
         self.settings = settings
         self.con = _odbc_retry(lambda: arrow_odbc.connect(settings.source_odbc, autocommit=True),
                                settings.connect_retries, "connect")
+        steps = _init_sql(self.con.execute, settings)
         if settings.source_isolation == "READ_UNCOMMITTED" and dialect.name == "openedge":
-            self.con.execute("SET TRANSACTION ISOLATION LEVEL READ UNCOMMITTED")
+            steps.insert(0, ("CBM_SOURCE_ISOLATION=READ_UNCOMMITTED (SET TRANSACTION ISOLATION LEVEL READ "
+                             "UNCOMMITTED)",
+                             lambda: self.con.execute("SET TRANSACTION ISOLATION LEVEL READ UNCOMMITTED")))
             _warn_without_dil(settings.source_odbc)
-        for stmt in settings.source_init_sql:
-            self.con.execute(stmt)
+        _set_up(self, steps)
 
     def query(self, sql, params=None):
         # catalog-sized answers: small buffers (the default 65,535 rows x column size costs ~250 MB)

@@ -44,6 +44,10 @@ class WarehouseBusyError(RuntimeError):
     """Another process holds the DuckDB file's lock for longer than LOCK_WAIT_S."""
 
 
+class WarehouseLockError(RuntimeError):
+    """The DuckDB file cannot be locked at all (its file system gives no locks): no wait helps."""
+
+
 @functools.lru_cache(maxsize=1)
 def machine_memory() -> float | None:
     """80 % of the memory this process may use, as DuckDB counts it for its own default limit: the machine's, or
@@ -112,7 +116,15 @@ class DuckDbWarehouse(Warehouse):
                 con = duckdb.connect(str(self.path))
                 break
             except duckdb.IOException as exc:
-                if "lock" not in str(exc).lower():
+                text = str(exc).lower()
+                if "could not set lock" in text and "conflicting lock" not in text:
+                    # no other process holds it: the file system gives no locks (found in review: waited 2
+                    # minutes, then sent the operator looking for a process that did not exist)
+                    raise WarehouseLockError(
+                        f"the DuckDB warehouse {self.path} could not be locked, and no other process holds it: the "
+                        f"file system under it gives no file locks (a network mount?). Put CBM_DUCKDB_PATH on a "
+                        f"local disk. DuckDB said: {exc}") from None
+                if "conflicting lock" not in text:
                     raise
                 if time.monotonic() > deadline:
                     raise WarehouseBusyError(
