@@ -182,8 +182,8 @@ class TablePlan:
             # a column added to ods would stay NULL (or an excluded one keep its old hash) in every row outside the
             # window, until a full load saw them all changed at once: SCD2 would version every member then
             return None, ("the configuration changed since the last load (a column added or excluded, a type, an "
-                          "expression, the filter): incremental reads in full once, so every row is loaded under "
-                          "it")
+                          "expression, the filter), or what ods holds is not known to match it (ods lost a table or "
+                          "columns, an upgrade): incremental reads in full once, so every row is loaded under it")
         since = self.last_success_ts - self.lookback
         tod = self.by_name(self.time_of_day_col).name if self.time_of_day_col else None
         return Window(self.by_name(self.date_col).name, since, self.date_precision, tod), (

@@ -21,7 +21,7 @@ from .settings import mask_secrets
 from .targets import MarkerTarget, StageTarget, record_merged, record_validated, staged_batch
 from .transform import SHAPED_TECH, TechnicalValues
 from .warehouse.base import Session, Warehouse
-from .warehouse.statements import (Column, MergeSpec, add_column, create_table, duplicate_keys,
+from .warehouse.statements import (Column, MergeSpec, add_column, create_table, duplicate_keys, forget_hashes,
                                    evolve, live_rows, merge_counts, merge_statements, null_keys, ods_null_keys,
                                    tech_columns, unread_columns, validation_counts)
 
@@ -64,6 +64,23 @@ class DuplicateBatchKeyError(DuplicateKeyError, RefusedBatchError):
 
 class EmptyFullBatchError(RefusedBatchError):
     pass
+
+
+class OdsLostError(RefusedBatchError):
+    """ods.<table> lost the table or columns the loads before wrote (dropped by hand), and the batch read a window
+    only: merged, it would rebuild the table with those rows alone, or leave the columns empty in every other row,
+    and validate (found in review). MergeOds drops the extract and makes the table's recorded configuration
+    unknown, so the same command reads it in full."""
+
+
+class RelationGoneError(RuntimeError):
+    """stg.<table> (or ods.<table>) was dropped between a batch's steps: every rerun failed on the database's own
+    error (found in review). The task forgets the batch's stage so the same command stages it again; `ods_gone`:
+    and makes the table's recorded configuration unknown, so it is read in full and ods rebuilt."""
+
+    def __init__(self, message: str, *, ods_gone: bool = False):
+        super().__init__(message)
+        self.ods_gone = ods_gone
 
 
 def stage_columns(plan: TablePlan, max_lengths: dict[str, int] | None = None) -> list[Column]:
@@ -158,6 +175,44 @@ def _limits_named(wh: Warehouse, plan: TablePlan, step: str):
                               f"what it estimates it needs, a validation runs under 3/4 of it). Nothing was "
                               f"{step}d. {todo}, and rerun the table. DuckDB said: {text[:300]}") from None
         raise
+
+
+@contextlib.contextmanager
+def _relations_named(wh: Warehouse, plan: TablePlan, step: str, batch_id: str):
+    """A step that failed because stg.<table> or ods.<table> is gone (dropped by hand between the batch's steps)
+    says so and what the rerun does; the catalog is asked only once the step failed on a missing relation (a
+    look costs milliseconds a table), after its transaction rolled back. ods gone matters to validation only (a
+    merge creates it)."""
+    try:
+        yield
+    except (RefusedBatchError, StaleStageError, RelationGoneError, ValidationError):
+        raise
+    except Exception as exc:
+        if not wh.missing_relation(str(exc)):  # any other failure (an outage, say) is not worth a reconnection
+            raise
+        try:
+            with wh.session() as s:
+                stg_gone = not wh.table_columns(s, "stg", plan.destination)
+                ods_gone = step == "validate" and not wh.table_columns(s, "ods", plan.destination)
+        except Exception:  # noqa: BLE001 — the step's own error stands when the catalog cannot be read
+            raise exc from None
+        if ods_gone:
+            raise RelationGoneError(
+                f"table {plan.table}: ods.{plan.destination} no longer exists (dropped since batch {batch_id} was "
+                f"merged?): nothing was validated. Run the same command again: it reads the table in full and "
+                f"rebuilds ods.{plan.destination}"
+                f"{_NO_HISTORY.format(t=plan.destination) if plan.is_dimension else ''}",
+                ods_gone=True) from exc
+        if stg_gone:
+            raise RelationGoneError(
+                f"table {plan.table}: stg.{plan.destination} no longer exists (dropped since batch {batch_id} was "
+                f"staged?): nothing was {step}d. Run the same command again: it stages batch {batch_id} again "
+                f"first") from exc
+        raise
+
+
+_NO_HISTORY = " (its history is not in Progress: restore ods.{t} from a backup first to keep it)"
+_NO_OLD_VALUES = " (the closed versions keep them empty: their values are not in Progress, only in a backup)"
 
 
 def stage(wh: Warehouse, plan: TablePlan, batch_path: Path, tech: TechnicalValues, *, marker: StageTarget,
@@ -316,6 +371,21 @@ def _refuse_ods_null_keys(s: Session, wh: Warehouse, plan: TablePlan, spec: Merg
         f"a copy of ods.{plan.destination} if its history matters, drop it, and rerun the table in full mode.")
 
 
+def _lost_from_ods(plan: TablePlan, existing: dict, wanted: list[Column]) -> tuple[str | None, list[str]]:
+    """What ods.<table> no longer holds of what the loads before it wrote (dropped by hand): said, and the lost
+    columns still loaded (None, [] when nothing is lost)."""
+    if not existing:
+        if plan.last_success_ts is None:
+            return None, []
+        return f"ods.{plan.destination} does not exist, though the table was loaded before", []
+    have, now = {n.lower() for n in existing}, {c.name.lower() for c in wanted}
+    lost = [n for n in plan.merged_columns or [] if n.lower() not in have and n.lower() in now]
+    if not lost:
+        return None, []
+    return (f"ods.{plan.destination} no longer has column(s) {', '.join(lost)}, which the table's last load "
+            f"wrote"), lost
+
+
 def _nullable_keys(plan: TablePlan, existing: dict[str, tuple[str, bool]]) -> list[str]:
     """The key columns an existing ods table lets hold NULL, or does not have yet (added now, NULL in every row)."""
     if not existing:
@@ -389,7 +459,8 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
     spec = _spec(plan, full=(mode == "full"))
     now = datetime.now()
     record = StepRecord("merge")
-    with _limits_named(wh, plan, "merge"), wh.session() as s, s.transaction():
+    with _limits_named(wh, plan, "merge"), _relations_named(wh, plan, "merge", batch_id), wh.session() as s, \
+            s.transaction():
         wh.settle_memory(s)
         staged = _check_staged(s, d, plan, marker, "merge")
         _check_not_outdated(s, plan, marker, staged)
@@ -397,6 +468,15 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
         wanted = stage_columns(plan, stage_lengths(s, wh, plan))
         existing = _ods_columns(wh, s, plan)
         _check_history_kind(plan, existing)
+        lost_what, lost = _lost_from_ods(plan, existing, wanted)
+        if lost_what and not (read_all or spec.full):
+            raise OdsLostError(
+                f"table {plan.table}: {lost_what} (dropped by hand?). This batch read only the rows changed in its "
+                f"window: merged, it would "
+                f"{'leave those columns empty in every other row' if lost else 'rebuild the table with them alone'}"
+                f", and validate. Nothing was merged; the table's next read is in full, which "
+                f"{'fills them in every current row' if lost else 'rebuilds it'}"
+                f"{((_NO_OLD_VALUES if lost else _NO_HISTORY).format(t=plan.destination)) * plan.is_dimension}.")
         if not existing:
             stmts, changes = [create_table(d, "ods", plan.destination, wanted, ods=True, scd2=plan.is_dimension)], []
         else:
@@ -410,6 +490,12 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
         for stmt in after(_ods_columns(wh, s, plan)) if after else []:
             s.execute(stmt)
         _refuse_ods_null_keys(s, wh, plan, spec, existing, wanted, keyed)
+        if lost_what:  # a full read: said, and each current row rewritten, so the columns put back are filled
+            log.warning("table %s: %s (dropped by hand?): %s from this full read", plan.table, lost_what,
+                        "every current row rewritten" if lost else "rebuilt")
+            changes.append(f"{lost_what}: {'every current row rewritten' if lost else 'rebuilt'} from this full read")
+            if lost:
+                s.execute(forget_hashes(d, spec), [""])
         for c in changes:
             log.warning("schema change: %s", c)
         unread = unread_columns(existing, wanted)
@@ -434,7 +520,7 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
             wh.before_merge(s, len(spec.columns), rows=0 if all_new else int(batch_rows))
             refresh = None
             changed = "configuration changed since the last load"
-            if existing and plan.merged_shape not in (None, plan.extract_shape()):
+            if existing and (lost or plan.merged_shape not in (None, plan.extract_shape())):
                 refresh = _refresh_compared(plan, wanted, existing)
             whole = frozenset(c.sql_name.lower() for c in plan.columns if c.extent and c.array_mode != "split")
             for i, (sql, n) in enumerate(merge_statements(d, spec, all_new=all_new, refresh=refresh,
@@ -474,7 +560,7 @@ def validate(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker
     d = wh.dialect
     spec = _spec(plan, full=(mode == "full"))
     sql, names = validation_counts(d, spec)
-    with wh.session() as s:
+    with _relations_named(wh, plan, "validate", batch_id), wh.session() as s:
         # the limit of a validation that runs out of memory is said before validation_memory puts the cap back
         with wh.validation_memory(s), _limits_named(wh, plan, "validate"), s.transaction():
             _check_staged(s, d, plan, marker, "validate")

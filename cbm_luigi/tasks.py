@@ -28,7 +28,8 @@ from .plan import PLAN_ERRORS, ConfigError, TablePlan
 from .runlog import StepRecord, write_steps
 from .settings import Settings, load_settings, mask_secrets, warn_once
 from .source.readers import pooled_reader
-from .targets import MarkerTarget, StagedBatchTarget, StageTarget, validated_in
+from .targets import (UNKNOWN_SHAPE, MarkerTarget, StagedBatchTarget, StageTarget, record_configuration,
+                      validated_in)
 from .transform import TechnicalValues
 from .warehouse import open_warehouse
 from .warehouse.duckdb_wh import WarehouseBusyError, WarehouseLockError
@@ -181,7 +182,7 @@ class CbmTask(luigi.Task):
     def plan(self, fresh: bool = False) -> TablePlan:
         """The table's plan. The extract reads it fresh (LastSuccessTs, config edits); the later steps of the
         table reuse that one in this process (CONFIG_TTL_S), so all four steps agree on the columns."""
-        key = (self.settings.duckdb_path, self.settings.mssql_odbc, self.table)
+        key = self._plan_key()
         hit = _PLAN_CACHE.get(key)
         if hit and not fresh and time.monotonic() - hit[0] < CONFIG_TTL_S:
             return hit[1]
@@ -190,6 +191,9 @@ class CbmTask(luigi.Task):
             plan = config_store.load_plan(s, self.table, self.warehouse)
         _PLAN_CACHE[key] = (time.monotonic(), plan)
         return plan
+
+    def _plan_key(self) -> tuple:
+        return (self.settings.duckdb_path, self.settings.mssql_odbc, self.table)
 
     marker_class: type[MarkerTarget] = MarkerTarget
 
@@ -447,6 +451,34 @@ class WarehouseStep(CbmTask):
         """What the extract recorded: its start time, its window's start (`since`) and its effective mode."""
         return read_extract_meta(self.cache_path("extract"))
 
+    def forget_ods_state(self, s, plan: TablePlan) -> None:
+        """ods.<table> lost what the loads before wrote (dropped by hand): the table's recorded configuration made
+        unknown, the columns the last merge wrote kept, so its next read is in full and the merge refills them
+        (an extract read from a window since is stale then: WarehouseStep.window_widened)."""
+        record_configuration(s, self.table, UNKNOWN_SHAPE, plan.merged_columns)
+        _PLAN_CACHE.pop(self._plan_key(), None)  # stale now
+
+    def run_step(self, fn):
+        """`fn()`, and when it finds stg.<table> or ods.<table> gone (steps.RelationGoneError) the batch's stage
+        forgotten, its marker and the record of what stg holds, so the same command stages it again (the record
+        kept, a merged batch's merge marker still held and every rerun failed the same way: found in review)."""
+        try:
+            return fn()
+        except steps.RelationGoneError as exc:
+            stage = self.params_for(StageTable).output()
+            try:
+                with self.warehouse.session() as s, s.transaction():
+                    stage.forget_staged(s)
+                    stage.forget(s)
+                    if exc.ods_gone:
+                        self.forget_ods_state(s, self.plan())
+            except Exception as err:  # noqa: BLE001 — said after the error, which stays the one reported
+                log.error("table %s: could not forget the batch's stage: %s", self.table, traceback.format_exc())
+                exc.args = (f"{exc}. (Forgetting its stage failed: {type(err).__name__}: "
+                            f"{mask_secrets(str(err))[:300]}: run `cbm-etl invalidate {self.table} --batch "
+                            f"{self.batch_id}` first.)",)
+            raise
+
 
 class StageTable(WarehouseStep):
     """Replace stg.<table> with the batch file plus this run's technical values."""
@@ -482,34 +514,38 @@ class MergeOds(WarehouseStep):
         # removal) would be merged by the allowed rerun while the source holds its rows again (found in review)
         earlier_read = allowed and meta.get("run_id") != self.run_id
         try:
-            rec = steps.merge(self.warehouse, plan, mode=mode, batch_id=self.batch_id, marker=self.output(),
-                              run_id=self.run_id, checkpoint=checkpoint, allow_empty_full=allowed and not earlier_read,
-                              read_all=meta["since"] is None)
+            rec = self.run_step(lambda: steps.merge(
+                self.warehouse, plan, mode=mode, batch_id=self.batch_id, marker=self.output(), run_id=self.run_id,
+                checkpoint=checkpoint, allow_empty_full=allowed and not earlier_read, read_all=meta["since"] is None))
         except steps.RefusedBatchError as exc:
             why = (" (CBM_ALLOW_EMPTY_FULL applies only to a read made by the same run, and this one was made by "
                    "an earlier run)" if earlier_read and isinstance(exc, steps.EmptyFullBatchError) else "")
-            exc.args = (f"{exc} {self._read_again(why)}",)
+            exc.args = (f"{exc} {self._read_again(why, plan if isinstance(exc, steps.OdsLostError) else None)}",)
             raise
         self.record(rec, t0)
 
-    def _read_again(self, why: str = "") -> str:
+    def _read_again(self, why: str = "", lost: TablePlan | None = None) -> str:
         """The batch's own rows were refused: merging the same extract again could never succeed (found in
         review: a row fixed in Progress, or a key read twice while it moved, failed every rerun; and
         CBM_ALLOW_EMPTY_FULL would have applied to the empty read made before the operator looked). The stage
         marker goes first, then the file: killed in between, the rerun restages the old file, is refused again
         and drops it then (the other order would leave DuckDB's stg view over a file that is gone). Returns what
         the operator does next, said after the refusal: a failure here must not replace it (found in review: a
-        dropped connection's error was all etl.ETL_Log kept, and the rerun merged the same rows again)."""
+        dropped connection's error was all etl.ETL_Log kept, and the rerun merged the same rows again). `lost`:
+        the plan of a table whose ods lost what earlier loads wrote (steps.OdsLostError), read in full next."""
         stage = self.requires()
         again = "then the same command reads the table from Progress again"
         try:
             with self.warehouse.session() as s, s.transaction():
                 stage.output().forget(s)
+                if lost is not None:
+                    self.forget_ods_state(s, lost)
         except Exception as exc:  # noqa: BLE001 — said after the refusal, which stays the error
             log.error("table %s: could not forget the refused batch's stage: %s", self.table, traceback.format_exc())
             return (f"The batch's extract could not be dropped{why} (forgetting its stage failed: "
-                    f"{type(exc).__name__}: {mask_secrets(str(exc))[:300]}): run `cbm-etl invalidate {self.table} --batch {self.batch_id}`, "
-                    f"{again} (as it is, it would merge the same rows and be refused again).")
+                    f"{type(exc).__name__}: {mask_secrets(str(exc))[:300]}): run `cbm-etl invalidate {self.table} "
+                    f"--batch {self.batch_id}`, {again} (as it is, it would merge the same rows and be refused "
+                    f"again).")
         try:
             self.cache_path("extract").unlink(missing_ok=True)
         except OSError as exc:
@@ -527,10 +563,10 @@ class ValidateTable(WarehouseStep):
         plan = self.plan()
         t0 = time.monotonic()
         meta = self.extract_meta()
-        self.record(steps.validate(self.warehouse, plan, mode=meta.get("effective_mode", self.mode),
-                                   batch_id=self.batch_id, marker=self.output(), run_id=self.run_id,
-                                   extract_started_at=datetime.fromisoformat(meta["started_at"]),
-                                   extract_started_utc=_utc_start(meta)), t0)
+        self.record(self.run_step(lambda: steps.validate(
+            self.warehouse, plan, mode=meta.get("effective_mode", self.mode), batch_id=self.batch_id,
+            marker=self.output(), run_id=self.run_id, extract_started_at=datetime.fromisoformat(meta["started_at"]),
+            extract_started_utc=_utc_start(meta))), t0)
 
 
 class LoadTable(CbmTask, luigi.WrapperTask):

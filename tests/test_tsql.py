@@ -42,9 +42,9 @@ from cbm_luigi.warehouse.mssql_wh import (MssqlSession, MssqlWarehouse, StageCol
                                           arrow_batch_for_bulkcopy, input_sizes, render_type, rows_for_executemany,
                                           sized_for_file, stage_layout, utf16_len)
 from cbm_luigi.warehouse.statements import (Column, MergeSpec, SchemaChangeError, add_column, create_table,
-                                            duplicate_keys, evolve, live_rows, merge_counts, merge_statements,
-                                            ods_null_keys, scd2_insert, validation_counts, validation_queries,
-                                            widen_column)
+                                            duplicate_keys, evolve, forget_hashes, live_rows, merge_counts,
+                                            merge_statements, ods_null_keys, scd2_insert, validation_counts,
+                                            validation_queries, widen_column)
 
 D = TsqlDialect()
 TECH = TechnicalValues("run-1", "2024-01-01", datetime(2024, 1, 2, 3, 4, 5, 678901))
@@ -262,6 +262,7 @@ def statement_module_outputs() -> list[tuple[str, str]]:
         for label, spec in specs(keys):
             out.append((f"merge_counts {label} {keys}", merge_counts(D, spec)))
             out.append((f"live_rows {label} {keys}", live_rows(D, spec)))
+            out.append((f"forget_hashes {label} {keys}", forget_hashes(D, spec)))
             out.append((f"ods_null_keys {label} {keys}", ods_null_keys(D, spec, keys[-1:])))
             for i, (sql, _n) in enumerate(merge_statements(D, spec), 1):
                 out.append((f"merge {label} {keys} #{i}", sql))
@@ -635,6 +636,33 @@ def test_a_row_sql_server_finds_too_wide_when_written_is_named_with_the_way_out(
                                           r"rerun the table. SQL Server said: .*Cannot create a row of size 9912"):
         steps.merge(wh, plan, mode="full", batch_id="2024-01-01", marker=marker, run_id="r")
     assert rec.statements[-1] == "IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION"
+
+
+class _StageDropped(RecordingSession):
+    """Mock (no SQL Server here): stg.all_kinds was dropped by hand after the stage; SQL Server's error 208 for the
+    first statement that reads it, and INFORMATION_SCHEMA no longer lists it."""
+
+    def query(self, sql, params=None):
+        if "FROM [stg].[all_kinds]" in sql:
+            super().query(sql, params)
+            raise RuntimeError("('42S02', \"[42S02] [Microsoft][ODBC Driver 18 for SQL Server][SQL Server]Invalid "
+                               "object name 'stg.all_kinds'. (208) (SQLExecDirectW)\")")
+        if "INFORMATION_SCHEMA.COLUMNS" in sql and params and params[0] == "stg":
+            super().query(sql, params)
+            return []
+        return super().query(sql, params)
+
+
+def test_a_stage_dropped_on_sql_server_is_named_with_the_rerun_that_stages_it_again():
+    plan = all_kind_plan(dimension=False)
+    rec = _StageDropped(_canned(plan=plan))
+    marker = StageTarget(StubWarehouse(rec), "m", table="all-kinds", step="merge", batch_id="2024-01-01",
+                         mode="full", shape=plan.extract_shape())
+    with pytest.raises(steps.RelationGoneError, match=r"^table all-kinds: stg\.all_kinds no longer exists \(dropped "
+                                                      r"since batch 2024-01-01 was staged\?\): nothing was merged\. "
+                                                      r"Run the same command again: it stages batch 2024-01-01"):
+        steps.merge(StubWarehouse(rec), plan, mode="full", batch_id="2024-01-01", marker=marker, run_id="r")
+    assert "IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION" in rec.statements
 
 
 def test_failed_step_rolls_back_under_xact_abort(stage_file):

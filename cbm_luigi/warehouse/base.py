@@ -97,6 +97,10 @@ class Warehouse:
         """Whether a statement failed because the warehouse ran out of the memory it is given."""
         return False
 
+    def missing_relation(self, error: str) -> bool:
+        """Whether a statement failed because a table or view it names does not exist."""
+        return False
+
     def before_merge(self, s: Session, n_columns: int, rows: int = 0) -> None:
         """Hook run in the merge's session before the statements that write ods (resource tuning), with the
         batch's `rows` when the MERGE joins them with ods (0 when every row is new); nothing by default."""

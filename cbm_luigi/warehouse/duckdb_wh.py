@@ -176,6 +176,9 @@ class DuckDbWarehouse(Warehouse):
     def out_of_memory(self, error):
         return bool(re.search(r"Out of Memory|failed to (pin|allocate)", error, re.I))
 
+    def missing_relation(self, error):
+        return bool(re.search(r"Catalog Error: (Table|View) with name \S+ does not exist", error))
+
     def before_merge(self, s, n_columns, rows=0):
         """A MERGE joins stg and ods carrying every column, and DuckDB cannot spill all of it: give wide tables
         about 1.5 MB a column (350 columns: 525 MB), and a MERGE that joins `rows` rows MERGE_BASE plus, a row,

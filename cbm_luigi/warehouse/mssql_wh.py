@@ -601,6 +601,9 @@ class MssqlWarehouse(Warehouse):
         index, columns = self._clustered_index(s, table)
         return index == key_index_name(table) and [c.lower() for c in columns] == [k.lower() for k in keys]
 
+    def missing_relation(self, error):
+        return "Invalid object name" in error or "42S02" in error  # SQL Server error 208
+
     def table_columns(self, s, schema, table):
         out = {}
         for name, data_type, char_len, prec, scale, dt_prec, nullable in s.query(TABLE_COLUMNS_SQL,

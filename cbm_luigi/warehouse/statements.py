@@ -314,6 +314,15 @@ def _tail(d: WarehouseDialect) -> str:
     return ";" if d.name == "mssql" else ""
 
 
+def forget_hashes(d: WarehouseDialect, spec: MergeSpec) -> str:
+    """Every live row of ods made to look changed (its hashdiff set to the one `?`, '' : never a hash), so the
+    merge of a full read rewrites it: ods lost columns its hashes still cover (dropped by hand), which no hash
+    comparison would ever fill again (found in review). SCD2 then refreshes in place the versions whose other
+    values are unchanged (scd2_refresh)."""
+    live = d.is_true("_etl_is_current") if spec.scd2 else "1 = 1"
+    return f"UPDATE {spec.ods(d)} SET _etl_hashdiff = ? WHERE {live}"
+
+
 def merge_type1(d: WarehouseDialect, spec: MergeSpec) -> tuple[str, int]:
     """Type 1: insert new keys, update where the hashdiff differs (or the row was soft-deleted), soft-delete
     absent keys in full mode. Returns (sql, number of `?` for the load timestamp)."""

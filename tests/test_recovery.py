@@ -1,0 +1,133 @@
+"""What people do to the warehouse between nights (found in a review of recovery drills): a table or column of
+ods dropped by hand, stg dropped between a batch's steps. The next night, or the same command run again, either
+loads what the source holds or stops naming the table and saying what the rerun does; it never validates a table
+rebuilt from one night's window. Real tasks through Luigi, demo source, DuckDB."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import pytest
+
+from cbm_luigi.tasks import LoadTable, MergeOds
+
+from .conftest import assert_ods_equals_source, build, last_error, on_source, source_rows, succeeded
+
+MERGE_DETAIL = "SELECT Detail FROM etl.ETL_Log WHERE TableName = ? AND Step = 'merge' AND Status = 'SUCCESS' " \
+               "ORDER BY LogId DESC LIMIT 1"
+
+
+def load(table: str, tag: str, mode: str = "incremental") -> bool:
+    """One `luigi ... LoadTable` command: a run id of its own, as each command is its own process."""
+    return succeeded(build(LoadTable(table=table, mode=mode, batch_tag=tag, run_id=uuid.uuid4().hex[:12])))
+
+
+def change_now(env, table: str, column: str, key, value: str) -> None:
+    """A change in the ERP now (its modification date and time), so tonight's window holds that row."""
+    now = datetime.now()
+    key_col = {"produit": "cod_pro", "client": "cod_cli"}[table]
+    on_source(env, f'UPDATE {table} SET "{column}" = ?, dat_mod = ?, heure = ? WHERE {key_col} = ?',
+              params=(value, now.date().isoformat(), now.hour * 3600 + now.minute * 60 + now.second, key))
+
+
+def live(env, table: str) -> int:
+    return env.sql(f'SELECT COUNT(*) FROM ods."{table}" WHERE NOT _etl_is_deleted'
+                   f'{" AND _etl_is_current" if table == "client" else ""}')[0][0]
+
+
+@pytest.mark.parametrize("table,key", [("produit", "P00001"), ("client", 1)])
+def test_an_ods_table_dropped_between_nights_is_read_in_full_not_rebuilt_from_one_window(env, table, key):
+    """ods.T dropped (by mistake, or to rebuild it as some messages advise, with the nightly running before the
+    operator's full rerun). The night's incremental created it with the window's rows alone (1 of 200),
+    validated, and said nothing; the rest was missing until the weekly full. It is refused now, and the same
+    command reads the table in full."""
+    assert load(table, "n1", mode="full")
+    env.sql(f"DROP TABLE ods.{table}")
+    change_now(env, table, "ville" if table == "client" else "libelle", key, "changed tonight")
+    assert not load(table, "n2")
+    err = last_error(env, table)
+    assert err.startswith(f"OdsLostError: table {table}: ods.{table} does not exist, though the table was loaded "
+                          f"before (dropped by hand?). This batch read only the rows changed in its window: merged, "
+                          f"it would rebuild the table with them alone, and validate. Nothing was merged"), err
+    assert err.endswith("The batch's extract was dropped: the same command reads the table from Progress again.")
+    assert ("its history is not in Progress: restore ods.client from a backup" in err) == (table == "client")
+    assert not env.sql("SELECT 1 FROM information_schema.tables WHERE table_schema = 'ods' AND table_name = ?",
+                       [table])
+    assert load(table, "n2")
+    assert live(env, table) == len(source_rows(env.source, table))
+    assert_ods_equals_source(env, table)
+    assert "rebuilt from this full read" in env.sql(MERGE_DETAIL, [table])[0][0]
+
+
+def test_an_ods_table_dropped_then_loaded_in_full_is_rebuilt_with_a_word(env):
+    """What the messages advise (keep a copy, drop it, rerun in full mode): a full read rebuilds it at once."""
+    assert load("produit", "n1", mode="full")
+    env.sql("DROP TABLE ods.produit")
+    assert load("produit", "rebuild", mode="full")
+    assert_ods_equals_source(env, "produit")
+    assert env.sql(MERGE_DETAIL, ["produit"])[0][0].startswith(
+        "ods.produit does not exist, though the table was loaded before: rebuilt from this full read")
+
+
+@pytest.mark.parametrize("table,column,key", [("produit", "libelle", "P00001"), ("client", "ville", 1)])
+def test_an_ods_column_dropped_by_hand_is_filled_in_every_row_by_the_rerun(env, table, column, key):
+    """A column of ods dropped by hand while still configured: the night added it back empty and filled it in
+    its window's rows only; the weekly full found every hash unchanged and left it NULL everywhere else, for good
+    (found in review). The night is refused now, and the same command reads in full and rewrites every current
+    row: an SCD2 member whose other values did not change keeps its version (refreshed in place)."""
+    assert load(table, "n1", mode="full")
+    versions = env.sql(f'SELECT COUNT(*) FROM ods."{table}"')[0][0]
+    env.sql(f"ALTER TABLE ods.{table} DROP COLUMN {column}")
+    change_now(env, table, "nom" if table == "client" else "gencod-v", key, "changed tonight")
+    assert not load(table, "n2")
+    err = last_error(env, table)
+    assert err.startswith(f"OdsLostError: table {table}: ods.{table} no longer has column(s) {column}, which the "
+                          f"table's last load wrote (dropped by hand?)"), err
+    assert "it would leave those columns empty in every other row" in err and "fills them in every current row" in err
+    assert ("the closed versions keep them empty" in err) == (table == "client")
+    assert load(table, "n2")
+    assert_ods_equals_source(env, table)
+    want = sum(1 for r in source_rows(env.source, table).values() if r[column] is not None)
+    cur = " AND _etl_is_current" if table == "client" else ""
+    assert env.sql(f'SELECT COUNT({column}) FROM ods."{table}" WHERE NOT _etl_is_deleted{cur}')[0][0] == want
+    # one member changed at the source: one more version for SCD2, none for the others
+    assert env.sql(f'SELECT COUNT(*) FROM ods."{table}"')[0][0] == versions + (table == "client")
+    assert "every current row rewritten from this full read" in env.sql(MERGE_DETAIL, [table])[0][0]
+    assert load(table, "n3")  # and the next night is an ordinary one
+    assert "rewritten" not in (env.sql(MERGE_DETAIL, [table])[0][0] or "")
+
+
+@pytest.mark.parametrize("between", ["stage and merge", "merge and validate"])
+def test_stg_dropped_between_a_batchs_steps_is_named_and_the_same_command_stages_again(env, between):
+    """A night stopped between two steps; stg.produit dropped before the rerun (a DBA cleaning the staging
+    schema). Every rerun failed on the database's "Table with name produit does not exist" (found in review)."""
+    from cbm_luigi.tasks import StageTable
+
+    assert load("produit", "n1", mode="full")
+    change_now(env, "produit", "libelle", "P00001", "changed tonight")
+    stopped_after = StageTable if between == "stage and merge" else MergeOds
+    assert succeeded(build(stopped_after(table="produit", mode="incremental", batch_tag="n2", run_id="stopped")))
+    env.sql("DROP VIEW stg.produit")
+    assert not load("produit", "n2")
+    step = "merge" if between == "stage and merge" else "validate"
+    err = last_error(env, "produit")
+    assert err.startswith(f"RelationGoneError: table produit: stg.produit no longer exists (dropped since batch "), err
+    assert err.endswith(f"staged?): nothing was {step}d. Run the same command again: it stages batch "
+                        f"{datetime.now().date()}-n2 again first"), err
+    assert load("produit", "n2")
+    assert_ods_equals_source(env, "produit")
+
+
+def test_ods_dropped_between_merge_and_validate_is_read_in_full_by_the_same_command(env):
+    assert load("client", "n1", mode="full")
+    assert succeeded(build(MergeOds(table="client", mode="incremental", batch_tag="n2", run_id="stopped")))
+    env.sql("DROP TABLE ods.client")
+    assert not load("client", "n2")
+    err = last_error(env, "client")
+    assert err.startswith("RelationGoneError: table client: ods.client no longer exists (dropped since batch "), err
+    assert err.endswith("merged?): nothing was validated. Run the same command again: it reads the table in full "
+                        "and rebuilds ods.client (its history is not in Progress: restore ods.client from a backup "
+                        "first to keep it)"), err
+    assert load("client", "n2")
+    assert live(env, "client") == len(source_rows(env.source, "client"))
+    assert_ods_equals_source(env, "client")
