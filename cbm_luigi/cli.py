@@ -225,6 +225,10 @@ def cmd_check_sla(args) -> int:
     with wh.session() as s:
         rows = s.query_dicts("SELECT TableName, IsCritical, SLAHours, HoursSinceSuccess, LastStatus, LastError, "
                              "LastRunTs, SLAStatus FROM etl.vw_SLABreach ORDER BY TableName")
+    if not rows:  # a monitor that checks nothing must not stay quiet (found in review)
+        print("cbm-etl check-sla: config.ETL_Tables has no active table, so nothing was checked: is this the "
+              f"warehouse meant ({wh.describe()})? Activate the tables to load (IsActive = 1)", file=sys.stderr)
+        return 1
     if args.critical:
         rows = [r for r in rows if r["IsCritical"]]
         if not rows:

@@ -15,6 +15,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dotenv import dotenv_values, load_dotenv
+from dotenv.parser import parse_stream
 
 # The key is a connection-string keyword for a secret: PWD, PASSWORD, PASSWD, SECRET or a keyword ending with one
 # (KeyStoreSecret, TrustStorePassword, KeyPassword: letters only before it), or one of the whole words KEY, PASS,
@@ -208,6 +209,24 @@ def _zone(name: str) -> str:
     return text
 
 
+def _check_readable(env_file: Path) -> None:
+    """A settings file its group or others can read is said (once a process). Every line of it must parse:
+    python-dotenv skips a line it cannot read, and after an unterminated quote every line that follows, with a
+    warning only, so their settings took their demo defaults (found in review: the whole file dropped). The
+    lines are named, never shown (one may hold a password)."""
+    mode = env_file.stat().st_mode
+    if mode & 0o077:  # OPERATIONS: mode 600
+        warn_once(logging.getLogger(__name__), f"{env_file} is open to its group or other users (mode "
+                                               f"{mode & 0o777:o}): it holds the passwords: `chmod 600 {env_file}`")
+    with open(env_file, encoding="utf-8-sig") as f:
+        bad = [b.original.line for b in parse_stream(f) if b.error]
+    if bad:
+        raise SettingError(f"{env_file}: line(s) {', '.join(map(str, bad))} cannot be read (an unterminated quote, "
+                           f"text after a closing quote?), and python-dotenv would skip them and, after "
+                           f"an unterminated quote, every line that follows: fix the quoting (a value with spaces, "
+                           f"'#' or quotes in double quotes, an inner double quote escaped as \\\"), then run again")
+
+
 def load_settings() -> Settings:
     """Read `.env` (the one in CBM_HOME or the current directory) then the process environment."""
     home = Path(_env("CBM_HOME", os.getcwd())).resolve()
@@ -219,6 +238,7 @@ def load_settings() -> Settings:
         raise SettingError(f"CBM_ENV_FILE={named!r}: no such file ({env_file.resolve()}): point it at the "
                            f"settings file (config/.env.template shows one), or leave it empty to read none")
     if env_file is not None and env_file.is_file():
+        _check_readable(env_file)
         # where .env is read from cannot be set in it: CBM_HOME written there entered the environment after this
         # call had resolved var/ from the working directory, so a run's later calls used another warehouse (an
         # empty one, whose advice to run init-db led nowhere: found in review)

@@ -73,14 +73,18 @@ class OdsLostError(RefusedBatchError):
     unknown, so the same command reads it in full."""
 
 
+class OdsKeyLostError(RuntimeError):
+    """ods.<table> lost a key column an earlier load wrote (dropped by hand): only a rebuild helps."""
+
+
 class RelationGoneError(RuntimeError):
     """stg.<table> (or ods.<table>) was dropped between a batch's steps: every rerun failed on the database's own
     error (found in review). The task forgets the batch's stage so the same command stages it again; `ods_gone`:
     and makes the table's recorded configuration unknown, so it is read in full and ods rebuilt."""
 
-    def __init__(self, message: str, *, ods_gone: bool = False):
-        super().__init__(message)
-        self.ods_gone = ods_gone
+    def __init__(self, fact: str, then: str, *, ods_gone: bool = False):
+        super().__init__(f"{fact} {then}")
+        self.fact, self.ods_gone = fact, ods_gone
 
 
 def stage_columns(plan: TablePlan, max_lengths: dict[str, int] | None = None) -> list[Column]:
@@ -199,15 +203,14 @@ def _relations_named(wh: Warehouse, plan: TablePlan, step: str, batch_id: str):
         if ods_gone:
             raise RelationGoneError(
                 f"table {plan.table}: ods.{plan.destination} no longer exists (dropped since batch {batch_id} was "
-                f"merged?): nothing was validated. Run the same command again: it reads the table in full and "
-                f"rebuilds ods.{plan.destination}"
-                f"{_NO_HISTORY.format(t=plan.destination) if plan.is_dimension else ''}",
-                ods_gone=True) from exc
+                f"merged?): nothing was validated.",
+                f"Run the same command again: it reads the table in full and rebuilds ods.{plan.destination}"
+                f"{_NO_HISTORY.format(t=plan.destination) if plan.is_dimension else ''}", ods_gone=True) from exc
         if stg_gone:
             raise RelationGoneError(
                 f"table {plan.table}: stg.{plan.destination} no longer exists (dropped since batch {batch_id} was "
-                f"staged?): nothing was {step}d. Run the same command again: it stages batch {batch_id} again "
-                f"first") from exc
+                f"staged?): nothing was {step}d.",
+                f"Run the same command again: it stages batch {batch_id} again first") from exc
         raise
 
 
@@ -469,12 +472,21 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
         existing = _ods_columns(wh, s, plan)
         _check_history_kind(plan, existing)
         lost_what, lost = _lost_from_ods(plan, existing, wanted)
+        keys_lost = [k for k in plan.keys if k.lower() in {n.lower() for n in lost}]
+        if keys_lost:  # its rows can no longer be told apart: no read refills a key (found in review)
+            raise OdsKeyLostError(
+                f"table {plan.table}: ods.{plan.destination} no longer has its key column(s) "
+                f"{', '.join(shown_column(plan.by_sql_name(k).name, k) for k in keys_lost)} "
+                f"(dropped by hand?), which the table's last load wrote: its rows can no longer be matched with "
+                f"Progress's, and no read can fill a key back. Nothing was merged. Rebuild the table: keep a copy "
+                f"of ods.{plan.destination} if you need it{' (its history is not in Progress)' * plan.is_dimension}, "
+                f"drop it, then run `luigi --module cbm_luigi LoadTable --table {plan.table} --mode full`.")
         if lost_what and not (read_all or spec.full):
             raise OdsLostError(
                 f"table {plan.table}: {lost_what} (dropped by hand?). This batch read only the rows changed in its "
                 f"window: merged, it would "
                 f"{'leave those columns empty in every other row' if lost else 'rebuild the table with them alone'}"
-                f", and validate. Nothing was merged; the table's next read is in full, which "
+                f", and validate. Nothing was merged; a read in full "
                 f"{'fills them in every current row' if lost else 'rebuilds it'}"
                 f"{((_NO_OLD_VALUES if lost else _NO_HISTORY).format(t=plan.destination)) * plan.is_dimension}.")
         if not existing:

@@ -474,10 +474,18 @@ class WarehouseStep(CbmTask):
                         self.forget_ods_state(s, self.plan())
             except Exception as err:  # noqa: BLE001 — said after the error, which stays the one reported
                 log.error("table %s: could not forget the batch's stage: %s", self.table, traceback.format_exc())
-                exc.args = (f"{exc}. (Forgetting its stage failed: {type(err).__name__}: "
-                            f"{mask_secrets(str(err))[:300]}: run `cbm-etl invalidate {self.table} --batch "
-                            f"{self.batch_id}` first.)",)
+                instead = (self._read_in_full() if exc.ods_gone else
+                           f"run `cbm-etl invalidate {self.table} --batch {self.batch_id}`, then the same command")
+                exc.args = (f"{exc.fact} Forgetting its stage failed ({type(err).__name__}: "
+                            f"{mask_secrets(str(err))[:300]}): {instead}.",)
             raise
+
+    def _read_in_full(self) -> str:
+        """The way out when ods lost what earlier loads wrote and the record that makes the next read full could
+        not be written: a full batch of the table reads every row whatever is recorded (found in review: the
+        advised invalidate read a window again, refused once more)."""
+        return (f"run `luigi --module cbm_luigi LoadTable --table {self.table} --mode full` (add --local-scheduler "
+                f"when no luigid runs): a full read rebuilds what ods lost; then the same command loads this batch")
 
 
 class StageTable(WarehouseStep):
@@ -542,8 +550,10 @@ class MergeOds(WarehouseStep):
                     self.forget_ods_state(s, lost)
         except Exception as exc:  # noqa: BLE001 — said after the refusal, which stays the error
             log.error("table %s: could not forget the refused batch's stage: %s", self.table, traceback.format_exc())
-            return (f"The batch's extract could not be dropped{why} (forgetting its stage failed: "
-                    f"{type(exc).__name__}: {mask_secrets(str(exc))[:300]}): run `cbm-etl invalidate {self.table} "
+            failed = f"forgetting its stage failed: {type(exc).__name__}: {mask_secrets(str(exc))[:300]}"
+            if lost is not None:  # the record that makes the next read full was not written either
+                return (f"The batch's extract could not be dropped{why} ({failed}): {self._read_in_full()}.")
+            return (f"The batch's extract could not be dropped{why} ({failed}): run `cbm-etl invalidate {self.table} "
                     f"--batch {self.batch_id}`, {again} (as it is, it would merge the same rows and be refused "
                     f"again).")
         try:
@@ -551,7 +561,8 @@ class MergeOds(WarehouseStep):
         except OSError as exc:
             return (f"The batch's extract could not be dropped{why} ({exc}): delete {self.cache_path('extract')}, "
                     f"{again} (with the file there it would merge the same rows and be refused again).")
-        return f"The batch's extract was dropped{why}: the same command reads the table from Progress again."
+        return (f"The batch's extract was dropped{why}: the same command reads the table from Progress again"
+                f"{', in full' if lost is not None else ''}.")
 
 
 class ValidateTable(WarehouseStep):

@@ -113,6 +113,14 @@ def test_check_sla_cannot_tell_without_critical_tables_and_keeps_a_long_errors_a
     assert cbm_etl(["check-sla", "--critical"]) == 1  # a monitor that checks nothing must not stay quiet
     err = capsys.readouterr().err
     assert "no active table has IsCritical = 1, so nothing was checked" in err and "drop --critical" in err
+    # nor with no active table at all (every table switched off by mistake, the wrong warehouse): it said "0 of 0
+    # active table(s) not OK" and exited 0 (found in review)
+    env.sql("UPDATE config.ETL_Tables SET IsActive = FALSE")
+    assert cbm_etl(["check-sla"]) == 1
+    err = capsys.readouterr().err
+    assert "config.ETL_Tables has no active table, so nothing was checked: is this the warehouse meant" in err
+    assert str(env.warehouse) in err
+    env.sql("UPDATE config.ETL_Tables SET IsActive = TRUE")
     # a failure whose message is long: the page line keeps its start and its end, where the way out is
     env.sql("UPDATE config.ETL_Tables SET FilterClause = 'no_such_column = 1' WHERE TableName = 'famille'")
     assert not succeeded(build(LoadTable(table="famille", mode="full", batch_tag="b")))

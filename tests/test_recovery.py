@@ -48,8 +48,10 @@ def test_an_ods_table_dropped_between_nights_is_read_in_full_not_rebuilt_from_on
     err = last_error(env, table)
     assert err.startswith(f"OdsLostError: table {table}: ods.{table} does not exist, though the table was loaded "
                           f"before (dropped by hand?). This batch read only the rows changed in its window: merged, "
-                          f"it would rebuild the table with them alone, and validate. Nothing was merged"), err
-    assert err.endswith("The batch's extract was dropped: the same command reads the table from Progress again.")
+                          f"it would rebuild the table with them alone, and validate. Nothing was merged; a read in full "
+                          f"rebuilds it"), err
+    assert err.endswith("The batch's extract was dropped: the same command reads the table from Progress again, in "
+                        "full.")
     assert ("its history is not in Progress: restore ods.client from a backup" in err) == (table == "client")
     assert not env.sql("SELECT 1 FROM information_schema.tables WHERE table_schema = 'ods' AND table_name = ?",
                        [table])
@@ -131,3 +133,75 @@ def test_ods_dropped_between_merge_and_validate_is_read_in_full_by_the_same_comm
     assert load("client", "n2")
     assert live(env, "client") == len(source_rows(env.source, "client"))
     assert_ods_equals_source(env, "client")
+
+
+def _forget_fails_after(monkeypatch, exc_type):
+    """MarkerTarget.forget raises (a dropped SQL Server connection) once steps.merge or steps.validate raised
+    `exc_type`: injected, as DuckDB cannot be made to fail there."""
+    from cbm_luigi import steps, targets
+
+    seen, real_forget = [], targets.MarkerTarget.forget
+
+    def watch(real):
+        def step(*a, **kw):
+            try:
+                return real(*a, **kw)
+            except exc_type:
+                seen.append(1)
+                raise
+        return step
+
+    def forget(self, s):
+        if seen:
+            raise RuntimeError("[08S01] Communication link failure (injected)")
+        return real_forget(self, s)
+
+    monkeypatch.setattr(steps, "merge", watch(steps.merge))
+    monkeypatch.setattr(steps, "validate", watch(steps.validate))
+    monkeypatch.setattr(targets.MarkerTarget, "forget", forget)
+
+
+FULL_ADVICE = ("run `luigi --module cbm_luigi LoadTable --table {t} --mode full` (add --local-scheduler when no "
+               "luigid runs): a full read rebuilds what ods lost; then the same command loads this batch.")
+
+
+@pytest.mark.parametrize("when", ["refused at the merge", "found at the validation"])
+def test_ods_lost_whose_clean_up_failed_loads_with_the_commands_the_message_gives(env, monkeypatch, when):
+    """The record that makes the next read full is written with the clean-up: when that fails (a dropped
+    connection), the advised `invalidate` read a window again and was refused once more (found in review). The
+    message gives a full load of the table instead, then the same command."""
+    from cbm_luigi import steps
+
+    table = "produit" if when == "refused at the merge" else "client"
+    assert load(table, "n1", mode="full")
+    if when == "found at the validation":
+        assert succeeded(build(MergeOds(table=table, mode="incremental", batch_tag="n2", run_id="stopped")))
+    env.sql(f"DROP TABLE ods.{table}")
+    with monkeypatch.context() as m:
+        _forget_fails_after(m, steps.OdsLostError if when == "refused at the merge" else steps.RelationGoneError)
+        assert not load(table, "n2")
+    err = last_error(env, table)
+    assert "[08S01] Communication link failure (injected)" in err and err.endswith(FULL_ADVICE.format(t=table)), err
+    assert "Run the same command again" not in err and "the same command reads the table" not in err, err
+    assert load(table, "rebuild", mode="full")  # what the message says, then the same command
+    assert load(table, "n2")
+    assert live(env, table) == len(source_rows(env.source, table))
+    assert_ods_equals_source(env, table)
+
+
+def test_a_key_column_dropped_from_ods_asks_for_the_rebuild_that_works(env):
+    """The key dropped by hand: the refusal promised a refill, and the read in full was then refused for NULL
+    keys with advice about PrimaryKeyCols that no one could follow: the rows had lost their identity (found in
+    review). It says to rebuild the table, and that works."""
+    assert load("produit", "n1", mode="full")
+    env.sql("ALTER TABLE ods.produit DROP COLUMN cod_pro")
+    for mode in ("incremental", "full"):  # no read can refill a key
+        assert not load("produit", f"n2-{mode}", mode=mode)
+        err = last_error(env, "produit")
+        assert err.startswith("OdsKeyLostError: table produit: ods.produit no longer has its key column(s) cod_pro "
+                              "(dropped by hand?)"), err
+        assert err.endswith("Rebuild the table: keep a copy of ods.produit if you need it, drop it, then run "
+                            "`luigi --module cbm_luigi LoadTable --table produit --mode full`."), err
+    env.sql("DROP TABLE ods.produit")
+    assert load("produit", "rebuild", mode="full")
+    assert_ods_equals_source(env, "produit")

@@ -212,3 +212,45 @@ def test_cbm_home_written_in_dot_env_stops_every_command_naming_it(tmp_path):
     (home / ".env").write_text("# the nightly settings\nCBM_SOURCE_KIND=demo\n")
     assert run("luigi", "--module", "cbm_luigi", "LoadAll", "--mode", "full", "--local-scheduler").returncode == 0
     assert run("cbm-etl", "summary").returncode == 0
+
+
+def test_a_settings_file_with_a_line_dotenv_cannot_read_stops_every_command_naming_the_line(tmp_path):
+    """A value with an unterminated quote (a password holding a `"`): python-dotenv warned once and dropped that
+    line and every line after it, so the nightly ran on demo defaults: an embedded warehouse made in var/ instead
+    of SQL Server (found in review). Every command stops now, naming the line, never showing it (it may hold the
+    password)."""
+    import os
+    import subprocess
+
+    from .conftest import BIN, REPO
+
+    home = tmp_path / "opt" / "cbm_luigi"
+    home.mkdir(parents=True)
+    (home / ".env").write_text('# production\nCBM_WAREHOUSE_KIND=mssql\nCBM_MSSQL_ODBC="DRIVER={ODBC Driver 18 for '
+                               'SQL Server};SERVER=dwh;UID=etl;PWD=pa"ss\nCBM_SOURCE_KIND=odbc\n')
+    e = {k: v for k, v in os.environ.items() if not k.startswith("CBM_")}
+    e.update({"PATH": f"{BIN}:{e.get('PATH', '')}", "LUIGI_CONFIG_PATH": str(REPO / "luigi.cfg"),
+              "CBM_HOME": str(home)})
+    for cmd in (["cbm-etl", "summary"], ["luigi", "--module", "cbm_luigi", "LoadAll", "--local-scheduler"]):
+        out = subprocess.run(cmd, cwd=home, env=e, capture_output=True, text=True, timeout=300)
+        assert out.returncode != 0, out.stdout[-1000:]
+        assert f"{home / '.env'}: line(s) 3 cannot be read (an unterminated quote" in out.stderr, out.stderr[-2000:]
+        assert "pa\"ss" not in out.stderr and "PWD=pa" not in out.stderr
+    assert not (home / "var").exists()  # no demo warehouse was made
+
+
+def test_a_settings_file_others_can_read_is_said(tmp_path, monkeypatch, caplog):
+    from cbm_luigi import settings
+
+    env_file = tmp_path / ".env"
+    env_file.write_text("CBM_BATCH_ROWS=1234\n")
+    monkeypatch.setenv("CBM_ENV_FILE", str(env_file))
+    monkeypatch.setenv("CBM_BATCH_ROWS", "1234")  # load_dotenv writes os.environ: put back after the test
+    monkeypatch.setattr(settings, "_WARNED", set())
+    for mode, said in ((0o644, True), (0o600, False)):
+        env_file.chmod(mode)
+        settings._WARNED.clear()
+        caplog.clear()
+        assert settings.load_settings().batch_rows == 1234
+        assert any(f"{env_file} is open to its group or other users (mode {mode:o})" in m and "chmod 600" in m
+                   for m in caplog.messages) == said, caplog.messages

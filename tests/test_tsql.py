@@ -758,14 +758,17 @@ def test_sync_columns_statements_parse(tmp_path):
     assert_all_parse(stmts, "sync-columns")
 
 
-def test_cli_statements_parse(monkeypatch, tmp_path):
+def test_cli_statements_parse(monkeypatch, tmp_path, capsys):
     from cbm_luigi import cli
 
     rec = RecordingSession([(r"etl\.vw_LastRuns", [{"TableName": "famille", "Step": "merge", "Status": "SUCCESS",
                                                     "Rows": 1, "RowsInserted": 1, "RowsUpdated": 0,
                                                     "RowsUnchanged": 0, "RowsDeleted": 0, "DurationMs": 3,
                                                     "BatchId": "b", "Mode": "full", "ErrorMessage": None}]),
-                            (r"etl\.vw_SLABreach", [{"TableName": "famille", "SLAStatus": "OK",
+                            (r"etl\.vw_SLABreach", [{"TableName": "famille", "IsCritical": True,  # as pyodbc
+                                                     "SLAHours": Decimal("26.00"), "HoursSinceSuccess": 30.25,
+                                                     "LastStatus": "SUCCESS", "LastError": None,
+                                                     "LastRunTs": datetime(2024, 1, 1), "SLAStatus": "LATE",
                                                      "LastSuccessTs": None}]),
                             (r"COUNT\(\*\) FROM etl\.ETL_Markers", [(0,)]),
                             (r"FROM etl\.ETL_Markers AS m", [("famille", "b", "full", "merge", datetime(2024, 1, 1))]),
@@ -778,6 +781,12 @@ def test_cli_statements_parse(monkeypatch, tmp_path):
     assert cli.main(["init-db"]) == 0
     assert cli.main(["summary"]) == 0
     assert cli.main(["invalidate", "famille"]) == 0
+    capsys.readouterr()
+    assert cli.main(["check-sla", "--critical"]) == 2  # SQL Server's types: DECIMAL hours, BIT as bool
+    assert capsys.readouterr().out.splitlines() == [
+        "famille: LATE: last validated load started 30.2 h ago (SLA 26.00 h)",
+        "check-sla: 1 of 1 critical table(s) not OK (`cbm-etl summary` shows each table's last batch; "
+        "OPERATIONS.md says how to rerun)"]
     stmts = rec.statements
     assert stmts[:len(SCRIPT_STATEMENTS)] == [s for _l, s in SCRIPT_STATEMENTS]
     assert_all_parse(stmts[len(SCRIPT_STATEMENTS):], "cli")

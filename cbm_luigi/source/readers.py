@@ -179,15 +179,22 @@ def _odbc_retry(fn, retries: int, what: str):
             time.sleep(wait)
 
 
+_QUOTED = re.compile(r"'((?:[^']|'')+)'")
+
+
 def _init_sql(execute: Callable[[str], object], settings: Settings) -> list[tuple[str, Callable[[], object]]]:
-    return [(f"statement {i} of CBM_SOURCE_INIT_SQL ({stmt[:200]})", lambda stmt=stmt: execute(stmt))
-            for i, stmt in enumerate(settings.source_init_sql, 1)]
+    """CBM_SOURCE_INIT_SQL's statements as set-up steps, named by their number alone: a statement may carry a key
+    (ATTACH ... KEY '...', PRAGMA key), and a failed one was shown whole in the log, etl.ETL_Log and the web
+    view (found in review)."""
+    return [(f"statement {i} of CBM_SOURCE_INIT_SQL (not shown: it may carry a key)",
+             lambda stmt=stmt: execute(stmt)) for i, stmt in enumerate(settings.source_init_sql, 1)]
 
 
-def _set_up(reader: Reader, steps: list[tuple[str, Callable[[], object]]]) -> None:
+def _set_up(reader: Reader, steps: list[tuple[str, Callable[[], object]]], settings: Settings) -> None:
     """A new connection's set-up (the isolation level, CBM_SOURCE_INIT_SQL), the step that fails named: the
     connection itself was made, and "connect failed" sent the operator to the DSN and the broker (found in
-    review). The connection is closed then."""
+    review). The connection is closed then. The driver's words are said without the quoted values of the
+    statements (a driver may quote the statement back)."""
     for what, step in steps:
         try:
             step()
@@ -195,8 +202,14 @@ def _set_up(reader: Reader, steps: list[tuple[str, Callable[[], object]]]) -> No
             with contextlib.suppress(Exception):  # the set-up's error is the one to report
                 reader.close()
             err = translate(exc, action=what)
-            raise SourceError(f"{err} The connection itself was made: fix or remove that setting in .env.",
-                              transient=err.transient) from None
+            text = str(err)
+            hidden = {v for stmt in settings.source_init_sql for v in _QUOTED.findall(stmt) if len(v) >= 4}
+            for literal in sorted(hidden, key=len, reverse=True):  # a longer one may hold a shorter one
+                text = text.replace(literal, "***")
+            then = ("The connection was made, then its link failed during the set-up: run the command again once "
+                    "the server answers (the setting is not at fault)." if err.transient else
+                    "The connection itself was made: fix or remove that setting in .env.")
+            raise SourceError(f"{text} {then}", transient=err.transient) from None
 
 
 class PyodbcReader(_DbApiReader):
@@ -217,7 +230,7 @@ class PyodbcReader(_DbApiReader):
                                                        pyodbc.SQL_TXN_READ_UNCOMMITTED)))
         if settings.query_timeout_s:
             self.con.timeout = settings.query_timeout_s
-        _set_up(self, steps)
+        _set_up(self, steps, settings)
 
 
 class ArrowOdbcReader(Reader):
@@ -239,7 +252,7 @@ class ArrowOdbcReader(Reader):
                              "UNCOMMITTED)",
                              lambda: self.con.execute("SET TRANSACTION ISOLATION LEVEL READ UNCOMMITTED")))
             _warn_without_dil(settings.source_odbc)
-        _set_up(self, steps)
+        _set_up(self, steps, settings)
 
     def query(self, sql, params=None):
         # catalog-sized answers: small buffers (the default 65,535 rows x column size costs ~250 MB)
