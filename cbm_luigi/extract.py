@@ -97,8 +97,8 @@ def extract_to_parquet(reader: Reader, plan: TablePlan, mode: str, out_path: Pat
                 batch = conform_batch(batch, schema, table=plan.table, keys=plan.keys, names=names)
                 rows += batch.num_rows
                 if progress and time.monotonic() - said[0] >= PROGRESS_EVERY_S:
-                    said[0] = time.monotonic()
                     progress(rows)
+                    said[0] = time.monotonic()  # from its end: a slow report is not followed by another at once
                 yield batch
 
     try:

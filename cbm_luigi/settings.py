@@ -222,8 +222,8 @@ def _check_readable(env_file: Path) -> None:
         bad = [b.original.line for b in parse_stream(f) if b.error]
     if bad:
         raise SettingError(f"{env_file}: line(s) {', '.join(map(str, bad))} cannot be read (an unterminated quote, "
-                           f"text after a closing quote?), and python-dotenv would skip them and, after "
-                           f"an unterminated quote, every line that follows: fix the quoting (a value with spaces, "
+                           f"text after a closing quote?), and python-dotenv would skip them (after an "
+                           f"unterminated quote, maybe every line that follows): fix the quoting (a value with spaces, "
                            f"'#' or quotes in double quotes, an inner double quote escaped as \\\"), then run again")
 
 

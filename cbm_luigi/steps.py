@@ -531,7 +531,7 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
             # limit cost 15 ms, which a batch with no change does not pay
             wh.before_merge(s, len(spec.columns), rows=0 if all_new else int(batch_rows))
             refresh = None
-            changed = "configuration changed since the last load"
+            changed = "columns ods lost refilled" if lost else "configuration changed since the last load"
             if existing and (lost or plan.merged_shape not in (None, plan.extract_shape())):
                 refresh = _refresh_compared(plan, wanted, existing)
             whole = frozenset(c.sql_name.lower() for c in plan.columns if c.extent and c.array_mode != "split")

@@ -234,17 +234,22 @@ class CbmTask(luigi.Task):
         """Progress for the central scheduler's web view. Luigi's worker attaches the two reporters to the task
         only while it runs it; called directly (plain functions, tests) there is no web view to tell. A message
         the scheduler cannot take (luigid restarted during the night) is logged and the step goes on: raised
-        inside the extract, it failed the table as an error of the Progress driver (found in review)."""
+        inside the extract, it failed the table as an error of the Progress driver (found in review). The task
+        then sends no more: each try waits out Luigi's retries (about a minute), once per batch of the extract."""
         report_message = getattr(self, "set_status_message", None)
         report_percentage = getattr(self, "set_progress_percentage", None)
+        if getattr(self, "_status_refused", False):
+            return
         try:
             if report_message:
                 report_message(text)
             if pct is not None and report_percentage:
                 report_percentage(pct)
         except Exception as exc:  # noqa: BLE001 — the web view's status line only: said, and the step goes on
-            log.warning("table %s: the scheduler did not take the status message %r (%s: %s); the step goes on",
-                        self.table, text, type(exc).__name__, mask_secrets(str(exc))[:300])
+            self._status_refused = True
+            log.warning("table %s: the scheduler did not take the status message %r (%s: %s); the step goes on, "
+                        "without status messages", self.table, text, type(exc).__name__,
+                        mask_secrets(str(exc))[:300])
 
     def _log(self, extra: list[StepRecord]) -> None:
         try:
@@ -484,8 +489,12 @@ class WarehouseStep(CbmTask):
         """The way out when ods lost what earlier loads wrote and the record that makes the next read full could
         not be written: a full batch of the table reads every row whatever is recorded (found in review: the
         advised invalidate read a window again, refused once more)."""
-        return (f"run `luigi --module cbm_luigi LoadTable --table {self.table} --mode full` (add --local-scheduler "
-                f"when no luigid runs): a full read rebuilds what ods lost; then the same command loads this batch")
+        # a batch of its own: this one may be today's untagged full batch, whose markers would skip the read
+        # (found in review)
+        tag = "rebuild-" + (re.sub(r"[^a-z0-9]", "", self.run_id.lower())[:12] or uuid.uuid4().hex[:8])
+        return (f"run `luigi --module cbm_luigi LoadTable --table {self.table} --mode full --batch-tag {tag}` (add "
+                f"--local-scheduler when no luigid runs): a full read rebuilds what ods lost; then the same command "
+                f"loads this batch")
 
 
 class StageTable(WarehouseStep):
@@ -550,12 +559,13 @@ class MergeOds(WarehouseStep):
                     self.forget_ods_state(s, lost)
         except Exception as exc:  # noqa: BLE001 — said after the refusal, which stays the error
             log.error("table %s: could not forget the refused batch's stage: %s", self.table, traceback.format_exc())
-            failed = f"forgetting its stage failed: {type(exc).__name__}: {mask_secrets(str(exc))[:300]}"
-            if lost is not None:  # the record that makes the next read full was not written either
-                return (f"The batch's extract could not be dropped{why} ({failed}): {self._read_in_full()}.")
-            return (f"The batch's extract could not be dropped{why} ({failed}): run `cbm-etl invalidate {self.table} "
-                    f"--batch {self.batch_id}`, {again} (as it is, it would merge the same rows and be refused "
-                    f"again).")
+            detail = f"{type(exc).__name__}: {mask_secrets(str(exc))[:300]}"
+            if lost is not None:  # the record that makes the next read full was not written either: worded as
+                # run_step words it, so the triage row for it is the one found (found in review)
+                return f"Forgetting its stage failed ({detail}): {self._read_in_full()}."
+            return (f"The batch's extract could not be dropped{why} (forgetting its stage failed: {detail}): run "
+                    f"`cbm-etl invalidate {self.table} --batch {self.batch_id}`, {again} (as it is, it would merge "
+                    f"the same rows and be refused again).")
         try:
             self.cache_path("extract").unlink(missing_ok=True)
         except OSError as exc:

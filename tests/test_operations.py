@@ -641,7 +641,10 @@ def test_a_status_message_the_scheduler_cannot_take_does_not_fail_the_table(env,
 
     monkeypatch.setattr(extract, "PROGRESS_EVERY_S", 0.0)
 
+    calls = []
+
     def unreachable(self, task_id, status_message):
+        calls.append(status_message)
         raise luigi.rpc.RPCError("Errors (3 attempts) when connecting to remote scheduler 'http://etl-host:8082'")
 
     monkeypatch.setattr(luigi.scheduler.Scheduler, "set_task_status_message", unreachable)
@@ -649,3 +652,37 @@ def test_a_status_message_the_scheduler_cannot_take_does_not_fail_the_table(env,
     assert_ods_equals_source(env, "produit")
     said = [m for m in caplog.messages if "the scheduler did not take the status message" in m]
     assert said and "RPCError: Errors (3 attempts)" in said[0] and said[0].startswith("table produit:"), said
+    # once refused, the step sends no more: each try waits out Luigi's retries, about a minute (found in review)
+    assert [c for c in calls if c.startswith("extract")] == ["extracting produit"], calls
+
+
+def test_a_slow_status_message_is_not_followed_by_another_at_once(env, monkeypatch):
+    """The extract reports at most every PROGRESS_EVERY_S, counted from the end of the report before: counted from
+    its start, a report slower than that (a busy luigid, Luigi's retries) was followed by one at every batch
+    (found in review). Injected: the scheduler takes 0.6 s to take a message, each batch 0.1 s to read."""
+    import luigi.scheduler
+
+    from cbm_luigi import extract
+
+    from .conftest import make_env
+
+    env = make_env(env.home / "big", monkeypatch, scale=10)  # lignecli: 12,000 rows
+    monkeypatch.setenv("CBM_BATCH_ROWS", "1000")
+    monkeypatch.setattr(extract, "PROGRESS_EVERY_S", 0.5)
+    real_conform, real_message = extract.conform_batch, luigi.scheduler.Scheduler.set_task_status_message
+    calls = []
+
+    def slow_read(*a, **kw):
+        time.sleep(0.1)
+        return real_conform(*a, **kw)
+
+    def busy(self, task_id, status_message):
+        calls.append(status_message)
+        time.sleep(0.6)
+        return real_message(self, task_id, status_message)
+
+    monkeypatch.setattr(extract, "conform_batch", slow_read)
+    monkeypatch.setattr(luigi.scheduler.Scheduler, "set_task_status_message", busy)
+    assert succeeded(build(LoadTable(table="lignecli", mode="full", run_id="busy")))
+    progress = [c for c in calls if c.startswith("extract lignecli:")]
+    assert 1 <= len(progress) <= 4, progress  # 12 batches: one report at each of them before

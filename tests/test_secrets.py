@@ -107,3 +107,17 @@ def test_a_nightly_whose_init_statement_fails_keeps_its_secret_out_of_log_run_lo
     leaks = {"nightly log": TOKEN in log, "luigid web view": any(TOKEN in e for e in web),
              "etl.ETL_Log.ErrorMessage": TOKEN in logged, "summary / check-sla": TOKEN in shown}
     assert not any(leaks.values()), leaks
+
+
+def test_a_key_after_an_empty_literal_is_masked_in_the_drivers_words(env, monkeypatch):
+    """An empty literal ('') before the key paired its closing quote with the key's opening one: the text between
+    them was masked and the key was not, and the driver quotes it back in a syntax error (found in review)."""
+    for k, v in odbc_vars(env, "pyodbc", vault_ok=True).items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("CBM_SOURCE_INIT_SQL", f"ATTACH DATABASE '{env.source}' AS PUB;;"
+                                              f"ATTACH DATABASE '' AS vault '{TOKEN}'")  # KEY left out by mistake
+    with pytest.raises(SourceError) as info:
+        open_reader(load_settings())
+    text = str(info.value)
+    assert "statement 2 of CBM_SOURCE_INIT_SQL" in text and "syntax error" in text, text
+    assert TOKEN not in text, text

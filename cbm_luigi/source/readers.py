@@ -179,7 +179,7 @@ def _odbc_retry(fn, retries: int, what: str):
             time.sleep(wait)
 
 
-_QUOTED = re.compile(r"'((?:[^']|'')+)'")
+_QUOTED = re.compile(r"'((?:[^']|'')*)'")  # '' is an empty literal: it must not pair with the next one's quote
 
 
 def _init_sql(execute: Callable[[str], object], settings: Settings) -> list[tuple[str, Callable[[], object]]]:
