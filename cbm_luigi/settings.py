@@ -213,13 +213,20 @@ def _check_readable(env_file: Path) -> None:
     """A settings file its group or others can read is said (once a process). Every line of it must parse:
     python-dotenv skips a line it cannot read, and after an unterminated quote every line that follows, with a
     warning only, so their settings took their demo defaults (found in review: the whole file dropped). The
-    lines are named, never shown (one may hold a password)."""
+    lines are named, never shown (one may hold a password). A line with no `=` holds no setting: it is said."""
     mode = env_file.stat().st_mode
     if mode & 0o077:  # OPERATIONS: mode 600
         warn_once(logging.getLogger(__name__), f"{env_file} is open to its group or other users (mode "
                                                f"{mode & 0o777:o}): it holds the passwords: `chmod 600 {env_file}`")
     with open(env_file, encoding="utf-8-sig") as f:
-        bad = [b.original.line for b in parse_stream(f) if b.error]
+        errors = [b for b in parse_stream(f) if b.error]
+    # a line without '=' holds no setting (a `;` comment, `set -a`): python-dotenv skipping it loses nothing, and
+    # the release before read such a file (found in review)
+    for b in errors:
+        if "=" not in b.original.string:
+            warn_once(logging.getLogger(__name__), f"{env_file}: line {b.original.line} is not a setting (a name, "
+                                                   f"'=', a value) nor a # comment; it is skipped")
+    bad = [b.original.line for b in errors if "=" in b.original.string]
     if bad:
         raise SettingError(f"{env_file}: line(s) {', '.join(map(str, bad))} cannot be read (an unterminated quote, "
                            f"text after a closing quote?), and python-dotenv would skip them (after an "

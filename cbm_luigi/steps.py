@@ -18,7 +18,7 @@ from .naming import array_element_names, shown_column
 from .plan import ConfigError, TablePlan
 from .runlog import StepRecord
 from .settings import mask_secrets
-from .targets import MarkerTarget, StageTarget, record_merged, record_validated, staged_batch
+from .targets import UNKNOWN_SHAPE, MarkerTarget, StageTarget, record_merged, record_validated, staged_batch
 from .transform import SHAPED_TECH, TechnicalValues
 from .warehouse.base import Session, Warehouse
 from .warehouse.statements import (Column, MergeSpec, add_column, create_table, duplicate_keys, forget_hashes,
@@ -376,7 +376,11 @@ def _refuse_ods_null_keys(s: Session, wh: Warehouse, plan: TablePlan, spec: Merg
 
 def _lost_from_ods(plan: TablePlan, existing: dict, wanted: list[Column]) -> tuple[str | None, list[str]]:
     """What ods.<table> no longer holds of what the loads before it wrote (dropped by hand): said, and the lost
-    columns still loaded (None, [] when nothing is lost)."""
+    columns still loaded (None, [] when nothing is lost). Asked only while the configuration is the one the last
+    merge wrote under (or unknown): after a change, a DestinationTable among others, ods may rightly lack them,
+    and the read is in full anyway (found in review: a new DestinationTable was said as a table dropped)."""
+    if plan.merged_shape not in (plan.extract_shape(), UNKNOWN_SHAPE):
+        return None, []
     if not existing:
         if plan.last_success_ts is None:
             return None, []

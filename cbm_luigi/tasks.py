@@ -489,9 +489,9 @@ class WarehouseStep(CbmTask):
         """The way out when ods lost what earlier loads wrote and the record that makes the next read full could
         not be written: a full batch of the table reads every row whatever is recorded (found in review: the
         advised invalidate read a window again, refused once more)."""
-        # a batch of its own: this one may be today's untagged full batch, whose markers would skip the read
-        # (found in review)
-        tag = "rebuild-" + (re.sub(r"[^a-z0-9]", "", self.run_id.lower())[:12] or uuid.uuid4().hex[:8])
+        # a batch of its own, new each time it is said: this one may be today's untagged full batch, and an earlier
+        # rebuild's, whose markers would skip the read (found in review)
+        tag = f"rebuild-{uuid.uuid4().hex[:8]}"
         return (f"run `luigi --module cbm_luigi LoadTable --table {self.table} --mode full --batch-tag {tag}` (add "
                 f"--local-scheduler when no luigid runs): a full read rebuilds what ods lost; then the same command "
                 f"loads this batch")

@@ -212,3 +212,43 @@ def test_a_key_column_dropped_from_ods_asks_for_the_rebuild_that_works(env):
     env.sql("DROP TABLE ods.produit")
     assert load("produit", "rebuild", mode="full")
     assert_ods_equals_source(env, "produit")
+
+
+def test_the_rebuild_advised_twice_in_a_day_reads_the_table_each_time(env, monkeypatch):
+    """The advised full load's tag was made from the run id (a Luigi parameter a caller can pass, a cron wrapper
+    naming its runs `cron-<day>-<time>`): two runs of a day whose ods lost the table, each with its clean-up
+    failing, were given the same tag, and the second advised load found its batch loaded and read nothing (found
+    in review). Each message gives a new tag."""
+    from cbm_luigi import steps
+
+    assert load("produit", "n1", mode="full")
+    advised = []
+    for tag, run_id in (("n2", "cron-20261129-0200"), ("n3", "cron-20261129-1400")):
+        env.sql("DROP TABLE ods.produit")
+        with monkeypatch.context() as m:
+            _forget_fails_after(m, steps.OdsLostError)
+            assert not succeeded(build(LoadTable(table="produit", mode="incremental", batch_tag=tag, run_id=run_id)))
+        advice = FULL_ADVICE.search(last_error(env, "produit"))
+        assert advice, last_error(env, "produit")
+        advised.append(advice.group(2))
+        assert load("produit", advice.group(2), mode="full")  # what the message says
+        assert env.sql("SELECT 1 FROM information_schema.tables WHERE table_schema = 'ods' AND "
+                       "table_name = 'produit'"), f"{advised}: the advised full load read nothing"
+        assert load("produit", tag), last_error(env, "produit")  # then the same command
+    assert advised[0] != advised[1]
+    assert live(env, "produit") == len(source_rows(env.source, "produit"))
+    assert_ods_equals_source(env, "produit")
+
+
+def test_a_new_destination_table_is_not_said_as_an_ods_table_dropped_by_hand(env, caplog):
+    """A new DestinationTable makes the next load read in full into the new table (its configuration changed):
+    the merge said the new table's absence as "ods.client_v2 does not exist, though the table was loaded before
+    (dropped by hand?)", in a WARNING and in etl.ETL_Log, and the operator went looking for who dropped it (found
+    in review of the upgrade)."""
+    assert load("client", "n1", mode="full")
+    env.sql("UPDATE config.ETL_Tables SET DestinationTable = 'client_v2' WHERE TableName = 'client'")
+    with caplog.at_level("WARNING"):
+        assert load("client", "n2")
+    assert live(env, "client_v2") == len(source_rows(env.source, "client"))
+    detail = env.sql(MERGE_DETAIL, ["client"])[0][0] or ""
+    assert "loaded before" not in detail and not any("dropped by hand" in m for m in caplog.messages), detail

@@ -254,3 +254,23 @@ def test_a_settings_file_others_can_read_is_said(tmp_path, monkeypatch, caplog):
         assert settings.load_settings().batch_rows == 1234
         assert any(f"{env_file} is open to its group or other users (mode {mode:o})" in m and "chmod 600" in m
                    for m in caplog.messages) == said, caplog.messages
+
+
+def test_a_settings_file_line_that_holds_no_setting_is_said_not_refused(tmp_path, monkeypatch, caplog):
+    """A `;` comment (systemd's other comment sign, when .env is also luigid's EnvironmentFile) or `set -a`: no
+    `=`, no setting. python-dotenv skips it, the release before read the file, and the check refused it with
+    advice about quoting (found in review of the upgrade). Said in a warning; a line with `=` still stops."""
+    from cbm_luigi import settings
+
+    env_file = tmp_path / ".env"
+    env_file.write_text("; cbm_luigi settings, also luigid.service's EnvironmentFile\nset -a\nCBM_BATCH_ROWS=1234\n")
+    env_file.chmod(0o600)
+    monkeypatch.setenv("CBM_ENV_FILE", str(env_file))
+    monkeypatch.setenv("CBM_BATCH_ROWS", "1234")  # load_dotenv writes os.environ: put back after the test
+    monkeypatch.setattr(settings, "_WARNED", set())
+    assert settings.load_settings().batch_rows == 1234
+    said = [m for m in caplog.messages if "is not a setting (a name, '=', a value) nor a # comment; it is skipped" in m]
+    assert [m.split(": line ")[1].split(" ")[0] for m in said] == ["1", "2"], caplog.messages
+    env_file.write_text('; a comment\nCBM_BATCH_ROWS="1234\n')
+    with pytest.raises(settings.SettingError, match=r"line\(s\) 2 cannot be read"):
+        settings.load_settings()
