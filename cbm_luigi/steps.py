@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import uuid
 from datetime import date, datetime
 from pathlib import Path
 
@@ -214,6 +215,13 @@ def _relations_named(wh: Warehouse, plan: TablePlan, step: str, batch_id: str):
         raise
 
 
+def rebuild_command(table: str) -> str:
+    """The full load that reads `table` again whatever its markers say: a batch of its own, new each time it is
+    said (today's untagged full batch, or an earlier rebuild, may be loaded already, and a loaded batch reads
+    nothing: found in review)."""
+    return f"luigi --module cbm_luigi LoadTable --table {table} --mode full --batch-tag rebuild-{uuid.uuid4().hex[:8]}"
+
+
 _NO_HISTORY = " (its history is not in Progress: restore ods.{t} from a backup first to keep it)"
 _NO_OLD_VALUES = " (the closed versions keep them empty: their values are not in Progress, only in a backup)"
 
@@ -335,7 +343,7 @@ def _refuse_ods_duplicates(s: Session, wh: Warehouse, plan: TablePlan, spec: Mer
         f"for one key ({', '.join(plan.key_names)}){'; first: ' + first if first else ''}. Nothing was merged: the "
         f"MERGE would write one batch row over all of them. Was PrimaryKeyCols in config.ETL_Tables changed "
         f"since ods was built? Set it back, or rebuild the table under the new key: keep a copy of "
-        f"ods.{plan.destination} if its history matters, drop it, and rerun the table in full mode.")
+        f"ods.{plan.destination} if its history matters, drop it, and run `{rebuild_command(plan.table)}`.")
 
 
 def _refuse_ods_null_keys(s: Session, wh: Warehouse, plan: TablePlan, spec: MergeSpec,
@@ -371,7 +379,8 @@ def _refuse_ods_null_keys(s: Session, wh: Warehouse, plan: TablePlan, spec: Merg
         f"(history included) what Progress holds for it, one statement at a time: "
         f"{', then '.join(f'`{x}`' for x in add + fill)} (<value>: a renamed field's old column, a new field's "
         f"initial value); then rerun. Or rebuild the table under the new key: keep "
-        f"a copy of ods.{plan.destination} if its history matters, drop it, and rerun the table in full mode.")
+        f"a copy of ods.{plan.destination} if its history matters, drop it, and run "
+        f"`{rebuild_command(plan.table)}`.")
 
 
 def _lost_from_ods(plan: TablePlan, existing: dict, wanted: list[Column]) -> tuple[str | None, list[str]]:
@@ -418,7 +427,7 @@ def _check_history_kind(plan: TablePlan, existing: dict[str, tuple[str, bool]]) 
         f"table {plan.table}: ods.{plan.destination} was built as {was}, and config.ETL_Tables now says "
         f"IsDimension = {int(plan.is_dimension)} ({now}). Nothing was merged. Set IsDimension back to "
         f"{int(built_scd2)}; or, to change the kind, keep a copy of ods.{plan.destination} (its history or "
-        f"soft deletes), drop it and rerun the table in full mode (`--mode full`).")
+        f"soft deletes), drop it and run `{rebuild_command(plan.table)}`.")
 
 
 def stage_lengths(s: Session, wh: Warehouse, plan: TablePlan) -> dict[str, int]:
@@ -484,7 +493,7 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
                 f"(dropped by hand?), which the table's last load wrote: its rows can no longer be matched with "
                 f"Progress's, and no read can fill a key back. Nothing was merged. Rebuild the table: keep a copy "
                 f"of ods.{plan.destination} if you need it{' (its history is not in Progress)' * plan.is_dimension}, "
-                f"drop it, then run `luigi --module cbm_luigi LoadTable --table {plan.table} --mode full`.")
+                f"drop it, then run `{rebuild_command(plan.table)}` (add --local-scheduler when no luigid runs).")
         if lost_what and not (read_all or spec.full):
             raise OdsLostError(
                 f"table {plan.table}: {lost_what} (dropped by hand?). This batch read only the rows changed in its "

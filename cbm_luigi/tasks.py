@@ -489,12 +489,8 @@ class WarehouseStep(CbmTask):
         """The way out when ods lost what earlier loads wrote and the record that makes the next read full could
         not be written: a full batch of the table reads every row whatever is recorded (found in review: the
         advised invalidate read a window again, refused once more)."""
-        # a batch of its own, new each time it is said: this one may be today's untagged full batch, and an earlier
-        # rebuild's, whose markers would skip the read (found in review)
-        tag = f"rebuild-{uuid.uuid4().hex[:8]}"
-        return (f"run `luigi --module cbm_luigi LoadTable --table {self.table} --mode full --batch-tag {tag}` (add "
-                f"--local-scheduler when no luigid runs): a full read rebuilds what ods lost; then the same command "
-                f"loads this batch")
+        return (f"run `{steps.rebuild_command(self.table)}` (add --local-scheduler when no luigid runs): a full "
+                f"read rebuilds what ods lost; then the same command loads this batch")
 
 
 class StageTable(WarehouseStep):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import sqlite3
 import subprocess
@@ -142,6 +143,16 @@ def put_rows(env: Env, table: str, rows: list[tuple]) -> None:
     finally:
         con.close()
     release_readers()
+
+
+_REBUILD = re.compile(r"`luigi --module cbm_luigi LoadTable --table (\S+) --mode full --batch-tag (rebuild-[0-9a-f]{8})`")
+
+
+def advised_rebuild(err: str, table: str) -> str:
+    """The batch tag of the full load a message gives to rebuild `table` (steps.rebuild_command)."""
+    m = _REBUILD.search(err)
+    assert m and m.group(1) == table, err
+    return m.group(2)
 
 
 def last_error(env: Env, table: str) -> str:

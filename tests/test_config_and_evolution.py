@@ -677,7 +677,7 @@ def test_switching_is_dimension_after_ods_is_built_is_a_config_error_with_the_wa
     assert not succeeded(build(LoadTable(table=table, mode="full", batch_tag="b")))
     [(step, err)] = env.sql("SELECT Step, ErrorMessage FROM etl.ETL_Log WHERE Status = 'FAILED'")
     assert step == "merge" and err.startswith(f"ConfigError: table {table}: ods.{table} was built as {was}")
-    assert "Nothing was merged" in err and "drop it and rerun the table in full mode" in err
+    assert "Nothing was merged" in err and "drop it and run `luigi --module cbm_luigi LoadTable" in err
     assert env.sql(f"SELECT COUNT(*), MAX(_etl_batch_id) FROM ods.{table}") == before
 
 

@@ -15,7 +15,8 @@ from cbm_luigi.cli import main as cbm_etl
 from cbm_luigi.demo_source import Col, TableDef
 from cbm_luigi.tasks import LoadAll, LoadTable
 
-from .conftest import BIN, assert_ods_equals_source, build, last_error, on_source, subprocess_env, succeeded
+from .conftest import (BIN, advised_rebuild, assert_ods_equals_source, build, last_error, on_source, subprocess_env,
+                       succeeded)
 from .test_progress_quirks import configure, raw_table
 from .test_source_odbc import odbc_vars
 
@@ -107,11 +108,11 @@ def test_is_dimension_switched_rebuild_as_the_row_says(env, table, night):
     env.sql("UPDATE config.ETL_Tables SET IsDimension = NOT IsDimension WHERE TableName = ?", [table])
     assert not load(table, night, run_id="r2")
     err = last_error(env, table)
-    assert "IsDimension" in err and "drop it and rerun the table in full mode" in err, err
-    # keep a copy of ods.T, drop it and rerun in full mode (`--mode full`)
+    assert "IsDimension" in err and "drop it and run `luigi --module cbm_luigi LoadTable" in err, err
+    # keep a copy of ods.T, drop it and run the full load the message gives
     env.sql(f"CREATE TABLE ods.{table}_copy AS SELECT * FROM ods.{table}")
     env.sql(f"DROP TABLE ods.{table}")
-    assert load(table, "full", run_id="r3"), last_error(env, table)
+    assert load(table, "full", run_id="r3", batch_tag=advised_rebuild(err, table)), last_error(env, table)
     assert_ods_equals_source(env, table)
     assert ("_etl_is_current" in cols(env, table)) == (table == "produit")
     # and the next nights load
@@ -144,7 +145,8 @@ def _narrowed(env, dimension):
     env.sql("UPDATE config.ETL_Tables SET PrimaryKeyCols = 'a' WHERE TableName = 'k2'")
     assert not load("k2", "full", run_id="r3")
     err = last_error(env, "k2")
-    assert "holds several" in err and "drop it, and rerun the table in full mode" in err, err
+    assert "holds several" in err and "drop it, and run `luigi --module cbm_luigi LoadTable" in err, err
+    return err
 
 
 def _live_k2(env, dimension):
@@ -154,10 +156,10 @@ def _live_k2(env, dimension):
 
 @pytest.mark.parametrize("dimension", [False, True])
 def test_a_narrowed_key_rebuilt_as_the_row_says(env, dimension):
-    _narrowed(env, dimension)
+    err = _narrowed(env, dimension)
     env.sql("CREATE TABLE ods.k2_copy AS SELECT * FROM ods.k2")
     env.sql("DROP TABLE ods.k2")
-    assert load("k2", "full", run_id="r4"), last_error(env, "k2")
+    assert load("k2", "full", run_id="r4", batch_tag=advised_rebuild(err, "k2")), last_error(env, "k2")
     assert _live_k2(env, dimension) == [(1, 1, "x2"), (2, 1, "z")]
     assert env.sql("SELECT COUNT(*) FROM ods.k2")[0][0] == 2
 
