@@ -515,9 +515,7 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
         for stmt in after(_ods_columns(wh, s, plan)) if after else []:
             s.execute(stmt)
         _refuse_ods_null_keys(s, wh, plan, spec, existing, wanted, keyed)
-        if lost_what:  # a full read: said, and each current row rewritten, so the columns put back are filled
-            log.warning("table %s: %s (dropped by hand?): %s from this full read", plan.table, lost_what,
-                        "every current row rewritten" if lost else "rebuilt")
+        if lost_what:  # a full read: said (a schema change below), each current row rewritten to fill the columns
             changes.append(f"{lost_what}: {'every current row rewritten' if lost else 'rebuilt'} from this full read")
             if lost:
                 s.execute(forget_hashes(d, spec), [""])
