@@ -173,6 +173,7 @@ def cmd_summary(args) -> int:
             "SELECT m.TableName, m.BatchId, m.Mode, m.Step, m.CreatedAt FROM etl.ETL_Markers AS m "
             f"JOIN ({_LATEST_BATCH}) AS b ON b.TableName = m.TableName AND b.BatchId = m.BatchId "
             "AND b.Mode = m.Mode")}
+    release_connections()  # read whole: printed through a pager left open, it held the embedded warehouse (review)
     print(f"warehouse: {wh.describe()}")
     by_table: dict[str, dict] = {r["TableName"]: {} for r in sla}  # the active tables; those never run show too
     for r in rows:
@@ -225,6 +226,7 @@ def cmd_check_sla(args) -> int:
     with wh.session() as s:
         rows = s.query_dicts("SELECT TableName, IsCritical, SLAHours, HoursSinceSuccess, LastStatus, LastError, "
                              "LastRunTs, SLAStatus FROM etl.vw_SLABreach ORDER BY TableName")
+    release_connections()  # read whole: its output may wait on a pipe, the night must not
     if not rows:  # a monitor that checks nothing must not stay quiet (found in review)
         print("cbm-etl check-sla: config.ETL_Tables has no active table, so nothing was checked: is this the "
               f"warehouse meant ({wh.describe()})? Activate the tables to load (IsActive = 1)", file=sys.stderr)

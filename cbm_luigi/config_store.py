@@ -149,11 +149,17 @@ def _safe(name: str) -> str:
 
 def dependencies(s: Session) -> dict[str, list[str]]:
     """config.ETL_Dependencies as {table: [tables it waits for]}, each name spelled as in config.ETL_Tables
-    (Progress names ignore case: `Fournis` is `fournis`); a name not configured stays as written."""
-    spelled = {r[0].lower(): r[0] for r in s.query("SELECT TableName FROM config.ETL_Tables")}
+    (Progress names ignore case, and a pasted name's surrounding blanks are no part of it: ` Fournis` is
+    `fournis`); a name not configured stays as written. A row whose TableName is no configured table does
+    nothing: that is said, as it is for a DependsOn of no active table (a typo there was ignored without a word:
+    found in review)."""
+    spelled = {r[0].strip().lower(): r[0] for r in s.query("SELECT TableName FROM config.ETL_Tables")}
     deps: dict[str, list[str]] = {}
     for t, d in s.query("SELECT TableName, DependsOn FROM config.ETL_Dependencies ORDER BY TableName, DependsOn"):
-        t, d = spelled.get(t.lower(), t), spelled.get(d.lower(), d)
+        if t.strip().lower() not in spelled:
+            warn_once(log, f"config.ETL_Dependencies row (TableName {t!r}, DependsOn {d!r}): {t!r} is no table of "
+                           f"config.ETL_Tables, so the row does nothing: correct its TableName, or delete it")
+        t, d = spelled.get(t.strip().lower(), t), spelled.get(d.strip().lower(), d)
         if d not in deps.setdefault(t, []):
             deps[t].append(d)
     return deps

@@ -43,6 +43,7 @@ class PlanColumn:
     extent: int = 0
     array_mode: str = "split"  # 'split' -> <name>_1..<name>_n ; 'single' -> one ;-separated string
     expression: str | None = None
+    override: bool = False  # IsOverride: the operator declared the type, the catalog's is not the reference
 
     @property
     def is_split_array(self) -> bool:
@@ -255,7 +256,13 @@ def build_plan(table_row: dict, column_rows: list[dict]) -> TablePlan:
             raise ConfigError(f"config.ETL_Columns[{t}.{r['ColumnName']}].ArrayMode = {mode!r}: 'split' or 'single'")
         cols.append(PlanColumn(r["ColumnName"], r["SqlName"], ctype, (r.get("NullFlag") or "Y") != "N",
                                int(r.get("ArrayExtent") or 0), mode,
-                               source_expression(r.get("SourceExpression"), r["ColumnName"])))
+                               source_expression(r.get("SourceExpression"), r["ColumnName"]),
+                               bool(r.get("IsOverride"))))
+    if not cols and column_rows:  # sync-columns keeps IsExcluded: its advice would bring the same error back
+        raise ConfigError(f"table {t}: every column is excluded (IsExcluded = 1 on all {len(column_rows)} rows of "
+                          f"config.ETL_Columns): set IsExcluded = 0 on the columns to load (UPDATE "
+                          f"config.ETL_Columns SET IsExcluded = 0 WHERE TableName = '{t}' AND ColumnName IN "
+                          f"(...)), or set IsActive = 0 in config.ETL_Tables to stop loading the table, then rerun")
     if not cols:
         raise ConfigError(f"table {t}: no active column in config.ETL_Columns; run `cbm-etl sync-columns {t}`")
     owner: dict[str, str] = {}
@@ -312,6 +319,12 @@ def build_plan(table_row: dict, column_rows: list[dict]) -> TablePlan:
     for k in plan.keys:
         if plan.by_sql_name(k).extent:
             raise ConfigError(f"table {t}: key column {plan.by_sql_name(k).name} is an array (EXTENT) field")
+    for field in ("DateModifCol", "TimeOfDayCol"):  # an array is read as one `;`-separated text (found in review)
+        name = table_row.get(field) or None
+        if name and named(field, name).extent:
+            raise ConfigError(f"config.ETL_Tables[{t}].{field} = {name!r} is an array (EXTENT "
+                              f"{named(field, name).extent}) field, which is read as one text of all its "
+                              f"elements: name a field that is not an array, or leave {field} empty")
     if plan.date_col:
         kind = named("DateModifCol", plan.date_col).ctype.kind
         if kind not in ("date", "timestamp", "timestamptz"):

@@ -18,26 +18,50 @@ from dotenv import dotenv_values, load_dotenv
 from dotenv.parser import parse_stream
 
 # The key is a connection-string keyword for a secret: PWD, PASSWORD, PASSWD, SECRET or a keyword ending with one
-# (KeyStoreSecret, TrustStorePassword, KeyPassword: letters only before it), or one of the whole words KEY, PASS,
-# TOKEN, ACCESSTOKEN, Microsoft's CLIENTKEY and CLIENTCERTIFICATE (`file:<path>,password:<pwd>`) and DataDirect's
-# short KP, KSP, TSP (KeyPassword, KeystorePassword, TruststorePassword). A key column named in a message keeps
-# its value: `sort_key=5`, `hkey=7`, `monkey=1` (any ending KEY, PASS or TOKEN masked them, and with them the
-# rest of the message: found in review).
+# (KeyStoreSecret, TrustStorePassword, KeyPassword: letters only before it), ACCESSTOKEN, or Microsoft's CLIENTKEY
+# and CLIENTCERTIFICATE (`file:<path>,password:<pwd>`), wherever they stand. The plain words KEY, PASS, TOKEN and
+# DataDirect's short KP, KSP, TSP (KeyPassword, KeystorePassword, TruststorePassword) are also names a Progress
+# field may have, and messages name a row by its key columns (`key token='A1'`): those count where a connection
+# string has them, at the start of a line or right after `;`, `{`, `"` or `'` (as a key column, `key=...`
+# masked the value refused, the reason and the advice after it: found in review). A key column named in a
+# message keeps its value: `sort_key=5`, `hkey=7`, `monkey=1` (any ending KEY, PASS or TOKEN masked them, and with
+# them the rest of the message: found in review). The values of those keywords in the connection strings of the
+# settings are masked wherever they appear too (`register_secrets`), whatever stands before their keyword.
 # The value is `{...}` (ODBC braces, `}}` inside is an escaped `}`), "..." or '...' (doubled quote inside), each
 # with whatever follows up to the next `;` (ODBC does not quote: `PWD="ab"cd` is one password, and its tail
 # leaked), or anything up to the next `;` or line end.
 # The mask is a braced value, `PWD={***}`: masking the text again (messages are masked where they are made and
 # again on their way to the log) matches exactly that, instead of taking everything after it up to the line end.
-_SECRET_KEYS = re.compile(r"""(?i)\b([A-Z]*(?:PWD|PASSWORD|PASSWD|SECRET)|KEY|PASS|TOKEN|ACCESSTOKEN|CLIENTKEY"""
-                          r"""|CLIENTCERTIFICATE|KP|KSP|TSP)[ \t]*=[ \t]*"""
+_STRONG_KEYS = r"[A-Z]*(?:PWD|PASSWORD|PASSWD|SECRET)|ACCESSTOKEN|CLIENTKEY|CLIENTCERTIFICATE"
+_PLAIN_KEYS = r"KEY|PASS|TOKEN|KP|KSP|TSP"
+_SECRET_NAME = re.compile(rf"(?i)(?:{_STRONG_KEYS}|{_PLAIN_KEYS})")
+_SECRET_KEYS = re.compile(rf"""(?im)(?:\b({_STRONG_KEYS})\b|(?:^|(?<=[;{{"']))({_PLAIN_KEYS})\b)[ \t]*=[ \t]*"""
                           r"""(\{\*\*\*\}(?!\})|(?:\{(?:[^}]|\}\})*\}|"(?:[^"]|"")*"|'(?:[^']|'')*')[^;\r\n]*"""
                           r"""|[^;\r\n]*)""")
 MASK = "{***}"
+_KNOWN_SECRETS: set[str] = set()
+MIN_KNOWN_SECRET = 3  # a shorter value would mask every such word or number of every message
 
 
 def mask_secrets(text: str) -> str:
     """Mask password-like values in a connection string or any message that may quote one."""
-    return _SECRET_KEYS.sub(lambda m: f"{m.group(1)}={MASK}", text or "")
+    text = _SECRET_KEYS.sub(lambda m: f"{m.group(1) or m.group(2)}={MASK}", text or "")
+    for value in sorted(_KNOWN_SECRETS, key=len, reverse=True):
+        if value in text:
+            text = text.replace(value, MASK)
+    return text
+
+
+def register_secrets(connection: str) -> None:
+    """The values of a connection string's secret keywords, masked in every message from now on: a driver may
+    quote them where no keyword stands right before them."""
+    for m in _PAIR.finditer(connection or ""):
+        key, value = m.group(1), m.group(2).strip()
+        if _SECRET_NAME.fullmatch(key.strip()) and value != MASK:
+            for v in (value, value[1:-1].replace("}}", "}") if value.startswith("{") and value.endswith("}")
+                      else None):
+                if v and len(v) >= MIN_KNOWN_SECRET:
+                    _KNOWN_SECRETS.add(v)
 
 
 # connection-string keys whose values are shown where the pipeline names its connections (init-db, summary,
@@ -264,6 +288,8 @@ def load_settings() -> Settings:
         return p if p.is_absolute() else (home / p)
 
     init = _env("CBM_SOURCE_INIT_SQL")
+    register_secrets(_env("CBM_SOURCE_ODBC"))
+    register_secrets(_env("CBM_MSSQL_ODBC"))
     return Settings(
         home=home,
         source_kind=_choice("CBM_SOURCE_KIND", "demo", ("demo", "odbc")),

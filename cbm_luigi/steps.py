@@ -506,7 +506,9 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
             stmts, changes = [create_table(d, "ods", plan.destination, wanted, ods=True, scd2=plan.is_dimension)], []
         else:
             stmts, changes = evolve(d, "ods", plan.destination, wanted, existing,
-                                    names={q: shown_column(n, q) for q, n in plan.source_names().items()})
+                                    names={q: shown_column(n, q) for q, n in plan.source_names().items()},
+                                    overridden=frozenset(n for c in plan.columns if c.override
+                                                         for n, _t, _n in c.output_columns()))
         # asked before the DDL, which may remake the key index
         keyed = bool(_nullable_keys(plan, existing)) and wh.keyed_as(s, plan.destination, plan.keys)
         before, after = wh.key_index_ddl(s, plan.destination, plan.keys, stmts)

@@ -350,12 +350,14 @@ def _say_held_back(task: CbmTask) -> None:
 @_interrupt_raised_again
 def _log_broken(task, exception):
     """A step that could not even be scheduled for its configuration (a dependency cycle, a table missing from
-    config) never runs, so without this row the monitoring views showed the table as OK. Other errors while
+    config) never runs, so without this row the monitoring views showed the table as OK, and without the line
+    of _say_held_back the tables waiting for it were named nowhere (found in review). Other errors while
     scheduling (the warehouse unreachable, mostly) are not written to that warehouse: each try would wait out
     the connection retries again, for every task."""
     if isinstance(task, CbmTask) and task.step and isinstance(exception, ConfigError):
         task._log([StepRecord(task.step, status="FAILED", error=f"{type(exception).__name__}: {exception}",
                               detail="failed while scheduling: the step did not run")])
+        _say_held_back(task)  # the tables it keeps from loading are named as for a step that failed running
 
 
 class BatchFileTarget(luigi.LocalTarget):
@@ -382,7 +384,7 @@ class ExtractParquet(CbmTask):
         active = {t["TableName"] for t in tables}
         for d in deps.get(self.table, []):
             if d != self.table and d not in active:
-                warn_once(log, f"table {self.table} depends on {d}, which is not an active table of "
+                warn_once(log, f"table {self.table} depends on {d!r}, which is not an active table of "
                                f"config.ETL_Tables: not waited for (add or activate it, or delete the "
                                f"config.ETL_Dependencies row)")
         need = config_store.waits_for(self.table, tables, deps,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import socket
@@ -31,12 +32,14 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .naming import shown_value
 from .plan import PlanColumn, TablePlan
 from .types import ColumnType
 from .warehouse.dialects import DuckDbDialect
@@ -155,8 +158,9 @@ class TechnicalValues:
 def transform_sql(plan: TablePlan, source_sql: str) -> str:
     """SELECT over `source_sql` (a relation with the extract columns) producing the business columns of
     stg/ods, then `_etl_hashdiff` and `_etl_source_ts`."""
-    key_text = " || ', ' || ".join(f"{_lit(name + '=')} || coalesce(CAST({_q(k)} AS VARCHAR), 'NULL')"
-                                   for k, name in zip(plan.keys, plan.key_names))
+    # the row's key as JSON between markers, shown by _transform_error as every message shows a key (its text
+    # cast raw read `code=x, n=9, n=1` for the key ('x, n=9', 1), and 'NULL' as the unknown value: found in review)
+    key_text = f"{_lit(KEY_OPEN)} || json_array({', '.join(_q(k) for k in plan.keys)}) || {_lit(KEY_CLOSE)}"
     inner, outer = [], []
     for c in plan.columns:
         if not c.extent:
@@ -267,8 +271,27 @@ class _Batches:
             close_source()  # a generator over the driver's cursor: closing it releases the cursor now
 
 
+KEY_OPEN, KEY_CLOSE = "<<key ", " key>>"
+
+
+def _shown_key(plan: TablePlan, text: str) -> str:
+    """The key a DuckDB error() of transform_sql carries as JSON, written `name=value` by Progress names with the
+    values as shown_value shows them (naming.py)."""
+    start = text.find(KEY_OPEN)
+    if start < 0:
+        return text
+    try:
+        values, end = json.JSONDecoder(parse_float=Decimal).raw_decode(text, start + len(KEY_OPEN))
+    except ValueError:
+        return text
+    if not text.startswith(KEY_CLOSE, end) or len(values) != len(plan.key_names):
+        return text
+    shown = ", ".join(f"{name}={shown_value(v)}" for name, v in zip(plan.key_names, values))
+    return text[:start] + shown + text[end + len(KEY_CLOSE):]
+
+
 def _transform_error(plan: TablePlan, exc: duckdb.Error) -> TransformError:
-    text = str(exc)
+    text = _shown_key(plan, str(exc))
     if "out of memory" in text.lower():
         text += (". Raise CBM_TRANSFORM_MEMORY_LIMIT (or lower CBM_BATCH_ROWS for this wide table) and rerun "
                  "the table")

@@ -3,14 +3,18 @@ nightly still running when an operator starts a load by hand), under a real luig
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import os
 import subprocess
 import sys
 import time
 import urllib.parse
 import urllib.request
 
-from .conftest import DEMO_TABLES, assert_ods_equals_source, running_luigid, subprocess_env
+from cbm_luigi import demo_source
+
+from .conftest import DEMO_TABLES, assert_ods_equals_source, on_source, running_luigid, subprocess_env
 
 # The `luigi` command (luigi.cmdline.luigi_run) with two test hooks only: the warehouse's lock wait is T_LOCK
 # seconds instead of 120, and the fault checkpoint named T_AT, once reached, writes T_PAUSED and waits for the
@@ -131,3 +135,41 @@ def test_a_busy_extract_run_by_hand_under_luigid_does_not_strand_the_nights_tabl
                                    f"{states.get('LoadAll()')}:\n{err[-900:]}")
     assert env.sql("SELECT count(*) FROM etl.ETL_Markers WHERE Step = 'validate' AND TableName = ?", [last])[0][0]
     assert_ods_equals_source(env, last)
+
+
+def test_summary_read_through_a_pager_does_not_keep_the_nightly_from_the_warehouse(env, tmp_path):
+    """OPERATIONS (Monitoring) gives `cbm-etl summary` as the way to look at the warehouse without holding it, and
+    an operator reads a summary of hundreds of tables through a pager (`cbm-etl summary | less`). The command keeps
+    the DuckDB file open (and locked) until it has printed its last line: with the pager left open on the first
+    screen, the pipe filled, the print blocked, and a load started meanwhile waited, then stopped with exit 35, 'held
+    by another process' (found in review). Its rows are read whole first, and the warehouse let go before printing.
+    (The pipe is made one page here so 86 tables fill it; a 1,000-table summary, about 110 KB, fills
+    Linux's default 64 KB pipe.)"""
+    for i in range(80):
+        demo_source.add_synthetic_table(env.source, f"stk_{i:02d}", 3, 4)
+        env.sql("INSERT INTO config.ETL_Tables (TableName, PrimaryKeyCols, DateModifCol) VALUES (?, 'id', 'dat_mod')",
+                [f"stk_{i:02d}"])
+    first = _luigi(env, "LoadAll", "--mode", "full", "--local-scheduler")
+    _o, e = first.communicate(timeout=600)
+    assert first.returncode == 0, e[-2000:]
+    r, w = os.pipe()
+    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)
+    code = ("import sys; from cbm_luigi.cli import main; sys.exit(main(sys.argv[1:]))")
+    pager = subprocess.Popen([sys.executable, "-c", code, "summary"], cwd=env.home, env=subprocess_env(env),
+                             stdout=w, stderr=subprocess.PIPE, text=True)
+    os.close(w)
+    try:
+        time.sleep(4)  # the summary has read its rows and printed the first screen; the pager reads no further
+        assert pager.poll() is None, "the summary did not fill the pipe"
+        on_source(env, "UPDATE produit SET libelle = 'changed', dat_mod = date('now') "
+                  "WHERE cod_pro = (SELECT min(cod_pro) FROM produit)")
+        night = _luigi(env, "LoadAll", "--mode", "incremental", "--batch-tag", "later", "--local-scheduler",
+                       T_LOCK="10")
+        _o, err = night.communicate(timeout=300)
+    finally:
+        with os.fdopen(r, "rb") as f:  # the operator quits the pager
+            f.read()
+        pager.wait(30)
+    assert night.returncode == 0, f"exit {night.returncode}: {err[-1200:]}"
+    assert_ods_equals_source(env, "produit")
+

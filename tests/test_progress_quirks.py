@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from cbm_luigi import demo_source
-from cbm_luigi.demo_source import Col, TableDef
+from cbm_luigi.demo_source import Col, TableDef, encode_extent
 from cbm_luigi.source.dialect import quote
 from cbm_luigi.tasks import LoadTable
 
@@ -302,3 +302,107 @@ def test_configuration_fields_name_columns_by_progress_name_and_refuse_a_name_of
     configure(env, monkeypatch, "embedded", "cle", keys="cod-cli")
     assert not run("cle")
     assert "the batch has duplicate keys (cod-cli); first: cod-cli='a' (2 rows)" in failure(env, "cle")
+
+
+# -- the OpenEdge fact sheet, checked (review) ----------------------------------------------------------------
+
+def test_a_driver_error_quoting_the_number_193_is_not_called_a_32_64_bit_driver_mismatch(env, monkeypatch):
+    """errors._RULES matched `\\b193\\b` anywhere in the driver's text (meant for `IM003 ... system error 193`;
+    found in review).
+    OpenEdge quotes the SQL around a syntax error (`Syntax error in SQL statement at or about "193)" (10713)`),
+    SQLite says `near "193": syntax error`: a FilterClause typo next to the number 193 is reported as "the ODBC
+    driver could not be loaded: 32/64-bit mismatch or wrong driver path in CBM_SOURCE_ODBC", which sends the
+    operator to the driver installation instead of the FilterClause. (The same rule would also take any value,
+    host address or record id 193 in a driver message, and wins over the rules below it: a network error
+    mentioning `10.0.0.193` would lose its `transient` retry.)"""
+    raw_table(env.source, "flt", [(Col("id", "integer", nullable=False), "INTEGER"),
+                                  (Col("cod_soc", "integer"), "INTEGER")], ("id",), [(1, 193), (2, 7)])
+    configure(env, monkeypatch, "pyodbc", "flt", FilterClause="cod_soc IN (1 193)")  # a comma forgotten
+    assert not run("flt")
+    err = failure(env, "flt")
+    assert "syntax error" in err, err  # the driver's own words are there ...
+    assert "32/64-bit" not in err and "could not be loaded" not in err, err  # ... but the advice is about the driver
+
+
+def test_a_missing_column_named_like_network_is_not_called_a_lost_connection(env, monkeypatch):
+    """Same cause as above (errors._RULES: patterns matched anywhere in the text, the first match wins; found in
+    review): the connection rule's bare `network` came before the no-such-column rule, so a FilterClause naming a column that
+    is not there (`network_id`, dropped at the source) is reported as "the connection to the Progress server
+    failed: check HOST/PORT and that the SQL broker runs", and classed transient (worth a retry)."""
+    raw_table(env.source, "flt2", [(Col("id", "integer", nullable=False), "INTEGER"),
+                                   (Col("v", "integer"), "INTEGER")], ("id",), [(1, 1)])
+    configure(env, monkeypatch, "pyodbc", "flt2", FilterClause="network_id = 1")
+    assert not run("flt2")
+    err = failure(env, "flt2")
+    assert "no such column" in err, err
+    assert "HOST/PORT" not in err and "sync-columns" in err, err
+
+
+def test_a_modification_date_that_is_an_extent_field_is_refused_as_configuration(env, monkeypatch):
+    """An EXTENT field arrives as one `;`-separated VARCHAR (fact sheet, Arrays). build_plan refuses an array as a
+    key column, but takes a date EXTENT field (`zda`, one of Proginov's user arrays) as DateModifCol or an integer
+    EXTENT field as TimeOfDayCol (found in review): the incremental window then compared the array's text with a date, and the
+    full load died in DuckDB with `invalid timestamp field format: "2024-01-01;2024-02-01"`, followed by the
+    generic advice "The batch file was not written; fix the cause (free space in CBM_CACHE_DIR?)". The message
+    should be a configuration error naming DateModifCol, like the one for keys."""
+    raw_table(env.source, "arrdm", [(Col("id", "integer", nullable=False), "INTEGER"),
+                                    (Col("zda", "date", extent=2), "VARCHAR(40)")], ("id",),
+              [(1, encode_extent(["2024-01-01", "2024-02-01"])), (2, encode_extent([None, "2024-03-01"]))])
+    configure(env, monkeypatch, "embedded", "arrdm", date_col="zda", HasTimestamps=True)
+    assert not run("arrdm")
+    err = failure(env, "arrdm")
+    assert "free space" not in err, err
+    assert "DateModifCol" in err and ("EXTENT" in err or "array" in err), err
+
+
+def test_the_query_timeout_is_not_sent_as_the_login_timeout(env, monkeypatch):
+    """CBM_QUERY_TIMEOUT_S is documented as the per-query timeout (.env.template), and the DataDirect driver's
+    LoginTimeout option (fact sheet, driver options; the template's DSN sets LoginTimeout=30) bounds the connect.
+    PyodbcReader passes CBM_QUERY_TIMEOUT_S to pyodbc.connect(timeout=...), which is SQL_ATTR_LOGIN_TIMEOUT
+    (pyodbc's docstring), and that attribute overrides the DSN's LoginTimeout (DataDirect: 'To override the value
+    set by this connection option ... set SQL_ATTR_LOGIN_TIMEOUT'). With a one-hour query cap, a connect to a dead
+    server waited an hour instead of 30 s, on every attempt (CBM_CONNECT_RETRIES). Used by CBM_ODBC_READER=pyodbc,
+    and by the arrow-odbc reader's second reads (a value that is not UTF-8, a value longer than its buffer)."""
+    import pyodbc
+
+    for k, v in odbc_vars(env, "pyodbc").items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("CBM_SOURCE_ODBC", odbc_vars(env, "pyodbc")["CBM_SOURCE_ODBC"] + ";LoginTimeout=30")
+    monkeypatch.setenv("CBM_QUERY_TIMEOUT_S", "3600")
+    seen = []
+    real = pyodbc.connect
+
+    def spy(*a, **kw):
+        seen.append(kw.get("timeout"))
+        return real(*a, **kw)
+    monkeypatch.setattr(pyodbc, "connect", spy)
+    assert succeeded(build(LoadTable(table="famille", mode="full")))
+    assert seen, "the pyodbc reader was not used"
+    assert 3600 not in seen, f"SQL_ATTR_LOGIN_TIMEOUT set to the query timeout on connect: {seen}"
+
+
+def test_every_source_statement_of_the_default_reader_runs_under_the_query_timeout(env, monkeypatch):
+    """CBM_QUERY_TIMEOUT_S ('per-query timeout in seconds', .env.template; QueryTimeout in the fact sheet's driver
+    options) reaches the extract's SELECT through arrow-odbc (the default reader, CBM_ODBC_READER=auto), but
+    ArrowOdbcReader.query() sent the catalog statements (SYSCOLUMNS_FULL, SYSINDEXES, COUNT(*)) and the
+    SYSCALCTABLE ping run before every table on a kept connection without it (found in review): a server that
+    stops answering hung sync-columns, discover and the nightly's next table for ever instead of timing out (HYT00, which
+    errors.py turns into 'raise CBM_QUERY_TIMEOUT_S ... or rerun')."""
+    import importlib
+
+    ao = importlib.import_module("arrow_odbc.connect")  # the module (the package's `connect` is a function)
+
+    for k, v in odbc_vars(env, "arrow-odbc").items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("CBM_QUERY_TIMEOUT_S", "7")
+    seen = []
+    real = ao.Connection.read_arrow_batches
+
+    def spy(self, query, *a, **kw):
+        seen.append((query.split(" FROM ")[1][:40] if " FROM " in query else query[:40], kw.get("query_timeout_sec")))
+        return real(self, query, *a, **kw)
+    monkeypatch.setattr(ao.Connection, "read_arrow_batches", spy)
+    assert succeeded(build(LoadTable(table="famille", mode="full")))  # columns synced on first use, then read
+    assert any(t == 7 for _q, t in seen), seen  # the extract's SELECT has it
+    untimed = [q for q, t in seen if t != 7]
+    assert not untimed, f"statements sent without CBM_QUERY_TIMEOUT_S: {untimed}"

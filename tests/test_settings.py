@@ -274,3 +274,27 @@ def test_a_settings_file_line_that_holds_no_setting_is_said_not_refused(tmp_path
     env_file.write_text('; a comment\nCBM_BATCH_ROWS="1234\n')
     with pytest.raises(settings.SettingError, match=r"line\(s\) 2 cannot be read"):
         settings.load_settings()
+
+
+def test_key_pass_and_token_are_secrets_where_a_connection_string_has_them_only(monkeypatch):
+    """`key`, `pass`, `token` are also Progress field names, and messages name rows by their key columns
+    (`key token='A1'`): masked as secrets there, the value, the reason and the advice after them were lost (found
+    in review). They count at a line's start or right after `;`, `{`, `"` or `'`; the values of a configured
+    connection string's secret keywords are masked wherever they appear."""
+    from cbm_luigi import settings as settings_mod
+
+    kept = ["table cde, column qte, key token='T2': value Decimal('1.234') does not fit; To carry it over: x",
+            "1 row(s) of the batch have an unknown (NULL) value in the key (key); first: key=None. Nothing was merged",
+            "duplicate keys (code, pass): code='a', pass=1 (2 rows); code='b', pass=2 (2 rows). Fix PrimaryKeyCols"]
+    for text in kept:
+        assert mask_secrets(text) == text
+    for text in ["TOKEN=hunter2;DSN=x", "DSN=x;Key=hunter2", "('DSN=x;PASS=hunter2')", '"KP=hunter2;X=1"',
+                 "connect failed\nTSP=hunter2", "DRIVER={d};PWD=hunter2", "error: PWD=hunter2", "KeyPassword=hunter2"]:
+        assert "hunter2" not in mask_secrets(text), text
+    # a value quoted where no keyword stands before it: masked once the connection string is read
+    monkeypatch.setattr(settings_mod, "_KNOWN_SECRETS", set())
+    monkeypatch.setenv("CBM_ENV_FILE", "")
+    monkeypatch.setenv("CBM_SOURCE_ODBC", "DSN=progress;UID=etl;DSN=x; Token={s3cr;et};PWD=Pa55w0rd;PASS=ab")
+    load_settings()
+    said = mask_secrets("driver said: login for etl with s3cr;et and Pa55w0rd refused (ab)")
+    assert "s3cr;et" not in said and "Pa55w0rd" not in said and "(ab)" in said, said  # 'ab': too short to mask

@@ -138,6 +138,8 @@ def _convert(arr: pa.Array, target: pa.DataType) -> pa.Array:
         # nearest float (-1234567.89 became -1234567.8900000001): a decimal goes through its exact text
         text = arr.cast(pa.string()) if pa.types.is_decimal(arr.type) else arr
         out = text.cast(target, safe=True)
+        if not _all(pc.is_finite(out)):  # Arrow parses 'inf' and 'nan'; SQL Server's FLOAT holds neither
+            raise pa.ArrowInvalid("not a finite number")
         _check_float_exact(text, out)
         return out
     if pa.types.is_decimal(target) and _kind(arr.type) == "text":
@@ -148,6 +150,8 @@ def _convert(arr: pa.Array, target: pa.DataType) -> pa.Array:
         raise pa.ArrowInvalid(f"a {arr.type} value in a {target} column")
     if (src, dst) == ("number", "bool") and not _all(pc.is_in(arr, pa.array([0, 1, None], arr.type))):
         raise pa.ArrowInvalid("a logical value is 0 or 1")  # Arrow makes any other number True
+    if src == "text" and pa.types.is_integer(target) and not _all(pc.match_substring_regex(arr, r"^-?[0-9]+$")):
+        raise pa.ArrowInvalid("not an integer written in decimal digits")  # Arrow reads '0x10' as 16
     out = arr.cast(target, safe=True)
     if pa.types.is_timestamp(arr.type) and pa.types.is_date(target) and not _all(
             pc.equal(out.cast(arr.type), arr)):

@@ -58,6 +58,15 @@ class InvalidTextError(SourceValueError):
             f"{VALUE_FIX}.")
 
 
+def _state(*codes: str) -> str:
+    """SQLSTATEs as drivers write them (`[08S01]` by pyodbc, `State: 08S01` by arrow-odbc, or first in the text),
+    not anywhere: a driver's message quotes the statement back, and its numbers or words chose the advice (`IN (1
+    193)` was a 32/64-bit mismatch, a column `network_id` a lost connection: found in review)."""
+    return rf"(?:\[|\bState: |^)(?:{'|'.join(codes)})\b"
+
+
+# the first rule whose pattern the driver's text matches gives the advice: phrases and codes of the drivers' own
+# words, never a bare number or a common word (the statement quoted back holds any)
 _RULES: list[tuple[re.Pattern, str, bool]] = [
     (re.compile(r"value exceeding its max length or precision", re.I),
      "a value is longer than the column's SQL width in Progress. Widen the width at the source with `dbtool` "
@@ -82,23 +91,24 @@ _RULES: list[tuple[re.Pattern, str, bool]] = [
      "override for the column, or exclude it (IsExcluded = 1), and rerun the table", False),
     (re.compile(r"\(7512\)|access denied|authorization failed", re.I),
      "the ODBC user may not read this table: GRANT SELECT ON PUB.<table> TO <etl user> in OpenEdge SQL", False),
-    (re.compile(r"IM003|\b193\b", re.I),
+    (re.compile(rf"{_state('IM003')}|system error 193|wrong ELF class", re.I),
      "the ODBC driver could not be loaded: 32/64-bit mismatch or wrong driver path in CBM_SOURCE_ODBC", False),
-    (re.compile(r"IM002|data source name not found|can't open lib", re.I),
+    (re.compile(rf"{_state('IM002')}|data source name not found|can't open lib", re.I),
      "no such ODBC driver or DSN: check `odbcinst -q -d` and the DRIVER= part of the connection string", False),
-    (re.compile(r"28000|login failed|invalid (user|password)", re.I),
+    (re.compile(rf"{_state('28000')}|login failed|invalid (user|password)", re.I),
      "login failed: check UID/PWD in .env (CBM_SOURCE_ODBC)", False),
     (re.compile(r"unicode converter buffer overflow", re.I),
      "code page mismatch: set IANAAppCodePage=106 (UTF-8) in the connection string", False),
     (re.compile(r"lock (wait )?time ?out|record lock|lock table", re.I),
      "waited on a record lock: read with isolation READ UNCOMMITTED (CBM_SOURCE_ISOLATION) or rerun later", True),
-    (re.compile(r"HYT00|HYT01|timeout expired|timed out", re.I),
+    (re.compile(rf"{_state('HYT00', 'HYT01')}|timeout expired|timed out", re.I),
      "the query or login timed out: raise CBM_QUERY_TIMEOUT_S or QueryTimeout/LoginTimeout, or rerun", True),
-    (re.compile(r"08S01|08001|08004|communication link|connection (reset|refused|lost)|network", re.I),
+    (re.compile(rf"{_state('08S01', '08001', '08004')}|communication link|connection (reset|refused|lost)|"
+                r"network (error|failure|is unreachable|unreachable)", re.I),
      "the connection to the Progress server failed: check HOST/PORT and that the SQL broker runs", True),
-    (re.compile(r"no such table|table/view/synonym not found|\(7519\)|42S02", re.I),
+    (re.compile(rf"no such table|table/view/synonym not found|\(7519\)|{_state('42S02')}", re.I),
      "the table does not exist in PUB: check config.ETL_Tables.TableName (`cbm-etl discover` lists tables)", False),
-    (re.compile(r"no such column|column not found|42S22|\(7518\)", re.I),
+    (re.compile(rf"no such column|column not found|{_state('42S22')}|\(7518\)", re.I),
      "no such column at the source: run `cbm-etl sync-columns <table>`, or fix FilterClause / a "
      "SourceExpression that names it", False),
 ]

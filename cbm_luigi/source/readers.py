@@ -240,8 +240,9 @@ class PyodbcReader(_DbApiReader):
         import pyodbc
 
         self.dialect = dialect
-        self.con = _odbc_retry(lambda: pyodbc.connect(settings.source_odbc, autocommit=True,
-                                                      timeout=settings.query_timeout_s or 0),
+        # no `timeout=` here: pyodbc sets it as SQL_ATTR_LOGIN_TIMEOUT, which overrides the DSN's LoginTimeout, so a
+        # one-hour query cap made each connect to a dead server wait an hour (found in review)
+        self.con = _odbc_retry(lambda: pyodbc.connect(settings.source_odbc, autocommit=True),
                                settings.connect_retries, "connect")
         steps = _init_sql(self.con.execute, settings)
         if settings.source_isolation == "READ_UNCOMMITTED":
@@ -276,10 +277,13 @@ class ArrowOdbcReader(Reader):
         _set_up(self, steps, settings)
 
     def query(self, sql, params=None):
-        # catalog-sized answers: small buffers (the default 65,535 rows x column size costs ~250 MB)
+        # catalog-sized answers: small buffers (the default 65,535 rows x column size costs ~250 MB); under the
+        # query timeout as every statement (without it the catalog reads and the kept connection's check hung on a
+        # server that stopped answering: found in review)
         reader = self.con.read_arrow_batches(sql, parameters=[None if p is None else str(p) for p in params or []],
                                              batch_size=1000, max_bytes_per_batch=8 * 1024 * 1024,
-                                             max_text_size=MAX_TEXT_BYTES, max_binary_size=MAX_BINARY_BYTES)
+                                             max_text_size=MAX_TEXT_BYTES, max_binary_size=MAX_BINARY_BYTES,
+                                             query_timeout_sec=self.settings.query_timeout_s or None)
         return [tuple(r.values()) for b in reader for r in b.to_pylist()]
 
     def stream(self, sql, params, schema, batch_rows):

@@ -154,7 +154,8 @@ TECH_COLUMNS = frozenset(STAGE_TECH + ODS_STATE + TYPE1_TECH + SCD2_TECH)
 
 
 def evolve(d: WarehouseDialect, schema: str, table: str, wanted: list[Column],
-           existing: dict[str, tuple[str, bool]], names: dict[str, str] | None = None) -> tuple[list[str], list[str]]:
+           existing: dict[str, tuple[str, bool]], names: dict[str, str] | None = None,
+           overridden: frozenset[str] = frozenset()) -> tuple[list[str], list[str]]:
     """Statements that bring `schema.table` (existing: name -> (type text, nullable)) up to `wanted`.
 
     New columns are added; strings and binaries longer than the column widen it; a number widens to its new type
@@ -163,6 +164,7 @@ def evolve(d: WarehouseDialect, schema: str, table: str, wanted: list[Column],
     from the source, excluded), accepts NULL (all logged by the caller); any other type change raises
     SchemaChangeError. Returns (statements, human-readable changes). `names`: how the messages name a column
     (by its Progress name, with the warehouse name when it differs: the SQL name can be another field's).
+    `overridden`: the columns whose type an override declares (IsOverride): a change of theirs is the operator's.
     """
     stmts, changes = [], []
     lower = {k.lower(): (k, v) for k, v in existing.items()}
@@ -197,6 +199,12 @@ def evolve(d: WarehouseDialect, schema: str, table: str, wanted: list[Column],
                                                    f"new fit)"))
             if d.name == "mssql":
                 continue  # ALTER COLUMN restated the nullability; DuckDB's ALTER ... TYPE keeps NOT NULL
+        elif not same and col.name in overridden:  # 'the source type changed' sent the operator to Progress
+            raise SchemaChangeError(
+                f"{schema}.{table}, column {shown}: its override in config.ETL_Columns (IsOverride = 1) declares "
+                f"{want}, and the column holds {have}. Nothing was cast. Set the override's DataType/Width/Scale "
+                f"back to a type {have} holds, or migrate the ods column yourself (ALTER TABLE ... / rename it "
+                f"away: a new column is added) and rerun the table.")
         elif not same:
             raise SchemaChangeError(
                 f"{schema}.{table}, column {shown}: the source type changed from {have} to {want}. Nothing was "
