@@ -63,7 +63,9 @@ def column_rows(s: Session, table: str) -> list[dict]:
 def uninitialised_hint(error: str, warehouse: str) -> str | None:
     """The advice for an error that says the config/etl tables are missing, naming the warehouse that was opened
     (a settings mistake opens the embedded default instead of SQL Server, and init-db would build it there)."""
-    if re.search(r"does not exist|Invalid object name", error) and re.search(r"ETL_|\b(etl|config|meta)\.", error):
+    # SQL Server's text is in the session's language: its SQLSTATE and number (208) are not
+    if re.search(r"does not exist|Invalid object name|\b42S02\b|\(208\)", error) and \
+            re.search(r"ETL_|\b(etl|config|meta)\.", error):
         return (f"{error.splitlines()[0]} (the warehouse opened is {warehouse}: if it is the one meant, run "
                 f"`cbm-etl init-db`; if not, check CBM_WAREHOUSE_KIND and its settings in .env)")
     return None

@@ -121,9 +121,11 @@ def _changed_at_source(reader: Reader, plan: TablePlan, exc: SourceValueError) -
     INTEGER made INT64, MANDATORY unticked): the refusal says so and gives the fix, sync-columns and the same
     command, instead of its advice to fix the row, override or exclude the column, none of which is right then
     (found in review). None when the catalog says what config.ETL_Columns says, or the column is an override
-    (IsOverride, with or without an expression: its type is the operator's, and sync-columns keeps it)."""
+    with an expression, or a type refused under an override (its type is the operator's, and sync-columns keeps
+    it; it does refresh an override's NullFlag, so a field made optional is still said)."""
     col = next((c for c in plan.columns if c.sql_name == exc.column), None)
-    if col is None or exc.reason not in ("type", "null") or col.expression is not None or col.override:
+    if col is None or exc.reason not in ("type", "null") or col.expression is not None or \
+            col.override and exc.reason == "type":
         return None
     try:
         found = {c.name.lower(): c for c in catalog.read_columns(reader, plan.table)}

@@ -89,8 +89,10 @@ class RelationGoneError(RuntimeError):
 
 
 def stage_columns(plan: TablePlan, max_lengths: dict[str, int] | None = None) -> list[Column]:
+    """The batch's columns, sized by `max_lengths` (stage_lengths) where measured: 0 when no row has a value,
+    which sizes a new column by its declared width and widens no existing one."""
     lengths = max_lengths or {}
-    return [Column(n, t, nullable, lengths.get(n) or None) for n, t, nullable in plan.output_columns()]
+    return [Column(n, t, nullable, lengths.get(n)) for n, t, nullable in plan.output_columns()]
 
 
 def check_batch_file(plan: TablePlan, path: Path, batch_id: str) -> str:

@@ -83,13 +83,14 @@ def state_query(s: Session, warehouse: Warehouse | None, sql: str, params: list,
         named = [t for t in used if m and m.group(1).lower() == t.lower()]
         if m and not named and m.group(1).lower() not in ("etl_markers", "etl_tablestate"):
             raise  # another table is missing (config.*): said by whoever asked for it
-        if named or "does not exist" in text.lower() or "invalid object name" in text.lower():
+        if named or "does not exist" in text.lower() or "invalid object name" in text.lower() or \
+                warehouse is not None and warehouse.missing_relation(text):  # SQL Server's text is in its language
             which = " / ".join(f"etl.{t}" for t in named or used)
             raise RuntimeError(f"the warehouse lacks {which}: run `cbm-etl init-db --no-tables` once (it adds what "
                                f"is missing and changes nothing else{where})") from exc
         # DuckDB: Table "st" does not have a column named "X"; SQL Server: Invalid column name 'X'
         later = [c for c in _LATER_COLUMNS if c.lower() in text.lower()]
-        if later and re.search(r"does not have a column|not found|invalid column name", text, re.I):
+        if later and re.search(r"does not have a column|not found|invalid column name|\b42S22\b|\(207\)", text, re.I):
             raise RuntimeError(f"the warehouse lacks etl.ETL_TableState.{later[0]}, which this version uses: run "
                                f"`cbm-etl init-db --no-tables` once (it adds what is missing and changes nothing "
                                f"else{where})") from exc

@@ -156,7 +156,7 @@ def test_changed_type_is_an_error_never_a_cast(env):
     assert cbm_etl(["sync-columns", "produit"]) == 0
     assert not succeeded(build(LoadTable(table="produit", mode="full", batch_tag="retyped")))
     err = env.sql("SELECT ErrorMessage FROM etl.ETL_Log WHERE Status = 'FAILED'")[0][0]
-    assert "ods.produit, column stock: the source type changed" in err and "INTEGER" in err and "VARCHAR" in err and "SourceExpression" in err
+    assert "ods.produit, column stock: its type changed" in err and "INTEGER" in err and "VARCHAR" in err and "SourceExpression" in err
     assert env.sql("SELECT data_type FROM information_schema.columns WHERE table_schema = 'ods' AND "
                    "table_name = 'produit' AND column_name = 'stock'")[0][0] == "INTEGER"
     # the advice works: an override with the old type and a cast to it survives sync-columns and loads
@@ -1268,3 +1268,74 @@ def test_an_override_that_changes_the_ods_type_is_said_as_the_override(env):
     assert cbm_etl(["sync-columns", "client"]) == 0  # the advice followed: the catalog's type back
     assert _load("client", run_id="r3", batch_tag="b")
     assert_ods_equals_source(env, "client")
+
+
+def test_a_field_made_optional_in_progress_under_an_override_still_says_to_run_sync_columns(env):
+    """A first fix made extract._changed_at_source skip every IsOverride column ('its type is the operator's, and
+    sync-columns keeps it'). That holds for the type, not for NullFlag: sync-columns rewrites NullFlag (and
+    ArrayExtent) from the catalog on override rows too. So a field with a type-only override (here a wider
+    Width, no SourceExpression) whose MANDATORY the DBA unticks: the first unknown value used to be refused with
+    'it changed in Progress since sync-columns last read it. Run sync-columns, then the same command', which
+    works; it got the advice to fix the row in Progress, override or exclude the column, none of which is
+    right (the row is valid in Progress now; found in review)."""
+    on_source(env, "UPDATE SYSCOLUMNS_FULL SET nullflag = 'N' WHERE tbl = 'client' AND col = 'nom'")
+    assert _load("client", run_id="r1", batch_tag="a")
+    env.sql("UPDATE config.ETL_Columns SET IsOverride = TRUE, Width = 200 "
+            "WHERE TableName = 'client' AND ColumnName = 'nom'")
+    assert _load("client", "incremental", run_id="r2", batch_tag="b")  # the override itself loads
+    on_source(env, "UPDATE SYSCOLUMNS_FULL SET nullflag = 'Y' WHERE tbl = 'client' AND col = 'nom'")
+    on_source(env, "UPDATE client SET nom = NULL, dat_mod = ?, heure = ? WHERE cod_cli = 1", params=_now_stamp())
+
+    assert not _load("client", "incremental", run_id="r3", batch_tag="c")
+    err = last_error(env, "client")
+    assert "column nom" in err and "NULL" in err, err
+    assert "it changed in Progress since `cbm-etl sync-columns` last read it" in err, err
+    # the advice it lost works: sync-columns takes the new NullFlag on the override row, the rerun loads
+    assert cbm_etl(["sync-columns", "client"]) == 0
+    assert env.sql("SELECT NullFlag, IsOverride, Width FROM config.ETL_Columns WHERE TableName = 'client' "
+                   "AND ColumnName = 'nom'") == [("Y", True, 200)]
+    assert _load("client", "incremental", run_id="r4", batch_tag="c")
+    assert_ods_equals_source(env, "client")
+
+
+def test_an_override_removed_after_ods_was_built_under_it_is_not_called_a_change_in_progress(env):
+    """The mirror of 'an override that changes ods's type says so': client.cp (text in Progress) loaded
+    from the start under an override as INTEGER (`CAST("cp" AS INTEGER)`), then the override removed
+    (IsOverride = 0, sync-columns: the catalog's VARCHAR back). Nothing changed in Progress, yet the refusal
+    said 'the source type changed from INTEGER to VARCHAR', which sent the operator to the ERP's DBA (found in
+    review). ods records no column's past override: the message names both causes."""
+    on_source(env, "UPDATE client SET cp = '75001'")
+    assert cbm_etl(["sync-columns", "client"]) == 0
+    env.sql("""UPDATE config.ETL_Columns SET IsOverride = TRUE, DataType = 'integer', Width = 4, Scale = 0,
+               SourceExpression = 'CAST("cp" AS INTEGER) AS cp' WHERE TableName = 'client' AND ColumnName = 'cp'""")
+    assert _load("client", run_id="r1", batch_tag="a")
+    assert env.sql("SELECT data_type FROM information_schema.columns WHERE table_schema = 'ods' AND "
+                   "table_name = 'client' AND column_name = 'cp'") == [("INTEGER",)]
+    env.sql("UPDATE config.ETL_Columns SET IsOverride = FALSE WHERE TableName = 'client' AND ColumnName = 'cp'")
+    assert cbm_etl(["sync-columns", "client"]) == 0  # the catalog's type back: Progress itself never changed
+    assert not _load("client", "full", run_id="r2", batch_tag="b")
+    err = last_error(env, "client")
+    assert "column cp" in err, err
+    assert "source type changed" not in err and "override in config.ETL_Columns set or removed" in err, err
+
+
+def test_the_triage_rows_way_out_of_an_override_refusal_works_when_ods_was_built_under_the_override(env):
+    """OPERATIONS' triage row for 'its override in config.ETL_Columns (IsOverride = 1) declares Y, and the
+    column holds X' offered '(or IsOverride = 0 and `cbm-etl sync-columns <table>` for the catalog's type)',
+    which works only when ods holds the catalog's type (found in review). ods built under the override
+    (client.cp, text in Progress, loaded as INTEGER from the start), the override's type then edited to text:
+    refused as the override; the row's way out (the DataType back to a type ods holds) loads."""
+    on_source(env, "UPDATE client SET cp = '75001'")
+    assert cbm_etl(["sync-columns", "client"]) == 0
+    env.sql("""UPDATE config.ETL_Columns SET IsOverride = TRUE, DataType = 'integer', Width = 4, Scale = 0,
+               SourceExpression = 'CAST("cp" AS INTEGER) AS cp' WHERE TableName = 'client' AND ColumnName = 'cp'""")
+    assert _load("client", run_id="r1", batch_tag="a")
+    env.sql("UPDATE config.ETL_Columns SET DataType = 'character', Width = 10 WHERE TableName = 'client' "
+            "AND ColumnName = 'cp'")
+    assert not _load("client", run_id="r2", batch_tag="b")
+    assert "its override in config.ETL_Columns (IsOverride = 1) declares" in last_error(env, "client")
+    # the triage row's way out, followed to the letter
+    env.sql("UPDATE config.ETL_Columns SET DataType = 'integer', Width = 4 WHERE TableName = 'client' "
+            "AND ColumnName = 'cp'")
+    assert _load("client", run_id="r3", batch_tag="b"), last_error(env, "client")
+    assert env.sql("SELECT DISTINCT cp FROM ods.client") == [(75001,)]  # the override's INTEGER, as ods holds it

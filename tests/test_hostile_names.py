@@ -59,8 +59,8 @@ def test_a_type_change_is_named_by_the_progress_field_not_another_fields_name(en
     assert cbm_etl(["sync-columns", "produit"]) == 0
     assert not succeeded(build(LoadTable(table="produit", mode="full", batch_tag="c")))
     error = last_error(env, "produit")
-    assert "the source type changed" in error
-    assert "column prix-vte (prix_vte in the warehouse): the source type changed" in error, error
+    assert "its type changed" in error
+    assert "column prix-vte (prix_vte in the warehouse): its type changed" in error, error
 
 
 # -- 3. a `--` inside a quoted field name is taken for a comment ---------------------------------------------

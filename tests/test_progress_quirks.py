@@ -406,3 +406,51 @@ def test_every_source_statement_of_the_default_reader_runs_under_the_query_timeo
     assert any(t == 7 for _q, t in seen), seen  # the extract's SELECT has it
     untimed = [q for q, t in seen if t != 7]
     assert not untimed, f"statements sent without CBM_QUERY_TIMEOUT_S: {untimed}"
+
+
+@pytest.mark.parametrize("literal, wrong_advice", [
+    ("access denied", "GRANT SELECT"),
+    ("timed out", "raise CBM_QUERY_TIMEOUT_S"),
+    ("login failed", "check UID/PWD"),
+    ("connection refused", "check HOST/PORT"),
+])
+def test_a_phrase_in_the_quoted_statement_does_not_choose_the_driver_advice(env, monkeypatch, literal, wrong_advice):
+    """The SQLSTATEs and the bare `network` in errors._RULES were anchored because 'a driver's message quotes
+    the statement back, and its numbers or words chose the advice'; the phrases of the other rules still matched
+    anywhere (found in review). A FilterClause on a status text whose closing quote was forgotten (`motif <> 'access denied`, the
+    same kind of typo as the commit's `IN (1 193)`) is quoted back by the driver (SQLite: `unrecognized token:
+    "'access denied)"`, OpenEdge: `at or about "..." (10713)`), and the advice is GRANT SELECT / the query timeout
+    / UID-PWD / HOST-PORT instead of the syntax error in FilterClause. A syntax error is said first."""
+    raw_table(env.source, "motifs", [(Col("id", "integer", nullable=False), "INTEGER"),
+                                     (Col("motif", "varchar", 30), "VARCHAR(30)")], ("id",), [(1, "ok")])
+    configure(env, monkeypatch, "pyodbc", "motifs", FilterClause=f"motif <> '{literal}")  # closing quote forgotten
+    assert not run("motifs")
+    err = failure(env, "motifs")
+    assert literal in err, err  # the driver quoted the statement back ...
+    assert wrong_advice not in err and "FilterClause" in err, err  # ... and its words chose the advice
+
+
+def test_the_default_readers_set_up_statements_run_under_the_query_timeout_too(env, monkeypatch):
+    """arrow-odbc's catalog reads and connection check run under CBM_QUERY_TIMEOUT_S, and .env.template says the
+    timeout covers 'every statement on the source'. ArrowOdbcReader sent its set-up statements through
+    Connection.execute without `query_timeout_sec` (found in review): CBM_SOURCE_INIT_SQL here, and on Progress
+    `SET TRANSACTION ISOLATION LEVEL READ UNCOMMITTED`, run on every new connection (the default reader, default
+    isolation). A server that accepts the login and then stops answering hangs the night there, for ever, the
+    failure fixed for the catalog reads. PyodbcReader sets `con.timeout` before the same statements."""
+    import importlib
+
+    ao = importlib.import_module("arrow_odbc.connect")
+    for k, v in odbc_vars(env, "arrow-odbc").items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("CBM_QUERY_TIMEOUT_S", "7")
+    seen = []
+    real = ao.Connection.execute
+
+    def spy(self, query, *a, **kw):
+        seen.append((query[:40], kw.get("query_timeout_sec")))
+        return real(self, query, *a, **kw)
+    monkeypatch.setattr(ao.Connection, "execute", spy)
+    assert succeeded(build(LoadTable(table="famille", mode="full")))
+    assert seen, "no set-up statement went through arrow-odbc"
+    untimed = [q for q, t in seen if t != 7]
+    assert not untimed, f"set-up statements sent without CBM_QUERY_TIMEOUT_S: {untimed}"

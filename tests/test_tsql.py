@@ -32,7 +32,7 @@ from cbm_luigi import config_store, runlog, steps
 from cbm_luigi.extract import META_KEY
 from cbm_luigi.plan import ConfigError, PlanColumn, TablePlan
 from cbm_luigi.settings import Settings
-from cbm_luigi.targets import MarkerTarget, StageTarget, record_merged, record_validated, remove_markers
+from cbm_luigi.targets import MarkerTarget, StageTarget, record_merged, record_validated, remove_markers, state_query
 from cbm_luigi.transform import TechnicalValues
 from cbm_luigi.types import ColumnType
 from cbm_luigi.warehouse import mssql_wh
@@ -380,9 +380,9 @@ def test_evolve_on_sql_server_types():
     assert evolve(D, "ods", "t", [Column("n", ColumnType("int32"))], {"n": ("DECIMAL(10,0)", True)}) == ([], [])
     assert evolve(D, "ods", "t", [Column("n", ColumnType("decimal", 10, 0))], {"n": ("INT", True)})[0] == [
         "ALTER TABLE [ods].[t] ALTER COLUMN [n] DECIMAL(10,0) NULL"]
-    with pytest.raises(SchemaChangeError, match="source type changed from DECIMAL\\(38,0\\) to DECIMAL\\(38,10\\)"):
+    with pytest.raises(SchemaChangeError, match="its type changed from DECIMAL\\(38,0\\) to DECIMAL\\(38,10\\)"):
         evolve(D, "ods", "t", [Column("x", ColumnType("decimal", 38, 10))], {"x": ("DECIMAL(38,0)", True)})
-    with pytest.raises(SchemaChangeError, match="source type changed from INT to DATE"):
+    with pytest.raises(SchemaChangeError, match="its type changed from INT to DATE"):
         evolve(D, "ods", "t", [Column("n", ColumnType("date"))], {"n": ("INT", True)})
     assert_all_parse(stmts + widened, "evolve")
 
@@ -1502,3 +1502,103 @@ def test_the_merge_holds_what_it_checked_stg_holds_until_it_commits_on_sql_serve
         f"the merge's check of what stg holds takes no lock:\n  {stmts[check]}\nso another run's stage "
         f"committed in between (after statement {rec.replaced_at}), and the merge of full batch 2024-01-01 "
         f"{outcome} (soft-deleted, as counted: {merged and merged.deleted})")
+
+
+# -- SQL Server errors known by number and SQLSTATE, whatever the session language (DBA review) ---------------
+
+# pyodbc's text of a SQL Server error: (SQLSTATE, '[SQLSTATE] [driver][SQL Server]<message> (<native error>)
+# (<function>)'). The message is in the session's language: "The session language determines the datetime
+# formats and system messages" (docs: SET LANGUAGE); a login gets the server's default language (French on a
+# French installation, the likely one for a French ERP). SQLSTATE and native error number do not change.
+FR_511 = ("('42000', \"[42000] [Microsoft][ODBC Driver 18 for SQL Server][SQL Server]Impossible de créer une ligne "
+          "de taille 9912, supérieure à la taille de ligne maximale autorisée de 8060. (511) (SQLExecDirectW)\")")
+FR_208_STATE = ("('42S02', \"[42S02] [Microsoft][ODBC Driver 18 for SQL Server][SQL Server]Nom d'objet "
+                "'etl.ETL_TableState' non valide. (208) (SQLExecDirectW)\")")
+FR_207_SHAPE = ("('42S22', \"[42S22] [Microsoft][ODBC Driver 18 for SQL Server][SQL Server]Nom de colonne non "
+                "valide : 'ExtractShape'. (207) (SQLExecDirectW)\")")
+
+
+def test_a_row_too_wide_is_recognised_by_its_error_number_not_its_english_text():
+    """Msg 511 (a row past 8,060 bytes in-row) was recognised by its English text only
+    (MssqlWarehouse.row_too_wide: "allowable maximum row size"): on a French session the merge failed with SQL
+    Server's raw message instead of naming the table and the arrays to keep whole (found in review)."""
+    wh = StubWarehouse()
+    english = ("('42000', \"[42000] [Microsoft][ODBC Driver 18 for SQL Server][SQL Server]Cannot create a row of "
+               "size 9912 which is greater than the allowable maximum row size of 8060. (511) (SQLExecDirectW)\")")
+    assert wh.row_too_wide(english)  # the same error in English is
+    assert wh.row_too_wide(FR_511), "Msg 511 in French is not recognised as a row too wide"
+
+
+class _Failing(RecordingSession):
+    def __init__(self, text):
+        super().__init__()
+        self.text = text
+
+    def query(self, sql, params=None):
+        raise RuntimeError(self.text)
+
+    def query_dicts(self, sql, params=None):
+        raise RuntimeError(self.text)
+
+
+@pytest.mark.parametrize("text,needle", [(FR_208_STATE, "init-db"), (FR_207_SHAPE, "init-db")],
+                         ids=["208-table-missing", "207-column-missing"])
+def test_a_warehouse_not_upgraded_is_told_to_run_init_db_whatever_the_session_language(text, needle):
+    """targets.state_query turns "the state table / a later column is missing" into "run `cbm-etl init-db
+    --no-tables` once", by matching English texts ("Invalid object name", "invalid column name"). The
+    SQLSTATEs 42S02 / 42S22 (and native errors 208 / 207) are in the text whatever the language; they were not
+    looked at, so a French session got SQL Server's raw error (found in review)."""
+    wh = StubWarehouse()
+    english = text.replace("Nom d'objet 'etl.ETL_TableState' non valide.", "Invalid object name 'etl.ETL_TableState'.") \
+        .replace("Nom de colonne non valide : 'ExtractShape'.", "Invalid column name 'ExtractShape'.")
+    with pytest.raises(RuntimeError, match="init-db"):  # the same error in English gets the advice
+        state_query(_Failing(english), wh, "SELECT st.ExtractShape FROM etl.ETL_Markers m JOIN etl.ETL_TableState st "
+                                           "ON st.TableName = m.TableName WHERE m.MarkerId = ?", ["m"])
+    with pytest.raises(RuntimeError) as err:
+        state_query(_Failing(text), wh, "SELECT st.ExtractShape FROM etl.ETL_Markers m JOIN etl.ETL_TableState st "
+                                        "ON st.TableName = m.TableName WHERE m.MarkerId = ?", ["m"])
+    assert needle in str(err.value), f"no init-db advice: {err.value}"
+
+
+def test_an_uninitialised_sql_server_warehouse_is_said_whatever_the_session_language():
+    """config_store.uninitialised_hint (the advice when config/etl tables are missing: run init-db, or check
+    CBM_WAREHOUSE_KIND) matched "Invalid object name" only (found in review)."""
+    text = FR_208_STATE.replace("etl.ETL_TableState", "config.ETL_Tables")
+    english = text.replace("Nom d'objet 'config.ETL_Tables' non valide.", "Invalid object name 'config.ETL_Tables'.")
+    assert config_store.uninitialised_hint(english, "mssql:Server=db") is not None  # in English it is
+    assert config_store.uninitialised_hint(text, "mssql:Server=db") is not None
+
+
+# -- a batch without a value in a column widens no ods column (DBA review) ------------------------------------
+
+def test_a_column_null_in_every_row_of_a_batch_does_not_widen_ods(stage_file):
+    """docs/mssql.md: ods widths "come from the longest value in stg" and columns are "widened when longer
+    values come". stage_lengths gives 0 for a column NULL in every row of the batch (MAX over no value; an
+    empty incremental batch: every column), and stage_columns turned 0 into "no length" -> the declared type:
+    NVARCHAR(MAX) for an unbounded Progress text (lvarchar/clob), the catalog width for a bounded one. evolve
+    then widened ods with no longer value seen (found in review): `ALTER COLUMN [label] NVARCHAR(MAX)`, logged as a schema change;
+    a key column is widened too, its clustered index dropped and built again (a rebuild of the table in the
+    nightly's transaction) for a night that brought no row."""
+    plan = all_kind_plan(dimension=False)
+    # ods as earlier merges made it: every string/binary column sized from the data seen (12)
+    info = []
+    for name, ct, nullable in plan.output_columns():
+        typ = D.column_type(ct, 12 if ct.kind in ("string", "binary") else None)
+        base = typ.split("(")[0].lower()
+        m = re.search(r"\((\d+)(?:,(\d+))?\)", typ)
+        char_len = int(m.group(1)) if m and ct.kind in ("string", "binary") else None
+        prec, scale = (int(m.group(1)), int(m.group(2))) if ct.kind == "decimal" else (None, None)
+        dt = 3 if base in ("datetime2", "datetimeoffset") else None
+        info.append((name, base, char_len, prec, scale, dt, "YES" if nullable else "NO"))
+    info.append(("_etl_inserted_at", "datetime2", None, None, None, 3, "YES"))
+    names = [n for n, t, _ in plan.output_columns() if t.kind in ("string", "binary")]
+    answers = [(r"INFORMATION_SCHEMA\.COLUMNS", info),
+               (r"MAX\(0\.5 \* DATALENGTH", [tuple(None for _ in names)]),  # no value in the batch
+               (r"AS inserted", [(0, 0, 0, 0, 0)]),
+               (r"FROM sys\.indexes AS i", [("CX_ods_all_kinds", "code")])]
+    rec = RecordingSession(answers + _canned(plan=plan, ods_exists=True, mode="incremental"))
+    wh = StubWarehouse(rec)
+    marker = MarkerTarget(wh, "m", table="all-kinds", step="merge", batch_id="2024-01-01", mode="incremental")
+    steps.merge(wh, plan, mode="incremental", batch_id="2024-01-01", marker=marker, run_id="r")
+    altered = [s for s in rec.statements if " ALTER COLUMN " in s or s.startswith("DROP INDEX")]
+    assert altered == [], "widened with no value seen:\n" + "\n".join(altered)

@@ -68,6 +68,11 @@ def _state(*codes: str) -> str:
 # the first rule whose pattern the driver's text matches gives the advice: phrases and codes of the drivers' own
 # words, never a bare number or a common word (the statement quoted back holds any)
 _RULES: list[tuple[re.Pattern, str, bool]] = [
+    # first: a syntax error quotes the statement back, and its words would choose any advice below (a FilterClause
+    # `motif <> 'access denied` with its quote forgotten was a missing GRANT: found in review)
+    (re.compile(r"syntax error|unrecognized token|\(10713\)", re.I),
+     "the source could not read the statement: check the table's FilterClause in config.ETL_Tables and its "
+     "SourceExpression overrides in config.ETL_Columns (the driver quotes the part it could not read)", False),
     (re.compile(r"value exceeding its max length or precision", re.I),
      "a value is longer than the column's SQL width in Progress. Widen the width at the source with `dbtool` "
      "(option 1 'SQL Width & Date Scan w/Report', option 2 'SQL Width Scan w/Fix'), or set a SourceExpression "

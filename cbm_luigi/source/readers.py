@@ -268,11 +268,14 @@ class ArrowOdbcReader(Reader):
         self.settings = settings
         self.con = _odbc_retry(lambda: arrow_odbc.connect(settings.source_odbc, autocommit=True),
                                settings.connect_retries, "connect")
-        steps = _init_sql(self.con.execute, settings)
+
+        def execute(sql: str):  # every statement under the query timeout, as pyodbc's `con.timeout` does
+            return self.con.execute(sql, query_timeout_sec=settings.query_timeout_s or None)
+        steps = _init_sql(execute, settings)
         if settings.source_isolation == "READ_UNCOMMITTED" and dialect.name == "openedge":
             steps.insert(0, ("CBM_SOURCE_ISOLATION=READ_UNCOMMITTED (SET TRANSACTION ISOLATION LEVEL READ "
                              "UNCOMMITTED)",
-                             lambda: self.con.execute("SET TRANSACTION ISOLATION LEVEL READ UNCOMMITTED")))
+                             lambda: execute("SET TRANSACTION ISOLATION LEVEL READ UNCOMMITTED")))
             _warn_without_dil(settings.source_odbc)
         _set_up(self, steps, settings)
 

@@ -514,8 +514,9 @@ class MssqlWarehouse(Warehouse):
 
     def row_too_wide(self, error):
         """Msg 511: a row's in-row part passes 8,060 bytes. Variable-length values of 24 bytes or less cannot move
-        off the row, so it depends on the data (split array elements, short texts), not on CREATE TABLE."""
-        return "allowable maximum row size" in error
+        off the row, so it depends on the data (split array elements, short texts), not on CREATE TABLE. Known by
+        its number too: the text is in the session's language (found in review)."""
+        return "allowable maximum row size" in error or bool(re.search(r"\(511\)", error))
 
     def _connect(self):
         import pyodbc
@@ -602,7 +603,8 @@ class MssqlWarehouse(Warehouse):
         return index == key_index_name(table) and [c.lower() for c in columns] == [k.lower() for k in keys]
 
     def missing_relation(self, error):
-        return "Invalid object name" in error or "42S02" in error  # SQL Server error 208
+        # SQL Server error 208, by its SQLSTATE or number whatever the session's language
+        return "Invalid object name" in error or "42S02" in error or bool(re.search(r"\(208\)", error))
 
     def table_columns(self, s, schema, table):
         out = {}

@@ -180,7 +180,9 @@ def evolve(d: WarehouseDialect, schema: str, table: str, wanted: list[Column],
         wider = None  # the column ods widens to
         if not same and col.ctype.kind in ("string", "binary") and _base(have) == _base(want):
             hw, ww = _width(have), _width(want)
-            if hw is not None and (ww is None or ww > hw):
+            # max_len 0: measured, and no row of the batch has a value: nothing longer came (found in review: a
+            # quiet night widened every text column to its declared width or MAX, and rebuilt the key index)
+            if hw is not None and (ww is None or ww > hw) and col.max_len != 0:
                 wider = col
             else:
                 same = True  # wide enough already
@@ -207,7 +209,8 @@ def evolve(d: WarehouseDialect, schema: str, table: str, wanted: list[Column],
                 f"away: a new column is added) and rerun the table.")
         elif not same:
             raise SchemaChangeError(
-                f"{schema}.{table}, column {shown}: the source type changed from {have} to {want}. Nothing was "
+                f"{schema}.{table}, column {shown}: its type changed from {have} to {want} (in Progress, or an "
+                f"override in config.ETL_Columns set or removed since ods was built). Nothing was "
                 f"cast. To keep loading it as {have}: on its row in config.ETL_Columns set IsOverride = 1, "
                 f"DataType/Width/Scale to that type and a SourceExpression that casts to it (sync-columns keeps "
                 f"all four; a value that does not fit is then refused by name). Or migrate the ods column "
