@@ -7,10 +7,10 @@ import logging
 import shutil
 import stat
 import sys
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
-from . import config_store, demo_source
+from . import config_store, demo_source, runlog
 from .plan import PLAN_ERRORS
 from .runlog import kept_error
 from .settings import SettingError, load_settings, mask_secrets
@@ -150,8 +150,7 @@ def cmd_invalidate(args) -> int:
 
 
 # latest by LogId, the order rows were written (LogTs is local wall-clock time, which repeats an hour in autumn)
-_LATEST_BATCH = ("SELECT TableName, BatchId, Mode FROM (SELECT TableName, BatchId, Mode, row_number() OVER "
-                 "(PARTITION BY TableName ORDER BY LogId DESC) AS rn FROM etl.ETL_Log) AS x WHERE rn = 1")
+_LATEST_BATCH = runlog.LATEST_BATCHES
 _STEPS = ("extract", "stage", "merge", "validate")
 
 
@@ -256,6 +255,23 @@ def _sla_reason(r: dict) -> str:
     error = " ".join(str(r["LastError"] or "no message logged").split())
     # its start and its end, where the way out is: a page is read on a phone
     return f"its last step failed at {r['LastRunTs']:%Y-%m-%d %H:%M}: {kept_error(error, 400)}; {since}"
+
+
+def cmd_prune_history(args) -> int:
+    """Delete the pipeline's own records (etl.ETL_Log, etl.ETL_Validation, etl.ETL_Markers) older than
+    `--keep-days`, keeping each table's latest batch whole: they grow by about 150 MB a year for 1,000 tables, and
+    on SQL Server the monitoring views read the whole log."""
+    if args.keep_days < runlog.MIN_KEEP_DAYS:
+        print(f"prune-history: --keep-days {args.keep_days}: keep at least {runlog.MIN_KEEP_DAYS} days (the "
+              f"performance view reads 7, and a recent night's triage needs its rows)", file=sys.stderr)
+        return 2
+    settings = load_settings()
+    before = datetime.now().replace(microsecond=0) - timedelta(days=args.keep_days)
+    deleted = runlog.prune_history(open_warehouse(settings), before)
+    release_connections()
+    for table, n in deleted.items():
+        print(f"{table}: {n:,} row(s) written before {before:%Y-%m-%d %H:%M} deleted")
+    return 0
 
 
 def cmd_clean_cache(args) -> int:
@@ -379,6 +395,10 @@ def main(argv: list[str] | None = None) -> int:
     a = sub.add_parser("check-sla", help="print the tables not OK in etl.vw_SLABreach; exit 2 if any (for paging)")
     a.add_argument("--critical", action="store_true", help="only the tables with IsCritical = 1")
     a.set_defaults(fn=cmd_check_sla)
+    a = sub.add_parser("prune-history", help="delete run log, validation and marker rows older than N days "
+                                              "(each table's latest batch is kept)")
+    a.add_argument("--keep-days", type=int, required=True)
+    a.set_defaults(fn=cmd_prune_history)
     a = sub.add_parser("clean-cache", help="remove cached batches, keeping the newest N")
     a.add_argument("--keep", type=_not_negative, default=3)
     a.set_defaults(fn=cmd_clean_cache)

@@ -332,9 +332,12 @@ def _say_held_back(task: CbmTask) -> None:
         tables, deps = _config(task.settings)
         held = config_store.waiting_for(task.table, tables, deps, critical_stops=not task.continue_on_error)
         asked = _RUN_TABLES.get((task.batch_id, task.mode))
+        held = [t for t in held if asked is None or t in asked]
+        if not held:  # no query then: on a night the source is down, every table fails
+            return
         with task.warehouse.session() as s:  # a rerun: those the batch loaded before are not held back
             done = validated_in(s, task.batch_id)
-        held = [t for t in held if (asked is None or t in asked) and (t, task.mode) not in done]
+        held = [t for t in held if (t, task.mode) not in done]
         freed = [] if task.continue_on_error else [
             t for t in held if t in config_store.freed_by_continue_on_error(task.table, tables, deps)]
     except Exception:  # noqa: BLE001 — only a message: the failure itself is logged and stands

@@ -626,3 +626,31 @@ def test_clean_cache_run_by_the_etl_user_skips_what_it_cannot_remove_and_removes
         assert f"removed {env.cache / batches[0]}" in run.stdout and f"removed {env.cache / batches[2]}" in run.stdout
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_prune_history_deletes_old_records_and_keeps_each_tables_latest_batch(env, capsys):
+    """The pipeline's own records grow by about 150 MB a year for 1,000 tables and nothing pruned them (found in
+    review). `prune-history --keep-days N` deletes what was written before, each table's latest batch kept whole
+    (the views, `summary` and check-sla read it), and the next night runs as before."""
+    assert succeeded(build(LoadAll(mode="full", batch_tag="old", run_id="r1")))
+    assert succeeded(build(LoadAll(mode="full", batch_tag="mid", run_id="r2")))
+    mid = next(b for (b,) in env.sql("SELECT DISTINCT BatchId FROM etl.ETL_Log") if b.endswith("-mid"))
+    history = (("etl.ETL_Log", "LogTs"), ("etl.ETL_Validation", "CheckedAt"), ("etl.ETL_Markers", "CreatedAt"))
+    counts = {t: env.sql(f"SELECT COUNT(*) FROM {t}")[0][0] for t, _c in history}
+    for table, col in history:  # both batches written 400 days ago: 'mid' is every table's latest, so it stays
+        env.sql(f"UPDATE {table} SET {col} = {col} - INTERVAL 400 DAY")
+    assert cbm_etl(["prune-history", "--keep-days", "7"]) == 2  # below the floor: refused, nothing deleted
+    assert env.sql("SELECT COUNT(*) FROM etl.ETL_Log")[0][0] == counts["etl.ETL_Log"]
+    capsys.readouterr()
+    assert cbm_etl(["prune-history", "--keep-days", "365"]) == 0
+    out = capsys.readouterr().out
+    for table, _col in history:
+        assert f"{table}: " in out, out
+        assert {b for (b,) in env.sql(f"SELECT DISTINCT BatchId FROM {table}")} == {mid}, table
+        assert 0 < env.sql(f"SELECT COUNT(*) FROM {table}")[0][0] < counts[table]
+    assert cbm_etl(["summary"]) == 0 and "INCOMPLETE" not in capsys.readouterr().out
+    assert {r[0] for r in env.sql("SELECT SLAStatus FROM etl.vw_SLABreach")} == {"OK"}
+    assert cbm_etl(["demo-change"]) == 0
+    assert succeeded(build(LoadAll(mode="full", batch_tag="next", run_id="r3")))  # a full: deletions too
+    for t in ("client", "produit", "lignecli"):
+        assert_ods_equals_source(env, t)

@@ -161,3 +161,25 @@ def test_the_advice_for_a_warehouse_without_the_state_table_changes_nothing_else
     assert cbm_etl(advice.group(1).split()) == 0
     assert env.sql("SELECT TableName FROM config.ETL_Tables WHERE TableName = 'hisprixa'") == [], \
         f"`cbm-etl {advice.group(1)}` put the removed table hisprixa back into config.ETL_Tables"
+
+
+def test_the_documented_housekeeping_crontab_line_cleans_and_prunes(env):
+    """OPERATIONS.md's Sunday housekeeping line, run as written in the deployment's directory after a few nights:
+    it keeps 8 cached batches and the history of 400 days, exits 0 (no page), and the next night loads."""
+    home = env.home
+    (home / ".venv" / "bin").mkdir(parents=True)
+    (home / ".venv" / "bin" / "cbm-etl").symlink_to(BIN / "cbm-etl")
+    for n in range(10):
+        assert succeeded(build(LoadAll(mode="full", batch_tag=f"n{n}", run_id=f"r{n}")))
+    env.sql("UPDATE etl.ETL_Log SET LogTs = LogTs - INTERVAL 500 DAY WHERE NOT BatchId LIKE '%-n9'")
+    command = _cron_line("0", at="0 14").replace("/opt/cbm_luigi", str(home)).replace(
+        "/opt/bin/page-data-team", "echo PAGED")
+    run = subprocess.run(["/bin/sh", "-c", command], env=subprocess_env(env), capture_output=True, text=True,
+                         timeout=300)
+    assert "PAGED" not in run.stdout + run.stderr, run.stdout + run.stderr
+    assert "etl.ETL_Log: " in (home / "var" / "log" / "housekeeping.log").read_text()
+    assert len([p for p in env.cache.iterdir() if p.is_dir()]) == 8
+    assert {b[-2:] for (b,) in env.sql("SELECT DISTINCT BatchId FROM etl.ETL_Log")} == {"n9"}
+    assert succeeded(build(LoadAll(mode="incremental", batch_tag="next", run_id="rn")))
+    for t in DEMO_TABLES:
+        assert_ods_equals_source(env, t)

@@ -726,7 +726,13 @@ def test_marker_runlog_config_statements_parse(tmp_path):
     assert any(s.startswith("INSERT INTO config.ETL_Tables") for s in stmts)
     log_params = [p for s, p in rec.log if s.startswith("INSERT INTO etl.ETL_Log")]
     assert all("secret" not in str(p) for p in log_params)
-    assert_all_parse(stmts, "markers / run log / config")
+    # prune-history: the same statements as on DuckDB (tests/test_cli.py runs them there)
+    before = len(rec.log)
+    rec.answers.insert(0, (r"^SELECT COUNT\(\*\) FROM etl\.ETL_(Log|Validation|Markers) WHERE", [(5,)]))
+    assert set(runlog.prune_history(wh, datetime(2024, 1, 1)).values()) == {5}
+    pruned = [s for s, _p in rec.log[before:]]
+    assert sum(s.startswith("DELETE FROM etl.") for s in pruned) == 3, pruned
+    assert_all_parse(stmts + pruned, "markers / run log / config / prune-history")
 
 
 def test_sync_columns_statements_parse(tmp_path):

@@ -63,13 +63,14 @@ FROM (
                     THEN DATEDIFF_BIG(SECOND, c.LastSuccessTs, SYSDATETIME()) END AS SecondsSinceSuccess
     FROM config.ETL_Tables AS c
 ) AS t
-LEFT JOIN (
-    SELECT x.TableName, x.Status AS LastStatus, x.ErrorMessage AS LastError, x.LogTs AS LastRunTs,
-           x.BatchId AS LastBatchId, x.Mode AS LastMode
-    FROM (SELECT l.TableName, l.Status, l.ErrorMessage, l.LogTs, l.BatchId, l.Mode,
-                 ROW_NUMBER() OVER (PARTITION BY l.TableName ORDER BY l.LogId DESC) AS rn
-          FROM etl.ETL_Log AS l) AS x
-    WHERE x.rn = 1
-) AS f ON f.TableName = t.TableName
+-- each active table's last log row: one seek of IX_ETL_Log_Table_LogId a table (a ROW_NUMBER over the log read
+-- all of it at every check-sla and summary: found in review); the same row as DuckDB's row_number
+OUTER APPLY (
+    SELECT TOP (1) l.Status AS LastStatus, l.ErrorMessage AS LastError, l.LogTs AS LastRunTs,
+           l.BatchId AS LastBatchId, l.Mode AS LastMode
+    FROM etl.ETL_Log AS l
+    WHERE l.TableName = t.TableName
+    ORDER BY l.LogId DESC
+) AS f
 WHERE t.IsActive = 1;
 GO
