@@ -261,9 +261,10 @@ def cmd_prune_history(args) -> int:
     """Delete the pipeline's own records (etl.ETL_Log, etl.ETL_Validation, etl.ETL_Markers) older than
     `--keep-days`, keeping each table's latest batch whole: they grow by about 150 MB a year for 1,000 tables, and
     on SQL Server the monitoring views read the whole log."""
-    if args.keep_days < runlog.MIN_KEEP_DAYS:
+    if not runlog.MIN_KEEP_DAYS <= args.keep_days <= 36500:
         print(f"prune-history: --keep-days {args.keep_days}: keep at least {runlog.MIN_KEEP_DAYS} days (the "
-              f"performance view reads 7, and a recent night's triage needs its rows)", file=sys.stderr)
+              f"performance view reads 7, and a recent night's triage needs its rows), and at most 36500",
+              file=sys.stderr)
         return 2
     settings = load_settings()
     before = datetime.now().replace(microsecond=0) - timedelta(days=args.keep_days)

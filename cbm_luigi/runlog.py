@@ -61,16 +61,21 @@ def write_steps(wh: Warehouse, *, run_id: str, batch_id: str, table: str, mode: 
 HISTORY = (("etl.ETL_Validation", "CheckedAt"), ("etl.ETL_Markers", "CreatedAt"), ("etl.ETL_Log", "LogTs"))
 LATEST_BATCHES = ("SELECT TableName, BatchId, Mode FROM (SELECT TableName, BatchId, Mode, row_number() OVER "
                   "(PARTITION BY TableName ORDER BY LogId DESC) AS rn FROM etl.ETL_Log) AS x WHERE rn = 1")
+# every batch holding a table's last row of a step: vw_LastRuns shows them (a table failing at its extract since
+# before the cut shows its last merge and validation: found in review), and with them their markers, which say
+# that the batch validated (clean-cache)
+LAST_OF_EACH_STEP = ("SELECT BatchId FROM (SELECT BatchId, row_number() OVER (PARTITION BY TableName, Step ORDER BY "
+                     "LogId DESC) AS rn FROM etl.ETL_Log) AS x WHERE rn = 1")
 MIN_KEEP_DAYS = 30  # vw_TablePerformance reads 7 days; a month leaves every recent rerun and its triage
 
 
 def prune_history(wh: Warehouse, before) -> dict[str, int]:
     """Delete the run log, validation results and markers written before `before` (the warehouse's local time,
-    as LogTs), each table in its own transaction, except every row of a batch that is some table's latest (the
-    monitoring views and `summary` read each table's latest batch, and its validate marker ends a failure). A
-    pruned batch is only ever read again in full: its markers gone, a rerun of it redoes its steps, and the merge
-    refuses it if a newer load came since. Returns the rows deleted per table."""
-    where = f"< ? AND BatchId NOT IN (SELECT BatchId FROM ({LATEST_BATCHES}) AS latest)"
+    as LogTs), each table in its own transaction, except every row of a batch that holds some table's last row of
+    a step (so each table's latest batch: the monitoring views and `summary` read it, and its validate marker ends
+    a failure). A pruned batch's markers are gone: a rerun of it redoes its steps, and the merge refuses it if a
+    newer load came since. Returns the rows deleted per table."""
+    where = f"< ? AND BatchId NOT IN (SELECT BatchId FROM ({LAST_OF_EACH_STEP}) AS latest)"
     deleted = {}
     for table, dated in HISTORY:  # ETL_Log last: the latest batches are read from it
         with wh.session() as s, s.transaction():

@@ -15,7 +15,7 @@ import pytest
 from cbm_luigi.cli import main as cbm_etl
 from cbm_luigi.tasks import LoadAll, LoadTable
 
-from .conftest import REPO, assert_ods_equals_source, build, make_env, subprocess_env, succeeded
+from .conftest import REPO, assert_ods_equals_source, build, make_env, on_source, subprocess_env, succeeded
 
 
 def test_init_db_is_idempotent_and_loads_tables_once(env, capsys):
@@ -654,3 +654,52 @@ def test_prune_history_deletes_old_records_and_keeps_each_tables_latest_batch(en
     assert succeeded(build(LoadAll(mode="full", batch_tag="next", run_id="r3")))  # a full: deletions too
     for t in ("client", "produit", "lignecli"):
         assert_ods_equals_source(env, t)
+
+
+_HISTORY = (("etl.ETL_Log", "LogTs"), ("etl.ETL_Validation", "CheckedAt"), ("etl.ETL_Markers", "CreatedAt"))
+D1, D2 = date(2026, 10, 1), date(2026, 10, 2)
+
+
+def _age(env, batch_id: str, days: int = 400) -> None:
+    """As if the batch had been written `days` ago (its log, validation and marker rows)."""
+    for table, col in _HISTORY:
+        env.sql(f"UPDATE {table} SET {col} = {col} - INTERVAL {days} DAY WHERE BatchId = ?", [batch_id])
+
+
+def _one_table_failing_since_d1(env) -> None:
+    """D1 loads every table; from D2 on, hisprixa fails at its extract (the ERP dropped the table), the others
+    load. D1 is then no table's latest batch: prune-history may delete it once it is old."""
+    assert succeeded(build(LoadAll(mode="incremental", batch_date=D1, run_id="r1")))
+    on_source(env, "ALTER TABLE hisprixa RENAME TO hisprixa_gone")
+    assert not succeeded(build(LoadAll(mode="incremental", batch_date=D2, run_id="r2")))
+    assert env.sql("SELECT Step, Status FROM etl.ETL_Log WHERE TableName = 'hisprixa' AND BatchId = ?",
+                   [D2.isoformat()]) == [("extract", "FAILED")]
+    _age(env, D1.isoformat())
+
+
+def test_prune_keeps_what_vw_lastruns_shows_for_a_table_failing_since_before_the_cut(env, capsys):
+    """etl.vw_LastRuns is 'the last row per table and step'. For a table whose latest batch failed at its extract,
+    the last stage, merge and validate rows are in an older batch: prune-history deletes them (it keeps only the
+    batches that were some table's latest), so the view no longer said when the failing table last merged and
+    validated -- the rows the operator needs to triage it (found in review)."""
+    _one_table_failing_since_d1(env)
+    before = env.sql("SELECT TableName, Step, BatchId, Status FROM etl.vw_LastRuns ORDER BY TableName, Step")
+    assert ("hisprixa", "validate", D1.isoformat(), "SUCCESS") in before
+    assert cbm_etl(["prune-history", "--keep-days", "365"]) == 0
+    capsys.readouterr()
+    after = env.sql("SELECT TableName, Step, BatchId, Status FROM etl.vw_LastRuns ORDER BY TableName, Step")
+    assert after == before, f"vw_LastRuns lost {sorted(set(before) - set(after))}"
+
+
+def test_clean_cache_after_prune_does_not_call_a_validated_batch_not_validated(env, capsys):
+    """clean-cache asks the batch's validate markers which tables it validated. Once prune-history deleted them, a
+    cached batch that validated every table was 'kept ...: not validated yet: hisprixa' (the table whose later
+    loads all failed before merging), every week, with advice to rerun it or give it up (found in review). Before
+    the prune the same command removed it; now too."""
+    _one_table_failing_since_d1(env)
+    assert cbm_etl(["prune-history", "--keep-days", "30"]) == 0
+    capsys.readouterr()
+    assert cbm_etl(["clean-cache", "--keep", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "not validated yet" not in out, out
+    assert not (env.cache / D1.isoformat()).exists(), out

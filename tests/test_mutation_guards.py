@@ -3,12 +3,24 @@ cli, config_store, plan): each kills a mutant (a plausible small bug) that no ea
 would notice. Each docstring names its mutant."""
 from __future__ import annotations
 
+import fcntl
+import os
+import subprocess
+import sys
+import time
+
+import duckdb
 import pytest
 
+from cbm_luigi import config_store
+from cbm_luigi import settings as settings_mod
+from cbm_luigi.demo_source import Col, encode_extent
 from cbm_luigi.naming import MAX_NAME_LENGTH
 from cbm_luigi.plan import ConfigError, build_plan
+from cbm_luigi.settings import load_settings, mask_secrets
 
-from .conftest import build, cbm_etl, last_error, succeeded  # noqa: F401
+from .conftest import build, cbm_etl, last_error, subprocess_env, succeeded  # noqa: F401
+from .test_progress_quirks import configure, failure, raw_table, run
 
 
 def test_a_sql_name_of_exactly_128_characters_is_accepted():
@@ -284,3 +296,219 @@ def test_the_extract_engine_spills_into_the_cache_not_the_working_directory(env,
     monkeypatch.setenv("CBM_TRANSFORM_MEMORY_LIMIT", "48MB")
     assert succeeded(build(LoadTable(table="stock_large", mode="full"))), last_error(env, "stock_large")
     assert env.sql("SELECT COUNT(*) FROM ods.stock_large")[0][0] == 20_000
+
+
+# == mutation testing of the review fixes of 2026-11-29 (evening): each test kills a mutant no other test killed ==
+
+# -- cli.cmd_check_sla: release_connections() before printing -----------------------------------------------------
+
+def test_check_sla_read_through_a_pipe_does_not_hold_the_embedded_warehouse(env):
+    """Mutant: cmd_check_sla without its new `release_connections()` (cli.py). The commit says 'summary and
+    check-sla let go of the embedded warehouse before printing', but only summary's is tested. check-sla runs from
+    the monitor's own cron line, its output piped (to mail, a pager): with the pipe full, the command blocked in
+    print while still holding the DuckDB file, and a nightly started meanwhile could not open the warehouse."""
+    for i in range(150):  # never loaded: each is a NEVER_LOADED line, ~60 bytes, well past one 4 KB pipe
+        env.sql("INSERT INTO config.ETL_Tables (TableName, PrimaryKeyCols, DateModifCol) VALUES (?, 'id', 'dat_mod')",
+                [f"sla_table_{i:03d}"])
+    r, w = os.pipe()
+    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)
+    code = "import sys; from cbm_luigi.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", code, "check-sla"], cwd=env.home, env=subprocess_env(env),
+                            stdout=w, stderr=subprocess.PIPE, text=True)
+    os.close(w)
+    try:
+        time.sleep(4)  # read its rows, printed the first page; nobody reads the pipe
+        assert proc.poll() is None, "check-sla did not fill the pipe"
+        try:
+            duckdb.connect(str(env.warehouse)).close()  # what the nightly does first
+        except duckdb.Error as exc:
+            pytest.fail(f"check-sla blocked on its output holds the warehouse: {exc}")
+    finally:
+        with os.fdopen(r, "rb") as f:
+            f.read()
+        proc.wait(30)
+    assert proc.returncode == 2
+
+
+# -- plan.build_plan: an EXTENT field as TimeOfDayCol -----------------------------------------------------------------
+
+def test_a_time_of_day_that_is_an_extent_field_is_refused_as_configuration(env, monkeypatch):
+    """Mutant: build_plan's new loop over ("DateModifCol", "TimeOfDayCol") reduced to DateModifCol. The commit
+    says an EXTENT field as DateModifCol *or TimeOfDayCol* is a configuration error; only DateModifCol is tested.
+    An integer EXTENT field (`heures`, EXTENT 2) as TimeOfDayCol passes the INTEGER check (its element type)."""
+    raw_table(env.source, "arrtod", [(Col("id", "integer", nullable=False), "INTEGER"),
+                                     (Col("dat_mod", "date"), "DATE"),
+                                     (Col("heures", "integer", extent=2), "VARCHAR(40)")], ("id",),
+              [(1, "2024-01-01", encode_extent(["3600", "7200"])), (2, "2024-01-02", encode_extent([None, "60"]))])
+    configure(env, monkeypatch, "embedded", "arrtod", date_col="dat_mod", TimeOfDayCol="heures", HasTimestamps=True)
+    assert not run("arrtod")
+    err = failure(env, "arrtod")
+    assert "TimeOfDayCol" in err and ("EXTENT" in err or "array" in err), err
+
+
+# -- config_store.uninitialised_hint: both conditions ------------------------------------------------------------------
+
+def test_a_missing_ods_or_source_table_is_not_told_to_run_init_db():
+    """Mutant: uninitialised_hint's `and` between its two searches made `or` (the line 9007348 rewrote). Its
+    advice ('run `cbm-etl init-db`') is for the pipeline's own config/etl tables only; a missing ods table, or a
+    source table, on SQL Server is no reason to initialise the warehouse."""
+    for text in ["('42S02', \"[42S02] [Microsoft][ODBC Driver 18 for SQL Server][SQL Server]Invalid object name "
+                 "'ods.client'. (208) (SQLExecDirectW)\")",
+                 "Catalog Error: Table with name produit does not exist!"]:
+        assert config_store.uninitialised_hint(text, "mssql:Server=db") is None, text
+
+
+# -- settings: the plain keywords after a quote or a brace; known secrets ----------------------------------------------
+
+@pytest.mark.parametrize("text", ["connect('KEY=hunter2;DSN=x') failed", "Options={TOKEN=hunter2};DSN=x"])
+def test_plain_secret_keywords_after_a_quote_or_a_brace_are_masked(text):
+    """Mutants: `'` or `{` dropped from the plain keywords' look-behind `(?<=[;{"'])` in _SECRET_KEYS. The comment
+    (and the test's docstring) says KEY/PASS/TOKEN/KP/KSP/TSP count 'right after `;`, `{`, `"` or `'`', but only
+    `;`, `"` and a line start are tested: a connection string repr'd in a message leaked its secret."""
+    assert "hunter2" not in mask_secrets(text), mask_secrets(text)
+
+
+def test_a_known_secret_that_holds_another_is_masked_whole(monkeypatch):
+    """Mutant: mask_secrets replaces the known secrets shortest first (`reverse=True` dropped). Two connection
+    strings whose passwords share a start (the source's and the warehouse's): the shorter one replaced first left
+    the longer one's tail in the message."""
+    monkeypatch.setattr(settings_mod, "_KNOWN_SECRETS", set())
+    monkeypatch.setenv("CBM_ENV_FILE", "")
+    monkeypatch.setenv("CBM_SOURCE_ODBC", "DSN=progress;UID=etl;PWD=Winter24")
+    monkeypatch.setenv("CBM_MSSQL_ODBC", "DRIVER={ODBC Driver 18 for SQL Server};SERVER=db;UID=etl;PWD=Winter24-dwh!")
+    load_settings()
+    said = mask_secrets("login with Winter24-dwh! refused")
+    assert "-dwh!" not in said and "Winter24" not in said, said
+
+
+def test_the_warehouse_connection_strings_secret_is_masked_wherever_it_appears(monkeypatch):
+    """Mutant: load_settings without `register_secrets(_env("CBM_MSSQL_ODBC"))`. The commit says 'the configured
+    connection strings' secret values are masked wherever they appear'; only CBM_SOURCE_ODBC's is tested."""
+    monkeypatch.setattr(settings_mod, "_KNOWN_SECRETS", set())
+    monkeypatch.setenv("CBM_ENV_FILE", "")
+    monkeypatch.setenv("CBM_MSSQL_ODBC", "DRIVER={ODBC Driver 18 for SQL Server};SERVER=db;UID=etl;PWD=Dwh-S3cret")
+    load_settings()
+    said = mask_secrets("Login failed for user 'etl' (password Dwh-S3cret)")
+    assert "Dwh-S3cret" not in said, said
+
+
+def test_a_braced_password_with_an_escaped_brace_is_masked_as_the_driver_reads_it(monkeypatch):
+    """Mutant: register_secrets keeps a braced value's `}}` (the ODBC escape of `}`) instead of the password the
+    driver reads, `}`. A driver quoting the password quotes `Pa}ss-w0rd`, which then went unmasked."""
+    monkeypatch.setattr(settings_mod, "_KNOWN_SECRETS", set())
+    monkeypatch.setenv("CBM_ENV_FILE", "")
+    monkeypatch.setenv("CBM_SOURCE_ODBC", "DSN=progress;UID=etl;PWD={Pa}}ss-w0rd}")
+    load_settings()
+    said = mask_secrets("password Pa}ss-w0rd refused")
+    assert "ss-w0rd" not in said, said
+
+
+# -- source/errors.py: SQLSTATEs as drivers write them, and nowhere else ------------------------------------------------
+
+@pytest.mark.parametrize("text", [
+    # pyodbc: (sqlstate, '[sqlstate] ...'), and the driver names the identifier it could not find
+    "42S22 [42S22] [SQLite]no such column: 28000 (1) (SQLExecDirectW)",
+    "HY000 [HY000] [DataDirect][ODBC Progress OpenEdge Wire Protocol driver][OPENEDGE]Column not found: \"08001\" "
+    "(7518) (SQLExecDirectW)",
+    # arrow-odbc
+    "ODBC emitted an error calling 'SQLExecDirect':\nState: HY000, Native error: 1, Message: [SQLite]no such "
+    "column: 28000 (1)",
+])
+def test_a_sqlstate_like_number_in_the_statement_does_not_choose_the_driver_advice(text):
+    """Mutant: `_state` back to the bare code anywhere (`(?:28000)` without `[`, `State: ` or the text's start):
+    the class of bug the commit fixed for '193'. A French ERP filters by postal code (Chartres is 28000,
+    Barcelona 08001): a FilterClause with the code in double quotes (`cp = "28000"`, an identifier in OpenEdge)
+    is refused by the driver naming `28000`, and the rules for SQLSTATE 28000 (a failed login) or 08001 (no
+    connection), checked before the no-such-column rule, told the operator to check UID/PWD or HOST/PORT."""
+    from cbm_luigi.source.errors import translate
+
+    err = translate(RuntimeError(text), table="adr")
+    assert "UID/PWD" not in str(err) and "HOST/PORT" not in str(err), str(err)
+    assert "sync-columns" in str(err) and not err.transient, str(err)
+
+
+@pytest.mark.parametrize("text", [
+    # arrow-odbc (the default reader) writes `State: <sqlstate>, Native error: <n>, Message: ...`
+    "ODBC emitted an error calling 'SQLFetch':\nState: 08S01, Native error: 0, Message: [DataDirect][ODBC Progress "
+    "OpenEdge Wire Protocol driver]Socket closed.",
+    # pyodbc: (sqlstate, '[sqlstate] ...'): a connect to a host that does not answer
+    "08001 [08001] [DataDirect][ODBC Progress OpenEdge Wire Protocol driver]Unable to establish a session with srv "
+    "(0) (SQLDriverConnect)",
+    "08004 [08004] [DataDirect][ODBC Progress OpenEdge Wire Protocol driver]Server rejected the session (0) "
+    "(SQLDriverConnect)",
+])
+def test_a_connection_failure_known_by_its_sqlstate_alone_is_said_and_retried(text):
+    """Mutants: `\\bState: ` dropped from `_state`, or 08001/08004 dropped from the connection rule's states. A
+    driver text holding none of the rule's phrases is known by its SQLSTATE only; without it the error lost its
+    HOST/PORT advice and its `transient` mark (the retry of a dropped connection)."""
+    from cbm_luigi.source.errors import translate
+
+    err = translate(RuntimeError(text), table="client")
+    assert "HOST/PORT" in str(err) and err.transient, str(err)
+
+
+def test_a_32_bit_driver_on_linux_is_said_as_a_32_64_bit_mismatch():
+    """Mutant: `wrong ELF class` dropped from the IM003 rule. The commit says "'wrong ELF class' does" give the
+    32/64-bit advice; nothing tested it. unixODBC's text for a 32-bit driver library also holds "Can't open lib",
+    the next rule's phrase: the operator was told to check `odbcinst -q -d` for a driver that is installed."""
+    from cbm_luigi.source.errors import translate
+
+    text = ("01000 [01000] [unixODBC][Driver Manager]Can't open lib '/usr/dlc/odbc/lib/pgoe27.so' : "
+            "/usr/dlc/odbc/lib/pgoe27.so: wrong ELF class: ELFCLASS32 (0) (SQLDriverConnect)")
+    err = str(translate(RuntimeError(text), action="connect"))
+    assert "32/64-bit" in err, err
+
+
+# -- source/readers.py: arrow-odbc's isolation statement under the query timeout -----------------------------------
+
+def test_the_arrow_odbc_isolation_statement_runs_under_the_query_timeout(env, monkeypatch):
+    """Mutant: ArrowOdbcReader's `SET TRANSACTION ISOLATION LEVEL READ UNCOMMITTED` step sent through
+    `self.con.execute` (no `query_timeout_sec`) again. 9007348 routed it through the timed `execute`, the
+    statement its docstring names ('on Progress `SET TRANSACTION ...`, run on every new connection (the default
+    reader, default isolation)'), but its test runs the SQLite stand-in dialect, where that step is not taken."""
+    import importlib
+
+    from cbm_luigi.source.dialect import dialect_for
+    from cbm_luigi.source.readers import ArrowOdbcReader
+    from .test_source_odbc import odbc_vars
+
+    ao = importlib.import_module("arrow_odbc.connect")
+    for k, v in odbc_vars(env, "arrow-odbc").items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("CBM_QUERY_TIMEOUT_S", "7")
+    monkeypatch.setenv("CBM_SOURCE_ISOLATION", "READ_UNCOMMITTED")
+    seen = []
+    real = ao.Connection.execute
+
+    def spy(self, query, *a, **kw):
+        seen.append((query[:40], kw.get("query_timeout_sec")))
+        if query.startswith("SET TRANSACTION"):
+            return None  # OpenEdge's statement: the SQLite stand-in does not know it
+        return real(self, query, *a, **kw)
+    monkeypatch.setattr(ao.Connection, "execute", spy)
+    reader = ArrowOdbcReader(load_settings(), dialect_for("openedge"))
+    reader.close()
+    iso = [t for q, t in seen if q.startswith("SET TRANSACTION")]
+    assert iso == [7], seen
+
+
+# -- regressions of the two commits ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("reader", ["pyodbc", "arrow-odbc"])
+def test_a_syntax_error_in_the_init_sql_is_not_blamed_on_filterclause(env, monkeypatch, reader):
+    """Regression of 9007348 ('a syntax error is said first'): the new first rule of errors._RULES gives every
+    syntax error the advice 'check the table's FilterClause in config.ETL_Tables and its SourceExpression
+    overrides in config.ETL_Columns'. A typo in CBM_SOURCE_INIT_SQL (a set-up step of every new connection,
+    translated by readers._set_up with action 'statement N of CBM_SOURCE_INIT_SQL') now sends the operator to
+    config tables that have nothing to do with it; before, the message named the statement and the driver's
+    words only."""
+    from .test_source_odbc import odbc_vars
+
+    for k, v in odbc_vars(env, reader).items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("CBM_SOURCE_INIT_SQL", odbc_vars(env, reader)["CBM_SOURCE_INIT_SQL"] +
+                       ";;PRAGMA cache_size = = 2000")  # a typo in the third statement
+    assert not run("famille")
+    err = failure(env, "famille")
+    assert "statement 3 of CBM_SOURCE_INIT_SQL" in err and "syntax error" in err, err
+    assert "FilterClause" not in err and "SourceExpression" not in err, err

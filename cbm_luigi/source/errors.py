@@ -70,7 +70,7 @@ def _state(*codes: str) -> str:
 _RULES: list[tuple[re.Pattern, str, bool]] = [
     # first: a syntax error quotes the statement back, and its words would choose any advice below (a FilterClause
     # `motif <> 'access denied` with its quote forgotten was a missing GRANT: found in review)
-    (re.compile(r"syntax error|unrecognized token|\(10713\)", re.I),
+    (_SYNTAX := re.compile(r"syntax error|unrecognized token|\(10713\)", re.I),
      "the source could not read the statement: check the table's FilterClause in config.ETL_Tables and its "
      "SourceExpression overrides in config.ETL_Columns (the driver quotes the part it could not read)", False),
     (re.compile(r"value exceeding its max length or precision", re.I),
@@ -128,5 +128,7 @@ def translate(exc: BaseException, *, table: str | None = None, action: str = "re
     for pattern, fix, transient in _RULES:
         if pattern.search(text):
             fix = fix.replace("<table>", table) if table else fix
+            if pattern is _SYNTAX and action != "extract":  # a set-up statement, a catalog query: not the config
+                fix = "the source could not read the statement (the driver quotes the part it could not read)"
             return SourceError(f"{where}: {action} failed: {fix}. Driver said: {text}", transient=transient)
     return SourceError(f"{where}: {action} failed. Driver said: {text}")
