@@ -650,6 +650,7 @@ class LoadAll(luigi.WrapperTask):
     @_stops_when_busy
     def requires(self):
         settings = load_settings()
+        _log_where_luigi_logs()  # what _config says (a dependency row for no table) goes out with time and level
         rows, deps = _config(settings)
         wanted = [t.strip() for t in self.filter.split(",") if t.strip()]
         _RUN_TABLES.pop((self.batch_id, self.mode), None)  # every active table (for _say_held_back)

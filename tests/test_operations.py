@@ -723,3 +723,18 @@ def test_a_dependency_cycle_names_the_tables_it_keeps_from_loading(env, caplog):
     assert "cycle" in last_error(env, "produit")
     named = [m for m in caplog.messages if "not loaded in batch" in m]
     assert any("lignecli" in m and "hisprixa" in m for m in named), named
+
+
+def test_dependency_row_for_no_table_is_logged_as_a_warning_the_nightly_log_can_be_grepped_for(env):
+    """OPERATIONS' triage row reads '(WARNING) config.ETL_Dependencies row (...)': is no table of
+    config.ETL_Tables', and OPERATIONS says nightly.log lines carry time, level and module (grep WARNING). Under
+    the `luigi` command as the crontab runs it, LoadAll.requires said it before cbm_luigi's handler was set up:
+    a bare line (found in review)."""
+    with env.con() as c:
+        c.execute("INSERT INTO config.ETL_Dependencies (TableName, DependsOn) VALUES ('produitt', 'famille')")
+    out = subprocess.run(["luigi", "--module", "cbm_luigi", "LoadAll", "--mode", "incremental",
+                          "--local-scheduler"], cwd=REPO, env=subprocess_env(env), capture_output=True,
+                         text=True, timeout=300)
+    lines = [ln for ln in (out.stdout + out.stderr).splitlines() if "is no table of config.ETL_Tables" in ln]
+    assert lines, out.stderr[-2000:]
+    assert all(" WARNING cbm_luigi." in ln for ln in lines), lines

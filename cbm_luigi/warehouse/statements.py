@@ -210,7 +210,7 @@ def evolve(d: WarehouseDialect, schema: str, table: str, wanted: list[Column],
         elif not same:
             raise SchemaChangeError(
                 f"{schema}.{table}, column {shown}: its type changed from {have} to {want} (in Progress, or an "
-                f"override in config.ETL_Columns set or removed since ods was built). Nothing was "
+                f"override in config.ETL_Columns removed since ods was built). Nothing was "
                 f"cast. To keep loading it as {have}: on its row in config.ETL_Columns set IsOverride = 1, "
                 f"DataType/Width/Scale to that type and a SourceExpression that casts to it (sync-columns keeps "
                 f"all four; a value that does not fit is then refused by name). Or migrate the ods column "
