@@ -7,6 +7,7 @@ from .settings import install_log_masking
 from .tasks import ExtractParquet, LoadAll, LoadTable, MergeOds, StageTable, ValidateTable  # noqa: F401
 
 scheduling.install()
+scheduling.config_defaults()
 install_log_masking()
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # raised with each release: pip installs a wheel of a version it has only when forced

@@ -14,32 +14,47 @@ from . import config_store, demo_source, runlog
 from .plan import PLAN_ERRORS
 from .runlog import kept_error
 from .settings import SettingError, load_settings, mask_secrets
+from .shipped import shipped
 from .source import catalog
 from .source.readers import open_reader
 from .targets import remove_markers, validated_in
 from .warehouse import open_warehouse
 from .warehouse.duckdb_wh import release_connections
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 
 
 def cmd_init_db(args) -> int:
     settings = load_settings()
     wh = open_warehouse(settings)
     n = wh.init_db()
-    added = 0
-    csv_path = Path(args.tables_csv) if args.tables_csv else CONFIG_DIR / "tables.csv"
+    added, read = 0, None
+    csv_path = Path(args.tables_csv) if args.tables_csv else default_tables_csv(settings.home)
     if args.tables_csv and not csv_path.is_file():
         print(f"init-db: --tables-csv {csv_path}: no such file", file=sys.stderr)
         return 2
-    if csv_path.is_file() and not args.no_tables:
+    if csv_path and not args.no_tables:
         with wh.session() as s, s.transaction():
             added = config_store.load_tables_csv(s, csv_path)
+        read = f"{added} table(s) added from {csv_path.resolve()}"
+    elif not args.no_tables:  # said: "0 added from tables.csv" read as a file with nothing new (found in review)
+        read = (f"no tables.csv (neither {settings.home / 'config' / 'tables.csv'} nor one shipped with cbm_luigi): "
+                f"no table added; name one with --tables-csv")
     with wh.session() as s, s.transaction():
         recorded = config_store.record_loaded_configurations(s, wh)
-    print(f"init-db: {n} statements run on {wh.describe()}; {added} table(s) added from {csv_path.name}" +
+    print(f"init-db: {n} statements run on {wh.describe()}" + (f"; {read}" if read else "") +
           (f"; the configuration of {recorded} loaded table(s) recorded" if recorded else ""))
     return 0
+
+
+def default_tables_csv(home: Path) -> Path | None:
+    """init-db's tables.csv when none is named: the home's own config/tables.csv, else the one shipped with
+    cbm_luigi (the repository's in a checkout run from elsewhere, or the wheel's copy)."""
+    own = home / "config" / "tables.csv"
+    if own.is_file():
+        return own
+    with contextlib.suppress(FileNotFoundError):
+        return shipped("config/tables.csv")
+    return None
 
 
 def cmd_sync_columns(args) -> int:
@@ -359,13 +374,27 @@ def _not_negative(text: str) -> int:
     return n
 
 
+def version_text() -> str:
+    """`cbm-etl --version`: which code runs, and where its shipped files (sql/, config/, luigi.cfg) are read from
+    (luigid's LUIGI_CONFIG_PATH can point at that luigi.cfg)."""
+    from . import __version__
+
+    try:
+        cfg = str(shipped("luigi.cfg"))
+    except FileNotFoundError as exc:
+        cfg = str(exc)
+    return f"cbm_luigi {__version__} ({Path(__file__).resolve().parent}); luigi.cfg: {cfg}"
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     p = argparse.ArgumentParser(prog="cbm-etl", description=__doc__)
+    p.add_argument("--version", action="version", version=version_text())
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("init-db", help="create schemas, tables and views (idempotent) and load config/tables.csv")
-    a.add_argument("--tables-csv", help="tables to add to config.ETL_Tables (default: config/tables.csv); "
-                                        "tables already configured are left as they are")
+    a.add_argument("--tables-csv", help="tables to add to config.ETL_Tables (default: CBM_HOME's config/tables.csv, "
+                                        "else the one shipped with cbm_luigi); tables already configured are left "
+                                        "as they are")
     a.add_argument("--no-tables", action="store_true",
                    help="create or upgrade the warehouse objects and record the configuration of the tables "
                         "already loaded; add no table from tables.csv (the upgrade step)")

@@ -1,4 +1,11 @@
-"""One adjustment to Luigi's local scheduler, applied when cbm_luigi is imported (`luigi --module cbm_luigi`).
+"""Adjustments to Luigi, applied when cbm_luigi is imported (`luigi --module cbm_luigi`).
+
+luigi.cfg's settings hold wherever the command runs (`config_defaults`): Luigi reads luigi.cfg from the working
+directory or LUIGI_CONFIG_PATH only, and an installed cbm_luigi run from a directory of its own exited 0 when every
+table failed (no [retcode]: cron never paged) and retried refused batches (found in review). A value Luigi found in
+a file wins. The run lock (`[core] lock_pid_dir`) is kept in CBM_HOME's var/, not Luigi's /tmp/luigi: there, the
+nightly of another home on the host (the same command line) stopped this one as "already running", and a
+deployment run by another user could not take the lock at all (found in review).
 
 Luigi builds the `--local-scheduler` with `prune_on_get_work=True` (luigi/interface.py, not configurable): on
 every task it hands out, it walks the whole task graph for dead workers, expired tasks and retries. In a
@@ -9,10 +16,18 @@ step: luigi.cfg's `retry_delay = -1` (a retry re-read a refused batch and replac
 """
 from __future__ import annotations
 
+import configparser
+import functools
 import logging
+import os
+from pathlib import Path
 
+import luigi.configuration
 import luigi.interface
+import luigi.lock
 import luigi.scheduler
+
+from .shipped import shipped
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +37,50 @@ def _create_local_scheduler(self):
 
 
 def install() -> bool:
-    """Patch Luigi's local scheduler factory; False (and a log line) if this Luigi version has no such factory."""
+    """Patch Luigi's run lock (to make its parent directory) and its local scheduler factory; False (and a log
+    line) if this Luigi version has no such factory."""
+    if luigi.lock.acquire_for is not _acquire_with_parent:
+        luigi.lock.acquire_for = _acquire_with_parent
     factory = getattr(luigi.interface, "_WorkerSchedulerFactory", None)
     if factory is None or not hasattr(factory, "create_local_scheduler"):
         log.info("luigi.interface._WorkerSchedulerFactory not found: the local scheduler keeps pruning on get_work")
         return False
     factory.create_local_scheduler = _create_local_scheduler
     return True
+
+
+def lock_dir() -> Path:
+    """The run lock's directory: var/luigi-lock of CBM_HOME (the working directory when unset, as for settings)."""
+    return Path(os.environ.get("CBM_HOME", "").strip() or os.getcwd()).resolve() / "var" / "luigi-lock"
+
+
+def config_defaults() -> list[str]:
+    """Give every option of the shipped luigi.cfg, and `[core] lock_pid_dir`, to Luigi's configuration where no
+    file Luigi read sets it; returns the options given ("section.option")."""
+    cfg = luigi.configuration.get_config()
+    ours = configparser.ConfigParser(interpolation=None)
+    ours.read(shipped("luigi.cfg"), encoding="utf-8")
+    values = [(section, key, value) for section in ours.sections() for key, value in ours.items(section, raw=True)]
+    values.append(("core", "lock_pid_dir", str(lock_dir())))
+    given = []
+    for section, key, value in values:
+        if cfg.has_option(section, key):
+            continue
+        if isinstance(cfg, configparser.ConfigParser) and not isinstance(cfg, luigi.configuration.LuigiTomlParser):
+            value = value.replace("%", "%%")  # Luigi's .cfg parser interpolates %(...)s
+            if not cfg.has_section(section):
+                cfg.add_section(section)
+        cfg.set(section, key, value)
+        given.append(f"{section}.{key}")
+    return given
+
+
+_acquire_for = getattr(luigi.lock.acquire_for, "__wrapped__", luigi.lock.acquire_for)  # Luigi's own
+
+
+@functools.wraps(_acquire_for)
+def _acquire_with_parent(pid_dir, *args, **kwargs):
+    """Luigi makes the lock directory but not its parent (var/ of a new home)."""
+    Path(pid_dir).parent.mkdir(parents=True, exist_ok=True)
+    return _acquire_for(pid_dir, *args, **kwargs)
+

@@ -36,7 +36,7 @@ from cbm_luigi.targets import MarkerTarget, StageTarget, record_merged, record_v
 from cbm_luigi.transform import TechnicalValues
 from cbm_luigi.types import ColumnType
 from cbm_luigi.warehouse import mssql_wh
-from cbm_luigi.warehouse.base import SQL_DIR, Session, split_script
+from cbm_luigi.warehouse.base import Session, split_script
 from cbm_luigi.warehouse.dialects import DuckDbDialect, IdentifierError, TsqlDialect
 from cbm_luigi.warehouse.mssql_wh import (MssqlSession, MssqlWarehouse, StageColumn, StageValueError,
                                           arrow_batch_for_bulkcopy, input_sizes, render_type, rows_for_executemany,
@@ -49,6 +49,7 @@ from cbm_luigi.warehouse.statements import (Column, MergeSpec, SchemaChangeError
 D = TsqlDialect()
 TECH = TechnicalValues("run-1", "2024-01-01", datetime(2024, 1, 2, 3, 4, 5, 678901))
 REPO = Path(__file__).resolve().parent.parent
+SQL_DIR = REPO / "sql"  # the scripts as the repository holds them
 
 
 # -- the parse helper -------------------------------------------------------------------------------------------

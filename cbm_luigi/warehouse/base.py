@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Iterator
 
 from ..settings import Settings
+from ..shipped import shipped
 from .dialects import WarehouseDialect
 from .statements import Column
-
-SQL_DIR = Path(__file__).resolve().parent.parent.parent / "sql"
 
 
 class Session:
@@ -62,8 +61,13 @@ class Warehouse:
 
     def script_statements(self) -> list[str]:
         """The statements of sql/<dialect>/*.sql in file order (one statement per batch)."""
+        where = shipped(f"sql/{self.dialect.name}")
+        paths = sorted(where.glob("*.sql"))
+        if not paths:  # running none would leave init-db's "run init-db" advice looping (found in review)
+            raise FileNotFoundError(f"no SQL script in {where}: this installation of cbm_luigi lacks its sql/ "
+                                    f"files; reinstall it (from its wheel, or `pip install -e .` in a checkout)")
         out = []
-        for path in sorted((SQL_DIR / self.dialect.name).glob("*.sql")):
+        for path in paths:
             out += split_script(path.read_text(encoding="utf-8"), self.dialect.name)
         return out
 
