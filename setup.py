@@ -7,7 +7,9 @@ from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).resolve().parent
 VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "cbm_luigi" / "__init__.py").read_text(), re.M).group(1)
-SHIPPED = ("sql", "config", "luigi.cfg")  # cbm_luigi/shipped.py's NAMES: what the package reads besides its code
+# cbm_luigi/shipped.py's NAMES: what the package reads besides its code. config/ by name: an operator's settings
+# file kept beside the template (config/prod.env) must never go into a wheel (found in review)
+SHIPPED = ("sql", "config/tables.csv", "config/.env.template", "luigi.cfg")
 
 
 class BuildPyWithShipped(build_py):
@@ -20,13 +22,13 @@ class BuildPyWithShipped(build_py):
         if getattr(self, "editable_mode", False):
             return
         dest = Path(self.build_lib) / "cbm_luigi" / "shipped"
+        shutil.rmtree(dest, ignore_errors=True)  # a file a release removed must not outlive it in build/
         for name in SHIPPED:
             src = HERE / name
             if src.is_dir():
-                shutil.copytree(src, dest / name, dirs_exist_ok=True,
-                                ignore=shutil.ignore_patterns(".env", "__pycache__"))
+                shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("*.env", ".env*", "__pycache__"))
             else:
-                dest.mkdir(parents=True, exist_ok=True)
+                (dest / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, dest / name)
 
 

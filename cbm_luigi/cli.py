@@ -386,10 +386,22 @@ def version_text() -> str:
     return f"cbm_luigi {__version__} ({Path(__file__).resolve().parent}); luigi.cfg: {cfg}"
 
 
+class _PrintVersion(argparse.Action):
+    """--version printed as it is (argparse's version action wraps it to the terminal, cutting the path)."""
+
+    def __init__(self, option_strings, dest, **kw):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="print the version and "
+                         "where the shipped files are read from, and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit()
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     p = argparse.ArgumentParser(prog="cbm-etl", description=__doc__)
-    p.add_argument("--version", action="version", version=version_text())
+    p.add_argument("--version", action=_PrintVersion)
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("init-db", help="create schemas, tables and views (idempotent) and load config/tables.csv")
     a.add_argument("--tables-csv", help="tables to add to config.ETL_Tables (default: CBM_HOME's config/tables.csv, "

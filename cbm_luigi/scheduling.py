@@ -20,12 +20,15 @@ import configparser
 import functools
 import logging
 import os
+import sys
 from pathlib import Path
 
 import luigi.configuration
 import luigi.interface
 import luigi.lock
+import luigi.retcodes
 import luigi.scheduler
+import luigi.task_register
 
 from .shipped import shipped
 
@@ -63,10 +66,13 @@ def config_defaults() -> list[str]:
     values = [(section, key, value) for section in ours.sections() for key, value in ours.items(section, raw=True)]
     values.append(("core", "lock_pid_dir", str(lock_dir())))
     given = []
+    toml = isinstance(cfg, luigi.configuration.LuigiTomlParser)
     for section, key, value in values:
-        if cfg.has_option(section, key):
+        if cfg.has_option(section, key) or any(cfg.has_option(*alias) for alias in _aliases(section, key)):
             continue
-        if isinstance(cfg, configparser.ConfigParser) and not isinstance(cfg, luigi.configuration.LuigiTomlParser):
+        if toml:
+            value = _typed(value)  # the TOML parser returns values as set: [resources] must be numbers
+        elif isinstance(cfg, configparser.ConfigParser):
             value = value.replace("%", "%%")  # Luigi's .cfg parser interpolates %(...)s
             if not cfg.has_section(section):
                 cfg.add_section(section)
@@ -75,12 +81,40 @@ def config_defaults() -> list[str]:
     return given
 
 
+def _typed(value: str):
+    """A luigi.cfg value as TOML would hold it (Luigi's TOML parser does not parse what it returns)."""
+    for conv in (int, float):
+        try:
+            return conv(value)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(value.lower(), value)
+
+
+def _aliases(section: str, key: str) -> list[tuple[str, str]]:
+    """The older names Luigi still reads for option `key` of Config `section` ([core] worker-timeout for [worker]
+    timeout): one set in the operator's file must win too."""
+    try:
+        cls = luigi.task_register.Register.get_task_cls(section)
+    except luigi.task_register.TaskClassException:  # no Luigi Config class of that name ([resources]): no alias
+        return []
+    param = dict(cls.get_params()).get(key)
+    path = getattr(param, "_config_path", None)
+    return [(path["section"], path["name"])] if path else []
+
+
 _acquire_for = getattr(luigi.lock.acquire_for, "__wrapped__", luigi.lock.acquire_for)  # Luigi's own
 
 
 @functools.wraps(_acquire_for)
 def _acquire_with_parent(pid_dir, *args, **kwargs):
     """Luigi makes the lock directory but not its parent (var/ of a new home)."""
-    Path(pid_dir).parent.mkdir(parents=True, exist_ok=True)
-    return _acquire_for(pid_dir, *args, **kwargs)
+    try:
+        Path(pid_dir).parent.mkdir(parents=True, exist_ok=True)
+        return _acquire_for(pid_dir, *args, **kwargs)
+    except OSError as exc:
+        print(f"the run lock cannot be made in {pid_dir} ({exc.strerror}): make {Path(pid_dir).parent} writable "
+              f"by this user, or set [core] lock_pid_dir in luigi.cfg to a directory of this CBM_HOME's own",
+              file=sys.stderr)
+        raise SystemExit(luigi.retcodes.retcode().unhandled_exception) from None
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
-NAMES = ("sql", "config", "luigi.cfg")  # what setup.py copies into the wheel
+NAMES = ("sql", "config/tables.csv", "config/.env.template", "luigi.cfg")  # what setup.py copies into the wheel
 
 
 def places() -> list[Path]:

@@ -14,9 +14,14 @@ import uuid
 import zipfile
 from pathlib import Path
 
-import pytest
+import collections
 
-from cbm_luigi import shipped
+import luigi.configuration
+import luigi.scheduler
+import pytest
+from luigi.configuration import toml_parser
+
+from cbm_luigi import scheduling, shipped
 from cbm_luigi.cli import main as cbm_etl
 
 from .conftest import BIN, REPO, make_env, subprocess_env
@@ -206,3 +211,144 @@ def test_init_db_without_its_sql_scripts_says_so(env, tmp_path, monkeypatch, cap
     assert cbm_etl(["init-db"]) != 0
     err = capsys.readouterr().err
     assert "no SQL script in" in err and "reinstall" in err, err
+
+
+# -- found in review of the change that made the package installable ---------------------------------------------
+
+# -- 1. Luigi's TOML config parser: the shipped values are given as strings, [resources] breaks the scheduler ----
+
+def test_toml_parser_resources_given_by_config_defaults_are_numbers(monkeypatch):
+    """LUIGI_CONFIG_PARSER=toml (Luigi's other supported format): config_defaults() sets the shipped luigi.cfg's
+    values as strings into the TOML parser, which returns them as they are (no parsing, unlike the .cfg parser's
+    getintdict). The scheduler then compares `1 + 0 > '2'` for every ExtractParquet: TypeError, exit 40."""
+    monkeypatch.setenv("LUIGI_CONFIG_PARSER", "toml")
+    monkeypatch.setattr(toml_parser.LuigiTomlParser, "enabled", True)  # no luigi.toml is read: toml not needed
+    monkeypatch.setattr(toml_parser.LuigiTomlParser, "_instance", None)
+    monkeypatch.setattr(toml_parser.LuigiTomlParser, "_config_paths", [])
+    scheduling.config_defaults()
+    resources = luigi.configuration.get_config().getintdict("resources")
+    assert resources.get("progress_odbc") == 2, f"[resources] under the TOML parser: {resources!r}"
+    s = luigi.scheduler.Scheduler()
+    assert s._has_resources({"progress_odbc": 1}, collections.defaultdict(int))
+
+
+def test_nightly_under_the_toml_config_parser_loads(tmp_path, monkeypatch):
+    """The luigi command with LUIGI_CONFIG_PARSER=toml and a luigi.toml of the operator's (luigi[toml]): it
+    exited 40 with "TypeError: '>' not supported between instances of 'int' and 'str'" in
+    luigi/scheduler.py _has_resources, and no table loads."""
+    pytest.importorskip("toml")
+    env = make_env(tmp_path, monkeypatch)
+    (env.home / "luigi.toml").write_text("[retcode]\ntask_failed = 31\n")
+    e = subprocess_env(env, LUIGI_CONFIG_PARSER="toml")
+    e.pop("LUIGI_CONFIG_PATH")
+    r = subprocess.run([str(BIN / "luigi"), "--module", "cbm_luigi", "LoadAll", "--mode", "incremental",
+                        "--local-scheduler"], cwd=env.home, env=e, capture_output=True, text=True, timeout=600)
+    assert "TypeError" not in r.stderr, r.stderr[-1500:]
+    assert r.returncode == 0, r.stderr[-1500:]
+
+
+# -- 2./3. what a wheel built from a used checkout carries --------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def rebuilt(tmp_path_factory) -> dict:
+    """OPERATIONS "Installing" followed in a checkout used before: `pip wheel --no-deps -w dist .` once with a
+    SQL script of that release and a settings file the operator keeps in config/ (prod.env), then the next
+    release (the script gone) built again in the same checkout (its build/ left, as pip leaves it)."""
+    root = tmp_path_factory.mktemp("rebuild")
+    src = root / "checkout"
+    shutil.copytree(REPO, src, ignore=_IGNORE)
+    (src / "sql" / "duckdb" / "99_dropped_in_next_release.sql").write_text("CREATE SCHEMA IF NOT EXISTS gone;\n")
+    (src / "config" / "prod.env").write_text("CBM_MSSQL_ODBC=Driver=x;UID=etl;PWD=s3cret\n")
+
+    def wheel(out: Path) -> list[str]:
+        r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                            str(out), "."], cwd=src, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return zipfile.ZipFile(next(out.glob("*.whl"))).namelist()
+
+    first = wheel(root / "dist1")
+    r = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(root / "sdist")], cwd=src,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    with tarfile.open(next((root / "sdist").glob("*.tar.gz"))) as t:
+        sdist = t.getnames()
+    (src / "sql" / "duckdb" / "99_dropped_in_next_release.sql").unlink()
+    (src / "config" / "prod.env").unlink()
+    second = wheel(root / "dist2")
+    return {"first": first, "sdist": sdist, "second": second}
+
+
+def test_a_wheel_rebuilt_in_a_checkout_does_not_keep_a_removed_sql_script(rebuilt):
+    """setup.py copies sql/ into build/lib/cbm_luigi/shipped with dirs_exist_ok and never empties it: a script
+    removed (or renamed) by a release stays in every wheel built later in that checkout, and init-db runs it
+    (it runs every sql/<dialect>/*.sql it finds)."""
+    stale = [n for n in rebuilt["second"] if n.endswith("99_dropped_in_next_release.sql") or n.endswith("prod.env")]
+    assert not stale, f"the second wheel still carries {stale}"
+
+
+def test_wheel_and_sdist_do_not_carry_a_settings_file_kept_in_config(rebuilt):
+    """`graft config` and copytree(config/, ignore '.env') ship every file in config/ but one named exactly
+    `.env`: a settings file with the warehouse password kept beside the template (config/prod.env, read through
+    CBM_ENV_FILE) goes into the sdist and the wheel."""
+    leaked = [n for n in rebuilt["first"] + rebuilt["sdist"] if n.endswith("prod.env")]
+    assert not leaked, f"settings file shipped: {leaked}"
+
+
+# -- 4. cbm-etl --version ---------------------------------------------------------------------------------------
+
+def test_version_prints_the_luigi_cfg_path_whole(tmp_path, monkeypatch, capsys):
+    """--version says where the shipped luigi.cfg is (for luigid's LUIGI_CONFIG_PATH). argparse's version action
+    wraps its text to the terminal's width (textwrap: breaks long words, collapses spaces): an installation path
+    longer than a line comes out cut in two, with a newline inside the path."""
+    pkg = tmp_path / "opt" / "cbm_luigi-releases" / "2026-11-30" / "venv" / "lib" / "python3.11" / "site-packages" \
+        / "cbm_luigi"
+    (pkg / "shipped").mkdir(parents=True)
+    (pkg / "shipped" / "luigi.cfg").write_text((REPO / "luigi.cfg").read_text())
+    monkeypatch.setattr(shipped, "PACKAGE", pkg)
+    monkeypatch.setenv("COLUMNS", "80")
+    with pytest.raises(SystemExit) as exc:
+        cbm_etl(["--version"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert str(pkg / "shipped" / "luigi.cfg") in out.splitlines()[-1], out
+
+
+# -- 5. "A value in your file wins": Luigi's own aliases ------------------------------------------------------
+
+def test_an_operators_worker_timeout_under_luigis_older_name_still_wins(tmp_path):
+    """Luigi reads [worker] timeout, and when absent its older name [core] worker-timeout. config_defaults()
+    sets [worker] timeout = 0 when the file has only the older name, so the operator's value is ignored
+    (the same for worker-keep-alive): OPERATIONS says "A value in your file wins"."""
+    cfg = tmp_path / "site.cfg"
+    cfg.write_text("[core]\nworker-timeout = 7200\nworker-keep-alive = true\n")
+    e = {k: v for k, v in os.environ.items() if not k.startswith("CBM_")}
+    e["LUIGI_CONFIG_PATH"] = str(cfg)
+    r = subprocess.run([str(BIN / "python"), "-W", "ignore", "-c",
+                        "import cbm_luigi, luigi.worker; w = luigi.worker.worker(); print(w.timeout, w.keep_alive)"],
+                       cwd=tmp_path, env=e, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["7200", "True"], f"the operator's [core] worker-timeout/keep-alive: {r.stdout}"
+
+
+# -- 6. a CBM_HOME the nightly cannot write ----------------------------------------------------------------------
+
+def test_a_home_where_var_cannot_be_made_is_said_not_a_traceback(tmp_path, monkeypatch):
+    """A CBM_HOME holding only .env (read-only: the warehouse, source and cache set elsewhere) ran the nightly
+    while the lock was in /tmp/luigi. Now making var/luigi-lock fails inside luigi.lock: "ERROR: Uncaught
+    exception in luigi" and a traceback, exit 40, nothing loaded, no word of what to do."""
+    env = make_env(tmp_path / "w", monkeypatch)
+    settings = tmp_path / "site.env"
+    settings.write_text("")
+    settings.chmod(0o600)
+    if os.geteuid() == 0:
+        home = Path("/proc/1")  # root writes anywhere else: a directory no process can make var/ in
+    else:
+        home = tmp_path / "ro"
+        home.mkdir()
+        home.chmod(0o555)
+    e = subprocess_env(env, CBM_HOME=str(home), CBM_ENV_FILE=str(settings))
+    r = subprocess.run([str(BIN / "luigi"), "--module", "cbm_luigi", "LoadAll", "--mode", "incremental",
+                        "--local-scheduler"], cwd=tmp_path, env=e, capture_output=True, text=True, timeout=600)
+    out = r.stdout + r.stderr
+    assert "Uncaught exception in luigi" not in out and "Traceback" not in out, out[-1500:]
+    assert str(home / "var") in out, out[-1500:]
