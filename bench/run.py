@@ -49,6 +49,23 @@ SIZES = {
 }
 
 
+# Each measured command runs under this launcher, which times it and reads its peak RSS (os.wait4: the rusage of
+# that child alone, ru_maxrss in KiB). Linux keeps a process's RSS high-water mark across exec and a child starts
+# from its parent's: started by the harness itself (which does DuckDB and SQLite work of its own), every command
+# reported at least the harness's peak (found in review: a parent that had touched 500 MB saw `python -c pass`
+# peak at 513 MB). The launcher's own peak is an interpreter's, below any command's.
+LAUNCHER = r"""import json, os, subprocess, sys, time
+t0 = time.perf_counter()
+p = subprocess.Popen(sys.argv[2:])
+_pid, status, usage = os.wait4(p.pid, 0)
+seconds = time.perf_counter() - t0
+with open(sys.argv[1], "w") as f:
+    json.dump([seconds, usage.ru_maxrss], f)
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
 def human(n: int) -> str:
     return f"{n // 1_000_000}m" if n % 1_000_000 == 0 else f"{n // 1000}k" if n % 1000 == 0 else str(n)
 
@@ -104,14 +121,13 @@ class Home:
         # the earlier runs' files still being written back to disk must not slow this one's fsyncs (measured: a
         # first load's COMMIT took 0.4 s longer right after the other reader's runs)
         os.sync()
+        measured = log.with_suffix(".measure")
         with open(log, "wb") as out:
-            t0 = time.perf_counter()
             # stdout alone must hold the raw read's JSON: its stderr goes to a file of its own
             err = open(log.with_suffix(".err"), "wb") if log_name == "raw" else subprocess.STDOUT
-            p = subprocess.Popen([sys.executable, *args], cwd=self.root, env=self.env(), stdout=out, stderr=err)
-            _pid, status, usage = os.wait4(p.pid, 0)  # rusage of this child alone (ru_maxrss in KiB on Linux)
-            seconds = time.perf_counter() - t0
-            p.returncode = os.waitstatus_to_exitcode(status)
+            p = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(measured), sys.executable, *args],
+                                 cwd=self.root, env=self.env(), stdout=out, stderr=err)
+            p.wait()
             if err is not subprocess.STDOUT:
                 err.close()
         text = log.read_text(errors="replace")
@@ -119,7 +135,8 @@ class Home:
             if log.with_suffix(".err").exists():
                 text += log.with_suffix(".err").read_text(errors="replace")
             raise RuntimeError(f"`{' '.join(args[:6])} ...` exited {p.returncode}; log {log}:\n{text[-3000:]}")
-        return seconds, usage.ru_maxrss / 1024, text
+        seconds, maxrss_kib = json.loads(measured.read_text())
+        return seconds, maxrss_kib / 1024, text
 
     def luigi(self, task: str, tag: str, **params) -> tuple[float, float]:
         args = ["-m", "luigi", "--module", "cbm_luigi", task, "--batch-date", TODAY.isoformat(),

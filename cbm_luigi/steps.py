@@ -543,8 +543,10 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
         if inserted or updated or deleted:  # else the MERGE would change nothing: skip its join of every column
             all_new = not (updated or unchanged or deleted)
             # only the MERGE carries every column (the counts join keys and hashes): raising DuckDB's memory
-            # limit cost 15 ms, which a batch with no change does not pay
-            wh.before_merge(s, len(spec.columns), rows=0 if all_new else int(batch_rows))
+            # limit cost 15 ms, which a batch with no change does not pay. A type-1 MERGE's source is the rows
+            # it writes (statements._changed_rows); SCD2's steps join the whole batch
+            carried = int(batch_rows) if spec.scd2 else int(inserted) + int(updated)
+            wh.before_merge(s, len(spec.columns), rows=0 if all_new else carried)
             refresh = None
             changed = "columns ods lost refilled" if lost else "configuration changed since the last load"
             if existing and (lost or plan.merged_shape not in (None, plan.extract_shape())):

@@ -39,6 +39,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .leftovers import drop_dead_spill_files, running
 from .naming import shown_value
 from .plan import PlanColumn, TablePlan
 from .types import ColumnType
@@ -305,20 +306,20 @@ _HOST = hashlib.md5(socket.gethostname().encode()).hexdigest()[:8]  # a cache sh
 
 def _drop_orphans(out_path: Path) -> None:
     """Half-written files of `out_path` left by a killed process of this host (`<name>.<pid>-<id>-<host>.tmp`,
-    the pid no longer runs): as large as the extract, and no later run would touch them. Best effort."""
+    the pid no longer runs): as large as the extract, and no later run would touch them; and the spill files of
+    this host's engines killed there (leftovers.py). Best effort."""
     for p in out_path.parent.glob(f"{out_path.name}.*-*-{_HOST}.tmp"):
         pid = p.name[len(out_path.name) + 1:].split("-", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-            continue  # running (this user's)
-        except PermissionError:
-            continue  # running (another user's)
-        except ProcessLookupError:
-            pass
-        with contextlib.suppress(OSError):
-            p.unlink()
+        if pid.isdigit() and not running(int(pid)):
+            with contextlib.suppress(OSError):
+                p.unlink()
+    drop_dead_spill_files(spill_dir(out_path))
+
+
+def spill_dir(out_path: Path) -> Path:
+    """Where the extract's engine spills: a folder of this host in the batch's cache folder (DuckDB makes it and
+    removes it on close; a cache shared by hosts keeps each host's pids apart)."""
+    return out_path.parent / f"spill-{_HOST}"
 
 
 def shape_batches(plan: TablePlan, schema: pa.Schema, batches: Iterable[pa.RecordBatch], out_path: Path, *,
@@ -331,7 +332,7 @@ def shape_batches(plan: TablePlan, schema: pa.Schema, batches: Iterable[pa.Recor
     tmp = out_path.with_name(f"{out_path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}-{_HOST}.tmp")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _drop_orphans(out_path)
-    con = compute_engine(memory_limit, threads, out_path.parent)
+    con = compute_engine(memory_limit, threads, spill_dir(out_path))
     src = _Batches(schema, batches)
     view = f"_cbm_src_{uuid.uuid4().hex}"
     kv = ", ".join(f"{_lit(k)}: {_lit(v)}" for k, v in (metadata or {}).items())

@@ -44,3 +44,53 @@ def test_a_merge_of_every_row_changed_is_given_what_it_needs_under_a_small_cap(t
     assert env.sql("SELECT RowsUpdated FROM etl.ETL_Log WHERE Step = 'merge' AND BatchId LIKE '%-b'") == [(250_000,)]
     assert env.sql("SELECT count(*), count(DISTINCT dat_mod) > 1 FROM ods.stock_mag WHERE NOT _etl_is_deleted") == [
         (250_000, True)]
+
+
+def test_a_full_reload_that_changes_one_percent_merges_under_the_configured_cap(tmp_path, monkeypatch):
+    """The weekly full of a tall table with a few rows changed, some new and some gone: the MERGE's limit was
+    raised for every row of the batch (64 MB + rows x (500 + 20 x columns)), not for the rows it writes, and the
+    MERGE, given the whole batch as its source, filled it: through the `luigi` command, 30 columns, 1 % changed,
+    the MergeOds step peaked at 779 MB for 1 M rows and 1,374 MB for 2 M (found in review). DuckDB's type-1 MERGE
+    is now given the changed rows alone (402 MB for 2 M rows under the configured 256MB), the absent keys
+    soft-deleted by an UPDATE of their own. 250,000 rows x 30 here, 2,500 changed, 10 new, 20 gone."""
+    from cbm_luigi.warehouse.duckdb_wh import DuckDbWarehouse, _bytes
+
+    env = make_env(tmp_path, monkeypatch, scale=0.01)
+    demo_source.add_synthetic_table(env.source, "stock_jour", 250_000, 30)
+    env.sql("INSERT INTO config.ETL_Tables (TableName, PrimaryKeyCols, DateModifCol) VALUES ('stock_jour', 'id', "
+            "'dat_mod')")
+    _limit(monkeypatch, "256MB")
+    assert succeeded(build(LoadTable(table="stock_jour", mode="full", batch_tag="a")))
+    changed = demo_source.touch_synthetic_rows(env.source, "stock_jour", 0.01)
+    on_source(env, "DELETE FROM stock_jour WHERE id % 12500 = 101")  # 20 keys gone
+    on_source(env, "INSERT INTO stock_jour SELECT id + 1000000, dat_mod, heure, "
+                   + ", ".join(f'"{c}"' for c in _synthetic_columns(env)) + " FROM stock_jour WHERE id <= 10")
+    limits = []
+    original = DuckDbWarehouse.before_merge
+
+    def spy(self, s, n_columns, rows=0):
+        original(self, s, n_columns, rows)
+        limits.append(_bytes(s.scalar("SELECT current_setting('memory_limit')")))
+    monkeypatch.setattr(DuckDbWarehouse, "before_merge", spy)
+    assert succeeded(build(LoadTable(table="stock_jour", mode="full", batch_tag="b"))), last_error(env, "stock_jour")
+    assert env.sql("SELECT RowsInserted, RowsUpdated, RowsDeleted FROM etl.ETL_Log WHERE Step = 'merge' "
+                   "AND BatchId LIKE '%-b'") == [(10, changed, 20)]
+    assert limits and max(limits) <= 1.1 * 256e6, (f"the MERGE of {changed:,} changed rows (of 250,000) ran under "
+                                                   f"{max(limits or [0]) / 1e6:.0f} MB, not the configured 256MB")
+    assert env.sql("SELECT COUNT(*), COUNT(_etl_deleted_at) FROM ods.stock_jour WHERE _etl_is_deleted") == [(20, 20)]
+    import sqlite3
+
+    with sqlite3.connect(env.source) as con:
+        source = {r[0]: r[1] for r in con.execute('SELECT id, "c000-var" FROM stock_jour')}
+    con.close()
+    assert dict(env.sql("SELECT id, c000_var FROM ods.stock_jour WHERE NOT _etl_is_deleted")) == source
+
+
+def _synthetic_columns(env) -> list[str]:
+    """The synthetic table's columns after id, dat_mod and heure, as the source names them."""
+    import sqlite3
+
+    with sqlite3.connect(env.source) as con:
+        cols = [r[1] for r in con.execute("PRAGMA table_info(stock_jour)")]
+    con.close()
+    return cols[3:]

@@ -7,6 +7,7 @@ import sqlite3
 from datetime import date, timedelta
 import os
 import signal
+import sys
 import re
 import subprocess
 import time
@@ -404,6 +405,47 @@ def test_ctrl_c_during_a_log_write_stops_the_run(env, tmp_path):
     rerun = luigi_cli(env, "LoadAll", "--mode", "full", "--local-scheduler")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert env.sql("SELECT COUNT(*) FROM etl.ETL_Markers WHERE Step = 'validate'")[0][0] == len(DEMO_TABLES)
+
+
+CTRL_C_RUNNER = r"""
+import os, signal, sys, threading
+import cbm_luigi.warehouse.duckdb_wh as wh
+_done = []
+def _slow_then(orig):
+    def run(self, sql, params=None):
+        if not _done and f'"{os.environ["T_TABLE"]}"' in sql and 'ods' in sql:
+            _done.append(sql)
+            threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+            orig(self, "SELECT count(*) FROM range(4000000000) AS r(i) WHERE i % 7 = 3")
+        return orig(self, sql, params)
+    return run
+wh.DuckDbSession.execute = _slow_then(wh.DuckDbSession.execute)
+wh.DuckDbSession.query = _slow_then(wh.DuckDbSession.query)
+from luigi.cmdline import luigi_run
+luigi_run(sys.argv[1:])
+"""
+
+
+def test_ctrl_c_while_duckdb_runs_a_warehouse_statement_stops_the_run(env):
+    """The operator presses Ctrl-C while the merge of famille (the first table) runs a DuckDB statement. DuckDB's
+    Python client takes the SIGINT, interrupts the statement and raises `RuntimeError: Query interrupted` (no
+    KeyboardInterrupt is left): Luigi counted it as the table's failure and went on loading every other table,
+    and the run ended with exit 30 ('a task failed') (found in review: random kills). The warehouse session now
+    raises it as the KeyboardInterrupt it is. A Ctrl-C that lands in a log write stops the run
+    (test_operations.test_ctrl_c_during_a_log_write_stops_the_run); one that lands in DuckDB, where a load spends
+    most of its time, should too."""
+    p = subprocess.run([sys.executable, "-c", CTRL_C_RUNNER, "--module", "cbm_luigi", "LoadAll", "--mode", "full",
+                        "--local-scheduler"], cwd=env.home, env=subprocess_env(env, T_TABLE="famille"),
+                       capture_output=True, text=True, timeout=300)
+    later = [r[0] for r in env.sql("SELECT DISTINCT TableName FROM etl.ETL_Markers WHERE Step = 'validate' "
+                                   "ORDER BY 1")]
+    logged = env.sql("SELECT TableName, Step, ErrorMessage FROM etl.ETL_Log WHERE Status = 'FAILED'")
+    assert not later, (f"after the Ctrl-C (exit {p.returncode}) the run went on and loaded {later}; etl.ETL_Log "
+                       f"holds the interrupted step as an ordinary failure: {logged}")
+    assert p.returncode != 30, p.stderr[-2000:]
+    rerun = luigi_cli(env, "LoadAll", "--mode", "full", "--local-scheduler")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert_ods_equals_source(env, "famille")
 
 
 def test_a_run_with_another_time_zone_is_stopped_before_reading_and_the_source_timezone_setting_fixes_it(env):

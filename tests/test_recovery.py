@@ -266,3 +266,46 @@ def test_a_new_destination_table_is_not_said_as_an_ods_table_dropped_by_hand(env
     assert live(env, "client_v2") == len(source_rows(env.source, "client"))
     detail = env.sql(MERGE_DETAIL, ["client"])[0][0] or ""
     assert "loaded before" not in detail and not any("dropped by hand" in m for m in caplog.messages), detail
+
+
+@pytest.mark.parametrize("where", ["warehouse", "extract"])
+def test_spill_files_of_a_killed_run_do_not_outlive_its_rerun(env, monkeypatch, where):
+    """A step past its memory cap spills: the warehouse into `<warehouse>.tmp/`, the extract's engine into a folder
+    of this host in the batch's cache folder. DuckDB removes its files when the connection closes; a killed
+    process never closes it, and the rerun, which completed, removed none (found in review: random kills; the
+    warehouse's are outside the cache, where clean-cache never looks). Each is now removed by the next process
+    that opens the warehouse, or extracts into that folder, once the process that made them no longer runs."""
+    import signal
+    import subprocess
+    import time
+
+    from cbm_luigi import demo_source
+
+    from .conftest import BIN, subprocess_env
+
+    demo_source.add_synthetic_table(env.source, "big", 100_000, 30)
+    env.sql("INSERT INTO config.ETL_Tables (TableName, PrimaryKeyCols, DateModifCol) VALUES ('big', 'id', 'dat_mod')")
+    if where == "warehouse":
+        extra, spills = {"CBM_DUCKDB_MEMORY_LIMIT": "30MB"}, env.warehouse.with_name(env.warehouse.name + ".tmp")
+        found = lambda: list(spills.glob("duckdb_temp_*storage*"))  # noqa: E731
+    else:
+        extra, spills = {"CBM_TRANSFORM_MEMORY_LIMIT": "32MB"}, env.cache
+        found = lambda: list(spills.rglob("duckdb_temp_*storage*"))  # noqa: E731
+    cmd = [str(BIN / "luigi"), "--module", "cbm_luigi", "LoadTable", "--table", "big", "--mode", "full",
+           "--local-scheduler"]
+    p = subprocess.Popen(cmd, cwd=env.home, env=subprocess_env(env, **extra), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while p.poll() is None and time.monotonic() < deadline and not found():
+            time.sleep(0.005)
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    left = [q for q in (spills.rglob(f"duckdb_temp_{p.pid}_*"))]
+    assert left, f"the run did not spill before it ended (exit {p.returncode}): the test proves nothing"
+    rerun = subprocess.run(cmd, cwd=env.home, env=subprocess_env(env), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    still = sorted(q.name for q in spills.rglob(f"duckdb_temp_{p.pid}_*"))
+    assert not still, f"after the rerun, the killed process's spill files are still in {spills}: {still}"
+    assert env.sql("SELECT COUNT(*) FROM ods.big WHERE NOT _etl_is_deleted") == [(100_000,)]

@@ -32,6 +32,7 @@ from cbm_luigi import config_store, runlog, steps
 from cbm_luigi.extract import META_KEY
 from cbm_luigi.plan import ConfigError, PlanColumn, TablePlan
 from cbm_luigi.settings import Settings
+from cbm_luigi.source import readers
 from cbm_luigi.targets import MarkerTarget, StageTarget, record_merged, record_validated, remove_markers, state_query
 from cbm_luigi.transform import TechnicalValues
 from cbm_luigi.types import ColumnType
@@ -1609,3 +1610,57 @@ def test_a_column_null_in_every_row_of_a_batch_does_not_widen_ods(stage_file):
     steps.merge(wh, plan, mode="incremental", batch_id="2024-01-01", marker=marker, run_id="r")
     altered = [s for s in rec.statements if " ALTER COLUMN " in s or s.startswith("DROP INDEX")]
     assert altered == [], "widened with no value seen:\n" + "\n".join(altered)
+
+
+# -- staging reads bounded by bytes ------------------------------------------------------------------------------
+
+TECH_STAGE = TechnicalValues("run-1", "2024-01-01", datetime(2024, 1, 2))
+
+
+def _wide_text_file(path: Path, rows: int, cols: int, chars: int) -> list[Column]:
+    """A batch file of `cols` text columns of `chars` characters each (a wide table with comment fields), written
+    in small row groups as the extract writes it (transform.ROW_GROUP_BYTES)."""
+    names = [f"txt_{j:03d}" for j in range(cols)]
+    data = {n: pa.array([f"{i:08d}{j:03d}".ljust(chars, "x") for i in range(rows)]) for j, n in enumerate(names)}
+    data["_etl_hashdiff"] = pa.array(["0" * 32] * rows)
+    data["_etl_source_ts"] = pa.array([None] * rows, pa.timestamp("us"))
+    table = pa.table(data)
+    pq.write_table(table, path, row_group_size=max(1, (16 << 20) // (cols * chars)))
+    return [Column(n, ColumnType("string", width=chars)) for n in names]
+
+
+def _spy_batches(monkeypatch) -> list[int]:
+    """The bytes of every batch read from a parquet file through ParquetFile.iter_batches."""
+    seen: list[int] = []
+    real = pq.ParquetFile.iter_batches
+
+    def spy(self, *a, **kw):
+        for b in real(self, *a, **kw):
+            seen.append(b.nbytes)
+            yield b
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
+    return seen
+
+
+def test_sql_server_staging_reads_the_batch_file_in_batches_bounded_by_bytes(tmp_path, monkeypatch):
+    """SQL Server staging (replace_stage) reads the batch file twice: `sized_for_file` read it in batches of
+    CHUNK_ROWS * 10 = 100,000 rows of every bounded text column, then `_batches` in CHUNK_ROWS = 10,000 rows of
+    every column, whatever the width (found in review; now mssql_wh.file_batches sizes them by bytes). The extract sizes its batches by bytes (about 8 MB, at most
+    readers.MAX_BATCH_BYTES = 32 MB as measured); staging did not, so its memory grew with the rows up to
+    100,000 and with the width without bound. Measured on bench's wide shape (350 columns, 88 text columns of
+    ~12 characters), one process per size: sized_for_file alone peaked at 210 / 251 / 350 / 584 MB for 20k / 40k /
+    80k / 160k rows (128 MB before it), the bulk-copy path 324 / 368 / 410 / 590 MB, executemany 582 / 630 / 683 /
+    794 MB. Here 2,000 rows of 20 comment fields of 2,000 characters (80 MB of text): each read must stay
+    within the readers' bound."""
+    path = tmp_path / "wide.stage.parquet"
+    columns = _wide_text_file(path, rows=2_000, cols=20, chars=2_000)
+    seen = _spy_batches(monkeypatch)
+    sized = mssql_wh.sized_for_file(columns, path, D)
+    assert all(c.max_len is None or c.max_len <= 2_000 for c in sized)
+    sizing = list(seen)
+    seen.clear()
+    layout = mssql_wh.stage_layout(D, sized)
+    rows = sum(b.num_rows for b in mssql_wh.MssqlWarehouse._batches(None, path, layout, TECH_STAGE))
+    assert rows == 2_000
+    assert max(sizing) <= readers.MAX_BATCH_BYTES, f"sized_for_file read {max(sizing) / 1e6:.0f} MB at once"
+    assert max(seen) <= readers.MAX_BATCH_BYTES, f"staging read {max(seen) / 1e6:.0f} MB at once"

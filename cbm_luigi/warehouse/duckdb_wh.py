@@ -19,6 +19,7 @@ import duckdb
 
 from .base import Session, Warehouse
 from .dialects import DuckDbDialect
+from ..leftovers import drop_dead_spill_files
 from ..types import parse_column_type
 
 LOCK_WAIT_S = 120.0
@@ -67,12 +68,27 @@ def release_connections() -> None:
         _SHARED.pop(key).close()
 
 
+@contextlib.contextmanager
+def _ctrl_c_stops():
+    """DuckDB's client takes a SIGINT that lands in a statement: it interrupts it and raises `Query interrupted`
+    (a RuntimeError or duckdb.InterruptException), and no KeyboardInterrupt is left. Luigi then counted the
+    operator's Ctrl-C as the table's failure and went on with every other table (found in review): raised as the
+    KeyboardInterrupt it is, it stops the run as a Ctrl-C anywhere else does."""
+    try:
+        yield
+    except (duckdb.InterruptException, RuntimeError) as exc:
+        if isinstance(exc, duckdb.InterruptException) or str(exc).strip() == "Query interrupted":
+            raise KeyboardInterrupt from exc
+        raise
+
+
 class DuckDbSession(Session):
     def __init__(self, con: duckdb.DuckDBPyConnection):
         self.con = con
 
     def execute(self, sql, params=None):
-        self.con.execute(sql, params or [])
+        with _ctrl_c_stops():
+            self.con.execute(sql, params or [])
 
     def executemany(self, sql, rows):
         """An `INSERT ... VALUES (...)` goes as multi-row VALUES (DuckDB runs executemany row by row: 350 rows
@@ -87,10 +103,12 @@ class DuckDbSession(Session):
             self.con.execute(f"{head} VALUES {', '.join([tup.strip()] * len(chunk))}", [v for r in chunk for v in r])
 
     def query(self, sql, params=None):
-        return self.con.execute(sql, params or []).fetchall()
+        with _ctrl_c_stops():
+            return self.con.execute(sql, params or []).fetchall()
 
     def query_dicts(self, sql, params=None):
-        cur = self.con.execute(sql, params or [])
+        with _ctrl_c_stops():
+            cur = self.con.execute(sql, params or [])
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r)) for r in cur.fetchall()]
 
@@ -137,6 +155,9 @@ class DuckDbWarehouse(Warehouse):
         con.execute(f"SET memory_limit = {self.dialect.literal(self.settings.duckdb_memory_limit)}")
         con.execute(f"SET threads = {int(self.settings.duckdb_threads)}")
         con.execute("SET preserve_insertion_order = false")
+        spills = con.execute("SELECT current_setting('temp_directory')").fetchone()[0]
+        if spills:  # a killed process's spill files (leftovers.py): this one holds the file's lock now
+            drop_dead_spill_files(Path(spills))
         return con
 
     def _shared(self) -> duckdb.DuckDBPyConnection:

@@ -5,7 +5,7 @@ Sessions run in autocommit mode; `transaction()` sends `SET XACT_ABORT ON` then 
 one by one: `GO` never goes over ODBC (base.split_script cuts the scripts on it).
 
 Staging (`replace_stage`) drops and recreates stg.<table>, then loads the stage parquet in bounded batches
-(ParquetFile.iter_batches, CHUNK_ROWS rows each), one of two ways:
+(file_batches: about 8 MB and at most CHUNK_ROWS rows each), one of two ways:
 
 - `mssql_python` installed (Microsoft's driver, >= 1.13: `cursor.bulkcopy_arrow`): TDS bulk copy straight from
   Arrow. It opens its OWN connection, so it cannot see the caller's open transaction: the DROP/CREATE is
@@ -55,6 +55,32 @@ log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 10_000
 _SUPPLEMENTARY = r"[\x{10000}-\x{10FFFF}]"  # RE2: characters that take two UTF-16 code units
+# staging reads the batch file in batches of about this many bytes (as the extract's readers aim for), at most
+# CHUNK_ROWS rows: a fixed row count read 80 MB of comment text at once, and grew with the width without bound
+# (found in review)
+STAGE_BATCH_BYTES = 8 * 1024 * 1024
+PROBE_ROWS = 1_000
+
+
+def file_batches(pf: pq.ParquetFile, columns: list[str], most_rows: int | None = None) -> Iterator[pa.RecordBatch]:
+    """`columns` of the parquet file in record batches of about STAGE_BATCH_BYTES, sized from the width of its
+    first rows as Arrow holds them (parquet's own sizes are encoded: a dictionary-encoded text looks small there),
+    at least 1 and at most `most_rows` (default CHUNK_ROWS) rows each. The first rows are as many as parquet's sizes say fit (at most
+    PROBE_ROWS): 1,000 rows of 20 comment fields are 40 MB."""
+    md = pf.metadata
+    probe = PROBE_ROWS
+    if md.num_row_groups and md.row_group(0).num_rows:
+        group = md.row_group(0)
+        wanted = set(columns)
+        encoded = sum(group.column(i).total_uncompressed_size for i in range(group.num_columns)
+                      if group.column(i).path_in_schema in wanted)
+        probe = max(1, min(PROBE_ROWS, STAGE_BATCH_BYTES * group.num_rows // max(1, encoded)))
+    first = next(pf.iter_batches(batch_size=probe, columns=columns), None)
+    if first is None:
+        return
+    per_row = max(1, first.nbytes // max(1, first.num_rows))
+    most_rows = most_rows or CHUNK_ROWS
+    yield from pf.iter_batches(batch_size=max(1, min(most_rows, STAGE_BATCH_BYTES // per_row)), columns=columns)
 
 
 class StageValueError(ValueError):
@@ -354,7 +380,7 @@ def sized_for_file(columns: list[Column], stage_path: Path, d: TsqlDialect) -> l
     if not names:
         return columns
     longest = dict.fromkeys(names, 0)
-    for batch in pf.iter_batches(batch_size=CHUNK_ROWS * 10, columns=names):
+    for batch in file_batches(pf, names, most_rows=CHUNK_ROWS * 10):
         for n in names:
             arr = batch.column(batch.schema.names.index(n))
             if pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type):
@@ -679,7 +705,7 @@ class MssqlWarehouse(Warehouse):
             raise ValueError(f"{stage_path}: no column {', '.join(missing)} in the batch file; extract the table "
                              "again (`cbm-etl invalidate <table> --from extract`)")
         from_file = [c.name for c in layout if c.name not in added]
-        for b in pf.iter_batches(batch_size=CHUNK_ROWS, columns=from_file):
+        for b in file_batches(pf, from_file):
             cols = dict(zip(b.schema.names, b.columns))
             cols.update(tech.arrays(b.num_rows))
             yield pa.RecordBatch.from_arrays([cols[c.name] for c in layout], names=[c.name for c in layout])

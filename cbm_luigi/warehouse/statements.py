@@ -334,18 +334,46 @@ def forget_hashes(d: WarehouseDialect, spec: MergeSpec) -> str:
     return f"UPDATE {spec.ods(d)} SET _etl_hashdiff = ? WHERE {live}"
 
 
-def merge_type1(d: WarehouseDialect, spec: MergeSpec) -> tuple[str, int]:
+def merge_type1(d: WarehouseDialect, spec: MergeSpec, changed_only: bool = False) -> tuple[str, int]:
     """Type 1: insert new keys, update where the hashdiff differs (or the row was soft-deleted), soft-delete
-    absent keys in full mode. Returns (sql, number of `?` for the load timestamp)."""
+    absent keys in full mode. Returns (sql, number of `?` for the load timestamp).
+
+    `changed_only`: the MERGE's source is the batch rows it writes (_changed_rows) and the soft deletes are
+    left to soft_delete_absent."""
     carry = spec.columns + STAGE_TECH
     sets = ", ".join(f"{d.quote(c)} = s.{d.quote(c)}" for c in carry)
     ins_cols = ", ".join(d.quote(c) for c in carry + ODS_STATE + TYPE1_TECH)
     ins_vals = ", ".join([f"s.{d.quote(c)}" for c in carry] + [d.false, "NULL", "?", "?"])
-    sql = (f"{_merge_head(d, spec)}\n"
+    head = (f"MERGE INTO {spec.ods(d)}{_hold(d)} AS t USING {_changed_rows(d, spec)} AS s "
+            f"ON ({_on(d, spec.keys)})") if changed_only else _merge_head(d, spec)
+    sql = (f"{head}\n"
            f"WHEN MATCHED AND (t._etl_hashdiff <> s._etl_hashdiff OR {d.is_true('t._etl_is_deleted')}) THEN "
            f"UPDATE SET {sets}, _etl_is_deleted = {d.false}, _etl_deleted_at = NULL, _etl_updated_at = ?\n"
            f"WHEN NOT MATCHED THEN INSERT ({ins_cols}) VALUES ({ins_vals})"
-           f"{_soft_delete_clause(d, spec)}{_tail(d)}")
+           f"{'' if changed_only else _soft_delete_clause(d, spec)}{_tail(d)}")
+    return sql, markers(sql)
+
+
+def _changed_rows(d: WarehouseDialect, spec: MergeSpec) -> str:
+    """The batch rows a type-1 MERGE writes (new keys, changed hashes, soft-deleted keys back), as a relation:
+    found by keys and hashes alone, then taken whole by a semi-join on the key. DuckDB's MERGE holds what its
+    source carries in memory: given the whole batch, the weekly full of a 2 M-row table with 1 % changed needed
+    its limit raised for every row and peaked at 1.4 GB; given the changed rows, 0.4 GB under the configured
+    256MB, for about 1 s more (found in review)."""
+    k0 = d.quote(spec.keys[0])
+    keys = ", ".join(f"c.{d.quote(k)}" for k in spec.keys)
+    changed = (f"SELECT {keys} FROM {spec.stg(d)} AS c LEFT JOIN {spec.ods(d)} AS t ON {_on(d, spec.keys, 't', 'c')}"
+               f" WHERE t.{k0} IS NULL OR t._etl_hashdiff <> c._etl_hashdiff OR {d.is_true('t._etl_is_deleted')}")
+    return f"(SELECT s.* FROM {spec.stg(d)} AS s SEMI JOIN ({changed}) AS c ON {_on(d, spec.keys, 'c', 's')})"
+
+
+def soft_delete_absent(d: WarehouseDialect, spec: MergeSpec) -> tuple[str, int]:
+    """Full mode, type 1, beside a MERGE of the changed rows alone (whose source no longer holds every key of
+    the batch): the live rows whose key the batch lacks are soft-deleted, by keys alone, as the MERGE's own
+    `WHEN NOT MATCHED BY SOURCE` does (_soft_delete_clause)."""
+    sql = (f"UPDATE {spec.ods(d)} AS t SET _etl_is_deleted = {d.true}, _etl_deleted_at = ? WHERE "
+           f"{d.is_false('t._etl_is_deleted')} AND NOT EXISTS (SELECT 1 FROM {spec.stg(d)} AS s WHERE "
+           f"{_on(d, spec.keys)})")
     return sql, markers(sql)
 
 
@@ -407,12 +435,15 @@ def merge_statements(d: WarehouseDialect, spec: MergeSpec, *, all_new: bool = Fa
     """The data statements of one merge, in order; each with how many `?` take the load timestamp.
 
     `all_new`: no batch key is in ods and nothing is to be soft-deleted (merge_counts said so, e.g. the first
-    load): the MERGE would only insert every row, so a plain INSERT does it without joining ods.
+    load): the MERGE would only insert every row, so a plain INSERT does it without joining ods. On DuckDB a
+    type-1 MERGE is given the changed rows alone, and the soft deletes of a full batch are an UPDATE of their own.
     `refresh`: the configuration changed since the last merge; SCD2 first refreshes in place the
     current versions whose values in these columns are unchanged (scd2_refresh; `whole_arrays`: the EXTENT
     arrays kept whole, whose old elements are compared)."""
     if all_new:
         return [insert_batch(d, spec)]
+    if not spec.scd2 and d.name == "duckdb":  # SQL Server's MERGE spills to tempdb; DuckDB's holds its source
+        return [merge_type1(d, spec, changed_only=True)] + ([soft_delete_absent(d, spec)] if spec.full else [])
     if not spec.scd2:
         return [merge_type1(d, spec)]
     first = [scd2_refresh(d, spec, refresh, whole_arrays)] if refresh is not None else []

@@ -1,0 +1,43 @@
+"""What a killed process of this host leaves behind, removed by the next run that works in the same place.
+
+- Half-written batch files (`<name>.<pid>-<id>-<host>.tmp`): transform._drop_orphans, before an extract writes.
+- DuckDB's spill files (`duckdb_temp_<pid>_...`), which DuckDB removes when its connection closes but a killed
+  process never closes: the extract's engine spills into a folder of this host inside the batch's cache folder,
+  the warehouse into its temp directory (`<warehouse>.tmp`, outside the cache, where clean-cache never looks).
+  A killed spilling merge can leave gigabytes there, which no later run touched (found in review).
+
+A file whose process still runs (or whose pid another process took since) is left alone. Best effort: a file
+that cannot be removed stays for the next run."""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+SPILL_PREFIX = "duckdb_temp_"
+
+
+def running(pid: int) -> bool:
+    """Whether process `pid` of this host runs (this one, or another user's, included)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):  # another user's process, or no pid at all: left alone
+        return True
+    return True
+
+
+def drop_dead_spill_files(directory: Path) -> int:
+    """Remove DuckDB's spill files of processes that no longer run from `directory`; returns how many."""
+    removed = 0
+    with contextlib.suppress(OSError):
+        for p in directory.glob(f"{SPILL_PREFIX}*"):
+            pid = p.name[len(SPILL_PREFIX):].split("_", 1)[0]
+            if pid.isdigit() and not running(int(pid)):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    removed += 1
+    return removed
