@@ -19,7 +19,6 @@ from __future__ import annotations
 import configparser
 import functools
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import luigi.retcodes
 import luigi.scheduler
 import luigi.task_register
 
+from .settings import home_dir
 from .shipped import shipped
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,8 @@ def install() -> bool:
 
 
 def lock_dir() -> Path:
-    """The run lock's directory: var/luigi-lock of CBM_HOME (the working directory when unset, as for settings)."""
-    return Path(os.environ.get("CBM_HOME", "").strip() or os.getcwd()).resolve() / "var" / "luigi-lock"
+    """The run lock's directory: var/luigi-lock of the home (settings.home_dir)."""
+    return home_dir() / "var" / "luigi-lock"
 
 
 def config_defaults() -> list[str]:

@@ -258,9 +258,14 @@ def _check_readable(env_file: Path) -> None:
                            f"'#' or quotes in double quotes, an inner double quote escaped as \\\"), then run again")
 
 
+def home_dir() -> Path:
+    """CBM_HOME, or the working directory when it is unset or empty (it cannot be set in .env: see below)."""
+    return Path(_env("CBM_HOME") or os.getcwd()).resolve()
+
+
 def load_settings() -> Settings:
     """Read `.env` (the one in CBM_HOME or the current directory) then the process environment."""
-    home = Path(_env("CBM_HOME", os.getcwd())).resolve()
+    home = home_dir()
     named = os.environ.get("CBM_ENV_FILE")  # unset: CBM_HOME's .env if there is one; empty: no file
     env_file = home / ".env" if named is None else Path(named.strip()) if named.strip() else None
     if named and named.strip() and not env_file.is_file():
