@@ -108,13 +108,15 @@ _acquire_for = getattr(luigi.lock.acquire_for, "__wrapped__", luigi.lock.acquire
 
 @functools.wraps(_acquire_for)
 def _acquire_with_parent(pid_dir, *args, **kwargs):
-    """Luigi makes the lock directory but not its parent (var/ of a new home)."""
+    """Luigi makes the lock directory (mode 0700) but not its parent (var/ of a new home): both are made here, and a
+    home where they cannot be is said in one line. Only the making is caught: Luigi's own errors (say a process
+    that `--take-lock` signals ending meanwhile) stay its own (found in review)."""
     try:
-        Path(pid_dir).parent.mkdir(parents=True, exist_ok=True)
-        return _acquire_for(pid_dir, *args, **kwargs)
+        Path(pid_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
-        print(f"the run lock cannot be made in {pid_dir} ({exc.strerror}): make {Path(pid_dir).parent} writable "
-              f"by this user, or set [core] lock_pid_dir in luigi.cfg to a directory of this CBM_HOME's own",
+        print(f"the run lock cannot be made in {pid_dir} ({exc.strerror or exc}): make {Path(pid_dir).parent} "
+              f"writable by this user, or set [core] lock_pid_dir in luigi.cfg to a directory of this CBM_HOME's own",
               file=sys.stderr)
         raise SystemExit(luigi.retcodes.retcode().unhandled_exception) from None
+    return _acquire_for(pid_dir, *args, **kwargs)
 
