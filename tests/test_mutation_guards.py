@@ -368,15 +368,21 @@ def test_plain_secret_keywords_after_a_quote_or_a_brace_are_masked(text):
     assert "hunter2" not in mask_secrets(text), mask_secrets(text)
 
 
+def _settings_read_with(monkeypatch, **odbc: str) -> None:
+    """load_settings() with no known secret yet and these connection strings (CBM_SOURCE_ODBC=..., ...)."""
+    monkeypatch.setattr(settings_mod, "_KNOWN_SECRETS", set())
+    monkeypatch.setenv("CBM_ENV_FILE", "")
+    for name, value in odbc.items():
+        monkeypatch.setenv(name, value)
+    load_settings()
+
+
 def test_a_known_secret_that_holds_another_is_masked_whole(monkeypatch):
     """Mutant: mask_secrets replaces the known secrets shortest first (`reverse=True` dropped). Two connection
     strings whose passwords share a start (the source's and the warehouse's): the shorter one replaced first left
     the longer one's tail in the message."""
-    monkeypatch.setattr(settings_mod, "_KNOWN_SECRETS", set())
-    monkeypatch.setenv("CBM_ENV_FILE", "")
-    monkeypatch.setenv("CBM_SOURCE_ODBC", "DSN=progress;UID=etl;PWD=Winter24")
-    monkeypatch.setenv("CBM_MSSQL_ODBC", "DRIVER={ODBC Driver 18 for SQL Server};SERVER=db;UID=etl;PWD=Winter24-dwh!")
-    load_settings()
+    _settings_read_with(monkeypatch, CBM_SOURCE_ODBC="DSN=progress;UID=etl;PWD=Winter24",
+                        CBM_MSSQL_ODBC="DRIVER={ODBC Driver 18 for SQL Server};SERVER=db;UID=etl;PWD=Winter24-dwh!")
     said = mask_secrets("login with Winter24-dwh! refused")
     assert "-dwh!" not in said and "Winter24" not in said, said
 
@@ -384,10 +390,8 @@ def test_a_known_secret_that_holds_another_is_masked_whole(monkeypatch):
 def test_the_warehouse_connection_strings_secret_is_masked_wherever_it_appears(monkeypatch):
     """Mutant: load_settings without `register_secrets(_env("CBM_MSSQL_ODBC"))`. The commit says 'the configured
     connection strings' secret values are masked wherever they appear'; only CBM_SOURCE_ODBC's is tested."""
-    monkeypatch.setattr(settings_mod, "_KNOWN_SECRETS", set())
-    monkeypatch.setenv("CBM_ENV_FILE", "")
-    monkeypatch.setenv("CBM_MSSQL_ODBC", "DRIVER={ODBC Driver 18 for SQL Server};SERVER=db;UID=etl;PWD=Dwh-S3cret")
-    load_settings()
+    _settings_read_with(monkeypatch,
+                        CBM_MSSQL_ODBC="DRIVER={ODBC Driver 18 for SQL Server};SERVER=db;UID=etl;PWD=Dwh-S3cret")
     said = mask_secrets("Login failed for user 'etl' (password Dwh-S3cret)")
     assert "Dwh-S3cret" not in said, said
 
@@ -395,10 +399,7 @@ def test_the_warehouse_connection_strings_secret_is_masked_wherever_it_appears(m
 def test_a_braced_password_with_an_escaped_brace_is_masked_as_the_driver_reads_it(monkeypatch):
     """Mutant: register_secrets keeps a braced value's `}}` (the ODBC escape of `}`) instead of the password the
     driver reads, `}`. A driver quoting the password quotes `Pa}ss-w0rd`, which then went unmasked."""
-    monkeypatch.setattr(settings_mod, "_KNOWN_SECRETS", set())
-    monkeypatch.setenv("CBM_ENV_FILE", "")
-    monkeypatch.setenv("CBM_SOURCE_ODBC", "DSN=progress;UID=etl;PWD={Pa}}ss-w0rd}")
-    load_settings()
+    _settings_read_with(monkeypatch, CBM_SOURCE_ODBC="DSN=progress;UID=etl;PWD={Pa}}ss-w0rd}")
     said = mask_secrets("password Pa}ss-w0rd refused")
     assert "ss-w0rd" not in said, said
 

@@ -237,12 +237,15 @@ class Model:
     ods_cols: set = field(default_factory=set)
     merged_cols: set | None = None  # the columns the last merge wrote
     changed_config: bool = False  # the configuration changed since the last merge
+    # arrays whose ArrayMode was switched since the last merge: the SCD2 refresh compares their new form too, so
+    # each member whose array holds a value is versioned (steps._refresh_compared; a code comment, not the docs)
+    switched: set = field(default_factory=set)
 
     def merge(self, batch: dict[str, dict], read: set, full: bool) -> tuple[int, int, int, int]:
         before = set(self.ods_cols)
         self.ods_cols |= read
         refresh = self.changed_config and bool(before)
-        compared = (self.merged_cols or before) & before & read
+        compared = ((self.merged_cols or before) & before & read) | (self.switched & read)
         ins = upd = same = dele = 0
         for k, row in batch.items():
             vals = {c: row.get(c) for c in read}
@@ -270,7 +273,7 @@ class Model:
                 if k not in batch and not versions[-1].deleted:
                     versions[-1].deleted = True
                     dele += 1
-        self.merged_cols, self.changed_config = set(read), False
+        self.merged_cols, self.changed_config, self.switched = set(read), False, set()
         return ins, upd, same, dele
 
 

@@ -34,51 +34,8 @@ from cbm_luigi.demo_source import Col, TableDef
 from cbm_luigi.tasks import LoadAll, LoadTable
 
 from .conftest import build, on_source, succeeded
-from .test_oracle_month import Model as _Model, Version, check, use_reader
+from .test_oracle_month import Model, check, use_reader
 
-
-class Model(_Model):
-    """test_oracle_month.Model, plus steps._refresh_compared's rule (a code comment, not in the docs): after an
-    ArrayMode switch the array's new form is compared by the SCD2 refresh, so each member whose array holds a
-    value is versioned."""
-    switched: set = set()
-
-    def merge(self, batch, read, full):
-        if not self.switched or not self.scd2:
-            self.switched = set()
-            return super().merge(batch, read, full)
-        extra, self.switched = set(self.switched), set()
-        before = set(self.ods_cols)
-        merged = self.merged_cols
-        self.ods_cols |= read
-        compared = ((merged or before) & before & read) | (extra & read)
-        ins = upd = same = dele = 0
-        for k, row in batch.items():
-            vals = {c: row.get(c) for c in read}
-            h = frozenset((c, v) for c, v in vals.items() if v is not None)
-            versions = self.keys.get(k)
-            if not versions:
-                self.keys[k] = [Version(vals, h)]
-                ins += 1
-                continue
-            cur = versions[-1]
-            if cur.hashed == h and not cur.deleted:
-                same += 1
-                continue
-            upd += 1
-            if self.changed_config and before and not cur.deleted and \
-                    all(cur.values.get(c) == vals[c] for c in compared):
-                cur.values.update(vals)
-                cur.hashed = h
-            else:
-                versions.append(Version(vals, h))
-        if full:
-            for k, versions in self.keys.items():
-                if k not in batch and not versions[-1].deleted:
-                    versions[-1].deleted = True
-                    dele += 1
-        self.merged_cols, self.changed_config = set(read), False
-        return ins, upd, same, dele
 
 ALPHA = list("abcXYZ09 -_'\"") + ["é", "œ", "ß", "中", "文", "😀", "Ω", "ñ", ";", "~", "?", "\\", "%"]
 READERS = ("embedded", "pyodbc", "arrow-odbc")
