@@ -39,6 +39,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .interrupts import ctrl_c_stops
 from .leftovers import drop_dead_spill_files, running
 from .naming import shown_value
 from .plan import PlanColumn, TablePlan
@@ -338,9 +339,10 @@ def shape_batches(plan: TablePlan, schema: pa.Schema, batches: Iterable[pa.Recor
     kv = ", ".join(f"{_lit(k)}: {_lit(v)}" for k, v in (metadata or {}).items())
     try:
         con.register(view, src.reader)
-        con.execute(f"COPY ({transform_sql(plan, f'SELECT * FROM {_q(view)}')}) TO {_lit(str(tmp))} "
-                    f"({PARQUET_OPTIONS}, ROW_GROUP_SIZE 122880, "
-                    f"ROW_GROUP_SIZE_BYTES {_lit(ROW_GROUP_BYTES)}{', KV_METADATA {' + kv + '}' if kv else ''})")
+        with ctrl_c_stops():  # a Ctrl-C in the COPY stops the run (interrupts.py), not this table alone
+            con.execute(f"COPY ({transform_sql(plan, f'SELECT * FROM {_q(view)}')}) TO {_lit(str(tmp))} "
+                        f"({PARQUET_OPTIONS}, ROW_GROUP_SIZE 122880, "
+                        f"ROW_GROUP_SIZE_BYTES {_lit(ROW_GROUP_BYTES)}{', KV_METADATA {' + kv + '}' if kv else ''})")
         tmp.replace(out_path)  # atomic: the file exists only when complete
         return src.rows
     except duckdb.Error as exc:

@@ -448,6 +448,44 @@ def test_ctrl_c_while_duckdb_runs_a_warehouse_statement_stops_the_run(env):
     assert_ods_equals_source(env, "famille")
 
 
+EXTRACT_CTRL_C_RUNNER = r"""
+import os, signal, sys, threading
+import cbm_luigi.transform as tf
+_done = []
+_orig = tf.transform_sql
+def slow(plan, source_sql):
+    sql = _orig(plan, source_sql)
+    if _done or plan.table != os.environ["T_TABLE"]:
+        return sql
+    _done.append(plan.table)
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+    # DuckDB is inside this long scalar subquery when the SIGINT comes: the Ctrl-C lands in its C code
+    return f"SELECT * FROM ({sql}) WHERE (SELECT count(*) FROM range(4000000000) AS r(i) WHERE i % 7 = 3) >= 0"
+tf.transform_sql = slow
+from luigi.cmdline import luigi_run
+luigi_run(sys.argv[1:])
+"""
+
+
+def test_ctrl_c_while_duckdb_shapes_an_extract_stops_the_run(env):
+    """The operator presses Ctrl-C while DuckDB shapes famille's batch (the extract's COPY, on the extract's own
+    DuckDB engine, not the warehouse's session). DuckDB interrupts the COPY and raises `Query interrupted`: the
+    extract reported it as a failed shaping ("free space in CBM_CACHE_DIR?") and Luigi went on with every other
+    table (left from the random-kill review, checked here). It stops the run as the KeyboardInterrupt it is."""
+    p = subprocess.run([sys.executable, "-c", EXTRACT_CTRL_C_RUNNER, "--module", "cbm_luigi", "LoadAll", "--mode",
+                        "full", "--local-scheduler"], cwd=env.home, env=subprocess_env(env, T_TABLE="famille"),
+                       capture_output=True, text=True, timeout=300)
+    later = [r[0] for r in env.sql("SELECT DISTINCT TableName FROM etl.ETL_Markers ORDER BY 1")]
+    logged = env.sql("SELECT TableName, Step, ErrorMessage FROM etl.ETL_Log WHERE Status = 'FAILED'")
+    assert not later, (f"after the Ctrl-C (exit {p.returncode}) the run went on: markers of {later}; etl.ETL_Log "
+                       f"holds the interrupted extract as an ordinary failure: {logged}")
+    assert p.returncode != 30, p.stderr[-2000:]
+    assert not any("shaping the batch" in (e or "") for _t, _s, e in logged), logged
+    rerun = luigi_cli(env, "LoadAll", "--mode", "full", "--local-scheduler")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert_ods_equals_source(env, "famille")
+
+
 def test_a_run_with_another_time_zone_is_stopped_before_reading_and_the_source_timezone_setting_fixes_it(env):
     """cron with another TZ than the runs before (found in review): every table was refused as outdated, and
     the advised invalidate did not help; a zone ahead would have moved LastSuccessTs past rows not read yet.

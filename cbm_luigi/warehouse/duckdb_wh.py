@@ -19,6 +19,7 @@ import duckdb
 
 from .base import Session, Warehouse
 from .dialects import DuckDbDialect
+from ..interrupts import ctrl_c_stops
 from ..leftovers import drop_dead_spill_files
 from ..types import parse_column_type
 
@@ -68,26 +69,12 @@ def release_connections() -> None:
         _SHARED.pop(key).close()
 
 
-@contextlib.contextmanager
-def _ctrl_c_stops():
-    """DuckDB's client takes a SIGINT that lands in a statement: it interrupts it and raises `Query interrupted`
-    (a RuntimeError or duckdb.InterruptException), and no KeyboardInterrupt is left. Luigi then counted the
-    operator's Ctrl-C as the table's failure and went on with every other table (found in review): raised as the
-    KeyboardInterrupt it is, it stops the run as a Ctrl-C anywhere else does."""
-    try:
-        yield
-    except (duckdb.InterruptException, RuntimeError) as exc:
-        if isinstance(exc, duckdb.InterruptException) or str(exc).strip() == "Query interrupted":
-            raise KeyboardInterrupt from exc
-        raise
-
-
 class DuckDbSession(Session):
     def __init__(self, con: duckdb.DuckDBPyConnection):
         self.con = con
 
     def execute(self, sql, params=None):
-        with _ctrl_c_stops():
+        with ctrl_c_stops():
             self.con.execute(sql, params or [])
 
     def executemany(self, sql, rows):
@@ -96,18 +83,21 @@ class DuckDbSession(Session):
         head, sep, tup = sql.rpartition(" VALUES ")
         if not sep or not head.lstrip().upper().startswith("INSERT") or not tup.strip().startswith("("):
             if rows:
-                self.con.executemany(sql, rows)
+                with ctrl_c_stops():
+                    self.con.executemany(sql, rows)
             return
         for i in range(0, len(rows), MULTI_ROW_VALUES):
             chunk = rows[i:i + MULTI_ROW_VALUES]
-            self.con.execute(f"{head} VALUES {', '.join([tup.strip()] * len(chunk))}", [v for r in chunk for v in r])
+            with ctrl_c_stops():
+                self.con.execute(f"{head} VALUES {', '.join([tup.strip()] * len(chunk))}",
+                                 [v for r in chunk for v in r])
 
     def query(self, sql, params=None):
-        with _ctrl_c_stops():
+        with ctrl_c_stops():
             return self.con.execute(sql, params or []).fetchall()
 
     def query_dicts(self, sql, params=None):
-        with _ctrl_c_stops():
+        with ctrl_c_stops():
             cur = self.con.execute(sql, params or [])
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r)) for r in cur.fetchall()]
