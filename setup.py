@@ -41,7 +41,8 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "luigi>=3.5,<4",
-        "duckdb>=1.4",
+        # 2.0: its spill files carry the pid (leftovers.py removes a killed process's by it), its reserved words
+        "duckdb>=2.0",
         "pyarrow>=15",
         "pyodbc>=5",
         "python-dotenv>=1.0",
