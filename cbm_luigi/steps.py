@@ -543,9 +543,9 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
         if inserted or updated or deleted:  # else the MERGE would change nothing: skip its join of every column
             all_new = not (updated or unchanged or deleted)
             # only the MERGE carries every column (the counts join keys and hashes): raising DuckDB's memory
-            # limit cost 15 ms, which a batch with no change does not pay. A type-1 MERGE's source is the rows
-            # it writes (statements._changed_rows); SCD2's steps join the whole batch
-            carried = int(batch_rows) if spec.scd2 else int(inserted) + int(updated)
+            # limit cost 15 ms, which a batch with no change does not pay. The MERGE's source (SCD2: the close's
+            # and the insert's) is the rows it writes (statements._changed_rows)
+            carried = int(inserted) + int(updated)
             wh.before_merge(s, len(spec.columns), rows=0 if all_new else carried)
             refresh = None
             changed = "columns ods lost refilled" if lost else "configuration changed since the last load"

@@ -354,33 +354,47 @@ def merge_type1(d: WarehouseDialect, spec: MergeSpec, changed_only: bool = False
     return sql, markers(sql)
 
 
-def _changed_rows(d: WarehouseDialect, spec: MergeSpec) -> str:
-    """The batch rows a type-1 MERGE writes (new keys, changed hashes, soft-deleted keys back), as a relation:
-    found by keys and hashes alone, then taken whole by a semi-join on the key. DuckDB's MERGE holds what its
-    source carries in memory: given the whole batch, the weekly full of a 2 M-row table with 1 % changed needed
-    its limit raised for every row and peaked at 1.4 GB; given the changed rows, 0.4 GB under the configured
-    256MB, for about 1 s more (found in review)."""
+def _changed_keys(d: WarehouseDialect, spec: MergeSpec) -> str:
+    """The keys of the batch rows a merge writes: new keys, changed hashes, soft-deleted keys back (SCD2: against
+    the current version), found by keys and hashes alone."""
     k0 = d.quote(spec.keys[0])
     keys = ", ".join(f"c.{d.quote(k)}" for k in spec.keys)
-    changed = (f"SELECT {keys} FROM {spec.stg(d)} AS c LEFT JOIN {spec.ods(d)} AS t ON {_on(d, spec.keys, 't', 'c')}"
-               f" WHERE t.{k0} IS NULL OR t._etl_hashdiff <> c._etl_hashdiff OR {d.is_true('t._etl_is_deleted')}")
-    return f"(SELECT s.* FROM {spec.stg(d)} AS s SEMI JOIN ({changed}) AS c ON {_on(d, spec.keys, 'c', 's')})"
+    return (f"SELECT {keys} FROM {spec.stg(d)} AS c LEFT JOIN {spec.ods(d)} AS t ON {_on(d, spec.keys, 't', 'c')} "
+            f"AND {_live(d, spec)} WHERE t.{k0} IS NULL OR t._etl_hashdiff <> c._etl_hashdiff OR "
+            f"{d.is_true('t._etl_is_deleted')}")
+
+
+def _changed_rows(d: WarehouseDialect, spec: MergeSpec) -> str:
+    """The batch rows a merge writes (_changed_keys), as a relation: taken whole by a semi-join on the key.
+    DuckDB's MERGE holds what its source carries in memory: given the whole batch, the weekly full of a 2 M-row
+    table with 1 % changed needed its limit raised for every row and peaked at 1.4 GB; given the changed rows,
+    0.4 GB under the configured 256MB, for about 1 s more (found in review)."""
+    return (f"(SELECT s.* FROM {spec.stg(d)} AS s SEMI JOIN ({_changed_keys(d, spec)}) AS c "
+            f"ON {_on(d, spec.keys, 'c', 's')})")
 
 
 def soft_delete_absent(d: WarehouseDialect, spec: MergeSpec) -> tuple[str, int]:
-    """Full mode, type 1, beside a MERGE of the changed rows alone (whose source no longer holds every key of
-    the batch): the live rows whose key the batch lacks are soft-deleted, by keys alone, as the MERGE's own
-    `WHEN NOT MATCHED BY SOURCE` does (_soft_delete_clause)."""
+    """Full mode, beside a merge of the changed rows alone (whose source no longer holds every key of the batch):
+    the live rows (SCD2: current versions) whose key the batch lacks are soft-deleted, by keys alone, as the
+    MERGE's own `WHEN NOT MATCHED BY SOURCE` does (_soft_delete_clause)."""
     sql = (f"UPDATE {spec.ods(d)} AS t SET _etl_is_deleted = {d.true}, _etl_deleted_at = ? WHERE "
-           f"{d.is_false('t._etl_is_deleted')} AND NOT EXISTS (SELECT 1 FROM {spec.stg(d)} AS s WHERE "
-           f"{_on(d, spec.keys)})")
+           f"{d.is_false('t._etl_is_deleted')}{' AND ' + _live(d, spec) if spec.scd2 else ''} AND NOT EXISTS "
+           f"(SELECT 1 FROM {spec.stg(d)} AS s WHERE {_on(d, spec.keys)})")
     return sql, markers(sql)
 
 
-def scd2_close(d: WarehouseDialect, spec: MergeSpec) -> tuple[str, int]:
+def scd2_close(d: WarehouseDialect, spec: MergeSpec, changed_only: bool = False) -> tuple[str, int]:
     """SCD2 step 1: close the current version of changed keys and of soft-deleted keys that came back (their
     deletion stays in the history: the closed version keeps `_etl_is_deleted` and `_etl_deleted_at`), and (full
-    mode) flag the current version of absent keys as deleted. scd2_insert then opens the new versions."""
+    mode) flag the current version of absent keys as deleted. scd2_insert then opens the new versions.
+
+    `changed_only`: the source is the changed keys alone (_changed_keys) and the soft deletes are left to
+    soft_delete_absent (DuckDB: see merge_statements)."""
+    if changed_only:
+        sql = (f"MERGE INTO {spec.ods(d)} AS t USING ({_changed_keys(d, spec)}) AS s "
+               f"ON ({_on(d, spec.keys)} AND {d.is_true('t._etl_is_current')})\n"
+               f"WHEN MATCHED THEN UPDATE SET _etl_valid_to = ?, _etl_is_current = {d.false}{_tail(d)}")
+        return sql, markers(sql)
     sql = (f"{_merge_head(d, spec, ' AND ' + d.is_true('t._etl_is_current'))}\n"
            f"WHEN MATCHED AND (t._etl_hashdiff <> s._etl_hashdiff OR {d.is_true('t._etl_is_deleted')}) THEN "
            f"UPDATE SET _etl_valid_to = ?, _etl_is_current = {d.false}"
@@ -412,19 +426,23 @@ def scd2_refresh(d: WarehouseDialect, spec: MergeSpec, compared: list[Column],
     return sql, markers(sql)
 
 
-def insert_batch(d: WarehouseDialect, spec: MergeSpec, where: str = "") -> tuple[str, int]:
-    """INSERT every batch row (optionally filtered) as a new live row: type 1 stamps inserted/updated, SCD2
-    opens a current version."""
+def insert_batch(d: WarehouseDialect, spec: MergeSpec, where: str = "", source: str | None = None) -> tuple[str, int]:
+    """INSERT every batch row (optionally filtered, or those of `source`, a relation of stg's rows) as a new live
+    row: type 1 stamps inserted/updated, SCD2 opens a current version."""
     carry = spec.columns + STAGE_TECH
     tech, vals = (SCD2_TECH, ["?", "NULL", d.true]) if spec.scd2 else (TYPE1_TECH, ["?", "?"])
     cols = ", ".join(d.quote(c) for c in carry + ODS_STATE + tech)
     select = ", ".join([f"s.{d.quote(c)}" for c in carry] + [d.false, "NULL"] + vals)
-    sql = f"INSERT INTO {spec.ods(d)} ({cols})\nSELECT {select} FROM {spec.stg(d)} AS s{where}"
+    sql = f"INSERT INTO {spec.ods(d)} ({cols})\nSELECT {select} FROM {source or spec.stg(d)} AS s{where}"
     return sql, markers(sql)
 
 
-def scd2_insert(d: WarehouseDialect, spec: MergeSpec) -> tuple[str, int]:
-    """SCD2 step 2: a new current version for every batch key that has none (new or just closed)."""
+def scd2_insert(d: WarehouseDialect, spec: MergeSpec, changed_only: bool = False) -> tuple[str, int]:
+    """SCD2 step 2: a new current version for every batch key that has none (new or just closed).
+    `changed_only`: found as the changed rows (after scd2_close, exactly the keys with no current version), so
+    DuckDB joins the batch's keys and hashes, not its every column (merge_statements)."""
+    if changed_only:
+        return insert_batch(d, spec, source=_changed_rows(d, spec))
     return insert_batch(d, spec, f"\nWHERE NOT EXISTS (SELECT 1 FROM {spec.ods(d)} AS t WHERE {_on(d, spec.keys)} "
                                  f"AND {d.is_true('t._etl_is_current')})")
 
@@ -435,19 +453,22 @@ def merge_statements(d: WarehouseDialect, spec: MergeSpec, *, all_new: bool = Fa
     """The data statements of one merge, in order; each with how many `?` take the load timestamp.
 
     `all_new`: no batch key is in ods and nothing is to be soft-deleted (merge_counts said so, e.g. the first
-    load): the MERGE would only insert every row, so a plain INSERT does it without joining ods. On DuckDB a
-    type-1 MERGE is given the changed rows alone, and the soft deletes of a full batch are an UPDATE of their own.
+    load): the MERGE would only insert every row, so a plain INSERT does it without joining ods. On DuckDB the
+    MERGE (type 1) or the close and insert (SCD2) are given the changed rows alone, and the soft deletes of a
+    full batch are an UPDATE of their own.
     `refresh`: the configuration changed since the last merge; SCD2 first refreshes in place the
     current versions whose values in these columns are unchanged (scd2_refresh; `whole_arrays`: the EXTENT
     arrays kept whole, whose old elements are compared)."""
     if all_new:
         return [insert_batch(d, spec)]
-    if not spec.scd2 and d.name == "duckdb":  # SQL Server's MERGE spills to tempdb; DuckDB's holds its source
-        return [merge_type1(d, spec, changed_only=True)] + ([soft_delete_absent(d, spec)] if spec.full else [])
+    # DuckDB's MERGE holds what its source carries: it is given the changed rows alone (found by keys and hashes)
+    # and full mode's soft deletes are an UPDATE of their own; SQL Server's MERGE spills to tempdb
+    changed_only = d.name == "duckdb"
+    deletes = [soft_delete_absent(d, spec)] if changed_only and spec.full else []
     if not spec.scd2:
-        return [merge_type1(d, spec)]
+        return [merge_type1(d, spec, changed_only=changed_only)] + deletes
     first = [scd2_refresh(d, spec, refresh, whole_arrays)] if refresh is not None else []
-    return first + [scd2_close(d, spec), scd2_insert(d, spec)]
+    return first + [scd2_close(d, spec, changed_only)] + deletes + [scd2_insert(d, spec, changed_only)]
 
 
 # -- validation ------------------------------------------------------------------------------------------------
