@@ -639,5 +639,22 @@ def test_dbapi_batches_are_bounded_by_their_bytes_whatever_the_declared_widths(t
     assert sum(b.num_rows for b in batches) == 20_300
     assert [r for b in batches for r in b.column("id").to_pylist()] == list(range(20_300))  # every row, in order
     assert max(b.nbytes for b in batches) <= readers.MAX_BATCH_BYTES + 400_016  # 32 MB at most, never gigabytes
-    assert max(b.num_rows for b in batches) > 10_000  # short rows still come in long batches
+    assert max(b.num_rows for b in batches) > 5_000  # short rows come in long batches again (each fetch doubles)
 
+
+
+def test_dbapi_batches_stay_bounded_when_long_values_follow_short_ones(tmp_path):
+    """10 short comments, then 80 of 1 MB (a CLOB declared narrow), batch_rows 1,000: each fetch was sized from
+    the rows of the one before, so the second took 1,000 rows whatever they held: one batch of 80 MB after the
+    10-row probe (2,000 x 200 KB peaked at 2.35 GB through the embedded reader: found in review). A fetch now
+    takes at most twice the rows of the one before: the burst costs one small fetch."""
+    con = sqlite3.connect(tmp_path / "burst.sqlite")
+    con.execute("CREATE TABLE t (id INTEGER, txt TEXT)")
+    con.executemany("INSERT INTO t VALUES (?, ?)", [(i, f"court {i}") for i in range(10)])
+    con.executemany("INSERT INTO t VALUES (?, ?)", [(i, f"<{i:04d}>" * 166_667) for i in range(10, 90)])  # 1 MB
+    con.commit()
+    batches = list(readers._DbApiReader._batches(con.execute("SELECT id, txt FROM t ORDER BY id"), ["id", "txt"],
+                                                 1_000))
+    con.close()
+    assert [r for b in batches for r in b.column("id").to_pylist()] == list(range(90))  # every row, in order
+    assert max(b.nbytes for b in batches) <= readers.MAX_BATCH_BYTES, [(b.num_rows, b.nbytes) for b in batches]

@@ -102,9 +102,11 @@ def test_a_stream_runs_its_statement_when_called_and_reads_when_iterated(env, mo
             r.stream("SELECT id FROM PUB.no_such_table", [], None, 10)
         stream = r.stream('SELECT "cod_cli" FROM PUB."client" ORDER BY 1', [], None, 40)
         batches = list(stream)
-        # at most 40 rows a batch; the DB-API readers fetch a few rows first to learn their size in bytes
+        # at most 40 rows a batch; the DB-API readers fetch a few rows first to learn their size in bytes, then
+        # at most twice the rows of the fetch before
         sizes = [b.num_rows for b in batches]
-        assert sum(sizes) == 150 and max(sizes) == 40 and sizes[1:-1] == [40] * (len(sizes) - 2)
+        assert sum(sizes) == 150 and max(sizes) == 40
+        assert all(b <= 2 * a for a, b in zip(sizes, sizes[1:])) and sizes.count(40) >= len(sizes) - 3, sizes
         assert batches[0].column(0)[0].as_py() == min(row[0] for row in r.query('SELECT "cod_cli" FROM PUB."client"'))
 
 
