@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from . import config_store
-from .extract import read_extract_meta
+from .extract import batch_text_bytes, read_extract_meta
 from .naming import array_element_names, shown_column
 from .plan import ConfigError, TablePlan
 from .runlog import StepRecord
@@ -467,12 +467,14 @@ def _refresh_compared(plan: TablePlan, wanted: list[Column], existing: dict) -> 
 
 
 def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: MarkerTarget, run_id: str,
-          checkpoint=None, allow_empty_full: bool = False, read_all: bool = False) -> StepRecord:
+          checkpoint=None, allow_empty_full: bool = False, read_all: bool = False,
+          batch_path: Path | None = None) -> StepRecord:
     """MERGE stg.<t> into ods.<t> on the key; full mode soft-deletes absent keys. One transaction.
 
     `mode` is the batch's effective mode (a first incremental is a full extract); `marker` carries the task's
     own batch and mode, which stg must hold. `read_all`: the extract read every row (no window; so does every full
-    batch): empty, it is refused over a table with live rows unless `allow_empty_full`."""
+    batch): empty, it is refused over a table with live rows unless `allow_empty_full`. `batch_path`: the batch's
+    file, whose text bytes size the memory of a warehouse that sets it (long values: before_merge)."""
     d = wh.dialect
     spec = _spec(plan, full=(mode == "full"))
     now = datetime.now()
@@ -546,7 +548,9 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
             # limit cost 15 ms, which a batch with no change does not pay. The MERGE's source (SCD2: the close's
             # and the insert's) is the rows it writes (statements._changed_rows)
             carried = int(inserted) + int(updated)
-            wh.before_merge(s, len(spec.columns), rows=0 if all_new else carried)
+            text = batch_text_bytes(batch_path) if batch_path is not None and wh.sets_memory else 0
+            wh.before_merge(s, len(spec.columns), rows=0 if all_new else carried, written=carried,
+                            text_bytes=text * carried // max(1, int(batch_rows)))
             refresh = None
             changed = "columns ods lost refilled" if lost else "configuration changed since the last load"
             if existing and (lost or plan.merged_shape not in (None, plan.extract_shape())):

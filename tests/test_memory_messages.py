@@ -31,8 +31,8 @@ def out_of_memory_after_the_raise(monkeypatch, size: str = "16.0 KiB", raised: l
     these tests check is the limit and the message."""
     original = DuckDbWarehouse.before_merge
 
-    def out_of_memory(self, s, n_columns, rows=0):
-        original(self, s, n_columns, rows)
+    def out_of_memory(self, s, n_columns, rows=0, **kw):
+        original(self, s, n_columns, rows, **kw)
         if raised is not None:
             raised.append(s.scalar("SELECT current_setting('memory_limit')"))
         raise duckdb.OutOfMemoryException(f"Out of Memory Error: failed to allocate data of size {size}")

@@ -7,6 +7,7 @@ import luigi
 import pytest
 
 from cbm_luigi import demo_source
+from cbm_luigi.demo_source import Col
 from cbm_luigi.tasks import LoadTable
 
 from .conftest import assert_ods_equals_source, build, last_error, make_env, on_source, succeeded
@@ -72,8 +73,8 @@ def test_a_full_reload_that_changes_one_percent_merges_under_the_configured_cap(
     limits = []
     original = DuckDbWarehouse.before_merge
 
-    def spy(self, s, n_columns, rows=0):
-        original(self, s, n_columns, rows)
+    def spy(self, s, n_columns, rows=0, **kw):
+        original(self, s, n_columns, rows, **kw)
         limits.append(_bytes(s.scalar("SELECT current_setting('memory_limit')")))
     monkeypatch.setattr(DuckDbWarehouse, "before_merge", spy)
     assert succeeded(build(LoadTable(table="stock_jour", mode="full", batch_tag="b"))), last_error(env, "stock_jour")
@@ -107,3 +108,22 @@ def _synthetic_columns(env) -> list[str]:
         cols = [r[1] for r in con.execute("PRAGMA table_info(stock_jour)")]
     con.close()
     return cols[3:]
+
+
+def test_the_first_load_of_100_kb_clobs_merges_under_a_small_cap(env, monkeypatch):
+    """100 KB comments through arrow-odbc (within its 127,980-byte bound; its extract stays bounded). DuckDB holds
+    the text of the rows it writes until it commits, and the merge's raise counted columns and rows, not bytes: a
+    first load (every row new, a plain INSERT) got none. 2,000 such rows failed under the default 256MB; 600 of
+    1 MB failed under 256MB and again under the 511MB the message advised (found in review). The raise counts the
+    batch's text bytes now (from its file's footer). Scaled down: 800 x 100 KB under 64MB."""
+    from .test_progress_quirks import configure, failure, raw_table
+
+    monkeypatch.setenv("CBM_DUCKDB_MEMORY_LIMIT", "64MB")
+    unit = "<{}> Livraison le mardi, quai n°3, réglé. "
+    rows = [(i, (unit.format(i) * 2500)[:100_000], "2026-01-01") for i in range(1, 801)]
+    raw_table(env.source, "notes", [(Col("id", "integer", nullable=False), "INTEGER"), (Col("commentaire", "clob"),
+                                                                                          "TEXT"),
+                                    (Col("dat_mod", "date"), "DATE")], ("id",), rows)
+    configure(env, monkeypatch, "arrow-odbc", "notes", date_col="dat_mod")
+    assert succeeded(build(LoadTable(table="notes", mode="full"))), failure(env, "notes")[:500]
+    assert dict(env.sql("SELECT id, commentaire FROM ods.notes")) == {i: v for i, v, _ in rows}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from decimal import Decimal
 
+import luigi
 import pytest
 
 from cbm_luigi import demo_source
@@ -454,3 +455,29 @@ def test_the_default_readers_set_up_statements_run_under_the_query_timeout_too(e
     assert seen, "no set-up statement went through arrow-odbc"
     untimed = [q for q, t in seen if t != 7]
     assert not untimed, f"set-up statements sent without CBM_QUERY_TIMEOUT_S: {untimed}"
+
+
+def test_arrow_odbc_refusing_a_row_wider_than_its_batch_buffer_says_what_to_do(env, monkeypatch):
+    """arrow-odbc sizes a row's buffer from the declared widths (4 bytes a character, CLOBs at MAX_TEXT_BYTES) and
+    refuses a table whose one row needs more than max_bytes_per_batch (64 MiB, fixed in readers.py): 600 columns
+    of VARCHAR(31995) (or ~525 CLOBs, or 1,990 columns averaging 8,500 characters of SQL width). The table stops
+    with arrow-odbc's own words ("You should either set a higher upper bound for the buffer size, or limit the
+    length of the variadic columns"): no setting of cbm_luigi raises that bound, and neither the widest columns
+    nor the ways out (IsExcluded, a SUBSTRING SourceExpression, CBM_ODBC_READER=pyodbc, which reads the same
+    rows) are named."""
+    n = 600
+    cols = [(Col("id", "integer", nullable=False), "INTEGER")]
+    cols += [(Col(f"c{j:03d}", "varchar", 31995), "VARCHAR(31995)") for j in range(n)]
+    cols += [(Col("dat_mod", "date"), "DATE")]
+    raw_table(env.source, "widevc", cols, ("id",), [(i, *[f"v{i}-{j}" for j in range(n)], "2026-01-01")
+                                                    for i in range(1, 4)])
+    configure(env, monkeypatch, "arrow-odbc", "widevc", date_col="dat_mod")
+    assert not succeeded(build(LoadTable(table="widevc", mode="full")))
+    err = failure(env, "widevc")
+    assert "CBM_ODBC_READER=pyodbc" in err and "IsExcluded" in err and "SUBSTRING" in err, err[:800]
+    assert "widest c000 (127,980 bytes)" in err, err[:800]  # named by the SQL names the warehouse shows
+    # the way out it gives works: pyodbc reads the same rows
+    monkeypatch.setenv("CBM_ODBC_READER", "pyodbc")
+    luigi.task_register.Register.clear_instance_cache()
+    assert succeeded(build(LoadTable(table="widevc", mode="full", batch_tag="pyodbc"))), failure(env, "widevc")[:500]
+    assert env.sql("SELECT count(*), max(c599) FROM ods.widevc") == [(3, "v3-599")]

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 # fetch within max_bytes_per_batch). A longer value is an error naming its column (`_too_long`), never cut.
 MAX_TEXT_BYTES = 31_995 * 4
 MAX_BINARY_BYTES = 4 * 1024 * 1024
+ARROW_ODBC_BATCH_BYTES = 64 * 1024 * 1024  # arrow-odbc's buffers for one fetch: a row must fit in them
 
 
 BATCH_BYTES = 8 * 1024 * 1024  # a batch's size the extract aims at, from the declared widths
@@ -300,7 +301,7 @@ class ArrowOdbcReader(Reader):
         with self._driver_errors_named(sql, params, schema):
             reader = self.con.read_arrow_batches(
                 sql, batch_size=batch_rows, parameters=[str(p) for p in params or []],
-                max_bytes_per_batch=64 * 1024 * 1024, max_text_size=MAX_TEXT_BYTES,
+                max_bytes_per_batch=ARROW_ODBC_BATCH_BYTES, max_text_size=MAX_TEXT_BYTES,
                 max_binary_size=MAX_BINARY_BYTES, query_timeout_sec=self.settings.query_timeout_s or None,
                 fetch_concurrently=True,  # its default today; the extract overlaps fetch and shaping on it
                 map_schema=(lambda s: _prefer(s, schema)) if schema is not None else None)
@@ -327,6 +328,8 @@ class ArrowOdbcReader(Reader):
                 except Exception:  # noqa: BLE001 — the search failed: the driver's own error is the one to show
                     found = None
                 raise found or exc
+            if _ROW_TOO_WIDE in str(exc):
+                raise ValueError(self._row_too_wide(str(exc), sql, params, schema)) from None
             if _TOO_LONG not in str(exc):
                 raise
             raise ValueError(self._too_long(str(exc), sql, params, schema)) from None
@@ -357,6 +360,28 @@ class ArrowOdbcReader(Reader):
                         except UnicodeDecodeError:
                             return InvalidTextError(names[i], {n: _text(v) for n, v in zip(names, row)}, raw)
         return None
+
+    def _row_too_wide(self, message: str, sql: str, params: list, schema: pa.Schema | None) -> str:
+        """arrow-odbc refuses a table whose one row needs more than its buffers for a fetch (it sizes a row from
+        the driver's column sizes, not from the values) in its own words, which name no column and a bound no
+        setting of ours raised (found in review: 600 VARCHAR(31995) columns). Names the widest columns and the
+        ways out; pyodbc reads the same rows."""
+        try:
+            with PyodbcReader(self.settings, self.dialect) as r:
+                description = r.con.cursor().execute(sql, params or []).description
+        except Exception as exc:  # noqa: BLE001 — only a better message was at stake
+            log.warning("could not tell which columns are the widest: %s", mask_secrets(str(exc))[:300])
+            description = []
+        widths = sorted(_buffer_bytes(description), key=lambda c: -c[1])
+        names = [n for n, _b in widths]
+        if schema is not None and names:
+            names = result_names(names, schema.names)
+        widest = ", ".join(f"{n} ({b:,} bytes)" for n, (_n, b) in list(zip(names, widths))[:5])
+        return (f"a row needs more than arrow-odbc's {ARROW_ODBC_BATCH_BYTES:,} bytes of buffers for a fetch (it "
+                f"sizes each column from the size the driver reports, not from the values){': widest ' + widest if widest else ''}."
+                f" Exclude the columns the warehouse does not need (IsExcluded = 1 in config.ETL_Columns), read a "
+                f"long one in part (SourceExpression 'SUBSTRING(...)' with IsOverride = 1), or set "
+                f"CBM_ODBC_READER=pyodbc, which reads the same rows with buffers of their own size — {message}")
 
     def _too_long(self, message: str, sql: str, params: list, schema: pa.Schema | None) -> str:
         """arrow-odbc refuses a value longer than its buffer (nothing is cut) but does not say in which column:
@@ -399,7 +424,20 @@ def _text(v):
 
 
 _TOO_LONG = "too large to be written into the allocated buffer"
+_ROW_TOO_WIDE = "buffer is not large enough to hold a single row"
 _INVALID_UTF8 = "invalid UTF-8"
+
+
+def _buffer_bytes(description) -> list[tuple[str, int]]:
+    """Each text or binary column's arrow-odbc buffer for one value, as (name, bytes): text 4 bytes a character
+    of the driver's column size, binary its size, each bounded by our maximum (an unbounded column gets it)."""
+    out = []
+    for name, kind, _display, width, *_ in description:
+        if kind is str:
+            out.append((name, min((width or 0) * 4 or MAX_TEXT_BYTES, MAX_TEXT_BYTES)))
+        elif kind in (bytes, bytearray):
+            out.append((name, min(width or MAX_BINARY_BYTES, MAX_BINARY_BYTES)))
+    return out
 
 
 def _shorter_buffers(description, size: int | None) -> list[tuple[str, int, str]]:

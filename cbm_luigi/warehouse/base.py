@@ -105,9 +105,11 @@ class Warehouse:
         """Whether a statement failed because a table or view it names does not exist."""
         return False
 
-    def before_merge(self, s: Session, n_columns: int, rows: int = 0) -> None:
+    def before_merge(self, s: Session, n_columns: int, rows: int = 0, *, written: int = 0,
+                     text_bytes: int = 0) -> None:
         """Hook run in the merge's session before the statements that write ods (resource tuning), with the
-        batch's `rows` when the MERGE joins them with ods (0 when every row is new); nothing by default."""
+        `rows` the MERGE joins with ods (0 when every row is new: a plain INSERT), the rows `written` and the
+        bytes of their text and binary values; nothing by default."""
 
     def memory_in_force(self) -> tuple[str, str] | None:
         """The memory limit the warehouse's statements run under now, and what to do when a step runs out of it

@@ -27,6 +27,8 @@ LOCK_WAIT_S = 120.0
 MULTI_ROW_VALUES = 500  # rows per INSERT statement in executemany
 _SHARED: dict[tuple[str, int], duckdb.DuckDBPyConnection] = {}
 MERGE_BASE, MERGE_ROW, MERGE_VALUE = 64e6, 500, 20  # bytes a MERGE needs: before_merge
+MERGE_TEXT = 2  # times the text and binary bytes of the rows a merge writes (before_merge)
+ROW_GROUP_ROWS = 122_880  # DuckDB's row group: an INSERT writes each one out when full
 TECHNICAL_COLUMNS = 8  # the ods columns a type-1 MERGE updates besides the business ones
 VALIDATE_MEMORY_SHARE = 0.75  # of CBM_DUCKDB_MEMORY_LIMIT, for the validation's joins (validation_memory)
 VALIDATE_MEMORY_FLOOR = 128e6  # and never less than this (or the cap, if smaller)
@@ -192,7 +194,7 @@ class DuckDbWarehouse(Warehouse):
     def missing_relation(self, error):
         return bool(re.search(r"Catalog Error: (Table|View) with name \S+ does not exist", error))
 
-    def before_merge(self, s, n_columns, rows=0):
+    def before_merge(self, s, n_columns, rows=0, *, written=0, text_bytes=0):
         """A MERGE joins stg and ods carrying every column, and DuckDB cannot spill all of it: give wide tables
         about 1.5 MB a column (350 columns: 525 MB), and a MERGE that joins `rows` rows MERGE_BASE plus, a row,
         MERGE_ROW bytes and MERGE_VALUE bytes a column it may update (the business columns and the 8 technical
@@ -200,9 +202,16 @@ class DuckDbWarehouse(Warehouse):
         default). Measured (type 1, every row changed, the least limit that passed): 400,000 x 4 columns 205 MB,
         720,000 x 13 448 MB, 200,000 x 40 244 MB, 250,000 x 60 364 MB; this gives 360, 726, 356 and 529 MB. The
         earlier 8 bytes a value gave 13 to 120 MB for them, and 720,000 x 13 failed at the default 256MB (found
-        in review). SCD2 needs less (it updates two columns): the same rule, with room to spare."""
+        in review). SCD2 needs less (it updates two columns): the same rule, with room to spare.
+
+        Long values: DuckDB holds the text of the rows it writes until it commits, MERGE_TEXT times their
+        `text_bytes` (a plain INSERT of `written` rows only that of the row groups it has not yet written out,
+        about two). Without it the first load of 800 CLOBs of 100 KB failed under 64MB, 2,000 under 256MB, and
+        600 of 1 MB failed again under the 511MB its message advised (found in review)."""
+        held = text_bytes if rows or written <= 2 * ROW_GROUP_ROWS else text_bytes * 2 * ROW_GROUP_ROWS // written
         want = max(_bytes(self.settings.duckdb_memory_limit) or 0, 1.5e6 * n_columns,
-                   MERGE_BASE + rows * (MERGE_ROW + MERGE_VALUE * (n_columns + TECHNICAL_COLUMNS)) if rows else 0)
+                   MERGE_BASE + rows * (MERGE_ROW + MERGE_VALUE * (n_columns + TECHNICAL_COLUMNS)) if rows else 0,
+                   MERGE_BASE + MERGE_TEXT * held if held else 0)
         machine = self._machine_bytes()
         if machine:
             want = min(want, machine)
