@@ -200,14 +200,6 @@ def read_extract_meta(path: Path) -> dict:
     return meta
 
 
-def batch_text_bytes(path: Path) -> int:
-    """Bytes of the batch file's text and binary values, from its footer (the uncompressed size of its
-    variable-length column chunks): what a merge of long values holds in DuckDB (duckdb_wh.before_merge)."""
-    md = pq.ParquetFile(path).metadata
-    return sum(rg.column(j).total_uncompressed_size for rg in (md.row_group(i) for i in range(md.num_row_groups))
-               for j in range(rg.num_columns) if rg.column(j).physical_type == "BYTE_ARRAY")
-
-
 def current_meta(path: Path) -> dict | None:
     """The metadata of `path` when it is a complete extract in this version's format, else None (missing,
     unreadable, or written by an older version: such a file is extracted again)."""

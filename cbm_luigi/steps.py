@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from . import config_store
-from .extract import batch_text_bytes, read_extract_meta
+from .extract import read_extract_meta
 from .naming import array_element_names, shown_column
 from .plan import ConfigError, TablePlan
 from .runlog import StepRecord
@@ -24,7 +24,7 @@ from .transform import SHAPED_TECH, TechnicalValues
 from .warehouse.base import Session, Warehouse
 from .warehouse.statements import (Column, MergeSpec, add_column, create_table, duplicate_keys, forget_hashes,
                                    evolve, live_rows, merge_counts, merge_statements, null_keys, ods_null_keys,
-                                   tech_columns, unread_columns, validation_counts)
+                                   tech_columns, text_bytes, unread_columns, validation_counts)
 
 log = logging.getLogger(__name__)
 
@@ -447,6 +447,17 @@ def stage_lengths(s: Session, wh: Warehouse, plan: TablePlan) -> dict[str, int]:
     return {n: int(v or 0) for (n, _fn), v in zip(cols, row)}
 
 
+LONG_VALUE_WIDTH = 1000  # characters (bytes for binary): a column declared wider, or unbounded, may hold long values
+
+
+def _long_value_columns(plan: TablePlan) -> list[tuple[str, bool]]:
+    """The text and binary columns that may hold long values (CLOB, BLOB, LVARCHAR, or declared wider than
+    LONG_VALUE_WIDTH), as (SQL name, is binary): the bytes of their values in the rows a merge writes are measured
+    (statements.text_bytes) to size its memory; narrow ones are covered by the estimate a row."""
+    return [(n, t.kind == "binary") for n, t, _ in plan.output_columns()
+            if t.kind in ("string", "binary") and (not t.width or t.width > LONG_VALUE_WIDTH)]
+
+
 def _refresh_compared(plan: TablePlan, wanted: list[Column], existing: dict) -> list[Column]:
     """The columns an SCD2 refresh compares after a configuration change: those the last merge wrote (a column
     ods has but did not load then, excluded or new, holds no value to compare), else those ods had before this
@@ -467,14 +478,12 @@ def _refresh_compared(plan: TablePlan, wanted: list[Column], existing: dict) -> 
 
 
 def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: MarkerTarget, run_id: str,
-          checkpoint=None, allow_empty_full: bool = False, read_all: bool = False,
-          batch_path: Path | None = None) -> StepRecord:
+          checkpoint=None, allow_empty_full: bool = False, read_all: bool = False) -> StepRecord:
     """MERGE stg.<t> into ods.<t> on the key; full mode soft-deletes absent keys. One transaction.
 
     `mode` is the batch's effective mode (a first incremental is a full extract); `marker` carries the task's
     own batch and mode, which stg must hold. `read_all`: the extract read every row (no window; so does every full
-    batch): empty, it is refused over a table with live rows unless `allow_empty_full`. `batch_path`: the batch's
-    file, whose text bytes size the memory of a warehouse that sets it (long values: before_merge)."""
+    batch): empty, it is refused over a table with live rows unless `allow_empty_full`."""
     d = wh.dialect
     spec = _spec(plan, full=(mode == "full"))
     now = datetime.now()
@@ -548,9 +557,9 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
             # limit cost 15 ms, which a batch with no change does not pay. The MERGE's source (SCD2: the close's
             # and the insert's) is the rows it writes (statements._changed_rows)
             carried = int(inserted) + int(updated)
-            text = batch_text_bytes(batch_path) if batch_path is not None and wh.sets_memory else 0
-            wh.before_merge(s, len(spec.columns), rows=0 if all_new else carried, written=carried,
-                            text_bytes=text * carried // max(1, int(batch_rows)))
+            long = _long_value_columns(plan) if wh.sets_memory else []
+            text = int(s.scalar(text_bytes(d, spec, long, all_new=all_new))) if long else 0
+            wh.before_merge(s, len(spec.columns), rows=0 if all_new else carried, written=carried, text_bytes=text)
             refresh = None
             changed = "columns ods lost refilled" if lost else "configuration changed since the last load"
             if existing and (lost or plan.merged_shape not in (None, plan.extract_shape())):

@@ -534,8 +534,7 @@ class MergeOds(WarehouseStep):
         try:
             rec = self.run_step(lambda: steps.merge(
                 self.warehouse, plan, mode=mode, batch_id=self.batch_id, marker=self.output(), run_id=self.run_id,
-                checkpoint=checkpoint, allow_empty_full=allowed and not earlier_read, read_all=meta["since"] is None,
-                batch_path=Path(self.requires().input().path)))
+                checkpoint=checkpoint, allow_empty_full=allowed and not earlier_read, read_all=meta["since"] is None))
         except steps.RefusedBatchError as exc:
             why = (" (CBM_ALLOW_EMPTY_FULL applies only to a read made by the same run, and this one was made by "
                    "an earlier run)" if earlier_read and isinstance(exc, steps.EmptyFullBatchError) else "")

@@ -3,6 +3,8 @@ row changed: the earlier estimate (8 bytes a value) gave a 720,000-row table 75 
 failed there; a 250,000 x 60 table 120 MB, and it failed at 3 times that (found in review)."""
 from __future__ import annotations
 
+import sqlite3
+
 import luigi
 import pytest
 
@@ -110,20 +112,86 @@ def _synthetic_columns(env) -> list[str]:
     return cols[3:]
 
 
+LONG = ("UPDATE notes SET commentaire = printf('<%d> ', id) || substr(replace(hex(zeroblob(50000)), '00', 'ab'), "
+        "1, 99990) WHERE id <= 800")  # 800 distinct texts of 100 KB
+
+
+def _notes(env, monkeypatch, rows):
+    from .test_progress_quirks import configure, raw_table
+
+    raw_table(env.source, "notes", [(Col("id", "integer", nullable=False), "INTEGER"),
+                                    (Col("commentaire", "clob"), "TEXT"), (Col("dat_mod", "date"), "DATE")],
+              ("id",), rows)
+    configure(env, monkeypatch, "arrow-odbc", "notes", date_col="dat_mod")
+
+
+def _source(env) -> dict:
+    con = sqlite3.connect(str(env.source))
+    try:
+        return dict(con.execute("SELECT id, commentaire FROM notes"))
+    finally:
+        con.close()
+
+
 def test_the_first_load_of_100_kb_clobs_merges_under_a_small_cap(env, monkeypatch):
     """100 KB comments through arrow-odbc (within its 127,980-byte bound; its extract stays bounded). DuckDB holds
     the text of the rows it writes until it commits, and the merge's raise counted columns and rows, not bytes: a
     first load (every row new, a plain INSERT) got none. 2,000 such rows failed under the default 256MB; 600 of
     1 MB failed under 256MB and again under the 511MB the message advised (found in review). The raise counts the
-    batch's text bytes now (from its file's footer). Scaled down: 800 x 100 KB under 64MB."""
-    from .test_progress_quirks import configure, failure, raw_table
+    bytes of the long values it writes now (statements.text_bytes). Scaled down: 800 x 100 KB under 64MB."""
+    from .test_progress_quirks import failure
 
-    monkeypatch.setenv("CBM_DUCKDB_MEMORY_LIMIT", "64MB")
+    _limit(monkeypatch, "64MB")
     unit = "<{}> Livraison le mardi, quai n°3, réglé. "
-    rows = [(i, (unit.format(i) * 2500)[:100_000], "2026-01-01") for i in range(1, 801)]
-    raw_table(env.source, "notes", [(Col("id", "integer", nullable=False), "INTEGER"), (Col("commentaire", "clob"),
-                                                                                          "TEXT"),
-                                    (Col("dat_mod", "date"), "DATE")], ("id",), rows)
-    configure(env, monkeypatch, "arrow-odbc", "notes", date_col="dat_mod")
+    _notes(env, monkeypatch, [(i, (unit.format(i) * 2500)[:100_000], "2026-01-01") for i in range(1, 801)])
     assert succeeded(build(LoadTable(table="notes", mode="full"))), failure(env, "notes")[:500]
-    assert dict(env.sql("SELECT id, commentaire FROM ods.notes")) == {i: v for i, v, _ in rows}
+    assert dict(env.sql("SELECT id, commentaire FROM ods.notes")) == _source(env)
+
+
+def test_the_first_load_of_repeated_100_kb_clobs_merges_under_a_small_cap(env, monkeypatch):
+    """test_merge_memory's 800 x 100 KB first load under 64MB, but the texts are 4 distinct ones (a standard
+    clause, a template): the extract's parquet writes the column dictionary-encoded, and batch_text_bytes (the
+    chunks' total_uncompressed_size) counted each distinct text once (430 KB), not once a row (80 MB) as DuckDB
+    holds them: raised to 65.8 MiB, out of memory (found in review). The values' bytes are measured in the rows
+    written now."""
+    from .test_progress_quirks import failure
+
+    _limit(monkeypatch, "64MB")
+    texts = [(f"<{j}> Livraison le mardi, quai n°3, réglé. " * 2500)[:100_000] for j in range(4)]
+    _notes(env, monkeypatch, [(i, texts[i % 4], "2026-01-01") for i in range(1, 801)])
+    assert succeeded(build(LoadTable(table="notes", mode="full"))), failure(env, "notes")[:400]
+    assert dict(env.sql("SELECT id, commentaire FROM ods.notes")) == _source(env)
+
+
+def test_a_reload_where_800_long_values_changed_merges_under_the_default_cap(env, monkeypatch):
+    """800 short comments, then each becomes a distinct 100 KB text (80 MB), and the table is reloaded: a MERGE
+    that updates every row. The raise gives 64 MB + MERGE_TEXT (2) x 80 MB = 224 MB, under the default 256MB:
+    the MERGE ran out of memory at 256, 300 and 350MB and passed at 400MB (MERGE_TEXT was measured on plain
+    INSERTs of a first load; an update MERGE holds about twice as much: found in review). A joining MERGE counts
+    MERGE_TEXT_JOINED (5) times its long values' bytes now."""
+    from .test_progress_quirks import failure
+
+    _limit(monkeypatch, "256MB")
+    _notes(env, monkeypatch, [(i, f"note {i}", "2026-01-01") for i in range(1, 801)])
+    assert succeeded(build(LoadTable(table="notes", mode="full", batch_tag="a"))), failure(env, "notes")[:400]
+    on_source(env, LONG)
+    _limit(monkeypatch, "256MB")
+    assert succeeded(build(LoadTable(table="notes", mode="full", batch_tag="b"))), failure(env, "notes")[:400]
+    assert dict(env.sql("SELECT id, commentaire FROM ods.notes")) == _source(env)
+
+
+def test_a_weekly_full_where_only_the_long_values_changed_merges_under_the_default_cap(env, monkeypatch):
+    """20,000 short comments; 800 of them become 100 KB texts and the weekly full runs. The merge writes those
+    800 rows (80 MB of text), but the raise counts the file's text bytes x written / batch rows (800 / 20,000 of
+    ~80 MB: 3 MB), as if the changed rows were average ones: the limit stays at the configured 256MB, out of
+    memory (found in review: the changed rows of a full batch are exactly the ones not average). The bytes of
+    the rows written are measured now."""
+    from .test_progress_quirks import failure
+
+    _limit(monkeypatch, "256MB")
+    _notes(env, monkeypatch, [(i, f"note {i}", "2026-01-01") for i in range(1, 20_001)])
+    assert succeeded(build(LoadTable(table="notes", mode="full", batch_tag="a"))), failure(env, "notes")[:400]
+    on_source(env, LONG)
+    _limit(monkeypatch, "256MB")
+    assert succeeded(build(LoadTable(table="notes", mode="full", batch_tag="b"))), failure(env, "notes")[:400]
+    assert dict(env.sql("SELECT id, commentaire FROM ods.notes")) == _source(env)

@@ -373,9 +373,7 @@ def test_more_than_one_worker_on_duckdb_is_refused_without_harming_the_warehouse
 
 
 def test_the_warehouse_running_out_of_memory_is_named_with_the_setting_and_a_rerun_loads(env, monkeypatch):
-    """3,000 rows of 28 KB text under an 8 MB cap: DuckDB's own error said neither the table nor the setting. The
-    merge raises its limit for the 84 MB of text it writes (duckdb_wh.before_merge) and passes; the validation,
-    under 3/4 of the cap, runs out."""
+    """3,000 rows of 28 KB text under an 8 MB cap: DuckDB's own error said neither the table nor the setting."""
     from cbm_luigi.demo_source import Col, TableDef
 
     demo_source.add_table(env.source, TableDef(
@@ -385,11 +383,11 @@ def test_the_warehouse_running_out_of_memory_is_named_with_the_setting_and_a_rer
     monkeypatch.setenv("CBM_DUCKDB_MEMORY_LIMIT", "8MB")
     assert not succeeded(build(LoadTable(table="gros", mode="full")))
     [(step, err)] = env.sql("SELECT Step, ErrorMessage FROM etl.ETL_Log WHERE Status = 'FAILED'")
-    assert step == "validate" and err.startswith("MemoryError: table gros: the DuckDB warehouse ran out of memory "
-                                                 "in the validate, under a limit of 7.6 MiB (CBM_DUCKDB_MEMORY_LIMIT"
-                                                 "=8MB;")
-    assert "Set CBM_DUCKDB_MEMORY_LIMIT to 15MB or more" in err and "Nothing was validated" in err
-    assert env.sql("SELECT COUNT(*) FROM etl.ETL_Markers WHERE TableName = 'gros' AND Step = 'validate'") == [(0,)]
+    assert step == "merge" and err.startswith("MemoryError: table gros: the DuckDB warehouse ran out of memory in "
+                                              "the merge, under a limit of 7.6 MiB (CBM_DUCKDB_MEMORY_LIMIT=8MB;")
+    assert "Set CBM_DUCKDB_MEMORY_LIMIT to 15MB or more" in err and "Nothing was merged" in err
+    assert env.sql("SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'gros' "
+                   "AND table_schema = 'ods'") == [(0,)]
     monkeypatch.setenv("CBM_DUCKDB_MEMORY_LIMIT", "256MB")
     luigi.task_register.Register.clear_instance_cache()  # Luigi keeps task instances, and their settings
     assert succeeded(build(LoadTable(table="gros", mode="full")))

@@ -62,6 +62,7 @@ class WarehouseDialect:
 
     length_fn = "length"
     binary_length_fn = "octet_length"
+    text_bytes_fn = "strlen"  # bytes of a VARCHAR's UTF-8 (length counts characters)
 
     # types of the technical columns
     hash_type = "VARCHAR(32)"
@@ -107,6 +108,7 @@ class TsqlDialect(WarehouseDialect):
     # of an NVARCHAR is 2 bytes per UTF-16 code unit, exactly what NVARCHAR(n) counts.
     length_fn = "0.5 * DATALENGTH"
     binary_length_fn = "DATALENGTH"  # VARBINARY(n) counts bytes
+    text_bytes_fn = "DATALENGTH"
 
     def quote(self, name: str) -> str:
         return "[" + self.check_identifier(name).replace("]", "]]") + "]"

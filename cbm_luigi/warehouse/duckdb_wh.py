@@ -27,7 +27,7 @@ LOCK_WAIT_S = 120.0
 MULTI_ROW_VALUES = 500  # rows per INSERT statement in executemany
 _SHARED: dict[tuple[str, int], duckdb.DuckDBPyConnection] = {}
 MERGE_BASE, MERGE_ROW, MERGE_VALUE = 64e6, 500, 20  # bytes a MERGE needs: before_merge
-MERGE_TEXT = 2  # times the text and binary bytes of the rows a merge writes (before_merge)
+MERGE_TEXT, MERGE_TEXT_JOINED = 2, 5  # times the long values' bytes a plain INSERT / a MERGE holds (before_merge)
 ROW_GROUP_ROWS = 122_880  # DuckDB's row group: an INSERT writes each one out when full
 TECHNICAL_COLUMNS = 8  # the ods columns a type-1 MERGE updates besides the business ones
 VALIDATE_MEMORY_SHARE = 0.75  # of CBM_DUCKDB_MEMORY_LIMIT, for the validation's joins (validation_memory)
@@ -204,14 +204,21 @@ class DuckDbWarehouse(Warehouse):
         earlier 8 bytes a value gave 13 to 120 MB for them, and 720,000 x 13 failed at the default 256MB (found
         in review). SCD2 needs less (it updates two columns): the same rule, with room to spare.
 
-        Long values: DuckDB holds the text of the rows it writes until it commits, MERGE_TEXT times their
-        `text_bytes` (a plain INSERT of `written` rows only that of the row groups it has not yet written out,
-        about two). Without it the first load of 800 CLOBs of 100 KB failed under 64MB, 2,000 under 256MB, and
-        600 of 1 MB failed again under the 511MB its message advised (found in review)."""
-        held = text_bytes if rows or written <= 2 * ROW_GROUP_ROWS else text_bytes * 2 * ROW_GROUP_ROWS // written
+        Long values: DuckDB holds the text of the rows it writes until it commits: a plain INSERT MERGE_TEXT
+        times the `text_bytes` of the long-value columns' values (only those of the row groups it has not yet
+        written out of `written` rows, about two), a MERGE that joins (updates, SCD2's close and insert)
+        MERGE_TEXT_JOINED times. Without it the first load of 800 CLOBs of 100 KB failed under 64MB, 2,000 under
+        256MB, 600 of 1 MB again under the 511MB its message advised; 800 of them updated failed under 350MB and
+        passed under 400MB (found in review)."""
+        if rows:
+            held = MERGE_TEXT_JOINED * text_bytes
+        elif written <= 2 * ROW_GROUP_ROWS:
+            held = MERGE_TEXT * text_bytes
+        else:
+            held = MERGE_TEXT * text_bytes * 2 * ROW_GROUP_ROWS // written
         want = max(_bytes(self.settings.duckdb_memory_limit) or 0, 1.5e6 * n_columns,
                    MERGE_BASE + rows * (MERGE_ROW + MERGE_VALUE * (n_columns + TECHNICAL_COLUMNS)) if rows else 0,
-                   MERGE_BASE + MERGE_TEXT * held if held else 0)
+                   MERGE_BASE + held if held else 0)
         machine = self._machine_bytes()
         if machine:
             want = min(want, machine)

@@ -373,6 +373,14 @@ def _changed_rows(d: WarehouseDialect, spec: MergeSpec) -> str:
             f"ON {_on(d, spec.keys, 'c', 's')})")
 
 
+def text_bytes(d: WarehouseDialect, spec: MergeSpec, columns: list[tuple[str, bool]], *, all_new: bool) -> str:
+    """The bytes of these text and binary columns' values (`(name, is binary)`) in the rows a merge writes: the
+    whole batch when every row is new, else its changed rows (_changed_rows, before the merge writes)."""
+    parts = " + ".join(f"coalesce({d.binary_length_fn if binary else d.text_bytes_fn}(s.{d.quote(n)}), 0)"
+                       for n, binary in columns)
+    return f"SELECT coalesce(sum({parts or '0'}), 0) FROM {spec.stg(d) if all_new else _changed_rows(d, spec)} AS s"
+
+
 def soft_delete_absent(d: WarehouseDialect, spec: MergeSpec) -> tuple[str, int]:
     """Full mode, beside a merge of the changed rows alone (whose source no longer holds every key of the batch):
     the live rows (SCD2: current versions) whose key the batch lacks are soft-deleted, by keys alone, as the
