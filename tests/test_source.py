@@ -658,3 +658,20 @@ def test_dbapi_batches_stay_bounded_when_long_values_follow_short_ones(tmp_path)
     con.close()
     assert [r for b in batches for r in b.column("id").to_pylist()] == list(range(90))  # every row, in order
     assert max(b.nbytes for b in batches) <= readers.MAX_BATCH_BYTES, [(b.num_rows, b.nbytes) for b in batches]
+
+
+def test_a_very_wide_table_reads_batches_of_about_8_mb_not_1000_rows():
+    """1,990 columns (OpenEdge's most), 40-character text among them: a row is about 60 KB of the driver's buffers,
+    and the batch floor of 1,000 rows made 50 MB batches (a full load of 3,000 rows peaked at 895 MB: found in
+    review; 616 MB with batches of 300 rows, in the same time). Tall and ordinary tables keep their sizes."""
+    from cbm_luigi.extract import BATCH_BYTES, MIN_BATCH_ROWS, batch_rows_for, estimated_row_bytes
+    from cbm_luigi.types import ColumnType
+
+    kinds = [ColumnType("string", width=40), ColumnType("int32"), ColumnType("decimal", precision=12, scale=2)]
+    cols = [PlanColumn("id", "id", ColumnType("int32"), False)] + [
+        PlanColumn(f"c{i:04d}", f"c{i:04d}", kinds[i % 3]) for i in range(1989)]
+    wide = TablePlan("t", "t", ["id"], cols)
+    assert estimated_row_bytes(wide) > 40_000
+    assert batch_rows_for(wide, 50_000) == MIN_BATCH_ROWS == 300  # about 14 MB, not 1,000 rows
+    tall = TablePlan("t", "t", ["id"], cols[:30])
+    assert batch_rows_for(tall, 50_000) == min(50_000, BATCH_BYTES // estimated_row_bytes(tall))
