@@ -308,7 +308,7 @@ def load_settings() -> Settings:
         duckdb_path=path("CBM_DUCKDB_PATH", var / "warehouse.duckdb"),
         mssql_odbc=_env("CBM_MSSQL_ODBC"),
         cache_dir=path("CBM_CACHE_DIR", var / "cache"),
-        batch_rows=_int("CBM_BATCH_ROWS", 50000, 1000),  # extract.batch_rows_for: never below 1,000
+        batch_rows=_int("CBM_BATCH_ROWS", 50000, 1000),  # a ceiling; extract.batch_rows_for sizes below it
         duckdb_memory_limit=_size("CBM_DUCKDB_MEMORY_LIMIT", "256MB"),
         transform_memory_limit=_size("CBM_TRANSFORM_MEMORY_LIMIT", "256MB"),
         duckdb_threads=_int("CBM_DUCKDB_THREADS", 2, 1),

@@ -452,10 +452,29 @@ LONG_VALUE_WIDTH = 1000  # characters (bytes for binary): a column declared wide
 
 def _long_value_columns(plan: TablePlan) -> list[tuple[str, bool]]:
     """The text and binary columns that may hold long values (CLOB, BLOB, LVARCHAR, or declared wider than
-    LONG_VALUE_WIDTH), as (SQL name, is binary): the bytes of their values in the rows a merge writes are measured
-    (statements.text_bytes) to size its memory; narrow ones are covered by the estimate a row."""
-    return [(n, t.kind == "binary") for n, t, _ in plan.output_columns()
-            if t.kind in ("string", "binary") and (not t.width or t.width > LONG_VALUE_WIDTH)]
+    LONG_VALUE_WIDTH; an EXTENT array kept whole by its elements joined), as (SQL name, is binary): the bytes of
+    their values in the rows a merge writes are measured (statements.text_bytes) to size its memory; narrow ones
+    are covered by the estimate a row. An array kept whole was judged by its element's width (100 x VARCHAR(1000)
+    was not long: found in review)."""
+    def width(c, t):
+        return (t.width + 1) * c.extent if t.width and c.extent and c.array_mode != "split" else t.width
+    return [(n, t.kind == "binary") for c in plan.columns for n, t, _ in c.output_columns()
+            if t.kind in ("string", "binary") and (not t.width or width(c, t) > LONG_VALUE_WIDTH)]
+
+
+def _long_value_bytes(s: Session, wh: Warehouse, plan: TablePlan, spec: MergeSpec, all_new: bool,
+                      written: int) -> int:
+    """The bytes of the long values (_long_value_columns) in the rows a merge writes, for a warehouse that sizes
+    its memory by them (0 otherwise). The batch's, read from stg alone, first: all new, it is the answer; else
+    it bounds the rows written, and only when that bound would raise the limit are the changed rows found (a join
+    of keys and hashes: 175 ms on 1 M rows whose CLOB was mostly NULL, found in review)."""
+    long = _long_value_columns(plan) if wh.sets_memory else []
+    if not long:
+        return 0
+    batch = sum(int(v or 0) for v in s.query(text_bytes(wh.dialect, spec, long, all_new=True))[0])
+    if all_new or not wh.text_counts(batch, rows=written, written=written):
+        return batch
+    return sum(int(v or 0) for v in s.query(text_bytes(wh.dialect, spec, long, all_new=False))[0])
 
 
 def _refresh_compared(plan: TablePlan, wanted: list[Column], existing: dict) -> list[Column]:
@@ -557,8 +576,7 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
             # limit cost 15 ms, which a batch with no change does not pay. The MERGE's source (SCD2: the close's
             # and the insert's) is the rows it writes (statements._changed_rows)
             carried = int(inserted) + int(updated)
-            long = _long_value_columns(plan) if wh.sets_memory else []
-            text = int(s.scalar(text_bytes(d, spec, long, all_new=all_new))) if long else 0
+            text = _long_value_bytes(s, wh, plan, spec, all_new, carried)
             wh.before_merge(s, len(spec.columns), rows=0 if all_new else carried, written=carried, text_bytes=text)
             refresh = None
             changed = "columns ods lost refilled" if lost else "configuration changed since the last load"

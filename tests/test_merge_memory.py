@@ -195,3 +195,45 @@ def test_a_weekly_full_where_only_the_long_values_changed_merges_under_the_defau
     _limit(monkeypatch, "256MB")
     assert succeeded(build(LoadTable(table="notes", mode="full", batch_tag="b"))), failure(env, "notes")[:400]
     assert dict(env.sql("SELECT id, commentaire FROM ods.notes")) == _source(env)
+
+
+def test_a_table_with_a_thousand_wide_text_columns_still_merges(env, monkeypatch):
+    """statements.text_bytes sums the long-value columns as one `a + b + c + ...` expression: DuckDB's parser
+    nests it one level per term, and its max_expression_depth (1,000) refuses 991 terms or more. A table with
+    that many columns declared wider than 1,000 (or a split EXTENT array of such a field) then fails every merge
+    with a ParserException, where it loaded before c618d5d: the measure that only sizes memory failed the load
+    (found in review). One sum a column now."""
+    from .test_progress_quirks import configure, failure, raw_table
+
+    n = 995
+    cols = [(Col("id", "integer", nullable=False), "INTEGER")] + [
+        (Col(f"c{i}", "varchar", width=2000), "VARCHAR(2000)") for i in range(n)]
+    rows = [(r, *[f"v{r}-{i}" for i in range(n)]) for r in range(1, 4)]
+    raw_table(env.source, "larges", cols, ("id",), rows)
+    configure(env, monkeypatch, "embedded", "larges")
+    assert succeeded(build(LoadTable(table="larges", mode="full"))), failure(env, "larges")[:400]
+    assert env.sql("SELECT count(*), max(c994) FROM ods.larges") == [(3, "v3-994")]
+
+
+def test_the_first_load_of_long_arrays_kept_whole_merges_under_a_small_cap(env, monkeypatch):
+    """test_merge_memory's 800 x 100 KB first load under 64MB, the 100 KB being an EXTENT 100 array of
+    VARCHAR(1000) kept whole (ArrayMode 'single': one `;`-joined text). _long_value_columns judges an array by its
+    element's width (1,000: not long), not by the joined text's (100 x 1,000), so its bytes are not measured and
+    the merge was given no raise: out of memory, where the same 100 KB in a CLOB loads (found in review). Judged
+    by its elements joined now."""
+    from cbm_luigi.cli import main as cbm_etl
+
+    from .test_progress_quirks import configure, failure, raw_table
+
+    def value(i):
+        return ";".join((f"<{i}.{j}> Livraison le mardi, quai n3, regle. " * 30)[:990] for j in range(100))
+
+    raw_table(env.source, "notes", [(Col("id", "integer", nullable=False), "INTEGER"),
+                                    (Col("lignes", "varchar", 1000, extent=100), "VARCHAR(100000)")],
+              ("id",), [(i, value(i)) for i in range(1, 801)])
+    configure(env, monkeypatch, "embedded", "notes")
+    assert cbm_etl(["sync-columns", "notes"]) == 0
+    env.sql("UPDATE config.ETL_Columns SET ArrayMode = 'single' WHERE TableName = 'notes' AND ColumnName = 'lignes'")
+    _limit(monkeypatch, "64MB")
+    assert succeeded(build(LoadTable(table="notes", mode="full"))), failure(env, "notes")[:500]
+    assert env.sql("SELECT count(*), sum(length(lignes)) > 79_000_000 FROM ods.notes") == [(800, True)]

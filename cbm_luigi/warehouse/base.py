@@ -111,6 +111,11 @@ class Warehouse:
         `rows` the MERGE joins with ods (0 when every row is new: a plain INSERT), the rows `written` and the
         bytes of their text and binary values; nothing by default."""
 
+    def text_counts(self, text_bytes: int, *, rows: int = 0, written: int = 0) -> bool:
+        """Whether long values of `text_bytes` in a merge (before_merge's arguments) would raise its memory: an
+        upper bound that would not spares measuring them exactly. No by default."""
+        return False
+
     def memory_in_force(self) -> tuple[str, str] | None:
         """The memory limit the warehouse's statements run under now, and what to do when a step runs out of it
         (for messages); None when it has none."""

@@ -71,6 +71,21 @@ def release_connections() -> None:
         _SHARED.pop(key).close()
 
 
+def _text_memory(text_bytes: int, rows: int, written: int) -> float:
+    """What a merge's long values need (before_merge): a MERGE that joins `rows` MERGE_TEXT_JOINED times their
+    bytes, a plain INSERT of `written` rows MERGE_TEXT times those of the row groups it has not written out
+    (about two); 0 without long values."""
+    if not text_bytes:
+        return 0
+    if rows:
+        held = MERGE_TEXT_JOINED * text_bytes
+    elif written <= 2 * ROW_GROUP_ROWS:
+        held = MERGE_TEXT * text_bytes
+    else:
+        held = MERGE_TEXT * text_bytes * 2 * ROW_GROUP_ROWS // written
+    return MERGE_BASE + held
+
+
 class DuckDbSession(Session):
     def __init__(self, con: duckdb.DuckDBPyConnection):
         self.con = con
@@ -210,21 +225,18 @@ class DuckDbWarehouse(Warehouse):
         MERGE_TEXT_JOINED times. Without it the first load of 800 CLOBs of 100 KB failed under 64MB, 2,000 under
         256MB, 600 of 1 MB again under the 511MB its message advised; 800 of them updated failed under 350MB and
         passed under 400MB (found in review)."""
-        if rows:
-            held = MERGE_TEXT_JOINED * text_bytes
-        elif written <= 2 * ROW_GROUP_ROWS:
-            held = MERGE_TEXT * text_bytes
-        else:
-            held = MERGE_TEXT * text_bytes * 2 * ROW_GROUP_ROWS // written
         want = max(_bytes(self.settings.duckdb_memory_limit) or 0, 1.5e6 * n_columns,
                    MERGE_BASE + rows * (MERGE_ROW + MERGE_VALUE * (n_columns + TECHNICAL_COLUMNS)) if rows else 0,
-                   MERGE_BASE + held if held else 0)
+                   _text_memory(text_bytes, rows, written))
         machine = self._machine_bytes()
         if machine:
             want = min(want, machine)
         have = _bytes(s.scalar("SELECT current_setting('memory_limit')"))
         if have is not None and want > have * 1.01:  # DuckDB reports the limit rounded to 0.1 MiB
             s.execute(f"SET memory_limit = '{int(want / 1e6)}MB'")
+
+    def text_counts(self, text_bytes, *, rows=0, written=0):
+        return _text_memory(text_bytes, rows, written) > (_bytes(self.settings.duckdb_memory_limit) or 0)
 
     sets_memory = True  # before_merge and validation_memory SET memory_limit
 
