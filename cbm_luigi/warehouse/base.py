@@ -106,15 +106,21 @@ class Warehouse:
         return False
 
     def before_merge(self, s: Session, n_columns: int, rows: int = 0, *, written: int = 0,
-                     text_bytes: int = 0) -> None:
+                     text_bytes: int = 0, replaced_bytes: int = 0) -> None:
         """Hook run in the merge's session before the statements that write ods (resource tuning), with the
-        `rows` the MERGE joins with ods (0 when every row is new: a plain INSERT), the rows `written` and the
-        bytes of their text and binary values; nothing by default."""
+        `rows` the MERGE joins with ods (0 when every row is new: a plain INSERT), the rows `written`, the bytes
+        of their long values and of those they overwrite; nothing by default."""
 
-    def text_counts(self, text_bytes: int, *, rows: int = 0, written: int = 0) -> bool:
+    def text_counts(self, text_bytes: int, *, rows: int = 0, written: int = 0, replaced: int = 0) -> bool:
         """Whether long values of `text_bytes` in a merge (before_merge's arguments) would raise its memory: an
         upper bound that would not spares measuring them exactly. No by default."""
         return False
+
+    @contextlib.contextmanager
+    def measuring(self, s: Session):
+        """The resources for reading a table's long values to measure them (DuckDB: its memory limit); as they
+        are by default."""
+        yield
 
     def memory_in_force(self) -> tuple[str, str] | None:
         """The memory limit the warehouse's statements run under now, and what to do when a step runs out of it

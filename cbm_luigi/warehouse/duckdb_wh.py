@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import re
 import time
@@ -23,11 +24,13 @@ from ..interrupts import ctrl_c_stops
 from ..leftovers import drop_dead_spill_files
 from ..types import parse_column_type
 
+log = logging.getLogger(__name__)
 LOCK_WAIT_S = 120.0
 MULTI_ROW_VALUES = 500  # rows per INSERT statement in executemany
 _SHARED: dict[tuple[str, int], duckdb.DuckDBPyConnection] = {}
 MERGE_BASE, MERGE_ROW, MERGE_VALUE = 64e6, 500, 20  # bytes a MERGE needs: before_merge
 MERGE_TEXT, MERGE_TEXT_JOINED = 2, 5  # times the long values' bytes a plain INSERT / a MERGE holds (before_merge)
+MERGE_TEXT_REPLACED = 3  # times the bytes of the long values a MERGE overwrites (DuckDB keeps them until commit)
 ROW_GROUP_ROWS = 122_880  # DuckDB's row group: an INSERT writes each one out when full
 TECHNICAL_COLUMNS = 8  # the ods columns a type-1 MERGE updates besides the business ones
 VALIDATE_MEMORY_SHARE = 0.75  # of CBM_DUCKDB_MEMORY_LIMIT, for the validation's joins (validation_memory)
@@ -71,14 +74,26 @@ def release_connections() -> None:
         _SHARED.pop(key).close()
 
 
-def _text_memory(text_bytes: int, rows: int, written: int) -> float:
+def _lower_memory(s, value: str) -> None:
+    """SET memory_limit to `value` where it may be lower than the limit in force: DuckDB refuses when it holds
+    more than that and cannot free it ("could not free up enough memory for the new limit": the long values a
+    merge just wrote, found in review, where the validation's lower limit then failed a loaded table). The
+    higher limit stays, said in the log; the next step tries again."""
+    try:
+        s.execute(f"SET memory_limit = {value}")
+    except duckdb.OutOfMemoryException:
+        log.info("the warehouse's memory limit stays at %s, not %s: DuckDB holds more than that now",
+                 s.scalar("SELECT current_setting('memory_limit')"), value)
+
+
+def _text_memory(text_bytes: int, rows: int, written: int, replaced: int = 0) -> float:
     """What a merge's long values need (before_merge): a MERGE that joins `rows` MERGE_TEXT_JOINED times their
-    bytes, a plain INSERT of `written` rows MERGE_TEXT times those of the row groups it has not written out
-    (about two); 0 without long values."""
-    if not text_bytes:
+    bytes and MERGE_TEXT_REPLACED times those of the values it overwrites, a plain INSERT of `written` rows
+    MERGE_TEXT times those of the row groups it has not written out (about two); 0 without long values."""
+    if not text_bytes and not replaced:
         return 0
     if rows:
-        held = MERGE_TEXT_JOINED * text_bytes
+        held = MERGE_TEXT_JOINED * text_bytes + MERGE_TEXT_REPLACED * replaced
     elif written <= 2 * ROW_GROUP_ROWS:
         held = MERGE_TEXT * text_bytes
     else:
@@ -209,7 +224,7 @@ class DuckDbWarehouse(Warehouse):
     def missing_relation(self, error):
         return bool(re.search(r"Catalog Error: (Table|View) with name \S+ does not exist", error))
 
-    def before_merge(self, s, n_columns, rows=0, *, written=0, text_bytes=0):
+    def before_merge(self, s, n_columns, rows=0, *, written=0, text_bytes=0, replaced_bytes=0):
         """A MERGE joins stg and ods carrying every column, and DuckDB cannot spill all of it: give wide tables
         about 1.5 MB a column (350 columns: 525 MB), and a MERGE that joins `rows` rows MERGE_BASE plus, a row,
         MERGE_ROW bytes and MERGE_VALUE bytes a column it may update (the business columns and the 8 technical
@@ -227,7 +242,7 @@ class DuckDbWarehouse(Warehouse):
         passed under 400MB (found in review)."""
         want = max(_bytes(self.settings.duckdb_memory_limit) or 0, 1.5e6 * n_columns,
                    MERGE_BASE + rows * (MERGE_ROW + MERGE_VALUE * (n_columns + TECHNICAL_COLUMNS)) if rows else 0,
-                   _text_memory(text_bytes, rows, written))
+                   _text_memory(text_bytes, rows, written, replaced_bytes))
         machine = self._machine_bytes()
         if machine:
             want = min(want, machine)
@@ -235,8 +250,24 @@ class DuckDbWarehouse(Warehouse):
         if have is not None and want > have * 1.01:  # DuckDB reports the limit rounded to 0.1 MiB
             s.execute(f"SET memory_limit = '{int(want / 1e6)}MB'")
 
-    def text_counts(self, text_bytes, *, rows=0, written=0):
-        return _text_memory(text_bytes, rows, written) > (_bytes(self.settings.duckdb_memory_limit) or 0)
+    def text_counts(self, text_bytes, *, rows=0, written=0, replaced=0):
+        return _text_memory(text_bytes, rows, written, replaced) > (_bytes(self.settings.duckdb_memory_limit) or 0)
+
+    @contextlib.contextmanager
+    def measuring(self, s):
+        """Sums of long values read under 80 % of the machine's memory (DuckDB's own default), then the limit
+        in force before: DuckDB holds 2,048 of them at once, whatever the sum needs, and what it holds is the
+        data's own size (a table without long values reads next to nothing)."""
+        machine = self._machine_bytes()
+        have = s.scalar("SELECT current_setting('memory_limit')")
+        if not machine or (_bytes(have) or 0) >= machine:
+            yield
+            return
+        s.execute(f"SET memory_limit = '{int(machine / 1e6)}MB'")
+        try:
+            yield
+        finally:  # if DuckDB still holds the values it read, the merge runs under the measuring limit
+            _lower_memory(s, self.dialect.literal(have))
 
     sets_memory = True  # before_merge and validation_memory SET memory_limit
 
@@ -270,7 +301,7 @@ class DuckDbWarehouse(Warehouse):
         cap = _bytes(self.settings.duckdb_memory_limit)
         have = _bytes(s.scalar("SELECT current_setting('memory_limit')"))
         if cap and have is not None and abs(cap - have) > have * 0.01:
-            s.execute(f"SET memory_limit = {self.dialect.literal(self.settings.duckdb_memory_limit)}")
+            _lower_memory(s, self.dialect.literal(self.settings.duckdb_memory_limit))
 
     @contextlib.contextmanager
     def validation_memory(self, s):
@@ -288,11 +319,11 @@ class DuckDbWarehouse(Warehouse):
         # never below VALIDATE_MEMORY_FLOOR (or the cap, if smaller): a 200,000-row validation failed under 48 MB
         # (3/4 of 64MB) that passed under 64 (found in review); a small cap stays as it was
         want = max(VALIDATE_MEMORY_SHARE * cap, min(cap, VALIDATE_MEMORY_FLOOR))
-        s.execute(f"SET memory_limit = '{int(want / 1e6)}MB'")
+        _lower_memory(s, f"'{int(want / 1e6)}MB'")
         try:
             yield
         finally:
-            s.execute(f"SET memory_limit = {self.dialect.literal(configured)}")
+            _lower_memory(s, self.dialect.literal(configured))
 
     def replace_stage(self, s, table, batch_path, columns, tech, keys=None):
         """stg.<table> becomes a view over the batch parquet: DuckDB reads parquet natively, so copying the

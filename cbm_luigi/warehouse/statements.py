@@ -373,15 +373,19 @@ def _changed_rows(d: WarehouseDialect, spec: MergeSpec) -> str:
             f"ON {_on(d, spec.keys, 'c', 's')})")
 
 
-def text_bytes(d: WarehouseDialect, spec: MergeSpec, columns: list[tuple[str, bool]], *, all_new: bool) -> str:
-    """The bytes of these text and binary columns' values (`(name, is binary)`) in the rows a merge writes, one
-    sum a column: the whole batch when `all_new` (or as an upper bound), else its changed rows (_changed_rows,
-    before the merge writes)."""
+def text_bytes(d: WarehouseDialect, spec: MergeSpec, columns: list[tuple[str, bool]], *, all_new: bool,
+               replaced: bool = False) -> str:
+    """The bytes of these text and binary columns' values (`(name, is binary)`), one sum a column: in the rows a
+    merge writes, the whole batch when `all_new` (or as an upper bound), else its changed rows (_changed_rows,
+    before the merge writes); `replaced`: in the live ods rows of its changed keys, which it overwrites."""
     # one sum a column, added up by the caller: `a + b + ...` nests a level a term, and DuckDB refuses 991 of them
     # (found in review: a table of 995 wide columns failed every merge)
     parts = ", ".join(f"sum({d.binary_length_fn if binary else d.text_bytes_fn}(s.{d.quote(n)}))"
-                      for n, binary in columns)
-    return f"SELECT {parts or '0'} FROM {spec.stg(d) if all_new else _changed_rows(d, spec)} AS s"
+                      for n, binary in columns) or "0"
+    if replaced:
+        return (f"SELECT {parts} FROM {spec.ods(d)} AS s SEMI JOIN ({_changed_keys(d, spec)}) AS c "
+                f"ON {_on(d, spec.keys, 'c', 's')} WHERE {_live(d, spec, 's')}")
+    return f"SELECT {parts} FROM {spec.stg(d) if all_new else _changed_rows(d, spec)} AS s"
 
 
 def soft_delete_absent(d: WarehouseDialect, spec: MergeSpec) -> tuple[str, int]:
