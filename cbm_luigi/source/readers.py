@@ -361,24 +361,30 @@ class ArrowOdbcReader(Reader):
                             return InvalidTextError(names[i], {n: _text(v) for n, v in zip(names, row)}, raw)
         return None
 
+    def _described(self, sql: str, params: list, what: str) -> list:
+        """The driver's description of the statement's columns (their sizes), read through pyodbc without
+        fetching; [] (said in the log) when it cannot be read: only a better message is at stake."""
+        try:
+            with PyodbcReader(self.settings, self.dialect) as r:
+                return r.con.cursor().execute(sql, params or []).description
+        except Exception as exc:  # noqa: BLE001 — only a better message was at stake
+            log.warning("could not tell %s: %s", what, mask_secrets(str(exc))[:300])
+            return []
+
     def _row_too_wide(self, message: str, sql: str, params: list, schema: pa.Schema | None) -> str:
         """arrow-odbc refuses a table whose one row needs more than its buffers for a fetch (it sizes a row from
         the driver's column sizes, not from the values) in its own words, which name no column and a bound no
         setting of ours raised (found in review: 600 VARCHAR(31995) columns). Names the widest columns and the
         ways out; pyodbc reads the same rows."""
-        try:
-            with PyodbcReader(self.settings, self.dialect) as r:
-                description = r.con.cursor().execute(sql, params or []).description
-        except Exception as exc:  # noqa: BLE001 — only a better message was at stake
-            log.warning("could not tell which columns are the widest: %s", mask_secrets(str(exc))[:300])
-            description = []
-        widths = sorted(_buffer_bytes(description), key=lambda c: -c[1])
+        widths = sorted(_buffer_bytes(self._described(sql, params, "which columns are the widest")),
+                        key=lambda c: -c[1])
         names = [n for n, _b in widths]
         if schema is not None and names:
             names = result_names(names, schema.names)
         widest = ", ".join(f"{n} ({b:,} bytes)" for n, (_n, b) in list(zip(names, widths))[:5])
         return (f"a row needs more than arrow-odbc's {ARROW_ODBC_BATCH_BYTES:,} bytes of buffers for a fetch (it "
-                f"sizes each column from the size the driver reports, not from the values){': widest ' + widest if widest else ''}."
+                f"sizes each column from the size the driver reports, not from the values)"
+                f"{': widest ' + widest if widest else ''}."
                 f" Exclude the columns the warehouse does not need (IsExcluded = 1 in config.ETL_Columns), read a "
                 f"long one in part (SourceExpression 'SUBSTRING(...)' with IsOverride = 1), or set "
                 f"CBM_ODBC_READER=pyodbc, which reads the same rows with buffers of their own size — {message}")
@@ -388,13 +394,7 @@ class ArrowOdbcReader(Reader):
         the driver's column sizes, read through pyodbc without fetching, tell whose buffer was shorter."""
         m = re.search(r"Some\((\d+)\)", message)
         size = int(m.group(1)) if m else None
-        try:
-            with PyodbcReader(self.settings, self.dialect) as r:
-                description = r.con.cursor().execute(sql, params or []).description
-        except Exception as exc:  # noqa: BLE001 — only a better message was at stake
-            log.warning("could not tell which column overflowed: %s", mask_secrets(str(exc))[:300])
-            description = []
-        found = _shorter_buffers(description, size)
+        found = _shorter_buffers(self._described(sql, params, "which column overflowed"), size)
         names = [n for n, _b, _w in found]
         if schema is not None:
             names = result_names(names, schema.names)
