@@ -457,7 +457,7 @@ def _long_value_columns(plan: TablePlan) -> list[tuple[str, bool]]:
     are covered by the estimate a row. An array kept whole was judged by its element's width (100 x VARCHAR(1000)
     was not long: found in review)."""
     def width(c, t):
-        return (t.width + 1) * c.extent if t.width and c.extent and c.array_mode != "split" else t.width
+        return (t.width + 1) * c.extent if t.width and c.extent and not c.is_split_array else t.width
     return [(n, t.kind == "binary") for c in plan.columns for n, t, _ in c.output_columns()
             if t.kind in ("string", "binary") and (not t.width or width(c, t) > LONG_VALUE_WIDTH)]
 

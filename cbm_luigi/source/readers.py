@@ -376,8 +376,8 @@ class ArrowOdbcReader(Reader):
         the driver's column sizes, not from the values) in its own words, which name no column and a bound no
         setting of ours raised (found in review: 600 VARCHAR(31995) columns). Names the widest columns and the
         ways out; pyodbc reads the same rows."""
-        widths = sorted(_buffer_bytes(self._described(sql, params, "which columns are the widest")),
-                        key=lambda c: -c[1])
+        described = self._described(sql, params, "which columns are the widest")
+        widths = sorted(((n, b) for n, b, *_ in _buffers(described)), key=lambda c: -c[1])
         names = [n for n, _b in widths]
         if schema is not None and names:
             names = result_names(names, schema.names)
@@ -428,24 +428,11 @@ _ROW_TOO_WIDE = "buffer is not large enough to hold a single row"
 _INVALID_UTF8 = "invalid UTF-8"
 
 
-def _buffer_bytes(description) -> list[tuple[str, int]]:
-    """Each text or binary column's arrow-odbc buffer for one value, as (name, bytes): text 4 bytes a character
-    of the driver's column size, binary its size, each bounded by our maximum (an unbounded column gets it)."""
+def _buffers(description) -> list[tuple[str, int, bool, str, int | None]]:
+    """Each text or binary column's arrow-odbc buffer for one value, as (name, bytes, bounded by our maximum,
+    unit, the driver's size): text 4 bytes a character of the driver's column size, binary its size, each bounded
+    by our maximum (an unbounded column, size 0 or none, gets it)."""
     out = []
-    for name, kind, _display, width, *_ in description:
-        if kind is str:
-            out.append((name, min((width or 0) * 4 or MAX_TEXT_BYTES, MAX_TEXT_BYTES)))
-        elif kind in (bytes, bytearray):
-            out.append((name, min(width or MAX_BINARY_BYTES, MAX_BINARY_BYTES)))
-    return out
-
-
-def _shorter_buffers(description, size: int | None) -> list[tuple[str, int, str]]:
-    """Columns whose arrow-odbc buffer holds fewer than `size` bytes, as (name, buffer bytes, why that size):
-    text gets 4 bytes a character of the driver's column size, binary its size, each bounded by our maximum.
-    Columns bounded by that maximum come first: OpenEdge itself refuses a value longer than the declared width
-    (error 7864)."""
-    bounded, declared = [], []
     for name, kind, _display, width, *_ in description:
         if kind is str:
             need, cap, unit = (width or 0) * 4, MAX_TEXT_BYTES, "text"
@@ -453,11 +440,23 @@ def _shorter_buffers(description, size: int | None) -> list[tuple[str, int, str]
             need, cap, unit = width or 0, MAX_BINARY_BYTES, "binary"
         else:
             continue
-        if not need or need > cap:
-            if size is None or cap < size:
-                bounded.append((name, cap, f"cbm_luigi's bound for {unit}"))
-        elif size is None or need < size:
-            declared.append((name, need, f"the driver reports the column {width:,} "
+        bounded = not need or need > cap
+        out.append((name, cap if bounded else need, bounded, unit, width))
+    return out
+
+
+def _shorter_buffers(description, size: int | None) -> list[tuple[str, int, str]]:
+    """Columns whose arrow-odbc buffer holds fewer than `size` bytes, as (name, buffer bytes, why that size).
+    Columns bounded by our maximum come first: OpenEdge itself refuses a value longer than the declared width
+    (error 7864)."""
+    bounded, declared = [], []
+    for name, held, by_us, unit, width in _buffers(description):
+        if size is not None and held >= size:
+            continue
+        if by_us:
+            bounded.append((name, held, f"cbm_luigi's bound for {unit}"))
+        else:
+            declared.append((name, held, f"the driver reports the column {width:,} "
                                          f"{'characters' if unit == 'text' else 'bytes'} wide"))
     return bounded or declared
 
