@@ -117,6 +117,24 @@ def test_rerun_of_an_older_batch_reads_the_source_again_instead_of_undoing_newer
     assert_ods_equals_source(env, "produit")
 
 
+def test_a_batch_file_extracted_again_is_read_anew_by_the_same_process(env):
+    """The warehouse keeps the batch files' parquet footers it has read (parquet_metadata_cache): a batch extracted
+    again at the same path, with other rows, right after the first one was staged, merged and validated by this
+    process, must be read from its new footer (a stale one would read the old row groups' offsets)."""
+    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="x", run_id="run1")))
+    first = live_rows(env, "produit")
+    touch_source(env, "INSERT INTO produit (cod_pro, libelle) SELECT cod_pro || '-bis', libelle || ' bis' "
+                      "FROM produit")
+    # as `cbm-etl invalidate --from extract` does, but in this process (the CLI closes the warehouse, and its cache)
+    [batch_file] = env.cache.glob(f"{DAY}-x/*/produit.*.parquet")
+    batch_file.unlink()
+    env.sql("DELETE FROM etl.ETL_Markers WHERE BatchId = ?", [f"{DAY}-x"])
+    assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="x", run_id="run2")))
+    assert live_rows(env, "produit") == 2 * first
+    assert_ods_equals_source(env, "produit")
+    assert steps_run(env, f"{DAY}-x", "extract") == 2
+
+
 def test_an_empty_full_batch_over_a_loaded_table_is_refused_unless_allowed(env, monkeypatch):
     assert succeeded(build(LoadTable(table="famille", mode="full", batch_tag="a")))
     n = live_rows(env, "famille")
