@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import duckdb
 import pytest
@@ -38,6 +39,16 @@ def session(tmp_path, monkeypatch):
 
 def _rows(s) -> list[tuple]:
     return s.query("SELECT * FROM t ORDER BY id")
+
+
+def _row_by_row(tmp_path, ddl: str, sql: str, rows, setup: str | None = None) -> list[tuple]:
+    """The same rows through DuckDB's own executemany (a statement a row), in a database of its own."""
+    with duckdb.connect(str(tmp_path / "reference.duckdb")) as ref:
+        if setup:
+            ref.execute(setup)
+        ref.execute(ddl)
+        ref.executemany(sql, rows)
+        return ref.execute("SELECT * FROM t ORDER BY id").fetchall()
 
 
 def test_rows_of_parameters_and_constants_land_as_row_by_row_inserts_would(session, tmp_path):
@@ -84,6 +95,47 @@ def test_a_value_that_does_not_fit_is_refused_whole(session):
     ("(?, '?')", None),
     ("()", None),
     ("(?, (1, 2)", None),
+    ("(?, DEFAULT)", None),
+    ("(?, $$a,b$$)", None),
 ])
 def test_row_items(row, items):
     assert _row_items(row) == items
+
+
+MIXED = [  # found in review: one statement typed each list from all its values, and these landed otherwise
+    ("bigint_next_to_float", "v BIGINT", [[1, 2 ** 60 + 1], [2, 2.0]]),
+    ("decimal_next_to_float", "v DECIMAL(38, 10)", [[1, Decimal("1234567890123456.0123456789")], [2, 0.5]]),
+    ("text_of_int_and_float", "v VARCHAR", [[1, 1], [2, 1.5]]),
+    ("text_of_bool_and_int", "v VARCHAR", [[1, True], [2, 1]]),
+    ("text_of_decimals", "v VARCHAR", [[1, Decimal("1.50")], [2, Decimal("2.123")]]),
+]
+
+
+@pytest.mark.parametrize("name, coldef, rows", MIXED, ids=[m[0] for m in MIXED])
+def test_mixed_python_kinds_in_a_column_land_as_row_by_row(session, tmp_path, name, coldef, rows):
+    ddl = f"CREATE TABLE t (id INTEGER, {coldef})"
+    session.execute("DROP TABLE t")
+    session.execute(ddl)
+    session.executemany("INSERT INTO t (id, v) VALUES (?, ?)", rows)
+    assert _rows(session) == _row_by_row(tmp_path, ddl, "INSERT INTO t (id, v) VALUES (?, ?)", rows)
+
+
+def test_a_naive_timestamp_next_to_an_aware_one_is_not_shifted(session, tmp_path):
+    """An aware datetime typed the whole list TIMESTAMPTZ, and the naive ones were read as UTC (review)."""
+    zone = "SET TimeZone = 'Europe/Paris'"
+    ddl = "CREATE TABLE t (id INTEGER, v TIMESTAMP)"
+    rows = [[1, datetime(2026, 11, 30, 12, 0)], [2, datetime(2026, 11, 30, 12, 0, tzinfo=ZoneInfo("UTC"))]]
+    session.execute("DROP TABLE t")
+    session.execute(zone)
+    session.execute(ddl)
+    session.executemany("INSERT INTO t (id, v) VALUES (?, ?)", rows)
+    got = _rows(session)
+    assert got[0] == (1, datetime(2026, 11, 30, 12, 0))
+    assert got == _row_by_row(tmp_path, ddl, "INSERT INTO t (id, v) VALUES (?, ?)", rows, setup=zone)
+
+
+@pytest.mark.parametrize("item, want", [("$$a,b$$", "a,b"), ("DEFAULT", None)])
+def test_a_dollar_quoted_constant_and_default_take_the_values_way(session, item, want):
+    """`$$a,b$$` was split at its comma and joined again as 'a, b'; DEFAULT is no SELECT item (review)."""
+    session.executemany(f"INSERT INTO t (id, txt) VALUES (?, {item})", [[1], [2]])
+    assert session.query("SELECT id, txt FROM t ORDER BY id") == [(1, want), (2, want)]

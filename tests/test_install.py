@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 import uuid
 import zipfile
@@ -352,3 +353,30 @@ def test_a_home_where_var_cannot_be_made_is_said_not_a_traceback(tmp_path, monke
     out = r.stdout + r.stderr
     assert "Uncaught exception in luigi" not in out and "Traceback" not in out, out[-1500:]
     assert str(home / "var") in out, out[-1500:]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("runuser"), reason="needs root to run make as another user")
+def test_make_setup_works_in_a_checkout_the_user_cannot_write(tmp_path):
+    """A checkout deployed read-only (another owner), its venv built elsewhere (VENV=...): `make setup` (and so
+    `make test`) writes the package's bytecode where it can, and goes on without where it cannot (found in review:
+    compileall's PermissionError failed it)."""
+    root = Path(tempfile.mkdtemp(prefix="cbm_ro_"))  # pytest's tmp_path is root's alone: nobody cannot enter it
+    try:
+        checkout = root / "checkout"
+        shutil.copytree(REPO / "cbm_luigi", checkout / "cbm_luigi", ignore=shutil.ignore_patterns("__pycache__"))
+        for name in ("Makefile", "setup.py"):
+            shutil.copy(REPO / name, checkout / name)
+        venv = root / "venv"
+        (venv / "bin").mkdir(parents=True)
+        (venv / "bin" / "python").symlink_to(shutil.which("python3", path="/usr/bin:/bin") or sys.executable)
+        time.sleep(0.01)
+        (venv / ".installed").touch()  # built already, newer than setup.py
+        for p in [root, venv, venv / "bin", *checkout.rglob("*"), checkout]:
+            os.chmod(p, 0o755 if p.is_dir() else 0o644)
+        done = subprocess.run(["runuser", "-u", "nobody", "--", "make", "-C", str(checkout), "setup", f"VENV={venv}"],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "no bytecode written" in done.stdout
+        assert not (checkout / "cbm_luigi" / "__pycache__").exists()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import duckdb
@@ -56,13 +57,12 @@ class WarehouseLockError(RuntimeError):
 
 
 @functools.lru_cache(maxsize=1)
-@functools.lru_cache(maxsize=1)
 def machine_memory() -> float | None:
     """80 % of the memory this process may use, as DuckDB counts it for its own default limit: the machine's, or
     a container's (cgroup) limit where that is lower. Counted from the physical memory alone, a MERGE in a 2 GB
     container on a 24 GB host was raised to 19 GB, past what the kernel lets the process have: killed with no
-    message and no etl.ETL_Log row. None if DuckDB cannot say. Read once a process: asking opens a DuckDB of its
-    own (20 ms, which every merge paid: 20 s of 1,000 small tables' incremental)."""
+    message and no etl.ETL_Log row. None if DuckDB cannot say. Read once a process (asking opens a DuckDB of its
+    own: 20 ms)."""
     try:
         with duckdb.connect(":memory:") as con:
             return _bytes(con.execute("SELECT current_setting('memory_limit')").fetchone()[0])
@@ -121,7 +121,19 @@ def _row_items(tup: str) -> list[str] | None:
             start = i + 1
     if depth or quoted or start != len(tup) or not all(items):
         return None
+    if any(i.upper() == "DEFAULT" or "$" in i for i in items):  # no SELECT item; a dollar-quoted text (review)
+        return None
     return items if all(i == "?" or "?" not in i for i in items) else None
+
+
+def _one_kind(values: list) -> bool:
+    """A column's values (None aside) all of one Python kind: DuckDB types a list parameter from all its values,
+    where row-by-row binding takes each as it is (found in review: an int next to a float went through DOUBLE and
+    lost its low bits, a Decimal next to a float too; as text, 1 next to 1.5 became '1.0', True next to 1 '1',
+    Decimal('1.50') next to Decimal('2.123') '1.500'; a naive datetime next to an aware one was read as UTC)."""
+    kinds = {(type(v), v.as_tuple().exponent if isinstance(v, Decimal) else getattr(v, "tzinfo", None) is not None)
+             for v in values if v is not None}
+    return len(kinds) <= 1
 
 
 class DuckDbSession(Session):
@@ -135,9 +147,9 @@ class DuckDbSession(Session):
     def executemany(self, sql, rows):
         """An `INSERT ... VALUES (?, ..., ?)` goes as one statement, each column's values a list parameter
         unnested row by row (DuckDB runs executemany row by row: the 350 rows of a wide table's column sync cost
-        0.2 s that way, 0.03 s as multi-row VALUES and 4 ms so); other VALUES, and rows of another length than the
-        placeholders (which zip would cut short), as multi-row VALUES (which refuse the latter); anything else
-        through executemany."""
+        0.2 s that way, 0.03 s as multi-row VALUES and 4 ms so). Other VALUES, rows of another length than the
+        placeholders (which zip would cut short; multi-row VALUES refuses them), and a column of mixed Python kinds
+        (_one_kind) go as multi-row VALUES; anything else through executemany."""
         head, sep, tup = sql.rpartition(" VALUES ")
         tup = tup.strip()
         if not sep or not head.lstrip().upper().startswith("INSERT") or not tup.startswith("("):
@@ -149,10 +161,11 @@ class DuckDbSession(Session):
             return
         items = _row_items(tup)
         n = items.count("?") if items else 0
-        if n and all(len(r) == n for r in rows):  # each `?` a column of values, unnested; a constant repeated
-            with ctrl_c_stops():
+        columns = [list(c) for c in zip(*rows)] if n and all(len(r) == n for r in rows) else None
+        if columns and all(_one_kind(c) for c in columns):  # each `?` a column of values, unnested; a constant
+            with ctrl_c_stops():                              # repeated in each row
                 self.con.execute(f"{head} SELECT {', '.join('unnest(?)' if i == '?' else i for i in items)}",
-                                 [list(c) for c in zip(*rows)])
+                                 columns)
             return
         for i in range(0, len(rows), MULTI_ROW_VALUES):
             chunk = rows[i:i + MULTI_ROW_VALUES]
