@@ -118,9 +118,9 @@ def test_rerun_of_an_older_batch_reads_the_source_again_instead_of_undoing_newer
 
 
 def test_a_batch_file_extracted_again_is_read_anew_by_the_same_process(env):
-    """The warehouse keeps the batch files' parquet footers it has read (parquet_metadata_cache): a batch extracted
-    again at the same path, with other rows, right after the first one was staged, merged and validated by this
-    process, must be read from its new footer (a stale one would read the old row groups' offsets)."""
+    """A batch extracted again at the same path, with other rows, right after the first one was staged, merged and
+    validated by this process, is read from its new footer: the warehouse connection lives as long as the process,
+    and a cached footer (DuckDB's parquet_metadata_cache, tried) would read the old row groups' offsets."""
     assert succeeded(build(LoadTable(table="produit", mode="full", batch_tag="x", run_id="run1")))
     first = live_rows(env, "produit")
     touch_source(env, "INSERT INTO produit (cod_pro, libelle) SELECT cod_pro || '-bis', libelle || ' bis' "

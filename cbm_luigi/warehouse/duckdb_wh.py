@@ -226,10 +226,9 @@ class DuckDbWarehouse(Warehouse):
         con.execute(f"SET memory_limit = {self.dialect.literal(self.settings.duckdb_memory_limit)}")
         con.execute(f"SET threads = {int(self.settings.duckdb_threads)}")
         con.execute("SET preserve_insertion_order = false")
-        # a batch file's footer read once, not by every statement over stg (a wide table's is 350 columns x its row
-        # groups: 3 ms a statement). A batch file is only ever replaced by a rename (a new file), which DuckDB's
-        # cache tells from the one it read (tests/test_rerun_safety.py)
-        con.execute("SET parquet_metadata_cache = true")
+        # no parquet_metadata_cache (each statement over stg reads the batch file's footer again, 3 ms for a wide
+        # table): the cache keeps every footer for the life of the process, outside the memory limit (600 footers of
+        # 350 columns x 9 row groups held 266 MB), and a LoadAll reads hundreds of batch files
         # a killed process's spill files (leftovers.py): this one holds the file's lock now. DuckDB's default
         # temporary directory, named, not asked for: `current_setting('temp_directory')` set DuckDB's temporary
         # file manager up for the connection, and every later statement ran slower and held more (measured: 300
