@@ -12,8 +12,8 @@ scheduling.install()
 scheduling.config_defaults()
 install_log_masking()
 # What is loaded now (Luigi, DuckDB, pyarrow, these modules: ~50,000 objects) lives as long as the process: left out
-# of the garbage collector's full passes, including the ones at exit (measured: 40 ms less a wide reload; 45 ms less for a
-# run whose tasks are all complete)
+# of the garbage collector's full passes, including the ones at exit (measured: 40 ms less a wide reload; 45 ms less
+# for a run whose tasks are all complete)
 gc.freeze()
 
 __version__ = "0.2.0"  # raised with each release: pip installs a wheel of a version it has only when forced
