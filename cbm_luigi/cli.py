@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import config_store, demo_source, runlog
 from .plan import PLAN_ERRORS
-from .runlog import kept_error
+from .runlog import kept_error, unlogged_dir, unlogged_rows
 from .settings import SettingError, load_settings, mask_secrets
 from .shipped import shipped
 from .source import catalog
@@ -227,6 +227,13 @@ def cmd_summary(args) -> int:
             if r["ErrorMessage"]:
                 # whole: the way out is at the end of each message (etl.ETL_Log keeps up to runlog.MAX_ERROR)
                 print(f"    {r['Step']}: {r['ErrorMessage']}")
+    waiting, refused = unlogged_rows(settings.cache_dir)
+    if waiting:
+        print(f"{waiting} etl.ETL_Log row(s) wait in {unlogged_dir(settings.cache_dir)}: the warehouse did not take "
+              f"them when their steps ended, and the next step that reaches it writes them (not shown above)")
+    if refused:
+        print(f"{refused} etl.ETL_Log row(s) the warehouse refused are in {unlogged_dir(settings.cache_dir)}/*.refused "
+              f"(the run's log says why): insert them by hand or delete the files")
     return 0
 
 

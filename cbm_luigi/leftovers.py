@@ -11,10 +11,14 @@ that cannot be removed stays for the next run."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import socket
 from pathlib import Path
 
 SPILL_PREFIX = "duckdb_temp_"
+# this host in the names of files a process leaves: a cache shared by hosts keeps each host's pids apart
+HOST = hashlib.md5(socket.gethostname().encode()).hexdigest()[:8]
 
 
 def running(pid: int) -> bool:

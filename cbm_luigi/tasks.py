@@ -25,7 +25,7 @@ from .extract import current_meta, extract_to_parquet, is_current, read_extract_
 from .faults import checkpoint
 from .naming import cache_file_stem, sql_safe_name
 from .plan import PLAN_ERRORS, ConfigError, TablePlan
-from .runlog import StepRecord, write_steps
+from .runlog import StepRecord, log_rows, replay_unlogged, spool_steps, unlogged_dir, write_steps
 from .settings import Settings, load_settings, mask_secrets, warn_once
 from .source.readers import pooled_reader
 from .targets import (UNKNOWN_SHAPE, MarkerTarget, StagedBatchTarget, StageTarget, record_configuration,
@@ -252,12 +252,32 @@ class CbmTask(luigi.Task):
                         mask_secrets(str(exc))[:300])
 
     def _log(self, extra: list[StepRecord]) -> None:
+        """The step's etl.ETL_Log rows, after those earlier steps could not write (runlog.replay_unlogged); rows
+        the warehouse does not take, or that would pass rows still waiting, are kept in the cache for a later step
+        (runlog.spool_steps)."""
+        records, self._records = self._records + extra, []
+        if not records:
+            return
+        ended = datetime.now()
+        waiting = replay_unlogged(self.warehouse, self.settings.cache_dir)
+        failure = f"{waiting} earlier row(s) wait there for the warehouse, and these go behind them"
+        if not waiting:
+            try:
+                write_steps(self.warehouse, run_id=self.run_id, batch_id=self.batch_id, table=self.table,
+                            mode=self.mode, task_id=self.task_id, records=records)
+                return
+            except Exception:  # noqa: BLE001 — the run's own outcome stands; the rows are kept, the failure said
+                failure = f"the warehouse said: {traceback.format_exc()}"
+        rows = log_rows(run_id=self.run_id, batch_id=self.batch_id, table=self.table, mode=self.mode,
+                        task_id=self.task_id, records=records)
         try:
-            write_steps(self.warehouse, run_id=self.run_id, batch_id=self.batch_id, table=self.table,
-                        mode=self.mode, task_id=self.task_id, records=self._records + extra)
-        except Exception:  # noqa: BLE001 — the run's own outcome stands; the log failure is reported loudly
-            log.error("could not write etl.ETL_Log for %s: %s", self.task_id, traceback.format_exc())
-        self._records = []
+            kept = spool_steps(self.settings.cache_dir, rows, ended)
+        except OSError as exc:
+            log.error("could not write etl.ETL_Log for %s, nor keep its rows in %s (%s): they are lost; %s",
+                      self.task_id, unlogged_dir(self.settings.cache_dir), exc, failure)
+            return
+        log.error("could not write etl.ETL_Log for %s: its rows are kept in %s, and the next step that reaches the "
+                  "warehouse writes them; %s", self.task_id, kept, failure)
 
     def trigger_event(self, event, *args, **kwargs):
         """Luigi's, then the Ctrl-C that interrupted one of our callbacks (Luigi's returns without a word on

@@ -23,11 +23,9 @@ Canonical form hashed into `_etl_hashdiff` (md5, 32 hex chars):
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
-import socket
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -40,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .interrupts import ctrl_c_stops
-from .leftovers import drop_dead_spill_files, running
+from .leftovers import HOST, drop_dead_spill_files, running
 from .naming import shown_value
 from .plan import PlanColumn, TablePlan
 from .types import ColumnType
@@ -302,14 +300,11 @@ def _transform_error(plan: TablePlan, exc: duckdb.Error) -> TransformError:
     return TransformError(f"table {plan.table}: shaping the batch in DuckDB failed: {text}")
 
 
-_HOST = hashlib.md5(socket.gethostname().encode()).hexdigest()[:8]  # a cache shared by hosts: pids are per host
-
-
 def _drop_orphans(out_path: Path) -> None:
     """Half-written files of `out_path` left by a killed process of this host (`<name>.<pid>-<id>-<host>.tmp`,
     the pid no longer runs): as large as the extract, and no later run would touch them; and the spill files of
     this host's engines killed there (leftovers.py). Best effort."""
-    for p in out_path.parent.glob(f"{out_path.name}.*-*-{_HOST}.tmp"):
+    for p in out_path.parent.glob(f"{out_path.name}.*-*-{HOST}.tmp"):
         pid = p.name[len(out_path.name) + 1:].split("-", 1)[0]
         if pid.isdigit() and not running(int(pid)):
             with contextlib.suppress(OSError):
@@ -320,7 +315,7 @@ def _drop_orphans(out_path: Path) -> None:
 def spill_dir(out_path: Path) -> Path:
     """Where the extract's engine spills: a folder of this host in the batch's cache folder (DuckDB makes it and
     removes it on close; a cache shared by hosts keeps each host's pids apart)."""
-    return out_path.parent / f"spill-{_HOST}"
+    return out_path.parent / f"spill-{HOST}"
 
 
 def shape_batches(plan: TablePlan, schema: pa.Schema, batches: Iterable[pa.RecordBatch], out_path: Path, *,
@@ -330,7 +325,7 @@ def shape_batches(plan: TablePlan, schema: pa.Schema, batches: Iterable[pa.Recor
     Row groups are kept small (ROW_GROUP_BYTES) so they are written while the source is still read, and a
     later step can read them in parallel."""
     # a name of its own: two processes extracting the same batch never rename each other's half-written file
-    tmp = out_path.with_name(f"{out_path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}-{_HOST}.tmp")
+    tmp = out_path.with_name(f"{out_path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}-{HOST}.tmp")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _drop_orphans(out_path)
     con = compute_engine(memory_limit, threads, spill_dir(out_path))

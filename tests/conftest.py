@@ -55,7 +55,7 @@ def make_env(root: Path, monkeypatch, *, init: bool = True, scale: float = 1.0) 
     for k, v in env.vars().items():
         monkeypatch.setenv(k, v)
     for k in ("CBM_SOURCE_KIND", "CBM_SOURCE_ODBC", "CBM_SOURCE_INIT_SQL", "CBM_SOURCE_DIALECT", "CBM_ODBC_READER",
-              "CBM_WAREHOUSE_KIND", "CBM_PAUSE_AT"):
+              "CBM_WAREHOUSE_KIND", "CBM_PAUSE_AT", "CBM_FAIL_AT"):
         monkeypatch.delenv(k, raising=False)
     tasks.clear_config_cache()
     luigi.task_register.Register.clear_instance_cache()

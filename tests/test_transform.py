@@ -179,7 +179,7 @@ def test_a_half_written_file_of_a_killed_process_is_dropped_by_the_next_write(tm
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         out = tmp_path / "t.stage.parquet"
-        from cbm_luigi.transform import _HOST
+        from cbm_luigi.leftovers import HOST as _HOST
 
         orphan = tmp_path / f"t.stage.parquet.{dead}-abcd1234-{_HOST}.tmp"
         running = tmp_path / f"t.stage.parquet.{live.pid}-abcd1234-{_HOST}.tmp"

@@ -700,6 +700,13 @@ def test_marker_runlog_config_statements_parse(tmp_path):
                        records=[runlog.StepRecord("merge", rows=1, inserted=1, updated=0, unchanged=0, deleted=0,
                                                   duration_ms=5),
                                 runlog.StepRecord("stage", status="FAILED", error="boom PWD=secret")])
+    # rows the warehouse did not take, written by a later step (runlog.replay_unlogged)
+    runlog.spool_steps(tmp_path, runlog.log_rows(run_id="r", batch_id="b", table="famille", mode="full", task_id="t",
+                                                 records=[runlog.StepRecord("merge", rows=1, duration_ms=5)]),
+                       datetime(2024, 1, 2, 3, 4, 5, 678901))
+    assert runlog.replay_unlogged(wh, tmp_path) == 0  # none left waiting
+    late = [p for s, p in rec.log if s.startswith("INSERT INTO etl.ETL_Log") and "NOT EXISTS" in s]
+    assert len(late) == 1 and late[0][15] == datetime(2024, 1, 2, 3, 4, 5, 678000) == late[0][-1]
     config_store.advance_last_success(rec, "famille", datetime(2024, 1, 1))
     config_store.table_rows(rec)
     config_store.table_rows(rec, active_only=False)
