@@ -96,33 +96,43 @@ def unlogged_dir(cache_dir: Path) -> Path:
 _SPOOL: dict[tuple[int, Path], Path] = {}  # (pid, cache) -> this process's file (a forked worker has its own)
 
 
-def spool_steps(cache_dir: Path, rows: list[list], ended: datetime | None = None) -> Path:
+def spool_steps(cache_dir: Path, rows: list[list], ended: datetime | None = None, *, tried: bool = True) -> Path:
     """Keep etl.ETL_Log rows the warehouse did not take, one JSON line each with the time the step ended (to the
-    millisecond, as SQL Server's LogTs holds it), in this process's file; returns its path. Raises OSError when
-    the cache cannot be written (the caller says both failures)."""
+    millisecond, as SQL Server's LogTs holds it), in this process's file; returns its path. `tried`: their write
+    failed (it may have committed all the same, its answer lost: the replay looks for them by content), else they
+    were kept behind rows still waiting. Raises OSError when the cache cannot be written (the caller says both
+    failures); a write cut short (a full disk) is taken back, so no half line is left for the next rows."""
     ended = ended or datetime.now()
     ended = ended.replace(microsecond=ended.microsecond // 1000 * 1000)
     pid = os.getpid()
     path = _SPOOL.setdefault((pid, cache_dir),
                              unlogged_dir(cache_dir) / f"{HOST}-{pid}-{uuid.uuid4().hex[:8]}.jsonl")
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = "".join(json.dumps({"row": row, "LogTs": ended.isoformat()}) + "\n" for row in rows)
+    data = "".join(json.dumps({"row": row, "LogTs": ended.isoformat(), "tried": tried}) + "\n"
+                   for row in rows).encode()
     while True:
-        with _locked(path, "a") as f:
+        with _locked(path, "ab") as f:
             if f is None:  # replayed and removed between the open and the lock: a new file
                 continue
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+            start = os.fstat(f.fileno()).st_size
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(f.fileno(), view):]
+                os.fsync(f.fileno())
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(f.fileno(), start)
+                raise
             return path
 
 
 @contextlib.contextmanager
-def _locked(path: Path, mode: str) -> Iterator[IO[str] | None]:
+def _locked(path: Path, mode: str) -> Iterator[IO | None]:
     """`path` opened and locked (flock: a writer and a replay, of any process on this file system, take turns);
     None when the file was removed (replayed) meanwhile, or is gone."""
     try:
-        f = open(path, mode, encoding="utf-8")
+        f = open(path, mode, buffering=0) if "b" in mode else open(path, mode, encoding="utf-8")
     except FileNotFoundError:
         yield None
         return
@@ -156,11 +166,12 @@ def replay_unlogged(wh: Warehouse, cache_dir: Path) -> int:
     then remove it; returns the rows still waiting (0: the caller writes its own rows; else it keeps them behind
     these, so etl.ETL_Log's order, which says a table's last step, stays the order the steps ended).
 
-    Each row is written once: a replay killed after its commit is followed by one that finds its rows there (the
-    same run, task, step, status and LogTs). A line cut short (a process killed while writing it) is said and
-    dropped. A warehouse that does not answer leaves the files, and is asked again after RETRY_AFTER_S; one that
-    answers but refuses a file's rows gets the file renamed `*.refused`, said with the warehouse's words, so the
-    rows behind it are not held forever."""
+    Each row is written once (_write_late): a replay killed after its commit, or a step's write that committed
+    though its answer was lost, is followed by one that finds the rows there. A line cut short (a process killed
+    while writing it) is said and dropped. A warehouse that does not answer leaves the files, and is asked again
+    after RETRY_AFTER_S; one that answers but refuses a file's rows twice gets the file renamed `*.refused`, said
+    with the warehouse's words, so the rows behind it are not held forever. A file this process cannot read or
+    remove is said once and left."""
     folder = unlogged_dir(cache_dir)
     try:
         names = sorted((n for n in os.listdir(folder) if n.endswith(".jsonl")),
@@ -168,7 +179,8 @@ def replay_unlogged(wh: Warehouse, cache_dir: Path) -> int:
     except FileNotFoundError:
         return 0
     except OSError as exc:  # the folder unreadable: its rows cannot be written, the step's own can
-        log.warning("the etl.ETL_Log rows kept in %s cannot be read (%s): make the folder readable", folder, exc)
+        _say_once(folder, "the etl.ETL_Log rows kept in %s cannot be read (%s): make the folder readable to the "
+                          "ETL's user", folder, exc)
         return 0
     if not names:
         return 0
@@ -177,36 +189,63 @@ def replay_unlogged(wh: Warehouse, cache_dir: Path) -> int:
     for name in names:
         path = folder / name
         try:
-            with _locked(path, "r+") as f:
+            with _locked(path, "r") as f:  # a lock needs no write access: another user's file is read all the same
                 if f is None:
                     continue
-                try:
-                    rows = _kept_rows(path, f.read())
-                    if rows:
-                        _write_late(wh, rows)
-                except Exception as exc:  # noqa: BLE001 — said, and the rows kept: down, or refused (renamed)
-                    if not _answers(wh):
-                        if not _REFUSED_AT:
-                            log.warning("the etl.ETL_Log rows kept in %s could not be written yet (%s: %s): the "
-                                        "warehouse does not answer; they stay there, and the steps' own rows "
-                                        "wait behind them", folder, type(exc).__name__,
-                                        mask_secrets(str(exc))[:300])
-                        _REFUSED_AT[:] = [time.monotonic()]
-                        return unlogged_rows(cache_dir)[0]
-                    refused = path.with_suffix(".refused")
+                rows = _kept_rows(path, f.read())
+                failure, down = _write_kept(wh, rows) if rows else (None, False)
+                if down:
+                    if not _REFUSED_AT:
+                        log.warning("the etl.ETL_Log rows kept in %s could not be written yet (%s: %s): the "
+                                    "warehouse does not answer; they stay there, and the steps' own rows wait "
+                                    "behind them", folder, type(failure).__name__, mask_secrets(str(failure))[:300])
+                    _REFUSED_AT[:] = [time.monotonic()]
+                    return unlogged_rows(cache_dir)[0]
+                if failure is not None:
+                    refused = path.with_name(f"{path.stem}-{uuid.uuid4().hex[:8]}.refused")  # never over another
                     path.rename(refused)
-                    log.error("the warehouse refused the etl.ETL_Log rows kept in %s (%s: %s); the file is now %s. "
-                              "Insert its rows by hand (one JSON line each: the LOG_COLUMNS of cbm_luigi/runlog.py "
-                              "and LogTs), or delete it", path, type(exc).__name__, mask_secrets(str(exc))[:1000],
-                              refused)
+                    log.error("the warehouse refused the etl.ETL_Log rows kept in %s, twice (%s: %s); the file is "
+                              "now %s. Insert its rows by hand (one JSON line each: the LOG_COLUMNS of "
+                              "cbm_luigi/runlog.py and LogTs), or delete it", path, type(failure).__name__,
+                              mask_secrets(str(failure))[:1000], refused)
                     continue
                 checkpoint("replay")  # the kill-and-rerun test stops a replay here, after its commit
-                path.unlink()
-        except OSError as exc:  # the cache itself (a file another user owns, a read-only mount): said, kept
-            log.warning("the etl.ETL_Log rows kept in %s could not be read or removed (%s); they stay there",
-                        path, exc)
-            return unlogged_rows(cache_dir)[0]
+                try:
+                    path.unlink()
+                except OSError as exc:  # written: a later replay finds its rows there and writes none again
+                    _say_once(path, "the etl.ETL_Log rows kept in %s are written, but the file cannot be removed "
+                                    "(%s): remove it", path, exc)
+        except OSError as exc:  # the file unreadable here (or a refused one that cannot be renamed): left
+            _say_once(path, "the etl.ETL_Log rows kept in %s cannot be read or set aside (%s): make the file and "
+                            "its folder the ETL user's; the later rows are written without them", path, exc)
     return 0
+
+
+_SAID: set[Path] = set()
+
+
+def _say_once(path: Path, message: str, *args) -> None:
+    """A warning about a kept file or its folder, once a process: the replay runs at every step."""
+    if path not in _SAID:
+        _SAID.add(path)
+        log.warning(message, *args)
+
+
+def _write_kept(wh: Warehouse, rows: list[tuple[list, datetime, bool]]) -> tuple[Exception | None, bool]:
+    """Write kept rows, with a second try if the warehouse still answers after the first failed (a deadlock victim,
+    a connection dropped and made again). Returns the last failure (None: written) and whether the warehouse did
+    not answer."""
+    try:
+        _write_late(wh, rows)
+        return None, False
+    except Exception as exc:  # noqa: BLE001 — returned: the caller tells down from refused
+        if not _answers(wh):
+            return exc, True
+    try:
+        _write_late(wh, rows)
+        return None, False
+    except Exception as exc:  # noqa: BLE001 — as above
+        return exc, not _answers(wh)
 
 
 def _mtime(path: Path) -> float:
@@ -226,29 +265,39 @@ def _answers(wh: Warehouse) -> bool:
         return False
 
 
-def _kept_rows(path: Path, text: str) -> list[tuple[list, datetime]]:
+def _kept_rows(path: Path, text: str) -> list[tuple[list, datetime, bool]]:
     rows = []
     for line in text.splitlines():
         if not line.strip():
             continue
         try:
             kept = json.loads(line)
-            rows.append((kept["row"], datetime.fromisoformat(kept["LogTs"])))
+            rows.append((kept["row"], datetime.fromisoformat(kept["LogTs"]), bool(kept.get("tried", True))))
         except (ValueError, KeyError, TypeError):
             log.error("a line of %s is cut short (its process was killed while writing it): its etl.ETL_Log row "
                       "is lost: %s", path, line[:500])
     return rows
 
 
-def _write_late(wh: Warehouse, rows: list[tuple[list, datetime]]) -> None:
+def _write_late(wh: Warehouse, rows: list[tuple[list, datetime, bool]]) -> None:
+    """The kept rows in one transaction, each unless already there: the same run, task, step and status, and the
+    same LogTs (a replay killed after its commit) or, for a row whose own write failed, the same duration, rows
+    and error (that write committed, its answer lost: the row holds the warehouse's LogTs)."""
     marks = ", ".join("?" * (len(LOG_COLUMNS) + 1))
     with wh.session() as s, s.transaction():
-        for row, ended in rows:
-            run_id, step, status, detail, task_id = row[0], row[3], row[4], row[13], row[14]
-            row = row[:13] + [f"{detail}; {LATE_NOTE}" if detail else LATE_NOTE, task_id]
+        for row, ended, tried in rows:
+            run_id, step, status, n, ms, err, detail, task_id = (row[0], row[3], row[4], row[6], row[11], row[12],
+                                                                  row[13], row[14])
+            late = row[:13] + [f"{detail}; {LATE_NOTE}" if detail else LATE_NOTE, task_id]
             s.execute(f"INSERT INTO etl.ETL_Log ({_COLUMNS}, LogTs) SELECT {marks} WHERE NOT EXISTS (SELECT 1 FROM "
-                      f"etl.ETL_Log WHERE RunId = ? AND TaskId = ? AND Step = ? AND Status = ? AND LogTs = ?)",
-                      [*row, ended, run_id, task_id, step, status, ended])
+                      f"etl.ETL_Log WHERE RunId = ? AND TaskId = ? AND Step = ? AND Status = ? AND (LogTs = ? OR "
+                      f"(? = 1 AND {_same('DurationMs')} AND {_same('Rows')} AND {_same('ErrorMessage')})))",
+                      [*late, ended, run_id, task_id, step, status, ended, int(tried), ms, ms, n, n, err, err])
+
+
+def _same(column: str) -> str:
+    """`column` equal to the parameter, NULL to NULL (IS NOT DISTINCT FROM is SQL Server 2022's)."""
+    return f"({column} = ? OR ({column} IS NULL AND ? IS NULL))"
 
 
 # the pipeline's own records, by the column that dates them; each table's latest batch is always kept whole

@@ -271,8 +271,18 @@ class CbmTask(luigi.Task):
         rows = log_rows(run_id=self.run_id, batch_id=self.batch_id, table=self.table, mode=self.mode,
                         task_id=self.task_id, records=records)
         try:
-            kept = spool_steps(self.settings.cache_dir, rows, ended)
+            kept = spool_steps(self.settings.cache_dir, rows, ended, tried=not waiting)
         except OSError as exc:
+            if waiting:  # kept behind the waiting rows it cannot be: written now, out of order, rather than lost
+                try:
+                    write_steps(self.warehouse, run_id=self.run_id, batch_id=self.batch_id, table=self.table,
+                                mode=self.mode, task_id=self.task_id, records=records)
+                    log.error("could not keep the etl.ETL_Log rows of %s behind the %d row(s) waiting in %s (%s): "
+                              "written before them", self.task_id, waiting, unlogged_dir(self.settings.cache_dir),
+                              exc)
+                    return
+                except Exception:  # noqa: BLE001 — said below with the rest
+                    failure += f"; the warehouse said: {traceback.format_exc()}"
             log.error("could not write etl.ETL_Log for %s, nor keep its rows in %s (%s): they are lost; %s",
                       self.task_id, unlogged_dir(self.settings.cache_dir), exc, failure)
             return

@@ -706,7 +706,7 @@ def test_marker_runlog_config_statements_parse(tmp_path):
                        datetime(2024, 1, 2, 3, 4, 5, 678901))
     assert runlog.replay_unlogged(wh, tmp_path) == 0  # none left waiting
     late = [p for s, p in rec.log if s.startswith("INSERT INTO etl.ETL_Log") and "NOT EXISTS" in s]
-    assert len(late) == 1 and late[0][15] == datetime(2024, 1, 2, 3, 4, 5, 678000) == late[0][-1]
+    assert len(late) == 1 and late[0][15] == datetime(2024, 1, 2, 3, 4, 5, 678000) == late[0][20]
     config_store.advance_last_success(rec, "famille", datetime(2024, 1, 1))
     config_store.table_rows(rec)
     config_store.table_rows(rec, active_only=False)
