@@ -177,14 +177,14 @@ def cmd_summary(args) -> int:
         # not stand next to a newer batch's failure
         rows = s.query_dicts(
             "SELECT l.TableName, l.Step, l.Status, l.Rows, l.RowsInserted, l.RowsUpdated, l.RowsUnchanged, "
-            "l.RowsDeleted, l.DurationMs, l.BatchId, l.Mode, l.ErrorMessage, l.LogTs FROM etl.ETL_Log AS l "
+            "l.RowsDeleted, l.DurationMs, l.BatchId, l.Mode, l.ErrorMessage, l.LogTs, l.RunId FROM etl.ETL_Log AS l "
             f"JOIN ({_LATEST_BATCH}) AS b ON b.TableName = l.TableName AND b.BatchId = l.BatchId "
             "AND b.Mode = l.Mode ORDER BY l.TableName, l.LogId")
         sla = s.query_dicts("SELECT TableName, SLAStatus, LastSuccessTs FROM etl.vw_SLABreach ORDER BY TableName")
         # what the warehouse holds: a step's marker commits with its data, its log row just after (a kill in
         # between leaves the marker without the row, and a rerun rightly skips the step)
-        marks = {(t, b, m, step): at for t, b, m, step, at in s.query(
-            "SELECT m.TableName, m.BatchId, m.Mode, m.Step, m.CreatedAt FROM etl.ETL_Markers AS m "
+        marks = {(t, b, m, step): (at, run) for t, b, m, step, at, run in s.query(
+            "SELECT m.TableName, m.BatchId, m.Mode, m.Step, m.CreatedAt, m.RunId FROM etl.ETL_Markers AS m "
             f"JOIN ({_LATEST_BATCH}) AS b ON b.TableName = m.TableName AND b.BatchId = m.BatchId "
             "AND b.Mode = m.Mode")}
     release_connections()  # read whole: printed through a pager left open, it held the embedded warehouse (review)
@@ -193,6 +193,19 @@ def cmd_summary(args) -> int:
     for r in rows:
         if r["TableName"] in by_table:  # a deactivated table's history stays in the log, not in the summary
             by_table[r["TableName"]][r["Step"]] = r  # the step's last attempt in that batch
+    # rows waiting in the cache, as etl.ETL_Log will hold them: after every logged row (a batch of theirs other
+    # than the logged one is the table's latest)
+    waiting = runlog.waiting_rows(settings.cache_dir)
+    late: dict[str, set[str]] = {}
+    for r in waiting:
+        st = by_table.get(r["TableName"])
+        if st is None:
+            continue
+        if any((x["BatchId"], x["Mode"]) != (r["BatchId"], r["Mode"]) for x in st.values()):
+            st.clear()
+            late.pop(r["TableName"], None)
+        st[r["Step"]] = r
+        late.setdefault(r["TableName"], set()).add(r["Step"])
     print(f"{'table':<14} {'status':<10} {'rows':>8} {'ins':>6} {'upd':>6} {'same':>7} {'del':>5} {'seconds':>8}  "
           f"{'SLA':<12} batch/mode")
     status = {r["TableName"]: r for r in sla}
@@ -202,9 +215,10 @@ def cmd_summary(args) -> int:
             continue
         last = max(st.values(), key=lambda r: _STEPS.index(r["Step"]) if r["Step"] in _STEPS else -1)
         batch = (t, last["BatchId"], last["Mode"])
-        # a step committed after its last log row (none, or an earlier attempt's failure) is done, unlogged
-        unlogged = [step for step in _STEPS[1:] if (*batch, step) in marks and
-                    (step not in st or st[step]["LogTs"] < marks[(*batch, step)])]
+        # a step committed without its log row (none, or an earlier attempt's failure) is done, unlogged: told by
+        # the run that committed it (times would compare the warehouse's clock with the ETL host's of a late row)
+        unlogged = [step for step in _STEPS[1:] if (*batch, step) in marks and not _logged(st.get(step),
+                                                                                           *marks[(*batch, step)])]
         logged = {step: r for step, r in st.items() if step not in unlogged}
         failed = [r for r in logged.values() if r["Status"] == "FAILED"]
         validated = "validate" in unlogged or logged.get("validate", {}).get("Status") == "SUCCESS"
@@ -220,6 +234,9 @@ def cmd_summary(args) -> int:
         print(f"{t:<14} {ok:<10} {read:>8} {n('RowsInserted'):>6} "
               f"{n('RowsUpdated'):>6} {n('RowsUnchanged'):>7} {n('RowsDeleted'):>5} "
               f"{secs:>8.2f}  {status.get(t, {}).get('SLAStatus', '-'):<12} {last['BatchId']}/{last['Mode']}")
+        if late.get(t):
+            print(f"    {', '.join(s for s in _STEPS if s in late[t])}: the etl.ETL_Log row(s) wait in "
+                  f"{runlog.unlogged_dir(settings.cache_dir)} (the warehouse did not take them when the step ended)")
         if unlogged:
             print(f"    {', '.join(unlogged)}: done (marker committed) but not in etl.ETL_Log: the run was killed "
                   f"between the two; its counts are not known here")
@@ -227,14 +244,22 @@ def cmd_summary(args) -> int:
             if r["ErrorMessage"]:
                 # whole: the way out is at the end of each message (etl.ETL_Log keeps up to runlog.MAX_ERROR)
                 print(f"    {r['Step']}: {r['ErrorMessage']}")
-    waiting, refused = unlogged_rows(settings.cache_dir)
-    if waiting:
-        print(f"{waiting} etl.ETL_Log row(s) wait in {unlogged_dir(settings.cache_dir)}: the warehouse did not take "
-              f"them when their steps ended, and the next step that reaches it writes them (not shown above)")
+    waiting_n, refused = unlogged_rows(settings.cache_dir)
+    if waiting_n:
+        print(f"{waiting_n} etl.ETL_Log row(s) wait in {unlogged_dir(settings.cache_dir)}: the warehouse did not take "
+              f"them when their steps ended, and the next step that reaches it writes them (shown above as written)")
     if refused:
         print(f"{refused} etl.ETL_Log row(s) the warehouse refused are in {unlogged_dir(settings.cache_dir)}/*.refused "
               f"(the run's log says why): insert them by hand or delete the files")
     return 0
+
+
+def _logged(row: dict | None, marked_at, marked_by: str | None) -> bool:
+    """Whether a step's marker has its log row: the step's last row succeeded in the run that wrote the marker
+    (a marker of a version that recorded no run: a row no older than it)."""
+    if row is None or row["Status"] != "SUCCESS":
+        return False
+    return row["RunId"] == marked_by if marked_by else row["LogTs"] >= marked_at
 
 
 def cmd_check_sla(args) -> int:

@@ -157,25 +157,44 @@ def unlogged_rows(cache_dir: Path) -> tuple[int, int]:
     return counts[0], counts[1]
 
 
+def waiting_rows(cache_dir: Path) -> list[dict]:
+    """The rows waiting in `<cache>/unlogged/`, as etl.ETL_Log would hold them (LOG_COLUMNS and LogTs), in the order
+    their steps ended: `cbm-etl summary` shows them with the logged ones. Read without a lock (a line being written
+    is skipped); a file that cannot be read is left out."""
+    out = []
+    for p in sorted(unlogged_dir(cache_dir).glob("*.jsonl")):
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, ValueError):
+            continue
+        for line in text.splitlines():
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                kept = json.loads(line)
+                out.append({**dict(zip(LOG_COLUMNS, kept["row"], strict=True)),
+                            "LogTs": datetime.fromisoformat(kept["LogTs"])})
+    return sorted(out, key=lambda r: r["LogTs"])
+
+
 RETRY_AFTER_S = 60.0  # a warehouse that refused a replay is not asked again by this process before then
 _REFUSED_AT: list[float] = []  # when this process's last replay found the warehouse down (said once a process)
 
 
-def replay_unlogged(wh: Warehouse, cache_dir: Path) -> int:
-    """Write the rows kept in `<cache>/unlogged/` to etl.ETL_Log, oldest file first, a file in one transaction,
-    then remove it; returns the rows still waiting (0: the caller writes its own rows; else it keeps them behind
-    these, so etl.ETL_Log's order, which says a table's last step, stays the order the steps ended).
+def replay_unlogged(wh: Warehouse, cache_dir: Path, *, answered: bool = False) -> int:
+    """Write the rows kept in `<cache>/unlogged/` to etl.ETL_Log in the order their steps ended (whatever process
+    kept them), in one transaction, then remove the files; returns the rows still waiting (0: the caller writes
+    its own rows; else it keeps them behind these, so etl.ETL_Log's order, which says a table's last step, stays
+    the order the steps ended).
 
     Each row is written once (_write_late): a replay killed after its commit, or a step's write that committed
     though its answer was lost, is followed by one that finds the rows there. A line cut short (a process killed
     while writing it) is said and dropped. A warehouse that does not answer leaves the files, and is asked again
-    after RETRY_AFTER_S; one that answers but refuses a file's rows twice gets the file renamed `*.refused`, said
-    with the warehouse's words, so the rows behind it are not held forever. A file this process cannot read or
-    remove is said once and left."""
+    after RETRY_AFTER_S, or at once by a step that has just worked in it (`answered`). Rows it answers but refuses
+    twice are looked for a file at a time: a refused file is renamed `*.refused`, said with the warehouse's
+    words, so the rows behind it are not held forever. A file this process cannot read or remove is said once
+    and left."""
     folder = unlogged_dir(cache_dir)
     try:
-        names = sorted((n for n in os.listdir(folder) if n.endswith(".jsonl")),
-                       key=lambda n: _mtime(folder / n))
+        names = sorted(n for n in os.listdir(folder) if n.endswith(".jsonl"))
     except FileNotFoundError:
         return 0
     except OSError as exc:  # the folder unreadable: its rows cannot be written, the step's own can
@@ -184,41 +203,69 @@ def replay_unlogged(wh: Warehouse, cache_dir: Path) -> int:
         return 0
     if not names:
         return 0
-    if _REFUSED_AT and time.monotonic() - _REFUSED_AT[-1] < RETRY_AFTER_S:
+    if answered:
+        _REFUSED_AT.clear()
+    elif _REFUSED_AT and time.monotonic() - _REFUSED_AT[-1] < RETRY_AFTER_S:
         return unlogged_rows(cache_dir)[0]
-    for name in names:
-        path = folder / name
-        try:
-            with _locked(path, "r") as f:  # a lock needs no write access: another user's file is read all the same
-                if f is None:
-                    continue
-                rows = _kept_rows(path, f.read())
-                failure, down = _write_kept(wh, rows) if rows else (None, False)
+    with contextlib.ExitStack() as held:  # every file locked (in name order: two replays never wait on each other)
+        files = []
+        for name in names:
+            path = folder / name
+            try:
+                f = held.enter_context(_locked(path, "r"))  # a lock needs no write access: another user's file too
+                if f is not None:
+                    files.append((path, _kept_rows(path, f.read())))
+            except (OSError, ValueError) as exc:  # unreadable here, or not UTF-8 (an editor's): left, said
+                _say_once(path, "the etl.ETL_Log rows kept in %s cannot be read (%s): make the file the ETL user's "
+                                "(and UTF-8, one JSON line a row); the later rows are written without them", path, exc)
+        rows = sorted((r for _path, kept in files for r in kept), key=lambda r: r[1])  # by when each step ended
+        failure, down = _write_kept(wh, rows) if rows else (None, False)
+        if failure is not None and not down:  # refused: which file's rows, written a file at a time
+            for path, kept in sorted(files, key=lambda f: min((r[1] for r in f[1]), default=datetime.min)):
+                failure, down = _write_kept(wh, kept) if kept else (None, False)
                 if down:
-                    if not _REFUSED_AT:
-                        log.warning("the etl.ETL_Log rows kept in %s could not be written yet (%s: %s): the "
-                                    "warehouse does not answer; they stay there, and the steps' own rows wait "
-                                    "behind them", folder, type(failure).__name__, mask_secrets(str(failure))[:300])
-                    _REFUSED_AT[:] = [time.monotonic()]
-                    return unlogged_rows(cache_dir)[0]
+                    break
                 if failure is not None:
-                    refused = path.with_name(f"{path.stem}-{uuid.uuid4().hex[:8]}.refused")  # never over another
-                    path.rename(refused)
-                    log.error("the warehouse refused the etl.ETL_Log rows kept in %s, twice (%s: %s); the file is "
-                              "now %s. Insert its rows by hand (one JSON line each: the LOG_COLUMNS of "
-                              "cbm_luigi/runlog.py and LogTs), or delete it", path, type(failure).__name__,
-                              mask_secrets(str(failure))[:1000], refused)
-                    continue
-                checkpoint("replay")  # the kill-and-rerun test stops a replay here, after its commit
-                try:
-                    path.unlink()
-                except OSError as exc:  # written: a later replay finds its rows there and writes none again
-                    _say_once(path, "the etl.ETL_Log rows kept in %s are written, but the file cannot be removed "
-                                    "(%s): remove it", path, exc)
-        except OSError as exc:  # the file unreadable here (or a refused one that cannot be renamed): left
-            _say_once(path, "the etl.ETL_Log rows kept in %s cannot be read or set aside (%s): make the file and "
-                            "its folder the ETL user's; the later rows are written without them", path, exc)
+                    _set_aside(path, failure)
+                else:
+                    _remove(path)
+            if not down:
+                return 0
+        if down:
+            if not _REFUSED_AT:
+                log.warning("the etl.ETL_Log rows kept in %s could not be written yet (%s: %s): the warehouse does "
+                            "not answer; they stay there, and the steps' own rows wait behind them", folder,
+                            type(failure).__name__, mask_secrets(str(failure))[:300])
+            _REFUSED_AT[:] = [time.monotonic()]
+            return unlogged_rows(cache_dir)[0]
+        checkpoint("replay")  # the kill-and-rerun test stops a replay here, after its commit
+        for path, _kept in files:
+            _remove(path)
     return 0
+
+
+def _set_aside(path: Path, failure: Exception) -> None:
+    refused = path.with_name(f"{path.stem}-{uuid.uuid4().hex[:8]}.refused")  # never over another
+    try:
+        path.rename(refused)
+    except OSError as exc:
+        _say_once(path, "the warehouse refused the etl.ETL_Log rows kept in %s (%s: %s), and the file cannot be "
+                        "set aside (%s): move it out of the folder, and insert its rows by hand or delete it", path,
+                  type(failure).__name__, mask_secrets(str(failure))[:1000], exc)
+        return
+    log.error("the warehouse refused the etl.ETL_Log rows kept in %s, twice (%s: %s); the file is now %s. Insert its "
+              "rows by hand (one JSON line each: the LOG_COLUMNS of cbm_luigi/runlog.py and LogTs), or delete it",
+              path, type(failure).__name__, mask_secrets(str(failure))[:1000], refused)
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # written: a later replay finds its rows there and writes none again
+        _say_once(path, "the etl.ETL_Log rows kept in %s are written, but the file cannot be removed (%s): remove it",
+                  path, exc)
 
 
 _SAID: set[Path] = set()
@@ -246,13 +293,6 @@ def _write_kept(wh: Warehouse, rows: list[tuple[list, datetime, bool]]) -> tuple
         return None, False
     except Exception as exc:  # noqa: BLE001 — as above
         return exc, not _answers(wh)
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except FileNotFoundError:
-        return 0.0
 
 
 def _answers(wh: Warehouse) -> bool:

@@ -251,15 +251,25 @@ class CbmTask(luigi.Task):
                         "without status messages", self.table, text, type(exc).__name__,
                         mask_secrets(str(exc))[:300])
 
-    def _log(self, extra: list[StepRecord]) -> None:
+    def _replay(self, answered: bool) -> int:
+        """runlog.replay_unlogged; whatever goes wrong there is said and costs no step its own rows."""
+        try:
+            return replay_unlogged(self.warehouse, self.settings.cache_dir, answered=answered)
+        except Exception:  # noqa: BLE001 — said; the caller writes (or keeps) its own rows next
+            log.error("could not write the etl.ETL_Log rows kept in %s: %s", unlogged_dir(self.settings.cache_dir),
+                      traceback.format_exc())
+            return 0
+
+    def _log(self, extra: list[StepRecord], answered: bool = False) -> None:
         """The step's etl.ETL_Log rows, after those earlier steps could not write (runlog.replay_unlogged); rows
         the warehouse does not take, or that would pass rows still waiting, are kept in the cache for a later step
-        (runlog.spool_steps)."""
+        (runlog.spool_steps). `answered`: the step has just worked in the warehouse (it succeeded), so a warehouse
+        found down a moment ago is asked again now."""
         records, self._records = self._records + extra, []
         if not records:
             return
         ended = datetime.now()
-        waiting = replay_unlogged(self.warehouse, self.settings.cache_dir)
+        waiting = self._replay(answered)
         failure = f"{waiting} earlier row(s) wait there for the warehouse, and these go behind them"
         if not waiting:
             try:
@@ -328,7 +338,9 @@ def _log_success(task):
     if isinstance(task, CbmTask):
         task.__dict__.pop("_started", None)  # Luigi reuses the instance: a later attempt must not inherit it
         if task.step:
-            task._log([])
+            task._log([], answered=True)
+        else:  # a table loaded (LoadTable): rows kept earlier in the run are written before it ends, if they can be
+            task._replay(answered=True)
 
 
 @CbmTask.event_handler(luigi.Event.START)

@@ -786,7 +786,8 @@ def test_cli_statements_parse(monkeypatch, tmp_path, capsys):
                                                      "LastRunTs": datetime(2024, 1, 1), "SLAStatus": "LATE",
                                                      "LastSuccessTs": None}]),
                             (r"COUNT\(\*\) FROM etl\.ETL_Markers", [(0,)]),
-                            (r"FROM etl\.ETL_Markers AS m", [("famille", "b", "full", "merge", datetime(2024, 1, 1))]),
+                            (r"FROM etl\.ETL_Markers AS m", [("famille", "b", "full", "merge", datetime(2024, 1, 1),
+                                                               "r")]),
                             (r"COUNT\(\*\) FROM config\.ETL_Tables", [(1,)])])
     wh = StubWarehouse(rec)
     monkeypatch.setattr(cli, "open_warehouse", lambda settings: wh)
