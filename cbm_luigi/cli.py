@@ -322,6 +322,25 @@ def cmd_prune_history(args) -> int:
     return 0
 
 
+def cmd_write_kept_log(args) -> int:
+    """Write the etl.ETL_Log rows kept in `<cache>/unlogged/` now (the next run's first step would): once the
+    warehouse is back after a night it was not, so the log and the monitoring views tell that night before the
+    next one runs. Exit 0 when none waits any more, 1 when some still do (the warehouse still not answering)."""
+    settings = load_settings()
+    waiting, refused = unlogged_rows(settings.cache_dir)
+    if not waiting:
+        print(f"write-kept-log: no etl.ETL_Log row waits in {unlogged_dir(settings.cache_dir)}")
+        return 0
+    left = runlog.replay_unlogged(open_warehouse(settings), settings.cache_dir, answered=True)
+    release_connections()
+    set_aside = unlogged_rows(settings.cache_dir)[1] - refused
+    print(f"write-kept-log: {waiting} row(s) waited in {unlogged_dir(settings.cache_dir)}; "
+          + (f"{left} still wait: the warehouse does not answer (the log above says what it said)" if left else
+             "written" + (f", but {set_aside} of them refused by the warehouse and set aside as *.refused (the log "
+                          f"above says why)" if set_aside else "")))
+    return 1 if left else 0
+
+
 def cmd_clean_cache(args) -> int:
     """Remove cached batches but the newest `--keep` (by the time their files were written, not by name), and
     never one holding a file a rerun would still use: a table of that batch not validated yet, whose extract is
@@ -473,6 +492,9 @@ def main(argv: list[str] | None = None) -> int:
                                               "(each table's latest batch is kept)")
     a.add_argument("--keep-days", type=int, required=True)
     a.set_defaults(fn=cmd_prune_history)
+    a = sub.add_parser("write-kept-log", help="write the etl.ETL_Log rows kept in the cache while the warehouse "
+                       "did not take them (the next run's first step would)")
+    a.set_defaults(fn=cmd_write_kept_log)
     a = sub.add_parser("clean-cache", help="remove cached batches, keeping the newest N")
     a.add_argument("--keep", type=_not_negative, default=3)
     a.set_defaults(fn=cmd_clean_cache)

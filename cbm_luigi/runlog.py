@@ -189,9 +189,9 @@ def replay_unlogged(wh: Warehouse, cache_dir: Path, *, answered: bool = False) -
     though its answer was lost, is followed by one that finds the rows there. A line cut short (a process killed
     while writing it) is said and dropped. A warehouse that does not answer leaves the files, and is asked again
     after RETRY_AFTER_S, or at once by a step that has just worked in it (`answered`). Rows it answers but refuses
-    twice are looked for a file at a time: a refused file is renamed `*.refused`, said with the warehouse's
-    words, so the rows behind it are not held forever. A file this process cannot read or remove is said once
-    and left."""
+    twice are looked for a row at a time: those are moved to a `*.refused` file, said with the warehouse's words,
+    so the rows behind them are not held forever. A file this process cannot read or remove is said once and
+    left."""
     folder = unlogged_dir(cache_dir)
     try:
         names = sorted(n for n in os.listdir(folder) if n.endswith(".jsonl"))
@@ -220,16 +220,22 @@ def replay_unlogged(wh: Warehouse, cache_dir: Path, *, answered: bool = False) -
                                 "(and UTF-8, one JSON line a row); the later rows are written without them", path, exc)
         rows = sorted((r for _path, kept in files for r in kept), key=lambda r: r[1])  # by when each step ended
         failure, down = _write_kept(wh, rows) if rows else (None, False)
-        if failure is not None and not down:  # refused: which file's rows, written a file at a time
-            for path, kept in sorted(files, key=lambda f: min((r[1] for r in f[1]), default=datetime.min)):
-                failure, down = _write_kept(wh, kept) if kept else (None, False)
+        if failure is not None and not down:  # refused: which rows, a row at a time (in the same order)
+            of = {id(r): path for path, kept in files for r in kept}
+            refused: dict[Path, list] = {}
+            for r in rows:
+                one, down = _write_kept(wh, [r])
                 if down:
                     break
-                if failure is not None:
-                    _set_aside(path, failure)
-                else:
-                    _remove(path)
+                if one is not None:
+                    refused.setdefault(of[id(r)], []).append(r)
+                    failure = one
             if not down:
+                for path, _kept in files:
+                    if path in refused:
+                        _set_aside(path, refused[path], failure)
+                    else:
+                        _remove(path)
                 return 0
         if down:
             if not _REFUSED_AT:
@@ -244,18 +250,23 @@ def replay_unlogged(wh: Warehouse, cache_dir: Path, *, answered: bool = False) -
     return 0
 
 
-def _set_aside(path: Path, failure: Exception) -> None:
-    refused = path.with_name(f"{path.stem}-{uuid.uuid4().hex[:8]}.refused")  # never over another
+def _set_aside(path: Path, rows: list[tuple[list, datetime, bool]], failure: Exception) -> None:
+    """The rows of `path` the warehouse refused, into `<stem>-<id>.refused` (never over another), the file removed
+    (its other rows are written)."""
+    refused = path.with_name(f"{path.stem}-{uuid.uuid4().hex[:8]}.refused")
     try:
-        path.rename(refused)
+        refused.write_text("".join(json.dumps({"row": row, "LogTs": ended.isoformat(), "tried": tried}) + "\n"
+                                   for row, ended, tried in rows), encoding="utf-8")
+        path.unlink()
     except OSError as exc:
-        _say_once(path, "the warehouse refused the etl.ETL_Log rows kept in %s (%s: %s), and the file cannot be "
-                        "set aside (%s): move it out of the folder, and insert its rows by hand or delete it", path,
-                  type(failure).__name__, mask_secrets(str(failure))[:1000], exc)
+        _say_once(path, "the warehouse refused %d etl.ETL_Log row(s) kept in %s (%s: %s), and they cannot be set "
+                        "aside (%s): move the file out of the folder, and insert them by hand or delete it",
+                  len(rows), path, type(failure).__name__, mask_secrets(str(failure))[:1000], exc)
         return
-    log.error("the warehouse refused the etl.ETL_Log rows kept in %s, twice (%s: %s); the file is now %s. Insert its "
-              "rows by hand (one JSON line each: the LOG_COLUMNS of cbm_luigi/runlog.py and LogTs), or delete it",
-              path, type(failure).__name__, mask_secrets(str(failure))[:1000], refused)
+    log.error("the warehouse refused %d etl.ETL_Log row(s) kept in %s, twice (%s: %s); they are now in %s (the "
+              "file's other rows are written). Insert them by hand (one JSON line each: the LOG_COLUMNS of "
+              "cbm_luigi/runlog.py and LogTs), or delete the file", len(rows), path, type(failure).__name__,
+              mask_secrets(str(failure))[:1000], refused)
 
 
 def _remove(path: Path) -> None:

@@ -15,6 +15,7 @@ import time
 from datetime import date, datetime
 
 from cbm_luigi import runlog
+from cbm_luigi.cli import main as cbm_etl
 from cbm_luigi.runlog import LATE_NOTE, StepRecord
 from cbm_luigi.settings import load_settings
 from cbm_luigi.warehouse import open_warehouse
@@ -141,7 +142,7 @@ def test_rows_the_warehouse_refuses_are_set_aside_and_the_next_ones_written(env,
     assert runlog.replay_unlogged(open_warehouse(load_settings()), env.cache) == 0
     assert not bad.exists() and len(list(bad.parent.glob(f"{bad.stem}-*.refused"))) == 1 and not good.exists()
     assert [r[1] for r in _log(env)] == ["run-2", "run-2"]
-    assert "refused the etl.ETL_Log rows kept in" in caplog.text and "NOT NULL" in caplog.text
+    assert "refused 1 etl.ETL_Log row(s) kept in" in caplog.text and "NOT NULL" in caplog.text
     assert runlog.unlogged_rows(env.cache) == (0, 1)
 
 
@@ -176,3 +177,16 @@ def test_a_run_whose_log_writes_fail_writes_them_late_in_order(env):
     assert not any(r[8] and LATE_NOTE in r[8] for r in own)
     assert late[3][10] < own[0][10]
     assert env.sql("SELECT BatchId, Step, COUNT(*) FROM etl.ETL_Log GROUP BY ALL HAVING COUNT(*) > 1") == []
+
+
+def test_write_kept_log_writes_the_waiting_rows_now(env, capsys):
+    assert cbm_etl(["write-kept-log"]) == 0
+    assert "no etl.ETL_Log row waits" in capsys.readouterr().out
+    runlog.spool_steps(env.cache, _rows("run-1", "MergeOds_famille_x"), datetime(2026, 11, 30, 2, 10))
+    runlog.spool_steps(env.cache, [[None] * 15], datetime(2026, 11, 30, 2, 11))  # refused: TableName NOT NULL
+    release_connections()
+    assert cbm_etl(["write-kept-log"]) == 0
+    out = capsys.readouterr().out
+    assert f"3 row(s) waited in {env.cache / 'unlogged'}" in out and "1 of them refused" in out, out
+    assert [(r[2], r[3]) for r in _log(env)] == [("merge", "SUCCESS"), ("validate", "FAILED")]
+    assert runlog.unlogged_rows(env.cache) == (0, 1)
