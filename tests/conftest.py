@@ -227,6 +227,27 @@ def assert_ods_equals_source(env: Env, table: str) -> None:
         assert ods[k] == row, f"{table} key {k}: ods {ods[k]} != source {row}"
 
 
+@contextlib.contextmanager
+def as_root(do: list[str], undo: list[str], what: str):
+    """A change only root can make (a mount, a file attribute), undone on exit; the test is skipped without it."""
+    made = subprocess.run(do, capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot {what} here: {made.stderr!r}")
+    try:
+        yield
+    finally:
+        subprocess.run(undo, check=False)
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str):
+    """A tiny filesystem of our own at `path` (root only), unmounted on exit."""
+    path.mkdir(parents=True, exist_ok=True)
+    with as_root(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], ["umount", "-l", str(path)],
+                 "mount a tmpfs (root and CAP_SYS_ADMIN needed)"):
+        yield path
+
+
 def subprocess_env(env: Env, **extra) -> dict[str, str]:
     e = {k: v for k, v in os.environ.items() if not k.startswith("CBM_")}
     e.update(env.vars())

@@ -3,7 +3,6 @@ a review of full disks, read-only and removed directories). Real pipeline, demo 
 cache is a real tmpfs of the test's own, which needs root (the tests that need one are skipped without)."""
 from __future__ import annotations
 
-import contextlib
 import subprocess
 from pathlib import Path
 
@@ -12,20 +11,7 @@ import pytest
 from cbm_luigi import demo_source
 from cbm_luigi.tasks import ExtractParquet, LoadAll, LoadTable
 
-from .conftest import DEMO_TABLES, assert_ods_equals_source, build, last_error, on_source, succeeded
-
-
-@contextlib.contextmanager
-def tmpfs(path: Path, size: str):
-    """A tiny filesystem of our own at `path` (root only), unmounted on exit."""
-    path.mkdir(parents=True, exist_ok=True)
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (root and CAP_SYS_ADMIN needed): {made.stderr!r}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
+from .conftest import DEMO_TABLES, assert_ods_equals_source, build, last_error, on_source, succeeded, tmpfs
 
 
 def remount(path: Path, how: str) -> None:

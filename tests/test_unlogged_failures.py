@@ -6,8 +6,6 @@ chattr +i stands for another user's file or folder (or a cache remounted read-on
 disk; both need root and are skipped without it."""
 from __future__ import annotations
 
-import contextlib
-import subprocess
 import time
 from datetime import date, datetime
 
@@ -19,6 +17,8 @@ from cbm_luigi.settings import load_settings
 from cbm_luigi.tasks import MergeOds
 from cbm_luigi.warehouse import open_warehouse
 from cbm_luigi.warehouse.duckdb_wh import release_connections
+
+from .conftest import as_root, tmpfs
 
 
 def _rows(run_id: str, task_id: str, step: str = "merge") -> list[list]:
@@ -74,16 +74,9 @@ def test_a_warehouse_refusing_every_insert_keeps_every_steps_rows(env):
 
 
 # -- 2. a kept file this process cannot open for writing or remove stops every later step's own rows ----------------
-@contextlib.contextmanager
 def _immutable(path):
     """chattr +i (root): stands for a file or folder of another user, or a cache remounted read-only."""
-    made = subprocess.run(["chattr", "+i", str(path)], capture_output=True)
-    if made.returncode != 0:
-        pytest.skip(f"chattr +i not available here: {made.stderr!r}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["chattr", "-i", str(path)], check=False)
+    return as_root(["chattr", "+i", str(path)], ["chattr", "-i", str(path)], "chattr +i")
 
 
 def test_a_kept_file_that_cannot_be_opened_for_writing_does_not_stop_the_steps_own_rows(env):
@@ -168,24 +161,12 @@ def test_a_replay_that_fails_once_for_a_passing_reason_is_tried_again_not_set_as
 
 
 # -- 5. a write cut short by a full disk swallows the next row kept in the same file --------------------------------
-@contextlib.contextmanager
-def _tmpfs(path, size: str):
-    path.mkdir(parents=True, exist_ok=True)
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {made.stderr!r}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
 def test_rows_kept_after_a_full_disk_are_not_lost_behind_the_half_line_it_left(env, caplog):
     """The cache full while rows are kept: spool_steps raises (the caller says those rows are lost), but leaves
     the part it wrote, without its newline. The disk freed, the process's next rows are appended to the same
     file right after that part: their first line is read back as one line 'cut short by a killed process' and
     dropped, though _log said they were kept."""
-    with _tmpfs(env.cache / "unlogged", "8k") as folder:
+    with tmpfs(env.cache / "unlogged", "8k") as folder:
         filler = folder / "filler"
         filler.write_bytes(b"x" * 4096)  # one page of two left
         big = runlog.log_rows(run_id="run-1", batch_id="2026-11-30", table="famille", mode="full", task_id="t1",
