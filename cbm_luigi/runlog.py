@@ -108,8 +108,7 @@ def spool_steps(cache_dir: Path, rows: list[list], ended: datetime | None = None
     path = _SPOOL.setdefault((pid, cache_dir),
                              unlogged_dir(cache_dir) / f"{HOST}-{pid}-{uuid.uuid4().hex[:8]}.jsonl")
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = "".join(json.dumps({"row": row, "LogTs": ended.isoformat(), "tried": tried}) + "\n"
-                   for row in rows).encode()
+    data = "".join(_line(row, ended, tried) for row in rows).encode()
     while True:
         with _locked(path, "ab") as f:
             if f is None:  # replayed and removed between the open and the lock: a new file
@@ -169,9 +168,8 @@ def waiting_rows(cache_dir: Path) -> list[dict]:
             continue
         for line in text.splitlines():
             with contextlib.suppress(ValueError, KeyError, TypeError):
-                kept = json.loads(line)
-                out.append({**dict(zip(LOG_COLUMNS, kept["row"], strict=True)),
-                            "LogTs": datetime.fromisoformat(kept["LogTs"])})
+                row, ended, _tried = _parsed(line)
+                out.append({**dict(zip(LOG_COLUMNS, row, strict=True)), "LogTs": ended})
     return sorted(out, key=lambda r: r["LogTs"])
 
 
@@ -255,8 +253,7 @@ def _set_aside(path: Path, rows: list[tuple[list, datetime, bool]], failure: Exc
     (its other rows are written)."""
     refused = path.with_name(f"{path.stem}-{uuid.uuid4().hex[:8]}.refused")
     try:
-        refused.write_text("".join(json.dumps({"row": row, "LogTs": ended.isoformat(), "tried": tried}) + "\n"
-                                   for row, ended, tried in rows), encoding="utf-8")
+        refused.write_text("".join(_line(*r) for r in rows), encoding="utf-8")
         path.unlink()
     except OSError as exc:
         _say_once(path, "the warehouse refused %d etl.ETL_Log row(s) kept in %s (%s: %s), and they cannot be set "
@@ -316,14 +313,24 @@ def _answers(wh: Warehouse) -> bool:
         return False
 
 
+def _line(row: list, ended: datetime, tried: bool) -> str:
+    """A kept row as its file holds it: one JSON line (spool_steps, and a refused row set aside)."""
+    return json.dumps({"row": row, "LogTs": ended.isoformat(), "tried": tried}) + "\n"
+
+
+def _parsed(line: str) -> tuple[list, datetime, bool]:
+    """A kept line back (ValueError, KeyError or TypeError when it is cut short)."""
+    kept = json.loads(line)
+    return kept["row"], datetime.fromisoformat(kept["LogTs"]), bool(kept.get("tried", True))
+
+
 def _kept_rows(path: Path, text: str) -> list[tuple[list, datetime, bool]]:
     rows = []
     for line in text.splitlines():
         if not line.strip():
             continue
         try:
-            kept = json.loads(line)
-            rows.append((kept["row"], datetime.fromisoformat(kept["LogTs"]), bool(kept.get("tried", True))))
+            rows.append(_parsed(line))
         except (ValueError, KeyError, TypeError):
             log.error("a line of %s is cut short (its process was killed while writing it): its etl.ETL_Log row "
                       "is lost: %s", path, line[:500])
