@@ -380,3 +380,13 @@ def test_make_setup_works_in_a_checkout_the_user_cannot_write(tmp_path):
         assert not (checkout / "cbm_luigi" / "__pycache__").exists()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("before", ["enabled", "disabled"])
+def test_importing_the_package_leaves_the_garbage_collector_as_it_found_it(before):
+    """The package turns the collector off while it imports (nothing it loads can be freed: it is frozen after)
+    and puts it back as it was: on for Luigi's command line, off for a host program that turned it off."""
+    code = ("import gc\n" + ("gc.disable()\n" if before == "disabled" else "") +
+            "import cbm_luigi\nprint(gc.isenabled(), gc.get_freeze_count() > 10_000)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
+    assert out.split() == [str(before == "enabled"), "True"]
