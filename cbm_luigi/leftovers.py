@@ -1,4 +1,5 @@
-"""What a killed process of this host leaves behind, removed by the next run that works in the same place.
+"""What a killed process of this host (HOST: its name and pid namespace) leaves behind, removed by the next run
+that works in the same place.
 
 - Half-written batch files (`<name>.<pid>-<id>-<host>.tmp`): transform._drop_orphans, before an extract writes.
 - DuckDB's spill files (`duckdb_temp_<pid>_...`), which DuckDB removes when its connection closes but a killed
@@ -17,8 +18,27 @@ import socket
 from pathlib import Path
 
 SPILL_PREFIX = "duckdb_temp_"
-# this host in the names of files a process leaves: a cache shared by hosts keeps each host's pids apart
-HOST = hashlib.md5(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def host_tag(hostname: str | None = None, pid_namespace: int | None = None) -> str:
+    """This host in the names of files a process leaves: a cache shared by hosts keeps each host's pids apart.
+    The host is its name and its pid namespace (the inode of /proc/self/ns/pid, which is fixed for a machine's
+    own namespace across reboots): two containers given the same hostname over one cache volume each number
+    their processes from 1, and one took the other's running extract for a dead one's leftovers (the tag was
+    the hostname alone). A container started again is another host: what a killed one left goes with its batch
+    folder (`cbm-etl clean-cache`)."""
+    if hostname is None:
+        hostname = socket.gethostname()
+    if pid_namespace is None:
+        try:
+            pid_namespace = os.stat("/proc/self/ns/pid").st_ino
+        except OSError:  # no /proc (not Linux): the hostname alone
+            pid_namespace = 0
+    ident = hostname if not pid_namespace else f"{hostname}/pid:{pid_namespace}"
+    return hashlib.md5(ident.encode()).hexdigest()[:8]
+
+
+HOST = host_tag()
 
 
 def running(pid: int) -> bool:

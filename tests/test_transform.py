@@ -197,6 +197,72 @@ def test_a_half_written_file_of_a_killed_process_is_dropped_by_the_next_write(tm
         live.wait()
 
 
+def _free_pid() -> int:
+    """A pid no process of this namespace has, below the kernel's limit."""
+    import os
+    import random
+
+    top = int(open("/proc/sys/kernel/pid_max").read())
+    while True:
+        pid = random.randint(top // 2, top - 1)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except PermissionError:
+            pass
+
+
+def test_a_container_of_the_same_hostname_keeps_its_running_extract_and_spill_files(tmp_path):
+    """Two containers given the same hostname over one cache volume number their processes each from 1: an
+    extract running in one, seen from the other, had a pid that no process there had, and the other's next
+    extract of the same file removed its half-written batch file and its DuckDB spill files as a dead process's
+    leftovers (the host tag was the hostname alone). The other container is a real pid namespace here (unshare,
+    as root), whose next pid is set to one that no process of this namespace has."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare(1) to make a second pid namespace")
+    out = tmp_path / "t.extract.parquet"
+    pid = _free_pid()
+    code = ("import os, sys, time\n"
+            "from pathlib import Path\n"
+            "from cbm_luigi.leftovers import HOST\n"
+            "from cbm_luigi.transform import spill_dir\n"
+            f"out = Path({str(out)!r})\n"
+            "half = out.with_name(f'{out.name}.{os.getpid()}-abcd1234-{HOST}.tmp')\n"
+            "half.write_bytes(b'PAR1 half')\n"
+            "spill = spill_dir(out) / f'duckdb_temp_{os.getpid()}_1.block'\n"
+            "spill.parent.mkdir(parents=True, exist_ok=True)\n"
+            "spill.write_bytes(b'spilled')\n"
+            "print(os.getpid(), half, spill, flush=True)\n"
+            "time.sleep(60)\n")
+    other = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "sh", "-c",
+         f'echo {pid - 1} > /proc/sys/kernel/ns_last_pid && "$0" -c "$1"', sys.executable, code],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    try:
+        line = other.stdout.readline().split()
+        if not line:
+            other.kill()
+            pytest.skip(f"unshare refused here: {other.stderr.read()[:300]}")
+        their_pid, half, spill = int(line[0]), line[1], line[2]
+        assert their_pid == pid  # a pid of theirs that no process of this namespace has
+        plan = TablePlan("t", "t", ["id"], [PlanColumn("id", "id", I, False)])
+        src = tmp_path / "src.parquet"
+        pq.write_table(pa.table({"id": [1, 2]}, schema=plan.extract_schema()), src)
+        assert shape_file(plan, src, out) == 2  # this container's extract of the same file
+        time.sleep(0.1)
+        assert os.path.exists(half) and os.path.exists(spill), os.listdir(tmp_path)
+    finally:
+        other.kill()
+        other.wait()
+
+
 def test_hashdiff_text_of_logicals_binary_timestamps_and_null_rows(tmp_path):
     """The other kinds, pinned the same way: a NULL of any kind contributes nothing (no `name=`, no separator),
     a row NULL everywhere but its key hashes as the key alone, binary as upper-case hex with its length."""
