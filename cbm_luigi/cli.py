@@ -180,23 +180,30 @@ def cmd_summary(args) -> int:
             "l.RowsDeleted, l.DurationMs, l.BatchId, l.Mode, l.ErrorMessage, l.LogTs, l.RunId FROM etl.ETL_Log AS l "
             f"JOIN ({_LATEST_BATCH}) AS b ON b.TableName = l.TableName AND b.BatchId = l.BatchId "
             "AND b.Mode = l.Mode ORDER BY l.TableName, l.LogId")
-        sla = s.query_dicts("SELECT TableName, SLAStatus, LastSuccessTs FROM etl.vw_SLABreach ORDER BY TableName")
+        sla = s.query_dicts("SELECT TableName, SLAStatus, LastSuccessTs, HoursSinceSuccess, SLAHours "
+                            "FROM etl.vw_SLABreach ORDER BY TableName")
         # what the warehouse holds: a step's marker commits with its data, its log row just after (a kill in
         # between leaves the marker without the row, and a rerun rightly skips the step)
         marks = {(t, b, m, step): (at, run) for t, b, m, step, at, run in s.query(
             "SELECT m.TableName, m.BatchId, m.Mode, m.Step, m.CreatedAt, m.RunId FROM etl.ETL_Markers AS m "
             f"JOIN ({_LATEST_BATCH}) AS b ON b.TableName = m.TableName AND b.BatchId = m.BatchId "
             "AND b.Mode = m.Mode")}
+        # rows waiting in the cache, as etl.ETL_Log will hold them: after every logged row (a batch of theirs other
+        # than the logged one is the table's latest)
+        waiting = runlog.waiting_rows(settings.cache_dir)
+        failed_waiting = {(r["TableName"], r["BatchId"], r["Mode"]) for r in waiting if r["Status"] == "FAILED"}
+        tables = sorted({t for t, _b, _m in failed_waiting})
+        validated = {(t, b, m) for t, b, m in s.query(
+            f"SELECT TableName, BatchId, Mode FROM etl.ETL_Markers WHERE Step = 'validate' AND TableName IN "
+            f"({', '.join('?' * len(tables))})", tables)} if tables else set()
     release_connections()  # read whole: printed through a pager left open, it held the embedded warehouse (review)
     print(f"warehouse: {wh.describe()}")
     by_table: dict[str, dict] = {r["TableName"]: {} for r in sla}  # the active tables; those never run show too
     for r in rows:
         if r["TableName"] in by_table:  # a deactivated table's history stays in the log, not in the summary
             by_table[r["TableName"]][r["Step"]] = r  # the step's last attempt in that batch
-    # rows waiting in the cache, as etl.ETL_Log will hold them: after every logged row (a batch of theirs other
-    # than the logged one is the table's latest)
-    waiting = runlog.waiting_rows(settings.cache_dir)
     late: dict[str, set[str]] = {}
+    last_waiting: dict[str, dict] = {}
     for r in waiting:
         st = by_table.get(r["TableName"])
         if st is None:
@@ -206,9 +213,11 @@ def cmd_summary(args) -> int:
             late.pop(r["TableName"], None)
         st[r["Step"]] = r
         late.setdefault(r["TableName"], set()).add(r["Step"])
+        last_waiting[r["TableName"]] = r
+    status = {r["TableName"]: {**r, "SLAStatus": _sla_once_written(r, last_waiting.get(r["TableName"]), validated)}
+              for r in sla}
     print(f"{'table':<14} {'status':<10} {'rows':>8} {'ins':>6} {'upd':>6} {'same':>7} {'del':>5} {'seconds':>8}  "
           f"{'SLA':<12} batch/mode")
-    status = {r["TableName"]: r for r in sla}
     for t, st in sorted(by_table.items()):
         if not st:
             print(f"{t:<14} {'-':<10} {'never run':>8}{'':>37}  {status.get(t, {}).get('SLAStatus', '-'):<12}")
@@ -252,6 +261,22 @@ def cmd_summary(args) -> int:
         print(f"{refused} etl.ETL_Log row(s) the warehouse refused are in {unlogged_dir(settings.cache_dir)}/*.refused "
               f"(the run's log says why): insert them by hand or delete the files")
     return 0
+
+
+def _sla_once_written(view: dict, last_waiting: dict | None, validated: set[tuple]) -> str:
+    """The table's etl.vw_SLABreach status as it will be once its waiting etl.ETL_Log rows are written (summary shows
+    those rows as written: a FAILED step with "SLA OK" beside it misled, found in review). The view's own rules:
+    FAILING while the latest row failed and its batch has not validated since, else by the hours since the last
+    validated load."""
+    if last_waiting is None:
+        return view["SLAStatus"]
+    batch = (last_waiting["TableName"], last_waiting["BatchId"], last_waiting["Mode"])
+    if last_waiting["Status"] == "FAILED" and batch not in validated:
+        return "FAILING"
+    if view["SLAStatus"] != "FAILING":  # not made by a logged failure the waiting rows come after
+        return view["SLAStatus"]
+    hours, limit = view["HoursSinceSuccess"], view["SLAHours"]
+    return "NEVER_LOADED" if hours is None else "LATE" if limit is not None and hours > limit else "OK"
 
 
 def _logged(row: dict | None, marked_at, marked_by: str | None) -> bool:

@@ -225,12 +225,21 @@ class TablePlan:
         if now != then:
             def utc(m: int) -> str:
                 return f"UTC{'+' if m >= 0 else '-'}{abs(m) // 60:02d}:{abs(m) % 60:02d}"
+            configured = getattr(zone, "key", None)  # CBM_SOURCE_TIMEZONE's name; None: the host's local time
+            if configured:
+                # the advice to set it would change nothing: it is set, and is what differs (found in review)
+                cause = (f"CBM_SOURCE_TIMEZONE={configured} is not the zone the earlier runs counted in (they ran "
+                         f"before it was set, or with another value): set it to their zone and rerun, if the ERP's "
+                         f"clock is that one")
+            else:
+                cause = ("The ETL host's time zone differs from the earlier runs' (TZ in cron?): set "
+                         "CBM_SOURCE_TIMEZONE in .env to the ERP's zone (e.g. Europe/Paris), so every run counts in "
+                         "it whatever its TZ, and rerun")
             raise ConfigError(
-                f"table {self.table}: this run counts local time at {utc(now)}, the loads before it at {utc(then)} "
-                f"(at the last validated extract's start, {at:%Y-%m-%d %H:%M} UTC). Nothing was read. The ETL "
-                f"host's time zone differs from the earlier runs' (TZ in cron?): set CBM_SOURCE_TIMEZONE in .env to "
-                f"the ERP's zone (e.g. Europe/Paris), so every run counts in it whatever its TZ, and rerun. To "
-                f"change the zone for good, clear the table's LastSuccessTs in config.ETL_Tables and its "
+                f"table {self.table}: this run counts local time at {utc(now)}"
+                f"{f' ({configured})' if configured else ''}, the loads before it at {utc(then)} (at the last "
+                f"validated extract's start, {at:%Y-%m-%d %H:%M} UTC). Nothing was read. {cause}. To change the "
+                f"zone for good, clear the table's LastSuccessTs in config.ETL_Tables and its "
                 f"MergedExtractStartedAt and ValidatedUtcOffset in etl.ETL_TableState (its next incremental reads in "
                 f"full).")
 

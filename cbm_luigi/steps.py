@@ -224,6 +224,11 @@ def rebuild_command(table: str) -> str:
     return f"luigi --module cbm_luigi LoadTable --table {table} --mode full --batch-tag rebuild-{uuid.uuid4().hex[:8]}"
 
 
+# after each `luigi` command a message advises: copied as given where no luigid runs (README's commands all have
+# --local-scheduler), it waited a minute for the central scheduler and ended in an RPCError (found in review)
+NO_LUIGID = " (add --local-scheduler when no luigid runs)"
+
+
 _NO_HISTORY = " (its history is not in Progress: restore ods.{t} from a backup first to keep it)"
 _NO_OLD_VALUES = " (the closed versions keep them empty: their values are not in Progress, only in a backup)"
 
@@ -345,7 +350,7 @@ def _refuse_ods_duplicates(s: Session, wh: Warehouse, plan: TablePlan, spec: Mer
         f"for one key ({', '.join(plan.key_names)}){'; first: ' + first if first else ''}. Nothing was merged: the "
         f"MERGE would write one batch row over all of them. Was PrimaryKeyCols in config.ETL_Tables changed "
         f"since ods was built? Set it back, or rebuild the table under the new key: keep a copy of "
-        f"ods.{plan.destination} if its history matters, drop it, and run `{rebuild_command(plan.table)}`.")
+        f"ods.{plan.destination} if its history matters, drop it, and run `{rebuild_command(plan.table)}`{NO_LUIGID}.")
 
 
 def _refuse_ods_null_keys(s: Session, wh: Warehouse, plan: TablePlan, spec: MergeSpec,
@@ -382,7 +387,7 @@ def _refuse_ods_null_keys(s: Session, wh: Warehouse, plan: TablePlan, spec: Merg
         f"{', then '.join(f'`{x}`' for x in add + fill)} (<value>: a renamed field's old column, a new field's "
         f"initial value); then rerun. Or rebuild the table under the new key: keep "
         f"a copy of ods.{plan.destination} if its history matters, drop it, and run "
-        f"`{rebuild_command(plan.table)}`.")
+        f"`{rebuild_command(plan.table)}`{NO_LUIGID}.")
 
 
 def _lost_from_ods(plan: TablePlan, existing: dict, wanted: list[Column]) -> tuple[str | None, list[str]]:
@@ -429,7 +434,7 @@ def _check_history_kind(plan: TablePlan, existing: dict[str, tuple[str, bool]]) 
         f"table {plan.table}: ods.{plan.destination} was built as {was}, and config.ETL_Tables now says "
         f"IsDimension = {int(plan.is_dimension)} ({now}). Nothing was merged. Set IsDimension back to "
         f"{int(built_scd2)}; or, to change the kind, keep a copy of ods.{plan.destination} (its history or "
-        f"soft deletes), drop it and run `{rebuild_command(plan.table)}`.")
+        f"soft deletes), drop it and run `{rebuild_command(plan.table)}`{NO_LUIGID}.")
 
 
 def stage_lengths(s: Session, wh: Warehouse, plan: TablePlan) -> dict[str, int]:
@@ -535,7 +540,7 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
                 f"(dropped by hand?), which the table's last load wrote: its rows can no longer be matched with "
                 f"Progress's, and no read can fill a key back. Nothing was merged. Rebuild the table: keep a copy "
                 f"of ods.{plan.destination} if you need it{' (its history is not in Progress)' * plan.is_dimension}, "
-                f"drop it, then run `{rebuild_command(plan.table)}` (add --local-scheduler when no luigid runs).")
+                f"drop it, then run `{rebuild_command(plan.table)}`{NO_LUIGID}.")
         if lost_what and not (read_all or spec.full):
             raise OdsLostError(
                 f"table {plan.table}: {lost_what} (dropped by hand?). This batch read only the rows changed in its "
@@ -662,6 +667,7 @@ def validate(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker
                 "; ".join(f"{n} expected {e} got {a}" for n, _p, e, a in failed) +
                 f". ods.{plan.destination} does not match the extract; see etl.ETL_Validation. LastSuccessTs was "
                 f"not advanced. Reload the table in full as a new batch (the same command would validate this one "
-                f"again): `luigi --module cbm_luigi LoadTable --table {plan.table} --mode full --batch-tag {tag}`; "
+                f"again): `luigi --module cbm_luigi LoadTable --table {plan.table} --mode full --batch-tag {tag}`"
+                f"{NO_LUIGID}; "
                 f"if it persists, check the key (PrimaryKeyCols).")
     return StepRecord("validate", rows=stg_rows, detail=f"ods live rows {live}")

@@ -536,7 +536,7 @@ class WarehouseStep(CbmTask):
         """The way out when ods lost what earlier loads wrote and the record that makes the next read full could
         not be written: a full batch of the table reads every row whatever is recorded (found in review: the
         advised invalidate read a window again, refused once more)."""
-        return (f"run `{steps.rebuild_command(self.table)}` (add --local-scheduler when no luigid runs): a full "
+        return (f"run `{steps.rebuild_command(self.table)}`{steps.NO_LUIGID}: a full "
                 f"read rebuilds what ods lost; then the same command loads this batch")
 
 

@@ -711,9 +711,11 @@ def test_the_clock_check_follows_daylight_saving_and_stops_another_zone():
                         (datetime(2026, 10, 25, 1, 30), 60)):  # and its second
         plan.last_success_clock = (utc, offset)
         assert plan.window("full", paris) == (None, "full mode")
-        with pytest.raises(ConfigError, match=r"^table t: this run counts local time at UTC-0[45]:00, the loads "
-                                              r"before it at UTC\+0[12]:00 \(at the last validated extract's start, "
-                                              r".*\)\. Nothing was read\. .*CBM_SOURCE_TIMEZONE"):
+        with pytest.raises(ConfigError, match=r"^table t: this run counts local time at UTC-0[45]:00 "
+                                              r"\(America/New_York\), the loads before it at UTC\+0[12]:00 \(at "
+                                              r"the last validated extract's start, .*\)\. Nothing was read\. "
+                                              r"CBM_SOURCE_TIMEZONE=America/New_York is not the zone the earlier "
+                                              r"runs counted in"):
             plan.window("full", new_york)
     plan.last_success_clock = (None, None)  # validated before the clock was recorded: nothing to compare with
     assert plan.window("full", new_york) == (None, "full mode")

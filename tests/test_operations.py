@@ -513,6 +513,26 @@ def test_a_run_with_another_time_zone_is_stopped_before_reading_and_the_source_t
     assert_ods_equals_source(env, "famille")
 
 
+def test_a_source_timezone_set_after_runs_in_another_zone_is_named_as_the_cause(env):
+    """A site that ran in the host's zone (UTC) sets CBM_SOURCE_TIMEZONE to the ERP's, as the template advises: the
+    next run stops, as it must (its window would move), but the message told the operator to set
+    CBM_SOURCE_TIMEZONE, which was just done, and never named it: following it changed nothing (found in review,
+    reading the documents as a new operator). It names the setting and its value as what differs now."""
+    ok = luigi_cli(env, "LoadTable", "--table", "famille", "--mode", "full", "--local-scheduler", extra={"TZ": "UTC"})
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    run = luigi_cli(env, "LoadTable", "--table", "famille", "--mode", "incremental", "--batch-tag", "tz",
+                    "--local-scheduler", extra={"TZ": "UTC", "CBM_SOURCE_TIMEZONE": "Asia/Tokyo"})
+    assert run.returncode == 30, run.stderr[-3000:]
+    [(err,)] = env.sql("SELECT ErrorMessage FROM etl.ETL_Log WHERE Status = 'FAILED'")
+    assert "counts local time at UTC+09:00 (Asia/Tokyo), the loads before it at UTC+00:00" in err, err
+    assert "CBM_SOURCE_TIMEZONE=Asia/Tokyo is not the zone the earlier runs counted in" in err, err
+    assert "TZ in cron" not in err and "to the ERP's zone (e.g. Europe/Paris)" not in err, err
+    # following it: the earlier runs' zone set, the run loads
+    again = luigi_cli(env, "LoadTable", "--table", "famille", "--mode", "incremental", "--batch-tag", "tz2",
+                      "--local-scheduler", extra={"TZ": "Asia/Tokyo", "CBM_SOURCE_TIMEZONE": "UTC"})
+    assert again.returncode == 0, again.stderr[-3000:]
+
+
 @pytest.mark.parametrize("column, shift", [("LastSuccessTs", -timedelta(days=3)),  # moved back to read again
                                            ("LastSuccessUtc", -timedelta(days=2))])  # an older cbm_luigi's write
 def test_the_clock_check_takes_no_hand_edit_for_a_zone_change(env, column, shift):

@@ -1394,14 +1394,20 @@ def test_catalog_emulation_agrees_with_the_product_on_rowstore_indexes():
         assert bool(made) == creates
 
 
-def test_summary_queries_parse_as_tsql(monkeypatch, capsys):
-    from cbm_luigi import cli
+def test_summary_queries_parse_as_tsql(monkeypatch, capsys, tmp_path):
+    from cbm_luigi import cli, runlog
 
-    rec = RecordingSession([(r"FROM etl\.ETL_Markers AS m", [])])
+    rec = RecordingSession([(r"FROM etl\.ETL_Markers AS m", []), (r"Step = 'validate' AND TableName IN", [])])
     monkeypatch.setattr(cli, "open_warehouse", lambda settings: StubWarehouse(rec))
+    monkeypatch.setenv("CBM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(runlog, "_SPOOL", {})
+    # a failed step's row waiting in the cache: summary asks whether its batch validated since (_sla_once_written)
+    runlog.spool_steps(tmp_path, runlog.log_rows(run_id="r", batch_id="2026-11-30", table="client", mode="full",
+                                                 task_id="t", records=[runlog.StepRecord("merge", status="FAILED")]))
     assert cli.main(["summary"]) == 0
     assert any("row_number() OVER" in x for x in rec.statements)
     assert any("FROM etl.ETL_Markers AS m JOIN" in x for x in rec.statements)  # the markers' query parses too
+    assert any("TableName IN (?)" in x for x in rec.statements)
     assert_all_parse(rec.statements, "cbm-etl summary")
 
 

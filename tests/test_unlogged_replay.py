@@ -190,3 +190,41 @@ def test_summary_shows_a_late_rows_counts_when_the_hosts_clock_is_behind(env, mo
     assert cbm_etl(["summary"]) == 0
     out = capsys.readouterr().out
     assert "not in etl.ETL_Log" not in out and " ? " not in out, out
+
+
+# -- 6. summary: the SLA column beside waiting rows ------------------------------------------------------------
+def _sla_of(out: str, table: str) -> str:
+    line = next(x for x in out.splitlines() if x.startswith(f"{table} "))
+    return line.split()[-2]  # ... SLA batch/mode
+
+
+def test_summary_gives_the_sla_the_waiting_rows_will_give(env, capsys):
+    """summary shows the rows waiting in <cache>/unlogged/ as written, but its SLA column was etl.vw_SLABreach's
+    of now: a FAILED merge beside 'SLA OK' (check-sla pages FAILING only once the rows are written; found in
+    review, reading the documents as a new operator). Real DuckDB warehouse and kept files (runlog.spool_steps)."""
+    assert succeeded(build(tasks.LoadTable(table="famille", mode="full", batch_tag="a", run_id="r1")))
+    day = date.today().isoformat()
+    # the next batch's merge failed, and the warehouse did not take its row either
+    runlog.spool_steps(env.cache, _rows("r2", f"{day}-b", "famille", "extract")
+                       + _rows("r2", f"{day}-b", "famille", "merge", status="FAILED", error="boom"))
+    capsys.readouterr()
+    assert cbm_etl(["summary"]) == 0
+    out = capsys.readouterr().out
+    assert "famille        FAILED" in out and _sla_of(out, "famille") == "FAILING", out
+    capsys.readouterr()
+    assert cbm_etl(["write-kept-log"]) == 0 and cbm_etl(["check-sla"]) == 2  # what paging says once written
+    assert "famille: FAILING" in capsys.readouterr().out
+    # then another batch loaded and validated (its marker committed with it), and its rows wait: etl.vw_SLABreach
+    # still says FAILING (b's merge is the latest row written), the rows it will have say the failure is over
+    runlog.spool_steps(env.cache, [r for step in ("extract", "stage", "merge", "validate")
+                                   for r in _rows("r3", f"{day}-c", "famille", step)])
+    release_connections()
+    env.sql("INSERT INTO etl.ETL_Markers (MarkerId, TableName, Step, BatchId, Mode, RunId, Rows) VALUES "
+            "('m-c-validate', 'famille', 'validate', ?, 'full', 'r3', 1)", [f"{day}-c"])
+    assert env.sql("SELECT SLAStatus FROM etl.vw_SLABreach WHERE TableName = 'famille'") == [("FAILING",)]
+    assert cbm_etl(["summary"]) == 0
+    out = capsys.readouterr().out
+    assert "famille        SUCCESS" in out and _sla_of(out, "famille") == "OK", out
+    assert cbm_etl(["write-kept-log"]) == 0
+    cbm_etl(["check-sla"])  # the other demo tables, never loaded, are not OK
+    assert "famille:" not in capsys.readouterr().out
