@@ -417,7 +417,9 @@ def sync_columns(s: Session, reader: Reader, table: str) -> dict[str, int]:
     names = {**{n: r["SqlName"] for n, r in known.items()},
              **safe_names([c for c in cols if c.name not in known], reserved=_names_in_use(known))}
     s.execute("DELETE FROM meta.SYSCOLUMNS_FULL WHERE tbl = ?", [table])
-    stats = {"added": 0, "updated": 0, "missing": 0}
+    # "changed": a column whose catalog facts differ from the row's (a refreshed row that did not change is
+    # "unchanged": counted as updated, an unchanged catalog read as 15 changes, found in review)
+    stats = {"added": 0, "changed": 0, "unchanged": 0, "missing": 0}
     meta_rows, updates, inserts = [], [], []
     for c in cols:
         meta_rows.append([table, c.name, c.coltype, c.width, c.scale, "Y" if c.nullable else "N", c.array_extent,
@@ -430,9 +432,13 @@ def sync_columns(s: Session, reader: Reader, table: str) -> dict[str, int]:
             if override:  # the operator's expression, and the type it returns
                 k = known[c.name]
                 expr, coltype, width, scale = k["SourceExpression"], k["DataType"], k["Width"], k["Scale"]
-            updates.append([coltype, width, scale, "Y" if c.nullable else "N", c.array_extent, c.position,
-                            c.label, c.description, False, now, sql_name, expr, table, c.name])
-            stats["updated"] += 0 if override else 1
+            row = [coltype, width, scale, "Y" if c.nullable else "N", c.array_extent, c.position, c.label,
+                   c.description, False]
+            k = known[c.name]
+            had = [k["DataType"], k["Width"], k["Scale"], k["NullFlag"], k["ArrayExtent"], k["OrdinalPosition"],
+                   k["Label"], k["Description"], bool(k["IsMissingAtSource"])]
+            updates.append([*row, now, sql_name, expr, table, c.name])
+            stats["changed" if row != had else "unchanged"] += 1
         else:
             inserts.append([table, c.name, sql_name, expr, c.coltype, c.width, c.scale, "Y" if c.nullable else "N",
                             c.array_extent, False, False, c.position, c.label, c.description, False, now])

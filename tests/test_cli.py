@@ -356,6 +356,24 @@ def test_sync_all_goes_on_past_a_table_that_fails_and_says_which(env, capsys):
     assert synced == {"famille", "fournis", "client", "produit", "lignecli", "hisprixa"}
 
 
+def test_sync_columns_counts_the_columns_that_changed_not_those_it_refreshed(env, capsys):
+    """sync-columns said `'updated': 15` for a table whose catalog had not changed (every row refreshed was counted):
+    an operator checking what a Data Dictionary change did could not tell (found in review)."""
+    import sqlite3
+
+    assert cbm_etl(["sync-columns", "client"]) == 0
+    n = env.sql("SELECT COUNT(*) FROM config.ETL_Columns WHERE TableName = 'client'")[0][0]
+    capsys.readouterr()
+    assert cbm_etl(["sync-columns", "client"]) == 0
+    assert f"sync-columns client: {{'added': 0, 'changed': 0, 'unchanged': {n}, 'missing': 0}}" in \
+        capsys.readouterr().out
+    with sqlite3.connect(env.source) as con:  # a dbtool SQL-width fix on one field, in the Progress catalog
+        con.execute("UPDATE SYSCOLUMNS_FULL SET width = 120 WHERE tbl = 'client' AND col = 'ville'")
+    con.close()
+    assert cbm_etl(["sync-columns", "client"]) == 0
+    assert f"{{'added': 0, 'changed': 1, 'unchanged': {n - 1}, 'missing': 0}}" in capsys.readouterr().out
+
+
 def test_summary_says_incomplete_for_a_batch_killed_before_validation_and_logs_a_failed_steps_time(env, capsys):
     from cbm_luigi.tasks import MergeOds
 

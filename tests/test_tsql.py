@@ -751,7 +751,9 @@ def test_sync_columns_statements_parse(tmp_path):
     src = tmp_path / "demo.sqlite"
     demo_source.generate(src, scale=0.05)
     existing = {"TableName": "produit", "ColumnName": "cod_pro", "SqlName": "cod_pro", "SourceExpression": None,
-                "IsOverride": False, "IsExcluded": False, "DataType": "varchar", "Width": 30, "Scale": None}
+                "IsOverride": False, "IsExcluded": False, "DataType": "varchar", "Width": 30, "Scale": None,
+                "NullFlag": "N", "ArrayExtent": 0, "OrdinalPosition": 1, "Label": None, "Description": None,
+                "IsMissingAtSource": False}
     override = dict(existing, ColumnName="libelle", SqlName="lib", SourceExpression='UPPER("libelle") AS lib',
                     IsOverride=True)
     vanished = dict(existing, ColumnName="vanished", SqlName="vanished")
