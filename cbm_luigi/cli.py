@@ -167,6 +167,7 @@ def cmd_invalidate(args) -> int:
 # latest by LogId, the order rows were written (LogTs is local wall-clock time, which repeats an hour in autumn)
 _LATEST_BATCH = runlog.LATEST_BATCHES
 _STEPS = ("extract", "stage", "merge", "validate")
+IN_LIST_MOST = 1000  # values of one `IN (?, ...)`: SQL Server refuses a statement of more than 2,100 parameters
 
 
 def cmd_summary(args) -> int:
@@ -193,9 +194,12 @@ def cmd_summary(args) -> int:
         waiting = runlog.waiting_rows(settings.cache_dir)
         failed_waiting = {(r["TableName"], r["BatchId"], r["Mode"]) for r in waiting if r["Status"] == "FAILED"}
         tables = sorted({t for t, _b, _m in failed_waiting})
-        validated = {(t, b, m) for t, b, m in s.query(
-            f"SELECT TableName, BatchId, Mode FROM etl.ETL_Markers WHERE Step = 'validate' AND TableName IN "
-            f"({', '.join('?' * len(tables))})", tables)} if tables else set()
+        validated = set()
+        for i in range(0, len(tables), IN_LIST_MOST):  # SQL Server takes 2,100 parameters a statement (Msg 8003)
+            part = tables[i:i + IN_LIST_MOST]
+            validated |= {(t, b, m) for t, b, m in s.query(
+                f"SELECT TableName, BatchId, Mode FROM etl.ETL_Markers WHERE Step = 'validate' AND TableName IN "
+                f"({', '.join('?' * len(part))})", part)}
     release_connections()  # read whole: printed through a pager left open, it held the embedded warehouse (review)
     print(f"warehouse: {wh.describe()}")
     by_table: dict[str, dict] = {r["TableName"]: {} for r in sla}  # the active tables; those never run show too

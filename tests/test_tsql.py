@@ -976,6 +976,46 @@ def test_replace_stage_executemany_path(stage_file, monkeypatch):
     assert_all_parse(rec.statements, "replace_stage (executemany)")
 
 
+# pyodbc's fast_executemany (src/params.cpp, ExecuteMulti) allocates one parameter array for every row of a call,
+# each parameter at its bound size (setinputsizes), not its value's: read from pyodbc's source for this check
+_PYODBC_FIXED = {pyodbc.SQL_DECIMAL: 19, pyodbc.SQL_INTEGER: 8, pyodbc.SQL_BIGINT: 8, pyodbc.SQL_DOUBLE: 8,
+                 pyodbc.SQL_BIT: 1, pyodbc.SQL_TYPE_DATE: 6, pyodbc.SQL_TYPE_TIMESTAMP: 16}
+
+
+def _pyodbc_parameter_array(sizes, rows: int) -> int:
+    row = 0
+    for sql_type, size, _digits in sizes:
+        if sql_type in (pyodbc.SQL_WVARCHAR, pyodbc.SQL_WLONGVARCHAR):
+            buf = 2 * size if size else 16
+        elif sql_type in (pyodbc.SQL_VARBINARY, pyodbc.SQL_LONGVARBINARY):
+            buf = size if size else 16
+        else:
+            buf = _PYODBC_FIXED[sql_type]
+        row += buf + 8
+    return row * rows
+
+
+def test_executemany_staging_keeps_pyodbcs_parameter_array_bounded_whatever_the_declared_widths(tmp_path):
+    """30 comment fields declared NVARCHAR(4000) holding a few characters each: the batch file is small, so staging
+    read 10,000 rows a batch (sized from the values), and one executemany call made pyodbc allocate 10,000 x 30 x
+    8,008 bytes, 2.4 GB (found in review). Each call now carries what fits STAGE_BATCH_BYTES at the bound sizes."""
+    rows, cols = 10_000, 30
+    names = [f"comment_{j:02d}" for j in range(cols)]
+    data = {n: pa.array([f"r{i:06d}-{j:02d}" for i in range(rows)]) for j, n in enumerate(names)}
+    data["_etl_hashdiff"] = pa.array(["0" * 32] * rows)
+    data["_etl_source_ts"] = pa.array([None] * rows, pa.timestamp("us"))
+    path = tmp_path / "notes.stage.parquet"
+    pq.write_table(pa.table(data), path)
+    rec = RecordingSession([(r"COUNT_BIG", [(rows,)])])
+    wh = StubWarehouse(rec, bulk="executemany")
+    wh.replace_stage(rec, "notes", path, [Column(n, ColumnType("string", width=4000)) for n in names], TECH_STAGE)
+    calls = [c for cur in rec.con.cursors for c in cur.calls]
+    assert sum(len(r) for _s, r, _z, _f in calls) == rows  # every row, once
+    assert [r[0][0] for _s, r, _z, _f in calls[:2]] == ["r000000-00", f"r{len(calls[0][1]):06d}-00"]  # in order
+    worst = max(_pyodbc_parameter_array(sizes, len(r)) for _s, r, sizes, _f in calls)
+    assert worst <= mssql_wh.STAGE_BATCH_BYTES, f"{worst / 1e6:.0f} MB for one executemany call"
+
+
 def test_replace_stage_error_names_the_key(stage_file, monkeypatch):
     """By the key's Progress name, as the step passes it (the warehouse used to guess it from config.ETL_Tables
     with sql_safe_name, which can be another column's name)."""
@@ -1210,12 +1250,18 @@ def test_ods_gets_a_clustered_index_on_its_keys_and_keeps_it_through_key_widenin
         "AND type IN (1, 5)) "
         "CREATE CLUSTERED INDEX [CX_ods_all_kinds] ON [ods].[all_kinds] ([code], [qty])"]
     # ours, on the keys: kept
-    ours = RecordingSession([(r"FROM sys\.indexes", [("CX_ods_all_kinds", "code"), ("CX_ods_all_kinds", "qty")])])
+    ours = RecordingSession([(r"FROM sys\.indexes", [("CX_ods_all_kinds", "code"), ("CX_ods_all_kinds", "qty")]),
+                             (r"INFORMATION_SCHEMA\.COLUMNS", [("code", "nvarchar", 20, None, None, None, "NO"),
+                                                               ("qty", "decimal", None, 12, 2, None, "NO")])])
     assert StubWarehouse(ours).key_index_ddl(ours, "all_kinds", ["code", "qty"], []) == ([], None)
     assert_all_parse([ours.statements[-1]], "clustered index columns")
-    # a key column to widen: SQL Server cannot alter an indexed column, so the index goes first and comes back
+    # a key column lengthened: SQL Server does it in place under the index, which stays
     widen = ["ALTER TABLE [ods].[all_kinds] ALTER COLUMN [code] NVARCHAR(30) NOT NULL"]
-    before, after = StubWarehouse(ours).key_index_ddl(ours, "all_kinds", ["code", "qty"], widen)
+    assert StubWarehouse(ours).key_index_ddl(ours, "all_kinds", ["code", "qty"], widen) == ([], None)
+    # a key column's type widened (DECIMAL(12,2) -> (14,2)): SQL Server cannot alter it under the index, which
+    # goes first and comes back
+    retyped = ["ALTER TABLE [ods].[all_kinds] ALTER COLUMN [qty] DECIMAL(14,2) NOT NULL"]
+    before, after = StubWarehouse(ours).key_index_ddl(ours, "all_kinds", ["code", "qty"], retyped)
     assert before == ["DROP INDEX IF EXISTS [CX_ods_all_kinds] ON [ods].[all_kinds]"] and after(types)
     assert_all_parse(before + after(types), "key index")
     # PrimaryKeyCols changed (a key field renamed: qty's old column is made optional): made again on the new key
@@ -1235,9 +1281,10 @@ def test_ods_gets_a_clustered_index_on_its_keys_and_keeps_it_through_key_widenin
     assert StubWarehouse(rec2).key_index_ddl(rec2, "all_kinds", ["code"], widen) == ([], None)
 
 
-def _merged_on_sql_server(code: tuple, index: list[tuple]) -> list[str]:
+def _merged_on_sql_server(code: tuple, index: list[tuple], longest: int = 12) -> list[str]:
     """The statements steps.merge runs for the all-kinds table over an existing ods whose `code` column is as
-    INFORMATION_SCHEMA describes it (`code`), with `index` the rows of its clustered index (name, column)."""
+    INFORMATION_SCHEMA describes it (`code`), with `index` the rows of its clustered index (name, column), and
+    stg's longest text `longest` characters."""
     plan = all_kind_plan(dimension=False)
     names = [n for n, t, _ in plan.output_columns() if t.kind == "string"]
     rec = RecordingSession([(r"SELECT t\.LastSuccessTs, st\.MergedExtractStartedAt", [(None, None)]),
@@ -1245,7 +1292,7 @@ def _merged_on_sql_server(code: tuple, index: list[tuple]) -> list[str]:
                                                             "Rows": 7, "ExtractStartedAt": datetime(2024, 1, 1),
                                                             "ExtractShape": plan.extract_shape()}]),
                             (r"INFORMATION_SCHEMA\.COLUMNS", [code]), (r"SELECT TOP \(5\)", []),
-                            (r"MAX\(0\.5 \* DATALENGTH", [tuple(Decimal("12.0") for _ in names)]),
+                            (r"MAX\(0\.5 \* DATALENGTH", [tuple(Decimal(longest) for _ in names)]),
                             (r"FROM sys\.indexes AS i", index), (r"AS inserted", [(1, 0, 0, 0, 1)]),
                             (r"SELECT @@TRANCOUNT", [(1,)])])
     wh = StubWarehouse(rec)
@@ -1254,14 +1301,29 @@ def _merged_on_sql_server(code: tuple, index: list[tuple]) -> list[str]:
     return rec.statements
 
 
-def test_merge_widening_a_key_column_drops_and_recreates_the_index(stage_file):
-    # ods.code is NVARCHAR(2); stg holds longer codes
+def test_merge_lengthening_a_key_column_keeps_the_index(stage_file):
+    """ods.code is NVARCHAR(2) (ods widths follow the data); stg holds 12-character codes. SQL Server lengthens an
+    indexed NVARCHAR in place (the same type, a larger size, not a PRIMARY KEY's index): the merge dropped our
+    clustered index and made it again, rewriting ods twice under a schema lock that blocked every reader until
+    it committed (found in review)."""
     st = _merged_on_sql_server(("code", "nvarchar", 2, None, None, None, "NO"), [("CX_ods_all_kinds", "code")])
+    assert "ALTER TABLE [ods].[all_kinds] ALTER COLUMN [code] NVARCHAR(12) NOT NULL" in st
+    assert [x for x in st if "DROP INDEX" in x or "CREATE CLUSTERED INDEX" in x] == []
+    assert_all_parse(st, "merge with key widening")
+
+
+@pytest.mark.parametrize("longest", [500, 5000])  # 1,000 bytes (past the index's 900), then NVARCHAR(MAX)
+def test_merge_lengthening_a_key_column_past_an_index_key_drops_the_index(stage_file, longest):
+    """A key lengthened past what an index key may hold: the index is dropped before the ALTER (SQL Server would
+    refuse the ALTER under it, or every longer key later); whether it is made again is the `after` part's rule,
+    from ods's types after the ALTER (test_ods_gets_a_clustered_index_on_its_keys_and_keeps_it_through_key_widening:
+    the harness answers INFORMATION_SCHEMA with the types from before)."""
+    st = _merged_on_sql_server(("code", "nvarchar", 2, None, None, None, "NO"), [("CX_ods_all_kinds", "code")],
+                               longest=longest)
     drop = st.index("DROP INDEX IF EXISTS [CX_ods_all_kinds] ON [ods].[all_kinds]")
     alter = next(i for i, x in enumerate(st) if x.startswith("ALTER TABLE [ods].[all_kinds] ALTER COLUMN [code]"))
-    create = next(i for i, x in enumerate(st) if "CREATE CLUSTERED INDEX [CX_ods_all_kinds]" in x)
-    assert drop < alter < create
-    assert_all_parse(st, "merge with key widening")
+    assert drop < alter
+    assert_all_parse(st, "merge with a key lengthened past an index key")
 
 
 @pytest.mark.parametrize("index", [[("CX_ods_all_kinds", "code")], [], [("CX_ods_all_kinds", "other")]])
@@ -1411,6 +1473,28 @@ def test_summary_queries_parse_as_tsql(monkeypatch, capsys, tmp_path):
     assert any("FROM etl.ETL_Markers AS m JOIN" in x for x in rec.statements)  # the markers' query parses too
     assert any("TableName IN (?)" in x for x in rec.statements)
     assert_all_parse(rec.statements, "cbm-etl summary")
+
+
+def test_summary_stays_under_sql_servers_2100_parameters(monkeypatch, tmp_path, capsys):
+    """After a night the warehouse did not answer, every table has a FAILED row waiting in the cache, and summary
+    asked whether each one's batch validated since with one `?` a table: 2,200 tables made a statement SQL Server
+    refuses (Msg 8003: at most 2,100 parameters), when the operator needs the summary most (found in review)."""
+    from cbm_luigi import cli, runlog
+
+    asked = []
+    rec = RecordingSession([(r"FROM etl\.ETL_Markers AS m", []),
+                            (r"Step = 'validate' AND TableName IN", lambda sql: asked.append(sql) or [])])
+    monkeypatch.setattr(cli, "open_warehouse", lambda settings: StubWarehouse(rec))
+    monkeypatch.setenv("CBM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(runlog, "_SPOOL", {})
+    rows = []
+    for i in range(2_200):
+        rows += runlog.log_rows(run_id="r", batch_id="2026-11-30", table=f"t{i:04d}", mode="full", task_id=f"k{i}",
+                                records=[runlog.StepRecord("extract", status="FAILED", error="warehouse down")])
+    runlog.spool_steps(tmp_path, rows)
+    assert cli.main(["summary"]) == 0
+    assert max(len(p) for _s, p in rec.log) <= 2_100
+    assert sum(x.count("?") for x in asked) == 2_200  # every table asked about
 
 
 def test_a_missing_sql_server_driver_is_named_with_the_way_out():

@@ -194,6 +194,34 @@ def input_sizes(layout: list[StageColumn]) -> list[tuple[int, int, int]]:
     return sizes
 
 
+def bound_row_bytes(sizes: list[tuple[int, int, int]]) -> int:
+    """What pyodbc's fast_executemany allocates for one row of parameters bound at `sizes` (input_sizes): each
+    parameter's buffer at its bound size, not its value's (2 bytes a character for NVARCHAR(n), n for
+    VARBINARY(n), a streamed-value record for (MAX), at most 40 for the fixed types), plus its length
+    indicator."""
+    import pyodbc
+
+    total = 0
+    for sql_type, size, _digits in sizes:
+        if sql_type == pyodbc.SQL_WVARCHAR:
+            buf = 2 * (size + 1)
+        elif sql_type == pyodbc.SQL_VARBINARY:
+            buf = size
+        else:
+            buf = 40
+        total += buf + 8
+    return total
+
+
+def executemany_slices(rows: list, sizes: list[tuple[int, int, int]]) -> Iterator[list]:
+    """`rows` in slices whose parameter array stays within STAGE_BATCH_BYTES: pyodbc allocates it for every row of
+    an executemany call at once, from the declared widths (10,000 rows of 30 NVARCHAR(4000) comments holding a few
+    characters each asked for 2.4 GB: the batch is sized from the values, found in review)."""
+    step = max(1, STAGE_BATCH_BYTES // bound_row_bytes(sizes))
+    for i in range(0, len(rows), step):
+        yield rows[i:i + step]
+
+
 # -- value conversion ------------------------------------------------------------------------------------------
 
 def utf16_len(text: str) -> int:
@@ -410,6 +438,34 @@ def key_index_name(table: str) -> str:
     return name if len(name) <= 128 else f"CX_ods_{table[:100]}_{hashlib.sha1(table.encode()).hexdigest()[:12]}"
 
 
+_LENGTHENED = re.compile(r" ALTER COLUMN (\[(?:[^\]]|\]\])*\]) (NVARCHAR|VARCHAR|VARBINARY)\((\d+)\) (NOT NULL|NULL)$")
+
+
+def _lengthened_in_place(d, touched: list[tuple[str, str]], have: dict[str, tuple[str, bool]],
+                         keys: list[str]) -> bool:
+    """Whether every ALTER of an indexed column in `touched` (statement, column) only lengthens it, as SQL Server
+    does in place under its index: the same NVARCHAR/VARCHAR/VARBINARY type, a size no smaller and not (MAX), the
+    same nullability (ALTER TABLE: an indexed column may change when "the data type isn't changed, the new size
+    is equal to or larger than the old size, and the index isn't the result of a PRIMARY KEY constraint"), with
+    the key still within the index's 900 bytes. Our index was dropped and made again for it: ods rewritten twice
+    under a schema lock that blocks every reader until the merge commits (found in review). `have`: ods's columns
+    now (name -> (type text, nullable))."""
+    current = {n.lower(): v for n, v in have.items()}
+    after = {k.lower(): current.get(k.lower(), ("NVARCHAR(MAX)", True))[0] for k in keys}
+    for stmt, column in touched:
+        m = _LENGTHENED.search(stmt)
+        old = current.get(column.lower())
+        if m is None or old is None or m.group(1) != d.quote(column):
+            return False
+        old_type, old_nullable = old
+        o = re.fullmatch(r"(NVARCHAR|VARCHAR|VARBINARY)\((\d+)\)", old_type.upper().replace(" ", ""))
+        if o is None or o.group(1) != m.group(2) or int(m.group(3)) < int(o.group(2)) or \
+                (m.group(4) == "NULL") != old_nullable:
+            return False
+        after[column.lower()] = f"{m.group(2)}({m.group(3)})"
+    return sum(_index_key_bytes(t) for t in after.values()) <= MAX_CLUSTERED_KEY_BYTES
+
+
 def _index_key_bytes(type_text: str) -> float:
     """Bytes a value of this column type can take in an index key (inf for (MAX) types)."""
     t = type_text.upper().replace(" ", "")
@@ -591,7 +647,9 @@ class MssqlWarehouse(Warehouse):
         if index is not None and index != name:
             return [], None  # a DBA's own
         if index is not None:
-            altering = any(alters_column(d, st, c) for st in stmts for c in {*keys, *columns})
+            touched = [(st, c) for st in stmts for c in {*keys, *columns} if alters_column(d, st, c)]
+            have = self.table_columns(s, "ods", table) if touched else {}
+            altering = bool(touched) and not _lengthened_in_place(d, touched, have, keys)
             if not altering and [c.lower() for c in columns] == [k.lower() for k in keys]:
                 return [], None
         drop = [f"DROP INDEX IF EXISTS {d.quote(name)} ON {d.table('ods', table)}"] if index else []
@@ -720,9 +778,9 @@ class MssqlWarehouse(Warehouse):
             offset = 0
             for batch in self._batches(stage_path, layout, tech):
                 rows = rows_for_executemany(batch, layout, table=table, row_offset=offset)
-                if rows:
+                for part in executemany_slices(rows, sizes):
                     cur.setinputsizes(sizes)
-                    cur.executemany(sql, rows)
+                    cur.executemany(sql, part)
                 offset += batch.num_rows
         finally:
             cur.close()
