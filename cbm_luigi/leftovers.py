@@ -18,15 +18,17 @@ import socket
 from pathlib import Path
 
 SPILL_PREFIX = "duckdb_temp_"
+INIT_PID_NAMESPACE = 0xEFFFFFFC  # the kernel's own pid namespace (PROC_PID_INIT_INO): a machine's, not a container's
 
 
 def host_tag(hostname: str | None = None, pid_namespace: int | None = None) -> str:
     """This host in the names of files a process leaves: a cache shared by hosts keeps each host's pids apart.
-    The host is its name and its pid namespace (the inode of /proc/self/ns/pid, which is fixed for a machine's
-    own namespace across reboots): two containers given the same hostname over one cache volume each number
-    their processes from 1, and one took the other's running extract for a dead one's leftovers (the tag was
-    the hostname alone). A container started again is another host: what a killed one left goes with its batch
-    folder (`cbm-etl clean-cache`)."""
+    The host is its name and, in a container, its pid namespace (the inode of /proc/self/ns/pid): two
+    containers given the same hostname over one cache volume each number their processes from 1, and one took
+    the other's running extract for a dead one's leftovers (the tag was the hostname alone). A machine's own
+    namespace keeps the hostname alone, as before (a new tag there left what a killed run of the previous
+    version had written to clean-cache: found in review). A container started again is another host: what a
+    killed one left goes with its batch folder (`cbm-etl clean-cache`)."""
     if hostname is None:
         hostname = socket.gethostname()
     if pid_namespace is None:
@@ -34,7 +36,7 @@ def host_tag(hostname: str | None = None, pid_namespace: int | None = None) -> s
             pid_namespace = os.stat("/proc/self/ns/pid").st_ino
         except OSError:  # no /proc (not Linux): the hostname alone
             pid_namespace = 0
-    ident = hostname if not pid_namespace else f"{hostname}/pid:{pid_namespace}"
+    ident = hostname if pid_namespace in (0, INIT_PID_NAMESPACE) else f"{hostname}/pid:{pid_namespace}"
     return hashlib.md5(ident.encode()).hexdigest()[:8]
 
 

@@ -288,3 +288,37 @@ def test_hashdiff_text_starting_with_the_separator_in_a_value(tmp_path):
     rows = run(tmp_path, cols, {"id": [1, 2, 3], "a": ["\x1f\x1fz", None, None], "b": [None, "\x1f", None]})
     texts = ["a=3:\x1f\x1fz\x1fid=1", "b=1:\x1f\x1fid=2", "id=3"]
     assert hashes(rows) == [hashlib.md5(t.encode()).hexdigest() for t in texts]
+
+
+def test_the_host_tag_is_the_hostname_alone_outside_containers(tmp_path):
+    """On a machine's own pid namespace the tag stays md5(hostname), as before the pid namespace joined it: with a
+    new tag there, the half-written batch file and the spill files a killed extract of the previous version
+    left were no one's, and the next extract of the batch left them to clean-cache (found in review). Checked
+    through the real shape_file on this machine when it runs outside a container; the tag's rule either way."""
+    import hashlib
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from cbm_luigi.leftovers import HOST, INIT_PID_NAMESPACE, host_tag
+
+    old = hashlib.md5(b"erp-etl").hexdigest()[:8]
+    assert host_tag("erp-etl", INIT_PID_NAMESPACE) == host_tag("erp-etl", 0) == old
+    assert host_tag("erp-etl", 4026532178) != old
+    if os.stat("/proc/self/ns/pid").st_ino != INIT_PID_NAMESPACE:
+        return  # in a container: a tag of its own is the point
+    tag = hashlib.md5(socket.gethostname().encode()).hexdigest()[:8]
+    assert HOST == tag
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    half = tmp_path / f"t.extract.parquet.{dead}-abcd1234-{tag}.tmp"
+    half.write_bytes(b"PAR1 half")
+    spill = tmp_path / f"spill-{tag}" / f"duckdb_temp_{dead}_1.block"
+    spill.parent.mkdir()
+    spill.write_bytes(b"spilled")
+    plan = TablePlan("t", "t", ["id"], [PlanColumn("id", "id", I, False)])
+    src = tmp_path / "src.parquet"
+    pq.write_table(pa.table({"id": [1, 2]}, schema=plan.extract_schema()), src)
+    assert shape_file(plan, src, tmp_path / "t.extract.parquet") == 2
+    assert not half.exists() and not spill.exists()
