@@ -209,3 +209,24 @@ def test_the_templates_odbc_stand_in_lines_load_through_the_real_driver(env):
     [batch] = env.cache.glob("*/full/famille.extract.parquet")
     assert read_extract_meta(batch)["reader"] == "arrow-odbc"  # through unixODBC and the driver, not in-process
     assert_ods_equals_source(env, "famille")
+
+
+def test_every_log_the_documented_crontab_appends_to_is_rotated_by_the_documented_logrotate_stanza():
+    """OPERATIONS.md's cron lines append (`>>`) to files of var/log/ every night, about 3 KB a table a night (the
+    same lines again: 340 MB a year for 300 tables), and its Housekeeping section bounded the cache and etl.* but
+    not them (found by a review that simulated a year of nights). Its logrotate stanza must cover each of them, at
+    the path the crontab's `cd` gives them. (logrotate itself is not installed here: the stanza is read, not run.)"""
+    import fnmatch
+
+    text = (REPO / "OPERATIONS.md").read_text()
+    cron = re.search(r"```cron\n(.*?)```", text, re.S).group(1)
+    logs = set()
+    for line in cron.splitlines():
+        home = re.search(r"\bcd (\S+) &&", line)
+        logs |= {f"{home.group(1)}/{f}" for f in re.findall(r">>\s*(var/log/[\w.-]+)", line)} if home else set()
+    assert len(logs) == 3, logs
+    stanza = re.search(r"```logrotate\n(.*?)```", text.split("## Housekeeping", 1)[1], re.S).group(1)
+    paths = stanza.split("{", 1)[0].split()
+    body = {w.strip() for w in stanza.split("{", 1)[1].split("}", 1)[0].splitlines() if w.strip()}
+    assert all(any(fnmatch.fnmatch(log, p) for p in paths) for log in logs), (logs, paths)
+    assert {"missingok", "compress", "delaycompress"} <= body and any(w.startswith("rotate ") for w in body), body
