@@ -434,7 +434,7 @@ def sync_columns(s: Session, reader: Reader, table: str) -> dict[str, int]:
                 expr, coltype, width, scale = k["SourceExpression"], k["DataType"], k["Width"], k["Scale"]
             row = [coltype, width, scale, "Y" if c.nullable else "N", c.array_extent, c.position, c.label,
                    c.description, False]
-            k = known[c.name]
+            k = known[c.name]  # what the row says now
             had = [k["DataType"], k["Width"], k["Scale"], k["NullFlag"], k["ArrayExtent"], k["OrdinalPosition"],
                    k["Label"], k["Description"], bool(k["IsMissingAtSource"])]
             updates.append([*row, now, sql_name, expr, table, c.name])

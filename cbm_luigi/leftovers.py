@@ -1,5 +1,5 @@
-"""What a killed process of this host (HOST: its name and pid namespace) leaves behind, removed by the next run
-that works in the same place.
+"""What a killed process of this host (HOST: its name, and a container's pid namespace) leaves behind, removed by
+the next run that works in the same place.
 
 - Half-written batch files (`<name>.<pid>-<id>-<host>.tmp`): transform._drop_orphans, before an extract writes.
 - DuckDB's spill files (`duckdb_temp_<pid>_...`), which DuckDB removes when its connection closes but a killed
