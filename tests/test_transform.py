@@ -168,14 +168,30 @@ def test_a_duckdb_failure_names_the_table_and_ends_the_source_stream(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def _dead_pid() -> str:
+    """The pid of a process that has ended (a killed extract's)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+
+
+def _next_write(tmp_path, out) -> int:
+    """The next extract of the batch file `out`: shape_file over a two-row file, as an extract writes it."""
+    plan = TablePlan("t", "t", ["id"], [PlanColumn("id", "id", I, False)])
+    src = tmp_path / "src.parquet"
+    pq.write_table(pa.table({"id": [1, 2]}, schema=plan.extract_schema()), src)
+    return shape_file(plan, src, out)
+
+
 def test_a_half_written_file_of_a_killed_process_is_dropped_by_the_next_write(tmp_path):
     """A kill during the extract leaves `<file>.<pid>-<id>.tmp`: no later run would touch it (the pid is in the
     name), so the next write of the same file removes those whose process is gone, and only those."""
     import subprocess
     import sys
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True).stdout.strip()  # a process that has ended
+    dead = _dead_pid()
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         out = tmp_path / "t.stage.parquet"
@@ -187,10 +203,7 @@ def test_a_half_written_file_of_a_killed_process_is_dropped_by_the_next_write(tm
         elsewhere = tmp_path / f"t.stage.parquet.{dead}-abcd1234-0badf00d.tmp"  # another host's pid: unknown here
         for p in (orphan, running, other, elsewhere):
             p.write_bytes(b"PAR1 half")
-        plan = TablePlan("t", "t", ["id"], [PlanColumn("id", "id", I, False)])
-        src = tmp_path / "src.parquet"
-        pq.write_table(pa.table({"id": [1, 2]}, schema=plan.extract_schema()), src)
-        assert shape_file(plan, src, out) == 2
+        assert _next_write(tmp_path, out) == 2
         assert not orphan.exists() and running.exists() and other.exists() and elsewhere.exists()
     finally:
         live.kill()
@@ -252,10 +265,7 @@ def test_a_container_of_the_same_hostname_keeps_its_running_extract_and_spill_fi
             pytest.skip(f"unshare refused here: {other.stderr.read()[:300]}")
         their_pid, half, spill = int(line[0]), line[1], line[2]
         assert their_pid == pid  # a pid of theirs that no process of this namespace has
-        plan = TablePlan("t", "t", ["id"], [PlanColumn("id", "id", I, False)])
-        src = tmp_path / "src.parquet"
-        pq.write_table(pa.table({"id": [1, 2]}, schema=plan.extract_schema()), src)
-        assert shape_file(plan, src, out) == 2  # this container's extract of the same file
+        assert _next_write(tmp_path, out) == 2  # this container's extract of the same file
         time.sleep(0.1)
         assert os.path.exists(half) and os.path.exists(spill), os.listdir(tmp_path)
     finally:
@@ -298,8 +308,6 @@ def test_the_host_tag_is_the_hostname_alone_outside_containers(tmp_path):
     import hashlib
     import os
     import socket
-    import subprocess
-    import sys
 
     from cbm_luigi.leftovers import HOST, INIT_PID_NAMESPACE, host_tag
 
@@ -310,15 +318,11 @@ def test_the_host_tag_is_the_hostname_alone_outside_containers(tmp_path):
         return  # in a container: a tag of its own is the point
     tag = hashlib.md5(socket.gethostname().encode()).hexdigest()[:8]
     assert HOST == tag
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True).stdout.strip()
+    dead = _dead_pid()
     half = tmp_path / f"t.extract.parquet.{dead}-abcd1234-{tag}.tmp"
     half.write_bytes(b"PAR1 half")
     spill = tmp_path / f"spill-{tag}" / f"duckdb_temp_{dead}_1.block"
     spill.parent.mkdir()
     spill.write_bytes(b"spilled")
-    plan = TablePlan("t", "t", ["id"], [PlanColumn("id", "id", I, False)])
-    src = tmp_path / "src.parquet"
-    pq.write_table(pa.table({"id": [1, 2]}, schema=plan.extract_schema()), src)
-    assert shape_file(plan, src, tmp_path / "t.extract.parquet") == 2
+    assert _next_write(tmp_path, tmp_path / "t.extract.parquet") == 2
     assert not half.exists() and not spill.exists()
