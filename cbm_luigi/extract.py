@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone, tzinfo
@@ -107,14 +108,17 @@ def extract_to_parquet(reader: Reader, plan: TablePlan, mode: str, out_path: Pat
                     said[0] = time.monotonic()  # from its end: a slow report is not followed by another at once
                 yield batch
 
+    written, renamed = json.dumps(meta), []
     try:
-        rows = shape_batches(plan, schema, conformed(), out_path, metadata={META_KEY: json.dumps(meta)},
-                             memory_limit=memory_limit, threads=threads)
+        rows = shape_batches(plan, schema, conformed(), out_path, metadata={META_KEY: written},
+                             memory_limit=memory_limit, threads=threads, renamed=renamed.append)
     except SourceValueError as exc:
         stream.close()  # before the catalog is read on the same connection
         raise _changed_at_source(reader, plan, exc) or exc
     finally:
         stream.close()  # the driver's cursor, also when DuckDB stopped before reading it all
+    if renamed:  # what the next steps ask first, for the file as renamed in
+        _keep_meta(_identity(renamed[0]), written.encode(), rows)
     meta.update(rows=rows, seconds=round(time.monotonic() - t0, 3))
     if progress:
         progress(rows)
@@ -198,6 +202,20 @@ _META_READ: dict[tuple, tuple[bytes | None, int]] = {}  # file identity -> (its 
 META_READ_KEPT = 64  # files whose metadata a process keeps (a LoadAll reads hundreds; the SELECT is most of each)
 
 
+def _identity(st: os.stat_result) -> tuple:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _keep_meta(ident: tuple, text: bytes | None, rows: int) -> tuple[bytes | None, int]:
+    """Keep a file's metadata text and row count for read_extract_meta, under the file's identity. The extract
+    keeps what it has just written and renamed in (the text DuckDB put in the footer): the steps after it then
+    read no footer, and a load on DuckDB none at all (pyarrow's first footer read in a process: ~15 ms)."""
+    if len(_META_READ) >= META_READ_KEPT:
+        _META_READ.pop(next(iter(_META_READ)))
+    read = _META_READ[ident] = (text, rows)
+    return read
+
+
 def read_extract_meta(path: Path) -> dict:
     """The metadata the extract wrote into the file, plus its row count; {'format': 0, ...} for a file this
     version did not write.
@@ -206,15 +224,11 @@ def read_extract_meta(path: Path) -> dict:
     the merge, the validation): read once a process while the file is the same one, known by its device, inode,
     size, modification and change times (a new extract is renamed in: another inode). Each call gets its own
     dict."""
-    st = path.stat()
-    ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    ident = _identity(path.stat())
     read = _META_READ.get(ident)
     if read is None:
         pf = pq.ParquetFile(path)
-        read = ((pf.schema_arrow.metadata or {}).get(META_KEY.encode()), pf.metadata.num_rows)
-        if len(_META_READ) >= META_READ_KEPT:
-            _META_READ.pop(next(iter(_META_READ)))
-        _META_READ[ident] = read
+        read = _keep_meta(ident, (pf.schema_arrow.metadata or {}).get(META_KEY.encode()), pf.metadata.num_rows)
     text, rows = read
     meta = json.loads(text.decode()) if text is not None else {}
     meta.setdefault("format", 0)

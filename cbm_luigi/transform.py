@@ -27,7 +27,7 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -245,16 +245,19 @@ class _Batches:
     error, a value that does not fit) is kept, so the caller re-raises it as it was instead of DuckDB's text;
     `close()` ends the source's stream whatever DuckDB did with it (a failed COPY never finishes reading it)."""
 
-    def __init__(self, schema: pa.Schema, batches: Iterable[pa.RecordBatch]):
+    def __init__(self, schema: pa.Schema, batches: Iterable[pa.RecordBatch],
+                 started: Callable[[], None] | None = None):
         self.error: BaseException | None = None
         self.rows = 0
         self.schema = _scan_schema(schema)
         self._source = batches
-        self._gen = self._pull(batches, self.schema != schema)
+        self._gen = self._pull(batches, self.schema != schema, started)
         self.reader = pa.RecordBatchReader.from_batches(self.schema, self._gen)
 
-    def _pull(self, batches, cast: bool):
+    def _pull(self, batches, cast: bool, started: Callable[[], None] | None):
         try:
+            if started:  # DuckDB asks for the first batch: its COPY has begun, the file is open
+                started()
             for b in batches:
                 self.rows += b.num_rows
                 yield b.cast(self.schema) if cast else b
@@ -312,6 +315,21 @@ def _drop_orphans(out_path: Path) -> None:
     drop_dead_spill_files(spill_dir(out_path))
 
 
+def release_close_write_out(path: Path) -> None:
+    """Spare the batch file's close a synchronous write-out. DuckDB opens its COPY target and truncates it to
+    zero; ext4 (auto_da_alloc) takes a truncated file for one being rewritten in place and starts writing it
+    all to disk at its close, and the extract waited for that: 40-50 ms for the wide benchmark's 60 MB
+    (bench/README.md, "Tried"). Any close of the file clears that mark, so closing one of our own while the
+    file is still empty leaves its write-out to the kernel's usual timing. Nothing else changes: the file
+    appears whole only by its rename, and one cut short by a power loss is unreadable, so extracted again
+    (BatchFileTarget). Best effort: a file DuckDB has not made yet, or that cannot be opened, is written out
+    at its close as before."""
+    try:
+        os.close(os.open(path, os.O_RDONLY))
+    except OSError as exc:
+        log.debug("batch file %s: not opened ahead of its close (%s): it is written out at its close", path, exc)
+
+
 def spill_dir(out_path: Path) -> Path:
     """Where the extract's engine spills: a folder of this host in the batch's cache folder (DuckDB makes it and
     removes it on close; a cache shared by hosts keeps each host's pids apart)."""
@@ -319,8 +337,10 @@ def spill_dir(out_path: Path) -> Path:
 
 
 def shape_batches(plan: TablePlan, schema: pa.Schema, batches: Iterable[pa.RecordBatch], out_path: Path, *,
-                  metadata: dict[str, str] | None = None, memory_limit: str = "256MB", threads: int = 2) -> int:
-    """Shape `batches` (the extract schema) into `out_path`, atomically; returns the rows written.
+                  metadata: dict[str, str] | None = None, memory_limit: str = "256MB", threads: int = 2,
+                  renamed: Callable[[os.stat_result], None] | None = None) -> int:
+    """Shape `batches` (the extract schema) into `out_path`, atomically; returns the rows written. `renamed` is
+    given the file's stat once it is in place (not when another process renamed its own over it meanwhile).
 
     Row groups are kept small (ROW_GROUP_BYTES) so they are written while the source is still read, and a
     later step can read them in parallel."""
@@ -329,7 +349,7 @@ def shape_batches(plan: TablePlan, schema: pa.Schema, batches: Iterable[pa.Recor
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _drop_orphans(out_path)
     con = compute_engine(memory_limit, threads, spill_dir(out_path))
-    src = _Batches(schema, batches)
+    src = _Batches(schema, batches, started=lambda: release_close_write_out(tmp))
     view = f"_cbm_src_{uuid.uuid4().hex}"
     kv = ", ".join(f"{_lit(k)}: {_lit(v)}" for k, v in (metadata or {}).items())
     try:
@@ -338,7 +358,12 @@ def shape_batches(plan: TablePlan, schema: pa.Schema, batches: Iterable[pa.Recor
             con.execute(f"COPY ({transform_sql(plan, f'SELECT * FROM {_q(view)}')}) TO {_lit(str(tmp))} "
                         f"({PARQUET_OPTIONS}, ROW_GROUP_SIZE 122880, "
                         f"ROW_GROUP_SIZE_BYTES {_lit(ROW_GROUP_BYTES)}{', KV_METADATA {' + kv + '}' if kv else ''})")
+        ours = os.stat(tmp)
         tmp.replace(out_path)  # atomic: the file exists only when complete
+        if renamed:
+            st = os.stat(out_path)
+            if (st.st_dev, st.st_ino) == (ours.st_dev, ours.st_ino):
+                renamed(st)
         return src.rows
     except duckdb.Error as exc:
         if src.error is not None:

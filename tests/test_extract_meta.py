@@ -3,6 +3,7 @@ load step asks for it, and a wide file's footer costs milliseconds. These tests 
 that a file replaced, rewritten or touched is read again, and that callers cannot change what the next one gets."""
 import json
 import os
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -75,3 +76,54 @@ def test_the_kept_reads_are_bounded(tmp_path, monkeypatch):
         _write(p, {"format": extract.FORMAT, "table": f"t{i}"}, 1)
         assert read_extract_meta(p)["table"] == f"t{i}"
     assert len(extract._META_READ) == extract.META_READ_KEPT
+
+
+def test_the_extract_keeps_what_it_wrote_so_the_steps_after_it_read_no_footer(env, monkeypatch):
+    """A real extract through Luigi: the metadata the steps ask for next comes from what the extract wrote (no
+    footer read in the process), and is what the footer holds."""
+    from cbm_luigi.tasks import ExtractParquet
+
+    from .conftest import build, succeeded
+
+    reads = _reads(monkeypatch)
+    task = ExtractParquet(table="produit", mode="full", batch_tag="kept", run_id="run1")
+    assert succeeded(build(task))
+    path = Path(task.output().path)
+    kept = read_extract_meta(path)
+    assert reads == []
+    monkeypatch.setattr(extract, "_META_READ", {})
+    assert read_extract_meta(path) == kept and len(reads) == 1
+    assert kept["rows"] == pq.ParquetFile(path).metadata.num_rows > 0 and kept["run_id"] == "run1"
+
+
+def test_a_file_another_process_renamed_over_the_extracts_is_not_taken_for_it(tmp_path, monkeypatch):
+    """Two runs extracting the same batch: the second rename replaces the first's file. The first must not keep
+    its own metadata for the file now in place (shape_batches gives the stat only while the file is its own)."""
+    from cbm_luigi.plan import PlanColumn, TablePlan
+    from cbm_luigi.transform import shape_batches
+    from cbm_luigi.types import ColumnType
+
+    plan = TablePlan("t", "t", ["id"], [PlanColumn("id", "id", ColumnType("int32"), False)])
+    schema = plan.extract_schema()
+    out = tmp_path / "t.parquet"
+    given = []
+
+    def batches():
+        yield pa.record_batch([pa.array([1, 2], pa.int32())], schema=schema)
+
+    shape_batches(plan, schema, batches(), out, renamed=given.append)
+    assert len(given) == 1 and given[0].st_ino == out.stat().st_ino
+    given.clear()
+    real_replace, other = Path.replace, []
+
+    def replaced_after_ours(self, target):  # the other run's rename comes right after ours
+        done = real_replace(self, target)
+        if not other:
+            other.append(True)
+            _write(out, {"format": extract.FORMAT, "table": "t", "run_id": "other"}, 5)
+        return done
+
+    monkeypatch.setattr(Path, "replace", replaced_after_ours)
+    shape_batches(plan, schema, batches(), out, renamed=given.append)
+    monkeypatch.undo()
+    assert other and given == [] and read_extract_meta(out)["run_id"] == "other"

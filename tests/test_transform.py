@@ -326,3 +326,34 @@ def test_the_host_tag_is_the_hostname_alone_outside_containers(tmp_path):
     spill.write_bytes(b"spilled")
     assert _next_write(tmp_path, tmp_path / "t.extract.parquet") == 2
     assert not half.exists() and not spill.exists()
+
+
+def test_the_batch_file_is_opened_once_while_still_empty_so_its_close_need_not_write_it_out(tmp_path, monkeypatch):
+    """release_close_write_out relies on DuckDB having made its COPY target, empty, when it asks for the first
+    batch (its close then leaves the write-out to the kernel: bench/README.md). A DuckDB that makes the file later
+    would silently bring back the 40-50 ms wait at the close of a wide table's file: this says so. The file is
+    still written whole, and a file that cannot be opened ahead is no error."""
+    from cbm_luigi import transform
+
+    plan = TablePlan("t", "t", ["id"], [PlanColumn("id", "id", I, False), PlanColumn("nom", "nom", S)])
+    schema = plan.extract_schema()
+    seen, real = [], transform.release_close_write_out
+
+    def watched(path):
+        seen.append((path.name, path.exists() and path.stat().st_size))
+        real(path)
+
+    def batches():
+        for i in range(3):
+            assert len(seen) == 1  # before the first batch is read, once
+            yield pa.record_batch([pa.array(range(i * 10, i * 10 + 10), pa.int32()),
+                                   pa.array([f"n{j}" for j in range(10)])], schema=schema)
+
+    monkeypatch.setattr(transform, "release_close_write_out", watched)
+    out = tmp_path / "t.parquet"
+    assert shape_batches(plan, schema, batches(), out) == 30
+    assert len(seen) == 1 and seen[0][0].startswith("t.parquet.") and seen[0][0].endswith(".tmp")
+    assert seen[0][1] == 0, "DuckDB had not made its COPY target when it asked for the first batch"
+    assert sorted(pq.read_table(out).column("id").to_pylist()) == list(range(30))
+    # best effort: a path that cannot be opened changes nothing
+    real(tmp_path / "not-there.tmp")
