@@ -23,8 +23,8 @@ from .targets import UNKNOWN_SHAPE, MarkerTarget, StageTarget, record_merged, re
 from .transform import SHAPED_TECH, TechnicalValues
 from .warehouse.base import Session, Warehouse
 from .warehouse.statements import (Column, MergeSpec, add_column, create_table, duplicate_keys, forget_hashes,
-                                   evolve, live_rows, merge_counts, merge_statements, null_keys, ods_null_keys,
-                                   tech_columns, text_bytes, unread_columns, validation_counts)
+                                   evolve, key_problems, live_rows, merge_counts, merge_statements, null_keys,
+                                   ods_null_keys, tech_columns, text_bytes, unread_columns, validation_counts)
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +300,8 @@ def _shown_keys(plan: TablePlan, rows: list[tuple], counted: bool = False) -> st
 def _check_keys(s: Session, wh: Warehouse, plan: TablePlan, spec: MergeSpec) -> None:
     """Every key complete (no NULL part) and unique in the batch, or nothing is merged."""
     d = wh.dialect
-    nulls = s.query(null_keys(d, spec.stg(d), plan.keys))
+    with_null, duplicated = s.query(key_problems(d, spec.stg(d), plan.keys))[0]
+    nulls = s.query(null_keys(d, spec.stg(d), plan.keys)) if with_null else []
     if nulls:
         raise NullKeyError(
             f"table {plan.table}: {nulls[0][-1]} row(s) of the batch have an unknown (NULL) value in the key "
@@ -308,7 +309,7 @@ def _check_keys(s: Session, wh: Warehouse, plan: TablePlan, spec: MergeSpec) -> 
             f"could never be matched again). Progress unique indexes admit `?` in non-mandatory fields: set "
             f"PrimaryKeyCols in config.ETL_Tables to columns that are always known (`cbm-etl discover` lists the "
             f"unique indexes), or fix the rows in Progress.")
-    dups = s.query(duplicate_keys(d, spec.stg(d), plan.keys))
+    dups = s.query(duplicate_keys(d, spec.stg(d), plan.keys)) if duplicated else []
     if dups:
         raise DuplicateBatchKeyError(
             f"table {plan.table}: the batch has duplicate keys ({', '.join(plan.key_names)}); first: "

@@ -389,4 +389,6 @@ class DuckDbWarehouse(Warehouse):
         names = ", ".join(d.quote(c.name) for c in columns)
         s.execute(f"CREATE OR REPLACE VIEW {d.table('stg', table)} AS SELECT {names}, _etl_hashdiff, "
                   f"{tech.sql_select(d)}, _etl_source_ts FROM read_parquet({lit})")
-        return int(s.scalar(f"SELECT COUNT(*) FROM {d.table('stg', table)}"))
+        # the view's rows are the file's; counted from the file, DuckDB reads its footer alone (binding the
+        # view's columns again took twice as long: 7 ms for 350)
+        return int(s.scalar(f"SELECT COUNT(*) FROM read_parquet({lit})"))
