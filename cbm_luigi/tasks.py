@@ -145,9 +145,13 @@ class CbmTask(luigi.Task):
     in_batch = luigi.BoolParameter(default=False, significant=False, visibility=ParameterVisibility.HIDDEN)
     load_priority = luigi.IntParameter(default=0, significant=False, visibility=ParameterVisibility.HIDDEN)
     step = ""
+    # the bases are not tasks to run: out of Luigi's registry, they add no flags to its command-line parser,
+    # which Luigi builds about nine times a run, one flag for each parameter of each task it knows
+    _visible_in_registry = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        cls._visible_in_registry = not cls.__dict__.get("_base", False)
         for name in ("complete", "requires"):
             if name in cls.__dict__:
                 setattr(cls, name, _stops_when_busy(cls.__dict__[name]))
@@ -481,6 +485,7 @@ class ExtractParquet(CbmTask):
 class WarehouseStep(CbmTask):
     """A step whose target is a marker row, written in the step's own transaction; runs after `upstream`."""
     upstream: type[CbmTask]
+    _base = True
 
     def requires(self):
         return self.params_for(self.upstream)
