@@ -607,13 +607,16 @@ def test_step_statements_parse(dimension, mode, ods_exists, stage_file):
                    extract_started_at=datetime(2024, 1, 1))
     stmts = rec.statements
     for needle in ("SET XACT_ABORT ON", "BEGIN TRANSACTION", "COMMIT TRANSACTION", "DROP TABLE IF EXISTS [stg].",
-                   "CREATE TABLE [stg].[all_kinds]", "INSERT INTO [stg].[all_kinds]", "MERGE INTO [ods].[all_kinds]",
-                   "INSERT INTO etl.ETL_Markers", "UPDATE etl.ETL_TableState SET BatchId = ?",
+                   "CREATE TABLE [stg].[all_kinds]", "INSERT INTO [stg].[all_kinds]", "INSERT INTO etl.ETL_Markers", "UPDATE etl.ETL_TableState SET BatchId = ?",
                    "UPDATE etl.ETL_TableState SET MergedExtractStartedAt", "INSERT INTO etl.ETL_Validation",
                    "UPDATE config.ETL_Tables SET LastSuccessTs", "INFORMATION_SCHEMA.COLUMNS"):
         assert any(needle in s for s in stmts), needle
     assert any(s.startswith("ALTER TABLE [ods]") for s in stmts) == ods_exists
     assert any(s.startswith("CREATE TABLE [ods]") for s in stmts) != ods_exists
+    # into an ods made just now every row is new: inserted, with the stage's count, no MERGE and no count query
+    assert any("MERGE INTO [ods].[all_kinds]" in s for s in stmts) == ods_exists
+    assert any(s.startswith("INSERT INTO [ods].[all_kinds]") for s in stmts) or ods_exists
+    assert any("AS inserted" in s for s in stmts) == ods_exists
     assert_all_parse(stmts, f"steps ({'scd2' if dimension else 'type1'}, {mode})")
 
 
