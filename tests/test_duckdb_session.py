@@ -143,3 +143,32 @@ def test_the_warehouse_keeps_no_parquet_footers(session):
     limit (600 batch files of 350 columns x 9 row groups held 266 MB), and a LoadAll reads hundreds: it stays off
     (it saved 3 ms a statement over stg; tried and removed)."""
     assert session.scalar("SELECT current_setting('parquet_metadata_cache')") in (False, "false")
+
+
+def test_the_machines_memory_comes_from_the_warehouses_first_connection(tmp_path, monkeypatch):
+    """machine_memory (DuckDB's default limit: the most a MERGE is raised to) is read from the warehouse's first
+    connection, before it sets its own limit, instead of from a DuckDB opened for it (17-20 ms); the same value,
+    also when this process opened the file before under another limit (DuckDB shares one instance a file, and its
+    settings)."""
+    from cbm_luigi.warehouse import duckdb_wh
+
+    with duckdb.connect(":memory:") as con:
+        default = duckdb_wh._bytes(con.execute("SELECT current_setting('memory_limit')").fetchone()[0])
+    monkeypatch.setenv("CBM_ENV_FILE", "")
+    monkeypatch.setenv("CBM_DUCKDB_PATH", str(tmp_path / "wh.duckdb"))
+    monkeypatch.setenv("CBM_HOME", str(tmp_path))
+    monkeypatch.setattr(duckdb_wh, "_DEFAULT_LIMIT", {})
+    release_connections()
+    held = duckdb.connect(str(tmp_path / "wh.duckdb"))
+    held.execute("SET memory_limit = '100MB'")
+    real, opened = duckdb.connect, []
+    monkeypatch.setattr(duckdb_wh.duckdb, "connect", lambda *a, **k: opened.append(a) or real(*a, **k))
+    try:
+        wh = open_warehouse(load_settings())
+        with wh.session() as s:
+            assert s.query("SELECT current_setting('memory_limit')") != [("95.3 MiB",)]  # its own, set after
+        assert duckdb_wh.machine_memory() == default
+        assert opened == [(str(tmp_path / "wh.duckdb"),)]  # the warehouse's alone
+    finally:
+        release_connections()
+        held.close()

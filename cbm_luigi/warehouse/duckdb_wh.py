@@ -9,7 +9,6 @@ calls `release_connections()` so another process can open it.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import re
@@ -56,18 +55,27 @@ class WarehouseLockError(RuntimeError):
     """The DuckDB file cannot be locked at all (its file system gives no locks): no wait helps."""
 
 
-@functools.lru_cache(maxsize=1)
+_DEFAULT_LIMIT: dict[str, float | None] = {}  # DuckDB's own default memory limit, once known in this process
+
+
+def _default_limit(con: duckdb.DuckDBPyConnection) -> float | None:
+    return _bytes(con.execute("SELECT current_setting('memory_limit')").fetchone()[0])
+
+
 def machine_memory() -> float | None:
     """80 % of the memory this process may use, as DuckDB counts it for its own default limit: the machine's, or
     a container's (cgroup) limit where that is lower. Counted from the physical memory alone, a MERGE in a 2 GB
     container on a 24 GB host was raised to 19 GB, past what the kernel lets the process have: killed with no
-    message and no etl.ETL_Log row. None if DuckDB cannot say. Read once a process (asking opens a DuckDB of its
-    own: 20 ms)."""
-    try:
-        with duckdb.connect(":memory:") as con:
-            return _bytes(con.execute("SELECT current_setting('memory_limit')").fetchone()[0])
-    except duckdb.Error:
-        return None
+    message and no etl.ETL_Log row. None if DuckDB cannot say. Read once a process: from the warehouse's first
+    connection before it sets its own limit, else from a DuckDB of its own (17-20 ms, which the first merge of a
+    process waited for)."""
+    if "machine" not in _DEFAULT_LIMIT:
+        try:
+            with duckdb.connect(":memory:") as con:
+                _DEFAULT_LIMIT["machine"] = _default_limit(con)
+        except duckdb.Error:
+            _DEFAULT_LIMIT["machine"] = None
+    return _DEFAULT_LIMIT["machine"]
 
 
 def release_connections() -> None:
@@ -223,6 +231,9 @@ class DuckDbWarehouse(Warehouse):
                         f"happen. DuckDB said: {exc}") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
+        if "machine" not in _DEFAULT_LIMIT:  # DuckDB's default, what machine_memory is (RESET: a database this
+            con.execute("RESET memory_limit")  # process opened before runs under the limit it was given then)
+            _DEFAULT_LIMIT["machine"] = _default_limit(con)
         con.execute(f"SET memory_limit = {self.dialect.literal(self.settings.duckdb_memory_limit)}")
         con.execute(f"SET threads = {int(self.settings.duckdb_threads)}")
         con.execute("SET preserve_insertion_order = false")
