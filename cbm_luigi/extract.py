@@ -27,7 +27,7 @@ from .naming import shown_column
 from .source.errors import InvalidTextError, SourceError, SourceValueError, translate
 from .source import catalog, readers
 from .source.readers import Reader
-from .transform import shape_batches
+from .transform import open_engine_early, shape_batches
 
 log = logging.getLogger(__name__)
 META_KEY = "cbm_luigi.extract"
@@ -92,7 +92,8 @@ def extract_to_parquet(reader: Reader, plan: TablePlan, mode: str, out_path: Pat
     t0 = time.monotonic()
     said = [t0]
 
-    with _source_errors(plan.table):  # the statement starts now: the source works while DuckDB plans
+    open_engine_early(out_path, memory_limit, threads)  # meanwhile, the source starts the statement:
+    with _source_errors(plan.table):  # it works while DuckDB plans
         stream = reader.stream(sql, params, schema, batch_rows)
 
     names = plan.source_names()

@@ -357,3 +357,36 @@ def test_the_batch_file_is_opened_once_while_still_empty_so_its_close_need_not_w
     assert sorted(pq.read_table(out).column("id").to_pylist()) == list(range(30))
     # best effort: a path that cannot be opened changes nothing
     real(tmp_path / "not-there.tmp")
+
+
+def test_the_engine_opened_early_is_the_one_the_shaping_uses_and_its_failure_is_the_shapings_to_raise(
+        tmp_path, monkeypatch):
+    """open_engine_early opens the extract's DuckDB on a thread while the source starts its statement; the
+    shaping then uses that engine (one DuckDB opened, not two). An engine that cannot be opened is not an error
+    of the thread: the shaping opens it again and raises."""
+    import threading
+
+    import duckdb
+
+    from cbm_luigi import transform
+
+    def early(out, limit):
+        transform.open_engine_early(out, limit, 1)
+        for t in threading.enumerate():
+            if t.name == "cbm-open-engine":
+                t.join()
+
+    plan = TablePlan("t", "t", ["id"], [PlanColumn("id", "id", I, False)])
+    schema = plan.extract_schema()
+    batch = pa.record_batch([pa.array(range(5), pa.int32())], schema=schema)
+    monkeypatch.setattr(transform, "_ENGINE", {})
+    real, opened = duckdb.connect, []
+    monkeypatch.setattr(transform.duckdb, "connect", lambda *a, **k: opened.append(a) or real(*a, **k))
+    out = tmp_path / "t.parquet"
+    early(out, "100MB")
+    assert len(opened) == 1
+    assert shape_batches(plan, schema, [batch], out, memory_limit="100MB", threads=1) == 5
+    assert len(opened) == 1 and pq.read_table(out).num_rows == 5
+    early(tmp_path / "u.parquet", "a lot")
+    with pytest.raises(duckdb.Error, match="(?i)memory must have a number"):
+        shape_batches(plan, schema, [batch], tmp_path / "u.parquet", memory_limit="a lot", threads=1)
