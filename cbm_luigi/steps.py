@@ -581,12 +581,13 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
             log.warning("table %s: %s", plan.table, note)
             changes.append(note)
         record.detail = "; ".join(changes) or None
-        if not existing and staged.get("Rows") is not None:
-            # ods made just now: every row of the batch (its keys unique, checked) is new, and the stage counted
-            # them in the transaction that replaced stg (the wide first load's count joined 40,000 rows for 30 ms)
-            inserted, updated, unchanged, deleted, batch_rows = staged["Rows"], 0, 0, 0, staged["Rows"]
+        batch_rows = staged.get("Rows")  # as the stage counted them, in the transaction that replaced stg
+        if batch_rows is None:  # a stage that recorded no count
+            batch_rows = s.scalar(f"SELECT {d.count}(*) FROM {spec.stg(d)}")
+        if not existing:  # ods made just now: every row of the batch (its keys unique, checked) is new (the wide
+            inserted, updated, unchanged, deleted = batch_rows, 0, 0, 0  # first load's count took 30 ms)
         else:
-            inserted, updated, unchanged, deleted, batch_rows = s.query(merge_counts(d, spec))[0]
+            inserted, updated, unchanged, deleted = s.query(merge_counts(d, spec))[0]
         if inserted + updated + unchanged != batch_rows:
             _refuse_ods_duplicates(s, wh, plan, spec)
         if not batch_rows and not allow_empty_full and (read_all or spec.full):
