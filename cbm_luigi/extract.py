@@ -92,9 +92,12 @@ def extract_to_parquet(reader: Reader, plan: TablePlan, mode: str, out_path: Pat
     t0 = time.monotonic()
     said = [t0]
 
-    open_engine_early(out_path, memory_limit, threads)  # meanwhile, the source starts the statement:
-    with _source_errors(plan.table):  # it works while DuckDB plans
-        stream = reader.stream(sql, params, schema, batch_rows)
+    opening = open_engine_early(out_path, memory_limit, threads)  # meanwhile, the source starts the statement
+    try:
+        with _source_errors(plan.table):  # (it works while DuckDB plans)
+            stream = reader.stream(sql, params, schema, batch_rows)
+    finally:  # no thread opening a DuckDB outlives the statement's start, failed or not: one still at it when
+        opening.join()  # the process exited aborted it ("terminate called ...", found by the tests)
 
     names = plan.source_names()
 

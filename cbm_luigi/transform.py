@@ -232,17 +232,20 @@ def compute_engine(memory_limit: str = "256MB", threads: int = 2, temp_dir: Path
         return con.cursor()
 
 
-def open_engine_early(out_path: Path, memory_limit: str = "256MB", threads: int = 2) -> None:
+def open_engine_early(out_path: Path, memory_limit: str = "256MB", threads: int = 2) -> threading.Thread:
     """Open the engine shape_batches will use for `out_path` on a thread of its own, while the source starts the
     statement: opening a DuckDB takes ~15 ms, none of it in Python, and the extract no longer waits for it between
     the statement's start and the first batch. A failure here is shape_batches' to raise: it opens the engine
-    again, with the table named."""
+    again, with the table named. Returns the thread: join it (a DuckDB still being opened when the interpreter
+    exits aborts the process)."""
     def open_():
         try:
             compute_engine(memory_limit, threads, spill_dir(out_path)).close()
         except Exception as exc:  # noqa: BLE001 — raised again, named, by shape_batches' own opening
             log.debug("opening the extract's DuckDB early failed (%s): the extract opens it itself", exc)
-    threading.Thread(target=open_, name="cbm-open-engine", daemon=True).start()
+    thread = threading.Thread(target=open_, name="cbm-open-engine")
+    thread.start()
+    return thread
 
 
 def _scan_schema(schema: pa.Schema) -> pa.Schema:

@@ -364,17 +364,12 @@ def test_the_engine_opened_early_is_the_one_the_shaping_uses_and_its_failure_is_
     """open_engine_early opens the extract's DuckDB on a thread while the source starts its statement; the
     shaping then uses that engine (one DuckDB opened, not two). An engine that cannot be opened is not an error
     of the thread: the shaping opens it again and raises."""
-    import threading
-
     import duckdb
 
     from cbm_luigi import transform
 
     def early(out, limit):
-        transform.open_engine_early(out, limit, 1)
-        for t in threading.enumerate():
-            if t.name == "cbm-open-engine":
-                t.join()
+        transform.open_engine_early(out, limit, 1).join()
 
     plan = TablePlan("t", "t", ["id"], [PlanColumn("id", "id", I, False)])
     schema = plan.extract_schema()
