@@ -607,7 +607,8 @@ def test_step_statements_parse(dimension, mode, ods_exists, stage_file):
                    extract_started_at=datetime(2024, 1, 1))
     stmts = rec.statements
     for needle in ("SET XACT_ABORT ON", "BEGIN TRANSACTION", "COMMIT TRANSACTION", "DROP TABLE IF EXISTS [stg].",
-                   "CREATE TABLE [stg].[all_kinds]", "INSERT INTO [stg].[all_kinds]", "INSERT INTO etl.ETL_Markers", "UPDATE etl.ETL_TableState SET BatchId = ?",
+                   "CREATE TABLE [stg].[all_kinds]", "INSERT INTO [stg].[all_kinds]", "INSERT INTO etl.ETL_Markers",
+                   "UPDATE etl.ETL_TableState SET BatchId = ?",
                    "UPDATE etl.ETL_TableState SET MergedExtractStartedAt", "INSERT INTO etl.ETL_Validation",
                    "UPDATE config.ETL_Tables SET LastSuccessTs", "INFORMATION_SCHEMA.COLUMNS"):
         assert any(needle in s for s in stmts), needle
