@@ -20,9 +20,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .ahead import import_ahead
 from .plan import TablePlan
 from .types import UnsupportedTypeError, map_openedge_type
-from .source.conform import conform_batch, fits
 from .naming import shown_column
 from .source.errors import InvalidTextError, SourceError, SourceValueError, translate
 from .source import catalog, readers
@@ -30,6 +30,9 @@ from .source.readers import Reader
 from .transform import open_engine_early, shape_batches
 
 log = logging.getLogger(__name__)
+# conform.py (and pyarrow.compute, ~20 ms to import) is imported where it is used, not with this module: each
+# extract imports it ahead on a thread, in the time the source starts the statement and DuckDB plans the shaping
+CONFORM = "cbm_luigi.source.conform"
 META_KEY = "cbm_luigi.extract"
 # 5: the window's start (`since`, None: the read had no window) recorded: a file without it could be reused after
 # the window was widened, or merged empty as an incremental (found in review);
@@ -92,6 +95,7 @@ def extract_to_parquet(reader: Reader, plan: TablePlan, mode: str, out_path: Pat
     t0 = time.monotonic()
     said = [t0]
 
+    import_ahead(CONFORM)  # conform.py: imported while the statement starts and DuckDB plans (ahead.py)
     opening = open_engine_early(out_path, memory_limit, threads)  # meanwhile, the source starts the statement
     try:
         with _source_errors(plan.table):  # (it works while DuckDB plans)
@@ -102,6 +106,7 @@ def extract_to_parquet(reader: Reader, plan: TablePlan, mode: str, out_path: Pat
     names = plan.source_names()
 
     def conformed():
+        from .source.conform import conform_batch  # imported ahead: see CONFORM
         rows = 0
         with _source_errors(plan.table), _text_named(plan, names):
             for batch in stream:
@@ -158,6 +163,7 @@ def _changed_at_source(reader: Reader, plan: TablePlan, exc: SourceValueError) -
         # only a change that explains the refusal (a width fixed by dbtool, the routine fix, explains none; found
         # in review): a NULL by the field made optional, but not in a key, which can never be unknown; a value
         # that does not fit by another type, one the value fits
+        from .source.conform import fits  # imported ahead: see CONFORM
         if exc.reason == "null" and not (now.nullable and not col.nullable and col.sql_name not in plan.keys):
             return None
         if exc.reason == "type" and (_unsized(ctype) == _unsized(col.ctype) and now.array_extent == col.extent or

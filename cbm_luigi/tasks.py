@@ -21,13 +21,14 @@ import luigi.retcodes
 from luigi.parameter import ParameterVisibility
 
 from . import config_store, steps
+from .ahead import import_ahead
 from .extract import current_meta, extract_to_parquet, is_current, read_extract_meta
 from .faults import checkpoint
 from .naming import cache_file_stem, sql_safe_name
 from .plan import PLAN_ERRORS, ConfigError, TablePlan
 from .runlog import StepRecord, log_rows, replay_unlogged, spool_steps, unlogged_dir, write_steps
 from .settings import Settings, load_settings, mask_secrets, warn_once
-from .source.readers import pooled_reader
+from .source.readers import driver_modules, pooled_reader
 from .targets import (UNKNOWN_SHAPE, MarkerTarget, StagedBatchTarget, StageTarget, record_configuration,
                       validated_in)
 from .transform import TechnicalValues
@@ -166,7 +167,9 @@ class CbmTask(luigi.Task):
     @cached_property
     def settings(self) -> Settings:
         _log_where_luigi_logs()  # asked first while Luigi schedules or runs: its logging is set up by then
-        return load_settings()
+        settings = load_settings()
+        import_ahead(*driver_modules(settings))  # while the warehouse opens (ahead.py)
+        return settings
 
     @cached_property
     def warehouse(self):

@@ -763,13 +763,14 @@ def test_a_slow_status_message_is_not_followed_by_another_at_once(env, monkeypat
     import luigi.scheduler
 
     from cbm_luigi import extract
+    from cbm_luigi.source import conform
 
     from .conftest import make_env
 
     env = make_env(env.home / "big", monkeypatch, scale=10)  # lignecli: 12,000 rows
     monkeypatch.setenv("CBM_BATCH_ROWS", "1000")
     monkeypatch.setattr(extract, "PROGRESS_EVERY_S", 0.5)
-    real_conform, real_message = extract.conform_batch, luigi.scheduler.Scheduler.set_task_status_message
+    real_conform, real_message = conform.conform_batch, luigi.scheduler.Scheduler.set_task_status_message
     calls = []
 
     def slow_read(*a, **kw):
@@ -781,7 +782,7 @@ def test_a_slow_status_message_is_not_followed_by_another_at_once(env, monkeypat
         time.sleep(0.6)
         return real_message(self, task_id, status_message)
 
-    monkeypatch.setattr(extract, "conform_batch", slow_read)
+    monkeypatch.setattr(conform, "conform_batch", slow_read)  # the extract imports it at its first batch
     monkeypatch.setattr(luigi.scheduler.Scheduler, "set_task_status_message", busy)
     assert succeeded(build(LoadTable(table="lignecli", mode="full", run_id="busy")))
     progress = [c for c in calls if c.startswith("extract lignecli:")]

@@ -511,6 +511,13 @@ def _prefer(driver_schema: pa.Schema, wanted: pa.Schema) -> pa.Schema:
     return pa.schema(fields)
 
 
+def driver_modules(settings: Settings) -> list[str]:
+    """The modules open_reader imports for `settings` (the embedded reader's sqlite3 is imported already)."""
+    if settings.source_kind != "odbc":
+        return []
+    return ["pyodbc"] if settings.odbc_reader == "pyodbc" else ["arrow_odbc"]
+
+
 def open_reader(settings: Settings) -> Reader:
     """The reader for the configured source. Errors are SourceErrors with the connection string masked."""
     try:
@@ -567,5 +574,5 @@ def release_readers() -> None:
     close_idle("source")
 
 
-__all__ = ["Reader", "open_reader", "pooled_reader", "release_readers", "EmbeddedReader", "PyodbcReader",
+__all__ = ["Reader", "driver_modules", "open_reader", "pooled_reader", "release_readers", "EmbeddedReader", "PyodbcReader",
            "ArrowOdbcReader", "mask_secrets"]
