@@ -49,7 +49,7 @@ def test_validation_refuses_a_full_batch_when_ods_keeps_more_live_rows_than_the_
 
 
 def test_validation_refuses_an_incremental_batch_whose_key_is_left_soft_deleted(env):
-    """Kills: batch_keys_current_with_same_hash without `NOT _etl_is_deleted` (statements.validation_queries).
+    """Kills: batch_keys_current_with_same_hash without `NOT _etl_is_deleted` (statements.validation_counts).
     A key the batch brings back must be live in ods after the merge; a revival bug (the MERGE leaving
     `_etl_is_deleted` set) is caught at run time only by this check in incremental mode, where no row count is
     compared."""

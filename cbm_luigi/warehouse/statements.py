@@ -500,24 +500,29 @@ def merge_statements(d: WarehouseDialect, spec: MergeSpec, *, all_new: bool = Fa
 # -- validation ------------------------------------------------------------------------------------------------
 
 def validation_queries(d: WarehouseDialect, spec: MergeSpec) -> dict[str, str]:
-    """Each query returns one number: 0 means the check passed (row_count is compared by the caller)."""
-    ods, stg = spec.ods(d), spec.stg(d)
-    live = _live(d, spec)
+    """The checks on ods alone, each one number; validation_counts adds the batch's (0 means passed; the caller
+    compares ods_live_rows with stg_rows)."""
+    keys = ", ".join(d.quote(k) for k in spec.keys)
     return {
-        "batch_keys_current_with_same_hash": (
-            f"SELECT {d.count}(*) FROM {stg} AS s WHERE NOT EXISTS (SELECT 1 FROM {ods} AS t "
-            f"WHERE {_on(d, spec.keys)} AND {live} AND {d.is_false('t._etl_is_deleted')} "
-            f"AND t._etl_hashdiff = s._etl_hashdiff)"),
         "duplicate_current_keys": (
-            f"SELECT {d.count}(*) FROM (SELECT {', '.join(d.quote(k) for k in spec.keys)} FROM {ods} AS t "
-            f"WHERE {live} GROUP BY {', '.join(d.quote(k) for k in spec.keys)} HAVING {d.count}(*) > 1) AS dup"),
+            f"SELECT {d.count}(*) FROM (SELECT {keys} FROM {spec.ods(d)} AS t WHERE {_live(d, spec)} "
+            f"GROUP BY {keys} HAVING {d.count}(*) > 1) AS dup"),
         "ods_live_rows": live_rows(d, spec),
-        "stg_rows": f"SELECT {d.count}(*) FROM {stg}",
     }
 
 
 def validation_counts(d: WarehouseDialect, spec: MergeSpec) -> tuple[str, list[str]]:
-    """Every validation query as one statement (one round trip a table): the SQL and the check names, in the
-    order of its columns."""
-    q = validation_queries(d, spec)
-    return "SELECT " + ", ".join(f"({sql}) AS {d.quote(name)}" for name, sql in q.items()), list(q)
+    """Every validation check as one statement (one round trip a table) that reads the batch once: its rows and,
+    of them, those whose key is not live in ods with the same hashdiff (each statement over stg binds its view
+    again: 7 ms on 350 columns). The SQL and the check names, in the order of its columns. The anti-join is a
+    NOT EXISTS in a CASE under the count (SQL Server counts no subquery itself), never a join that a key
+    duplicated in ods would multiply."""
+    ods, stg, q = spec.ods(d), spec.stg(d), d.quote
+    missing = (f"CASE WHEN NOT EXISTS (SELECT 1 FROM {ods} AS t WHERE {_on(d, spec.keys)} AND {_live(d, spec)} "
+               f"AND {d.is_false('t._etl_is_deleted')} AND t._etl_hashdiff = s._etl_hashdiff) THEN 1 END")
+    batch = (f"SELECT {d.count}(m) AS {q('batch_keys_current_with_same_hash')}, {d.count}(*) AS {q('stg_rows')} "
+             f"FROM (SELECT {missing} AS m FROM {stg} AS s) AS x")
+    on_ods = validation_queries(d, spec)
+    names = ["batch_keys_current_with_same_hash", *on_ods, "stg_rows"]
+    columns = [f"({on_ods[n]}) AS {q(n)}" if n in on_ods else f"b.{q(n)}" for n in names]
+    return f"SELECT {', '.join(columns)} FROM ({batch}) AS b", names
