@@ -143,7 +143,7 @@ def _narrower(plan: TablePlan) -> str:
             "exclude columns (IsExcluded = 1 in config.ETL_Columns)")
 
 
-def _settle_memory(wh: Warehouse, plan: TablePlan) -> None:
+def _settle_resources(wh: Warehouse, plan: TablePlan) -> None:
     """After a failed step, the warehouse's configured resources back: a MERGE's raise outlives its transaction's
     rollback and was left to the next tables of the night (found in review). Failing to is said, not raised: the
     step's own error is the one to report. A warehouse that sets no memory limit (SQL Server) is left alone: a
@@ -153,9 +153,9 @@ def _settle_memory(wh: Warehouse, plan: TablePlan) -> None:
         return
     try:
         with wh.session() as s:
-            wh.settle_memory(s)
+            wh.settle_resources(s)
     except Exception as exc:  # noqa: BLE001 — the step's error follows; this one is logged
-        log.warning("table %s: could not put the warehouse's memory limit back after the failure: %s", plan.table,
+        log.warning("table %s: could not put the warehouse's memory limit (and threads) back after the failure: %s", plan.table,
                     exc)
 
 
@@ -169,7 +169,7 @@ def _limits_named(wh: Warehouse, plan: TablePlan, step: str):
     except Exception as exc:
         text = str(exc)
         in_force = wh.memory_in_force() if wh.out_of_memory(text) else None  # before the cap is put back
-        _settle_memory(wh, plan)
+        _settle_resources(wh, plan)
         if wh.row_too_wide(text):
             raise ConfigError(f"table {plan.table}: a row is too wide for SQL Server (its in-row part passes 8,060 "
                               f"bytes). Nothing was {step}d: {_narrower(plan)}, then rerun the table. SQL Server "
@@ -525,7 +525,7 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
     record = StepRecord("merge")
     with _limits_named(wh, plan, "merge"), _relations_named(wh, plan, "merge", batch_id), wh.session() as s, \
             s.transaction():
-        wh.settle_memory(s)
+        wh.settle_resources(s)
         staged = _check_staged(s, d, plan, marker, "merge")
         _check_not_outdated(s, plan, marker, staged)
         _check_keys(s, wh, plan, spec)

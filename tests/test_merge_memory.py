@@ -258,3 +258,44 @@ def test_a_weekly_full_that_rewrites_long_values_merges_under_a_small_cap(env, m
                        "NOT _etl_is_current AND _etl_valid_to IS NULL) FROM ods.notes") == [(1000 + changed, 1000, 0)]
         assert env.sql("SELECT count(*) FROM ods.notes AS o JOIN ods.notes AS n ON o.id = n.id AND NOT "
                        "o._etl_is_current AND n._etl_is_current WHERE o._etl_valid_to <> n._etl_valid_from") == [(0,)]
+
+
+def test_a_first_load_of_one_large_row_group_inserts_on_one_thread_and_the_next_merge_puts_threads_back(
+        tmp_path, monkeypatch):
+    """duckdb_wh.before_merge: a plain INSERT of at most one row group (122,880 rows) holding at least 1 M values
+    runs on one thread (two threads each fill a row group of their own, which the commit merges: the wide first
+    load's INSERT and COMMIT took 50-60 ms more). A first load of more than one row group, or a small one, keeps the
+    configured threads: the next merge puts them back. Spied (not mocked): the threads in force as each ods INSERT
+    starts; the loads are checked against the source."""
+    from cbm_luigi.warehouse.duckdb_wh import DuckDbSession
+
+    env = make_env(tmp_path, monkeypatch, scale=0.01)
+    demo_source.add_synthetic_table(env.source, "wide_one", 20_000, 60)  # 1.2 M values, one row group
+    demo_source.add_synthetic_table(env.source, "tall_two", 130_000, 9)  # 1.17 M values, two row groups
+    env.sql("INSERT INTO config.ETL_Tables (TableName, PrimaryKeyCols, DateModifCol) VALUES ('wide_one', 'id', "
+            "'dat_mod'), ('tall_two', 'id', 'dat_mod')")
+    seen = []
+    real = DuckDbSession.execute
+
+    def spy(self, sql, params=None):
+        if sql.startswith('INSERT INTO "ods".'):
+            seen.append((sql.split('"')[3], int(self.scalar("SELECT current_setting('threads')"))))
+        return real(self, sql, params)
+
+    monkeypatch.setattr(DuckDbSession, "execute", spy)
+    for table in ("wide_one", "tall_two", "wide_one", "famille"):
+        assert succeeded(build(LoadTable(table=table, mode="full", batch_tag=f"t{len(seen)}"))), \
+            last_error(env, table)
+    # the second wide_one is a reload of unchanged rows: no INSERT, and its merge put the threads back first
+    assert seen == [("wide_one", 1), ("tall_two", 2), ("famille", 2)]
+    assert env.sql("SELECT current_setting('threads')") == [(2,)]
+    for table, rows in (("wide_one", 20_000), ("tall_two", 130_000)):
+        assert env.sql(f"SELECT count(*), count(DISTINCT id) FROM ods.{table} WHERE NOT _etl_is_deleted") == [
+            (rows, rows)]
+        src = sqlite3.connect(str(env.source))
+        try:
+            assert src.execute(f"SELECT count(*), sum(id) FROM {table}").fetchone() == \
+                tuple(env.sql(f"SELECT count(*), sum(id) FROM ods.{table}")[0])
+        finally:
+            src.close()
+    assert_ods_equals_source(env, "famille")

@@ -178,8 +178,8 @@ def test_clean_cache_drops_a_failed_batch_older_than_the_tables_newest_load_unde
 
 
 def test_a_failed_step_whose_cap_cannot_be_put_back_still_reports_its_own_error(env, monkeypatch):
-    """Mutant S8 (cbm_luigi/steps.py, _settle_memory): the `try: ... except Exception: log.warning(...)` around
-    `wh.settle_memory(s)` removed. After a failed step the configured cap is put back on the same connection; when
+    """Mutant S8 (cbm_luigi/steps.py, _settle_resources): the `try: ... except Exception: log.warning(...)` around
+    `wh.settle_resources(s)` removed. After a failed step the configured cap is put back on the same connection; when
     the failure also broke the connection (DuckDB invalidates the database after a fatal write error, such as a
     full disk under its WAL), putting the cap back fails too, and that second error replaced the step's own in
     etl.ETL_Log and the run's output: the operator read 'database has been invalidated', not the full disk. The
@@ -191,9 +191,9 @@ def test_a_failed_step_whose_cap_cannot_be_put_back_still_reports_its_own_error(
     from cbm_luigi.warehouse.duckdb_wh import DuckDbWarehouse
 
     broken = []
-    real_settle = DuckDbWarehouse.settle_memory
+    real_settle = DuckDbWarehouse.settle_resources
 
-    def settle_memory(self, s):
+    def settle_resources(self, s):
         if broken:
             raise duckdb.FatalException("FATAL Error: database has been invalidated because of a previous fatal "
                                         "error")
@@ -204,7 +204,7 @@ def test_a_failed_step_whose_cap_cannot_be_put_back_still_reports_its_own_error(
             broken.append(name)
             raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(DuckDbWarehouse, "settle_memory", settle_memory)
+    monkeypatch.setattr(DuckDbWarehouse, "settle_resources", settle_resources)
     monkeypatch.setattr(tasks, "checkpoint", disk_full)
     assert not succeeded(build(LoadTable(table="famille", mode="full")))
     err = last_error(env, "famille")

@@ -1520,7 +1520,7 @@ def test_a_missing_sql_server_driver_is_named_with_the_way_out():
 
 def test_a_failed_sql_server_step_does_not_reconnect_to_put_back_a_duckdb_memory_limit(monkeypatch, caplog):
     """e3576a2 made every failed step open a new warehouse session to put DuckDB's memory cap back
-    (steps._limits_named -> _settle_memory). SQL Server has no such cap (Warehouse.settle_memory is a no-op
+    (steps._limits_named -> _settle_resources). SQL Server has no such cap (Warehouse.settle_resources is a no-op
     there), yet the failed step still opens a session for it. When the step failed because SQL Server is
     unreachable (a failover, a restart: its most common failure), that session goes through the whole
     connection retry cycle again (1 + CBM_CONNECT_RETRIES logins, 2 + 4 + 8 s of sleep plus each login's

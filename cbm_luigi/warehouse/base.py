@@ -128,10 +128,10 @@ class Warehouse:
         return None
 
     # whether a step may leave the warehouse's memory limit changed (DuckDB's SET outlives a rollback): a failed
-    # step then opens a session to put it back (steps._settle_memory); no warehouse by default
+    # step then opens a session to put it back (steps._settle_resources); no warehouse by default
     sets_memory = False
 
-    def settle_memory(self, s: Session) -> None:
+    def settle_resources(self, s: Session) -> None:
         """Hook run as a merge starts: the configured resources back if a step before changed them; nothing by
         default."""
 
