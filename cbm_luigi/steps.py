@@ -155,8 +155,8 @@ def _settle_resources(wh: Warehouse, plan: TablePlan) -> None:
         with wh.session() as s:
             wh.settle_resources(s)
     except Exception as exc:  # noqa: BLE001 — the step's error follows; this one is logged
-        log.warning("table %s: could not put the warehouse's memory limit (and threads) back after the failure: %s", plan.table,
-                    exc)
+        log.warning("table %s: could not put the warehouse's memory limit and threads back after the failure: %s",
+                    plan.table, exc)
 
 
 @contextlib.contextmanager

@@ -574,5 +574,5 @@ def release_readers() -> None:
     close_idle("source")
 
 
-__all__ = ["Reader", "driver_modules", "open_reader", "pooled_reader", "release_readers", "EmbeddedReader", "PyodbcReader",
-           "ArrowOdbcReader", "mask_secrets"]
+__all__ = ["Reader", "driver_modules", "open_reader", "pooled_reader", "release_readers", "EmbeddedReader",
+           "PyodbcReader", "ArrowOdbcReader", "mask_secrets"]

@@ -30,9 +30,7 @@ MULTI_ROW_VALUES = 500  # rows per INSERT statement in executemany (VALUES holdi
 _SHARED: dict[tuple[str, int], duckdb.DuckDBPyConnection] = {}
 MERGE_BASE, MERGE_ROW, MERGE_VALUE = 64e6, 500, 20  # bytes a MERGE needs: before_merge
 MERGE_TEXT, MERGE_TEXT_JOINED = 2, 5  # times the long values' bytes a plain INSERT / a MERGE holds (before_merge)
-# a plain INSERT that fills one row group at most (DuckDB's default row group size) and holds at least this many
-# values runs on one thread (before_merge)
-ROW_GROUP_ROWS, ONE_THREAD_VALUES = 122_880, 1_000_000
+ONE_THREAD_VALUES = 1_000_000  # a plain INSERT of one row group at most with this many values: one thread
 MERGE_TEXT_REPLACED = 3  # times the bytes of the long values a MERGE overwrites (DuckDB keeps them until commit)
 ROW_GROUP_ROWS = 122_880  # DuckDB's row group: an INSERT writes each one out when full
 TECHNICAL_COLUMNS = 8  # the ods columns a type-1 MERGE updates besides the business ones
