@@ -18,7 +18,6 @@ from datetime import datetime, timezone, tzinfo
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from .ahead import import_ahead
 from .plan import TablePlan
@@ -237,6 +236,7 @@ def read_extract_meta(path: Path) -> dict:
     ident = _identity(path.stat())
     read = _META_READ.get(ident)
     if read is None:
+        import pyarrow.parquet as pq  # here: a run that reads no footer (the extract keeps what it wrote) spares it
         pf = pq.ParquetFile(path)
         read = _keep_meta(ident, (pf.schema_arrow.metadata or {}).get(META_KEY.encode()), pf.metadata.num_rows)
     text, rows = read

@@ -11,7 +11,6 @@ import uuid
 from datetime import date, datetime
 from pathlib import Path
 
-import pyarrow.parquet as pq
 
 from . import config_store
 from .extract import read_extract_meta
@@ -102,6 +101,7 @@ def check_batch_file(plan: TablePlan, path: Path, batch_id: str) -> str:
     shape = read_extract_meta(path).get("shape")
     if shape == plan.extract_shape():
         return shape
+    import pyarrow.parquet as pq  # a stale stage only (extract.read_extract_meta imports it where it reads)
     have = pq.read_schema(path).names
     want = [n for n, _t, _ in plan.output_columns()] + SHAPED_TECH
     missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))

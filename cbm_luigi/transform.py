@@ -36,7 +36,6 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from .interrupts import ctrl_c_stops
 from .leftovers import HOST, drop_dead_spill_files, running
@@ -404,5 +403,7 @@ def shape_batches(plan: TablePlan, schema: pa.Schema, batches: Iterable[pa.Recor
 
 def shape_file(plan: TablePlan, extract_path: Path, out_path: Path, **kw) -> int:
     """`shape_batches` over a parquet file of the extract schema (the tests' way to feed it exact values)."""
+    import pyarrow.parquet as pq  # the tests' path only: a load writes its parquet through DuckDB
+
     pf = pq.ParquetFile(extract_path)
     return shape_batches(plan, pf.schema_arrow, pf.iter_batches(batch_size=10_000), out_path, **kw)

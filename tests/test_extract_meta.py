@@ -28,7 +28,7 @@ def _reads(monkeypatch) -> list:
     def counting(path, *a, **kw):
         seen.append(path)
         return real(path, *a, **kw)
-    monkeypatch.setattr(extract.pq, "ParquetFile", counting)
+    monkeypatch.setattr(pq, "ParquetFile", counting)  # the module read_extract_meta imports where it reads
     return seen
 
 
