@@ -600,7 +600,7 @@ def merge(wh: Warehouse, plan: TablePlan, *, mode: str, batch_id: str, marker: M
             carried = int(inserted) + int(updated)
             text, overwritten = _long_value_bytes(s, wh, plan, spec, all_new, carried, int(updated))
             wh.before_merge(s, len(spec.columns), rows=0 if all_new else carried, written=carried, text_bytes=text,
-                            replaced_bytes=overwritten)
+                            replaced_bytes=overwritten, new_table=not existing)
             refresh = None
             changed = "columns ods lost refilled" if lost else "configuration changed since the last load"
             if existing and (lost or plan.merged_shape not in (None, plan.extract_shape())):

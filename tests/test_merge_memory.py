@@ -260,13 +260,16 @@ def test_a_weekly_full_that_rewrites_long_values_merges_under_a_small_cap(env, m
                        "o._etl_is_current AND n._etl_is_current WHERE o._etl_valid_to <> n._etl_valid_from") == [(0,)]
 
 
-def test_a_first_load_of_one_large_row_group_inserts_on_one_thread_and_the_next_merge_puts_threads_back(
+def test_a_first_load_of_one_large_row_group_inserts_on_one_thread_and_nothing_else_runs_on_it(
         tmp_path, monkeypatch):
-    """duckdb_wh.before_merge: a plain INSERT of at most one row group (122,880 rows) holding at least 1 M values
-    runs on one thread (two threads each fill a row group of their own, which the commit merges: the wide first
-    load's INSERT and COMMIT took 50-60 ms more). A first load of more than one row group, or a small one, keeps the
-    configured threads: the next merge puts them back. Spied (not mocked): the threads in force as each ods INSERT
-    starts; the loads are checked against the source."""
+    """duckdb_wh.before_merge: the plain INSERT of a first load (ods created by the merge) of at most one row group
+    (122,880 rows) holding at least 1 M values runs on one thread (two threads each fill a row group of their own,
+    which the commit merges: the wide first load's INSERT and COMMIT took 50-60 ms more). Everything else keeps
+    the configured threads: an all-new batch into a loaded ods (an append-only table's night: its validation reads
+    all of ods), a first load of more than one row group, a small one, and every validation (another table's too:
+    found in review, a rerun validated a 600,000-row table on the thread a first load had left). Spied (not
+    mocked): the threads in force as each ods INSERT and each validation starts; the loads are checked against
+    the source."""
     from cbm_luigi.warehouse.duckdb_wh import DuckDbSession
 
     env = make_env(tmp_path, monkeypatch, scale=0.01)
@@ -274,22 +277,43 @@ def test_a_first_load_of_one_large_row_group_inserts_on_one_thread_and_the_next_
     demo_source.add_synthetic_table(env.source, "tall_two", 130_000, 9)  # 1.17 M values, two row groups
     env.sql("INSERT INTO config.ETL_Tables (TableName, PrimaryKeyCols, DateModifCol) VALUES ('wide_one', 'id', "
             "'dat_mod'), ('tall_two', 'id', 'dat_mod')")
-    seen = []
-    real = DuckDbSession.execute
+    inserts, validations = [], []
+    real_execute, real_query = DuckDbSession.execute, DuckDbSession.query
 
-    def spy(self, sql, params=None):
+    def threads(session) -> int:
+        return int(session.scalar("SELECT current_setting('threads')"))
+
+    def execute(self, sql, params=None):
         if sql.startswith('INSERT INTO "ods".'):
-            seen.append((sql.split('"')[3], int(self.scalar("SELECT current_setting('threads')"))))
-        return real(self, sql, params)
+            inserts.append((sql.split('"')[3], threads(self)))
+        return real_execute(self, sql, params)
 
-    monkeypatch.setattr(DuckDbSession, "execute", spy)
-    for table in ("wide_one", "tall_two", "wide_one", "famille"):
-        assert succeeded(build(LoadTable(table=table, mode="full", batch_tag=f"t{len(seen)}"))), \
-            last_error(env, table)
-    # the second wide_one is a reload of unchanged rows: no INSERT, and its merge put the threads back first
-    assert seen == [("wide_one", 1), ("tall_two", 2), ("famille", 2)]
+    def query(self, sql, params=None):
+        if "batch_keys_current_with_same_hash" in sql:
+            validations.append(threads(self))
+        return real_query(self, sql, params)
+
+    monkeypatch.setattr(DuckDbSession, "execute", execute)
+    monkeypatch.setattr(DuckDbSession, "query", query)
+    assert succeeded(build(LoadTable(table="wide_one", mode="full", batch_tag="t0"))), last_error(env, "wide_one")
+    # the next night brings 20,000 new keys alone (1.2 M values): a plain INSERT into the loaded ods
+    src = sqlite3.connect(str(env.source))
+    try:
+        columns = ", ".join(f'"{r[1]}"' for r in src.execute('PRAGMA table_info("wide_one")').fetchall()[2:])
+        src.execute(f'INSERT INTO wide_one SELECT id + 20000, date(\'now\', \'localtime\'), {columns} FROM wide_one')
+        src.commit()
+    finally:
+        src.close()
+    assert succeeded(build(LoadTable(table="wide_one", mode="incremental", batch_tag="t1"))), \
+        last_error(env, "wide_one")
+    for table in ("tall_two", "famille"):
+        assert succeeded(build(LoadTable(table=table, mode="full", batch_tag="t2"))), last_error(env, table)
+    assert inserts == [("wide_one", 1), ("wide_one", 2), ("tall_two", 2), ("famille", 2)]
+    assert validations == [2, 2, 2, 2]
     assert env.sql("SELECT current_setting('threads')") == [(2,)]
-    for table, rows in (("wide_one", 20_000), ("tall_two", 130_000)):
+    assert env.sql("SELECT RowsInserted, RowsUpdated FROM etl.ETL_Log WHERE TableName = 'wide_one' AND "
+                   "Step = 'merge' ORDER BY BatchId") == [(20_000, 0), (20_000, 0)]
+    for table, rows in (("wide_one", 40_000), ("tall_two", 130_000)):
         assert env.sql(f"SELECT count(*), count(DISTINCT id) FROM ods.{table} WHERE NOT _etl_is_deleted") == [
             (rows, rows)]
         src = sqlite3.connect(str(env.source))

@@ -106,10 +106,11 @@ class Warehouse:
         return False
 
     def before_merge(self, s: Session, n_columns: int, rows: int = 0, *, written: int = 0,
-                     text_bytes: int = 0, replaced_bytes: int = 0) -> None:
+                     text_bytes: int = 0, replaced_bytes: int = 0, new_table: bool = False) -> None:
         """Hook run in the merge's session before the statements that write ods (resource tuning), with the
         `rows` the MERGE joins with ods (0 when every row is new: a plain INSERT), the rows `written`, the bytes
-        of their long values and of those they overwrite; nothing by default."""
+        of their long values and of those they overwrite, and whether the merge has just created ods (a first
+        load); nothing by default."""
 
     def text_counts(self, text_bytes: int, *, rows: int = 0, written: int = 0, replaced: int = 0) -> bool:
         """Whether long values of `text_bytes` in a merge (before_merge's arguments) would raise its memory: an

@@ -288,7 +288,7 @@ class DuckDbWarehouse(Warehouse):
     def missing_relation(self, error):
         return bool(re.search(r"Catalog Error: (Table|View) with name \S+ does not exist", error))
 
-    def before_merge(self, s, n_columns, rows=0, *, written=0, text_bytes=0, replaced_bytes=0):
+    def before_merge(self, s, n_columns, rows=0, *, written=0, text_bytes=0, replaced_bytes=0, new_table=False):
         """A MERGE joins stg and ods carrying every column, and DuckDB cannot spill all of it: give wide tables
         about 1.5 MB a column (350 columns: 525 MB), and a MERGE that joins `rows` rows MERGE_BASE plus, a row,
         MERGE_ROW bytes and MERGE_VALUE bytes a column it may update (the business columns and the 8 technical
@@ -310,11 +310,12 @@ class DuckDbWarehouse(Warehouse):
         machine = self._machine_bytes()
         if machine:
             want = min(want, machine)
-        if not rows and written <= ROW_GROUP_ROWS and written * n_columns >= ONE_THREAD_VALUES:
+        if new_table and written <= ROW_GROUP_ROWS and written * n_columns >= ONE_THREAD_VALUES:
             # a first load of up to one row group, on one thread: two threads each fill a row group of their own,
             # which the commit then merges (the wide first load, 40,000 x 350: INSERT 370 -> 335 ms, COMMIT 650 ->
-            # 625 ms). Only a large one: SET threads costs 2-14 ms, and the next merge puts them back
-            # (settle_resources); the validation that follows reads one row group of ods either way
+            # 625 ms). A first load only: an all-new batch into a loaded ods is followed by a validation that
+            # reads all of ods. Only a large one: SET threads costs 2-14 ms. The validation that follows, the next
+            # merge and a failed step put the configured threads back (_configured_threads)
             s.execute("SET threads = 1")
         have = _bytes(s.scalar("SELECT current_setting('memory_limit')"))
         if have is not None and want > have * 1.01:  # DuckDB reports the limit rounded to 0.1 MiB
@@ -365,12 +366,17 @@ class DuckDbWarehouse(Warehouse):
         return now, ("That is this machine's memory, or 80 % of it: exclude the columns the table does not need "
                      "(IsExcluded = 1 in config.ETL_Columns) or give the machine more memory")
 
-    def settle_resources(self, s):
-        """The configured cap and threads back, if a step before left others in force (a merge's raise and its one
-        thread stay after it: the next merge puts them back; after a failed one, so does the step, as the SET
-        outlives its transaction's rollback, found in review)."""
+    def _configured_threads(self, s) -> None:
+        """The configured threads back, if a first load's merge left one (before_merge): whatever runs next in the
+        process (another table's validation after a rerun, found in review) gets them all."""
         if int(s.scalar("SELECT current_setting('threads')")) != int(self.settings.duckdb_threads):
             s.execute(f"SET threads = {int(self.settings.duckdb_threads)}")
+
+    def settle_resources(self, s):
+        """The configured cap and threads back, if a step before left others in force (a merge's raise stays after
+        it: the next merge puts it back; after a failed one, so does the step, as the SET outlives its
+        transaction's rollback, found in review)."""
+        self._configured_threads(s)
         cap = _bytes(self.settings.duckdb_memory_limit)
         have = _bytes(s.scalar("SELECT current_setting('memory_limit')"))
         if cap and have is not None and abs(cap - have) > have * 0.01:
@@ -384,6 +390,7 @@ class DuckDbWarehouse(Warehouse):
         grows with the rows, and it comes on top of what the merge's allocations left in the process: under the
         whole cap a 2 M-row table's validation peaked 40 MB above its merge (505 MB, 14 % above 1 M rows); under
         3/4 of it, below its merge (465 MB, +10 %), for 0.1 s more on 2 M keys."""
+        self._configured_threads(s)  # a first load's merge just before may have left one (before_merge)
         configured = self.settings.duckdb_memory_limit
         cap = _bytes(configured)
         if not cap:  # a percentage or no limit: left as it is
