@@ -4,9 +4,9 @@ A module's import is Python work under the GIL; opening DuckDB or starting the s
 calls into the driver) release it. A module needed a little later is imported on a thread just before such a
 wait, so the wait and the import overlap instead of following each other: the ODBC reader's module (arrow_odbc,
 ~20 ms, most of it pycparser compiling its lexer for pyarrow.cffi) while the warehouse opens, conform.py with
-pyarrow.compute (~20 ms) while the statement starts and DuckDB plans the shaping. Where the module is used, it is
-imported as always: that waits for an import still running, and raises (or falls back) as it always did when the
-import failed here.
+pyarrow.compute (40-50 ms with numpy) while the statement starts and DuckDB plans the shaping. Where the module is
+used, it is imported as always: that waits for an import still running, and raises (or falls back) as it always
+did when the import failed here.
 """
 from __future__ import annotations
 

@@ -29,8 +29,8 @@ from .source.readers import Reader
 from .transform import open_engine_early, shape_batches
 
 log = logging.getLogger(__name__)
-# conform.py (and pyarrow.compute, ~20 ms to import) is imported where it is used, not with this module: each
-# extract imports it ahead on a thread, in the time the source starts the statement and DuckDB plans the shaping
+# conform.py (with pyarrow.compute and numpy, 40-50 ms to import) is imported where it is used, not with this
+# module: each extract imports it ahead on a thread, while the source starts the statement and DuckDB plans
 CONFORM = "cbm_luigi.source.conform"
 META_KEY = "cbm_luigi.extract"
 # 5: the window's start (`since`, None: the read had no window) recorded: a file without it could be reused after
